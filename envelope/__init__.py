@@ -1,0 +1,78 @@
+"""sealbeam's sealed formats: envelope v1 records and batches, data keys, key transport.
+
+The floor every other room stands on. Pure functions over bytes: this package imports
+nothing of sealbeam's and nothing outside the standard library and ``cryptography``, and
+does no I/O (a :class:`BatchSealer` writes only to a file object its caller hands it).
+The byte layout is specified in docs/FORMAT.md.
+
+- Records: :func:`seal_record` / :func:`open_record` (one small message).
+- Batches: :func:`seal_batch`, the streaming :class:`BatchSealer`, :func:`iter_open_batch`
+  (segment by segment) and :func:`open_batch`.
+- Headers without a key: :func:`read_header`, :func:`envelope_length`.
+- Keys: :class:`DataKey`, :class:`KeyReference`, :class:`WrappedKey`, :func:`dek_wrap_aad`.
+- Transport to a TEE: :class:`TeeKeyPair`, :func:`seal_to_tee`, :func:`report_data_binding`,
+  :func:`release_info`.
+- Errors: :class:`EnvelopeError` and its subclasses; every cryptographic failure is the one
+  :class:`EnvelopeAuthenticationError`.
+"""
+
+from __future__ import annotations
+
+from envelope.batch import BatchSealer, iter_open_batch, open_batch, seal_batch
+from envelope.errors import (
+    EnvelopeAuthenticationError,
+    EnvelopeError,
+    EnvelopeFormatError,
+    EnvelopeLimitError,
+    KeyTransportError,
+)
+from envelope.framing import envelope_length
+from envelope.header import (
+    ALGORITHM_AES256GCM_HKDF_SHA512,
+    FORMAT_VERSION,
+    MAGIC,
+    EnvelopeHeader,
+    read_header,
+)
+from envelope.keys import DataKey, KeyReference, WrappedKey, dek_wrap_aad
+from envelope.limits import DEFAULT_SEGMENT_SIZE
+from envelope.record import open_record, seal_record
+from envelope.transport import (
+    TEE_KEY_ALGORITHM,
+    TEE_PUBLIC_KEY_LENGTH,
+    TeeKeyPair,
+    release_info,
+    report_data_binding,
+    seal_to_tee,
+)
+
+__all__ = [
+    "ALGORITHM_AES256GCM_HKDF_SHA512",
+    "DEFAULT_SEGMENT_SIZE",
+    "FORMAT_VERSION",
+    "MAGIC",
+    "TEE_KEY_ALGORITHM",
+    "TEE_PUBLIC_KEY_LENGTH",
+    "BatchSealer",
+    "DataKey",
+    "EnvelopeAuthenticationError",
+    "EnvelopeError",
+    "EnvelopeFormatError",
+    "EnvelopeHeader",
+    "EnvelopeLimitError",
+    "KeyReference",
+    "KeyTransportError",
+    "TeeKeyPair",
+    "WrappedKey",
+    "dek_wrap_aad",
+    "envelope_length",
+    "iter_open_batch",
+    "open_batch",
+    "open_record",
+    "read_header",
+    "release_info",
+    "report_data_binding",
+    "seal_batch",
+    "seal_record",
+    "seal_to_tee",
+]

@@ -1,0 +1,312 @@
+"""Batch envelopes: many bytes (an Arrow IPC stream, to us just bytes) sealed in segments.
+
+``header || frame*`` where each frame is ``u8 final || u32 BE length || ciphertext``
+(docs/FORMAT.md section 3.2), a STREAM-style construction: segment ``i`` is sealed with the
+nonce ``8 zero bytes || u32 BE i`` and the AAD ``header || u32 BE i || u8 final``, so
+reordering, dropping, truncating or appending segments fails authentication.
+
+Sealing never needs two plaintext copies: :class:`BatchSealer` seals memoryview slices of
+what it is given and buffers at most one segment; :func:`seal_batch` wraps it. Opening is
+segment by segment with :func:`iter_open_batch`; :func:`open_batch` joins the pieces.
+No I/O beyond the optional binary file object the caller hands to :class:`BatchSealer`.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Iterator, Mapping
+from types import TracebackType
+from typing import BinaryIO
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from envelope._keyschedule import derive_envelope_key, opening_cipher, segment_aad, segment_nonce
+from envelope._wire import as_byte_view
+from envelope.errors import (
+    EnvelopeAuthenticationError,
+    EnvelopeError,
+    EnvelopeFormatError,
+    EnvelopeLimitError,
+)
+from envelope.framing import MissingFinalSegmentError, iter_batch_frames
+from envelope.header import (
+    ALGORITHM_AES256GCM_HKDF_SHA512,
+    KIND_BATCH,
+    EnvelopeHeader,
+    encode_header,
+    read_header,
+)
+from envelope.keys import DataKey, WrappedKey
+from envelope.limits import DEFAULT_SEGMENT_SIZE, ENVELOPE_ID_LENGTH, MAX_SEGMENT_COUNT, SALT_LENGTH
+
+__all__ = ["BatchSealer", "iter_open_batch", "open_batch", "seal_batch"]
+
+_FLAG_MORE = b"\x00"
+_FLAG_FINAL = b"\x01"
+
+
+class BatchSealer:
+    """A streaming writer of one batch envelope: ``write(chunk)`` any number of times, then
+    ``finish()``.
+
+    Without ``sink`` the envelope is collected in memory and ``finish()`` returns it. With
+    ``sink`` (a binary file object) the header and each sealed segment are written to it as
+    soon as they exist, and ``finish()`` writes the final segment and returns ``b""``. As a
+    context manager it finishes on a clean exit and, after an exception, leaves the output
+    without a final segment, which every reader rejects.
+    """
+
+    def __init__(
+        self,
+        *,
+        data_key: DataKey,
+        wrapped_key: WrappedKey,
+        region: str,
+        producer_id: str,
+        schema_fingerprint: bytes,
+        context: Mapping[str, str],
+        segment_size: int = DEFAULT_SEGMENT_SIZE,
+        sink: BinaryIO | None = None,
+    ) -> None:
+        self._start(
+            data_key=data_key,
+            wrapped_key=wrapped_key,
+            region=region,
+            producer_id=producer_id,
+            schema_fingerprint=schema_fingerprint,
+            context=context,
+            segment_size=segment_size,
+            sink=sink,
+            salt=os.urandom(SALT_LENGTH),
+            envelope_id=os.urandom(ENVELOPE_ID_LENGTH),
+        )
+
+    @classmethod
+    def _with(cls, *, salt: bytes, envelope_id: bytes, **arguments: object) -> BatchSealer:
+        """Deterministic sealer for known-answer vectors only: a reused salt reuses the key."""
+        sealer = cls.__new__(cls)
+        sealer._start(salt=salt, envelope_id=envelope_id, **arguments)  # type: ignore[arg-type]
+        return sealer
+
+    def _start(
+        self,
+        *,
+        data_key: DataKey,
+        wrapped_key: WrappedKey,
+        region: str,
+        producer_id: str,
+        schema_fingerprint: bytes,
+        context: Mapping[str, str],
+        segment_size: int = DEFAULT_SEGMENT_SIZE,
+        sink: BinaryIO | None = None,
+        salt: bytes,
+        envelope_id: bytes,
+    ) -> None:
+        cipher, commitment = derive_envelope_key(data_key, salt, ALGORITHM_AES256GCM_HKDF_SHA512)
+        self._header = EnvelopeHeader(
+            kind=KIND_BATCH,
+            algorithm=ALGORITHM_AES256GCM_HKDF_SHA512,
+            envelope_id=envelope_id,
+            wrapped_key=wrapped_key,
+            region=region,
+            producer_id=producer_id,
+            schema_fingerprint=schema_fingerprint,
+            context=context,
+            salt=salt,
+            commitment=commitment,
+            segment_size=segment_size,
+        )
+        self._header_bytes = encode_header(self._header)
+        self._cipher: AESGCM | None = cipher
+        self._segment_size = segment_size
+        self._pending = bytearray()
+        self._index = 0
+        self._sink = sink
+        self._collected: list[bytes] = []
+        self._bytes_written = 0
+        self._emit(self._header_bytes)
+
+    @property
+    def header(self) -> EnvelopeHeader:
+        return self._header
+
+    @property
+    def bytes_written(self) -> int:
+        """Envelope bytes produced so far (header and sealed segments)."""
+        return self._bytes_written
+
+    @property
+    def finished(self) -> bool:
+        return self._cipher is None
+
+    def write(self, chunk: bytes | bytearray | memoryview) -> None:
+        """Add plaintext; full segments are sealed straight from ``chunk`` without a copy.
+
+        A segment is sealed only once more data follows it, because only ``finish()`` knows
+        which segment is final; so at most one segment of plaintext is ever buffered.
+        """
+        self._require_open()
+        view = as_byte_view(chunk)
+        if not view:
+            return
+        segment_size = self._segment_size
+        if self._pending:
+            room = segment_size - len(self._pending)
+            if len(view) <= room:
+                self._pending += view
+                return
+            self._pending += view[:room]
+            view = view[room:]
+            self._seal_segment(self._pending, final=False)
+            self._pending.clear()
+        while len(view) > segment_size:
+            self._seal_segment(view[:segment_size], final=False)
+            view = view[segment_size:]
+        self._pending += view
+
+    def finish(self) -> bytes:
+        """Seal the final segment; return the envelope, or ``b""`` when writing to a sink."""
+        self._require_open()
+        self._seal_segment(self._pending, final=True)
+        self._pending.clear()
+        self._cipher = None
+        if self._sink is not None:
+            return b""
+        envelope = b"".join(self._collected)
+        self._collected.clear()
+        return envelope
+
+    def abort(self) -> None:
+        """Drop buffered plaintext and the key; the output stays without a final segment."""
+        self._pending.clear()
+        self._collected.clear()
+        self._cipher = None
+
+    def __enter__(self) -> BatchSealer:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        if exc_type is None and not self.finished:
+            self.finish()
+        elif exc_type is not None:
+            self.abort()
+
+    def _require_open(self) -> None:
+        if self._cipher is None:
+            raise EnvelopeError("BatchSealer is already finished")
+
+    def _seal_segment(self, plaintext: bytes | bytearray | memoryview, *, final: bool) -> None:
+        if self._index >= MAX_SEGMENT_COUNT:
+            raise EnvelopeLimitError(f"segment count exceeds {MAX_SEGMENT_COUNT}")
+        cipher = self._cipher
+        if cipher is None:
+            raise EnvelopeError("BatchSealer is already finished")
+        index = self._index
+        ciphertext = cipher.encrypt(
+            segment_nonce(index), plaintext, segment_aad(self._header_bytes, index, final)
+        )
+        flag = _FLAG_FINAL if final else _FLAG_MORE
+        self._emit(flag + len(ciphertext).to_bytes(4, "big"))
+        self._emit(ciphertext)
+        self._index = index + 1
+
+    def _emit(self, piece: bytes) -> None:
+        if self._sink is not None:
+            self._sink.write(piece)
+        else:
+            self._collected.append(piece)
+        self._bytes_written += len(piece)
+
+
+def seal_batch(
+    plaintext: bytes | Iterable[bytes],
+    *,
+    data_key: DataKey,
+    wrapped_key: WrappedKey,
+    region: str,
+    producer_id: str,
+    schema_fingerprint: bytes,
+    context: Mapping[str, str],
+    segment_size: int = DEFAULT_SEGMENT_SIZE,
+) -> bytes:
+    """Seal bytes, or an iterable of byte chunks, as one batch envelope."""
+    sealer = BatchSealer(
+        data_key=data_key,
+        wrapped_key=wrapped_key,
+        region=region,
+        producer_id=producer_id,
+        schema_fingerprint=schema_fingerprint,
+        context=context,
+        segment_size=segment_size,
+    )
+    return _feed(sealer, plaintext)
+
+
+def _seal_batch_with(
+    plaintext: bytes | Iterable[bytes], *, salt: bytes, envelope_id: bytes, **arguments: object
+) -> bytes:
+    """Deterministic sealing for known-answer vectors only: a reused salt reuses the key."""
+    return _feed(BatchSealer._with(salt=salt, envelope_id=envelope_id, **arguments), plaintext)
+
+
+def _feed(sealer: BatchSealer, plaintext: bytes | Iterable[bytes]) -> bytes:
+    if isinstance(plaintext, (bytes, bytearray, memoryview)):
+        sealer.write(plaintext)
+    else:
+        for chunk in plaintext:
+            sealer.write(chunk)
+    return sealer.finish()
+
+
+def iter_open_batch(envelope: bytes, data_key: DataKey) -> Iterator[bytes]:
+    """Yield the plaintext of a batch envelope segment by segment.
+
+    Before the first segment is yielded the whole structure is walked (no trailing bytes,
+    a final segment present) and the key commitment checked, so structural damage and a
+    wrong key surface before any plaintext. A segment is yielded only after its tag
+    verifies; the first bad one raises the uniform :class:`EnvelopeAuthenticationError`.
+    """
+    view = as_byte_view(envelope)
+    header, header_length = read_header(view)
+    if header.kind != KIND_BATCH:
+        raise EnvelopeFormatError(f"kind is {header.kind!r}, expected 'batch'")
+    _check_structure(view, header_length, header.segment_size)
+    cipher = opening_cipher(data_key, header.salt, header.algorithm, header.commitment)
+    return _decrypt_segments(cipher, view, header_length, header.segment_size)
+
+
+def _check_structure(view: memoryview, header_length: int, segment_size: int) -> None:
+    end = header_length
+    try:
+        for frame in iter_batch_frames(view, header_length, segment_size):
+            end = frame.end
+    except MissingFinalSegmentError:
+        raise EnvelopeAuthenticationError() from None
+    if end != len(view):
+        raise EnvelopeFormatError(f"{len(view) - end} trailing bytes after the final segment")
+
+
+def _decrypt_segments(
+    cipher: AESGCM, view: memoryview, header_length: int, segment_size: int
+) -> Iterator[bytes]:
+    header_bytes = bytes(view[:header_length])
+    for frame in iter_batch_frames(view, header_length, segment_size):
+        aad = segment_aad(header_bytes, frame.index, frame.final)
+        try:
+            plaintext = cipher.decrypt(
+                segment_nonce(frame.index), view[frame.start : frame.end], aad
+            )
+        except InvalidTag:
+            raise EnvelopeAuthenticationError() from None
+        yield plaintext
+
+
+def open_batch(envelope: bytes, data_key: DataKey) -> bytes:
+    """The whole plaintext of a batch envelope (see :func:`iter_open_batch`)."""
+    return b"".join(iter_open_batch(envelope, data_key))

@@ -1,0 +1,54 @@
+"""Every bound of envelope format v1, in one place (docs/FORMAT.md lists the same numbers).
+
+Parsers check a claimed length against these bounds *before* they slice or allocate, and
+sealers refuse values outside them, so anything sealed can be opened. This module holds
+numbers only; the checks live in ``envelope._wire`` and the parsers.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "DEFAULT_SEGMENT_SIZE",
+    "ENVELOPE_ID_LENGTH",
+    "MAX_CONTEXT_BYTES",
+    "MAX_CONTEXT_ENTRIES",
+    "MAX_CONTEXT_KEY",
+    "MAX_CONTEXT_VALUE",
+    "MAX_KEK_URI",
+    "MAX_KEK_VERSION",
+    "MAX_PRODUCER_ID",
+    "MAX_RECORD_PLAINTEXT",
+    "MAX_REGION",
+    "MAX_SEGMENT_COUNT",
+    "MAX_SEGMENT_SIZE",
+    "MAX_WRAPPED_KEY",
+    "MIN_SEGMENT_SIZE",
+    "SALT_LENGTH",
+    "SCHEMA_FINGERPRINT_LENGTH",
+    "TAG_LENGTH",
+]
+
+# Fixed-size header fields (bytes).
+ENVELOPE_ID_LENGTH = 16
+SCHEMA_FINGERPRINT_LENGTH = 32
+SALT_LENGTH = 32
+COMMITMENT_LENGTH = 32
+TAG_LENGTH = 16  # AES-GCM authentication tag
+
+# Variable-size header fields: UTF-8 byte lengths (minimum 1 unless noted).
+MAX_REGION = 64
+MAX_PRODUCER_ID = 256
+MAX_KEK_URI = 1024
+MAX_KEK_VERSION = 128
+MAX_WRAPPED_KEY = 4096  # an RSA-4096 wrap is 512 bytes; cloud KMS ciphertexts are smaller
+MAX_CONTEXT_ENTRIES = 32
+MAX_CONTEXT_KEY = 128
+MAX_CONTEXT_VALUE = 1024  # values may be empty
+MAX_CONTEXT_BYTES = 8192  # the encoded entries together (without the 2-byte count)
+
+# Bodies.
+MAX_RECORD_PLAINTEXT = 1 << 24  # 16 MiB: a record is one small message
+MIN_SEGMENT_SIZE = 16
+MAX_SEGMENT_SIZE = 1 << 24  # 16 MiB
+DEFAULT_SEGMENT_SIZE = 1 << 20  # 1 MiB
+MAX_SEGMENT_COUNT = 1 << 32  # indices 0 .. 2**32 - 1 fit the 4-byte nonce/AAD counter

@@ -1,0 +1,594 @@
+"""Azure Key Vault / Managed HSM backend for the key broker, plus the Secure Key Release call.
+
+What it does:
+- `AzureKeyVaultKms` wraps and unwraps DEKs under a Key Vault or Managed HSM key named by
+  ``azure-kv://VAULT.vault.azure.net/keys/NAME[/VERSION]`` (or ``NAME.managedhsm.azure.net``),
+  through the real ``azure-keyvault-keys`` SDK and an injected ``azure-identity`` credential.
+  RSA keys use RSA-OAEP-256 (``CryptographyClient.wrap_key`` / ``unwrap_key``); symmetric
+  ``oct-HSM`` keys of a Managed HSM use AES key wrap (``A256KW``, RFC 3394).
+- `release_key_to_tee` asks the vault to release an exportable key to a TEE
+  (``KeyClient.release_key`` with the worker's MAA token as the target). The vault answers with a
+  signed JWS in which the key is wrapped to the worker's runtime key; the worker opens it with
+  `enclave_workers.skr`. This module never sees the released key.
+
+What it does not do: create keys, set release policies (see `keybroker.kms.skr_policy` for the
+policy document), verify MAA tokens (the vault does), or cache unwrapped DEKs.
+
+AAD binding. Neither RSA-OAEP nor AES-KW takes associated data, so the DEK is bound to its AAD
+by wrapping ``SHA-256(AAD_LABEL || aad) || dek`` and, on unwrap, comparing the first 32 bytes of
+what the vault returns with the digest of the caller's AAD in constant time. Both wraps are
+non-malleable (OAEP is IND-CCA2, AES-KW carries an integrity check), so nobody can move a wrapped
+DEK to another AAD without the vault. Caveat of the RSA case: anyone who holds the public key can
+wrap a DEK of their own choosing for any AAD; use an ``oct-HSM`` key where the producer of
+wrapped DEKs must itself be authorised by the vault.
+
+Wire format of ``WrappedKey.ciphertext`` (documented here, stable):
+``0x01 (format) || alg (0x01 RSA-OAEP-256, 0x02 A256KW) || ciphertext returned by the vault``.
+``WrappedKey.kek.uri`` is the key URI without a version; ``kek.version`` is the version the
+vault used (the current one when the URI names none).
+
+Failures become the typed errors of `keybroker.kms.base`: 401/403 -> KmsPermissionError,
+404 -> KeyNotFoundError, a disabled or expired key -> KeyDisabledError (a KeyDestroyedError),
+408/429/5xx and network faults -> retried with backoff, then KmsTransientError.
+
+Known hazard avoided on purpose: azure-keyvault-keys 4.11 wraps *locally with a random key*
+when a ``CryptographyClient`` holds an ``oct-HSM`` key whose material it cannot see (the GET
+returns no ``k``). ``oct-HSM`` wrap/unwrap therefore go to the vault through the SDK pipeline
+with ``KeyClient.send_request`` (same authentication, TLS and transport).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import random
+import re
+import ssl
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Any, TypeVar
+
+from azure.core.credentials import TokenCredential
+from azure.core.exceptions import (
+    AzureError,
+    ClientAuthenticationError,
+    HttpResponseError,
+    ServiceRequestError,
+    ServiceResponseError,
+)
+from azure.core.rest import HttpRequest
+from azure.keyvault.keys import KeyClient, KeyVaultKey
+from azure.keyvault.keys.crypto import CryptographyClient, KeyWrapAlgorithm
+
+from envelope.keys import KeyReference, WrappedKey
+from keybroker.kms.base import (
+    KeyDestroyedError,
+    KeyNotFoundError,
+    KmsError,
+    KmsPermissionError,
+    KmsTransientError,
+)
+
+__all__ = [
+    "AAD_LABEL",
+    "AZURE_VAULT_DOMAINS",
+    "AzureKeyUri",
+    "AzureKeyVaultKms",
+    "KeyDisabledError",
+    "KeyReleaseDeniedError",
+    "KmsInputError",
+    "RetrySchedule",
+    "WrappedKeyAadMismatchError",
+    "release_key_to_tee",
+]
+
+SCHEME = "azure-kv"
+AAD_LABEL = b"sealbeam/azure-kv/dek-aad/v1\x00"
+AZURE_VAULT_DOMAINS = (
+    "vault.azure.net",
+    "managedhsm.azure.net",
+    "vault.azure.cn",
+    "managedhsm.azure.cn",
+    "vault.usgovcloudapi.net",
+    "managedhsm.usgovcloudapi.net",
+)
+
+_FORMAT_V1 = 0x01
+_ALG_RSA_OAEP_256 = 0x01
+_ALG_A256KW = 0x02
+_ALG_NAMES = {_ALG_RSA_OAEP_256: "RSA-OAEP-256", _ALG_A256KW: "A256KW"}
+_RSA_KEY_TYPES = frozenset({"RSA", "RSA-HSM"})
+_OCT_KEY_TYPES = frozenset({"oct", "oct-HSM"})
+
+_MAX_URI_CHARS = 512
+_MAX_AAD_BYTES = 64 * 1024
+_MIN_DEK_BYTES, _MAX_DEK_BYTES = 16, 64
+_MAX_VAULT_CIPHERTEXT = 512  # RSA-4096 output; AES-KW of 96 bytes is 104
+_MAX_RESPONSE_BYTES = 64 * 1024
+_MAX_RELEASE_TOKEN_CHARS = 256 * 1024
+_DIGEST_BYTES = 32
+_CLIENT_CACHE_SIZE = 128
+
+_HOST_RE = re.compile(r"^[A-Za-z0-9.-]{1,253}(:[0-9]{1,5})?$")
+_NAME_RE = re.compile(r"^[A-Za-z0-9-]{1,127}$")
+_VERSION_RE = re.compile(r"^[A-Za-z0-9]{1,64}$")
+
+
+class KeyDisabledError(KeyDestroyedError):
+    """The key exists but the vault refuses to use it: disabled, expired or not yet valid."""
+
+
+class KeyReleaseDeniedError(KmsPermissionError):
+    """The vault refused Secure Key Release: the target token did not satisfy the release policy
+    (or the caller lacks keys/release)."""
+
+
+class KmsInputError(KmsError):
+    """A key URI, DEK, AAD or wrapped-key blob handed to this backend is malformed."""
+
+
+class WrappedKeyAadMismatchError(KmsError):
+    """The wrapped DEK was bound to different associated data than the caller supplied."""
+
+    def __init__(self) -> None:
+        super().__init__("wrapped key does not match the associated data")
+
+
+@dataclass(frozen=True)
+class AzureKeyUri:
+    """A parsed ``azure-kv://HOST/keys/NAME[/VERSION]`` key reference."""
+
+    host: str
+    name: str
+    version: str | None
+
+    @property
+    def vault_url(self) -> str:
+        return f"https://{self.host}"
+
+    @property
+    def unversioned_uri(self) -> str:
+        return f"{SCHEME}://{self.host}/keys/{self.name}"
+
+    def key_id(self, version: str) -> str:
+        """The vault's own identifier (``kid``) of one version of this key."""
+        return f"{self.vault_url}/keys/{self.name}/{version}"
+
+    @classmethod
+    def parse(cls, uri: str, allowed_hosts: frozenset[str] = frozenset()) -> AzureKeyUri:
+        """Parse and check a key URI; the host must be an Azure vault domain or allowed by name."""
+        if not isinstance(uri, str) or len(uri) > _MAX_URI_CHARS:
+            raise KmsInputError(
+                f"azure-kv key URI must be a string of at most {_MAX_URI_CHARS} chars"
+            )
+        prefix = f"{SCHEME}://"
+        if not uri.startswith(prefix):
+            raise KmsInputError(f"key URI {uri!r} does not start with {prefix!r}")
+        parts = uri[len(prefix) :].split("/")
+        if len(parts) not in (3, 4) or parts[1] != "keys":
+            raise KmsInputError(
+                f"key URI {uri!r} is not of the form {prefix}HOST/keys/NAME[/VERSION]"
+            )
+        host, name = parts[0].lower(), parts[2]
+        version = parts[3] if len(parts) == 4 else None
+        if not _HOST_RE.match(host) or not _host_is_allowed(host, allowed_hosts):
+            raise KmsInputError(
+                f"key URI host {host!r} is neither an Azure Key Vault / Managed HSM domain "
+                f"({', '.join(AZURE_VAULT_DOMAINS)}) nor an explicitly allowed host"
+            )
+        if not _NAME_RE.match(name):
+            raise KmsInputError(f"key name {name!r} must be 1-127 letters, digits or '-'")
+        if version is not None and not _VERSION_RE.match(version):
+            raise KmsInputError(f"key version {version!r} must be 1-64 letters or digits")
+        return cls(host=host, name=name, version=version)
+
+
+def _host_is_allowed(host: str, allowed_hosts: frozenset[str]) -> bool:
+    if host in allowed_hosts:
+        return True
+    bare = host.split(":", 1)[0]
+    return ":" not in host and any(
+        bare.endswith("." + domain) and len(bare) > len(domain) + 1
+        for domain in AZURE_VAULT_DOMAINS
+    )
+
+
+@dataclass(frozen=True)
+class RetrySchedule:
+    """How often and how patiently transient vault failures are retried (full-jitter backoff)."""
+
+    attempts: int = 4
+    first_delay_seconds: float = 0.2
+    max_delay_seconds: float = 3.0
+
+    def delay_before(self, retry_number: int) -> float:
+        ceiling = min(self.max_delay_seconds, self.first_delay_seconds * (2 ** (retry_number - 1)))
+        return random.uniform(0.0, ceiling)
+
+
+_T = TypeVar("_T")
+
+
+def _with_retries(
+    call: Callable[[], _T], describe: str, schedule: RetrySchedule, sleep: Callable[[float], None]
+) -> _T:
+    """Run ``call`` translating Azure errors, retrying only KmsTransientError."""
+    attempts = max(1, schedule.attempts)
+    for attempt in range(1, attempts + 1):
+        try:
+            return call()
+        except (KmsError, AzureError, ValueError) as error:
+            failure = translate_azure_error(error, describe)
+            if not isinstance(failure, KmsTransientError) or attempt >= attempts:
+                if failure is error:
+                    raise
+                raise failure from error
+        sleep(schedule.delay_before(attempt))
+    raise AssertionError("unreachable: the retry loop returns or raises")
+
+
+def translate_azure_error(error: BaseException, describe: str) -> KmsError:
+    """Map an azure-core / SDK exception to the broker's typed KMS errors (one place)."""
+    if isinstance(error, KmsError):
+        return error
+    if isinstance(error, HttpResponseError) and error.status_code is not None:
+        status = error.status_code
+        code, message, inner_code = _service_error_details(error)
+        detail = f"{describe}: HTTP {status} {code}: {message}"
+        if status == 401:
+            return KmsPermissionError(detail)
+        if status == 403:
+            return (
+                KeyDisabledError(detail)
+                if _says_disabled(message, inner_code)
+                else (KmsPermissionError(detail))
+            )
+        if status == 404:
+            return KeyNotFoundError(detail)
+        if status in (408, 429) or status >= 500:
+            return KmsTransientError(detail)
+        return KmsError(detail)
+    if isinstance(error, ClientAuthenticationError):
+        return KmsPermissionError(
+            f"{describe}: credential could not authenticate: {_clip(str(error))}"
+        )
+    if isinstance(error, (ServiceRequestError, ServiceResponseError)):
+        if _caused_by_tls_failure(error):
+            return KmsError(
+                f"{describe}: TLS verification of the vault failed: {_clip(str(error))}"
+            )
+        return KmsTransientError(f"{describe}: vault unreachable: {_clip(str(error))}")
+    return KmsError(f"{describe}: {type(error).__name__}: {_clip(str(error))}")
+
+
+def _service_error_details(error: HttpResponseError) -> tuple[str, str, str]:
+    odata = error.error
+    if odata is None:
+        return "-", _clip(error.reason or "no error body"), ""
+    inner = odata.innererror if isinstance(odata.innererror, dict) else {}
+    return (
+        _clip(str(odata.code or "-")),
+        _clip(str(odata.message or "")),
+        _clip(str(inner.get("code", ""))),
+    )
+
+
+def _says_disabled(message: str, inner_code: str) -> bool:
+    lowered = message.lower()
+    return (
+        inner_code in ("KeyDisabled", "KeyExpired") or "disabled" in lowered or "expired" in lowered
+    )
+
+
+def _caused_by_tls_failure(error: BaseException) -> bool:
+    seen: set[int] = set()
+    current: BaseException | None = error
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, ssl.SSLError) or "SSLError" in type(current).__name__:
+            return True
+        inner = getattr(current, "inner_exception", None)
+        current = (
+            inner
+            if isinstance(inner, BaseException)
+            else (current.__cause__ or current.__context__)
+        )
+    return False
+
+
+def _clip(text: str, limit: int = 300) -> str:
+    printable = "".join(ch if ch.isprintable() else "?" for ch in text)
+    return printable if len(printable) <= limit else printable[:limit] + "..."
+
+
+def _aad_digest(aad: bytes) -> bytes:
+    return hashlib.sha256(AAD_LABEL + aad).digest()
+
+
+def _b64url(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+
+
+def _b64url_decode(text: str, field: str) -> bytes:
+    if not isinstance(text, str) or len(text) > 2 * _MAX_RESPONSE_BYTES:
+        raise KmsError(f"vault response field {field!r} is not a bounded string")
+    try:
+        return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+    except (ValueError, TypeError) as exc:
+        raise KmsError(f"vault response field {field!r} is not base64url") from exc
+
+
+def _check_request(dek: bytes, aad: bytes) -> None:
+    if not isinstance(dek, (bytes, bytearray)) or not _MIN_DEK_BYTES <= len(dek) <= _MAX_DEK_BYTES:
+        raise KmsInputError(f"dek must be {_MIN_DEK_BYTES}-{_MAX_DEK_BYTES} bytes")
+    if len(dek) % 8:
+        raise KmsInputError("dek length must be a multiple of 8 bytes (AES key wrap)")
+    _check_aad(aad)
+
+
+def _check_aad(aad: bytes) -> None:
+    if not isinstance(aad, (bytes, bytearray)) or len(aad) > _MAX_AAD_BYTES:
+        raise KmsInputError(f"aad must be bytes of at most {_MAX_AAD_BYTES} bytes")
+
+
+def _split_wrapped(ciphertext: bytes) -> tuple[int, bytes]:
+    if not isinstance(ciphertext, (bytes, bytearray)):
+        raise KmsInputError("wrapped key ciphertext must be bytes")
+    if len(ciphertext) < 2 + 16 or len(ciphertext) > 2 + _MAX_VAULT_CIPHERTEXT:
+        raise KmsInputError(
+            f"wrapped key ciphertext length {len(ciphertext)} is outside "
+            f"18..{2 + _MAX_VAULT_CIPHERTEXT}"
+        )
+    if ciphertext[0] != _FORMAT_V1:
+        raise KmsInputError(f"wrapped key format byte {ciphertext[0]} is not {_FORMAT_V1}")
+    if ciphertext[1] not in _ALG_NAMES:
+        raise KmsInputError(f"wrapped key algorithm byte {ciphertext[1]} is unknown")
+    return ciphertext[1], bytes(ciphertext[2:])
+
+
+class AzureKeyVaultKms:
+    """KeyManagementService over Azure Key Vault and Managed HSM (scheme ``azure-kv``).
+
+    Each `wrap` reads the key once (current version, type, enabled state); each `unwrap` calls the
+    vault. Permissions needed: keys/get, keys/wrapKey, keys/unwrapKey.
+    """
+
+    scheme = SCHEME
+
+    def __init__(
+        self,
+        credential: TokenCredential,
+        *,
+        connection_verify: bool | str = True,
+        allowed_hosts: Iterable[str] = (),
+        verify_challenge_resource: bool = True,
+        retry: RetrySchedule | None = None,
+        sleep: Callable[[float], None] = time.sleep,
+        clock: Callable[[], datetime] = lambda: datetime.now(timezone.utc),
+        connection_timeout: float = 10.0,
+        read_timeout: float = 30.0,
+    ) -> None:
+        """``connection_verify``: True (system CAs) or a CA bundle path; never False.
+        ``allowed_hosts``: exact ``host[:port]`` values accepted besides the Azure vault domains
+        (private endpoints, tests). ``verify_challenge_resource=False`` only with such hosts."""
+        if connection_verify is False or not isinstance(connection_verify, (bool, str)):
+            raise KmsInputError("connection_verify must be True or a CA bundle path; TLS stays on")
+        if not hasattr(credential, "get_token"):
+            raise KmsInputError(
+                "credential must implement get_token (an azure-identity credential)"
+            )
+        self._credential = credential
+        self._allowed_hosts = frozenset(host.lower() for host in allowed_hosts)
+        self._retry = retry or RetrySchedule()
+        self._sleep = sleep
+        self._clock = clock
+        self._client_options: dict[str, Any] = {
+            "connection_verify": connection_verify,
+            "verify_challenge_resource": verify_challenge_resource,
+            "retry_total": 0,  # retries are ours (_with_retries), so that they are counted once
+            "connection_timeout": connection_timeout,
+            "read_timeout": read_timeout,
+        }
+        self._lock = threading.Lock()
+        self._key_clients: OrderedDict[str, KeyClient] = OrderedDict()
+        self._crypto_clients: OrderedDict[str, CryptographyClient] = OrderedDict()
+
+    # -- KeyManagementService -------------------------------------------------------------
+
+    def wrap(self, kek_uri: str, dek: bytes, aad: bytes) -> WrappedKey:
+        """Wrap ``dek`` under the key's named (or current) version, bound to ``aad``."""
+        key_uri = AzureKeyUri.parse(kek_uri, self._allowed_hosts)
+        _check_request(dek, aad)
+        describe = f"azure-kv wrap with {key_uri.unversioned_uri}"
+        key = _with_retries(
+            lambda: self._key_client(key_uri).get_key(key_uri.name, key_uri.version),
+            describe + " (get key)",
+            self._retry,
+            self._sleep,
+        )
+        version = self._usable_version(key, key_uri, "wrapKey")
+        payload = _aad_digest(aad) + bytes(dek)
+        key_type = str(getattr(key.key_type, "value", key.key_type))
+        if key_type in _RSA_KEY_TYPES:
+            alg = _ALG_RSA_OAEP_256
+            client = CryptographyClient(key, self._credential, **self._client_options)
+            wrapped = _with_retries(
+                lambda: client.wrap_key(KeyWrapAlgorithm.rsa_oaep_256, payload).encrypted_key,
+                describe,
+                self._retry,
+                self._sleep,
+            )
+        elif key_type in _OCT_KEY_TYPES:
+            alg = _ALG_A256KW
+            wrapped = self._vault_key_operation(key_uri, version, "wrapkey", payload, describe)
+        else:
+            raise KmsError(
+                f"{describe}: key type {key_type!r} cannot wrap keys (need RSA or oct-HSM)"
+            )
+        if not wrapped or len(wrapped) > _MAX_VAULT_CIPHERTEXT:
+            raise KmsError(f"{describe}: vault returned a wrapped key of unexpected length")
+        return WrappedKey(
+            kek=KeyReference(uri=key_uri.unversioned_uri, version=version),
+            ciphertext=bytes([_FORMAT_V1, alg]) + bytes(wrapped),
+        )
+
+    def unwrap(self, wrapped: WrappedKey, aad: bytes) -> bytes:
+        """Unwrap with the version recorded in ``wrapped``; checks the AAD binding."""
+        key_uri = AzureKeyUri.parse(wrapped.kek.uri, self._allowed_hosts)
+        version = wrapped.kek.version
+        if not isinstance(version, str) or not _VERSION_RE.match(version):
+            raise KmsInputError(f"wrapped key version {version!r} must be 1-64 letters or digits")
+        if key_uri.version is not None and key_uri.version != version:
+            raise KmsInputError(
+                f"wrapped key URI names version {key_uri.version!r} but records {version!r}"
+            )
+        _check_aad(aad)
+        alg, vault_ciphertext = _split_wrapped(wrapped.ciphertext)
+        describe = f"azure-kv unwrap with {key_uri.unversioned_uri} version {version}"
+        if alg == _ALG_RSA_OAEP_256:
+            client = self._crypto_client(key_uri, version)
+            payload = _with_retries(
+                lambda: client.unwrap_key(KeyWrapAlgorithm.rsa_oaep_256, vault_ciphertext).key,
+                describe,
+                self._retry,
+                self._sleep,
+            )
+        else:
+            payload = self._vault_key_operation(
+                key_uri, version, "unwrapkey", vault_ciphertext, describe
+            )
+        if len(payload) < _DIGEST_BYTES + _MIN_DEK_BYTES:
+            raise WrappedKeyAadMismatchError()
+        if not hmac.compare_digest(payload[:_DIGEST_BYTES], _aad_digest(aad)):
+            raise WrappedKeyAadMismatchError()
+        return bytes(payload[_DIGEST_BYTES:])
+
+    # -- helpers --------------------------------------------------------------------------
+
+    def _usable_version(self, key: KeyVaultKey, key_uri: AzureKeyUri, operation: str) -> str:
+        props = key.properties
+        label = key_uri.unversioned_uri
+        version = props.version
+        if not isinstance(version, str) or not _VERSION_RE.match(version):
+            raise KmsError(f"vault returned key {label} without a valid version")
+        if key_uri.version is not None and version != key_uri.version:
+            raise KmsError(
+                f"vault returned version {version!r} of {label}, asked {key_uri.version!r}"
+            )
+        if props.enabled is False:
+            raise KeyDisabledError(f"key {label} version {version} is disabled")
+        now = self._clock()
+        if props.not_before is not None and now < props.not_before:
+            raise KeyDisabledError(
+                f"key {label} version {version} is not valid before {props.not_before}"
+            )
+        if props.expires_on is not None and now >= props.expires_on:
+            raise KeyDisabledError(f"key {label} version {version} expired at {props.expires_on}")
+        if key.key_operations is not None and operation not in key.key_operations:
+            raise KmsPermissionError(f"key {label} version {version} does not permit {operation}")
+        return version
+
+    def _vault_key_operation(
+        self, key_uri: AzureKeyUri, version: str, operation: str, value: bytes, describe: str
+    ) -> bytes:
+        """POST /keys/{name}/{version}/{wrapkey|unwrapkey} with A256KW through the SDK pipeline."""
+        request_body = {"alg": KeyWrapAlgorithm.aes_256.value, "value": _b64url(value)}
+
+        def call() -> bytes:
+            request = HttpRequest(
+                "POST", f"/keys/{key_uri.name}/{version}/{operation}", json=request_body
+            )
+            response = self._key_client(key_uri).send_request(request)
+            response.raise_for_status()
+            body = response.content
+            if len(body) > _MAX_RESPONSE_BYTES:
+                raise KmsError(f"{describe}: vault response of {len(body)} bytes is too large")
+            try:
+                document = json.loads(body)
+            except ValueError as exc:
+                raise KmsError(f"{describe}: vault response is not JSON") from exc
+            if not isinstance(document, dict) or "value" not in document:
+                raise KmsError(f"{describe}: vault response has no 'value'")
+            return _b64url_decode(document["value"], "value")
+
+        return _with_retries(call, describe, self._retry, self._sleep)
+
+    def _key_client(self, key_uri: AzureKeyUri) -> KeyClient:
+        with self._lock:
+            client = self._key_clients.get(key_uri.host)
+            if client is None:
+                client = KeyClient(key_uri.vault_url, self._credential, **self._client_options)
+                _remember(self._key_clients, key_uri.host, client)
+            return client
+
+    def _crypto_client(self, key_uri: AzureKeyUri, version: str) -> CryptographyClient:
+        key_id = key_uri.key_id(version)
+        with self._lock:
+            client = self._crypto_clients.get(key_id)
+            if client is None:
+                client = CryptographyClient(key_id, self._credential, **self._client_options)
+                _remember(self._crypto_clients, key_id, client)
+            return client
+
+
+def _remember(cache: OrderedDict[str, Any], key: str, value: Any) -> None:
+    cache[key] = value
+    cache.move_to_end(key)
+    while len(cache) > _CLIENT_CACHE_SIZE:
+        cache.popitem(last=False)
+
+
+def release_key_to_tee(
+    key_client: KeyClient,
+    name: str,
+    target_attestation_token: str,
+    *,
+    version: str | None = None,
+    algorithm: str = "RSA_AES_KEY_WRAP_256",
+    nonce: str | None = None,
+    retry: RetrySchedule | None = None,
+    sleep: Callable[[float], None] = time.sleep,
+) -> str:
+    """Ask the vault to release key ``name`` to the TEE that the MAA token describes.
+
+    Returns the vault's signed JWS (compact form); the key inside is wrapped to the runtime key
+    in the token, so this process cannot read it. The vault, not this function, checks the token
+    against the key's release policy. ``algorithm`` is the export ``enc``: RSA_AES_KEY_WRAP_256
+    (default), RSA_AES_KEY_WRAP_384 or CKM_RSA_AES_KEY_WRAP.
+    """
+    if not isinstance(name, str) or not _NAME_RE.match(name):
+        raise KmsInputError(f"key name {name!r} must be 1-127 letters, digits or '-'")
+    if version is not None and (not isinstance(version, str) or not _VERSION_RE.match(version)):
+        raise KmsInputError(f"key version {version!r} must be 1-64 letters or digits")
+    if not isinstance(target_attestation_token, str) or not 0 < len(target_attestation_token) <= (
+        _MAX_RELEASE_TOKEN_CHARS
+    ):
+        raise KmsInputError("target attestation token must be a non-empty string of bounded size")
+    if algorithm not in ("RSA_AES_KEY_WRAP_256", "RSA_AES_KEY_WRAP_384", "CKM_RSA_AES_KEY_WRAP"):
+        raise KmsInputError(f"export algorithm {algorithm!r} is not supported")
+    describe = f"azure-kv release of key {name}" + (f" version {version}" if version else "")
+
+    def call() -> str:
+        try:
+            result = key_client.release_key(
+                name, target_attestation_token, version=version, algorithm=algorithm, nonce=nonce
+            )
+        except HttpResponseError as error:
+            translated = translate_azure_error(error, describe)
+            if type(translated) is KmsPermissionError and error.status_code == 403:
+                raise KeyReleaseDeniedError(str(translated)) from error
+            raise translated from error
+        return result.value
+
+    token = _with_retries(call, describe, retry or RetrySchedule(), sleep)
+    if not isinstance(token, str) or not 0 < len(token) <= _MAX_RELEASE_TOKEN_CHARS:
+        raise KmsError(f"{describe}: vault returned no release token of bounded size")
+    if token.count(".") != 2:
+        raise KmsError(f"{describe}: vault release token is not a compact JWS")
+    return token

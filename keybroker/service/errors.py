@@ -1,0 +1,113 @@
+"""The broker's own errors and the one function that maps any error to an HTTP status.
+
+``error_status`` walks the exception's class hierarchy against one table, so a new
+subclass inherits its parent's status; ``tests/keybroker/test_error_status.py`` pins the
+table. Bodies are ``{"error": <code>, "reason": <message>}``. Anything not in the table is
+a 500 with a fixed reason, so an unexpected exception never leaks its message.
+
+This module does not log and does not write the ledger.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from envelope.errors import EnvelopeFormatError, KeyTransportError
+from keybroker.attestation.errors import (
+    AttestationError,
+    EndorsementUnavailableError,
+    EvidenceFormatError,
+    EvidenceVerificationError,
+    ReportDataMismatchError,
+    TrustStoreError,
+)
+from keybroker.kms.base import (
+    KeyDestroyedError,
+    KeyNotFoundError,
+    KmsError,
+    KmsPermissionError,
+    KmsTransientError,
+    KmsUnwrapError,
+)
+from keybroker.ledger import LedgerError
+from keybroker.service.sessions import CapacityError, NonceError, SessionError
+
+__all__ = [
+    "HANDLED_ERROR_TYPES",
+    "INTERNAL_ERROR_REASON",
+    "BadRequestError",
+    "BrokerServiceError",
+    "ErrorStatus",
+    "PolicyDeniedError",
+    "UnsupportedTeeError",
+    "error_status",
+]
+
+INTERNAL_ERROR_REASON = "internal error"
+
+
+class BrokerServiceError(Exception):
+    """Base of the errors the service raises itself (as opposed to its libraries')."""
+
+
+class BadRequestError(BrokerServiceError):
+    """A field is malformed (bad base64, wrong length); the message names the field."""
+
+
+class UnsupportedTeeError(BadRequestError):
+    """No verifier is configured for the TEE kind named in the request."""
+
+
+class PolicyDeniedError(BrokerServiceError):
+    """The release policy said no; the message is the policy's reason."""
+
+
+@dataclass(frozen=True)
+class ErrorStatus:
+    status: int
+    error: str
+    expose_reason: bool = True
+
+
+# Most specific classes first is not required: the lookup follows each exception's MRO.
+_STATUS_TABLE: dict[type[BaseException], ErrorStatus] = {
+    PolicyDeniedError: ErrorStatus(403, "denied"),
+    KmsPermissionError: ErrorStatus(403, "kms_permission_denied"),
+    NonceError: ErrorStatus(401, "bad_nonce"),
+    SessionError: ErrorStatus(401, "bad_session"),
+    AttestationError: ErrorStatus(401, "attestation_failed"),
+    EvidenceFormatError: ErrorStatus(401, "bad_evidence"),
+    EvidenceVerificationError: ErrorStatus(401, "evidence_not_verified"),
+    ReportDataMismatchError: ErrorStatus(401, "report_data_mismatch"),
+    EndorsementUnavailableError: ErrorStatus(503, "endorsement_unavailable"),
+    TrustStoreError: ErrorStatus(500, "verifier_misconfigured", expose_reason=False),
+    KeyNotFoundError: ErrorStatus(404, "key_not_found"),
+    KeyDestroyedError: ErrorStatus(404, "key_destroyed"),
+    KmsUnwrapError: ErrorStatus(400, "wrapped_key_rejected"),
+    KmsTransientError: ErrorStatus(503, "kms_unavailable"),
+    KmsError: ErrorStatus(500, "kms_error", expose_reason=False),
+    CapacityError: ErrorStatus(503, "busy"),
+    LedgerError: ErrorStatus(503, "ledger_unavailable"),
+    BadRequestError: ErrorStatus(400, "bad_request"),
+    UnsupportedTeeError: ErrorStatus(400, "unsupported_tee"),
+    EnvelopeFormatError: ErrorStatus(400, "bad_request"),
+    KeyTransportError: ErrorStatus(400, "bad_tee_key"),
+}
+HANDLED_ERROR_TYPES: tuple[type[BaseException], ...] = tuple(_STATUS_TABLE)
+_INTERNAL = ErrorStatus(500, "internal_error", expose_reason=False)
+
+
+def error_status(error: BaseException) -> ErrorStatus:
+    """The HTTP status and error code for ``error`` (500 for anything unknown)."""
+    for cls in type(error).__mro__:
+        status = _STATUS_TABLE.get(cls)
+        if status is not None:
+            return status
+    return _INTERNAL
+
+
+def error_body(error: BaseException) -> tuple[int, dict[str, str]]:
+    """(status, {"error", "reason"}) for a response; unknown errors get a fixed reason."""
+    status = error_status(error)
+    reason = str(error) if status.expose_reason else INTERNAL_ERROR_REASON
+    return status.status, {"error": status.error, "reason": reason or status.error}

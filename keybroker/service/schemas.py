@@ -1,0 +1,144 @@
+"""Request and response bodies of the broker's HTTP API (pydantic models).
+
+Every string field has a length bound, so oversized input is refused (422) before any
+decoding; binary fields travel as standard base64 and are decoded, with their own byte
+bounds, by the service. Unknown fields are refused. This module holds shapes only.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints
+
+__all__ = [
+    "MAX_ENDORSEMENTS",
+    "MAX_ENDORSEMENT_BYTES",
+    "MAX_EVIDENCE_BYTES",
+    "MAX_TEE_PUBLIC_KEY_BYTES",
+    "MAX_WRAPPED_DEK_BYTES",
+    "AttestRequest",
+    "AttestResponse",
+    "ChallengeResponse",
+    "ErrorResponse",
+    "GenerateRequest",
+    "GenerateResponse",
+    "HealthResponse",
+    "ReleaseNamedRequest",
+    "ReleaseNamedResponse",
+    "ReleaseRequest",
+    "ReleaseResponse",
+    "base64_length",
+]
+
+MAX_EVIDENCE_BYTES = 64 * 1024
+MAX_ENDORSEMENTS = 8
+MAX_ENDORSEMENT_BYTES = 64 * 1024
+MAX_TEE_PUBLIC_KEY_BYTES = 4096
+MAX_WRAPPED_DEK_BYTES = 4096
+MAX_NONCE_BYTES = 64
+
+
+def base64_length(byte_count: int) -> int:
+    """Characters of padded base64 for ``byte_count`` bytes."""
+    return 4 * ((byte_count + 2) // 3)
+
+
+def _b64(byte_count: int) -> type[str]:
+    return Annotated[str, StringConstraints(min_length=1, max_length=base64_length(byte_count))]  # type: ignore[return-value]
+
+
+Text16 = Annotated[str, StringConstraints(min_length=1, max_length=16)]
+Text32 = Annotated[str, StringConstraints(min_length=1, max_length=32)]
+Region = Annotated[str, StringConstraints(min_length=1, max_length=64)]
+ProducerId = Annotated[str, StringConstraints(min_length=1, max_length=256)]
+KekUri = Annotated[str, StringConstraints(min_length=1, max_length=1024)]
+KekVersion = Annotated[str, StringConstraints(min_length=1, max_length=128)]
+SessionId = Annotated[str, StringConstraints(min_length=1, max_length=128)]
+KeyName = Annotated[str, StringConstraints(min_length=1, max_length=128)]
+NonceB64 = _b64(MAX_NONCE_BYTES)
+EvidenceB64 = _b64(MAX_EVIDENCE_BYTES)
+EndorsementB64 = _b64(MAX_ENDORSEMENT_BYTES)
+TeePublicKeyB64 = _b64(MAX_TEE_PUBLIC_KEY_BYTES)
+WrappedDekB64 = _b64(MAX_WRAPPED_DEK_BYTES)
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ChallengeResponse(_Strict):
+    nonce: str = Field(description="base64 of 32 random bytes; single use")
+    expires_at: float = Field(description="Unix time (seconds) after which the nonce is refused")
+
+
+class AttestRequest(_Strict):
+    nonce: NonceB64
+    tee: Text32 = Field(description='"sev-snp", "tdx", "azure-cvm", "maa", "confidential-space"')
+    evidence: EvidenceB64
+    endorsements: Annotated[dict[Text32, EndorsementB64], Field(max_length=MAX_ENDORSEMENTS)] = (
+        Field(default_factory=dict, description='e.g. {"vcek": base64 DER} for sev-snp')
+    )
+    tee_public_key: TeePublicKeyB64
+
+
+class AttestResponse(_Strict):
+    session_id: str
+    expires_at: float
+    simulated: bool
+    claims: dict[str, object]
+
+
+class ReleaseRequest(_Strict):
+    session_id: SessionId
+    kek_uri: KekUri
+    kek_version: KekVersion
+    wrapped_dek: WrappedDekB64
+    region: Region
+    producer_id: ProducerId
+
+
+class ReleaseResponse(_Strict):
+    sealed_dek: str = Field(
+        description='base64 of seal_to_tee(.., release_info("release", key_id))'
+    )
+    key_id: str
+    simulated: bool
+
+
+class GenerateRequest(_Strict):
+    session_id: SessionId
+    region: Region
+    producer_id: ProducerId
+
+
+class GenerateResponse(_Strict):
+    sealed_dek: str = Field(
+        description='base64 of seal_to_tee(.., release_info("generate", key_id))'
+    )
+    kek_uri: str
+    kek_version: str
+    wrapped_dek: str
+    key_id: str
+    simulated: bool
+
+
+class ReleaseNamedRequest(_Strict):
+    session_id: SessionId
+    name: KeyName
+
+
+class ReleaseNamedResponse(_Strict):
+    sealed_key: str = Field(description='base64 of seal_to_tee(.., release_info("named", name))')
+    name: str
+    simulated: bool
+
+
+class HealthResponse(_Strict):
+    status: Text16
+    ledger_entries: int
+
+
+class ErrorResponse(_Strict):
+    error: str
+    reason: str

@@ -1,0 +1,352 @@
+"""The broker's work: challenge, attest, release, generate and release-named, each audited.
+
+Each operation reads top to bottom: check the session (or nonce) -> claims -> policy ->
+KMS -> seal the key to the session's TEE key with HPKE. Every grant and every denial,
+including malformed requests and bad evidence, is appended to the audit ledger with its
+reason; a grant that cannot be recorded is not given (fail closed). Keys and sessions of
+simulated TEEs are marked ``simulated`` in the response and the ledger.
+
+This module knows nothing of HTTP: it raises typed errors that ``errors.error_status``
+maps to statuses, and its methods are blocking (run them off the event loop).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import logging
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+
+from envelope.keys import DataKey, KeyReference, WrappedKey, dek_wrap_aad
+from envelope.transport import (
+    TEE_PUBLIC_KEY_LENGTH,
+    release_info,
+    report_data_binding,
+    seal_to_tee,
+)
+from keybroker.attestation.claims import Claims
+from keybroker.attestation.verifier import Verifier
+from keybroker.client import GENERATE_PURPOSE, NAMED_PURPOSE, RELEASE_PURPOSE
+from keybroker.config import BrokerSettings
+from keybroker.kms.base import KeyNotFoundError
+from keybroker.kms.named_keys import NamedKeyStore, named_key_aad, validate_key_name
+from keybroker.kms.registry import KmsRegistry
+from keybroker.ledger import AuditLedger
+from keybroker.policy import ReleasePolicy
+from keybroker.service.errors import (
+    BadRequestError,
+    PolicyDeniedError,
+    UnsupportedTeeError,
+    error_status,
+)
+from keybroker.service.schemas import (
+    MAX_ENDORSEMENT_BYTES,
+    MAX_EVIDENCE_BYTES,
+    MAX_WRAPPED_DEK_BYTES,
+    AttestRequest,
+    AttestResponse,
+    ChallengeResponse,
+    GenerateRequest,
+    GenerateResponse,
+    HealthResponse,
+    ReleaseNamedRequest,
+    ReleaseNamedResponse,
+    ReleaseRequest,
+    ReleaseResponse,
+)
+from keybroker.service.sessions import NONCE_BYTES, NonceStore, Session, SessionStore
+from keybroker.service.verifiers import build_verifiers
+
+__all__ = ["KeyBrokerService", "decode_base64"]
+
+logger = logging.getLogger("keybroker.service")
+
+
+
+def decode_base64(field: str, value: str, exact: int | None = None, maximum: int = 0) -> bytes:
+    """Strict standard base64 with a byte bound; BadRequestError names the field."""
+    try:
+        decoded = base64.b64decode(value.encode("ascii"), validate=True)
+    except (binascii.Error, ValueError, UnicodeEncodeError):
+        raise BadRequestError(f"{field}: not valid base64") from None
+    if exact is not None and len(decoded) != exact:
+        raise BadRequestError(f"{field}: expected {exact} bytes, got {len(decoded)}")
+    if maximum and len(decoded) > maximum:
+        raise BadRequestError(f"{field}: {len(decoded)} bytes, over the limit of {maximum}")
+    return decoded
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+def _fingerprint(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _claims_summary(claims: Claims) -> dict[str, object]:
+    return {
+        "tee": claims.tee,
+        "measurement": claims.measurement,
+        "debug": claims.debug,
+        "simulated": claims.simulated,
+        "product": claims.product,
+        "signing_key": claims.signing_key,
+        "report_version": claims.report_version,
+        "tcb": dict(claims.tcb),
+    }
+
+
+def _session_audit(session: Session) -> dict[str, object]:
+    return {
+        "session": session.audit_id,
+        "simulated": session.simulated,
+        "tee": session.claims.tee,
+        "measurement": session.claims.measurement,
+    }
+
+
+class KeyBrokerService:
+    """The relying party's operations. Thread-safe; one instance per running broker."""
+
+    def __init__(
+        self,
+        *,
+        settings: BrokerSettings,
+        policy: ReleasePolicy,
+        kms: KmsRegistry,
+        verifiers: Mapping[str, Verifier],
+        ledger: AuditLedger,
+        named_keys: NamedKeyStore,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._settings = settings
+        self._policy = policy
+        self._kms = kms
+        self._verifiers = dict(verifiers)
+        self._ledger = ledger
+        self._named_keys = named_keys
+        self._nonces = NonceStore(settings.nonce_ttl_seconds, settings.max_pending_nonces, clock)
+        self._sessions = SessionStore(settings.session_ttl_seconds, settings.max_sessions, clock)
+
+    @classmethod
+    def from_settings(
+        cls,
+        settings: BrokerSettings,
+        *,
+        clock: Callable[[], float] = time.time,
+        verifiers: Mapping[str, Verifier] | None = None,
+    ) -> KeyBrokerService:
+        """Load policy, keys and ledger named by ``settings``; record the start in the ledger."""
+        policy = ReleasePolicy.load(settings.policy_path)
+        named_keys = (
+            NamedKeyStore.open(settings.named_keys_path)
+            if Path(settings.named_keys_path).exists()
+            else NamedKeyStore(settings.named_keys_path)
+        )
+        built_verifiers = (
+            dict(verifiers) if verifiers is not None else build_verifiers(settings, policy)
+        )
+        ledger = AuditLedger(settings.ledger_path, clock=clock)
+        service = cls(
+            settings=settings,
+            policy=policy,
+            kms=KmsRegistry(settings),
+            verifiers=built_verifiers,
+            ledger=ledger,
+            named_keys=named_keys,
+            clock=clock,
+        )
+        ledger.append(
+            "broker-start",
+            "info",
+            {
+                "policy_sha256": _fingerprint(Path(settings.policy_path).read_bytes()),
+                "allow_simulated": policy.allow_simulated,
+                "rules": [rule.name for rule in policy.rules],
+                "tees": sorted(built_verifiers),
+                "regions": sorted(settings.region_keks),
+            },
+        )
+        return service
+
+    @property
+    def ledger(self) -> AuditLedger:
+        return self._ledger
+
+    @property
+    def policy(self) -> ReleasePolicy:
+        return self._policy
+
+    def close(self) -> None:
+        self._ledger.close()
+
+    # -- operations ------------------------------------------------------------------------
+
+    def health(self) -> HealthResponse:
+        entries, _head = self._ledger.head()
+        return HealthResponse(status="ok", ledger_entries=entries)
+
+    def challenge(self) -> ChallengeResponse:
+        challenge = self._nonces.issue()
+        return ChallengeResponse(nonce=_b64(challenge.nonce), expires_at=challenge.expires_at)
+
+    def attest(self, request: AttestRequest) -> AttestResponse:
+        """Consume the nonce, verify the evidence bound to (nonce, TEE key), open a session."""
+        audit: dict[str, object] = {"tee": request.tee}
+        try:
+            nonce = decode_base64("nonce", request.nonce, exact=NONCE_BYTES)
+            tee_public_key = decode_base64(
+                "tee_public_key", request.tee_public_key, exact=TEE_PUBLIC_KEY_LENGTH
+            )
+            audit["tee_key_sha256"] = _fingerprint(tee_public_key)
+            evidence = decode_base64("evidence", request.evidence, maximum=MAX_EVIDENCE_BYTES)
+            endorsements = {
+                name: decode_base64(f"endorsements[{name}]", value, maximum=MAX_ENDORSEMENT_BYTES)
+                for name, value in request.endorsements.items()
+            }
+            self._nonces.consume(nonce)
+            verifier = self._verifiers.get(request.tee)
+            if verifier is None:
+                raise UnsupportedTeeError(
+                    f"tee: no verifier for {request.tee!r} "
+                    f"(configured: {', '.join(sorted(self._verifiers))})"
+                )
+            expected_report_data = report_data_binding(nonce, tee_public_key)
+            claims = verifier.evaluate(evidence, expected_report_data, endorsements=endorsements)
+            audit["claims"] = _claims_summary(claims)
+            audit["simulated"] = claims.simulated
+            decision = self._policy.evaluate_attestation(claims)
+            if not decision.allowed:
+                raise PolicyDeniedError(decision.reason)
+            session = self._sessions.open(tee_public_key, claims)
+        except Exception as error:
+            self._record_denial("attest", audit, error)
+            raise
+        try:
+            self._ledger.append(
+                "attest", "granted", {**audit, "rule": decision.rule, "session": session.audit_id}
+            )
+        except BaseException:
+            self._sessions.discard(session.session_id)
+            raise
+        return AttestResponse(
+            session_id=session.session_id,
+            expires_at=session.expires_at,
+            simulated=claims.simulated,
+            claims=claims.to_json(),
+        )
+
+    def release(self, request: ReleaseRequest) -> ReleaseResponse:
+        """Unwrap a DEK the policy lets this session have and seal it to the TEE key."""
+        audit: dict[str, object] = {
+            "kek": request.kek_uri,
+            "kek_version": request.kek_version,
+            "region": request.region,
+            "producer_id": request.producer_id,
+        }
+        try:
+            session = self._sessions.get(request.session_id)
+            audit.update(_session_audit(session))
+            ciphertext = decode_base64(
+                "wrapped_dek", request.wrapped_dek, maximum=MAX_WRAPPED_DEK_BYTES
+            )
+            wrapped = WrappedKey(KeyReference(request.kek_uri, request.kek_version), ciphertext)
+            audit["key_id"] = wrapped.key_id
+            decision = self._policy.evaluate_release(
+                session.claims, request.kek_uri, request.region, request.producer_id
+            )
+            if not decision.allowed:
+                raise PolicyDeniedError(decision.reason)
+            aad = dek_wrap_aad(request.region, request.producer_id)
+            dek = DataKey(self._kms.unwrap(wrapped, aad))
+            sealed = seal_to_tee(
+                session.tee_public_key,
+                dek.secret_bytes(),
+                release_info(RELEASE_PURPOSE, wrapped.key_id),
+            )
+        except Exception as error:
+            self._record_denial("release", audit, error)
+            raise
+        self._ledger.append("release", "granted", {**audit, "rule": decision.rule})
+        return ReleaseResponse(
+            sealed_dek=_b64(sealed), key_id=wrapped.key_id, simulated=session.simulated
+        )
+
+    def generate(self, request: GenerateRequest) -> GenerateResponse:
+        """A fresh DEK for a region: wrapped under the region's KEK and sealed to the TEE."""
+        audit: dict[str, object] = {"region": request.region, "producer_id": request.producer_id}
+        try:
+            session = self._sessions.get(request.session_id)
+            audit.update(_session_audit(session))
+            kek_uri = self._settings.region_keks.get(request.region)
+            if kek_uri is None:
+                raise KeyNotFoundError(f"no KEK configured for region {request.region!r}")
+            audit["kek"] = kek_uri
+            decision = self._policy.evaluate_release(
+                session.claims, kek_uri, request.region, request.producer_id
+            )
+            if not decision.allowed:
+                raise PolicyDeniedError(decision.reason)
+            dek = DataKey.generate()
+            aad = dek_wrap_aad(request.region, request.producer_id)
+            wrapped = self._kms.wrap(kek_uri, dek.secret_bytes(), aad)
+            audit["kek_version"] = wrapped.kek.version
+            audit["key_id"] = wrapped.key_id
+            sealed = seal_to_tee(
+                session.tee_public_key,
+                dek.secret_bytes(),
+                release_info(GENERATE_PURPOSE, wrapped.key_id),
+            )
+        except Exception as error:
+            self._record_denial("generate", audit, error)
+            raise
+        self._ledger.append("generate", "granted", {**audit, "rule": decision.rule})
+        return GenerateResponse(
+            sealed_dek=_b64(sealed),
+            kek_uri=wrapped.kek.uri,
+            kek_version=wrapped.kek.version,
+            wrapped_dek=_b64(wrapped.ciphertext),
+            key_id=wrapped.key_id,
+            simulated=session.simulated,
+        )
+
+    def release_named(self, request: ReleaseNamedRequest) -> ReleaseNamedResponse:
+        """A named key (e.g. ``pseudonym/acme``) the policy lets this session have."""
+        audit: dict[str, object] = {"name": request.name}
+        try:
+            session = self._sessions.get(request.session_id)
+            audit.update(_session_audit(session))
+            name = validate_key_name(request.name)
+            decision = self._policy.evaluate_named(session.claims, name)
+            if not decision.allowed:
+                raise PolicyDeniedError(decision.reason)
+            wrapped = self._named_keys.wrapped_key(name)
+            audit["kek"] = wrapped.kek.uri
+            audit["kek_version"] = wrapped.kek.version
+            secret = self._kms.unwrap(wrapped, named_key_aad(name))
+            sealed = seal_to_tee(session.tee_public_key, secret, release_info(NAMED_PURPOSE, name))
+        except Exception as error:
+            self._record_denial("release-named", audit, error)
+            raise
+        self._ledger.append("release-named", "granted", {**audit, "rule": decision.rule})
+        return ReleaseNamedResponse(sealed_key=_b64(sealed), name=name, simulated=session.simulated)
+
+    # -- audit -----------------------------------------------------------------------------
+
+    def _record_denial(self, event: str, audit: Mapping[str, object], error: Exception) -> None:
+        """Write the denial; a ledger failure here is logged and the denial still stands."""
+        status = error_status(error)
+        if status.error == "internal_error":
+            reason = f"unexpected {type(error).__name__}"
+            logger.error("internal error during %s: %s", event, type(error).__name__)
+        else:
+            reason = str(error) or status.error
+        details = {**audit, "status": status.status, "error": status.error, "reason": reason}
+        try:
+            self._ledger.append(event, "denied", details)
+        except Exception as ledger_error:
+            logger.error("could not record a %s denial in the ledger: %s", event, ledger_error)

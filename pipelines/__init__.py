@@ -1,0 +1,1 @@
+"""Runnable pipelines, their options, and the ``sealbeam`` command line."""

@@ -1,0 +1,137 @@
+"""The batch pipeline: sealed record files -> TEE featurization -> region-pinned sealed batches.
+
+What it does: ``build_batch_pipeline`` wires the ``transforms`` into a Beam pipeline (read,
+parse headers, confidential processing, route by region, pinned write, dead letters);
+``run_batch`` runs it — on ``FnApiRunner`` unless ``--runner`` names another, since Beam
+2.77's default DirectRunner first tries to download the Prism binary — and returns a
+``RunSummary`` from the job's metrics, reconciling
+``records_in == records_out + dead_letters``.
+
+What it does not: it does not start a broker or create keys (``demo`` and ``keys init`` do)
+and never sees plaintext: that only exists inside ``ConfidentialProcess``.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass, field
+from typing import NamedTuple
+
+import apache_beam as beam
+from apache_beam.metrics.metric import MetricsFilter
+from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
+from apache_beam.runners.portability.fn_api_runner import FnApiRunner
+
+from transforms import (
+    ConfidentialProcess,
+    ParseSealed,
+    ReadSealedRecords,
+    RouteByRegion,
+    WriteDeadLetters,
+    WriteRegionPinned,
+)
+from transforms import metrics as names
+
+from .errors import ReconciliationError
+from .options import (
+    SealbeamOptions,
+    allowed_regions,
+    feature_settings,
+    required,
+    session_limits,
+    tee_settings,
+)
+
+
+class BatchPipelineOutputs(NamedTuple):
+    written_paths: beam.PCollection
+    dead_letters: beam.PCollection
+
+
+@dataclass(frozen=True)
+class RunSummary:
+    """Counts of one run, from the job's committed ``sealbeam`` metrics."""
+
+    records_in: int
+    records_out: int
+    dead_letters: int
+    rows_out: int
+    output_files: int
+    broker_calls: int
+    outputs_by_region: dict[str, int] = field(default_factory=dict)
+    seconds: float = 0.0
+
+    @property
+    def reconciled(self) -> bool:
+        return self.records_in == self.records_out + self.dead_letters
+
+    def to_json(self) -> dict[str, object]:
+        return {**asdict(self), "reconciled": self.reconciled}
+
+
+def build_batch_pipeline(p: beam.Pipeline, options: PipelineOptions) -> BatchPipelineOutputs:
+    """Add sealbeam's batch steps to ``p`` according to ``options``."""
+    opts = options.view_as(SealbeamOptions)
+    input_pattern = required(opts, "input")
+    output_root = required(opts, "output_root")
+    broker_url = required(opts, "broker_url")
+    regions = allowed_regions(opts)
+
+    read = p | "ReadSealed" >> ReadSealedRecords(input_pattern)
+    parsed = read[ReadSealedRecords.SEALED] | "ParseHeaders" >> ParseSealed()
+    processed = parsed[ParseSealed.SEALED] | "Confidential" >> ConfidentialProcess(
+        broker_url, tee_settings(opts), feature_settings(opts), limits=session_limits(opts),
+        min_batch_size=opts.min_batch_size, max_batch_size=opts.max_batch_size,
+    )
+    written = (
+        processed[ConfidentialProcess.SEALED]
+        | "Route" >> RouteByRegion()
+        | "WritePinned" >> WriteRegionPinned(output_root, regions)
+    )
+    dead_letters = (
+        (read[ReadSealedRecords.DEAD_LETTER], parsed[ParseSealed.DEAD_LETTER],
+         processed[ConfidentialProcess.DEAD_LETTER], written[WriteRegionPinned.DEAD_LETTER])
+        | "AllDeadLetters" >> beam.Flatten()
+    )
+    dead_letters | "WriteDeadLetters" >> WriteDeadLetters(output_root)
+    return BatchPipelineOutputs(written[WriteRegionPinned.WRITTEN], dead_letters)
+
+
+def _counter_totals(result: beam.runners.runner.PipelineResult) -> dict[str, int]:
+    query = result.metrics().query(MetricsFilter().with_namespace(names.NAMESPACE))
+    totals: dict[str, int] = {}
+    for counter in query["counters"]:
+        value = counter.committed if counter.committed is not None else counter.attempted
+        totals[counter.key.metric.name] = totals.get(counter.key.metric.name, 0) + int(value or 0)
+    return totals
+
+
+def run_batch(options: PipelineOptions) -> RunSummary:
+    """Run the batch pipeline to completion and summarize it from its metrics."""
+    opts = options.view_as(SealbeamOptions)
+    regions = sorted(allowed_regions(opts))
+    runner = options.view_as(StandardOptions).runner or FnApiRunner()
+    started = time.monotonic()
+    pipeline = beam.Pipeline(runner=runner, options=options)
+    build_batch_pipeline(pipeline, options)
+    result = pipeline.run()
+    result.wait_until_finish()
+    totals = _counter_totals(result)
+    return RunSummary(
+        records_in=totals.get(names.RECORDS_IN, 0),
+        records_out=totals.get(names.RECORDS_OUT, 0),
+        dead_letters=totals.get(names.DEAD_LETTERS, 0),
+        rows_out=totals.get(names.ROWS_OUT, 0),
+        output_files=totals.get(names.OUTPUT_FILES, 0),
+        broker_calls=totals.get(names.BROKER_CALLS, 0),
+        outputs_by_region={r: totals.get(names.outputs_in_region(r), 0) for r in regions},
+        seconds=round(time.monotonic() - started, 3),
+    )
+
+
+def check_reconciled(summary: RunSummary) -> None:
+    """Raise ``ReconciliationError`` unless records_in == records_out + dead_letters."""
+    if not summary.reconciled:
+        raise ReconciliationError(
+            f"run does not reconcile: records_in={summary.records_in} != records_out="
+            f"{summary.records_out} + dead_letters={summary.dead_letters}")

@@ -1,0 +1,73 @@
+"""The ``sealbeam`` command line: argparse over the subcommand modules in ``commands/``.
+
+What it does: builds one parser, lets every module of ``pipelines/commands`` register its
+subcommands (``register(subparsers)``), runs the chosen handler and turns errors a user can
+cause (bad options, missing files, refused keys, failed checks) into one line on stderr and
+exit status 2.
+
+What it does not: no work of its own; handlers call library functions that tests use directly.
+Unexpected exceptions (bugs) are not hidden.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import importlib.util
+import sys
+from collections.abc import Sequence
+
+from enclave_workers.basic_features import FeatureError
+from enclave_workers.key_session import KeySessionError
+from enclave_workers.records import RecordError
+from envelope import EnvelopeError
+from keybroker.client import BrokerError
+from keybroker.kms.base import KmsError
+from keybroker.ledger import LedgerError
+from transforms import TransformError
+
+from .errors import PipelineError
+
+# Fixed order, as ``sealbeam --help`` lists them.
+COMMAND_MODULES = ("keys", "broker", "audit", "attest", "features", "seal", "open", "run", "demo")
+# Modules owned by other rooms that may not have landed yet; skipped only while missing.
+# TODO(lead): remove this tolerance at integration.
+_MAY_BE_MISSING = frozenset({"keys", "broker", "audit", "attest", "features"})
+
+USER_ERRORS: tuple[type[BaseException], ...] = (
+    PipelineError, TransformError, EnvelopeError, KmsError, BrokerError, LedgerError,
+    FeatureError, RecordError, KeySessionError, OSError,
+)
+USAGE_EXIT = 2
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="sealbeam",
+        description="Encrypted data pipelines on Apache Beam with attested key release.",
+    )
+    subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name in COMMAND_MODULES:
+        module_name = f"{__package__}.commands.{name}"
+        if name in _MAY_BE_MISSING and importlib.util.find_spec(module_name) is None:
+            continue
+        importlib.import_module(module_name).register(subparsers)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args))
+    except USER_ERRORS as exc:
+        message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        print(f"sealbeam: error: {message}", file=sys.stderr)
+        return USAGE_EXIT
+    except KeyboardInterrupt:
+        print("sealbeam: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

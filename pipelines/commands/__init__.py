@@ -1,0 +1,1 @@
+"""Subcommands of ``sealbeam``: each module exposes ``register(subparsers)``."""

@@ -1,0 +1,209 @@
+"""What a partner runs before sending data: seal JSONL or Parquet into envelopes.
+
+What it does: reads a partner file (JSONL, one JSON object per line, or Parquet), and writes
+either sealed records (one base64 record envelope per line) or one sealed batch (an Arrow
+IPC stream of the rows, also written as one base64 line, so that ``sealbeam run batch`` reads
+both the same way). Each file (or
+each N records) gets a fresh DEK, wrapped under the region's KEK from the local keyring with
+``aad = dek_wrap_aad(region, producer_id)``. Outputs are written to a temporary name and
+renamed, so a partial file never looks finished.
+
+What it does not: it does not send anything anywhere, and it keeps no DEK after sealing.
+With a cloud KMS the partner would wrap through that KMS instead of the local keyring; the
+envelope format is the same.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from enclave_workers.records import (
+    INPUT_SCHEMA_FINGERPRINT,
+    MAX_RECORD_BYTES,
+    RecordError,
+    conform_to_input_schema,
+    parse_records,
+    table_to_ipc,
+    table_to_json_records,
+)
+from envelope import DataKey, WrappedKey, dek_wrap_aad, seal_batch, seal_record
+from keybroker.kms.base import KmsError
+from keybroker.kms.local import LocalKeyring
+from transforms.read import iter_bounded_lines
+
+from .errors import InputFileError, PipelineError
+
+INPUT_FORMATS = ("jsonl", "parquet")
+OUTPUT_KINDS = ("records", "batch")
+MAX_INPUT_BYTES = 4 << 30
+PARTNER_RECORDS_KIND = "partner-records"
+
+
+@dataclass(frozen=True)
+class SealReport:
+    """What a seal run produced (counts only; no content)."""
+
+    input_records: int
+    envelopes: int
+    data_keys: int
+    output_path: str
+    kind: str
+
+
+def detect_input_format(path: Path) -> str:
+    suffix = path.suffix.lower()
+    if suffix in (".jsonl", ".ndjson", ".json"):
+        return "jsonl"
+    if suffix in (".parquet", ".pq"):
+        return "parquet"
+    raise InputFileError(f"cannot tell the format of {path.name}; pass --input-format "
+                         f"({' or '.join(INPUT_FORMATS)})")
+
+
+def _check_input_file(path: Path) -> None:
+    if not path.is_file():
+        raise InputFileError(f"input file {path} does not exist")
+    size = path.stat().st_size
+    if size > MAX_INPUT_BYTES:
+        raise InputFileError(f"input file {path} is {size} bytes, over {MAX_INPUT_BYTES}")
+
+
+def iter_jsonl_records(path: Path) -> Iterator[bytes]:
+    """Each non-blank line of a JSONL file, checked to be one JSON object within bounds."""
+    with path.open("rb") as stream:
+        for line_no, line, length in iter_bounded_lines(stream, MAX_RECORD_BYTES):
+            if line is None:
+                raise InputFileError(f"{path.name}:{line_no}: line is {length} bytes, over "
+                                     f"{MAX_RECORD_BYTES}")
+            line = line.strip()
+            if not line:
+                continue
+            try:
+                value = json.loads(line)
+            except (UnicodeDecodeError, json.JSONDecodeError):
+                raise InputFileError(f"{path.name}:{line_no}: not valid JSON") from None
+            if not isinstance(value, dict):
+                raise InputFileError(f"{path.name}:{line_no}: not a JSON object")
+            yield line
+
+
+def load_partner_table(path: Path, input_format: str) -> pa.Table:
+    """The partner file as a table of ``records.INPUT_SCHEMA`` (for sealed batches)."""
+    if input_format == "parquet":
+        try:
+            table = pq.read_table(path)
+        except (pa.ArrowInvalid, OSError) as exc:
+            raise InputFileError(f"{path.name}: not a readable Parquet file "
+                                 f"({type(exc).__name__})") from None
+        try:
+            return conform_to_input_schema(table)
+        except RecordError as exc:
+            raise InputFileError(f"{path.name}: {exc}") from None
+    records = list(iter_jsonl_records(path))
+    parsed = parse_records(records)
+    if parsed.failures:
+        index, (_, reason) = min(parsed.failures.items())
+        raise InputFileError(f"{path.name}: record {index + 1}: {reason}")
+    return parsed.table
+
+
+def iter_partner_records(path: Path, input_format: str) -> Iterator[bytes]:
+    """The partner file as JSON record bytes (for sealed records)."""
+    if input_format == "jsonl":
+        yield from iter_jsonl_records(path)
+        return
+    yield from table_to_json_records(load_partner_table(path, "parquet"))
+
+
+class _KeyIssuer:
+    """Fresh DEKs wrapped under the region KEK, one per ``records_per_key`` records."""
+
+    def __init__(self, keyring: LocalKeyring, region: str, producer_id: str,
+                 records_per_key: int) -> None:
+        try:
+            self._kek_uri = keyring.kek_for_region(region)
+        except KmsError as exc:
+            raise PipelineError(str(exc)) from None
+        self._keyring = keyring
+        self._aad = dek_wrap_aad(region, producer_id)
+        self._records_per_key = records_per_key
+        self._current: tuple[DataKey, WrappedKey] | None = None
+        self._uses = 0
+        self.issued = 0
+
+    def next_key(self) -> tuple[DataKey, WrappedKey]:
+        if self._current is None or (self._records_per_key and
+                                     self._uses >= self._records_per_key):
+            data_key = DataKey.generate()
+            try:
+                wrapped = self._keyring.wrap(self._kek_uri, data_key.secret_bytes(), self._aad)
+            except KmsError as exc:
+                raise PipelineError(f"cannot wrap a data key: {exc}") from None
+            self._current = (data_key, wrapped)
+            self._uses = 0
+            self.issued += 1
+        self._uses += 1
+        return self._current
+
+
+def _write_atomically(output_path: Path, chunks: Iterator[bytes]) -> None:
+    output_path.parent.mkdir(parents=True, exist_ok=True)
+    temp_path = output_path.with_name(f".{output_path.name}.tmp")
+    try:
+        with temp_path.open("wb") as out:
+            for chunk in chunks:
+                out.write(chunk)
+        os.replace(temp_path, output_path)
+    finally:
+        temp_path.unlink(missing_ok=True)
+
+
+def seal_file(input_path: Path, output_path: Path, *, keyring: LocalKeyring, region: str,
+              producer_id: str, output_kind: str = "records", records_per_key: int = 0,
+              input_format: str | None = None) -> SealReport:
+    """Seal a partner file; ``records_per_key=0`` means one DEK for the whole file."""
+    input_path, output_path = Path(input_path), Path(output_path)
+    if output_kind not in OUTPUT_KINDS:
+        raise PipelineError(f"output kind must be one of {', '.join(OUTPUT_KINDS)}")
+    if records_per_key < 0:
+        raise PipelineError("records per key must be 0 (one key per file) or more")
+    _check_input_file(input_path)
+    input_format = input_format or detect_input_format(input_path)
+    if input_format not in INPUT_FORMATS:
+        raise PipelineError(f"input format must be one of {', '.join(INPUT_FORMATS)}")
+    issuer = _KeyIssuer(keyring, region, producer_id, records_per_key)
+    counts = {"records": 0}
+
+    if output_kind == "batch":
+        table = load_partner_table(input_path, input_format)
+        data_key, wrapped = issuer.next_key()
+        envelope = seal_batch(
+            table_to_ipc(table), data_key=data_key, wrapped_key=wrapped, region=region,
+            producer_id=producer_id, schema_fingerprint=INPUT_SCHEMA_FINGERPRINT,
+            context={"sealbeam.kind": PARTNER_RECORDS_KIND, "sealbeam.rows": str(table.num_rows)},
+        )
+        _write_atomically(output_path, iter([base64.b64encode(envelope) + b"\n"]))
+        return SealReport(table.num_rows, 1, issuer.issued, str(output_path), output_kind)
+
+    def sealed_lines() -> Iterator[bytes]:
+        for record in iter_partner_records(input_path, input_format):
+            data_key, wrapped = issuer.next_key()
+            envelope = seal_record(
+                record, data_key=data_key, wrapped_key=wrapped, region=region,
+                producer_id=producer_id, schema_fingerprint=INPUT_SCHEMA_FINGERPRINT,
+                context={"sealbeam.kind": PARTNER_RECORDS_KIND},
+            )
+            counts["records"] += 1
+            yield base64.b64encode(envelope) + b"\n"
+
+    _write_atomically(output_path, sealed_lines())
+    return SealReport(counts["records"], counts["records"], issuer.issued, str(output_path),
+                      output_kind)

@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# Installs the Debian packages the tests use (SoftHSM2 for PKCS#11), when missing.
+# Idempotent; needs root (CI and the developer machines run as root).
+set -euo pipefail
+need=()
+command -v softhsm2-util >/dev/null 2>&1 || need+=(softhsm2)
+if [ ${#need[@]} -gt 0 ]; then
+  if [ "$(id -u)" -ne 0 ]; then
+    echo "missing Debian packages: ${need[*]} (run as root or install them)" >&2
+    exit 1
+  fi
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null
+fi

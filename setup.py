@@ -1,0 +1,34 @@
+"""Packaging for sealbeam; also usable as Dataflow's ``--setup_file``."""
+
+from setuptools import find_packages, setup
+
+ROOMS = ("envelope", "keybroker", "enclave_workers", "transforms", "pipelines")
+
+setup(
+    name="sealbeam",
+    version="0.1.0",
+    description="Streaming encrypted data pipelines on Apache Beam with attested key release",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    license="Apache-2.0",
+    python_requires=">=3.10",
+    packages=find_packages(include=[f"{room}*" for room in ROOMS]),
+    package_data={"keybroker": ["*.yaml", "*.json"], "enclave_workers": ["*.json", "*.yaml"]},
+    install_requires=[
+        "apache-beam>=2.60",
+        "cryptography>=47",
+        "pyarrow>=15",
+        "google-cloud-kms>=3",
+        "azure-keyvault-keys>=4.9",
+        "azure-identity>=1.15",
+        "fastapi>=0.110",
+        "uvicorn>=0.29",
+        "httpx>=0.27",
+        "pyyaml>=6",
+        "jsonschema>=4",
+    ],
+    extras_require={
+        "test": ["pytest>=8", "hypothesis>=6.100", "ruff>=0.5"],
+    },
+    entry_points={"console_scripts": ["sealbeam=pipelines.cli:main"]},
+)

@@ -1,0 +1,95 @@
+"""A real key broker on loopback for the worker, transform and pipeline tests.
+
+``broker_env`` runs ``init_state`` (keyring, named keys, dev SEV-SNP chain, demo policy) and
+``serve_in_thread``; its policy is narrowed to the producers ``acme`` and ``globex`` so that a
+third producer (``mallory``, whose keys the keyring can still wrap) is denied by the broker.
+It also offers helpers that seal records as a partner would.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from enclave_workers.evidence.simulated_snp import DEV_MEASUREMENT, SimulatedSnpProvider
+from enclave_workers.records import INPUT_SCHEMA_FINGERPRINT
+from envelope import DataKey, WrappedKey, dek_wrap_aad, seal_record
+from keybroker.client import BrokerClient
+from keybroker.config import BrokerSettings, init_state
+from keybroker.kms.local import LocalKeyring
+from keybroker.service.server import serve_in_thread
+
+ALLOWED_PRODUCERS = ("acme", "globex")
+DENIED_PRODUCER = "mallory"
+REGIONS = ("eu", "us")
+
+
+@dataclass(frozen=True)
+class BrokerEnv:
+    state_dir: Path
+    settings: BrokerSettings
+    url: str
+    keyring: LocalKeyring
+
+    @property
+    def dev_tee_dir(self) -> Path:
+        return self.state_dir / "dev-tee"
+
+    def client(self) -> BrokerClient:
+        return BrokerClient(self.url)
+
+    def provider(self) -> SimulatedSnpProvider:
+        return SimulatedSnpProvider(self.dev_tee_dir)
+
+    def wrap_new_key(self, region: str, producer_id: str) -> tuple[DataKey, WrappedKey]:
+        """A fresh DEK wrapped under the region's KEK, as a partner makes one."""
+        data_key = DataKey.generate()
+        wrapped = self.keyring.wrap(self.keyring.kek_for_region(region),
+                                    data_key.secret_bytes(), dek_wrap_aad(region, producer_id))
+        return data_key, wrapped
+
+
+def _narrow_policy(policy_path: Path, producers: Sequence[str]) -> None:
+    document = yaml.safe_load(policy_path.read_text(encoding="utf-8"))
+    for rule in document["rules"]:
+        rule["producers"] = list(producers)
+    policy_path.write_text(yaml.safe_dump(document, sort_keys=False), encoding="utf-8")
+
+
+@contextmanager
+def broker_env(directory: Path) -> Iterator[BrokerEnv]:
+    state_dir = directory / "state"
+    settings = init_state(state_dir, regions=REGIONS,
+                          tenants=(*ALLOWED_PRODUCERS, DENIED_PRODUCER),
+                          allowed_measurements=(DEV_MEASUREMENT,))
+    _narrow_policy(settings.policy_path, ALLOWED_PRODUCERS)
+    broker = serve_in_thread(settings)
+    try:
+        yield BrokerEnv(state_dir, settings, broker.url, LocalKeyring.open(settings.keyring_path))
+    finally:
+        broker.stop()
+
+
+def person(index: int, region: str) -> dict[str, object]:
+    """A synthetic partner record with identifiers that must never leave the TEE."""
+    return {
+        "customer_id": f"cust-secret-{index:05d}",
+        "name": f"Zebulon Quillfeather{index:05d}",
+        "email": f"zebulon.q{index:05d}@private.example",
+        "amount": 100.0 + index,
+        "event_time": "2025-03-04T05:06:07Z",
+        "region": region,
+    }
+
+
+def seal_json(record: Mapping[str, object] | bytes, data_key: DataKey, wrapped: WrappedKey,
+              region: str, producer_id: str) -> bytes:
+    plaintext = record if isinstance(record, bytes) else json.dumps(record).encode()
+    return seal_record(plaintext, data_key=data_key, wrapped_key=wrapped, region=region,
+                       producer_id=producer_id, schema_fingerprint=INPUT_SCHEMA_FINGERPRINT,
+                       context={"sealbeam.kind": "partner-records"})

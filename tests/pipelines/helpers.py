@@ -1,0 +1,43 @@
+"""Partner files for pipeline tests: synthetic JSONL, sealed with the test broker's keyring."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from pipelines.sealing import seal_file
+from pipelines.synthetic import PartnerFile, write_partner_files
+from tests.enclave_workers.broker_env import BrokerEnv
+
+
+def sealed_partner_files(broker: BrokerEnv, directory: Path, records: int,
+                         ) -> tuple[list[PartnerFile], list[Path]]:
+    files = write_partner_files(directory / "partner", records, files_per_group=1, seed=11)
+    sealed = []
+    for partner_file in files:
+        target = directory / "sealed" / f"{partner_file.path.stem}.sealed"
+        seal_file(partner_file.path, target, keyring=broker.keyring, region=partner_file.region,
+                  producer_id=partner_file.producer_id, records_per_key=40)
+        sealed.append(target)
+    return files, sealed
+
+
+def plaintext_probes(files: list[PartnerFile]) -> set[bytes]:
+    """Every identifier string of the input (customer ids, names, e-mails)."""
+    probes: set[bytes] = set()
+    for partner_file in files:
+        for line in partner_file.path.read_bytes().splitlines():
+            row = json.loads(line)
+            probes.update(str(row[k]).encode() for k in ("customer_id", "name", "email"))
+    return probes
+
+
+def assert_no_plaintext(root: Path, probes: set[bytes]) -> int:
+    scanned = 0
+    for path in root.rglob("*"):
+        if path.is_file():
+            content = path.read_bytes()
+            scanned += 1
+            leaked = [p for p in probes if p in content]
+            assert not leaked, f"{len(leaked)} input identifiers appear in {path}"
+    return scanned

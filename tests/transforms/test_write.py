@@ -1,0 +1,75 @@
+"""Region-pinned writes: files land under their region; any other destination is refused."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import apache_beam as beam
+import pytest
+from apache_beam.runners.portability.fn_api_runner import FnApiRunner
+from apache_beam.testing.util import assert_that, equal_to
+
+from enclave_workers.batch_processor import FEATURES_FINGERPRINT, SealedOutput
+from envelope import read_header, seal_batch
+from transforms import (
+    RouteByRegion,
+    TransformConfigError,
+    WriteDeadLetters,
+    WriteRegionPinned,
+)
+from transforms.dead_letters import DEAD_LETTER_DIR
+from tests.enclave_workers.broker_env import BrokerEnv
+
+
+def _sealed_output(broker: BrokerEnv, region: str, sources: int = 3) -> SealedOutput:
+    data_key, wrapped = broker.wrap_new_key(region, "acme")
+    envelope = seal_batch(b"arrow bytes stand-in", data_key=data_key, wrapped_key=wrapped,
+                          region=region, producer_id="acme",
+                          schema_fingerprint=FEATURES_FINGERPRINT,
+                          context={"sealbeam.kind": "features"})
+    return SealedOutput(region, "acme", envelope, row_count=sources, source_count=sources)
+
+
+def test_writes_under_the_sealed_region_and_refuses_others(broker: BrokerEnv,
+                                                           tmp_path: Path) -> None:
+    eu, us, also_eu = (_sealed_output(broker, r) for r in ("eu", "us", "eu"))
+    with beam.Pipeline(runner=FnApiRunner()) as p:
+        routed = p | "Outputs" >> beam.Create([eu]) | RouteByRegion()
+        mislabeled = p | "Mislabeled" >> beam.Create([("us", also_eu), ("us", us)])
+        written = ((routed, mislabeled) | beam.Flatten()
+                   | WriteRegionPinned(str(tmp_path), allowed_regions={"eu"}))
+        reasons = written[WriteRegionPinned.DEAD_LETTER] | beam.Map(
+            lambda d: (d.stage, d.records, "not an allowed region" in d.reason))
+        assert_that(reasons, equal_to([("region", 3, True), ("region", 3, True)]))
+        written[WriteRegionPinned.DEAD_LETTER] | WriteDeadLetters(str(tmp_path))
+    files = sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*") if p.is_file())
+    assert len(files) == 2
+    eu_files = [f for f in files if f.startswith("eu/")]
+    [eu_file] = eu_files
+    assert (tmp_path / eu_file).read_bytes() == eu.envelope
+    assert eu_file.endswith(".sbatch") and not (tmp_path / "us").exists()
+    [dead_file] = [f for f in files if f.startswith(f"{DEAD_LETTER_DIR}/")]
+    lines = (tmp_path / dead_file).read_bytes().splitlines()
+    assert len(lines) == 2
+    assert {json.loads(line)["stage"] for line in lines} == {"region"}
+
+
+def test_a_destination_other_than_the_sealed_region_is_refused(broker: BrokerEnv,
+                                                               tmp_path: Path) -> None:
+    """Even when both regions are allowed, a batch sealed for eu never lands in us."""
+    eu = _sealed_output(broker, "eu")
+    with beam.Pipeline(runner=FnApiRunner()) as p:
+        written = (p | beam.Create([eu]) | RouteByRegion({"eu": "us"})
+                   | WriteRegionPinned(str(tmp_path), allowed_regions={"eu", "us"}))
+        refusals = written[WriteRegionPinned.DEAD_LETTER] | beam.Map(
+            lambda d: (d.record_id, "differs from the sealed region" in d.reason))
+        assert_that(refusals, equal_to([(read_header(eu.envelope)[0].envelope_id.hex(), True)]))
+        assert_that(written[WriteRegionPinned.WRITTEN], equal_to([]), label="nothing written")
+    assert not any(tmp_path.rglob("*.sbatch"))
+
+
+@pytest.mark.parametrize("regions", [set(), {"EU"}, {"../us"}])
+def test_bad_region_configuration_is_refused(regions: set[str], tmp_path: Path) -> None:
+    with pytest.raises(TransformConfigError):
+        WriteRegionPinned(str(tmp_path), allowed_regions=regions)

@@ -1,0 +1,91 @@
+"""Write dead letters as JSON lines under ``<output_root>/dead-letter/``.
+
+Usage::
+
+    dead = (read_dead, parse_dead, process_dead, write_dead) | beam.Flatten()
+    dead | WriteDeadLetters("gs://features")
+
+Each line is ``{"record_id", "reason", "stage", "records", "sealed_b64"}``: the sealed bytes
+as they arrived (ciphertext; empty when the input was not an envelope at all), never plaintext
+or keys. Each bundle writes one file ``dead-letter/dl-<uuid>.jsonl`` (temporary name, then
+renamed), which works for bounded and unbounded input alike. The ``dead_letters`` metric
+counts the input envelopes the dead letters stand for.
+
+What it does not: no retries or replays; a separate tool can re-submit the sealed bytes.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import uuid
+from typing import Any
+
+import apache_beam as beam
+from apache_beam.io.filesystems import FileSystems
+from apache_beam.metrics import Metrics
+
+from enclave_workers.batch_processor import DeadLetter
+
+from .errors import TransformConfigError
+from .metrics import DEAD_LETTERS, NAMESPACE
+
+__all__ = ["DEAD_LETTER_DIR", "WriteDeadLetters", "dead_letter_to_json"]
+
+DEAD_LETTER_DIR = "dead-letter"
+
+
+def dead_letter_to_json(dead_letter: DeadLetter) -> bytes:
+    """One JSON line for a dead letter (sealed bytes base64, nothing else of the data)."""
+    return json.dumps({
+        "record_id": dead_letter.record_id,
+        "reason": dead_letter.reason,
+        "stage": dead_letter.stage,
+        "records": dead_letter.records,
+        "sealed_b64": base64.b64encode(dead_letter.sealed).decode("ascii"),
+    }, sort_keys=True).encode("utf-8") + b"\n"
+
+
+class _WriteDeadLettersFn(beam.DoFn):
+    def __init__(self, output_root: str) -> None:
+        self._output_root = output_root
+        self._dead_letters = Metrics.counter(NAMESPACE, DEAD_LETTERS)
+        self._writer: Any = None
+        self._paths: tuple[str, str] | None = None
+
+    def start_bundle(self) -> None:
+        self._writer = None
+        self._paths = None
+
+    def process(self, dead_letter: DeadLetter) -> None:
+        if self._writer is None:
+            name = f"dl-{uuid.uuid4()}.jsonl"
+            final_path = FileSystems.join(self._output_root, DEAD_LETTER_DIR, name)
+            temp_path = FileSystems.join(self._output_root, DEAD_LETTER_DIR, f".{name}.tmp")
+            self._writer = FileSystems.create(temp_path, mime_type="application/json",
+                                              compression_type="uncompressed")
+            self._paths = (temp_path, final_path)
+        self._writer.write(dead_letter_to_json(dead_letter))
+        self._dead_letters.inc(dead_letter.records)
+
+    def finish_bundle(self) -> None:
+        if self._writer is None or self._paths is None:
+            return
+        self._writer.close()
+        temp_path, final_path = self._paths
+        FileSystems.rename([temp_path], [final_path])
+        self._writer = None
+        self._paths = None
+
+
+class WriteDeadLetters(beam.PTransform):
+    """``DeadLetter`` elements -> JSONL files under ``<output_root>/dead-letter/``."""
+
+    def __init__(self, output_root: str) -> None:
+        super().__init__()
+        if not output_root:
+            raise TransformConfigError("WriteDeadLetters needs an output_root")
+        self._output_root = output_root
+
+    def expand(self, pcoll: beam.PCollection) -> beam.PCollection:
+        return pcoll | "WriteJsonLines" >> beam.ParDo(_WriteDeadLettersFn(self._output_root))
