@@ -13,7 +13,11 @@ setup(
     license="Apache-2.0",
     python_requires=">=3.10",
     packages=find_packages(include=[f"{room}*" for room in ROOMS]),
-    package_data={"keybroker": ["*.yaml", "*.json"], "enclave_workers": ["*.json", "*.yaml"]},
+    package_data={
+        "keybroker": ["*.yaml", "*.json"],
+        "enclave_workers": ["*.json", "*.yaml"],
+        "enclave_workers.features": ["schema.json"],
+    },
     install_requires=[
         "apache-beam>=2.60",
         "cryptography>=47",
@@ -26,6 +30,9 @@ setup(
         "httpx>=0.27",
         "pyyaml>=6",
         "jsonschema>=4",
+        "python-pkcs11>=0.7",
+        "google-crc32c>=1.5",
+        "pyjwt>=2.8",
     ],
     extras_require={
         "test": ["pytest>=8", "hypothesis>=6.100", "ruff>=0.5"],

@@ -33,8 +33,13 @@ from envelope import (
 )
 from keybroker.client import BrokerDeniedError, BrokerNotFoundError
 
-from .basic_features import FEATURE_SCHEMA, FeatureError, FeatureSettings, featurize
-from .basic_features import pseudonym_key_name
+from .basic_features import (
+    FEATURE_SCHEMA,
+    FeatureError,
+    FeatureSettings,
+    featurize,
+    pseudonym_key_name,
+)
 from .key_session import KeySession, KeyUnsealError
 from .records import (
     RecordError,

@@ -55,6 +55,7 @@ __all__ = [
     "SecureKeyReleaseError",
     "open_release_token",
     "unwrap_key_hsm",
+    "unwrap_released_key",
     "verify_release_token",
 ]
 

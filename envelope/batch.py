@@ -218,10 +218,26 @@ class BatchSealer:
 
     def _emit(self, piece: bytes) -> None:
         if self._sink is not None:
-            self._sink.write(piece)
+            _write_all(self._sink, piece)
         else:
             self._collected.append(piece)
         self._bytes_written += len(piece)
+
+
+def _write_all(sink: BinaryIO, piece: bytes) -> None:
+    """Write all of ``piece``; raw (unbuffered) file objects may accept only part of it.
+
+    A ``None`` return is taken as "all written", the convention of buffered and many
+    third-party writers; a zero-byte write is an error rather than a busy loop.
+    """
+    view = memoryview(piece)
+    while view:
+        written = sink.write(view)
+        if written is None or written >= len(view):
+            return
+        if written <= 0:
+            raise EnvelopeError("batch sink accepted no bytes")
+        view = view[written:]
 
 
 def seal_batch(

@@ -42,8 +42,8 @@ MAX_LINE_BYTES = 64 << 20          # one base64 envelope line (envelopes are far
 _READ_CHUNK = 1 << 20
 
 
-def _digest_id(prefix: str, line: bytes) -> str:
-    return f"{prefix}sha256:{hashlib.sha256(line).hexdigest()[:32]}"
+def _digest_id(line: bytes) -> str:
+    return f"sha256:{hashlib.sha256(line).hexdigest()[:32]}"
 
 
 def iter_bounded_lines(stream: BinaryIO, max_line_bytes: int
@@ -86,16 +86,19 @@ def iter_bounded_lines(stream: BinaryIO, max_line_bytes: int
         yield line_no + 1, bytes(pending), len(pending)
 
 
-def decode_line(line: bytes, record_prefix: str) -> bytes | DeadLetter:
-    """One base64 line -> envelope bytes, or a framing dead letter without the line's bytes."""
+def decode_line(line: bytes, record_id: str | None = None) -> bytes | DeadLetter:
+    """One base64 line -> envelope bytes, or a framing dead letter without the line's bytes.
+
+    The dead letter is named by ``record_id`` (a file location) or else by a digest.
+    """
     line = line.strip()
     if len(line) > MAX_LINE_BYTES:
-        return DeadLetter(_digest_id(record_prefix, line[:MAX_LINE_BYTES]),
+        return DeadLetter(record_id or _digest_id(line[:MAX_LINE_BYTES]),
                           f"line is {len(line)} bytes, over {MAX_LINE_BYTES}", STAGE_FRAMING, b"")
     try:
         return base64.b64decode(line, validate=True)
     except (binascii.Error, ValueError):
-        return DeadLetter(_digest_id(record_prefix, line),
+        return DeadLetter(record_id or _digest_id(line),
                           f"line of {len(line)} bytes is not valid base64", STAGE_FRAMING, b"")
 
 
@@ -113,10 +116,10 @@ class _ReadFramedLinesFn(beam.DoFn):
                 if line is not None and not line.strip():
                     continue
                 self._records_in.inc()
-                where = f"{path}:{line_no}:"
+                where = f"{path}:{line_no}"
                 if line is None:
                     yield TaggedOutput(ReadSealedRecords.DEAD_LETTER, DeadLetter(
-                        f"{where}overlong", f"line is {length} bytes, over "
+                        where, f"line is {length} bytes, over "
                         f"{self._max_line_bytes}", STAGE_FRAMING, b""))
                     continue
                 decoded = decode_line(line, where)
@@ -134,7 +137,7 @@ class _DecodeLinesFn(beam.DoFn):
         if not line.strip():
             return
         self._records_in.inc()
-        decoded = decode_line(line, "")
+        decoded = decode_line(line)
         if isinstance(decoded, DeadLetter):
             yield TaggedOutput(DecodeSealedLines.DEAD_LETTER, decoded)
         else:

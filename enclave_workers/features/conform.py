@@ -20,6 +20,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -195,7 +196,7 @@ def _cast_isolating(values: pa.ChunkedArray, target: pa.DataType, column: Column
     flat = values.combine_chunks() if isinstance(values, pa.ChunkedArray) else values
     refused: list[int] = []
     pieces = _bisect_cast(flat, target, 0, refused, column)
-    bad = pc.is_in(pa.array(range(len(flat)), pa.int64()),
+    bad = pc.is_in(pa.array(np.arange(len(flat), dtype=np.int64)),
                    value_set=pa.array(refused, pa.int64()))
     return pa.chunked_array(pieces, type=target), bad
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
@@ -62,7 +63,7 @@ def apply_compiled(compiled: CompiledSpec, table: pa.Table | pa.RecordBatch,
     conformed = {c.name: conform_column(table.column(c.name), c) for c in spec.columns}
     violations, bad_rows = _violations(conformed, table.num_rows)
     columns = {name: c.values for name, c in conformed.items()}
-    source_rows = pa.array(range(table.num_rows), type=pa.int64())
+    source_rows = pa.array(np.arange(table.num_rows, dtype=np.int64))
     if bad_rows is not None:
         keep = pc.invert(bad_rows)
         columns = {name: values.filter(keep) for name, values in columns.items()}

@@ -28,8 +28,10 @@ Wire format of ``WrappedKey.ciphertext`` (documented here, stable):
 vault used (the current one when the URI names none).
 
 Failures become the typed errors of `keybroker.kms.base`: 401/403 -> KmsPermissionError,
-404 -> KeyNotFoundError, a disabled or expired key -> KeyDisabledError (a KeyDestroyedError),
-408/429/5xx and network faults -> retried with backoff, then KmsTransientError.
+404 -> KeyNotFoundError, a disabled or expired key -> KeyDisabledError (a KmsPermissionError, as
+in `keybroker.kms.gcp`), a wrapped key that does not authenticate (wrong AAD, tampered, or the
+vault's 400 on unwrap) -> KmsUnwrapError, 408/429/5xx and network faults -> retried with
+`keybroker.kms.retry` backoff, then KmsTransientError.
 
 Known hazard avoided on purpose: azure-keyvault-keys 4.11 wraps *locally with a random key*
 when a ``CryptographyClient`` holds an ``oct-HSM`` key whose material it cannot see (the GET
@@ -43,7 +45,6 @@ import base64
 import hashlib
 import hmac
 import json
-import random
 import re
 import ssl
 import threading
@@ -68,12 +69,13 @@ from azure.keyvault.keys.crypto import CryptographyClient, KeyWrapAlgorithm
 
 from envelope.keys import KeyReference, WrappedKey
 from keybroker.kms.base import (
-    KeyDestroyedError,
     KeyNotFoundError,
     KmsError,
     KmsPermissionError,
     KmsTransientError,
+    KmsUnwrapError,
 )
+from keybroker.kms.retry import Backoff, call_with_retry
 
 __all__ = [
     "AAD_LABEL",
@@ -83,9 +85,8 @@ __all__ = [
     "KeyDisabledError",
     "KeyReleaseDeniedError",
     "KmsInputError",
-    "RetrySchedule",
-    "WrappedKeyAadMismatchError",
     "release_key_to_tee",
+    "translate_azure_error",
 ]
 
 SCHEME = "azure-kv"
@@ -120,7 +121,7 @@ _NAME_RE = re.compile(r"^[A-Za-z0-9-]{1,127}$")
 _VERSION_RE = re.compile(r"^[A-Za-z0-9]{1,64}$")
 
 
-class KeyDisabledError(KeyDestroyedError):
+class KeyDisabledError(KmsPermissionError):
     """The key exists but the vault refuses to use it: disabled, expired or not yet valid."""
 
 
@@ -131,13 +132,6 @@ class KeyReleaseDeniedError(KmsPermissionError):
 
 class KmsInputError(KmsError):
     """A key URI, DEK, AAD or wrapped-key blob handed to this backend is malformed."""
-
-
-class WrappedKeyAadMismatchError(KmsError):
-    """The wrapped DEK was bound to different associated data than the caller supplied."""
-
-    def __init__(self) -> None:
-        super().__init__("wrapped key does not match the associated data")
 
 
 @dataclass(frozen=True)
@@ -199,42 +193,36 @@ def _host_is_allowed(host: str, allowed_hosts: frozenset[str]) -> bool:
     )
 
 
-@dataclass(frozen=True)
-class RetrySchedule:
-    """How often and how patiently transient vault failures are retried (full-jitter backoff)."""
-
-    attempts: int = 4
-    first_delay_seconds: float = 0.2
-    max_delay_seconds: float = 3.0
-
-    def delay_before(self, retry_number: int) -> float:
-        ceiling = min(self.max_delay_seconds, self.first_delay_seconds * (2 ** (retry_number - 1)))
-        return random.uniform(0.0, ceiling)
-
-
 _T = TypeVar("_T")
 
 
-def _with_retries(
-    call: Callable[[], _T], describe: str, schedule: RetrySchedule, sleep: Callable[[float], None]
+def _call_vault(
+    call: Callable[[], _T],
+    describe: str,
+    backoff: Backoff,
+    sleep: Callable[[float], None],
+    *,
+    unwrapping: bool = False,
 ) -> _T:
-    """Run ``call`` translating Azure errors, retrying only KmsTransientError."""
-    attempts = max(1, schedule.attempts)
-    for attempt in range(1, attempts + 1):
+    """Run one vault call, errors translated to typed KMS errors, transient ones retried."""
+
+    def translated() -> _T:
         try:
             return call()
-        except (KmsError, AzureError, ValueError) as error:
-            failure = translate_azure_error(error, describe)
-            if not isinstance(failure, KmsTransientError) or attempt >= attempts:
-                if failure is error:
-                    raise
-                raise failure from error
-        sleep(schedule.delay_before(attempt))
-    raise AssertionError("unreachable: the retry loop returns or raises")
+        except (AzureError, ValueError) as error:
+            raise translate_azure_error(error, describe, unwrapping=unwrapping) from error
+
+    return call_with_retry(translated, backoff=backoff, description=describe, sleep=sleep)
 
 
-def translate_azure_error(error: BaseException, describe: str) -> KmsError:
-    """Map an azure-core / SDK exception to the broker's typed KMS errors (one place)."""
+def translate_azure_error(
+    error: BaseException, describe: str, *, unwrapping: bool = False
+) -> KmsError:
+    """Map an azure-core / SDK exception to the broker's typed KMS errors (one place).
+
+    ``unwrapping``: a 400 from an unwrap means the ciphertext did not decrypt under the key, which
+    callers must not tell apart from a wrong AAD (KmsUnwrapError, no detail).
+    """
     if isinstance(error, KmsError):
         return error
     if isinstance(error, HttpResponseError) and error.status_code is not None:
@@ -253,6 +241,8 @@ def translate_azure_error(error: BaseException, describe: str) -> KmsError:
             return KeyNotFoundError(detail)
         if status in (408, 429) or status >= 500:
             return KmsTransientError(detail)
+        if status == 400 and unwrapping:
+            return KmsUnwrapError()
         return KmsError(detail)
     if isinstance(error, ClientAuthenticationError):
         return KmsPermissionError(
@@ -368,7 +358,7 @@ class AzureKeyVaultKms:
         connection_verify: bool | str = True,
         allowed_hosts: Iterable[str] = (),
         verify_challenge_resource: bool = True,
-        retry: RetrySchedule | None = None,
+        backoff: Backoff | None = None,
         sleep: Callable[[float], None] = time.sleep,
         clock: Callable[[], datetime] = lambda: datetime.now(timezone.utc),
         connection_timeout: float = 10.0,
@@ -385,13 +375,13 @@ class AzureKeyVaultKms:
             )
         self._credential = credential
         self._allowed_hosts = frozenset(host.lower() for host in allowed_hosts)
-        self._retry = retry or RetrySchedule()
+        self._backoff = backoff or Backoff()
         self._sleep = sleep
         self._clock = clock
         self._client_options: dict[str, Any] = {
             "connection_verify": connection_verify,
             "verify_challenge_resource": verify_challenge_resource,
-            "retry_total": 0,  # retries are ours (_with_retries), so that they are counted once
+            "retry_total": 0,  # retries are ours (_call_vault), counted once
             "connection_timeout": connection_timeout,
             "read_timeout": read_timeout,
         }
@@ -406,10 +396,10 @@ class AzureKeyVaultKms:
         key_uri = AzureKeyUri.parse(kek_uri, self._allowed_hosts)
         _check_request(dek, aad)
         describe = f"azure-kv wrap with {key_uri.unversioned_uri}"
-        key = _with_retries(
+        key = _call_vault(
             lambda: self._key_client(key_uri).get_key(key_uri.name, key_uri.version),
             describe + " (get key)",
-            self._retry,
+            self._backoff,
             self._sleep,
         )
         version = self._usable_version(key, key_uri, "wrapKey")
@@ -418,10 +408,10 @@ class AzureKeyVaultKms:
         if key_type in _RSA_KEY_TYPES:
             alg = _ALG_RSA_OAEP_256
             client = CryptographyClient(key, self._credential, **self._client_options)
-            wrapped = _with_retries(
+            wrapped = _call_vault(
                 lambda: client.wrap_key(KeyWrapAlgorithm.rsa_oaep_256, payload).encrypted_key,
                 describe,
-                self._retry,
+                self._backoff,
                 self._sleep,
             )
         elif key_type in _OCT_KEY_TYPES:
@@ -453,20 +443,21 @@ class AzureKeyVaultKms:
         describe = f"azure-kv unwrap with {key_uri.unversioned_uri} version {version}"
         if alg == _ALG_RSA_OAEP_256:
             client = self._crypto_client(key_uri, version)
-            payload = _with_retries(
+            payload = _call_vault(
                 lambda: client.unwrap_key(KeyWrapAlgorithm.rsa_oaep_256, vault_ciphertext).key,
                 describe,
-                self._retry,
+                self._backoff,
                 self._sleep,
+                unwrapping=True,
             )
         else:
             payload = self._vault_key_operation(
                 key_uri, version, "unwrapkey", vault_ciphertext, describe
             )
         if len(payload) < _DIGEST_BYTES + _MIN_DEK_BYTES:
-            raise WrappedKeyAadMismatchError()
+            raise KmsUnwrapError()
         if not hmac.compare_digest(payload[:_DIGEST_BYTES], _aad_digest(aad)):
-            raise WrappedKeyAadMismatchError()
+            raise KmsUnwrapError()
         return bytes(payload[_DIGEST_BYTES:])
 
     # -- helpers --------------------------------------------------------------------------
@@ -517,7 +508,9 @@ class AzureKeyVaultKms:
                 raise KmsError(f"{describe}: vault response has no 'value'")
             return _b64url_decode(document["value"], "value")
 
-        return _with_retries(call, describe, self._retry, self._sleep)
+        return _call_vault(
+            call, describe, self._backoff, self._sleep, unwrapping=operation == "unwrapkey"
+        )
 
     def _key_client(self, key_uri: AzureKeyUri) -> KeyClient:
         with self._lock:
@@ -552,7 +545,7 @@ def release_key_to_tee(
     version: str | None = None,
     algorithm: str = "RSA_AES_KEY_WRAP_256",
     nonce: str | None = None,
-    retry: RetrySchedule | None = None,
+    backoff: Backoff | None = None,
     sleep: Callable[[float], None] = time.sleep,
 ) -> str:
     """Ask the vault to release key ``name`` to the TEE that the MAA token describes.
@@ -586,7 +579,7 @@ def release_key_to_tee(
             raise translated from error
         return result.value
 
-    token = _with_retries(call, describe, retry or RetrySchedule(), sleep)
+    token = _call_vault(call, describe, backoff or Backoff(), sleep)
     if not isinstance(token, str) or not 0 < len(token) <= _MAX_RELEASE_TOKEN_CHARS:
         raise KmsError(f"{describe}: vault returned no release token of bounded size")
     if token.count(".") != 2:

@@ -196,7 +196,8 @@ def _provider(args: argparse.Namespace):
 def run_collect(args: argparse.Namespace) -> int:
     try:
         report_data = _hex64(args.report_data, "--report-data")
-        evidence = _provider(args).collect(report_data)
+        provider = _provider(args)
+        evidence = provider.collect(report_data)
         args.out.write_bytes(evidence.evidence)
         written = []
         if args.endorsements_dir is not None:
@@ -208,6 +209,6 @@ def run_collect(args: argparse.Namespace) -> int:
     except (AttestCommandError, EvidenceError, OSError, ValueError) as exc:
         print(f"sealbeam: error: {exc}", file=sys.stderr)
         return USAGE_EXIT
-    _print({"tee": evidence.tee, "simulated": args.provider == "simulated-snp",
+    _print({"tee": evidence.tee, "simulated": provider.simulated,
             "evidence": str(args.out), "endorsements": written})
     return 0

@@ -1,7 +1,7 @@
 """A real key broker on loopback for the worker, transform and pipeline tests.
 
-``broker_env`` runs ``init_state`` (keyring, named keys, dev SEV-SNP chain, demo policy) and
-``serve_in_thread``; its policy is narrowed to the producers ``acme`` and ``globex`` so that a
+``broker_env`` uses ``tests.support.broker.start_broker`` (``init_state`` + ``serve_in_thread``)
+with two tenants; its policy is narrowed to the producers ``acme`` and ``globex`` so that a
 third producer (``mallory``, whose keys the keyring can still wrap) is denied by the broker.
 It also offers helpers that seal records as a partner would.
 """
@@ -9,20 +9,19 @@ It also offers helpers that seal records as a partner would.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-import yaml
-
-from enclave_workers.evidence.simulated_snp import DEV_MEASUREMENT, SimulatedSnpProvider
+from enclave_workers.evidence.simulated_snp import SimulatedSnpProvider
 from enclave_workers.records import INPUT_SCHEMA_FINGERPRINT
 from envelope import DataKey, WrappedKey, dek_wrap_aad, seal_record
 from keybroker.client import BrokerClient
-from keybroker.config import BrokerSettings, init_state
+from keybroker.config import BrokerSettings
 from keybroker.kms.local import LocalKeyring
-from keybroker.service.server import serve_in_thread
+from tests.support.broker import start_broker
 
 ALLOWED_PRODUCERS = ("acme", "globex")
 DENIED_PRODUCER = "mallory"
@@ -54,25 +53,18 @@ class BrokerEnv:
         return data_key, wrapped
 
 
-def _narrow_policy(policy_path: Path, producers: Sequence[str]) -> None:
-    document = yaml.safe_load(policy_path.read_text(encoding="utf-8"))
+def _only_allowed_producers(document: dict[str, Any]) -> None:
     for rule in document["rules"]:
-        rule["producers"] = list(producers)
-    policy_path.write_text(yaml.safe_dump(document, sort_keys=False), encoding="utf-8")
+        rule["producers"] = list(ALLOWED_PRODUCERS)
 
 
 @contextmanager
 def broker_env(directory: Path) -> Iterator[BrokerEnv]:
     state_dir = directory / "state"
-    settings = init_state(state_dir, regions=REGIONS,
-                          tenants=(*ALLOWED_PRODUCERS, DENIED_PRODUCER),
-                          allowed_measurements=(DEV_MEASUREMENT,))
-    _narrow_policy(settings.policy_path, ALLOWED_PRODUCERS)
-    broker = serve_in_thread(settings)
-    try:
+    with start_broker(state_dir, regions=REGIONS, tenants=(*ALLOWED_PRODUCERS, DENIED_PRODUCER),
+                      policy_edit=_only_allowed_producers) as broker:
+        settings = broker.settings
         yield BrokerEnv(state_dir, settings, broker.url, LocalKeyring.open(settings.keyring_path))
-    finally:
-        broker.stop()
 
 
 def person(index: int, region: str) -> dict[str, object]:

@@ -239,3 +239,24 @@ def test_sealing_does_not_copy_the_plaintext() -> None:
     # ciphertext pieces + the joined envelope; a plaintext copy would add another 8 MiB
     assert peak < 2 * len(plaintext) + (2 << 20), peak
     assert open_batch(sealed, DEK) == plaintext
+
+
+class _TrickleSink:
+    """A raw-file-like sink that accepts at most 7 bytes per write, as raw streams may."""
+
+    def __init__(self) -> None:
+        self.data = bytearray()
+
+    def write(self, piece: bytes | memoryview) -> int:
+        taken = bytes(piece[:7])
+        self.data += taken
+        return len(taken)
+
+
+def test_partial_writes_to_a_raw_sink_are_completed() -> None:
+    sink = _TrickleSink()
+    plaintext = os.urandom(3 * SEGMENT + 5)
+    with BatchSealer(**seal_arguments(segment_size=SEGMENT), sink=sink) as sealer:  # type: ignore[arg-type]
+        sealer.write(plaintext)
+    assert len(sink.data) == sealer.bytes_written
+    assert open_batch(bytes(sink.data), DEK) == plaintext

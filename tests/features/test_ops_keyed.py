@@ -65,7 +65,7 @@ def test_hash_bucket_keyed_matches_hmac():
 
 
 def test_missing_or_short_key_is_refused_by_name():
-    with pytest.raises(FeatureKeyError, match="'tenant'.*not supplied"):
+    with pytest.raises(FeatureKeyError, match=r"'tenant'.*not supplied"):
         run_one("string", ["a"], {"op": "pseudonymize", "key": "tenant"}, keys={})
     with pytest.raises(FeatureKeyError, match="'tenant' must be 16"):
         run_one("string", ["a"], {"op": "pseudonymize", "key": "tenant"},

@@ -69,7 +69,7 @@ def test_age_from_leap_day_birthday():
 
 
 texts = st.lists(st.none() | st.text(alphabet=st.sampled_from(
-    list("ab é😀") + ["\t", "\n", "\u3000", "\xa0", "\u2028", "\x1c", "\u200b"]), max_size=20),
+    [*"ab é😀", "\t", "\n", "\u3000", "\xa0", "\u2028", "\x1c", "\u200b"]), max_size=20),
     max_size=30)
 
 

@@ -81,7 +81,7 @@ def test_one_violation_per_row_and_column_but_every_column_reported():
 
 
 def test_a_missing_declared_column_is_an_input_error():
-    with pytest.raises(FeatureInputError, match="lacks declared column.*code"):
+    with pytest.raises(FeatureInputError, match=r"lacks declared column.*code"):
         _run(pa.table({"amount": [1.0], "n": [1], "at": ["2024-01-01T00:00:00Z"]}))
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import itertools
 import sqlite3
 import threading
 from pathlib import Path
@@ -43,7 +44,7 @@ def test_chain_links_and_verifies(ledger_path: Path) -> None:
         entries = list(ledger.entries())
         assert [entry.seq for entry in entries] == [1, 2, 3, 4, 5]
         assert entries[0].prev_hash == GENESIS_HASH
-        for previous, current in zip(entries, entries[1:], strict=False):
+        for previous, current in itertools.pairwise(entries):
             assert current.prev_hash == previous.hash
         first = entries[0]
         assert first.time == "2023-11-14T22:13:20.000000Z"
@@ -156,9 +157,11 @@ def test_append_refuses_bytes_and_bad_fields(tmp_path: Path) -> None:
 def test_read_only_ledger_refuses_appends_and_missing_files(
     ledger_path: Path, tmp_path: Path
 ) -> None:
-    with AuditLedger(ledger_path, read_only=True) as ledger:
-        with pytest.raises(LedgerError, match="read-only"):
-            ledger.append("release", "granted", {})
+    with (
+        AuditLedger(ledger_path, read_only=True) as ledger,
+        pytest.raises(LedgerError, match="read-only"),
+    ):
+        ledger.append("release", "granted", {})
     with pytest.raises(LedgerError, match="does not exist"):
         AuditLedger(tmp_path / "absent.sqlite", read_only=True)
     not_a_ledger = tmp_path / "other.sqlite"

@@ -170,7 +170,9 @@ def test_file_is_0600_and_written_atomically(keyring: LocalKeyring, tmp_path: Pa
 
 
 @pytest.mark.parametrize("mode", [0o640, 0o604, 0o660, 0o644])
-def test_refuses_a_keyring_readable_by_others(keyring: LocalKeyring, tmp_path: Path, mode: int) -> None:
+def test_refuses_a_keyring_readable_by_others(
+    keyring: LocalKeyring, tmp_path: Path, mode: int
+) -> None:
     path = tmp_path / "keyring.json"
     os.chmod(path, mode)
     with pytest.raises(InsecureKeyringError, match="chmod 600"):

@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from pipelines.batch import check_reconciled, run_batch
+from pipelines.batch import RunSummary, check_reconciled, run_batch
 from pipelines.errors import PipelineError, ReconciliationError
 from pipelines.reading import open_outputs
-from pipelines.synthetic import REGIONS, PartnerFile
+from pipelines.synthetic import REGIONS
 from tests.enclave_workers.broker_env import BrokerEnv
 from tests.pipelines.helpers import assert_no_plaintext, plaintext_probes, sealed_partner_files
 
@@ -69,7 +69,7 @@ def test_the_run_completes_and_reconciles_with_bad_records_as_dead_letters(corru
 
 
 def test_outputs_open_per_region_with_every_good_row(corrupted_run, broker: BrokerEnv) -> None:
-    work, files, summary, _ = corrupted_run
+    work, _, summary, _ = corrupted_run
     rows = 0
     for region in REGIONS:
         table = open_outputs([work / "out" / region], keyring=broker.keyring, region=region)
@@ -95,8 +95,6 @@ def test_broker_calls_are_one_per_key_not_per_record(corrupted_run) -> None:
 
 
 def test_reconciliation_failure_is_reported() -> None:
-    from pipelines.batch import RunSummary
-
     broken = RunSummary(records_in=10, records_out=7, dead_letters=2, rows_out=7,
                         output_files=1, broker_calls=4)
     assert not broken.reconciled
@@ -109,7 +107,3 @@ def test_missing_options_are_user_errors(broker: BrokerEnv, tmp_path: Path) -> N
         run_batch(PipelineOptions(flags=[f"--output_root={tmp_path}"]))
     with pytest.raises(PipelineError, match="region"):
         run_batch(_options(broker, str(tmp_path / "*.sealed"), tmp_path, regions="EU"))
-
-
-def _unused(_: PartnerFile) -> None:
-    """Keeps the PartnerFile import meaningful for type checkers."""

@@ -9,9 +9,9 @@ from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 from apache_beam.testing.util import assert_that, equal_to
 
 from enclave_workers.basic_features import FeatureSettings
+from tests.enclave_workers.broker_env import DENIED_PRODUCER, BrokerEnv, person, seal_json
 from transforms import ConfidentialProcess, TeeSettings, TransformConfigError
 from transforms.metrics import BROKER_CALLS, NAMESPACE
-from tests.enclave_workers.broker_env import DENIED_PRODUCER, BrokerEnv, person, seal_json
 
 
 def _sealed(broker: BrokerEnv, producer: str, indices: range) -> list[bytes]:

@@ -42,7 +42,7 @@ def test_read_splits_files_and_dead_letters_bad_lines(tmp_path: Path) -> None:
         read = p | ReadSealedRecords(str(tmp_path / "*.sealed"))
         assert_that(read[ReadSealedRecords.SEALED], equal_to(good), label="sealed")
         dead = read[ReadSealedRecords.DEAD_LETTER] | beam.Map(
-            lambda d: (d.stage, d.record_id.split(":")[1], d.sealed, "base64" in d.reason))
+            lambda d: (d.stage, d.record_id.rsplit(":", 1)[1], d.sealed, "base64" in d.reason))
         assert_that(dead, equal_to([("framing", "3", b"", True)]), label="dead")
 
 

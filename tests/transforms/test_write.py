@@ -12,6 +12,7 @@ from apache_beam.testing.util import assert_that, equal_to
 
 from enclave_workers.batch_processor import FEATURES_FINGERPRINT, SealedOutput
 from envelope import read_header, seal_batch
+from tests.enclave_workers.broker_env import BrokerEnv
 from transforms import (
     RouteByRegion,
     TransformConfigError,
@@ -19,7 +20,6 @@ from transforms import (
     WriteRegionPinned,
 )
 from transforms.dead_letters import DEAD_LETTER_DIR
-from tests.enclave_workers.broker_env import BrokerEnv
 
 
 def _sealed_output(broker: BrokerEnv, region: str, sources: int = 3) -> SealedOutput:

@@ -44,6 +44,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from cryptography.hazmat.primitives.keywrap import (
+    InvalidUnwrap,
     aes_key_unwrap,
     aes_key_wrap,
     aes_key_wrap_with_padding,
@@ -255,6 +256,7 @@ class FakeKeyVault:
         self.requests: list[tuple[str, str, int]] = []
         self.operations: list[tuple[str, str, str, int]] = []  # (op, name, version, status)
         self._failures: dict[str, deque[VaultError]] = defaultdict(deque)
+        self.unexpected: list[str] = []  # fake's own crashes; close() fails the test on them
         self._lock = threading.Lock()
         context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         context.load_cert_chain(pki.server_cert_path, pki.server_key_path)
@@ -287,6 +289,8 @@ class FakeKeyVault:
         leftovers = {op: len(queue) for op, queue in self._failures.items() if queue}
         if check_unused and leftovers:
             raise AssertionError(f"fake Key Vault: prepared responses never used: {leftovers}")
+        if self.unexpected:
+            raise AssertionError(f"fake Key Vault crashed while serving: {self.unexpected}")
 
     # -- test controls -------------------------------------------------------------------------
 
@@ -422,7 +426,7 @@ class FakeKeyVault:
                 raise VaultError(
                     400, "BadParameter", f"algorithm {alg} not valid for {key.key_type}"
                 )
-        except ValueError as exc:  # bad ciphertext, as Key Vault reports it
+        except (ValueError, InvalidUnwrap) as exc:  # bad ciphertext, as Key Vault reports it
             raise VaultError(400, "BadParameter", "The parameter is incorrect.") from exc
         return {"kid": kid, "value": b64url(out)}
 
@@ -647,7 +651,11 @@ def _handler_for(vault: FakeKeyVault) -> type[BaseHTTPRequestHandler]:
                 self.send_error(413)
                 return
             body = self.rfile.read(length) if length else b""
-            status, headers, answer = vault.handle(self.command, self.path, self.headers, body)
+            try:
+                status, headers, answer = vault.handle(self.command, self.path, self.headers, body)
+            except Exception as exc:  # a bug in the fake: answer, and fail the test on close()
+                vault.unexpected.append(f"{self.command} {self.path}: {exc!r}")
+                status, headers, answer = 500, {}, _error_body("FakeCrashed", repr(exc))
             vault.requests.append((self.command, self.path, status))
             data = json.dumps(answer).encode()
             self.send_response(status)

@@ -185,7 +185,7 @@ class FakeKeyManagementService:
 
     def stop(self) -> None:
         if self._server is not None:
-            self._server.stop(grace=None)
+            self._server.stop(grace=None).wait(timeout=5)
             self._server = None
 
     @staticmethod

@@ -22,16 +22,16 @@ from keybroker.kms.azure_kv import (
     AzureKeyVaultKms,
     KeyDisabledError,
     KmsInputError,
-    RetrySchedule,
-    WrappedKeyAadMismatchError,
 )
 from keybroker.kms.base import (
-    KeyDestroyedError,
+    KeyManagementService,
     KeyNotFoundError,
     KmsError,
     KmsPermissionError,
     KmsTransientError,
+    KmsUnwrapError,
 )
+from keybroker.kms.retry import Backoff
 from tests.keybroker.kms.fake_azure_kv import FakeKeyVault, FakePki, StaticTokenCredential
 
 AAD = b"region=eu;producer=acme"
@@ -66,7 +66,7 @@ def make_kms(
         connection_verify=str(pki.ca_path),
         allowed_hosts=[vault.host],
         verify_challenge_resource=False,
-        retry=RetrySchedule(attempts=attempts, first_delay_seconds=0.01, max_delay_seconds=0.02),
+        backoff=Backoff(attempts=attempts, initial_delay=0.01, max_delay=0.02),
         sleep=sleeps.append,
     )
 
@@ -136,9 +136,9 @@ def test_oct_hsm_wraps_in_the_vault_never_locally(
 def test_aad_mismatch_is_detected(kms: AzureKeyVaultKms, vault: FakeKeyVault, create: str) -> None:
     getattr(vault, create)("kek")
     wrapped = kms.wrap(key_uri(vault, "kek"), os.urandom(32), AAD)
-    with pytest.raises(WrappedKeyAadMismatchError, match="does not match the associated data"):
+    with pytest.raises(KmsUnwrapError, match="does not authenticate"):
         kms.unwrap(wrapped, AAD + b"x")
-    with pytest.raises(WrappedKeyAadMismatchError):
+    with pytest.raises(KmsUnwrapError):
         kms.unwrap(wrapped, b"")
 
 
@@ -155,6 +155,18 @@ def test_version_is_recorded_and_old_versions_still_unwrap(
     assert pinned.kek.uri == key_uri(vault, "kek")
     assert kms.unwrap(old, AAD) == dek_old
     assert vault.operations[-1][:3] == ("unwrapkey", "kek", first)
+
+
+def test_backend_implements_the_kms_protocol(kms: AzureKeyVaultKms) -> None:
+    assert isinstance(kms, KeyManagementService)
+    assert kms.scheme == "azure-kv"
+
+
+def test_key_without_wrap_permission_is_refused(kms: AzureKeyVaultKms, vault: FakeKeyVault) -> None:
+    version = vault.create_rsa_key("kek")
+    vault.version_of("kek", version).key_ops = ["unwrapKey"]
+    with pytest.raises(KmsPermissionError, match="does not permit wrapKey"):
+        kms.wrap(key_uri(vault, "kek"), os.urandom(32), AAD)
 
 
 def test_challenge_scope_comes_from_the_vault(
@@ -214,7 +226,6 @@ def test_transient_errors_give_up_after_the_schedule(
             "KeyDisabled",
             KeyDisabledError,
         ),
-        (400, "BadParameter", "The parameter is incorrect.", None, KmsError),
     ],
 )
 def test_service_errors_are_typed(
@@ -237,6 +248,30 @@ def test_service_errors_are_typed(
     assert sleeps == []
 
 
+def test_other_client_errors_name_the_service_error(
+    kms: AzureKeyVaultKms, vault: FakeKeyVault, sleeps: list[float]
+) -> None:
+    vault.create_oct_key("kek")
+    vault.fail_next("wrapkey", 400, "BadParameter", "Key operation wrapKey is not allowed.")
+    with pytest.raises(KmsError, match="HTTP 400 BadParameter: Key operation wrapKey") as raised:
+        kms.wrap(key_uri(vault, "kek"), os.urandom(32), AAD)
+    assert type(raised.value) is KmsError
+    assert sleeps == []
+
+
+@pytest.mark.parametrize("create", ["create_rsa_key", "create_oct_key"])
+def test_tampered_ciphertext_is_an_unwrap_error(
+    kms: AzureKeyVaultKms, vault: FakeKeyVault, create: str
+) -> None:
+    getattr(vault, create)("kek")
+    wrapped = kms.wrap(key_uri(vault, "kek"), os.urandom(32), AAD)
+    flipped = wrapped.ciphertext[:-1] + bytes([wrapped.ciphertext[-1] ^ 1])
+    with pytest.raises(KmsUnwrapError) as raised:
+        kms.unwrap(WrappedKey(kek=wrapped.kek, ciphertext=flipped), AAD)
+    assert str(raised.value) == str(KmsUnwrapError())
+    assert vault.operations[-1][::3] == ("unwrapkey", 400)
+
+
 def test_unknown_key_and_version_are_not_found(kms: AzureKeyVaultKms, vault: FakeKeyVault) -> None:
     with pytest.raises(KeyNotFoundError, match="HTTP 404 KeyNotFound"):
         kms.wrap(key_uri(vault, "missing"), os.urandom(32), AAD)
@@ -254,7 +289,7 @@ def test_disabled_key_is_refused(kms: AzureKeyVaultKms, vault: FakeKeyVault, cre
     vault.disable_key("kek")
     with pytest.raises(KeyDisabledError, match="disabled"):
         kms.wrap(key_uri(vault, "kek"), os.urandom(32), AAD)
-    with pytest.raises(KeyDestroyedError, match="disabled"):
+    with pytest.raises(KmsPermissionError, match="disabled"):
         kms.unwrap(wrapped, AAD)
 
 

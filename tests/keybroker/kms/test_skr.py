@@ -26,10 +26,10 @@ from enclave_workers.skr import (
 from keybroker.kms.azure_kv import (
     KeyDisabledError,
     KeyReleaseDeniedError,
-    RetrySchedule,
     release_key_to_tee,
 )
 from keybroker.kms.base import KeyNotFoundError, KmsPermissionError
+from keybroker.kms.retry import Backoff
 from keybroker.kms.skr_policy import (
     ReleasePolicyTranslationError,
     encode_release_policy,
@@ -94,7 +94,7 @@ def policy() -> dict[str, Any]:
 
 def release(key_client: KeyClient, name: str, token: str, **kwargs: Any) -> str:
     return release_key_to_tee(
-        key_client, name, token, retry=RetrySchedule(attempts=2, first_delay_seconds=0.0), **kwargs
+        key_client, name, token, backoff=Backoff(attempts=2, initial_delay=0.0), **kwargs
     )
 
 

@@ -1,0 +1,87 @@
+"""The partner's seal and the reader's open, as library calls."""
+
+from __future__ import annotations
+
+import base64
+import json
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from enclave_workers.records import parse_records, table_from_ipc
+from envelope import DataKey, dek_wrap_aad, open_batch, open_record, read_header
+from pipelines.errors import InputFileError, PipelineError, ReaderRegionError
+from pipelines.reading import open_output
+from pipelines.sealing import seal_file
+from tests.enclave_workers.broker_env import BrokerEnv, person
+
+
+def _jsonl(path: Path, count: int, region: str = "eu") -> Path:
+    path.write_text("".join(json.dumps(person(i, region)) + "\n" for i in range(count)))
+    return path
+
+
+def _envelopes(path: Path) -> list[bytes]:
+    return [base64.b64decode(line) for line in path.read_bytes().splitlines()]
+
+
+def _open_with_keyring(broker: BrokerEnv, envelope: bytes) -> bytes:
+    header, _ = read_header(envelope)
+    secret = broker.keyring.unwrap(header.wrapped_key,
+                                   dek_wrap_aad(header.region, header.producer_id))
+    opener = open_record if header.kind == "record" else open_batch
+    return opener(envelope, DataKey(secret))
+
+
+def test_seal_records_one_key_per_n_records(broker: BrokerEnv, tmp_path: Path) -> None:
+    source = _jsonl(tmp_path / "in.jsonl", 25)
+    report = seal_file(source, tmp_path / "out.sealed", keyring=broker.keyring, region="eu",
+                       producer_id="acme", records_per_key=10)
+    assert (report.input_records, report.envelopes, report.data_keys) == (25, 25, 3)
+    envelopes = _envelopes(tmp_path / "out.sealed")
+    headers = [read_header(e)[0] for e in envelopes]
+    assert len({h.wrapped_key.key_id for h in headers}) == 3
+    assert {(h.kind, h.region, h.producer_id) for h in headers} == {("record", "eu", "acme")}
+    assert json.loads(_open_with_keyring(broker, envelopes[7])) == person(7, "eu")
+    assert b"cust-secret" not in (tmp_path / "out.sealed").read_bytes()
+
+
+def test_seal_parquet_into_one_batch(broker: BrokerEnv, tmp_path: Path) -> None:
+    table = parse_records([json.dumps(person(i, "us")).encode() for i in range(12)]).table
+    pq.write_table(table, tmp_path / "in.parquet")
+    report = seal_file(tmp_path / "in.parquet", tmp_path / "b.sealed", keyring=broker.keyring,
+                       region="us", producer_id="globex", output_kind="batch")
+    assert (report.input_records, report.envelopes, report.data_keys) == (12, 1, 1)
+    [envelope] = _envelopes(tmp_path / "b.sealed")
+    assert table_from_ipc(_open_with_keyring(broker, envelope)).equals(table)
+
+
+def test_seal_refuses_bad_partner_files(broker: BrokerEnv, tmp_path: Path) -> None:
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps(person(0, "eu")) + "\n[1, 2]\n")
+    with pytest.raises(InputFileError, match=r"bad\.jsonl:2: not a JSON object"):
+        seal_file(bad, tmp_path / "o", keyring=broker.keyring, region="eu", producer_id="acme")
+    assert not (tmp_path / "o").exists()
+    with pytest.raises(InputFileError, match="cannot tell the format"):
+        seal_file(_jsonl(tmp_path / "x.csv", 1), tmp_path / "o", keyring=broker.keyring,
+                  region="eu", producer_id="acme")
+    with pytest.raises(PipelineError, match="no KEK for region"):
+        seal_file(_jsonl(tmp_path / "y.jsonl", 1), tmp_path / "o", keyring=broker.keyring,
+                  region="ap", producer_id="acme")
+
+
+def test_reader_refuses_other_regions_and_non_feature_envelopes(broker: BrokerEnv,
+                                                               tmp_path: Path) -> None:
+    source = _jsonl(tmp_path / "in.jsonl", 2)
+    seal_file(source, tmp_path / "s.sealed", keyring=broker.keyring, region="eu",
+              producer_id="acme", output_kind="batch")
+    raw = tmp_path / "partner.sbatch"
+    raw.write_bytes(_envelopes(tmp_path / "s.sealed")[0])
+    with pytest.raises(ReaderRegionError, match="belongs to region 'eu'"):
+        open_output(raw, keyring=broker.keyring, region="us")
+    with pytest.raises(InputFileError, match="not a sealed feature batch"):
+        open_output(raw, keyring=broker.keyring, region="eu")
+    (tmp_path / "junk.sbatch").write_bytes(b"junk")
+    with pytest.raises(InputFileError, match="not a sealed envelope"):
+        open_output(tmp_path / "junk.sbatch", keyring=broker.keyring, region="eu")
