@@ -262,7 +262,7 @@ def init_state(
     if existing and not force:
         raise StateExistsError(
             f"state {state_dir} already holds {', '.join(existing)}; "
-            "refusing to overwrite it (pass force to replace keys that wrap live data)"
+            "refusing to overwrite it (--force / force=True replaces keys that wrap live data)"
         )
     state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     os.chmod(state_dir, 0o700)

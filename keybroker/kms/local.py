@@ -4,7 +4,7 @@ Each KEK (``local://keyring/<region>/kek-1``) has versions "1", "2", ...; new wr
 primary version, ``rotate`` adds a version and makes it primary, and older versions still
 unwrap until they are disabled or destroyed. A DEK is wrapped with AES-256-GCM under a
 random 96-bit nonce, with associated data binding the KEK URI, the KEK version and the
-caller's associated data (docs/PROTOCOL.md, "Local keyring"). The file is written
+caller's associated data (docs/PROTOCOL.md, section 9). The file is written
 atomically with mode 0600 and refused when group or other may read it.
 
 This is the development and single-host backend: the key material sits in a file on the
@@ -14,16 +14,11 @@ release policy does).
 
 from __future__ import annotations
 
-import base64
-import binascii
 import json
 import os
-import re
 import struct
 import threading
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
-from datetime import datetime, timezone
+from collections.abc import Iterable
 from pathlib import Path
 
 from cryptography.exceptions import InvalidTag
@@ -40,6 +35,16 @@ from keybroker.kms.base import (
     KmsUnwrapError,
 )
 from keybroker.kms.files import read_private_file, write_private_file
+from keybroker.kms.local_file import (
+    KEYRING_FORMAT,
+    Kek,
+    KekVersion,
+    keyring_document,
+    local_kek_uri,
+    new_version,
+    parse_keyring,
+    parse_local_kek_uri,
+)
 
 __all__ = [
     "KEYRING_FORMAT",
@@ -52,40 +57,14 @@ __all__ = [
 ]
 
 LOCAL_SCHEME = "local"
-KEYRING_FORMAT = "sealbeam-local-keyring"
-KEYRING_FORMAT_VERSION = 1
 MAX_KEYRING_BYTES = 1 << 20
 MAX_WRAPPED_SECRET_BYTES = 1024
-KEK_BYTES = 32
 NONCE_BYTES = 12
 TAG_BYTES = 16
 WRAP_MAGIC = b"SBLW"
 WRAP_FORMAT_VERSION = 1
 WRAP_HEADER_BYTES = len(WRAP_MAGIC) + 1 + NONCE_BYTES
 WRAP_AAD_LABEL = b"sealbeam/local-kms/wrap/v1"
-
-_NAME = r"[a-z0-9][a-z0-9-]{0,31}"
-_KEK_URI = re.compile(rf"^local://keyring/(?P<region>{_NAME})/(?P<name>{_NAME})$")
-_VERSION = re.compile(r"^[1-9][0-9]{0,8}$")
-_STATES = ("enabled", "disabled", "destroyed")
-
-
-def local_kek_uri(region: str, name: str = "kek-1") -> str:
-    """The URI of a local KEK; validates both parts."""
-    uri = f"local://keyring/{region}/{name}"
-    parse_local_kek_uri(uri)
-    return uri
-
-
-def parse_local_kek_uri(uri: str) -> tuple[str, str]:
-    """Split ``local://keyring/<region>/<name>`` into (region, name)."""
-    match = _KEK_URI.match(uri) if isinstance(uri, str) and len(uri) <= 128 else None
-    if match is None:
-        raise KeyNotFoundError(
-            f"not a local KEK URI: {uri!r} (expected local://keyring/<region>/<name>, "
-            "lowercase letters, digits and '-')"
-        )
-    return match["region"], match["name"]
 
 
 def wrap_associated_data(kek_uri: str, version: str, aad: bytes) -> bytes:
@@ -94,26 +73,12 @@ def wrap_associated_data(kek_uri: str, version: str, aad: bytes) -> bytes:
     return b"".join(struct.pack(">I", len(field)) + field for field in fields)
 
 
-@dataclass
-class _KekVersion:
-    state: str
-    created_at: str
-    material: bytes | None  # None once destroyed
-
-
-@dataclass
-class _Kek:
-    region: str
-    primary: str
-    versions: dict[str, _KekVersion]
-
-
 class LocalKeyring:
     """A keyring file of per-region KEKs. Thread-safe; every change is persisted at once."""
 
     scheme = LOCAL_SCHEME
 
-    def __init__(self, path: Path, keks: dict[str, _Kek], region_keks: dict[str, str]) -> None:
+    def __init__(self, path: Path, keks: dict[str, Kek], region_keks: dict[str, str]) -> None:
         self._path = Path(path)
         self._keks = keks
         self._region_keks = region_keks
@@ -134,11 +99,11 @@ class LocalKeyring:
             raise KeyringExistsError(
                 f"keyring {path} already exists; refusing to overwrite it (its KEKs wrap live keys)"
             )
-        keks: dict[str, _Kek] = {}
+        keks: dict[str, Kek] = {}
         region_keks: dict[str, str] = {}
         for region in region_list:
             uri = local_kek_uri(region)
-            keks[uri] = _Kek(region=region, primary="1", versions={"1": _new_version()})
+            keks[uri] = Kek(region=region, primary="1", versions={"1": new_version()})
             region_keks[region] = uri
         keyring = cls(path, keks, region_keks)
         keyring._save()
@@ -153,7 +118,7 @@ class LocalKeyring:
             document = json.loads(content.decode("utf-8"))
         except (UnicodeDecodeError, json.JSONDecodeError) as error:
             raise KeyringFormatError(f"keyring {path}: not UTF-8 JSON ({error})") from None
-        keks, region_keks = _parse_keyring(document)
+        keks, region_keks = parse_keyring(document)
         return cls(path, keks, region_keks)
 
     # -- queries ---------------------------------------------------------------------------
@@ -191,7 +156,7 @@ class LocalKeyring:
         with self._lock:
             kek = self._kek(kek_uri)
             number = str(max(int(existing) for existing in kek.versions) + 1)
-            kek.versions[number] = _new_version()
+            kek.versions[number] = new_version()
             previous_primary = kek.primary
             kek.primary = number
             try:
@@ -250,14 +215,14 @@ class LocalKeyring:
 
     # -- internals -------------------------------------------------------------------------
 
-    def _kek(self, kek_uri: str) -> _Kek:
+    def _kek(self, kek_uri: str) -> Kek:
         parse_local_kek_uri(kek_uri)
         try:
             return self._keks[kek_uri]
         except KeyError:
             raise KeyNotFoundError(f"KEK {kek_uri} is not in keyring {self._path}") from None
 
-    def _usable_material(self, kek_uri: str, kek: _Kek, version: str) -> bytes:
+    def _usable_material(self, kek_uri: str, kek: Kek, version: str) -> bytes:
         entry = kek.versions.get(version)
         if entry is None:
             raise KeyNotFoundError(f"KEK {kek_uri} has no version {version!r}")
@@ -279,7 +244,7 @@ class LocalKeyring:
                 )
             if entry.state == "destroyed" and state != "destroyed":
                 raise KeyDestroyedError(f"KEK {kek_uri} version {version} was destroyed")
-            previous = _KekVersion(entry.state, entry.created_at, entry.material)
+            previous = KekVersion(entry.state, entry.created_at, entry.material)
             entry.state = state
             if state == "destroyed":
                 entry.material = None
@@ -290,116 +255,8 @@ class LocalKeyring:
                 raise
 
     def _save(self) -> None:
-        document = {
-            "format": KEYRING_FORMAT,
-            "format_version": KEYRING_FORMAT_VERSION,
-            "regions": dict(sorted(self._region_keks.items())),
-            "keks": {
-                uri: {
-                    "region": kek.region,
-                    "primary": kek.primary,
-                    "versions": {
-                        number: {
-                            "state": entry.state,
-                            "created_at": entry.created_at,
-                            "material": None
-                            if entry.material is None
-                            else base64.b64encode(entry.material).decode("ascii"),
-                        }
-                        for number, entry in sorted(kek.versions.items(), key=lambda i: int(i[0]))
-                    },
-                }
-                for uri, kek in sorted(self._keks.items())
-            },
-        }
+        document = keyring_document(self._keks, self._region_keks)
         write_private_file(self._path, json.dumps(document, indent=2).encode("utf-8") + b"\n")
 
     def __repr__(self) -> str:
         return f"LocalKeyring(path={str(self._path)!r}, keks={sorted(self._keks)!r})"
-
-
-def _new_version() -> _KekVersion:
-    return _KekVersion(
-        state="enabled",
-        created_at=datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
-        material=AESGCM.generate_key(bit_length=256),
-    )
-
-
-def _parse_keyring(document: object) -> tuple[dict[str, _Kek], dict[str, str]]:
-    """Validate the keyring JSON, naming the first bad field."""
-    if not isinstance(document, dict):
-        raise KeyringFormatError("keyring: expected a JSON object")
-    if document.get("format") != KEYRING_FORMAT:
-        raise KeyringFormatError(f"format: expected {KEYRING_FORMAT!r}")
-    if document.get("format_version") != KEYRING_FORMAT_VERSION:
-        raise KeyringFormatError(f"format_version: expected {KEYRING_FORMAT_VERSION}")
-    raw_keks = document.get("keks")
-    if not isinstance(raw_keks, dict) or not raw_keks:
-        raise KeyringFormatError("keks: expected a non-empty object")
-    keks = {uri: _parse_kek(uri, raw) for uri, raw in raw_keks.items()}
-    raw_regions = document.get("regions")
-    if not isinstance(raw_regions, dict) or not raw_regions:
-        raise KeyringFormatError("regions: expected a non-empty object of region -> KEK URI")
-    region_keks: dict[str, str] = {}
-    for region, uri in raw_regions.items():
-        if uri not in keks:
-            raise KeyringFormatError(f"regions[{region!r}]: KEK {uri!r} is not in keks")
-        if keks[uri].region != region:
-            raise KeyringFormatError(f"regions[{region!r}]: KEK {uri!r} belongs to another region")
-        region_keks[region] = uri
-    return keks, region_keks
-
-
-def _parse_kek(uri: object, raw: object) -> _Kek:
-    field = f"keks[{uri!r}]"
-    if not isinstance(uri, str):
-        raise KeyringFormatError(f"{field}: KEK URI must be a string")
-    try:
-        region, _name = parse_local_kek_uri(uri)
-    except KeyNotFoundError as error:
-        raise KeyringFormatError(f"{field}: {error}") from None
-    if not isinstance(raw, dict):
-        raise KeyringFormatError(f"{field}: expected an object")
-    if raw.get("region") != region:
-        raise KeyringFormatError(f"{field}.region: expected {region!r} (from the URI)")
-    versions_raw = raw.get("versions")
-    if not isinstance(versions_raw, dict) or not versions_raw:
-        raise KeyringFormatError(f"{field}.versions: expected a non-empty object")
-    versions = {
-        number: _parse_version(f"{field}.versions[{number!r}]", number, entry)
-        for number, entry in versions_raw.items()
-    }
-    primary = raw.get("primary")
-    if not isinstance(primary, str) or primary not in versions:
-        raise KeyringFormatError(f"{field}.primary: expected one of its versions")
-    if versions[primary].state != "enabled":
-        raise KeyringFormatError(f"{field}.primary: version {primary} is not enabled")
-    return _Kek(region=region, primary=primary, versions=versions)
-
-
-def _parse_version(field: str, number: object, raw: object) -> _KekVersion:
-    if not isinstance(number, str) or not _VERSION.match(number):
-        raise KeyringFormatError(f"{field}: version must be a positive decimal number")
-    if not isinstance(raw, Mapping):
-        raise KeyringFormatError(f"{field}: expected an object")
-    state = raw.get("state")
-    if state not in _STATES:
-        raise KeyringFormatError(f"{field}.state: expected one of {', '.join(_STATES)}")
-    created_at = raw.get("created_at")
-    if not isinstance(created_at, str) or len(created_at) > 64:
-        raise KeyringFormatError(f"{field}.created_at: expected a timestamp string")
-    encoded = raw.get("material")
-    if state == "destroyed":
-        if encoded is not None:
-            raise KeyringFormatError(f"{field}.material: must be null for a destroyed version")
-        return _KekVersion(state=state, created_at=created_at, material=None)
-    if not isinstance(encoded, str) or len(encoded) > 64:
-        raise KeyringFormatError(f"{field}.material: expected base64 of {KEK_BYTES} bytes")
-    try:
-        material = base64.b64decode(encoded, validate=True)
-    except (binascii.Error, ValueError):
-        raise KeyringFormatError(f"{field}.material: not valid base64") from None
-    if len(material) != KEK_BYTES:
-        raise KeyringFormatError(f"{field}.material: expected {KEK_BYTES} bytes")
-    return _KekVersion(state=state, created_at=created_at, material=material)

@@ -28,6 +28,7 @@ from keybroker.kms.local import (
     parse_local_kek_uri,
     wrap_associated_data,
 )
+from keybroker.kms.local_file import new_version
 from keybroker.kms.registry import KmsRegistry, kms_for_uri, uri_scheme
 
 EU_KEK = "local://keyring/eu/kek-1"
@@ -244,6 +245,10 @@ def test_repr_never_shows_material(keyring: LocalKeyring, tmp_path: Path) -> Non
     document = json.loads((tmp_path / "keyring.json").read_text())
     material = document["keks"][EU_KEK]["versions"]["1"]["material"]
     assert material not in repr(keyring)
+    version = new_version()
+    assert version.material is not None
+    assert version.material.hex() not in repr(version)
+    assert repr(version.material)[2:-1] not in repr(version)
 
 
 def test_parse_local_kek_uri() -> None:

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 from keybroker.attestation.errors import EvidenceFormatError
 
-__all__ = ["TD_REPORT_SIZE", "TDX_REPORT_TYPE", "TdReport", "parse_td_report"]
+__all__ = ["TDX_REPORT_TYPE", "TD_REPORT_SIZE", "TdReport", "parse_td_report"]
 
 TD_REPORT_SIZE = 1024
 TDX_REPORT_TYPE = 0x81  # REPORTTYPE.TYPE for TDX

@@ -13,6 +13,7 @@ import hashlib
 import warnings
 
 from cryptography import x509
+from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
 
 from keybroker.attestation.errors import EvidenceFormatError
@@ -31,6 +32,18 @@ MAX_PEM_BUNDLE_SIZE = 256 * 1024
 MAX_PEM_CERTIFICATES = 16
 
 
+def _force_parse(certificate: x509.Certificate) -> x509.Certificate:
+    """cryptography parses fields lazily: touch each one used later, so a malformed field is a
+    format error here rather than a bare ValueError in the middle of verification."""
+    certificate.subject  # noqa: B018
+    certificate.issuer  # noqa: B018
+    certificate.not_valid_before_utc  # noqa: B018
+    certificate.not_valid_after_utc  # noqa: B018
+    certificate.extensions  # noqa: B018
+    certificate.public_key()
+    return certificate
+
+
 def load_der_certificate(der: bytes, role: str) -> x509.Certificate:
     """One DER certificate for `role` ("vcek", "ask", ...); EvidenceFormatError if unusable."""
     if not isinstance(der, bytes | bytearray):
@@ -43,8 +56,8 @@ def load_der_certificate(der: bytes, role: str) -> x509.Certificate:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # serial number 0 on AMD VCEKs
-            return x509.load_der_x509_certificate(bytes(der))
-    except ValueError as exc:
+            return _force_parse(x509.load_der_x509_certificate(bytes(der)))
+    except (ValueError, UnsupportedAlgorithm) as exc:
         raise EvidenceFormatError(f"{role} certificate is not a valid DER X.509 certificate: "
                                   f"{exc}") from None
 
@@ -59,8 +72,8 @@ def load_pem_certificates(pem: bytes, source: str) -> list[x509.Certificate]:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            certificates = x509.load_pem_x509_certificates(pem)
-    except ValueError as exc:
+            certificates = [_force_parse(c) for c in x509.load_pem_x509_certificates(pem)]
+    except (ValueError, UnsupportedAlgorithm) as exc:
         raise EvidenceFormatError(f"{source} is not a PEM certificate bundle: {exc}") from None
     for certificate in certificates:
         if len(certificate.public_bytes(serialization.Encoding.DER)) > MAX_CERTIFICATE_SIZE:

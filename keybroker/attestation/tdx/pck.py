@@ -63,6 +63,19 @@ class PckExtensions:
     smt_enabled: bool | None = None
 
 
+def _force_parse(certificate: x509.Certificate) -> None:
+    """cryptography parses certificate fields lazily: touch every one used later, so a malformed
+    field fails here as a format error instead of as a bare ValueError mid-verification."""
+    certificate.subject  # noqa: B018
+    certificate.issuer  # noqa: B018
+    certificate.serial_number  # noqa: B018
+    certificate.not_valid_before_utc  # noqa: B018
+    certificate.not_valid_after_utc  # noqa: B018
+    certificate.signature_hash_algorithm  # noqa: B018
+    certificate.extensions  # noqa: B018
+    certificate.public_key()
+
+
 def load_pem_chain(pem: bytes, what: str) -> list[x509.Certificate]:
     """Certificates from a PEM chain (leaf first); trailing NULs (as Intel's QE writes) allowed."""
     if len(pem) > MAX_PEM_CHAIN_SIZE:
@@ -73,8 +86,7 @@ def load_pem_chain(pem: bytes, what: str) -> list[x509.Certificate]:
     try:
         certificates = x509.load_pem_x509_certificates(text)
         for certificate in certificates:  # cryptography parses these lazily: force it here
-            certificate.extensions  # noqa: B018
-            certificate.public_key()
+            _force_parse(certificate)
     except (ValueError, UnsupportedAlgorithm) as exc:
         raise EvidenceFormatError(f"{what}: not a valid PEM certificate chain") from exc
     if len(certificates) < 2:

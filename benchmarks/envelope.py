@@ -1,0 +1,470 @@
+"""Benchmark: sealing and opening sealbeam envelopes (records, batches, an Arrow table), and
+the peak extra memory of streaming versus whole-buffer batch sealing and opening.
+
+What it does, on one thread (Arrow pinned to one CPU thread):
+
+- records (200 B, 1 KiB, 16 KiB payloads): ``seal_record`` / ``open_record`` records/s and
+  µs per record;
+- batches (1, 64, 256 MiB x segments of 64 KiB, 1 MiB, 4 MiB): MiB/s of ``seal_batch``
+  (envelope in memory), ``BatchSealer`` writing to a file object, ``iter_open_batch`` (segment
+  by segment, each dropped after use) and ``open_batch`` (whole plaintext);
+- memory, at the largest batch size: the peak memory each of those four adds on top of its
+  input, seen by ``tracemalloc`` in this process and by the ``ru_maxrss`` delta of a fresh
+  subprocess that loads its input first; streaming should hold about one segment, the
+  whole-buffer calls about two batches;
+- Arrow: a 1,000,000-row table written to an IPC stream, sealed, opened and read back with
+  ``pa.ipc.open_stream``; rows/s end to end.
+
+Every timing is the median and the minimum of ``--repeat`` runs after one warm-up run, and
+every case checks its round trip before it is timed. ``--json PATH`` also writes the numbers.
+
+What it does not: no KMS, no key release (``benchmarks/key_transport.py``), no network; the
+file sink is an ordinary temporary file, so its figure includes the page-cache write.
+
+    .venv/bin/python benchmarks/envelope.py [--quick] [--repeat 5] [--json PATH]
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import hashlib
+import hmac
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import tracemalloc
+from collections.abc import Callable
+from pathlib import Path
+
+import cryptography
+import pyarrow as pa
+import pyarrow.compute as pc
+
+# The repository root goes first so that ``import envelope`` finds the package, not this file.
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from envelope import (
+    DEFAULT_SEGMENT_SIZE,
+    BatchSealer,
+    DataKey,
+    KeyReference,
+    WrappedKey,
+    iter_open_batch,
+    open_batch,
+    open_record,
+    seal_batch,
+    seal_record,
+)
+
+KIB = 1 << 10
+MIB = 1 << 20
+DATA_KEY = DataKey.generate()
+SEAL_ARGUMENTS: dict[str, object] = {
+    "data_key": DATA_KEY,
+    "wrapped_key": WrappedKey(KeyReference("local://keyring/eu/kek-1", "1"), os.urandom(60)),
+    "region": "eu",
+    "producer_id": "acme",
+    "schema_fingerprint": hashlib.sha256(b"benchmark schema").digest(),
+    "context": {"dataset": "payments", "purpose": "featurize"},
+}
+FULL = {
+    "record_sizes": [200, KIB, 16 * KIB],
+    "records_per_run": 10_000,
+    "batch_sizes": [MIB, 64 * MIB, 256 * MIB],
+    "segment_sizes": [64 * KIB, MIB, 4 * MIB],
+    "arrow_rows": 1_000_000,
+}
+QUICK = {
+    "record_sizes": [200, KIB, 16 * KIB],
+    "records_per_run": 200,
+    "batch_sizes": [256 * KIB, MIB],
+    "segment_sizes": [16 * KIB, 64 * KIB],
+    "arrow_rows": 10_000,
+}
+BATCH_OPERATIONS = ("seal_batch", "BatchSealer->file", "iter_open_batch", "open_batch")
+
+
+class BenchmarkCheckError(Exception):
+    """A round trip did not give back what went in: the numbers would be meaningless."""
+
+
+def timed_runs(repeat: int, run: Callable[[], object]) -> dict[str, float]:
+    """Median and minimum seconds of ``repeat`` runs, after one untimed warm-up run."""
+    run()
+    seconds = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        run()
+        seconds.append(time.perf_counter() - start)
+    return {"median_seconds": statistics.median(seconds), "min_seconds": min(seconds)}
+
+
+def require_equal(what: str, expected: bytes, actual: bytes) -> None:
+    if not hmac.compare_digest(hashlib.sha256(expected).digest(), hashlib.sha256(actual).digest()):
+        raise BenchmarkCheckError(f"{what}: round trip changed the bytes")
+
+
+# -- records -------------------------------------------------------------------------------
+
+
+def bench_records(sizes: list[int], count: int, repeat: int) -> list[dict[str, float]]:
+    results = []
+    for size in sizes:
+        payload = os.urandom(size)
+        sealed = seal_record(payload, **SEAL_ARGUMENTS)
+        require_equal(f"record {size} B", payload, open_record(sealed, DATA_KEY))
+
+        def seal_all(payload: bytes = payload) -> None:
+            for _ in range(count):
+                seal_record(payload, **SEAL_ARGUMENTS)
+
+        def open_all(sealed: bytes = sealed) -> None:
+            for _ in range(count):
+                open_record(sealed, DATA_KEY)
+
+        row: dict[str, float] = {"payload_bytes": size, "envelope_bytes": len(sealed),
+                                 "records_per_run": count}
+        for name, run in (("seal", seal_all), ("open", open_all)):
+            timing = timed_runs(repeat, run)
+            row[f"{name}_records_per_second"] = count / timing["median_seconds"]
+            row[f"{name}_best_records_per_second"] = count / timing["min_seconds"]
+            row[f"{name}_us_per_record"] = timing["median_seconds"] / count * 1e6
+            row[f"{name}_min_us_per_record"] = timing["min_seconds"] / count * 1e6
+        results.append(row)
+    return results
+
+
+# -- batches -------------------------------------------------------------------------------
+
+
+def seal_batch_in_memory(plaintext: bytes, segment_size: int) -> bytes:
+    return seal_batch(plaintext, segment_size=segment_size, **SEAL_ARGUMENTS)
+
+
+def seal_batch_to_file(plaintext: bytes, segment_size: int, path: Path) -> None:
+    with path.open("wb") as sink:
+        sealer = BatchSealer(segment_size=segment_size, sink=sink, **SEAL_ARGUMENTS)
+        sealer.write(plaintext)
+        sealer.finish()
+
+
+def open_batch_streaming(envelope: bytes) -> int:
+    """Consume the batch segment by segment, keeping none of it: the streaming reader's cost."""
+    total = 0
+    for segment in iter_open_batch(envelope, DATA_KEY):
+        total += len(segment)
+    return total
+
+
+def open_batch_whole(envelope: bytes) -> int:
+    return len(open_batch(envelope, DATA_KEY))
+
+
+def batch_operation(name: str, plaintext: bytes, envelope: bytes, segment_size: int,
+                    path: Path) -> Callable[[], object]:
+    """The zero-argument run for one of BATCH_OPERATIONS over prepared inputs."""
+    if name == "seal_batch":
+        return lambda: seal_batch_in_memory(plaintext, segment_size)
+    if name == "BatchSealer->file":
+        return lambda: seal_batch_to_file(plaintext, segment_size, path)
+    if name == "iter_open_batch":
+        return lambda: open_batch_streaming(envelope)
+    if name == "open_batch":
+        return lambda: open_batch_whole(envelope)
+    raise ValueError(f"unknown batch operation {name!r}")
+
+
+def prepare_batch(size: int, segment_size: int, path: Path) -> tuple[bytes, bytes]:
+    """Plaintext and its envelope, after checking every sealer against every opener."""
+    plaintext = os.urandom(size)
+    envelope = seal_batch_in_memory(plaintext, segment_size)
+    seal_batch_to_file(plaintext, segment_size, path)
+    from_file = path.read_bytes()
+    what = f"batch {size} B / segment {segment_size} B"
+    require_equal(what, plaintext, open_batch(envelope, DATA_KEY))
+    require_equal(what, plaintext, b"".join(iter_open_batch(from_file, DATA_KEY)))
+    if open_batch_streaming(envelope) != size:
+        raise BenchmarkCheckError(f"{what}: iter_open_batch yielded a different length")
+    return plaintext, envelope
+
+
+def bench_batches(sizes: list[int], segment_sizes: list[int], repeat: int,
+                  workdir: Path) -> list[dict[str, float | str]]:
+    results: list[dict[str, float | str]] = []
+    path = workdir / "batch.sbev"
+    for size in sizes:
+        for segment_size in segment_sizes:
+            plaintext, envelope = prepare_batch(size, segment_size, path)
+            for name in BATCH_OPERATIONS:
+                run = batch_operation(name, plaintext, envelope, segment_size, path)
+                timing = timed_runs(repeat, run)
+                results.append({
+                    "operation": name, "batch_bytes": size, "segment_size": segment_size,
+                    **timing,
+                    "mib_per_second": size / MIB / timing["median_seconds"],
+                    "best_mib_per_second": size / MIB / timing["min_seconds"],
+                })
+            del plaintext, envelope
+    return results
+
+
+# -- memory --------------------------------------------------------------------------------
+
+
+def tracemalloc_peak(run: Callable[[], object]) -> int:
+    """Peak bytes Python allocated while ``run`` ran, above what was live when it started."""
+    gc.collect()
+    tracemalloc.start()
+    try:
+        baseline = tracemalloc.get_traced_memory()[0]
+        run()
+        return tracemalloc.get_traced_memory()[1] - baseline
+    finally:
+        tracemalloc.stop()
+
+
+def write_envelope_in_chunks(size: int, segment_size: int, path: Path) -> None:
+    """Seal ``size`` random bytes to ``path`` one segment at a time (never all in memory)."""
+    with path.open("wb") as sink:
+        sealer = BatchSealer(segment_size=segment_size, sink=sink, **SEAL_ARGUMENTS)
+        for offset in range(0, size, segment_size):
+            sealer.write(os.urandom(min(segment_size, size - offset)))
+        sealer.finish()
+
+
+def memory_probe(operation: str, size: int, segment_size: int, workdir: Path) -> int:
+    """In a fresh process: load the input, then the ``ru_maxrss`` growth while ``operation``
+    runs. Linux reports ru_maxrss in KiB; the result is in bytes.
+
+    The probe makes its own input under its own random key (keys never cross processes),
+    and without a transient peak that would hide the operation's own: sealing starts from
+    ``os.urandom(size)``, opening from an envelope sealed to a file segment by segment.
+    """
+    envelope_path = workdir / f"probe-{os.getpid()}.sbev"
+    if operation in ("seal_batch", "BatchSealer->file"):
+        plaintext, envelope = os.urandom(size), b""
+    else:
+        write_envelope_in_chunks(size, segment_size, envelope_path)
+        plaintext, envelope = b"", envelope_path.read_bytes()
+    run = batch_operation(operation, plaintext, envelope, segment_size, envelope_path)
+    gc.collect()
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    run()
+    after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    envelope_path.unlink(missing_ok=True)
+    return (after - before) * KIB
+
+
+def maxrss_delta_in_subprocess(operation: str, size: int, segment_size: int,
+                               workdir: Path) -> int:
+    command = [sys.executable, str(Path(__file__).resolve()), "--memory-probe", operation,
+               "--probe-size", str(size), "--probe-segment", str(segment_size),
+               "--probe-workdir", str(workdir)]
+    completed = subprocess.run(command, capture_output=True, text=True, check=False,
+                               timeout=600)
+    if completed.returncode != 0:
+        raise BenchmarkCheckError(f"memory probe {operation} failed: {completed.stderr.strip()}")
+    return int(json.loads(completed.stdout)["maxrss_delta_bytes"])
+
+
+def bench_memory(size: int, segment_sizes: list[int],
+                 workdir: Path) -> list[dict[str, float | str]]:
+    results: list[dict[str, float | str]] = []
+    path = workdir / "memory.sbev"
+    for segment_size in segment_sizes:
+        plaintext, envelope = prepare_batch(size, segment_size, path)
+        for name in BATCH_OPERATIONS:
+            traced = tracemalloc_peak(
+                batch_operation(name, plaintext, envelope, segment_size, path))
+            rss = maxrss_delta_in_subprocess(name, size, segment_size, workdir)
+            results.append({
+                "operation": name, "batch_bytes": size, "segment_size": segment_size,
+                "tracemalloc_peak_bytes": traced, "maxrss_delta_bytes": rss,
+                "tracemalloc_peak_in_segments": traced / segment_size,
+                "tracemalloc_peak_in_batches": traced / size,
+            })
+        del plaintext, envelope
+    return results
+
+
+# -- Arrow ---------------------------------------------------------------------------------
+
+
+def make_table(rows: int) -> pa.Table:
+    """A payments-like table: ids, amounts, countries, timestamps, short notes."""
+    index = pa.array(range(rows), pa.int64())
+    return pa.table({
+        "id": index,
+        "amount": pc.divide(pc.cast(pc.bit_wise_and(pc.multiply(index, 2654435761), 0xFFFFF),
+                                    pa.float64()), 100.0),
+        "country": pc.take(pa.array(["DE", "FR", "US", "GB"]), pc.bit_wise_and(index, 3)),
+        "event_time": pc.cast(pc.add(pc.multiply(index, 1_000_000), 1_704_067_200_000_000),
+                              pa.timestamp("us", tz="UTC")),
+        "note": pc.take(pa.array(["paid in full", "refund", "", "two words"]),
+                        pc.bit_wise_and(pc.shift_right(index, 2), 3)),
+    })
+
+
+def table_to_ipc(table: pa.Table) -> pa.Buffer:
+    sink = pa.BufferOutputStream()
+    with pa.ipc.new_stream(sink, table.schema) as writer:
+        writer.write_table(table)
+    return sink.getvalue()
+
+
+def arrow_round_trip(table: pa.Table) -> tuple[pa.Table, dict[str, float], int, int]:
+    """Serialize, seal, open, read back; the seconds each stage took."""
+    stages: dict[str, float] = {}
+    start = time.perf_counter()
+    ipc = table_to_ipc(table)
+    stages["serialize_seconds"] = time.perf_counter() - start
+    start = time.perf_counter()
+    envelope = seal_batch(memoryview(ipc), segment_size=DEFAULT_SEGMENT_SIZE, **SEAL_ARGUMENTS)
+    stages["seal_seconds"] = time.perf_counter() - start
+    start = time.perf_counter()
+    opened = open_batch(envelope, DATA_KEY)
+    stages["open_seconds"] = time.perf_counter() - start
+    start = time.perf_counter()
+    result = pa.ipc.open_stream(opened).read_all()
+    stages["read_seconds"] = time.perf_counter() - start
+    return result, stages, ipc.size, len(envelope)
+
+
+def bench_arrow(rows: int, repeat: int) -> dict[str, float]:
+    table = make_table(rows)
+    result, _, ipc_bytes, envelope_bytes = arrow_round_trip(table)  # check, and warm up
+    if not result.equals(table):
+        raise BenchmarkCheckError("Arrow table changed in the sealed round trip")
+    runs = [arrow_round_trip(table)[1] for _ in range(repeat)]
+    totals = [sum(stages.values()) for stages in runs]
+    summary: dict[str, float] = {"rows": rows, "ipc_bytes": ipc_bytes,
+                                 "envelope_bytes": envelope_bytes,
+                                 "segment_size": DEFAULT_SEGMENT_SIZE}
+    for stage in runs[0]:
+        summary[stage] = statistics.median(stages[stage] for stages in runs)
+    summary["end_to_end_seconds"] = statistics.median(totals)
+    summary["end_to_end_min_seconds"] = min(totals)
+    summary["rows_per_second"] = rows / summary["end_to_end_seconds"]
+    summary["best_rows_per_second"] = rows / summary["end_to_end_min_seconds"]
+    return summary
+
+
+# -- output --------------------------------------------------------------------------------
+
+
+def human_size(size: float) -> str:
+    for unit, scale in (("MiB", MIB), ("KiB", KIB)):
+        if size >= scale:
+            return f"{size / scale:.4g} {unit}"
+    return f"{size:g} B"
+
+
+def print_report(numbers: dict[str, object]) -> None:
+    print(f"{'record payload':16}{'seal rec/s':>12}{'seal µs':>10}{'open rec/s':>12}"
+          f"{'open µs':>10}   (median; envelope overhead)")
+    for row in numbers["records"]:
+        print(f"{human_size(row['payload_bytes']):16}{row['seal_records_per_second']:>12,.0f}"
+              f"{row['seal_us_per_record']:>10.1f}{row['open_records_per_second']:>12,.0f}"
+              f"{row['open_us_per_record']:>10.1f}   "
+              f"(+{row['envelope_bytes'] - row['payload_bytes']} B)")
+    print()
+    print(f"{'batch':10}{'segment':10}{'operation':20}{'MiB/s':>10}{'best MiB/s':>12}")
+    for row in numbers["batches"]:
+        print(f"{human_size(row['batch_bytes']):10}{human_size(row['segment_size']):10}"
+              f"{row['operation']:20}{row['mib_per_second']:>10,.0f}"
+              f"{row['best_mib_per_second']:>12,.0f}")
+    print()
+    print(f"{'batch':10}{'segment':10}{'operation':20}{'tracemalloc peak':>18}"
+          f"{'maxrss delta':>14}{'= segments':>12}{'= batches':>11}")
+    for row in numbers["memory"]:
+        print(f"{human_size(row['batch_bytes']):10}{human_size(row['segment_size']):10}"
+              f"{row['operation']:20}{human_size(row['tracemalloc_peak_bytes']):>18}"
+              f"{human_size(row['maxrss_delta_bytes']):>14}"
+              f"{row['tracemalloc_peak_in_segments']:>12.2f}"
+              f"{row['tracemalloc_peak_in_batches']:>11.3f}")
+    print()
+    arrow = numbers["arrow"]
+    print(f"Arrow: {arrow['rows']:,} rows, IPC {human_size(arrow['ipc_bytes'])}, "
+          f"end to end {arrow['end_to_end_seconds']:.3f} s = {arrow['rows_per_second']:,.0f} "
+          f"rows/s (best {arrow['best_rows_per_second']:,.0f}); serialize "
+          f"{arrow['serialize_seconds']:.3f} s, seal {arrow['seal_seconds']:.3f} s, open "
+          f"{arrow['open_seconds']:.3f} s, read {arrow['read_seconds']:.3f} s")
+    environment = numbers["environment"]
+    print(f"one Python thread, Arrow CPU threads {environment['arrow_cpu_threads']}, "
+          f"{environment['cpu_count']} CPUs on this machine; median and min of "
+          f"{environment['repeat']} runs")
+
+
+def environment(repeat: int, quick: bool) -> dict[str, object]:
+    return {
+        "python": platform.python_version(),
+        "cryptography": cryptography.__version__,
+        "pyarrow": pa.__version__,
+        "machine": platform.machine(),
+        "processor": platform.processor() or "unknown",
+        "cpu_count": os.cpu_count(),
+        "arrow_cpu_threads": pa.cpu_count(),
+        "threads": 1,
+        "repeat": repeat,
+        "quick": quick,
+    }
+
+
+def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true",
+                        help="small sizes (seconds, for the smoke test), not for real numbers")
+    parser.add_argument("--repeat", type=int, default=5,
+                        help="timed runs per case after one warm-up; median and min reported")
+    parser.add_argument("--json", metavar="PATH", help="also write the results as JSON")
+    # The memory probe: this script re-run in a fresh process for one ru_maxrss measurement.
+    parser.add_argument("--memory-probe", choices=BATCH_OPERATIONS, help=argparse.SUPPRESS)
+    parser.add_argument("--probe-size", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--probe-segment", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--probe-workdir", type=Path, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.repeat < 1:
+        parser.error("--repeat must be at least 1")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_arguments(argv)
+    pa.set_cpu_count(1)
+    pa.set_io_thread_count(1)
+    if args.memory_probe:
+        delta = memory_probe(args.memory_probe, args.probe_size, args.probe_segment,
+                             args.probe_workdir)
+        print(json.dumps({"maxrss_delta_bytes": delta}))
+        return 0
+    sizes = QUICK if args.quick else FULL
+    try:
+        with tempfile.TemporaryDirectory(prefix="sealbeam-bench-") as workdir:
+            numbers = {
+                "environment": environment(args.repeat, args.quick),
+                "records": bench_records(sizes["record_sizes"], sizes["records_per_run"],
+                                         args.repeat),
+                "batches": bench_batches(sizes["batch_sizes"], sizes["segment_sizes"],
+                                         args.repeat, Path(workdir)),
+                "memory": bench_memory(max(sizes["batch_sizes"]), sizes["segment_sizes"],
+                                       Path(workdir)),
+                "arrow": bench_arrow(sizes["arrow_rows"], args.repeat),
+            }
+    except BenchmarkCheckError as error:
+        print(f"envelope benchmark: error: {error}", file=sys.stderr)
+        return 1
+    print_report(numbers)
+    if args.json:
+        Path(args.json).write_text(json.dumps(numbers, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
