@@ -1,5 +1,7 @@
 """Packaging for sealbeam; also usable as Dataflow's ``--setup_file``."""
 
+from pathlib import Path
+
 from setuptools import find_packages, setup
 
 ROOMS = ("envelope", "keybroker", "enclave_workers", "transforms", "pipelines")
@@ -8,7 +10,7 @@ setup(
     name="sealbeam",
     version="0.1.0",
     description="Streaming encrypted data pipelines on Apache Beam with attested key release",
-    long_description=open("README.md", encoding="utf-8").read(),
+    long_description=Path(__file__).with_name("README.md").read_text(encoding="utf-8"),
     long_description_content_type="text/markdown",
     license="Apache-2.0",
     python_requires=">=3.10",

@@ -9,9 +9,10 @@ What it does, on one thread (Arrow pinned to one CPU thread):
   (envelope in memory), ``BatchSealer`` writing to a file object, ``iter_open_batch`` (segment
   by segment, each dropped after use) and ``open_batch`` (whole plaintext);
 - memory, at the largest batch size: the peak memory each of those four adds on top of its
-  input, seen by ``tracemalloc`` in this process and by the ``ru_maxrss`` delta of a fresh
-  subprocess that loads its input first; streaming should hold about one segment, the
-  whole-buffer calls about two batches;
+  input, seen by ``tracemalloc`` in this process and as the peak RSS growth of a fresh
+  subprocess that loads its input first (Linux VmHWM, reset just before the run; ``ru_maxrss``
+  where that is unavailable); streaming should hold a segment or two, the whole-buffer calls
+  about two batches;
 - Arrow: a 1,000,000-row table written to an IPC stream, sealed, opened and read back with
   ``pa.ipc.open_stream``; rows/s end to end.
 
@@ -239,13 +240,37 @@ def write_envelope_in_chunks(size: int, segment_size: int, path: Path) -> None:
         sealer.finish()
 
 
-def memory_probe(operation: str, size: int, segment_size: int, workdir: Path) -> int:
-    """In a fresh process: load the input, then the ``ru_maxrss`` growth while ``operation``
-    runs. Linux reports ru_maxrss in KiB; the result is in bytes.
+def proc_status_kib(field: str) -> int | None:
+    """A ``kB`` field of /proc/self/status (Linux), or None where there is none."""
+    try:
+        lines = Path("/proc/self/status").read_text().splitlines()
+    except OSError:
+        return None
+    for line in lines:
+        if line.startswith(f"{field}:"):
+            return int(line.split()[1])
+    return None
+
+
+def reset_peak_rss() -> bool:
+    """Reset this process's VmHWM to its current RSS (Linux >= 4.0); False where refused."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        return False
+    return proc_status_kib("VmHWM") is not None
+
+
+def memory_probe(operation: str, size: int, segment_size: int,
+                 workdir: Path) -> dict[str, int | str]:
+    """In a fresh process: load the input, then the peak RSS growth while ``operation`` runs.
 
     The probe makes its own input under its own random key (keys never cross processes),
-    and without a transient peak that would hide the operation's own: sealing starts from
+    without a transient peak that would hide the operation's own: sealing starts from
     ``os.urandom(size)``, opening from an envelope sealed to a file segment by segment.
+    The peak is VmHWM reset just before the run. Plain ``ru_maxrss`` is only the fallback:
+    on Linux it carries the parent's peak across fork and exec, so under a parent that
+    holds a large batch it reads 0.
     """
     envelope_path = workdir / f"probe-{os.getpid()}.sbev"
     if operation in ("seal_batch", "BatchSealer->file"):
@@ -255,15 +280,21 @@ def memory_probe(operation: str, size: int, segment_size: int, workdir: Path) ->
         plaintext, envelope = b"", envelope_path.read_bytes()
     run = batch_operation(operation, plaintext, envelope, segment_size, envelope_path)
     gc.collect()
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    run()
-    after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    if reset_peak_rss():
+        method, before = "VmHWM after clear_refs", proc_status_kib("VmRSS") or 0
+        run()
+        after = proc_status_kib("VmHWM") or 0
+    else:
+        method = "ru_maxrss"
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+        run()
+        after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     envelope_path.unlink(missing_ok=True)
-    return (after - before) * KIB
+    return {"peak_rss_delta_bytes": max(0, after - before) * KIB, "method": method}
 
 
-def maxrss_delta_in_subprocess(operation: str, size: int, segment_size: int,
-                               workdir: Path) -> int:
+def peak_rss_delta_in_subprocess(operation: str, size: int, segment_size: int,
+                                 workdir: Path) -> dict[str, int | str]:
     command = [sys.executable, str(Path(__file__).resolve()), "--memory-probe", operation,
                "--probe-size", str(size), "--probe-segment", str(segment_size),
                "--probe-workdir", str(workdir)]
@@ -271,7 +302,9 @@ def maxrss_delta_in_subprocess(operation: str, size: int, segment_size: int,
                                timeout=600)
     if completed.returncode != 0:
         raise BenchmarkCheckError(f"memory probe {operation} failed: {completed.stderr.strip()}")
-    return int(json.loads(completed.stdout)["maxrss_delta_bytes"])
+    probe = json.loads(completed.stdout)
+    return {"peak_rss_delta_bytes": int(probe["peak_rss_delta_bytes"]),
+            "method": str(probe["method"])}
 
 
 def bench_memory(size: int, segment_sizes: list[int],
@@ -283,10 +316,12 @@ def bench_memory(size: int, segment_sizes: list[int],
         for name in BATCH_OPERATIONS:
             traced = tracemalloc_peak(
                 batch_operation(name, plaintext, envelope, segment_size, path))
-            rss = maxrss_delta_in_subprocess(name, size, segment_size, workdir)
+            probe = peak_rss_delta_in_subprocess(name, size, segment_size, workdir)
             results.append({
                 "operation": name, "batch_bytes": size, "segment_size": segment_size,
-                "tracemalloc_peak_bytes": traced, "maxrss_delta_bytes": rss,
+                "tracemalloc_peak_bytes": traced,
+                "subprocess_peak_rss_delta_bytes": probe["peak_rss_delta_bytes"],
+                "subprocess_peak_rss_method": probe["method"],
                 "tracemalloc_peak_in_segments": traced / segment_size,
                 "tracemalloc_peak_in_batches": traced / size,
             })
@@ -382,20 +417,25 @@ def print_report(numbers: dict[str, object]) -> None:
               f"{row['best_mib_per_second']:>12,.0f}")
     print()
     print(f"{'batch':10}{'segment':10}{'operation':20}{'tracemalloc peak':>18}"
-          f"{'maxrss delta':>14}{'= segments':>12}{'= batches':>11}")
+          f"{'peak RSS delta':>16}{'= segments':>12}{'= batches':>11}")
     for row in numbers["memory"]:
         print(f"{human_size(row['batch_bytes']):10}{human_size(row['segment_size']):10}"
               f"{row['operation']:20}{human_size(row['tracemalloc_peak_bytes']):>18}"
-              f"{human_size(row['maxrss_delta_bytes']):>14}"
+              f"{human_size(row['subprocess_peak_rss_delta_bytes']):>16}"
               f"{row['tracemalloc_peak_in_segments']:>12.2f}"
               f"{row['tracemalloc_peak_in_batches']:>11.3f}")
+    methods = sorted({row["subprocess_peak_rss_method"] for row in numbers["memory"]})
+    print(f"(peak RSS delta: fresh subprocess, {', '.join(methods)}; '= segments' and "
+          f"'= batches' are the tracemalloc peak over the segment and batch size)")
     print()
     arrow = numbers["arrow"]
     print(f"Arrow: {arrow['rows']:,} rows, IPC {human_size(arrow['ipc_bytes'])}, "
-          f"end to end {arrow['end_to_end_seconds']:.3f} s = {arrow['rows_per_second']:,.0f} "
+          f"end to end {arrow['end_to_end_seconds'] * 1e3:.1f} ms = "
+          f"{arrow['rows_per_second']:,.0f} "
           f"rows/s (best {arrow['best_rows_per_second']:,.0f}); serialize "
-          f"{arrow['serialize_seconds']:.3f} s, seal {arrow['seal_seconds']:.3f} s, open "
-          f"{arrow['open_seconds']:.3f} s, read {arrow['read_seconds']:.3f} s")
+          f"{arrow['serialize_seconds'] * 1e3:.1f} ms, "
+          f"seal {arrow['seal_seconds'] * 1e3:.1f} ms, "
+          f"open {arrow['open_seconds'] * 1e3:.1f} ms, read {arrow['read_seconds'] * 1e3:.2f} ms")
     environment = numbers["environment"]
     print(f"one Python thread, Arrow CPU threads {environment['arrow_cpu_threads']}, "
           f"{environment['cpu_count']} CPUs on this machine; median and min of "
@@ -424,7 +464,7 @@ def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--repeat", type=int, default=5,
                         help="timed runs per case after one warm-up; median and min reported")
     parser.add_argument("--json", metavar="PATH", help="also write the results as JSON")
-    # The memory probe: this script re-run in a fresh process for one ru_maxrss measurement.
+    # The memory probe: this script re-run in a fresh process for one peak-RSS measurement.
     parser.add_argument("--memory-probe", choices=BATCH_OPERATIONS, help=argparse.SUPPRESS)
     parser.add_argument("--probe-size", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--probe-segment", type=int, help=argparse.SUPPRESS)
@@ -440,9 +480,8 @@ def main(argv: list[str] | None = None) -> int:
     pa.set_cpu_count(1)
     pa.set_io_thread_count(1)
     if args.memory_probe:
-        delta = memory_probe(args.memory_probe, args.probe_size, args.probe_segment,
-                             args.probe_workdir)
-        print(json.dumps({"maxrss_delta_bytes": delta}))
+        print(json.dumps(memory_probe(args.memory_probe, args.probe_size,
+                                      args.probe_segment, args.probe_workdir)))
         return 0
     sizes = QUICK if args.quick else FULL
     try:
@@ -451,11 +490,12 @@ def main(argv: list[str] | None = None) -> int:
                 "environment": environment(args.repeat, args.quick),
                 "records": bench_records(sizes["record_sizes"], sizes["records_per_run"],
                                          args.repeat),
+                # Arrow before the big batches, whose freed memory would otherwise feed it.
+                "arrow": bench_arrow(sizes["arrow_rows"], args.repeat),
                 "batches": bench_batches(sizes["batch_sizes"], sizes["segment_sizes"],
                                          args.repeat, Path(workdir)),
                 "memory": bench_memory(max(sizes["batch_sizes"]), sizes["segment_sizes"],
                                        Path(workdir)),
-                "arrow": bench_arrow(sizes["arrow_rows"], args.repeat),
             }
     except BenchmarkCheckError as error:
         print(f"envelope benchmark: error: {error}", file=sys.stderr)

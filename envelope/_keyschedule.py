@@ -1,15 +1,21 @@
-"""Per-envelope key schedule: HKDF-SHA-512 key and commitment, segment nonces and AADs.
+"""Per-envelope key schedule: HKDF-SHA-512 keys and commitment, header tag, nonces and AADs.
 
-From the DEK and the envelope's random 32-byte salt, HKDF-SHA-512 yields 64 bytes: the
-first 32 are the AES-256-GCM key, the last 32 the key commitment stored in the header.
-Segment ``i`` uses the nonce ``8 zero bytes || u32 BE i`` (unique because the key is unique
-per envelope) and the AAD ``header bytes || u32 BE i || u8 final``. This module does no
-parsing and raises only :class:`EnvelopeAuthenticationError`.
+From the DEK and the envelope's random 32-byte salt, HKDF-SHA-512 yields 96 bytes: the
+AES-256-GCM key (0..32), the key commitment stored in the header (32..64) and the header
+authentication key (64..96). The header ends with ``HMAC-SHA-256(header key, every header
+byte before the tag)``; openers check commitment and tag together, in constant time, before
+any decryption. Segment ``i`` uses the nonce ``8 zero bytes || u32 BE i`` (unique because the
+key is unique per envelope) and the AAD ``core header bytes || u32 BE i || u8 final``: the
+core header leaves out the key block (KEK reference and wrapped DEK), so re-wrapping the DEK
+changes the header tag but no payload byte. This module does no parsing and raises only
+:class:`EnvelopeAuthenticationError`.
 """
 
 from __future__ import annotations
 
+import hashlib
 import hmac
+from dataclasses import dataclass
 
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -21,7 +27,21 @@ from envelope.limits import COMMITMENT_LENGTH, MAX_SEGMENT_COUNT
 
 HKDF_INFO_PREFIX = b"sealbeam/envelope/v1\x00"
 _AES_KEY_LENGTH = 32
+_HEADER_KEY_LENGTH = 32
+_OKM_LENGTH = _AES_KEY_LENGTH + COMMITMENT_LENGTH + _HEADER_KEY_LENGTH  # 96
 _NONCE_PREFIX = bytes(8)
+
+
+@dataclass(frozen=True)
+class EnvelopeKeys:
+    """What HKDF yields for one envelope. ``header_key`` never leaves this package."""
+
+    cipher: AESGCM
+    commitment: bytes
+    header_key: bytes
+
+    def __repr__(self) -> str:
+        return "EnvelopeKeys(<secret>)"
 
 
 def hkdf_info(algorithm: int) -> bytes:
@@ -29,25 +49,50 @@ def hkdf_info(algorithm: int) -> bytes:
     return HKDF_INFO_PREFIX + algorithm.to_bytes(2, "big")
 
 
-def derive_envelope_key(data_key: DataKey, salt: bytes, algorithm: int) -> tuple[AESGCM, bytes]:
-    """The envelope's AES-256-GCM cipher and its 32-byte key commitment."""
+def derive_envelope_keys(data_key: DataKey, salt: bytes, algorithm: int) -> EnvelopeKeys:
+    """The envelope's AES-256-GCM cipher, key commitment and header authentication key."""
     if not isinstance(data_key, DataKey):
         raise TypeError(f"data_key must be DataKey, not {type(data_key).__name__}")
     okm = HKDF(
         algorithm=hashes.SHA512(),
-        length=_AES_KEY_LENGTH + COMMITMENT_LENGTH,
+        length=_OKM_LENGTH,
         salt=salt,
         info=hkdf_info(algorithm),
     ).derive(data_key.secret_bytes())
-    return AESGCM(okm[:_AES_KEY_LENGTH]), okm[_AES_KEY_LENGTH:]
+    commitment_end = _AES_KEY_LENGTH + COMMITMENT_LENGTH
+    return EnvelopeKeys(
+        cipher=AESGCM(okm[:_AES_KEY_LENGTH]),
+        commitment=okm[_AES_KEY_LENGTH:commitment_end],
+        header_key=okm[commitment_end:],
+    )
 
 
-def opening_cipher(data_key: DataKey, salt: bytes, algorithm: int, commitment: bytes) -> AESGCM:
-    """The cipher for opening, after a constant-time check of the stored commitment."""
-    cipher, derived_commitment = derive_envelope_key(data_key, salt, algorithm)
-    if not hmac.compare_digest(derived_commitment, commitment):
+def header_tag(header_key: bytes, unauthenticated_header: bytes | memoryview) -> bytes:
+    """``HMAC-SHA-256(header_key, header bytes before the tag)`` (32 bytes)."""
+    return hmac.new(header_key, unauthenticated_header, hashlib.sha256).digest()
+
+
+def authenticate_header(
+    data_key: DataKey,
+    *,
+    salt: bytes,
+    algorithm: int,
+    commitment: bytes,
+    unauthenticated_header: bytes | memoryview,
+    stored_tag: bytes | memoryview,
+) -> EnvelopeKeys:
+    """The envelope's keys, after checking the commitment and the header tag.
+
+    Both comparisons are constant time and both always run, so a wrong key and a changed
+    header byte take the same path and raise the same uniform error.
+    """
+    keys = derive_envelope_keys(data_key, salt, algorithm)
+    expected_tag = header_tag(keys.header_key, unauthenticated_header)
+    commitment_matches = hmac.compare_digest(keys.commitment, bytes(commitment))
+    tag_matches = hmac.compare_digest(expected_tag, bytes(stored_tag))
+    if not (commitment_matches & tag_matches):
         raise EnvelopeAuthenticationError()
-    return cipher
+    return keys
 
 
 def segment_nonce(index: int) -> bytes:
@@ -57,6 +102,6 @@ def segment_nonce(index: int) -> bytes:
     return _NONCE_PREFIX + index.to_bytes(4, "big")
 
 
-def segment_aad(header_bytes: bytes, index: int, final: bool) -> bytes:
-    """``header bytes || u32 BE index || u8 final``: binds header, position and the end."""
-    return header_bytes + index.to_bytes(4, "big") + (b"\x01" if final else b"\x00")
+def segment_aad(core_header: bytes, index: int, final: bool) -> bytes:
+    """``core header bytes || u32 BE index || u8 final``: binds everything but the key block."""
+    return bytes(core_header) + index.to_bytes(4, "big") + (b"\x01" if final else b"\x00")

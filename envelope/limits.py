@@ -10,10 +10,12 @@ from __future__ import annotations
 __all__ = [
     "DEFAULT_SEGMENT_SIZE",
     "ENVELOPE_ID_LENGTH",
+    "HEADER_TAG_LENGTH",
     "MAX_CONTEXT_BYTES",
     "MAX_CONTEXT_ENTRIES",
     "MAX_CONTEXT_KEY",
     "MAX_CONTEXT_VALUE",
+    "MAX_HEADER_LENGTH",
     "MAX_KEK_URI",
     "MAX_KEK_VERSION",
     "MAX_PRODUCER_ID",
@@ -34,6 +36,7 @@ SCHEMA_FINGERPRINT_LENGTH = 32
 SALT_LENGTH = 32
 COMMITMENT_LENGTH = 32
 TAG_LENGTH = 16  # AES-GCM authentication tag
+HEADER_TAG_LENGTH = 32  # HMAC-SHA-256 over the header, its last field
 
 # Variable-size header fields: UTF-8 byte lengths (minimum 1 unless noted).
 MAX_REGION = 64
@@ -45,6 +48,20 @@ MAX_CONTEXT_ENTRIES = 32
 MAX_CONTEXT_KEY = 128
 MAX_CONTEXT_VALUE = 1024  # values may be empty
 MAX_CONTEXT_BYTES = 8192  # the encoded entries together (without the 2-byte count)
+
+# The longest possible header: fixed part, prefixed fields at their bounds, context, key
+# block and tag. A reader that must rewrite only the header of a file reads at most this.
+MAX_HEADER_LENGTH = (
+    124
+    + (2 + MAX_REGION)
+    + (2 + MAX_PRODUCER_ID)
+    + 2
+    + MAX_CONTEXT_BYTES
+    + (2 + MAX_KEK_URI)
+    + (2 + MAX_KEK_VERSION)
+    + (2 + MAX_WRAPPED_KEY)
+    + HEADER_TAG_LENGTH
+)  # 13 928
 
 # Bodies.
 MAX_RECORD_PLAINTEXT = 1 << 24  # 16 MiB: a record is one small message

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import importlib.util
 import sys
 from collections.abc import Sequence
 
@@ -30,9 +29,6 @@ from .errors import PipelineError
 
 # Fixed order, as ``sealbeam --help`` lists them.
 COMMAND_MODULES = ("keys", "broker", "audit", "attest", "features", "seal", "open", "run", "demo")
-# Modules owned by other rooms that may not have landed yet; skipped only while missing.
-# TODO(lead): remove this tolerance at integration.
-_MAY_BE_MISSING = frozenset({"keys", "broker", "audit", "attest", "features"})
 
 USER_ERRORS: tuple[type[BaseException], ...] = (
     PipelineError, TransformError, EnvelopeError, KmsError, BrokerError, LedgerError,
@@ -49,8 +45,6 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name in COMMAND_MODULES:
         module_name = f"{__package__}.commands.{name}"
-        if name in _MAY_BE_MISSING and importlib.util.find_spec(module_name) is None:
-            continue
         importlib.import_module(module_name).register(subparsers)
     return parser
 

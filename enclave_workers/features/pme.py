@@ -315,6 +315,8 @@ def _projected_schema(schema: pa.Schema, columns: Sequence[str] | None, path: Pa
         return schema
     if isinstance(columns, str) or not isinstance(columns, Sequence):
         raise ParquetDecryptionError("columns must be a list of column names")
+    if len(set(columns)) != len(columns):
+        raise ParquetDecryptionError("columns names a column more than once")
     missing = [name for name in columns if name not in schema.names]
     if missing:
         raise ParquetDecryptionError(f"{path} has no column(s) {', '.join(map(repr, missing))}")

@@ -388,6 +388,8 @@ def test_reader_size_limits_are_checked_before_reading(written, keyring):
         read(written, keyring, max_table_bytes=10)
     with pytest.raises(ParquetDecryptionError, match=r"no column.*'email'"):
         read(written, keyring, columns=["email"])
+    with pytest.raises(ParquetDecryptionError, match="more than once"):
+        read(written, keyring, columns=["user", "user"])
     with pytest.raises(ParquetDecryptionError, match="cannot open"):
         read(written.with_name("absent.parquet"), keyring)
 
