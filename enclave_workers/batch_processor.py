@@ -1,31 +1,40 @@
-"""Open a batch of sealed envelopes, featurize the rows, and reseal them per region.
+"""Open a batch of sealed envelopes, run the feature spec over the rows, and reseal per region.
 
 What it does: given sealed record or batch envelopes (possibly for several keys, regions and
 producers), it groups them by (wrapped key, region, producer), obtains each data key once
-from the ``KeySession``, opens every envelope, parses all record plaintexts of a (region,
-producer) with one ``pyarrow.json.read_json``, featurizes with ``basic_features`` and reseals
-one batch envelope (Arrow IPC stream of the featurized table) per (region, producer) under an
-output key from the broker. Every envelope that cannot be processed becomes a ``DeadLetter``
-(its id, the reason, the stage, and the still-sealed bytes); nothing in a dead letter is
-plaintext.
+from the ``KeySession``, opens every envelope, reads all record plaintexts of a (region,
+producer) with one ``pyarrow.json.read_json`` (the columns the spec declares), applies the
+compiled feature spec (``features.CompiledSpec.apply``) with the named keys it asks for, and
+writes one output per (region, producer): a sealed batch envelope (Arrow IPC, format
+``sealed-arrow``) or a Parquet file with Parquet Modular Encryption (``parquet-pme``, master
+keys from ``pme_keys``), both under output keys the broker generated for that region. The
+spec's fingerprint is in every output (the envelope's ``schema_fingerprint`` and context
+``sealbeam.spec``; the Parquet schema metadata).
 
-What it does not: no Beam, no I/O, no logging. Transient broker failures
-(``BrokerUnavailableError``) and a session the broker keeps rejecting are raised, not
-dead-lettered, so the runner retries the whole batch instead of discarding good data.
+Row outcomes (``row_outcomes``): a row that breaks the spec's input schema (or a limit every
+spec shares) is a violation; a record envelope with a violating row is dead-lettered whole
+(its original sealed bytes, reason ``column X: ...``); a batch envelope's violating rows are
+resealed into a dead-letter batch envelope under an output key of the batch's region, and
+the rest of the batch proceeds. Rows suppressed for k-anonymity are counted per output.
+
+What it does not: no Beam, no I/O, no logging, and nothing in a dead letter is plaintext.
+Transient broker failures (``BrokerUnavailableError``) and a session the broker keeps
+rejecting are raised, not dead-lettered, so the runner retries the whole batch instead of
+discarding good data.
 """
 
 from __future__ import annotations
 
-import hashlib
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from importlib import resources
 
 import pyarrow as pa
 
 from envelope import (
     EnvelopeAuthenticationError,
     EnvelopeError,
-    EnvelopeHeader,
     open_batch,
     open_record,
     read_header,
@@ -33,27 +42,61 @@ from envelope import (
 )
 from keybroker.client import BrokerDeniedError, BrokerNotFoundError
 
-from .basic_features import (
-    FEATURE_SCHEMA,
-    FeatureError,
-    FeatureSettings,
-    featurize,
-    pseudonym_key_name,
-)
+from .features import CompiledSpec, FeatureError, FeatureSpec
 from .key_session import KeySession, KeyUnsealError
+from .pme_keys import ROLE_FEATURES, ROLE_PSEUDONYMS, master_keys_for, write_pme_table
 from .records import (
     RecordError,
-    conform_to_input_schema,
+    json_read_schema,
     parse_records,
-    row_problems,
-    schema_fingerprint,
+    select_columns,
     table_from_ipc,
     table_to_ipc,
 )
+from .row_outcomes import (
+    DeadLetter,
+    PartialDeadRows,
+    RegionOutcome,
+    RowPart,
+    Source,
+    dead_letter,
+    decide_region_outcome,
+    unparsed_record_id,
+)
+
+__all__ = [
+    "DEAD_ROWS_KIND",
+    "DEFAULT_SPEC_RESOURCE",
+    "FEATURES_KIND",
+    "MAX_ENVELOPE_BYTES",
+    "OUTPUT_FORMATS",
+    "PARQUET_PME",
+    "SEALED_ARROW",
+    "SPEC_CONTEXT_KEY",
+    "STAGE_FRAMING",
+    "STAGE_PARSE",
+    "STAGE_REGION",
+    "TENANT_KEY",
+    "BatchConfigError",
+    "BatchProcessor",
+    "BatchResult",
+    "DeadLetter",
+    "SealedOutput",
+    "broker_key_name",
+    "default_feature_spec",
+    "unparsed_record_id",
+]
 
 MAX_ENVELOPE_BYTES = 64 << 20
-FEATURES_FINGERPRINT = schema_fingerprint(FEATURE_SCHEMA)
 FEATURES_KIND = "features"
+DEAD_ROWS_KIND = "dead-letter-rows"
+SPEC_CONTEXT_KEY = "sealbeam.spec"
+SEALED_ARROW = "sealed-arrow"
+PARQUET_PME = "parquet-pme"
+OUTPUT_FORMATS = (SEALED_ARROW, PARQUET_PME)
+TENANT_KEY = "tenant"
+TENANT_KEY_PREFIX = "pseudonym/"
+DEFAULT_SPEC_RESOURCE = "default_spec.yaml"
 
 # Stages named in dead letters, in pipeline order.
 STAGE_FRAMING = "framing"
@@ -66,33 +109,48 @@ STAGE_FEATURIZE = "featurize"
 STAGE_RESEAL = "reseal"
 STAGE_REGION = "region"
 
+_KEY_ERRORS = (BrokerDeniedError, BrokerNotFoundError, KeyUnsealError)
 
-@dataclass(frozen=True)
-class DeadLetter:
-    """One input (or refused output) that could not go on, still sealed, with why.
 
-    ``sealed`` holds the envelope bytes when they parsed as an envelope (ciphertext), and is
-    empty when they did not (they could be anything, including a partner's plaintext).
-    ``records`` is how many input envelopes this dead letter stands for (1, or a refused
-    output's source count), so that runs reconcile.
+class BatchConfigError(Exception):
+    """The processor was configured with something it cannot work with (output format)."""
+
+
+def default_feature_spec() -> FeatureSpec:
+    """The spec run when none is given: package data ``enclave_workers/default_spec.yaml``."""
+    text = resources.files(__package__).joinpath(DEFAULT_SPEC_RESOURCE).read_text("utf-8")
+    return FeatureSpec.from_yaml(text, source=f"{__package__}/{DEFAULT_SPEC_RESOURCE}")
+
+
+def broker_key_name(spec_key: str, producer_id: str) -> str:
+    """The broker's named key behind a key the spec names, for one producer (tenant).
+
+    ``tenant`` -> ``pseudonym/<producer_id>`` (what ``sealbeam keys init`` creates); any
+    other spec key ``K`` -> ``K/<producer_id>``. Keys are always per tenant, so one
+    producer's pseudonyms can never be computed under another's key.
     """
-
-    record_id: str
-    reason: str
-    stage: str
-    sealed: bytes
-    records: int = 1
+    if spec_key == TENANT_KEY:
+        return TENANT_KEY_PREFIX + producer_id
+    return f"{spec_key}/{producer_id}"
 
 
 @dataclass(frozen=True)
 class SealedOutput:
-    """One resealed feature batch for a (region, producer)."""
+    """One output of a (region, producer): a sealed batch envelope or a PME Parquet file.
+
+    ``output_id`` (16 bytes) names the file; for ``sealed-arrow`` it is the envelope id.
+    ``source_count`` is how many input envelopes this output accounts for (see
+    ``row_outcomes``); ``rows_suppressed`` how many rows k-anonymity left out of it.
+    """
 
     region: str
     producer_id: str
-    envelope: bytes
+    payload: bytes
     row_count: int
     source_count: int
+    output_id: bytes
+    output_format: str = SEALED_ARROW
+    rows_suppressed: int = 0
 
 
 @dataclass
@@ -100,41 +158,45 @@ class BatchResult:
     outputs: list[SealedOutput] = field(default_factory=list)
     dead_letters: list[DeadLetter] = field(default_factory=list)
 
-
-def unparsed_record_id(envelope: bytes) -> str:
-    """An id for bytes that are not an envelope: a digest, never the content."""
-    return "sha256:" + hashlib.sha256(envelope).hexdigest()[:32]
-
-
-@dataclass
-class _Source:
-    index: int
-    header: EnvelopeHeader
-    envelope: bytes
+    @property
+    def rows_suppressed(self) -> int:
+        return sum(o.rows_suppressed for o in self.outputs)
 
 
 @dataclass
 class _RegionWork:
     """Opened material of one (region, producer): record plaintexts and batch tables."""
 
-    record_sources: list[_Source] = field(default_factory=list)
+    record_sources: list[Source] = field(default_factory=list)
     record_plaintexts: list[bytes] = field(default_factory=list)
-    batch_sources: list[_Source] = field(default_factory=list)
+    batch_sources: list[Source] = field(default_factory=list)
     batch_tables: list[pa.Table] = field(default_factory=list)
 
 
-def _dead(source: _Source, stage: str, reason: str) -> DeadLetter:
-    return DeadLetter(source.header.envelope_id.hex(), reason, stage, source.envelope)
-
-
 class BatchProcessor:
-    """Turns sealed partner envelopes into sealed feature batches (one job, no I/O)."""
+    """Turns sealed partner envelopes into sealed feature outputs (one job, no I/O).
 
-    def __init__(self, session: KeySession, settings: FeatureSettings, *,
+    For ``parquet-pme`` the session must hand out a distinct output DEK per
+    ``output_key`` call (``output_key_max_envelopes=1``): each file's two master keys are two
+    fresh DEKs, and the processor refuses to write when they are the same.
+    """
+
+    def __init__(self, session: KeySession, compiled: CompiledSpec, *,
+                 output_format: str = SEALED_ARROW,
                  max_envelope_bytes: int = MAX_ENVELOPE_BYTES) -> None:
+        if output_format not in OUTPUT_FORMATS:
+            raise BatchConfigError(f"output format must be one of {', '.join(OUTPUT_FORMATS)}, "
+                                   f"not {output_format!r}")
         self._session = session
-        self._settings = settings
+        self._compiled = compiled
+        self._output_format = output_format
         self._max_envelope_bytes = max_envelope_bytes
+        self._declared = tuple(c.name for c in compiled.spec.columns)
+        self._read_schema = json_read_schema((c.name, c.type) for c in compiled.spec.columns)
+
+    @property
+    def compiled(self) -> CompiledSpec:
+        return self._compiled
 
     def process(self, envelopes: Sequence[bytes]) -> BatchResult:
         result = BatchResult()
@@ -144,14 +206,14 @@ class BatchProcessor:
             self._open_group(sources, work.setdefault((region, producer_id), _RegionWork()),
                              result)
         for (region, producer_id), region_work in sorted(work.items()):
-            self._featurize_and_reseal(region, producer_id, region_work, result)
+            self._featurize_and_write(region, producer_id, region_work, result)
         return result
 
     # -- parse headers, group by key ------------------------------------------------------
     def _parse_and_group(self, envelopes: Sequence[bytes], result: BatchResult
-                         ) -> dict[tuple[str, str, str], list[_Source]]:
-        groups: dict[tuple[str, str, str], list[_Source]] = {}
-        for index, envelope in enumerate(envelopes):
+                         ) -> dict[tuple[str, str, str], list[Source]]:
+        groups: dict[tuple[str, str, str], list[Source]] = {}
+        for envelope in envelopes:
             if len(envelope) > self._max_envelope_bytes:
                 result.dead_letters.append(DeadLetter(
                     unparsed_record_id(envelope),
@@ -166,19 +228,19 @@ class BatchProcessor:
                     b""))
                 continue
             key = (header.wrapped_key.key_id, header.region, header.producer_id)
-            groups.setdefault(key, []).append(_Source(index, header, envelope))
+            groups.setdefault(key, []).append(Source(header, envelope))
         return groups
 
     # -- one data key per group; open every envelope --------------------------------------
-    def _open_group(self, sources: list[_Source], work: _RegionWork,
+    def _open_group(self, sources: list[Source], work: _RegionWork,
                     result: BatchResult) -> None:
         first = sources[0].header
         try:
             data_key = self._session.data_key(first.wrapped_key, first.region,
                                               first.producer_id)
-        except (BrokerDeniedError, BrokerNotFoundError, KeyUnsealError) as exc:
+        except _KEY_ERRORS as exc:
             reason = f"data key not released: {type(exc).__name__}: {exc}"
-            result.dead_letters.extend(_dead(s, STAGE_KEY, reason) for s in sources)
+            result.dead_letters.extend(dead_letter(s, STAGE_KEY, reason) for s in sources)
             return
         for source in sources:
             try:
@@ -186,78 +248,117 @@ class BatchProcessor:
                     work.record_plaintexts.append(open_record(source.envelope, data_key))
                     work.record_sources.append(source)
                 elif source.header.kind == "batch":
-                    table = table_from_ipc(open_batch(source.envelope, data_key))
-                    work.batch_tables.append(conform_to_input_schema(table))
+                    work.batch_tables.append(table_from_ipc(open_batch(source.envelope,
+                                                                       data_key)))
                     work.batch_sources.append(source)
                 else:
-                    result.dead_letters.append(_dead(
+                    result.dead_letters.append(dead_letter(
                         source, STAGE_PARSE, f"unknown envelope kind {source.header.kind!r}"))
             except EnvelopeAuthenticationError:
-                result.dead_letters.append(_dead(source, STAGE_OPEN,
-                                                 "envelope failed authentication"))
+                result.dead_letters.append(dead_letter(source, STAGE_OPEN,
+                                                       "envelope failed authentication"))
             except EnvelopeError as exc:
-                result.dead_letters.append(_dead(source, STAGE_OPEN, f"envelope: {exc}"))
+                result.dead_letters.append(dead_letter(source, STAGE_OPEN, f"envelope: {exc}"))
             except RecordError as exc:
-                result.dead_letters.append(_dead(source, STAGE_DECODE, str(exc)))
+                result.dead_letters.append(dead_letter(source, STAGE_DECODE, str(exc)))
 
-    # -- parse, check, featurize, reseal per (region, producer) ----------------------------
-    def _checked_tables(self, region: str, work: _RegionWork, result: BatchResult
-                        ) -> tuple[list[pa.Table], list[_Source]]:
-        tables: list[pa.Table] = []
-        kept: list[_Source] = []
+    # -- rows of one (region, producer) as parts that share a schema ------------------------
+    def _row_parts(self, work: _RegionWork, result: BatchResult) -> list[RowPart]:
+        parts: list[RowPart] = []
         if work.record_plaintexts:
-            parsed = parse_records(work.record_plaintexts)
-            for index, (stage, reason) in sorted(parsed.failures.items()):
-                result.dead_letters.append(_dead(work.record_sources[index], stage, reason))
-            problems = row_problems(parsed.table, region)
-            good_rows = [row for row, problem in enumerate(problems) if problem is None]
-            for row, problem in enumerate(problems):
-                if problem is not None:
-                    source = work.record_sources[parsed.row_sources[row]]
-                    result.dead_letters.append(_dead(source, STAGE_SCHEMA, problem))
-            if good_rows:
-                tables.append(parsed.table.take(pa.array(good_rows, type=pa.int64())))
-                kept.extend(work.record_sources[parsed.row_sources[r]] for r in good_rows)
+            parsed = parse_records(work.record_plaintexts, self._read_schema)
+            for index, (_, reason) in sorted(parsed.failures.items()):
+                result.dead_letters.append(dead_letter(work.record_sources[index],
+                                                       STAGE_DECODE, reason))
+            if parsed.row_sources:
+                parts.append(RowPart.of_records(
+                    parsed.table, [work.record_sources[i] for i in parsed.row_sources]))
         for source, table in zip(work.batch_sources, work.batch_tables, strict=True):
-            problem = next((p for p in row_problems(table, region) if p is not None), None)
-            if problem is not None:
-                result.dead_letters.append(_dead(source, STAGE_SCHEMA, f"a row: {problem}"))
+            try:
+                declared = select_columns(table, self._declared)
+            except RecordError as exc:
+                result.dead_letters.append(dead_letter(source, STAGE_SCHEMA, str(exc)))
                 continue
-            tables.append(table)
-            kept.append(source)
-        return tables, kept
+            parts.append(RowPart.of_batch(declared, source, table))
+        return parts
 
-    def _featurize_and_reseal(self, region: str, producer_id: str, work: _RegionWork,
-                              result: BatchResult) -> None:
-        tables, kept = self._checked_tables(region, work, result)
-        if not kept:
+    def _spec_keys(self, producer_id: str) -> dict[str, bytes]:
+        return {name: self._session.named_key(broker_key_name(name, producer_id))
+                for name in self._compiled.key_names}
+
+    def _featurize_and_write(self, region: str, producer_id: str, work: _RegionWork,
+                             result: BatchResult) -> None:
+        parts = self._row_parts(work, result)
+        if not parts:
+            return
+        sources = RowPart.sources_of(parts)
+        try:
+            keys = self._spec_keys(producer_id)
+        except _KEY_ERRORS as exc:
+            reason = f"spec key not released: {type(exc).__name__}: {exc}"
+            result.dead_letters.extend(dead_letter(s, STAGE_KEY, reason) for s in sources)
             return
         try:
-            pseudonym_key = self._session.named_key(pseudonym_key_name(producer_id))
-        except (BrokerDeniedError, BrokerNotFoundError, KeyUnsealError) as exc:
-            reason = f"pseudonym key not released: {type(exc).__name__}: {exc}"
-            result.dead_letters.extend(_dead(s, STAGE_KEY, reason) for s in kept)
-            return
-        try:
-            features = featurize(pa.concat_tables(tables), pseudonym_key=pseudonym_key,
-                                 settings=self._settings)
+            outcome = decide_region_outcome(self._compiled, parts, keys, region)
         except FeatureError as exc:
-            result.dead_letters.extend(_dead(s, STAGE_FEATURIZE, str(exc)) for s in kept)
+            result.dead_letters.extend(dead_letter(s, STAGE_FEATURIZE, str(exc))
+                                       for s in sources)
+            return
+        result.dead_letters.extend(outcome.whole_dead_letters(STAGE_SCHEMA))
+        if not outcome.kept_sources:
             return
         try:
-            output_key, wrapped = self._session.output_key(region, producer_id)
-        except (BrokerDeniedError, BrokerNotFoundError, KeyUnsealError) as exc:
+            output = self._write_output(region, producer_id, outcome)
+            partial = [self._reseal_rows(region, producer_id, dead) for dead in outcome.partial]
+        except _KEY_ERRORS as exc:
             reason = f"output key not generated: {type(exc).__name__}: {exc}"
-            result.dead_letters.extend(_dead(s, STAGE_RESEAL, reason) for s in kept)
+            result.dead_letters.extend(dead_letter(s, STAGE_RESEAL, reason)
+                                       for s in outcome.kept_sources)
             return
+        result.outputs.append(output)
+        result.dead_letters.extend(partial)
+
+    # -- outputs ----------------------------------------------------------------------------
+    def _write_output(self, region: str, producer_id: str,
+                      outcome: RegionOutcome) -> SealedOutput:
+        table = outcome.table(self._compiled.output_schema)
+        if self._output_format == PARQUET_PME:
+            master_keys = master_keys_for({
+                ROLE_FEATURES: self._session.output_key(region, producer_id),
+                ROLE_PSEUDONYMS: self._session.output_key(region, producer_id),
+            }, region, producer_id)
+            payload = write_pme_table(table, self._compiled, master_keys)
+            output_id = os.urandom(16)
+        else:
+            output_key, wrapped = self._session.output_key(region, producer_id)
+            context = {
+                "sealbeam.kind": FEATURES_KIND,
+                "sealbeam.rows": str(table.num_rows),
+                "sealbeam.source_count": str(len(outcome.kept_sources)),
+                SPEC_CONTEXT_KEY: self._compiled.fingerprint,
+            }
+            payload = seal_batch(
+                table_to_ipc(table), data_key=output_key, wrapped_key=wrapped, region=region,
+                producer_id=producer_id, schema_fingerprint=self._compiled.fingerprint_bytes,
+                context=context)
+            output_id = read_header(payload)[0].envelope_id
+        return SealedOutput(region, producer_id, payload, table.num_rows,
+                            len(outcome.kept_sources), output_id, self._output_format,
+                            outcome.rows_suppressed)
+
+    def _reseal_rows(self, region: str, producer_id: str,
+                     partial: PartialDeadRows) -> DeadLetter:
+        """A batch's violating rows, resealed under an output key of its region."""
+        output_key, wrapped = self._session.output_key(region, producer_id)
+        source = partial.source
         context = {
-            "sealbeam.kind": FEATURES_KIND,
-            "sealbeam.rows": str(features.num_rows),
-            "sealbeam.source_count": str(len(kept)),
+            "sealbeam.kind": DEAD_ROWS_KIND,
+            "sealbeam.rows": str(partial.rows.num_rows),
+            "sealbeam.source": source.header.envelope_id.hex(),
+            SPEC_CONTEXT_KEY: self._compiled.fingerprint,
         }
-        sealed = seal_batch(
-            table_to_ipc(features), data_key=output_key, wrapped_key=wrapped, region=region,
-            producer_id=producer_id, schema_fingerprint=FEATURES_FINGERPRINT, context=context,
-        )
-        result.outputs.append(SealedOutput(region, producer_id, sealed, features.num_rows,
-                                           len(kept)))
+        sealed = seal_batch(table_to_ipc(partial.rows), data_key=output_key, wrapped_key=wrapped,
+                            region=region, producer_id=producer_id,
+                            schema_fingerprint=source.header.schema_fingerprint, context=context)
+        return DeadLetter(source.header.envelope_id.hex(), partial.reason, STAGE_SCHEMA, sealed,
+                          records=0, rows=partial.rows.num_rows)

@@ -1,12 +1,16 @@
 """Plaintext partner records <-> Arrow tables, with the limits every parser here needs.
 
-What it does: fixes the partner record schema (``INPUT_SCHEMA``), turns the plaintext JSON of
-many opened record envelopes into one ``pa.Table`` with a single ``pyarrow.json.read_json``
-over the joined NDJSON (and isolates a bad record when that fails), checks each row against
-the envelope it came from, and converts tables to and from Arrow IPC stream bytes.
+What it does: fixes the partner record schema that partners seal (``INPUT_SCHEMA``); turns the
+plaintext JSON of many opened record envelopes into one ``pa.Table`` with a single
+``pyarrow.json.read_json`` over the joined NDJSON (isolating a bad record when that fails),
+reading the columns a feature spec declares (``json_read_schema``: numbers and booleans as
+JSON gives them, dates and timestamps as text that the spec's conformance parses strictly);
+flags rows that break the limits every spec shares (``row_limit_problems``: an overlong
+string, a ``region`` unlike the envelope's); and converts tables to and from Arrow IPC bytes.
 
-What it does not: no decryption, no keys, no I/O beyond in-memory buffers. It never logs or
-prints record contents; error messages name the field or limit that failed, never a value.
+What it does not: no decryption, no keys, no I/O beyond in-memory buffers, no featurization
+(``features`` does that). It never logs or prints record contents; error messages name the
+field or limit that failed, never a value.
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ import hashlib
 import io
 import json
 import re
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import pyarrow as pa
@@ -38,8 +42,7 @@ INPUT_SCHEMA = pa.schema(
         pa.field("region", pa.string()),
     ]
 )
-REQUIRED_FIELDS = ("customer_id", "amount", "event_time", "region")
-_STRING_FIELDS = tuple(f.name for f in INPUT_SCHEMA if pa.types.is_string(f.type))
+REGION_COLUMN = "region"               # checked against the envelope's region when present
 
 
 class RecordError(Exception):
@@ -71,17 +74,38 @@ class ParsedRecords:
     failures: dict[int, tuple[str, str]]   # input index -> (stage, reason)
 
 
-def _parse_options() -> pa_json.ParseOptions:
-    return pa_json.ParseOptions(explicit_schema=INPUT_SCHEMA, unexpected_field_behavior="ignore")
+def json_read_schema(columns: Iterable[tuple[str, pa.DataType]]) -> pa.Schema:
+    """The schema records are read with, for declared (name, type) columns.
+
+    Integers read as int64 and floats as float64 (the spec narrows them and checks ranges);
+    dates and timestamps read as strings, so that a bad one becomes a row violation naming
+    the column instead of failing the whole read.
+    """
+    fields = []
+    for name, arrow_type in columns:
+        if pa.types.is_integer(arrow_type):
+            read_type = pa.int64()
+        elif pa.types.is_floating(arrow_type):
+            read_type = pa.float64()
+        elif pa.types.is_boolean(arrow_type):
+            read_type = pa.bool_()
+        else:
+            read_type = pa.string()
+        fields.append(pa.field(name, read_type))
+    return pa.schema(fields)
 
 
-def _read_ndjson(payload: bytes) -> pa.Table:
+def _parse_options(schema: pa.Schema) -> pa_json.ParseOptions:
+    return pa_json.ParseOptions(explicit_schema=schema, unexpected_field_behavior="ignore")
+
+
+def _read_ndjson(payload: bytes, schema: pa.Schema) -> pa.Table:
     table = pa_json.read_json(
         io.BytesIO(payload),
         read_options=pa_json.ReadOptions(use_threads=False, block_size=max(1 << 20, len(payload))),
-        parse_options=_parse_options(),
+        parse_options=_parse_options(schema),
     )
-    return table.select(INPUT_SCHEMA.names)
+    return table.select(schema.names)
 
 
 def _precheck(plaintext: bytes) -> str | None:
@@ -98,7 +122,7 @@ def _precheck(plaintext: bytes) -> str | None:
     return None
 
 
-def _parse_one(plaintext: bytes) -> pa.Table:
+def _parse_one(plaintext: bytes, schema: pa.Schema) -> pa.Table:
     """Parse a single record strictly (also multi-line JSON), as one row."""
     try:
         value = json.loads(plaintext)
@@ -108,7 +132,7 @@ def _parse_one(plaintext: bytes) -> pa.Table:
         raise RecordFormatError("record is not a JSON object")
     compact = json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
     try:
-        table = _read_ndjson(compact)
+        table = _read_ndjson(compact, schema)
     except (pa.ArrowInvalid, pa.ArrowTypeError) as exc:
         raise RecordFormatError(
             f"record does not match the partner schema: {_arrow_reason(exc)}") from None
@@ -136,11 +160,13 @@ def _arrow_reason(exc: Exception) -> str:
     return f"JSON does not fit the partner schema ({type(exc).__name__})"
 
 
-def parse_records(plaintexts: Sequence[bytes]) -> ParsedRecords:
+def parse_records(plaintexts: Sequence[bytes], schema: pa.Schema = INPUT_SCHEMA
+                  ) -> ParsedRecords:
     """Parse many plaintext records with one read_json; isolate bad ones only on failure.
 
     Records containing a line break are parsed one by one, so one record can never become
-    two rows of the joined NDJSON. Rows are then checked by ``check_rows``.
+    two rows of the joined NDJSON. Fields outside ``schema`` are ignored; a field of
+    ``schema`` that a record lacks is null.
     """
     failures: dict[int, tuple[str, str]] = {}
     joinable: list[int] = []
@@ -158,7 +184,7 @@ def parse_records(plaintexts: Sequence[bytes]) -> ParsedRecords:
     if joinable:
         payload = b"\n".join(plaintexts[i] for i in joinable)
         try:
-            table = _read_ndjson(payload)
+            table = _read_ndjson(payload, schema)
             if table.num_rows != len(joinable):
                 raise RecordFormatError("joined NDJSON row count differs from record count")
             parts.append((joinable, table))
@@ -166,12 +192,12 @@ def parse_records(plaintexts: Sequence[bytes]) -> ParsedRecords:
             singles.extend(joinable)
     for index in sorted(singles):
         try:
-            parts.append(([index], _parse_one(plaintexts[index])))
+            parts.append(([index], _parse_one(plaintexts[index], schema)))
         except RecordFormatError as exc:
             failures[index] = ("decode", str(exc))
 
     if not parts:
-        return ParsedRecords(INPUT_SCHEMA.empty_table(), (), failures)
+        return ParsedRecords(schema.empty_table(), (), failures)
     order = [i for indices, _ in parts for i in indices]
     table = pa.concat_tables([t for _, t in parts])
     if order != sorted(order):
@@ -181,24 +207,37 @@ def parse_records(plaintexts: Sequence[bytes]) -> ParsedRecords:
     return ParsedRecords(table, tuple(order), failures)
 
 
-def row_problems(table: pa.Table, expected_region: str) -> list[str | None]:
-    """Per row: why it breaks the schema rules (missing field, long field, wrong region)."""
-    problems: list[str | None] = [None] * table.num_rows
-    for name in REQUIRED_FIELDS:
-        missing = pc.is_null(table.column(name)).to_pylist()
-        for row, is_missing in enumerate(missing):
-            if is_missing and problems[row] is None:
-                problems[row] = f"required field {name!r} is missing or null"
-    for name in _STRING_FIELDS:
-        lengths = pc.utf8_length(table.column(name)).to_pylist()
+def row_limit_problems(table: pa.Table, expected_region: str
+                       ) -> list[tuple[str, str] | None]:
+    """Per row, the first (column, reason) that breaks a limit every spec shares, or None.
+
+    The limits: no string field over ``MAX_FIELD_CHARS`` characters, and a ``region`` field
+    (when the table has one) equal to the region the envelope was sealed for.
+    """
+    problems: list[tuple[str, str] | None] = [None] * table.num_rows
+    for field in table.schema:
+        if not pa.types.is_string(field.type):
+            continue
+        lengths = pc.utf8_length(table.column(field.name)).to_pylist()
         for row, length in enumerate(lengths):
             if length is not None and length > MAX_FIELD_CHARS and problems[row] is None:
-                problems[row] = f"field {name!r} is over {MAX_FIELD_CHARS} characters"
-    regions = table.column("region").to_pylist()
-    for row, region in enumerate(regions):
-        if region is not None and region != expected_region and problems[row] is None:
-            problems[row] = "field 'region' differs from the envelope's region"
+                problems[row] = (field.name, f"over {MAX_FIELD_CHARS} characters")
+    if REGION_COLUMN in table.column_names:
+        regions = table.column(REGION_COLUMN).to_pylist()
+        for row, region in enumerate(regions):
+            if region is not None and region != expected_region and problems[row] is None:
+                problems[row] = (REGION_COLUMN, "differs from the envelope's region")
     return problems
+
+
+def select_columns(table: pa.Table, names: Sequence[str]) -> pa.Table:
+    """The ``names`` columns of ``table`` (e.g. an opened sealed batch), in that order."""
+    missing = [name for name in names if name not in table.column_names]
+    if missing:
+        raise RecordFormatError(f"table lacks declared column(s): {', '.join(missing)}")
+    if len(set(table.column_names)) != len(table.column_names):
+        raise RecordFormatError("table has duplicate column names")
+    return table.select(list(names))
 
 
 def conform_to_input_schema(table: pa.Table) -> pa.Table:

@@ -9,6 +9,8 @@ The byte layout is specified in docs/FORMAT.md.
 - Batches: :func:`seal_batch`, the streaming :class:`BatchSealer`, :func:`iter_open_batch`
   (segment by segment) and :func:`open_batch`.
 - Headers without a key: :func:`read_header`, :func:`envelope_length`.
+- Rewrap (new KEK version, payload bytes unchanged): :func:`rewrap_envelope`, and
+  :func:`rewrap_header` for rewriting only the header prefix of a large file.
 - Keys: :class:`DataKey`, :class:`KeyReference`, :class:`WrappedKey`, :func:`dek_wrap_aad`.
 - Transport to a TEE: :class:`TeeKeyPair`, :func:`seal_to_tee`, :func:`report_data_binding`,
   :func:`release_info`.
@@ -35,8 +37,9 @@ from envelope.header import (
     read_header,
 )
 from envelope.keys import DataKey, KeyReference, WrappedKey, dek_wrap_aad
-from envelope.limits import DEFAULT_SEGMENT_SIZE
+from envelope.limits import DEFAULT_SEGMENT_SIZE, MAX_HEADER_LENGTH
 from envelope.record import open_record, seal_record
+from envelope.rewrap import rewrap_envelope, rewrap_header
 from envelope.transport import (
     TEE_KEY_ALGORITHM,
     TEE_PUBLIC_KEY_LENGTH,
@@ -51,6 +54,7 @@ __all__ = [
     "DEFAULT_SEGMENT_SIZE",
     "FORMAT_VERSION",
     "MAGIC",
+    "MAX_HEADER_LENGTH",
     "TEE_KEY_ALGORITHM",
     "TEE_PUBLIC_KEY_LENGTH",
     "BatchSealer",
@@ -72,6 +76,8 @@ __all__ = [
     "read_header",
     "release_info",
     "report_data_binding",
+    "rewrap_envelope",
+    "rewrap_header",
     "seal_batch",
     "seal_record",
     "seal_to_tee",

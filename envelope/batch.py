@@ -1,9 +1,11 @@
 """Batch envelopes: many bytes (an Arrow IPC stream, to us just bytes) sealed in segments.
 
 ``header || frame*`` where each frame is ``u8 final || u32 BE length || ciphertext``
-(docs/FORMAT.md section 3.2), a STREAM-style construction: segment ``i`` is sealed with the
-nonce ``8 zero bytes || u32 BE i`` and the AAD ``header || u32 BE i || u8 final``, so
-reordering, dropping, truncating or appending segments fails authentication.
+(docs/FORMAT.md section 3.4), a STREAM-style construction: segment ``i`` is sealed with the
+nonce ``8 zero bytes || u32 BE i`` and the AAD ``core header || u32 BE i || u8 final``, so
+reordering, dropping, truncating or appending segments fails authentication. The header's
+own tag covers the key block, which the segment AADs leave out so that a rewrap
+(``envelope.rewrap``) replaces the header only.
 
 Sealing never needs two plaintext copies: :class:`BatchSealer` seals memoryview slices of
 what it is given and buffers at most one segment; :func:`seal_batch` wraps it. Opening is
@@ -21,7 +23,8 @@ from typing import BinaryIO
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from envelope._keyschedule import derive_envelope_key, opening_cipher, segment_aad, segment_nonce
+from envelope._keyschedule import derive_envelope_keys, segment_aad, segment_nonce
+from envelope._sealed_header import authenticate_parsed_header, seal_header
 from envelope._wire import as_byte_view
 from envelope.errors import (
     EnvelopeAuthenticationError,
@@ -34,8 +37,7 @@ from envelope.header import (
     ALGORITHM_AES256GCM_HKDF_SHA512,
     KIND_BATCH,
     EnvelopeHeader,
-    encode_header,
-    read_header,
+    parse_header,
 )
 from envelope.keys import DataKey, WrappedKey
 from envelope.limits import DEFAULT_SEGMENT_SIZE, ENVELOPE_ID_LENGTH, MAX_SEGMENT_COUNT, SALT_LENGTH
@@ -103,7 +105,7 @@ class BatchSealer:
         salt: bytes,
         envelope_id: bytes,
     ) -> None:
-        cipher, commitment = derive_envelope_key(data_key, salt, ALGORITHM_AES256GCM_HKDF_SHA512)
+        keys = derive_envelope_keys(data_key, salt, ALGORITHM_AES256GCM_HKDF_SHA512)
         self._header = EnvelopeHeader(
             kind=KIND_BATCH,
             algorithm=ALGORITHM_AES256GCM_HKDF_SHA512,
@@ -114,18 +116,19 @@ class BatchSealer:
             schema_fingerprint=schema_fingerprint,
             context=context,
             salt=salt,
-            commitment=commitment,
+            commitment=keys.commitment,
             segment_size=segment_size,
         )
-        self._header_bytes = encode_header(self._header)
-        self._cipher: AESGCM | None = cipher
+        sealed_header = seal_header(self._header, keys)
+        self._core_header = sealed_header.core
+        self._cipher: AESGCM | None = keys.cipher
         self._segment_size = segment_size
         self._pending = bytearray()
         self._index = 0
         self._sink = sink
         self._collected: list[bytes] = []
         self._bytes_written = 0
-        self._emit(self._header_bytes)
+        self._emit(sealed_header.wire)
 
     @property
     def header(self) -> EnvelopeHeader:
@@ -209,7 +212,7 @@ class BatchSealer:
             raise EnvelopeError("BatchSealer is already finished")
         index = self._index
         ciphertext = cipher.encrypt(
-            segment_nonce(index), plaintext, segment_aad(self._header_bytes, index, final)
+            segment_nonce(index), plaintext, segment_aad(self._core_header, index, final)
         )
         flag = _FLAG_FINAL if final else _FLAG_MORE
         self._emit(flag + len(ciphertext).to_bytes(4, "big"))
@@ -284,17 +287,20 @@ def iter_open_batch(envelope: bytes, data_key: DataKey) -> Iterator[bytes]:
     """Yield the plaintext of a batch envelope segment by segment.
 
     Before the first segment is yielded the whole structure is walked (no trailing bytes,
-    a final segment present) and the key commitment checked, so structural damage and a
-    wrong key surface before any plaintext. A segment is yielded only after its tag
-    verifies; the first bad one raises the uniform :class:`EnvelopeAuthenticationError`.
+    a final segment present) and the key commitment and header tag checked, so structural
+    damage, a wrong key and a changed header surface before any plaintext. A segment is
+    yielded only after its tag verifies; the first bad one raises the uniform
+    :class:`EnvelopeAuthenticationError`.
     """
     view = as_byte_view(envelope)
-    header, header_length = read_header(view)
+    header, layout = parse_header(view)
     if header.kind != KIND_BATCH:
         raise EnvelopeFormatError(f"kind is {header.kind!r}, expected 'batch'")
-    _check_structure(view, header_length, header.segment_size)
-    cipher = opening_cipher(data_key, header.salt, header.algorithm, header.commitment)
-    return _decrypt_segments(cipher, view, header_length, header.segment_size)
+    _check_structure(view, layout.end, header.segment_size)
+    keys = authenticate_parsed_header(view, header, layout, data_key)
+    return _decrypt_segments(
+        keys.cipher, view, bytes(view[: layout.core_end]), layout.end, header.segment_size
+    )
 
 
 def _check_structure(view: memoryview, header_length: int, segment_size: int) -> None:
@@ -309,11 +315,10 @@ def _check_structure(view: memoryview, header_length: int, segment_size: int) ->
 
 
 def _decrypt_segments(
-    cipher: AESGCM, view: memoryview, header_length: int, segment_size: int
+    cipher: AESGCM, view: memoryview, core_header: bytes, header_length: int, segment_size: int
 ) -> Iterator[bytes]:
-    header_bytes = bytes(view[:header_length])
     for frame in iter_batch_frames(view, header_length, segment_size):
-        aad = segment_aad(header_bytes, frame.index, frame.final)
+        aad = segment_aad(core_header, frame.index, frame.final)
         try:
             plaintext = cipher.decrypt(
                 segment_nonce(frame.index), view[frame.start : frame.end], aad

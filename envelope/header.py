@@ -1,10 +1,13 @@
-"""The authenticated header of envelope format v1: its dataclass, encoder and strict parser.
+"""The authenticated header of envelope format v1: its dataclass, encoders and strict parser.
 
-The header is the same for records and batches (docs/FORMAT.md section 2). It is parsed
-without any key: magic and version first, every length bounded before it is read, text
-strict UTF-8, the encryption context sorted by UTF-8 bytes with unique keys. Parsing proves
-structure only; the header's authenticity comes from the key commitment and from every
-segment's AAD, which contains the header bytes (see ``envelope._keyschedule``).
+The header is the same for records and batches (docs/FORMAT.md section 2) and has three
+parts: the **core header** (fixed fields, region, producer, context), the **key block**
+(KEK URI, KEK version, wrapped DEK) and the 32-byte **header tag**. It is parsed without any
+key: magic and version first, every length bounded before it is read, text strict UTF-8, the
+encryption context sorted by UTF-8 bytes with unique keys. Parsing proves structure only;
+authenticity comes from the key commitment and the header tag (``envelope._keyschedule``),
+which the openers check before decrypting, and from every segment's AAD, which binds the
+core header. This module computes no tag and holds no key.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ from envelope.keys import KeyReference, WrappedKey
 from envelope.limits import (
     COMMITMENT_LENGTH,
     ENVELOPE_ID_LENGTH,
+    HEADER_TAG_LENGTH,
     MAX_CONTEXT_BYTES,
     MAX_CONTEXT_ENTRIES,
     MAX_CONTEXT_KEY,
@@ -48,7 +52,10 @@ __all__ = [
     "KIND_RECORD",
     "MAGIC",
     "EnvelopeHeader",
-    "encode_header",
+    "HeaderLayout",
+    "encode_core_header",
+    "encode_key_block",
+    "parse_header",
     "read_header",
 ]
 
@@ -104,8 +111,21 @@ def _sort_key(key: object) -> bytes:
     return key.encode("utf-8", "surrogatepass")
 
 
-def encode_header(header: EnvelopeHeader) -> bytes:
-    """The canonical wire bytes of ``header``; refuses anything :func:`read_header` would."""
+@dataclass(frozen=True)
+class HeaderLayout:
+    """Where the header's parts lie: core ``[0, core_end)``, key block ``[core_end,
+    tag_start)``, tag ``[tag_start, end)``; the body starts at ``end``."""
+
+    core_end: int
+    tag_start: int
+    end: int
+
+
+def encode_core_header(header: EnvelopeHeader) -> bytes:
+    """The canonical core header: everything but the key block and the tag.
+
+    Refuses anything :func:`read_header` would; segment AADs bind exactly these bytes.
+    """
     if header.algorithm not in SUPPORTED_ALGORITHMS:
         raise EnvelopeFormatError(f"unknown algorithm id {header.algorithm}")
     _check_segment_size(header.kind, header.segment_size)
@@ -120,25 +140,39 @@ def encode_header(header: EnvelopeHeader) -> bytes:
         exact_bytes("commitment", header.commitment, COMMITMENT_LENGTH),
         header.segment_size,
     )
-    wrapped = header.wrapped_key
+    return b"".join(
+        (
+            fixed,
+            u16_prefixed(text_to_bytes("region", header.region, minimum=1, maximum=MAX_REGION)),
+            u16_prefixed(
+                text_to_bytes(
+                    "producer id", header.producer_id, minimum=1, maximum=MAX_PRODUCER_ID
+                )
+            ),
+            encode_context(header.context),
+        )
+    )
+
+
+def encode_key_block(wrapped: WrappedKey) -> bytes:
+    """``kek_uri || kek_version || wrapped_key``, each u16-prefixed: what a rewrap replaces."""
     if not isinstance(wrapped, WrappedKey):
         raise EnvelopeFormatError(
             f"wrapped key must be WrappedKey, not {type(wrapped).__name__}"
         )
-    parts = [
-        fixed,
-        u16_prefixed(text_to_bytes("region", header.region, minimum=1, maximum=MAX_REGION)),
-        u16_prefixed(
-            text_to_bytes("producer id", header.producer_id, minimum=1, maximum=MAX_PRODUCER_ID)
-        ),
-        u16_prefixed(text_to_bytes("kek uri", wrapped.kek.uri, minimum=1, maximum=MAX_KEK_URI)),
-        u16_prefixed(
-            text_to_bytes("kek version", wrapped.kek.version, minimum=1, maximum=MAX_KEK_VERSION)
-        ),
-        u16_prefixed(wrapped.ciphertext),
-        encode_context(header.context),
-    ]
-    return b"".join(parts)
+    return b"".join(
+        (
+            u16_prefixed(
+                text_to_bytes("kek uri", wrapped.kek.uri, minimum=1, maximum=MAX_KEK_URI)
+            ),
+            u16_prefixed(
+                text_to_bytes(
+                    "kek version", wrapped.kek.version, minimum=1, maximum=MAX_KEK_VERSION
+                )
+            ),
+            u16_prefixed(wrapped.ciphertext),
+        )
+    )
 
 
 def encode_context(context: Mapping[str, str]) -> bytes:
@@ -164,9 +198,17 @@ def encode_context(context: Mapping[str, str]) -> bytes:
 def read_header(envelope: bytes | bytearray | memoryview) -> tuple[EnvelopeHeader, int]:
     """Parse the header at the start of ``envelope``; structural only, no key needed.
 
-    Returns the header and its length in bytes. Bytes after the header (the body) are not
-    examined here; the openers and :func:`envelope.envelope_length` check them.
+    Returns the header and its length in bytes (tag included). Bytes after the header (the
+    body) are not examined here; the openers and :func:`envelope.envelope_length` check them.
     """
+    header, layout = parse_header(envelope)
+    return header, layout.end
+
+
+def parse_header(
+    envelope: bytes | bytearray | memoryview,
+) -> tuple[EnvelopeHeader, HeaderLayout]:
+    """Parse the header and say where its core, key block and tag lie."""
     reader = BoundedReader(envelope)
     _check_magic(reader)
     version = reader.u8("version")
@@ -187,10 +229,13 @@ def read_header(envelope: bytes | bytearray | memoryview) -> tuple[EnvelopeHeade
     _check_segment_size(kind, segment_size)
     region = reader.prefixed_text("region", minimum=1, maximum=MAX_REGION)
     producer_id = reader.prefixed_text("producer id", minimum=1, maximum=MAX_PRODUCER_ID)
+    context = _read_context(reader)
+    core_end = reader.position
     kek_uri = reader.prefixed_text("kek uri", minimum=1, maximum=MAX_KEK_URI)
     kek_version = reader.prefixed_text("kek version", minimum=1, maximum=MAX_KEK_VERSION)
     wrapped_ciphertext = bytes(reader.prefixed("wrapped key", minimum=1, maximum=MAX_WRAPPED_KEY))
-    context = _read_context(reader)
+    tag_start = reader.position
+    reader.take(HEADER_TAG_LENGTH, "header tag")
     header = EnvelopeHeader(
         kind=kind,
         algorithm=algorithm,
@@ -204,7 +249,7 @@ def read_header(envelope: bytes | bytearray | memoryview) -> tuple[EnvelopeHeade
         commitment=commitment,
         segment_size=segment_size,
     )
-    return header, reader.position
+    return header, HeaderLayout(core_end=core_end, tag_start=tag_start, end=reader.position)
 
 
 def _check_magic(reader: BoundedReader) -> None:

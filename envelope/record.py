@@ -1,6 +1,6 @@
 """Record envelopes: one small message sealed under a per-envelope key, in one GCM call.
 
-``header || u32 BE length || ciphertext`` (docs/FORMAT.md section 3.1). Records are
+``header || u32 BE length || ciphertext`` (docs/FORMAT.md section 3.3). Records are
 self-delimiting, but pipelines frame them themselves; this module neither frames many
 records nor does I/O. For large data use ``envelope.batch``.
 """
@@ -12,7 +12,8 @@ from collections.abc import Mapping
 
 from cryptography.exceptions import InvalidTag
 
-from envelope._keyschedule import derive_envelope_key, opening_cipher, segment_aad, segment_nonce
+from envelope._keyschedule import derive_envelope_keys, segment_aad, segment_nonce
+from envelope._sealed_header import authenticate_parsed_header, seal_header
 from envelope._wire import as_byte_view
 from envelope.errors import EnvelopeAuthenticationError, EnvelopeFormatError, EnvelopeLimitError
 from envelope.framing import record_frame
@@ -20,8 +21,7 @@ from envelope.header import (
     ALGORITHM_AES256GCM_HKDF_SHA512,
     KIND_RECORD,
     EnvelopeHeader,
-    encode_header,
-    read_header,
+    parse_header,
 )
 from envelope.keys import DataKey, WrappedKey
 from envelope.limits import ENVELOPE_ID_LENGTH, MAX_RECORD_PLAINTEXT, SALT_LENGTH
@@ -71,8 +71,8 @@ def _seal_record_with(
         raise EnvelopeLimitError(
             f"record plaintext length {len(body)} exceeds {MAX_RECORD_PLAINTEXT}"
         )
-    cipher, commitment = derive_envelope_key(data_key, salt, ALGORITHM_AES256GCM_HKDF_SHA512)
-    header_bytes = encode_header(
+    keys = derive_envelope_keys(data_key, salt, ALGORITHM_AES256GCM_HKDF_SHA512)
+    sealed_header = seal_header(
         EnvelopeHeader(
             kind=KIND_RECORD,
             algorithm=ALGORITHM_AES256GCM_HKDF_SHA512,
@@ -83,12 +83,15 @@ def _seal_record_with(
             schema_fingerprint=schema_fingerprint,
             context=context,
             salt=salt,
-            commitment=commitment,
+            commitment=keys.commitment,
             segment_size=0,
-        )
+        ),
+        keys,
     )
-    ciphertext = cipher.encrypt(segment_nonce(0), body, segment_aad(header_bytes, 0, True))
-    return b"".join((header_bytes, len(ciphertext).to_bytes(4, "big"), ciphertext))
+    ciphertext = keys.cipher.encrypt(
+        segment_nonce(0), body, segment_aad(sealed_header.core, 0, True)
+    )
+    return b"".join((sealed_header.wire, len(ciphertext).to_bytes(4, "big"), ciphertext))
 
 
 def open_record(envelope: bytes, data_key: DataKey) -> bytes:
@@ -98,15 +101,15 @@ def open_record(envelope: bytes, data_key: DataKey) -> bytes:
     :class:`EnvelopeAuthenticationError` for a wrong key or any tampering.
     """
     view = as_byte_view(envelope)
-    header, header_length = read_header(view)
+    header, layout = parse_header(view)
     if header.kind != KIND_RECORD:
         raise EnvelopeFormatError(f"kind is {header.kind!r}, expected 'record'")
-    frame = record_frame(view, header_length)
+    frame = record_frame(view, layout.end)
     if frame.end != len(view):
         raise EnvelopeFormatError(f"{len(view) - frame.end} trailing bytes after the record")
-    cipher = opening_cipher(data_key, header.salt, header.algorithm, header.commitment)
-    aad = segment_aad(bytes(view[:header_length]), 0, True)
+    keys = authenticate_parsed_header(view, header, layout, data_key)
+    aad = segment_aad(view[: layout.core_end], 0, True)
     try:
-        return cipher.decrypt(segment_nonce(0), view[frame.start : frame.end], aad)
+        return keys.cipher.decrypt(segment_nonce(0), view[frame.start : frame.end], aad)
     except InvalidTag:
         raise EnvelopeAuthenticationError() from None

@@ -15,6 +15,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -34,6 +35,7 @@ __all__ = [
     "BrokerError",
     "BrokerNotFoundError",
     "BrokerProtocolError",
+    "BrokerRequestError",
     "BrokerSession",
     "BrokerUnavailableError",
 ]
@@ -46,6 +48,9 @@ NAMED_PURPOSE = "named"
 DEFAULT_TIMEOUT_SECONDS = 10.0
 MAX_RESPONSE_BYTES = 1 << 20
 MAX_SEALED_KEY_BYTES = 8192
+SPEC_FINGERPRINT_BYTES = 32
+_SPEC_FINGERPRINT_HEX = re.compile(r"^[0-9a-fA-F]{64}$")
+_KEY_PURPOSE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/-]{0,63}$")
 
 
 class BrokerError(Exception):
@@ -76,6 +81,10 @@ class BrokerUnavailableError(BrokerError):
 
 class BrokerProtocolError(BrokerError):
     """The broker's reply did not have the documented shape."""
+
+
+class BrokerRequestError(BrokerError):
+    """A request could not be built: an argument is malformed (nothing was sent)."""
 
 
 @dataclass(frozen=True)
@@ -184,15 +193,35 @@ class BrokerClient:
         return _decode(body, "sealed_dek", maximum=MAX_SEALED_KEY_BYTES)
 
     def generate(
-        self, session: BrokerSession | str, region: str, producer_id: str
+        self,
+        session: BrokerSession | str,
+        region: str,
+        producer_id: str,
+        *,
+        spec_fingerprint: bytes | str | None = None,
+        purpose: str | None = None,
     ) -> tuple[bytes, WrappedKey]:
-        """A fresh DEK for ``region``: sealed to the TEE, and wrapped under the region's KEK."""
-        body = self._call(
-            "POST",
-            "/v1/keys/generate",
-            {"session_id": _session_id(session), "region": region, "producer_id": producer_id},
-            idempotent=False,
-        )
+        """A fresh DEK for ``region``: sealed to the TEE, and wrapped under the region's KEK.
+
+        ``spec_fingerprint`` (32 bytes, or their 64 hex digits) and ``purpose`` say what the
+        key is for; the broker records both in its audit ledger. Omitted, the request is
+        the one older brokers know.
+        """
+        payload: dict[str, Any] = {
+            "session_id": _session_id(session),
+            "region": region,
+            "producer_id": producer_id,
+        }
+        if spec_fingerprint is not None:
+            payload["spec_fingerprint"] = _spec_fingerprint_hex(spec_fingerprint)
+        if purpose is not None:
+            if not isinstance(purpose, str) or not _KEY_PURPOSE.match(purpose):
+                raise BrokerRequestError(
+                    "purpose: expected 1-64 characters of letters, digits and ._:/- "
+                    "starting with a letter or digit"
+                )
+            payload["purpose"] = purpose
+        body = self._call("POST", "/v1/keys/generate", payload, idempotent=False)
         sealed = _decode(body, "sealed_dek", maximum=MAX_SEALED_KEY_BYTES)
         try:
             wrapped = WrappedKey(
@@ -269,6 +298,22 @@ def _interpret(method: str, path: str, status: int, content: bytes) -> dict[str,
     if status >= 500:
         raise BrokerUnavailableError(text, status=status, error=error_code)
     raise _ERRORS_BY_STATUS.get(status, BrokerError)(text, status=status, error=error_code)
+
+
+def _spec_fingerprint_hex(value: bytes | str) -> str:
+    if isinstance(value, bytes | bytearray | memoryview):
+        raw = bytes(value)
+        if len(raw) != SPEC_FINGERPRINT_BYTES:
+            raise BrokerRequestError(
+                f"spec_fingerprint: expected {SPEC_FINGERPRINT_BYTES} bytes, got {len(raw)}"
+            )
+        return raw.hex()
+    if isinstance(value, str) and _SPEC_FINGERPRINT_HEX.match(value):
+        return value.lower()
+    raise BrokerRequestError(
+        f"spec_fingerprint: expected {SPEC_FINGERPRINT_BYTES} bytes or "
+        f"{2 * SPEC_FINGERPRINT_BYTES} hex digits"
+    )
 
 
 def _field(body: Mapping[str, Any], name: str, kind: type | tuple[type, ...]) -> Any:

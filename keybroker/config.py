@@ -2,7 +2,10 @@
 
 ``BrokerSettings`` is the one configuration object the service is built from: where the
 keyring, named keys, policy, ledger and trust roots live, which KEK each region's new data
-keys are wrapped under, and the nonce/session lifetimes and bounds. Relative paths in
+keys are wrapped under, the nonce/session lifetimes and bounds, the cloud and HSM KMS
+backends (``kms``, parsed by ``keybroker.kms.backend_settings``) and the limits of the
+broker-side DEK cache (``dek_cache``, ``keybroker.dek_cache``), and the attestation trust
+material (``attestation``, ``keybroker.attestation.settings``). Relative paths in
 ``broker.yaml`` are resolved against the file's directory.
 
 ``init_state`` is what ``sealbeam keys init`` runs: a local keyring, per-tenant
@@ -19,12 +22,16 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
 
 from keybroker.attestation.dev_chain import create_dev_chain
+from keybroker.attestation.errors import TrustStoreError
+from keybroker.attestation.settings import AttestationSettings
+from keybroker.dek_cache import DekCacheSettings
+from keybroker.kms.backend_settings import KmsBackendSettings
 from keybroker.kms.base import KmsError
 from keybroker.kms.local import LocalKeyring, local_kek_uri
 from keybroker.kms.named_keys import NamedKeyStore, named_key_aad, validate_key_name
@@ -61,6 +68,9 @@ _SETTINGS_FIELDS = frozenset(
         "max_pending_nonces",
         "max_sessions",
         "max_request_bytes",
+        "kms",
+        "dek_cache",
+        "attestation",
     }
 )
 
@@ -90,8 +100,17 @@ class BrokerSettings:
     max_pending_nonces: int = 10_000
     max_sessions: int = 10_000
     max_request_bytes: int = 1 << 20
+    kms: KmsBackendSettings = field(default_factory=KmsBackendSettings)
+    dek_cache: DekCacheSettings = field(default_factory=DekCacheSettings)
+    attestation: AttestationSettings = field(default_factory=AttestationSettings)
 
     def __post_init__(self) -> None:
+        if not isinstance(self.attestation, AttestationSettings):
+            raise ConfigError("attestation: expected AttestationSettings")
+        if not isinstance(self.kms, KmsBackendSettings):
+            raise ConfigError("kms: expected KmsBackendSettings")
+        if not isinstance(self.dek_cache, DekCacheSettings):
+            raise ConfigError("dek_cache: expected DekCacheSettings")
         if not self.region_keks:
             raise ConfigError("region_keks: at least one region is required")
         for name in ("nonce_ttl_seconds", "session_ttl_seconds"):
@@ -169,6 +188,13 @@ class BrokerSettings:
             )
             if key in document
         }
+        try:
+            kms = KmsBackendSettings.from_mapping(document.get("kms"), base_dir=base_dir)
+            dek_cache = DekCacheSettings.from_mapping(document.get("dek_cache"))
+            attestation = AttestationSettings.from_mapping(document.get("attestation"),
+                                                           base_dir=base_dir)
+        except (KmsError, TrustStoreError) as error:
+            raise ConfigError(str(error)) from None
         return cls(
             state_dir=base_dir.resolve(),
             keyring_path=required_path("keyring"),
@@ -178,6 +204,9 @@ class BrokerSettings:
             region_keks=dict(region_keks),
             dev_chain_dir=optional_path("dev_tee"),
             snp_trust_dir=optional_path("snp_trust_dir"),
+            kms=kms,
+            dek_cache=dek_cache,
+            attestation=attestation,
             **optional_numbers,
         )
 
@@ -206,6 +235,9 @@ class BrokerSettings:
             "max_pending_nonces": self.max_pending_nonces,
             "max_sessions": self.max_sessions,
             "max_request_bytes": self.max_request_bytes,
+            "kms": self.kms.to_mapping(relative),
+            "dek_cache": self.dek_cache.to_mapping(),
+            "attestation": self.attestation.to_mapping(relative),
         }
 
 

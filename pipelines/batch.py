@@ -1,11 +1,12 @@
-"""The batch pipeline: sealed record files -> TEE featurization -> region-pinned sealed batches.
+"""The batch pipeline: sealed record files -> TEE featurization -> region-pinned outputs.
 
 What it does: ``build_batch_pipeline`` wires the ``transforms`` into a Beam pipeline (read,
-parse headers, confidential processing, route by region, pinned write, dead letters);
-``run_batch`` runs it — on ``FnApiRunner`` unless ``--runner`` names another, since Beam
-2.77's default DirectRunner first tries to download the Prism binary — and returns a
-``RunSummary`` from the job's metrics, reconciling
-``records_in == records_out + dead_letters``.
+parse headers, confidential processing with the feature spec, route by region, pinned write,
+dead letters); ``run_batch`` runs it — on ``FnApiRunner`` unless ``--runner`` names another,
+since Beam 2.77's default DirectRunner first tries to download the Prism binary — and
+returns a ``RunSummary`` from the job's metrics, reconciling
+``records_in == records_out + dead_letters`` (rows suppressed for k-anonymity and rows
+resealed into dead letters are reported beside it; docs/ARCHITECTURE.md has the rule).
 
 What it does not: it does not start a broker or create keys (``demo`` and ``keys init`` do)
 and never sees plaintext: that only exists inside ``ConfidentialProcess``.
@@ -36,7 +37,8 @@ from .errors import ReconciliationError
 from .options import (
     SealbeamOptions,
     allowed_regions,
-    feature_settings,
+    feature_spec,
+    output_format,
     required,
     session_limits,
     tee_settings,
@@ -46,6 +48,7 @@ from .options import (
 class BatchPipelineOutputs(NamedTuple):
     written_paths: beam.PCollection
     dead_letters: beam.PCollection
+    spec_fingerprint: str
 
 
 @dataclass(frozen=True)
@@ -59,6 +62,10 @@ class RunSummary:
     output_files: int
     broker_calls: int
     outputs_by_region: dict[str, int] = field(default_factory=dict)
+    rows_suppressed: int = 0
+    dead_letter_rows: int = 0
+    spec_fingerprint: str = ""
+    output_format: str = ""
     seconds: float = 0.0
 
     @property
@@ -79,10 +86,12 @@ def build_batch_pipeline(p: beam.Pipeline, options: PipelineOptions) -> BatchPip
 
     read = p | "ReadSealed" >> ReadSealedRecords(input_pattern)
     parsed = read[ReadSealedRecords.SEALED] | "ParseHeaders" >> ParseSealed()
-    processed = parsed[ParseSealed.SEALED] | "Confidential" >> ConfidentialProcess(
-        broker_url, tee_settings(opts), feature_settings(opts), limits=session_limits(opts),
-        min_batch_size=opts.min_batch_size, max_batch_size=opts.max_batch_size,
+    confidential = ConfidentialProcess(
+        broker_url, tee_settings(opts), feature_spec(opts), output_format=output_format(opts),
+        limits=session_limits(opts), min_batch_size=opts.min_batch_size,
+        max_batch_size=opts.max_batch_size,
     )
+    processed = parsed[ParseSealed.SEALED] | "Confidential" >> confidential
     written = (
         processed[ConfidentialProcess.SEALED]
         | "Route" >> RouteByRegion()
@@ -94,7 +103,8 @@ def build_batch_pipeline(p: beam.Pipeline, options: PipelineOptions) -> BatchPip
         | "AllDeadLetters" >> beam.Flatten()
     )
     dead_letters | "WriteDeadLetters" >> WriteDeadLetters(output_root)
-    return BatchPipelineOutputs(written[WriteRegionPinned.WRITTEN], dead_letters)
+    return BatchPipelineOutputs(written[WriteRegionPinned.WRITTEN], dead_letters,
+                                confidential.compiled.fingerprint)
 
 
 def _counter_totals(result: beam.runners.runner.PipelineResult) -> dict[str, int]:
@@ -113,7 +123,7 @@ def run_batch(options: PipelineOptions) -> RunSummary:
     runner = options.view_as(StandardOptions).runner or FnApiRunner()
     started = time.monotonic()
     pipeline = beam.Pipeline(runner=runner, options=options)
-    build_batch_pipeline(pipeline, options)
+    built = build_batch_pipeline(pipeline, options)
     result = pipeline.run()
     result.wait_until_finish()
     totals = _counter_totals(result)
@@ -125,6 +135,10 @@ def run_batch(options: PipelineOptions) -> RunSummary:
         output_files=totals.get(names.OUTPUT_FILES, 0),
         broker_calls=totals.get(names.BROKER_CALLS, 0),
         outputs_by_region={r: totals.get(names.outputs_in_region(r), 0) for r in regions},
+        rows_suppressed=totals.get(names.ROWS_SUPPRESSED, 0),
+        dead_letter_rows=totals.get(names.DEAD_LETTER_ROWS, 0),
+        spec_fingerprint=built.spec_fingerprint,
+        output_format=output_format(opts),
         seconds=round(time.monotonic() - started, 3),
     )
 

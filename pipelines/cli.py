@@ -16,7 +16,7 @@ import importlib
 import sys
 from collections.abc import Sequence
 
-from enclave_workers.basic_features import FeatureError
+from enclave_workers.features import FeatureError
 from enclave_workers.key_session import KeySessionError
 from enclave_workers.records import RecordError
 from envelope import EnvelopeError

@@ -4,9 +4,11 @@ What it does, in order: generates synthetic partner records (two producers, regi
 and ``us``), creates the state (``init_state``: keyring, named keys, dev SEV-SNP chain,
 policy), seals the partner files as partners would (several files, a fresh DEK per 500
 records), starts the key broker on loopback, runs the batch pipeline on FnApiRunner with the
-simulated SEV-SNP worker, opens the outputs as each region's authorized reader and checks
-them (identifiers gone, pseudonyms hex, row counts, no plaintext identifier in any output or
-dead-letter byte), verifies the audit ledger's hash chain, and returns one summary.
+simulated SEV-SNP worker and the shipped default feature spec (sealed batches or PME Parquet),
+opens the outputs as each region's authorized reader and checks them (the spec's columns,
+identifiers gone, pseudonyms hex, the spec's fingerprint, row counts, no plaintext identifier
+in any output or dead-letter byte), verifies the audit ledger's hash chain, and returns one
+summary (with the rows suppressed for k-anonymity).
 
 What it does not: no network beyond loopback, and nothing outside ``workdir``. The TEE is
 simulated and says so (``simulated_tee``); its keys are marked simulated in the ledger.
@@ -23,8 +25,10 @@ from pathlib import Path
 
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from enclave_workers.basic_features import DROPPED_IDENTIFIERS, FEATURE_SCHEMA
+from enclave_workers.batch_processor import SEALED_ARROW, default_feature_spec
 from enclave_workers.evidence.simulated_snp import DEV_MEASUREMENT
+from enclave_workers.features import CompiledSpec, compile_spec
+from enclave_workers.features.pme import pseudonymized_columns
 from keybroker.config import init_state
 from keybroker.kms.local import LocalKeyring
 from keybroker.ledger import AuditLedger
@@ -34,7 +38,7 @@ from transforms.dead_letters import DEAD_LETTER_DIR
 from . import synthetic
 from .batch import RunSummary, check_reconciled, run_batch
 from .errors import DemoCheckError
-from .reading import open_outputs
+from .reading import open_outputs, spec_fingerprint_of
 from .sealing import seal_file
 
 DEFAULT_RECORDS = 10_000
@@ -42,6 +46,7 @@ RECORDS_PER_KEY = 500
 PLAINTEXT_PROBES = 200
 _PSEUDONYM = re.compile(r"[0-9a-f]{64}")
 _WORK_SUBDIRS = ("partner", "sealed", "out", "state")
+IDENTIFIER_FIELDS = ("customer_id", "name", "email")
 
 
 def _fresh_workdir(workdir: Path) -> dict[str, Path]:
@@ -93,7 +98,8 @@ def _check_no_plaintext(out_dir: Path, probes: list[bytes]) -> int:
     return scanned
 
 
-def _check_region_outputs(out_dir: Path, keyring: LocalKeyring, regions: Iterable[str]) -> int:
+def _check_region_outputs(out_dir: Path, keyring: LocalKeyring, regions: Iterable[str],
+                          compiled: CompiledSpec) -> int:
     """Open every region's outputs as that region's reader and check the features."""
     rows = 0
     for region in regions:
@@ -101,14 +107,18 @@ def _check_region_outputs(out_dir: Path, keyring: LocalKeyring, regions: Iterabl
         if not region_dir.is_dir():
             raise DemoCheckError(f"no outputs for region {region!r}")
         table = open_outputs([region_dir], keyring=keyring, region=region)
-        if table.schema.names != FEATURE_SCHEMA.names:
+        if table.schema.names != compiled.output_schema.names:
             raise DemoCheckError(f"region {region!r}: output columns are {table.schema.names}")
-        leaked = [c for c in ("customer_id", *DROPPED_IDENTIFIERS) if c in table.column_names]
+        if spec_fingerprint_of(table) != compiled.fingerprint:
+            raise DemoCheckError(f"region {region!r}: outputs carry another spec fingerprint")
+        leaked = [c for c in IDENTIFIER_FIELDS if c in table.column_names]
         if leaked:
             raise DemoCheckError(f"region {region!r}: identifier columns present: {leaked}")
-        pseudonyms = table.column("customer_pseudonym").to_pylist()
-        if not all(isinstance(p, str) and _PSEUDONYM.fullmatch(p) for p in pseudonyms):
-            raise DemoCheckError(f"region {region!r}: a pseudonym is not 64 lowercase hex")
+        for column in pseudonymized_columns(compiled):
+            pseudonyms = table.column(column).to_pylist()
+            if not all(isinstance(p, str) and _PSEUDONYM.fullmatch(p) for p in pseudonyms):
+                raise DemoCheckError(f"region {region!r}: a pseudonym in {column!r} is not 64 "
+                                     "lowercase hex")
         if set(table.column("region").to_pylist()) != {region}:
             raise DemoCheckError(f"region {region!r}: rows of another region in its outputs")
         rows += table.num_rows
@@ -125,9 +135,11 @@ def _broker_releases(ledger: AuditLedger) -> tuple[int, bool]:
     return len(granted), all(bool(e.details.get("simulated")) for e in granted)
 
 
-def run_demo(records: int = DEFAULT_RECORDS, workdir: Path = Path("demo-out")) -> dict[str, object]:
+def run_demo(records: int = DEFAULT_RECORDS, workdir: Path = Path("demo-out"), *,
+             output_format: str = SEALED_ARROW) -> dict[str, object]:
     """Run the demo; return the summary; raise ``PipelineError`` if any check fails."""
     started = time.monotonic()
+    compiled = compile_spec(default_feature_spec())
     paths = _fresh_workdir(Path(workdir))
     files = synthetic.write_partner_files(paths["partner"], records)
     settings = init_state(paths["state"], regions=synthetic.REGIONS,
@@ -147,19 +159,24 @@ def run_demo(records: int = DEFAULT_RECORDS, workdir: Path = Path("demo-out")) -
             "--tee=simulated-sev-snp",
             f"--dev_tee_dir={settings.dev_chain_dir or paths['state'] / 'dev-tee'}",
             f"--regions={','.join(synthetic.REGIONS)}",
-            f"--amount_mean={synthetic.amount_mean()}",
-            f"--amount_std={synthetic.amount_std()}",
+            f"--output_format={output_format}",
         ])
         summary: RunSummary = run_batch(options)
     finally:
         broker.stop()
     check_reconciled(summary)
 
-    rows = _check_region_outputs(paths["out"], keyring, synthetic.REGIONS)
+    if summary.spec_fingerprint != compiled.fingerprint:
+        raise DemoCheckError("the run used another feature spec than the default")
+    rows = _check_region_outputs(paths["out"], keyring, synthetic.REGIONS, compiled)
     if summary.records_in != records:
         raise DemoCheckError(f"the run read {summary.records_in} records, {records} were sealed")
     if rows != summary.rows_out:
         raise DemoCheckError(f"outputs hold {rows} rows; the run reported {summary.rows_out}")
+    if summary.rows_out + summary.rows_suppressed != summary.records_out:
+        raise DemoCheckError(f"each record is one row, but rows_out={summary.rows_out} + "
+                             f"rows_suppressed={summary.rows_suppressed} != records_out="
+                             f"{summary.records_out}")
     _check_no_plaintext(paths["out"], _plaintext_probes(files))
 
     if not Path(settings.ledger_path).is_file():
@@ -174,6 +191,9 @@ def run_demo(records: int = DEFAULT_RECORDS, workdir: Path = Path("demo-out")) -
         "records_out": summary.records_out,
         "dead_letters": summary.dead_letters,
         "rows_out": summary.rows_out,
+        "rows_suppressed": summary.rows_suppressed,
+        "output_format": summary.output_format,
+        "spec_fingerprint": summary.spec_fingerprint,
         "outputs_by_region": summary.outputs_by_region,
         "broker_calls": summary.broker_calls,
         "broker_releases": releases,

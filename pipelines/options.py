@@ -1,8 +1,9 @@
 """``SealbeamOptions``: the pipeline options of sealbeam's batch (and later streaming) jobs.
 
 What it does: declares the flags (``--input``, ``--output_root``, ``--broker_url``, ``--tee``,
-``--dev_tee_dir``, ``--regions``, ``--amount_mean``/``--amount_std``, batching and key-session
-limits) and turns them into the transforms' settings objects, validating as it goes.
+``--dev_tee_dir``, ``--regions``, ``--feature_spec``, ``--output_format``, batching and
+key-session limits) and turns them into the transforms' settings objects, validating as it
+goes: a bad feature spec fails here, with every problem listed, before anything runs.
 
 What it does not: it does not pick a runner (``batch.run_batch`` does) or start a broker.
 """
@@ -11,7 +12,8 @@ from __future__ import annotations
 
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from enclave_workers.basic_features import FeatureError, FeatureSettings
+from enclave_workers.batch_processor import OUTPUT_FORMATS, SEALED_ARROW, default_feature_spec
+from enclave_workers.features import FeatureError, FeatureSpec, compile_spec
 from transforms import SessionLimits, TeeSettings, TransformError
 from transforms.tee import SUPPORTED_TEES
 from transforms.write import is_region_name
@@ -19,6 +21,7 @@ from transforms.write import is_region_name
 from .errors import PipelineError
 
 DEFAULT_REGIONS = "eu,us"
+DEFAULT_MIN_BATCH_SIZE = 256
 
 
 class SealbeamOptions(PipelineOptions):
@@ -37,12 +40,16 @@ class SealbeamOptions(PipelineOptions):
                             help="dev SEV-SNP chain for the simulated TEE (STATE/dev-tee)")
         parser.add_argument("--regions", default=DEFAULT_REGIONS,
                             help="comma-separated regions the sinks may write to")
-        parser.add_argument("--amount_mean", type=float, default=0.0,
-                            help="mean used to standardize 'amount'")
-        parser.add_argument("--amount_std", type=float, default=1.0,
-                            help="standard deviation used to standardize 'amount'")
-        parser.add_argument("--min_batch_size", type=int, default=1,
-                            help="smallest batch handed to the confidential step")
+        parser.add_argument("--feature_spec", default=None,
+                            help="feature spec (YAML) run inside the TEE; default: the shipped "
+                                 "partner-records spec (enclave_workers/default_spec.yaml)")
+        parser.add_argument("--output_format", default=SEALED_ARROW, choices=OUTPUT_FORMATS,
+                            help="sealed-arrow: sealed batch envelopes (.sbatch); parquet-pme: "
+                                 "Parquet with modular encryption (.parquet), master keys from "
+                                 "the broker")
+        parser.add_argument("--min_batch_size", type=int, default=DEFAULT_MIN_BATCH_SIZE,
+                            help="smallest batch handed to the confidential step (k-anonymity "
+                                 "holds per output file, so small batches suppress more rows)")
         parser.add_argument("--max_batch_size", type=int, default=2000,
                             help="largest batch handed to the confidential step")
         parser.add_argument("--key_ttl_s", type=float, default=300.0,
@@ -50,7 +57,8 @@ class SealbeamOptions(PipelineOptions):
         parser.add_argument("--max_uses_per_key", type=int, default=100_000,
                             help="uses of a cached data key before it is released again")
         parser.add_argument("--output_key_max_envelopes", type=int, default=1024,
-                            help="output envelopes sealed under one output key")
+                            help="output envelopes sealed under one output key (parquet-pme "
+                                 "uses a fresh key per master key)")
 
 
 def required(options: SealbeamOptions, name: str) -> str:
@@ -77,11 +85,26 @@ def tee_settings(options: SealbeamOptions) -> TeeSettings:
         raise PipelineError(str(exc)) from None
 
 
-def feature_settings(options: SealbeamOptions) -> FeatureSettings:
+def load_feature_spec(path: str | None) -> FeatureSpec:
+    """The spec at ``path``, or the shipped default, checked by compiling it; every problem
+    (with its line) in one message."""
     try:
-        return FeatureSettings(amount_mean=options.amount_mean, amount_std=options.amount_std)
+        spec = default_feature_spec() if path is None else FeatureSpec.load(path)
+        compile_spec(spec)
+        return spec
     except FeatureError as exc:
-        raise PipelineError(str(exc)) from None
+        lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+        raise PipelineError(" ".join(lines)) from None
+
+
+def feature_spec(options: SealbeamOptions) -> FeatureSpec:
+    return load_feature_spec(options.feature_spec)
+
+
+def output_format(options: SealbeamOptions) -> str:
+    if options.output_format not in OUTPUT_FORMATS:
+        raise PipelineError(f"--output_format must be one of {', '.join(OUTPUT_FORMATS)}")
+    return str(options.output_format)
 
 
 def session_limits(options: SealbeamOptions) -> SessionLimits:

@@ -4,7 +4,7 @@ A batch pipeline reads like this (``pipelines/batch.py`` is the full one)::
 
     read = p | ReadSealedRecords("in/*.sealed")
     parsed = read[ReadSealedRecords.SEALED] | ParseSealed()
-    processed = parsed[ParseSealed.SEALED] | ConfidentialProcess(broker_url, tee, features)
+    processed = parsed[ParseSealed.SEALED] | ConfidentialProcess(broker_url, tee, spec)
     written = (processed[ConfidentialProcess.SEALED]
                | RouteByRegion()
                | WriteRegionPinned(output_root, allowed_regions={"eu", "us"}))
@@ -21,8 +21,8 @@ This package never imports ``pipelines``; decryption happens only in ``enclave_w
 
 from __future__ import annotations
 
-from enclave_workers.basic_features import FeatureSettings
-from enclave_workers.batch_processor import DeadLetter, SealedOutput
+from enclave_workers.batch_processor import OUTPUT_FORMATS, DeadLetter, SealedOutput
+from enclave_workers.features import FeatureSpec
 
 from .confidential import ConfidentialProcess
 from .dead_letters import WriteDeadLetters, dead_letter_to_json
@@ -34,10 +34,11 @@ from .tee import SessionLimits, TeeSettings
 from .write import WriteRegionPinned
 
 __all__ = [
+    "OUTPUT_FORMATS",
     "ConfidentialProcess",
     "DeadLetter",
     "DecodeSealedLines",
-    "FeatureSettings",
+    "FeatureSpec",
     "ParseSealed",
     "ReadSealedRecords",
     "RouteByRegion",

@@ -5,11 +5,13 @@ Usage::
     dead = (read_dead, parse_dead, process_dead, write_dead) | beam.Flatten()
     dead | WriteDeadLetters("gs://features")
 
-Each line is ``{"record_id", "reason", "stage", "records", "sealed_b64"}``: the sealed bytes
-as they arrived (ciphertext; empty when the input was not an envelope at all), never plaintext
+Each line is ``{"record_id", "reason", "stage", "records", "rows", "sealed_b64"}``: sealed
+bytes only (the input as it arrived, or a batch envelope's violating rows resealed under an
+output key of its region; empty when the input was not an envelope at all), never plaintext
 or keys. Each bundle writes one file ``dead-letter/dl-<uuid>.jsonl`` (temporary name, then
 renamed), which works for bounded and unbounded input alike. The ``dead_letters`` metric
-counts the input envelopes the dead letters stand for.
+counts the input envelopes the dead letters stand for, ``dead_letter_rows`` the rows of
+resealed parts.
 
 What it does not: no retries or replays; a separate tool can re-submit the sealed bytes.
 """
@@ -28,7 +30,7 @@ from apache_beam.metrics import Metrics
 from enclave_workers.batch_processor import DeadLetter
 
 from .errors import TransformConfigError
-from .metrics import DEAD_LETTERS, NAMESPACE
+from .metrics import DEAD_LETTER_ROWS, DEAD_LETTERS, NAMESPACE
 
 __all__ = ["DEAD_LETTER_DIR", "WriteDeadLetters", "dead_letter_to_json"]
 
@@ -42,6 +44,7 @@ def dead_letter_to_json(dead_letter: DeadLetter) -> bytes:
         "reason": dead_letter.reason,
         "stage": dead_letter.stage,
         "records": dead_letter.records,
+        "rows": dead_letter.rows,
         "sealed_b64": base64.b64encode(dead_letter.sealed).decode("ascii"),
     }, sort_keys=True).encode("utf-8") + b"\n"
 
@@ -50,6 +53,7 @@ class _WriteDeadLettersFn(beam.DoFn):
     def __init__(self, output_root: str) -> None:
         self._output_root = output_root
         self._dead_letters = Metrics.counter(NAMESPACE, DEAD_LETTERS)
+        self._dead_letter_rows = Metrics.counter(NAMESPACE, DEAD_LETTER_ROWS)
         self._writer: Any = None
         self._paths: tuple[str, str] | None = None
 
@@ -67,6 +71,7 @@ class _WriteDeadLettersFn(beam.DoFn):
             self._paths = (temp_path, final_path)
         self._writer.write(dead_letter_to_json(dead_letter))
         self._dead_letters.inc(dead_letter.records)
+        self._dead_letter_rows.inc(dead_letter.rows)
 
     def finish_bundle(self) -> None:
         if self._writer is None or self._paths is None:

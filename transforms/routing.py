@@ -1,14 +1,16 @@
-"""Route sealed feature batches to a destination region, read from the sealed header.
+"""Route feature outputs to a destination region, read from the output's own bytes.
 
 Usage::
 
-    routed = sealed_batches | RouteByRegion()            # (destination_region, SealedOutput)
-    routed = sealed_batches | RouteByRegion({"eu": "eu-west"})   # explicit sink names
+    routed = outputs | RouteByRegion()            # (destination_region, SealedOutput)
+    routed = outputs | RouteByRegion({"eu": "eu-west"})   # explicit sink names
 
-The destination is taken from the envelope header's region (not from the element's metadata),
-optionally renamed through ``destinations``. ``WriteRegionPinned`` then refuses any destination
-that is not the header's region, so a wrong mapping cannot move data across regions: it only
-produces dead letters.
+The destination is the region whose key the output needs (``output_region``: a sealed
+header's region, or a PME file's footer key region), not the element's metadata, optionally
+renamed through ``destinations``. ``WriteRegionPinned`` then refuses any destination that is
+not that region, so a wrong mapping cannot move data across regions: it only produces dead
+letters. An output whose region cannot be read is routed to its claimed region, where the
+writer refuses it the same way.
 
 What it does not: it neither writes nor decrypts.
 """
@@ -20,7 +22,9 @@ from collections.abc import Iterable, Mapping
 import apache_beam as beam
 
 from enclave_workers.batch_processor import SealedOutput
-from envelope import read_header
+
+from .errors import TransformError
+from .output_region import output_key_region
 
 __all__ = ["RouteByRegion"]
 
@@ -30,8 +34,11 @@ class _RouteFn(beam.DoFn):
         self._destinations = dict(destinations)
 
     def process(self, output: SealedOutput) -> Iterable[tuple[str, SealedOutput]]:
-        header, _ = read_header(output.envelope)
-        yield self._destinations.get(header.region, header.region), output
+        try:
+            region = output_key_region(output)
+        except TransformError:
+            region = output.region
+        yield self._destinations.get(region, region), output
 
 
 class RouteByRegion(beam.PTransform):

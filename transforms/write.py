@@ -1,4 +1,4 @@
-"""Write sealed feature batches into region-pinned sinks, refusing any other region.
+"""Write feature outputs into region-pinned sinks, refusing any other region.
 
 Usage::
 
@@ -6,13 +6,15 @@ Usage::
     paths = written[WriteRegionPinned.WRITTEN]           # str, one per file
     refused = written[WriteRegionPinned.DEAD_LETTER]     # DeadLetter (stage "region")
 
-Each sealed batch goes to ``<output_root>/<region>/part-<envelope id as uuid>.sbatch`` through
+Each output goes to ``<output_root>/<region>/part-<output id as uuid><suffix>`` (``.sbatch``
+for a sealed batch envelope, ``.parquet`` for PME Parquet) through
 ``apache_beam.io.filesystems.FileSystems`` (local, GCS, Azure Blob ...), first under a hidden
 temporary name and then renamed, so a reader never sees half a file and a retried bundle
-rewrites the same name. A batch is refused — becomes a dead letter that still carries the
-sealed bytes — when its destination is not in ``allowed_regions``, is not the region in its
-sealed header, or is not a plain region name. Metrics: ``records_out`` (input envelopes behind
-each written batch), ``rows_out``, ``output_files`` and ``output_files.<region>``.
+rewrites the same name. An output is refused — becomes a dead letter that still carries the
+(encrypted) bytes — when its destination is not in ``allowed_regions``, is not the region
+whose key the output needs (its sealed header, or its PME footer key: ``output_region``), or
+is not a plain region name. Metrics: ``records_out`` (input envelopes behind each written
+output), ``rows_out``, ``output_files`` and ``output_files.<region>``.
 
 What it does not: it never opens envelopes; a per-region sink that must live in another
 bucket or account is a different ``output_root`` per pipeline.
@@ -29,15 +31,24 @@ from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 from apache_beam.pvalue import TaggedOutput
 
-from enclave_workers.batch_processor import STAGE_REGION, DeadLetter, SealedOutput
-from envelope import EnvelopeError, read_header
+from enclave_workers.batch_processor import (
+    PARQUET_PME,
+    SEALED_ARROW,
+    STAGE_REGION,
+    DeadLetter,
+    SealedOutput,
+)
 
-from .errors import TransformConfigError
+from .errors import TransformConfigError, TransformError
 from .metrics import NAMESPACE, OUTPUT_FILES, RECORDS_OUT, ROWS_OUT, outputs_in_region
+from .output_region import output_key_region
 
-__all__ = ["OUTPUT_SUFFIX", "WriteRegionPinned", "is_region_name"]
+__all__ = ["OUTPUT_SUFFIX", "OUTPUT_SUFFIXES", "PME_SUFFIX", "WriteRegionPinned",
+           "is_region_name", "output_file_name"]
 
 OUTPUT_SUFFIX = ".sbatch"
+PME_SUFFIX = ".parquet"
+OUTPUT_SUFFIXES = {SEALED_ARROW: OUTPUT_SUFFIX, PARQUET_PME: PME_SUFFIX}
 _REGION_NAME = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,62})")
 
 
@@ -46,8 +57,9 @@ def is_region_name(region: str) -> bool:
     return bool(_REGION_NAME.fullmatch(region))
 
 
-def output_file_name(envelope_id: bytes) -> str:
-    return f"part-{uuid.UUID(bytes=envelope_id)}{OUTPUT_SUFFIX}"
+def output_file_name(output: SealedOutput) -> str:
+    """``part-<output id as uuid><suffix of its format>``."""
+    return f"part-{uuid.UUID(bytes=output.output_id)}{OUTPUT_SUFFIXES[output.output_format]}"
 
 
 class _WritePinnedFn(beam.DoFn):
@@ -63,15 +75,17 @@ class _WritePinnedFn(beam.DoFn):
     def _refusal(self, destination: str, output: SealedOutput) -> str | None:
         if destination not in self._allowed:
             return f"destination region {destination!r} is not an allowed region"
+        if output.output_format not in OUTPUT_SUFFIXES:
+            return f"unknown output format {output.output_format!r}"
         try:
-            header, _ = read_header(output.envelope)
-        except EnvelopeError as exc:
-            return f"output is not a sealed envelope: {exc}"
-        if header.region != destination:
+            key_region = output_key_region(output)
+        except TransformError as exc:
+            return str(exc)
+        if key_region != destination:
             return (f"destination region {destination!r} differs from the sealed "
-                    f"region {header.region!r}")
-        if len(header.envelope_id) != 16:
-            return "envelope id is not 16 bytes"
+                    f"region {key_region!r}")
+        if len(output.output_id) != 16:
+            return "output id is not 16 bytes"
         return None
 
     def process(self, element: tuple[str, SealedOutput]) -> Iterable[object]:
@@ -79,17 +93,16 @@ class _WritePinnedFn(beam.DoFn):
         refusal = self._refusal(destination, output)
         if refusal is not None:
             yield TaggedOutput(WriteRegionPinned.DEAD_LETTER, DeadLetter(
-                _record_id(output), refusal, STAGE_REGION, output.envelope,
+                _record_id(output), refusal, STAGE_REGION, output.payload,
                 records=output.source_count))
             return
-        header, _ = read_header(output.envelope)
-        name = output_file_name(header.envelope_id)
+        name = output_file_name(output)
         final_path = FileSystems.join(self._output_root, destination, name)
         temp_path = FileSystems.join(self._output_root, destination, f".{name}.tmp")
         writer = FileSystems.create(temp_path, mime_type="application/octet-stream",
                                     compression_type="uncompressed")
         try:
-            writer.write(output.envelope)
+            writer.write(output.payload)
         finally:
             writer.close()
         if FileSystems.exists(final_path):
@@ -103,10 +116,7 @@ class _WritePinnedFn(beam.DoFn):
 
 
 def _record_id(output: SealedOutput) -> str:
-    try:
-        return read_header(output.envelope)[0].envelope_id.hex()
-    except EnvelopeError:
-        return "unparsed-output"
+    return output.output_id.hex() if output.output_id else "unnamed-output"
 
 
 class WriteRegionPinned(beam.PTransform):

@@ -1,9 +1,10 @@
 """Normalized claims: what a verifier proved about a TEE, in one shape for every TEE kind.
 
 What it does: holds the verified facts (TEE kind, measurement, debug, TCB, report_data,
-whether the chain ended at a simulated dev root) that `keybroker.policy` reads, and turns
-them into JSON for the audit ledger. What it does not: verify anything or decide release;
-a `Claims` object exists only after a `Verifier` accepted the evidence.
+whether the chain ended at a simulated dev root, and — for TDX — the TCB status computed
+from Intel's collateral) that `keybroker.policy` reads, and turns them into JSON for the
+audit ledger. What it does not: verify anything or decide release; a `Claims` object exists
+only after a `Verifier` accepted the evidence.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ __all__ = ["KNOWN_TEES", "Claims"]
 
 KNOWN_TEES = frozenset({"sev-snp", "tdx", "azure-cvm", "maa", "confidential-space"})
 REPORT_DATA_SIZE = 64
+_TCB_STATUS = re.compile(r"^[A-Za-z][A-Za-z0-9]{0,63}$")
 _LOWER_HEX = re.compile(r"^(?:[0-9a-f]{2})*$")
 
 
@@ -58,6 +60,10 @@ class Claims:
     simulated: bool
     platform: Mapping[str, object] = field(default_factory=dict)
     raw: Mapping[str, object] = field(default_factory=dict)
+    tcb_status: str | None = None
+    """TDX: Intel's TCB status ("UpToDate", "OutOfDate", ...) from verified collateral; None
+    when no collateral was evaluated or the TEE has no such notion. When not given, it is
+    lifted from ``platform["tcb_status"]``, where verifiers written before this field put it."""
 
     def __post_init__(self) -> None:
         if self.tee not in KNOWN_TEES:
@@ -73,6 +79,15 @@ class Claims:
         for name, value in self.tcb.items():
             if not isinstance(value, int) or isinstance(value, bool) or value < 0:
                 raise ValueError(f"claims tcb component {name!r} must be a non-negative int")
+        reported = self.platform.get("tcb_status")
+        if self.tcb_status is None and isinstance(reported, str):
+            object.__setattr__(self, "tcb_status", reported)
+        elif reported is not None and reported != self.tcb_status:
+            raise ValueError("claims tcb_status disagrees with platform['tcb_status']")
+        if self.tcb_status is not None and (
+            not isinstance(self.tcb_status, str) or not _TCB_STATUS.match(self.tcb_status)
+        ):
+            raise ValueError("claims tcb_status must be None or a status name like 'UpToDate'")
         object.__setattr__(self, "tcb", _freeze(self.tcb))
         object.__setattr__(self, "platform", _freeze(self.platform))
         object.__setattr__(self, "raw", _freeze(self.raw))
@@ -91,6 +106,7 @@ class Claims:
             "signing_key": self.signing_key,
             "tcb": _jsonable(self.tcb),
             "simulated": self.simulated,
+            "tcb_status": self.tcb_status,
             "platform": _jsonable(self.platform),
             "raw": _jsonable(self.raw),
         }

@@ -21,6 +21,15 @@ version -> ``KeyDestroyedError``, on a DISABLED version -> ``KeyDisabledError``,
 INVALID_ARGUMENT from Decrypt (wrong key, wrong aad, tampered ciphertext) -> ``KmsUnwrapError``.
 The client library's own retry is switched off so that only this policy applies.
 
+Key lifecycle (for ``keybroker.shred``): ``rotate`` creates a version (CreateCryptoKeyVersion,
+not retried: a repeat would create a second one) and makes it primary
+(UpdateCryptoKeyPrimaryVersion); ``destroy_version`` schedules a version's destruction
+(DestroyCryptoKeyVersion: DESTROY_SCHEDULED at once, its material erased after the key's
+scheduled-destruction duration; from the first moment it no longer decrypts, and ``unwrap``
+raises ``KeyDestroyedError``); ``disable_version`` sets DISABLED (reversible). An HSM version
+still PENDING_GENERATION cannot become primary yet: ``rotate`` then fails with the service's
+FAILED_PRECONDITION and the new version is left for the operator.
+
 ``check_location`` lets the broker refuse to serve a residency region with a key ring
 located elsewhere. This module does not create keys or key rings, does not pick KEKs for
 regions (the broker's settings do), and never logs key bytes or plaintext.
@@ -38,6 +47,7 @@ import grpc
 from google.api_core import exceptions as api_exceptions
 from google.auth import exceptions as auth_exceptions
 from google.cloud import kms_v1
+from google.protobuf import field_mask_pb2
 
 from envelope.keys import KeyReference, WrappedKey
 from envelope.limits import MAX_WRAPPED_KEY
@@ -361,6 +371,78 @@ class GcpKms:
 
         return self._retrying(attempt, what)
 
+    # -- key lifecycle (keybroker.shred) ------------------------------------------------------
+
+    def rotate(self, kek_uri: str) -> KeyReference:
+        """Create a new version of ``kek_uri`` and make it the primary; returns it."""
+        key = parse_gcp_kek_uri(kek_uri)
+        what = f"Cloud KMS CreateCryptoKeyVersion {key.resource_name}"
+        request = kms_v1.CreateCryptoKeyVersionRequest(
+            parent=key.resource_name, crypto_key_version=kms_v1.CryptoKeyVersion()
+        )
+        created = self._call(
+            self._client.create_crypto_key_version, request, what, decrypting=False
+        )
+        version = _version_in_name(key, created.name, what)
+        what = f"Cloud KMS UpdateCryptoKeyPrimaryVersion {key.resource_name} -> {version}"
+        primary_request = kms_v1.UpdateCryptoKeyPrimaryVersionRequest(
+            name=key.resource_name, crypto_key_version_id=version
+        )
+
+        def attempt() -> str:
+            crypto_key = self._call(
+                self._client.update_crypto_key_primary_version, primary_request, what,
+                decrypting=False,
+            )
+            return _enabled_primary_version(key, crypto_key, what)
+
+        primary = self._retrying(attempt, what)
+        if primary != version:
+            raise KmsError(f"{what}: the key's primary is {primary}, not {version}")
+        return KeyReference(key.uri, version)
+
+    def destroy_version(self, kek_uri: str, version: str) -> None:
+        """Schedule ``version`` for destruction; it stops decrypting at once.
+
+        KeyDestroyedError when it is already DESTROY_SCHEDULED or DESTROYED.
+        """
+        key = parse_gcp_kek_uri(kek_uri)
+        name = key.version_name(_checked_version(key, version))
+        what = f"Cloud KMS DestroyCryptoKeyVersion {name}"
+        request = kms_v1.DestroyCryptoKeyVersionRequest(name=name)
+
+        def attempt() -> None:
+            destroyed = self._call(
+                self._client.destroy_crypto_key_version, request, what, decrypting=False
+            )
+            state = kms_v1.CryptoKeyVersion.CryptoKeyVersionState(destroyed.state).name
+            if state not in _DESTROYED_STATES:
+                raise KmsError(f"{what}: the version is {state} after the call")
+
+        self._retrying(attempt, what)
+
+    def disable_version(self, kek_uri: str, version: str) -> None:
+        """Set ``version`` DISABLED: it stops decrypting until it is enabled again."""
+        key = parse_gcp_kek_uri(kek_uri)
+        name = key.version_name(_checked_version(key, version))
+        what = f"Cloud KMS UpdateCryptoKeyVersion {name} state=DISABLED"
+        request = kms_v1.UpdateCryptoKeyVersionRequest(
+            crypto_key_version=kms_v1.CryptoKeyVersion(
+                name=name, state=kms_v1.CryptoKeyVersion.CryptoKeyVersionState.DISABLED
+            ),
+            update_mask=field_mask_pb2.FieldMask(paths=["state"]),
+        )
+
+        def attempt() -> None:
+            updated = self._call(
+                self._client.update_crypto_key_version, request, what, decrypting=False
+            )
+            state = kms_v1.CryptoKeyVersion.CryptoKeyVersionState(updated.state).name
+            if state != "DISABLED":
+                raise KmsError(f"{what}: the version is {state} after the call")
+
+        self._retrying(attempt, what)
+
     def _call(
         self, method: Callable[..., Any], request: Any, what: str, *, decrypting: bool
     ) -> Any:
@@ -398,6 +480,22 @@ def _wrapped_key_from(key: GcpKeyName, response: Any, what: str) -> WrappedKey:
             f"1..{MAX_WRAPPED_CIPHERTEXT_BYTES}"
         )
     return WrappedKey(kek=KeyReference(uri=key.uri, version=version), ciphertext=ciphertext)
+
+
+def _checked_version(key: GcpKeyName, version: str) -> str:
+    if not isinstance(version, str) or not _VERSION.match(version):
+        raise KeyNotFoundError(
+            f"KEK {key.uri}: version {str(version)[:40]!r} is not a Cloud KMS version number"
+        )
+    return version
+
+
+def _version_in_name(key: GcpKeyName, name: str, what: str) -> str:
+    prefix = f"{key.resource_name}/cryptoKeyVersions/"
+    version = name[len(prefix) :] if name.startswith(prefix) else ""
+    if not _VERSION.match(version):
+        raise KmsError(f"{what}: response names {name[:300]!r}, not a version of this key")
+    return version
 
 
 def _plaintext_from(response: Any, what: str) -> bytes:

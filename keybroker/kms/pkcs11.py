@@ -7,6 +7,11 @@ HSM. Each KEK gets a random 16-byte ``CKA_ID``; its hex is the version recorded 
 ``WrappedKey.kek.version``, and ``unwrap`` finds the key by label *and* id, so a rotated-out
 key keeps unwrapping. ``retire_kek`` clears a version's ``CKA_ENCRYPT``: ``wrap`` uses the one
 key with that label that may still encrypt (the primary), and refuses when there are several.
+``rotate`` generates a new version and retires the old primary. ``destroy_version``
+(crypto-shredding, ``keybroker.shred``) destroys a retired version's key object with
+C_DestroyObject after leaving a *tombstone* in the token (a data object, application
+``sealbeam/destroyed-kek/v1``, label = key label, value = the CKA_ID), so that ``unwrap``
+can say ``KeyDestroyedError`` instead of "no such version".
 
 Mechanism: ``CKM_AES_GCM`` (C_Encrypt of the DEK bytes), 12-byte random IV, 128-bit tag. It
 was chosen over ``CKM_AES_KEY_WRAP_KWP`` because GCM binds associated data and KWP cannot,
@@ -42,6 +47,7 @@ from pkcs11 import exceptions as p11
 
 from envelope.keys import KeyReference, WrappedKey
 from keybroker.kms.base import (
+    KeyDestroyedError,
     KeyNotFoundError,
     KmsError,
     KmsPermissionError,
@@ -83,6 +89,7 @@ WRAP_FORMAT_VERSION = 1
 IV_BYTES = 12
 TAG_BYTES = 16
 WRAP_AAD_LABEL = b"sealbeam/pkcs11/wrap/v1"
+TOMBSTONE_APPLICATION = "sealbeam/destroyed-kek/v1"
 _HEADER_BYTES = 1 + IV_BYTES
 _VERSION = re.compile(rf"^(?:[0-9a-f]{{2}}){{1,{MAX_KEK_ID_BYTES}}}$")
 
@@ -358,6 +365,58 @@ class Pkcs11Kms:
 
         self._run(name.token_label, operation, f"PKCS#11 retire {name.uri} v{kek.version}")
 
+    def primary_version(self, kek_uri: str) -> str:
+        """The CKA_ID (hex) of the one key under the label that may still encrypt."""
+        name = parse_pkcs11_kek_uri(kek_uri)
+
+        def operation(session: Any) -> str:
+            return bytes(_primary_key(session, name)[Attribute.ID]).hex()
+
+        return self._run(name.token_label, operation, f"PKCS#11 primary of {name.uri}")
+
+    def rotate(self, kek_uri: str) -> KeyReference:
+        """Generate a new version under the same label and retire the previous primary."""
+        name = parse_pkcs11_kek_uri(kek_uri)
+        previous = self.primary_version(kek_uri)
+        created = self.generate_kek(name.token_label, name.key_label)
+        self.retire_kek(KeyReference(name.uri, previous))
+        return created
+
+    def destroy_version(self, kek_uri: str, version: str) -> None:
+        """Destroy a retired version's key object for good (leaving a tombstone).
+
+        KmsPermissionError while the version may still encrypt (retire or rotate first);
+        KeyDestroyedError when it was destroyed before.
+        """
+        name = parse_pkcs11_kek_uri(kek_uri)
+        if not _VERSION.match(version):
+            raise KeyNotFoundError(f"KEK {name.uri}: version {version[:40]!r} is not hex")
+        key_id = bytes.fromhex(version)
+
+        def operation(session: Any) -> None:
+            keys = _find_keys(session, name.key_label, key_id=key_id)
+            if not keys and _has_tombstone(session, name, key_id):
+                raise KeyDestroyedError(f"KEK {name.uri} version {version} was destroyed")
+            key = _only(keys, name, version)
+            if key[Attribute.ENCRYPT]:
+                raise KmsPermissionError(
+                    f"KEK {name.uri} version {version} may still encrypt (it is the primary); "
+                    "rotate or retire it before destroying it"
+                )
+            with self._admin_session(name.token_label) as admin:
+                if not _has_tombstone(admin, name, key_id):
+                    admin.create_object({
+                        Attribute.CLASS: ObjectClass.DATA,
+                        Attribute.TOKEN: True,
+                        Attribute.PRIVATE: True,
+                        Attribute.LABEL: name.key_label,
+                        Attribute.APPLICATION: TOMBSTONE_APPLICATION,
+                        Attribute.VALUE: key_id,
+                    })
+                _only(_find_keys(admin, name.key_label, key_id=key_id), name, version).destroy()
+
+        self._run(name.token_label, operation, f"PKCS#11 destroy {name.uri} v{version}")
+
     def close(self) -> None:
         """Close the cached sessions (logging the application out of their tokens)."""
         with self._lock:
@@ -485,8 +544,25 @@ def _primary_key(session: Any, name: Pkcs11KeyName) -> Any:
     return key
 
 
+def _has_tombstone(session: Any, name: Pkcs11KeyName, key_id: bytes) -> bool:
+    """Whether ``destroy_version`` left a marker for this version of the KEK."""
+    template = {
+        Attribute.CLASS: ObjectClass.DATA,
+        Attribute.LABEL: name.key_label,
+        Attribute.APPLICATION: TOMBSTONE_APPLICATION,
+        Attribute.VALUE: key_id,
+    }
+    found = False
+    for _ in session.get_objects(template):  # consume fully: the search is closed at the end
+        found = True
+    return found
+
+
 def _versioned_key(session: Any, name: Pkcs11KeyName, key_id: bytes) -> Any:
-    key = _only(_find_keys(session, name.key_label, key_id=key_id), name, key_id.hex())
+    keys = _find_keys(session, name.key_label, key_id=key_id)
+    if not keys and _has_tombstone(session, name, key_id):
+        raise KeyDestroyedError(f"KEK {name.uri} version {key_id.hex()} was destroyed")
+    key = _only(keys, name, key_id.hex())
     _check_kek_attributes(key, name)
     if not key[Attribute.DECRYPT]:
         raise KmsPermissionError(f"KEK {name.uri} version {key_id.hex()} may not decrypt")

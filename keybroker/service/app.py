@@ -21,6 +21,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from keybroker.attestation.verifier import Verifier
 from keybroker.config import BrokerSettings
+from keybroker.kms.base import KeyManagementService
 from keybroker.service.errors import HANDLED_ERROR_TYPES, error_body
 from keybroker.service.schemas import (
     AttestRequest,
@@ -58,9 +59,16 @@ def create_app(
     *,
     clock: Callable[[], float] = time.time,
     verifiers: Mapping[str, Verifier] | None = None,
+    kms_backends: Mapping[str, KeyManagementService] | None = None,
 ) -> FastAPI:
-    """The broker application; loads policy, keys and ledger now, so bad settings fail here."""
-    service = KeyBrokerService.from_settings(settings, clock=clock, verifiers=verifiers)
+    """The broker application; loads policy, keys and ledger now, so bad settings fail here.
+
+    ``kms_backends`` injects KMS backend instances by scheme (tests); otherwise each
+    configured backend is opened on first use.
+    """
+    service = KeyBrokerService.from_settings(
+        settings, clock=clock, verifiers=verifiers, kms_backends=kms_backends
+    )
 
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:

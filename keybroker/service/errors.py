@@ -29,6 +29,7 @@ from keybroker.kms.base import (
     KmsTransientError,
     KmsUnwrapError,
 )
+from keybroker.kms.registry import KekLocationError
 from keybroker.ledger import LedgerError
 from keybroker.service.sessions import CapacityError, NonceError, SessionError
 
@@ -73,6 +74,7 @@ class ErrorStatus:
 _STATUS_TABLE: dict[type[BaseException], ErrorStatus] = {
     PolicyDeniedError: ErrorStatus(403, "denied"),
     KmsPermissionError: ErrorStatus(403, "kms_permission_denied"),
+    KekLocationError: ErrorStatus(403, "kek_location_denied"),
     NonceError: ErrorStatus(401, "bad_nonce"),
     SessionError: ErrorStatus(401, "bad_session"),
     AttestationError: ErrorStatus(401, "attestation_failed"),

@@ -56,6 +56,13 @@ KekUri = Annotated[str, StringConstraints(min_length=1, max_length=1024)]
 KekVersion = Annotated[str, StringConstraints(min_length=1, max_length=128)]
 SessionId = Annotated[str, StringConstraints(min_length=1, max_length=128)]
 KeyName = Annotated[str, StringConstraints(min_length=1, max_length=128)]
+SpecFingerprint = Annotated[
+    str, StringConstraints(min_length=64, max_length=64, pattern=r"^[0-9a-fA-F]{64}$")
+]
+KeyPurpose = Annotated[
+    str,
+    StringConstraints(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9][A-Za-z0-9._:/-]{0,63}$"),
+]
 NonceB64 = _b64(MAX_NONCE_BYTES)
 EvidenceB64 = _b64(MAX_EVIDENCE_BYTES)
 EndorsementB64 = _b64(MAX_ENDORSEMENT_BYTES)
@@ -110,6 +117,14 @@ class GenerateRequest(_Strict):
     session_id: SessionId
     region: Region
     producer_id: ProducerId
+    spec_fingerprint: SpecFingerprint | None = Field(
+        default=None,
+        description="hex of the 32-byte fingerprint of the processing spec the key is for; "
+        "recorded in the audit ledger",
+    )
+    purpose: KeyPurpose | None = Field(
+        default=None, description="what the key is for (e.g. features/v1); recorded in the ledger"
+    )
 
 
 class GenerateResponse(_Strict):

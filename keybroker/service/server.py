@@ -19,6 +19,7 @@ import uvicorn
 
 from keybroker.attestation.verifier import Verifier
 from keybroker.config import BrokerSettings
+from keybroker.kms.base import KeyManagementService
 from keybroker.service.app import create_app
 
 __all__ = ["BrokerStartError", "RunningBroker", "serve_forever", "serve_in_thread"]
@@ -77,9 +78,13 @@ def serve_in_thread(
     *,
     clock: Callable[[], float] = time.time,
     verifiers: Mapping[str, Verifier] | None = None,
+    kms_backends: Mapping[str, KeyManagementService] | None = None,
 ) -> RunningBroker:
-    """Start the broker in a background thread and return once it accepts connections."""
-    app = create_app(settings, clock=clock, verifiers=verifiers)
+    """Start the broker in a background thread and return once it accepts connections.
+
+    ``kms_backends`` injects KMS backend instances by scheme (tests bind them to fakes).
+    """
+    app = create_app(settings, clock=clock, verifiers=verifiers, kms_backends=kms_backends)
     sock = _bind(host, port)
     bound_host, bound_port = sock.getsockname()[:2]
     config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on")

@@ -1,10 +1,11 @@
 """The broker's work: challenge, attest, release, generate and release-named, each audited.
 
 Each operation reads top to bottom: check the session (or nonce) -> claims -> policy ->
-KMS -> seal the key to the session's TEE key with HPKE. Every grant and every denial,
-including malformed requests and bad evidence, is appended to the audit ledger with its
-reason; a grant that cannot be recorded is not given (fail closed). Keys and sessions of
-simulated TEEs are marked ``simulated`` in the response and the ledger.
+KEK residency -> KMS (unwraps through the DEK cache, which single-flights concurrent
+unwraps of one key) -> seal the key to the session's TEE key with HPKE. Every grant and
+every denial, including malformed requests and bad evidence, is appended to the audit
+ledger with its reason; a grant that cannot be recorded is not given (fail closed). Keys
+and sessions of simulated TEEs are marked ``simulated`` in the response and the ledger.
 
 This module knows nothing of HTTP: it raises typed errors that ``errors.error_status``
 maps to statuses, and its methods are blocking (run them off the event loop).
@@ -30,8 +31,9 @@ from envelope.transport import (
 from keybroker.attestation.claims import Claims
 from keybroker.attestation.verifier import Verifier
 from keybroker.client import GENERATE_PURPOSE, NAMED_PURPOSE, RELEASE_PURPOSE
-from keybroker.config import BrokerSettings
-from keybroker.kms.base import KeyNotFoundError
+from keybroker.config import BrokerSettings, ConfigError
+from keybroker.dek_cache import DekCache
+from keybroker.kms.base import KeyManagementService, KeyNotFoundError, KmsError
 from keybroker.kms.named_keys import NamedKeyStore, named_key_aad, validate_key_name
 from keybroker.kms.registry import KmsRegistry
 from keybroker.ledger import AuditLedger
@@ -63,7 +65,6 @@ from keybroker.service.verifiers import build_verifiers
 __all__ = ["KeyBrokerService", "decode_base64"]
 
 logger = logging.getLogger("keybroker.service")
-
 
 
 def decode_base64(field: str, value: str, exact: int | None = None, maximum: int = 0) -> bytes:
@@ -122,10 +123,12 @@ class KeyBrokerService:
         ledger: AuditLedger,
         named_keys: NamedKeyStore,
         clock: Callable[[], float] = time.time,
+        dek_cache: DekCache | None = None,
     ) -> None:
         self._settings = settings
         self._policy = policy
         self._kms = kms
+        self._dek_cache = dek_cache if dek_cache is not None else DekCache(settings.dek_cache)
         self._verifiers = dict(verifiers)
         self._ledger = ledger
         self._named_keys = named_keys
@@ -139,8 +142,19 @@ class KeyBrokerService:
         *,
         clock: Callable[[], float] = time.time,
         verifiers: Mapping[str, Verifier] | None = None,
+        kms_backends: Mapping[str, KeyManagementService] | None = None,
     ) -> KeyBrokerService:
-        """Load policy, keys and ledger named by ``settings``; record the start in the ledger."""
+        """Load policy, keys and ledger named by ``settings``; record the start in the ledger.
+
+        Refuses to start (ConfigError) when a region's KEK has no configured backend or, on
+        Cloud KMS, lives in a location its region does not allow. ``kms_backends`` injects
+        backend instances by scheme (tests bind them to fake servers).
+        """
+        kms = KmsRegistry(settings, backends=kms_backends)
+        try:
+            kms.check_region_keks(settings.region_keks)
+        except KmsError as error:
+            raise ConfigError(f"broker settings refused: {error}") from None
         policy = ReleasePolicy.load(settings.policy_path)
         named_keys = (
             NamedKeyStore.open(settings.named_keys_path)
@@ -148,13 +162,15 @@ class KeyBrokerService:
             else NamedKeyStore(settings.named_keys_path)
         )
         built_verifiers = (
-            dict(verifiers) if verifiers is not None else build_verifiers(settings, policy)
+            dict(verifiers)
+            if verifiers is not None
+            else build_verifiers(settings, policy, clock=clock)
         )
         ledger = AuditLedger(settings.ledger_path, clock=clock)
         service = cls(
             settings=settings,
             policy=policy,
-            kms=KmsRegistry(settings),
+            kms=kms,
             verifiers=built_verifiers,
             ledger=ledger,
             named_keys=named_keys,
@@ -169,6 +185,8 @@ class KeyBrokerService:
                 "rules": [rule.name for rule in policy.rules],
                 "tees": sorted(built_verifiers),
                 "regions": sorted(settings.region_keks),
+                "region_keks": dict(sorted(settings.region_keks.items())),
+                "dek_cache": settings.dek_cache.to_mapping(),
             },
         )
         return service
@@ -181,7 +199,13 @@ class KeyBrokerService:
     def policy(self) -> ReleasePolicy:
         return self._policy
 
+    @property
+    def dek_cache(self) -> DekCache:
+        return self._dek_cache
+
     def close(self) -> None:
+        self._dek_cache.clear()
+        self._kms.close()
         self._ledger.close()
 
     # -- operations ------------------------------------------------------------------------
@@ -261,8 +285,11 @@ class KeyBrokerService:
             )
             if not decision.allowed:
                 raise PolicyDeniedError(decision.reason)
+            self._kms.check_residency(request.kek_uri, request.region)
             aad = dek_wrap_aad(request.region, request.producer_id)
-            dek = DataKey(self._kms.unwrap(wrapped, aad))
+            unwrapped = self._dek_cache.unwrap(wrapped, aad, self._kms.unwrap)
+            audit["dek_source"] = unwrapped.source
+            dek = DataKey(unwrapped.secret)
             sealed = seal_to_tee(
                 session.tee_public_key,
                 dek.secret_bytes(),
@@ -279,6 +306,10 @@ class KeyBrokerService:
     def generate(self, request: GenerateRequest) -> GenerateResponse:
         """A fresh DEK for a region: wrapped under the region's KEK and sealed to the TEE."""
         audit: dict[str, object] = {"region": request.region, "producer_id": request.producer_id}
+        if request.spec_fingerprint is not None:
+            audit["spec_fingerprint"] = request.spec_fingerprint.lower()
+        if request.purpose is not None:
+            audit["purpose"] = request.purpose
         try:
             session = self._sessions.get(request.session_id)
             audit.update(_session_audit(session))
@@ -291,6 +322,7 @@ class KeyBrokerService:
             )
             if not decision.allowed:
                 raise PolicyDeniedError(decision.reason)
+            self._kms.check_residency(kek_uri, request.region)
             dek = DataKey.generate()
             aad = dek_wrap_aad(request.region, request.producer_id)
             wrapped = self._kms.wrap(kek_uri, dek.secret_bytes(), aad)
@@ -327,7 +359,9 @@ class KeyBrokerService:
             wrapped = self._named_keys.wrapped_key(name)
             audit["kek"] = wrapped.kek.uri
             audit["kek_version"] = wrapped.kek.version
-            secret = self._kms.unwrap(wrapped, named_key_aad(name))
+            unwrapped = self._dek_cache.unwrap(wrapped, named_key_aad(name), self._kms.unwrap)
+            audit["dek_source"] = unwrapped.source
+            secret = unwrapped.secret
             sealed = seal_to_tee(session.tee_public_key, secret, release_info(NAMED_PURPOSE, name))
         except Exception as error:
             self._record_denial("release-named", audit, error)

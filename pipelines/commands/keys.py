@@ -1,26 +1,52 @@
-"""``sealbeam keys init``: create the embedded default state (keyring, dev TEE chain, policy).
+"""``sealbeam keys``: create the state, rotate KEKs, rewrap sealed files, crypto-shred versions.
 
-A thin layer over ``keybroker.config.init_state``. It passes the simulated worker's launch
-measurement (``enclave_workers.evidence.simulated_snp.DEV_MEASUREMENT``) as the demo
-policy's allow-list, because keybroker itself must not import enclave code. It prints
-where things were written, never a key.
+- ``keys init``: the embedded default state, a thin layer over ``keybroker.config.init_state``.
+  It passes the simulated worker's launch measurement
+  (``enclave_workers.evidence.simulated_snp.DEV_MEASUREMENT``) as the demo policy's
+  allow-list, because keybroker itself must not import enclave code.
+- ``keys rotate``: ``keybroker.shred.rotate_kek`` (a new primary KEK version, in the ledger).
+- ``keys rewrap``: ``keybroker.rewrap.rewrap_paths`` (DEKs under the new version, payload
+  bytes unchanged, resumable with a journal); prints the JSON report.
+- ``keys shred``: ``keybroker.shred.shred_kek_version`` (destroys a KEK version; needs
+  ``--yes``, refuses the primary without ``--force``).
+
+The KMS is the local keyring of ``--state`` for ``local://`` KEKs, else the backend that
+``--state``'s broker.yaml configures for the URI's scheme; the ledger is
+``--state/ledger.sqlite``. Handlers print paths, versions and counts, never a key.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
 from enclave_workers.evidence.simulated_snp import DEV_MEASUREMENT
+from envelope import EnvelopeError
 from keybroker.attestation.errors import AttestationError
-from keybroker.config import ConfigError, init_state
-from keybroker.kms.base import KmsError
+from keybroker.config import BrokerSettings, ConfigError, init_state
+from keybroker.kms.base import KeyManagementService, KmsError
+from keybroker.kms.local import LOCAL_SCHEME, LocalKeyring
+from keybroker.kms.registry import kms_for_uri, uri_scheme
+from keybroker.ledger import AuditLedger, LedgerError
 from keybroker.policy import PolicyError
+from keybroker.rewrap import rewrap_paths
+from keybroker.shred import rotate_kek, shred_kek_version
 
-__all__ = ["register", "run_keys_init"]
+__all__ = [
+    "register",
+    "run_keys_init",
+    "run_keys_rewrap",
+    "run_keys_rotate",
+    "run_keys_shred",
+]
 
 USER_ERROR_EXIT = 2
+PARTIAL_FAILURE_EXIT = 1
+LEDGER_FILE = "ledger.sqlite"
+DEFAULT_JOURNAL = "rewrap-journal.jsonl"
+_KEY_ERRORS = (KmsError, LedgerError, ConfigError, EnvelopeError, OSError)
 
 
 def _comma_list(text: str) -> list[str]:
@@ -53,6 +79,130 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     init.add_argument("--force", action="store_true",
                       help="replace an existing state (its old keys become unusable)")
     init.set_defaults(func=run_keys_init)
+    _register_rotate(commands)
+    _register_rewrap(commands)
+    _register_shred(commands)
+
+
+def _state_and_kek(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--state", type=Path, default=Path(".sealbeam"),
+                        help="state directory (keyring.json, broker.yaml, ledger.sqlite; "
+                        "default .sealbeam)")
+    parser.add_argument("--kek", required=True, metavar="URI",
+                        help="the KEK, e.g. local://keyring/eu/kek-1")
+
+
+def _register_rotate(commands: argparse._SubParsersAction) -> None:
+    rotate = commands.add_parser(
+        "rotate", help="make a new KEK version primary (recorded in the ledger)",
+        description="Create a new version of the KEK and make it primary: new data keys are "
+        "wrapped under it, older versions still unwrap until they are destroyed. Then run "
+        "'keys rewrap' to move existing files to the new version.",
+    )
+    _state_and_kek(rotate)
+    rotate.set_defaults(func=run_keys_rotate)
+
+
+def _register_rewrap(commands: argparse._SubParsersAction) -> None:
+    rewrap = commands.add_parser(
+        "rewrap", help="rewrap sealed files' data keys under the KEK's primary version",
+        description="For every sealed file under PATH (record files: one base64 envelope per "
+        "line; *.sbatch batches), unwrap each data key under an older version of --kek once, "
+        "wrap it under the primary version and replace only the envelopes' key blocks: "
+        "payload bytes stay identical. Files are replaced atomically; a journal makes an "
+        "interrupted run resumable. Prints a JSON report; exits 1 if a file failed.",
+    )
+    _state_and_kek(rewrap)
+    rewrap.add_argument("--to-version", metavar="V", default=None,
+                        help="the version to rewrap to; must be the primary (default: the "
+                        "primary)")
+    rewrap.add_argument("--journal", type=Path, default=None,
+                        help=f"journal of completed files (default STATE/{DEFAULT_JOURNAL})")
+    rewrap.add_argument("--report", type=Path, default=None,
+                        help="also write the JSON report to this file")
+    rewrap.add_argument("paths", nargs="+", type=Path, metavar="PATH",
+                        help="sealed files or directories (searched recursively)")
+    rewrap.set_defaults(func=run_keys_rewrap)
+
+
+def _register_shred(commands: argparse._SubParsersAction) -> None:
+    shred = commands.add_parser(
+        "shred", help="crypto-shred: destroy a KEK version for good",
+        description="Destroy one version of the KEK in its backend. Every data key wrapped "
+        "under it, and so every envelope sealed with those keys, becomes unreadable "
+        "('key destroyed'). Rewrap what must survive first. The primary version is refused "
+        "unless --force, which rotates first. Requires --yes; nothing is prompted.",
+    )
+    _state_and_kek(shred)
+    shred.add_argument("--version", required=True, metavar="V", help="the version to destroy")
+    shred.add_argument("--yes", action="store_true",
+                       help="confirm the destruction (required; it cannot be undone)")
+    shred.add_argument("--force", action="store_true",
+                       help="if V is the primary version, rotate first and then destroy it")
+    shred.set_defaults(func=run_keys_shred)
+
+
+def _kms_for(state: Path, kek_uri: str) -> KeyManagementService:
+    """The local keyring for local:// KEKs, else the backend broker.yaml configures."""
+    if uri_scheme(kek_uri) == LOCAL_SCHEME:
+        return LocalKeyring.open(state / "keyring.json")
+    return kms_for_uri(kek_uri, BrokerSettings.load(state / "broker.yaml"))
+
+
+def _user_error(error: BaseException) -> int:
+    message = str(error).splitlines()[0] if str(error) else type(error).__name__
+    print(f"sealbeam: error: {message}", file=sys.stderr)
+    return USER_ERROR_EXIT
+
+
+def run_keys_rotate(args: argparse.Namespace) -> int:
+    try:
+        kms = _kms_for(args.state, args.kek)
+        with AuditLedger(args.state / LEDGER_FILE) as ledger:
+            result = rotate_kek(kms, args.kek, ledger=ledger)
+    except _KEY_ERRORS as error:
+        return _user_error(error)
+    print(json.dumps(result.to_json()))
+    return 0
+
+
+def run_keys_rewrap(args: argparse.Namespace) -> int:
+    journal = args.journal or args.state / DEFAULT_JOURNAL
+    try:
+        kms = _kms_for(args.state, args.kek)
+        report = rewrap_paths(args.paths, kms=kms, kek_uri=args.kek, journal_path=journal,
+                              target_version=args.to_version)
+        with AuditLedger(args.state / LEDGER_FILE) as ledger:
+            ledger.append("kek-rewrap", "info", {
+                "kek": report.kek_uri, "target_version": report.target_version,
+                "files_changed": len(report.files_changed),
+                "files_failed": len(report.files_failed),
+                "envelopes_rewrapped": report.envelopes_rewrapped,
+                "data_keys": report.data_keys,
+            })
+        document = json.dumps(report.to_json(), indent=2)
+        if args.report is not None:
+            args.report.write_text(document + "\n", encoding="utf-8")
+    except _KEY_ERRORS as error:
+        return _user_error(error)
+    print(document)
+    return 0 if report.ok else PARTIAL_FAILURE_EXIT
+
+
+def run_keys_shred(args: argparse.Namespace) -> int:
+    if not args.yes:
+        print(f"sealbeam: error: destroying version {args.version} of {args.kek} cannot be "
+              "undone; pass --yes to confirm", file=sys.stderr)
+        return USER_ERROR_EXIT
+    try:
+        kms = _kms_for(args.state, args.kek)
+        with AuditLedger(args.state / LEDGER_FILE) as ledger:
+            result = shred_kek_version(kms, args.kek, args.version, ledger=ledger,
+                                       force=args.force)
+    except _KEY_ERRORS as error:
+        return _user_error(error)
+    print(json.dumps(result.to_json()))
+    return 0
 
 
 def run_keys_init(args: argparse.Namespace) -> int:

@@ -19,9 +19,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     pipelines = parser.add_subparsers(dest="run_command", metavar="PIPELINE", required=True)
     batch = pipelines.add_parser(
         "batch", help="run the batch pipeline over sealed record files",
-        description="Read sealed records, process them in the (simulated) TEE with keys from "
-                    "the broker, write region-pinned sealed batches and dead letters, and "
-                    "print one JSON line of counts. Further Beam flags (e.g. --runner) may "
+        description="Read sealed records, run the feature spec on them in the (simulated) "
+                    "TEE with keys from the broker, write region-pinned outputs (sealed "
+                    "batches or PME Parquet) and dead letters, and print one JSON line of "
+                    "counts (with rows_suppressed). Further Beam flags (e.g. --runner) may "
                     "follow a '--'.")
     SealbeamOptions._add_argparse_args(batch)
     batch.add_argument("beam_args", nargs=argparse.REMAINDER,

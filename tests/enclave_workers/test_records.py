@@ -15,8 +15,10 @@ from enclave_workers.records import (
     RecordFormatError,
     RecordLimitError,
     conform_to_input_schema,
+    json_read_schema,
     parse_records,
-    row_problems,
+    row_limit_problems,
+    select_columns,
     table_from_ipc,
     table_to_ipc,
     table_to_json_records,
@@ -74,13 +76,44 @@ def test_non_utf8_and_oversized_records_fail_before_parsing() -> None:
     assert parsed.table.num_rows == 0
 
 
-def test_row_problems_name_missing_fields_and_foreign_regions() -> None:
-    rows = [person(0, "eu"), {**person(1, "eu"), "customer_id": None}, person(2, "us")]
+def test_row_limit_problems_name_the_column_of_long_fields_and_foreign_regions() -> None:
+    rows = [person(0, "eu"), {**person(1, "eu"), "name": "x" * (records.MAX_FIELD_CHARS + 1)},
+            person(2, "us"), {**person(3, "eu"), "customer_id": None}]
     parsed = parse_records([json.dumps(r).encode() for r in rows])
-    problems = row_problems(parsed.table, "eu")
+    problems = row_limit_problems(parsed.table, "eu")
     assert problems[0] is None
-    assert "customer_id" in problems[1]
-    assert "region" in problems[2]
+    assert problems[1] == ("name", f"over {records.MAX_FIELD_CHARS} characters")
+    assert problems[2] == ("region", "differs from the envelope's region")
+    assert problems[3] is None          # nulls are the spec's business (nullable: false)
+
+
+def test_records_are_read_with_the_declared_columns_dates_as_text() -> None:
+    schema = json_read_schema([("n", pa.int8()), ("x", pa.float32()), ("ok", pa.bool_()),
+                               ("t", pa.timestamp("us", tz="UTC")), ("d", pa.date32()),
+                               ("s", pa.string())])
+    assert schema.types == [pa.int64(), pa.float64(), pa.bool_(), pa.string(), pa.string(),
+                            pa.string()]
+    parsed = parse_records([b'{"n": 3, "t": "not a time", "extra": [1, 2]}',
+                            b'{"x": 1.5, "d": "2025-02-30", "s": "a"}'], schema)
+    assert parsed.failures == {}
+    assert parsed.table.schema == schema
+    assert parsed.table.column("t").to_pylist() == ["not a time", None]
+    assert parsed.table.column("n").to_pylist() == [3, None]
+
+
+def test_a_declared_number_given_as_text_fails_naming_the_column() -> None:
+    schema = json_read_schema([("amount", pa.float64())])
+    parsed = parse_records([b'{"amount": 1.0}', b'{"amount": "a secret 12"}'], schema)
+    assert list(parsed.failures) == [1]
+    _stage, reason = parsed.failures[1]
+    assert "amount" in reason and "secret" not in reason
+
+
+def test_select_columns_requires_every_declared_column() -> None:
+    table = pa.table({"a": [1], "b": [2], "c": [3]})
+    assert select_columns(table, ["c", "a"]).column_names == ["c", "a"]
+    with pytest.raises(RecordFormatError, match="declared column"):
+        select_columns(table, ["a", "d"])
 
 
 def test_ipc_round_trip_and_bounds() -> None:

@@ -7,6 +7,7 @@ for cryptography. Used only by tests/envelope/test_vectors.py.
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import struct
 from dataclasses import dataclass, field
@@ -36,6 +37,8 @@ class Decoded:
     kek_version: str
     wrapped_key: bytes
     context: dict[str, str]
+    core_length: int
+    header_tag: bytes
     header_length: int
     segments: list[bytes] = field(default_factory=list)
 
@@ -82,7 +85,7 @@ def decode(envelope: bytes, dek: bytes) -> Decoded:
         raise ValueError("segment size")
     offset = 124
     values = {}
-    for name in ("region", "producer_id", "kek_uri", "kek_version", "wrapped_key"):
+    for name in ("region", "producer_id"):
         values[name], offset = _prefixed(envelope, offset, name)
     (count,) = struct.unpack_from(">H", envelope, offset)
     offset += 2
@@ -104,7 +107,13 @@ def decode(envelope: bytes, dek: bytes) -> Decoded:
         context[_text(key)] = _text(value)
     if offset - context_start > 8192:
         raise ValueError("context size")
-    header = envelope[:offset]
+    core = envelope[:offset]  # the core header: what every segment's AAD binds
+    for name in ("kek_uri", "kek_version", "wrapped_key"):  # the key block
+        values[name], offset = _prefixed(envelope, offset, name)
+    tag = envelope[offset : offset + 32]
+    if len(tag) != 32:
+        raise ValueError("header tag")
+    authenticated, offset = envelope[:offset], offset + 32
     decoded = Decoded(
         kind=kind,
         algorithm=algorithm,
@@ -119,19 +128,24 @@ def decode(envelope: bytes, dek: bytes) -> Decoded:
         kek_version=_text(values["kek_version"]),
         wrapped_key=values["wrapped_key"],
         context=context,
+        core_length=len(core),
+        header_tag=tag,
         header_length=offset,
     )
 
     # Section 3.1
     info = b"sealbeam/envelope/v1" + b"\x00" + struct.pack(">H", algorithm)
-    okm = HKDF(algorithm=hashes.SHA512(), length=64, salt=salt, info=info).derive(dek)
-    if not hmac.compare_digest(okm[32:], commitment):
+    okm = HKDF(algorithm=hashes.SHA512(), length=96, salt=salt, info=info).derive(dek)
+    expected_tag = hmac.new(okm[64:96], authenticated, hashlib.sha256).digest()
+    if not hmac.compare_digest(okm[32:64], commitment):
+        raise AuthFailed()
+    if not hmac.compare_digest(expected_tag, tag):  # Section 3.2: before any decryption
         raise AuthFailed()
     aead = AESGCM(okm[:32])
 
     def open_segment(index: int, final: bool, ciphertext: bytes) -> bytes:
         nonce = bytes(8) + struct.pack(">I", index)
-        aad = header + struct.pack(">IB", index, 1 if final else 0)
+        aad = core + struct.pack(">IB", index, 1 if final else 0)
         try:
             return aead.decrypt(nonce, ciphertext, aad)
         except InvalidTag:

@@ -52,8 +52,9 @@ def raw_header(
     wrapped_key: bytes = b"\xa5" * 40,
     context: Sequence[tuple[bytes, bytes]] = (),
     context_count: int | None = None,
+    header_tag: bytes = b"\x44" * 32,
 ) -> bytes:
-    """Header bytes per FORMAT.md section 2, with no checks at all."""
+    """Header bytes per FORMAT.md section 2 (core, key block, tag), with no checks at all."""
     fixed = struct.pack(
         ">4sBBH16s32s32s32sI",
         magic,
@@ -73,10 +74,11 @@ def raw_header(
             fixed,
             prefixed(region),
             prefixed(producer_id),
+            struct.pack(">H", count),
+            entries,
             prefixed(kek_uri),
             prefixed(kek_version),
             prefixed(wrapped_key),
-            struct.pack(">H", count),
-            entries,
+            header_tag,
         )
     )

@@ -34,6 +34,7 @@ def test_raw_header_matches_the_sealer() -> None:
         commitment=header.commitment,
         wrapped_key=WRAPPED.ciphertext,
         context=[(b"k", b"v")],
+        header_tag=sealed[length - 32 : length],
     )
     assert rebuilt == sealed[:length]
 
@@ -80,9 +81,15 @@ def test_header_fields_parse() -> None:
         (raw_header(context=[(b"\xc3\xa9", b"1"), (b"z", b"2")]), "out of order"),
         (raw_header(context=[(b"", b"1")]), "context key is empty"),
         (raw_header(context=[(b"k", b"\x80")]), "context value for 'k' is not valid UTF-8"),
-        (raw_header(context_count=2, context=[(b"a", b"1")]), "context key length truncated"),
+        (raw_header(context_count=2, context=[(b"a", b"1")])[:142],
+         "context key length truncated"),
         (raw_header()[:60], "salt truncated: needs 32 bytes, 4 remain"),
         (raw_header()[:125], "region length truncated"),
+        (raw_header()[:135], "context entry count truncated"),
+        (raw_header()[:137], "kek uri length truncated"),
+        (raw_header()[:-33], "wrapped key truncated: needs 40 bytes, 39 remain"),
+        (raw_header()[:-1], "header tag truncated: needs 32 bytes, 31 remain"),
+        (raw_header(kek_version=b"\x07"), "kek version contains a control character"),
     ],
 )
 def test_structural_errors_name_the_field(data: bytes, message: str) -> None:
@@ -134,8 +141,9 @@ def test_region_length_claim_is_checked_before_the_bytes_are_needed() -> None:
                                           "wrapped key", "context key", "context value"])
 def test_every_u16_length_at_its_maximum_claim_is_refused(offset_field: str) -> None:
     base = raw_header(context=[(b"k", b"v")])
-    offsets = {"region": 124, "producer": 128, "kek uri": 134, "kek version": 160,
-               "wrapped key": 163, "context key": 207, "context value": 210}
+    # FORMAT.md section 2: core (fixed 124, region, producer, context), then the key block.
+    offsets = {"region": 124, "producer": 128, "context key": 136, "context value": 139,
+               "kek uri": 142, "kek version": 168, "wrapped key": 171}
     offset = offsets[offset_field]
     claimed = base[:offset] + b"\xff\xff" + base[offset + 2 :]
     with pytest.raises(EnvelopeLimitError, match="length 65535 exceeds"):

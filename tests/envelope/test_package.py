@@ -14,7 +14,7 @@ CONTRACT_NAMES = {
     "KeyTransportError", "KeyReference", "WrappedKey", "DataKey", "dek_wrap_aad",
     "EnvelopeHeader", "read_header", "seal_record", "open_record", "seal_batch", "open_batch",
     "iter_open_batch", "BatchSealer", "TEE_KEY_ALGORITHM", "TeeKeyPair", "seal_to_tee",
-    "report_data_binding", "release_info",
+    "report_data_binding", "release_info", "rewrap_envelope",
 }
 
 

@@ -45,6 +45,7 @@ def test_implementation_reproduces_the_file_byte_for_byte(vectors: dict) -> None
     rebuilt = make_envelope_vectors.build_vectors(vectors["hpke"]["sealed"])
     assert rebuilt["record"]["envelope"] == vectors["record"]["envelope"]
     assert rebuilt["batch"]["envelope"] == vectors["batch"]["envelope"]
+    assert rebuilt["record_rewrapped"]["envelope"] == vectors["record_rewrapped"]["envelope"]
     assert rebuilt == vectors
 
 
@@ -54,6 +55,36 @@ def test_implementation_opens_the_vectors(vectors: dict) -> None:
         envelope = bytes.fromhex(vectors[kind]["envelope"])
         assert opener(envelope, dek) == bytes.fromhex(vectors[kind]["plaintext"])
         assert read_header(envelope)[1] == vectors[kind]["header_length"]
+    rewrapped = bytes.fromhex(vectors["record_rewrapped"]["envelope"])
+    assert open_record(rewrapped, dek) == bytes.fromhex(vectors["record"]["plaintext"])
+    header, length = read_header(rewrapped)
+    assert length == vectors["record_rewrapped"]["header_length"]
+    assert header.wrapped_key == WrappedKey(
+        KeyReference(vectors["inputs"]["kek_uri"], "2"),
+        bytes.fromhex(vectors["record_rewrapped"]["wrapped_key"]),
+    )
+
+
+def test_rewrapped_vector_keeps_core_header_and_payload_bytes(vectors: dict) -> None:
+    """FORMAT.md section 6.4, independently: same core and body, new key block and tag."""
+    dek = bytes.fromhex(vectors["inputs"]["dek"])
+    original = bytes.fromhex(vectors["record"]["envelope"])
+    rewrapped = bytes.fromhex(vectors["record_rewrapped"]["envelope"])
+    before, after = decode(original, dek), decode(rewrapped, dek)
+    assert after.plaintext == before.plaintext
+    assert before.core_length == after.core_length
+    assert original[: before.core_length] == rewrapped[: after.core_length]
+    assert original[before.header_length :] == rewrapped[after.header_length :]
+    assert (after.kek_version, after.wrapped_key.hex()) == (
+        "2", vectors["record_rewrapped"]["wrapped_key"]
+    )
+    assert after.header_tag != before.header_tag
+    # The old tag on the new key block is refused: the key block is authenticated.
+    grafted = rewrapped[: after.header_length - 32] + before.header_tag + original[
+        before.header_length :
+    ]
+    with pytest.raises(AuthFailed):
+        decode(grafted, dek)
 
 
 @pytest.mark.parametrize("kind", ["record", "batch"])
@@ -85,8 +116,15 @@ def test_independent_decoder_is_not_a_rubber_stamp(vectors: dict) -> None:
         decode(record, bytes(32))
     with pytest.raises(AuthFailed):
         decode(record[:-1] + bytes([record[-1] ^ 1]), dek)
-    with pytest.raises(AuthFailed):  # region "eu" -> "ev": header change caught by the AAD
+    with pytest.raises(AuthFailed):  # region "eu" -> "ev": caught by the header tag
         decode(record.replace(b"\x00\x02eu", b"\x00\x02ev", 1), dek)
+    wrapped = bytes.fromhex(vectors["inputs"]["wrapped_key"])
+    with pytest.raises(AuthFailed):  # a key-block byte: only the header tag covers it
+        decode(record.replace(wrapped, wrapped[:-1] + b"\x00", 1), dek)
+    header_length = vectors["record"]["header_length"]
+    with pytest.raises(AuthFailed):  # the tag itself
+        decode(record[: header_length - 1] + bytes([record[header_length - 1] ^ 1])
+               + record[header_length:], dek)
     last_frame = len(batch) - 29
     assert batch[last_frame] == 1
     with pytest.raises(AuthFailed):
@@ -113,9 +151,11 @@ def test_derived_values_follow_the_document(vectors: dict) -> None:
     info = b"sealbeam/envelope/v1\x00\x00\x01"
     assert derived["hkdf_info"] == info.hex()
     okm = HKDF(
-        algorithm=hashes.SHA512(), length=64, salt=bytes.fromhex(inputs["salt"]), info=info
+        algorithm=hashes.SHA512(), length=96, salt=bytes.fromhex(inputs["salt"]), info=info
     ).derive(bytes.fromhex(inputs["dek"]))
-    assert (okm[:32].hex(), okm[32:].hex()) == (derived["aes_key"], derived["commitment"])
+    assert (okm[:32].hex(), okm[32:64].hex(), okm[64:].hex()) == (
+        derived["aes_key"], derived["commitment"], derived["header_key"]
+    )
 
     def prefixed(raw: bytes) -> bytes:
         return struct.pack(">H", len(raw)) + raw
@@ -173,10 +213,16 @@ def test_hpke_vector_opens_with_the_library_and_independently(vectors: dict) -> 
 def test_format_document_shows_the_vector_bytes(vectors: dict) -> None:
     document = FORMAT_DOC.read_text(encoding="utf-8")
     hex_runs = "".join(re.findall(r"^[0-9a-f]{2,64}$", document, flags=re.MULTILINE))
-    assert vectors["record"]["envelope"] + vectors["batch"]["envelope"] == hex_runs
+    assert (
+        vectors["record"]["envelope"]
+        + vectors["batch"]["envelope"]
+        + vectors["record_rewrapped"]["envelope"]
+        == hex_runs
+    )
     for value in (
         vectors["derived"]["aes_key"],
         vectors["derived"]["commitment"],
+        vectors["derived"]["header_key"],
         vectors["derived"]["key_id"],
         vectors["derived"]["hkdf_info"],
         vectors["derived"]["dek_wrap_aad"],

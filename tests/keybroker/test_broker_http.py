@@ -287,6 +287,40 @@ def test_unknown_kek_version_session_and_named_key(
     assert last_entry(broker, "release-named").decision == "denied"
 
 
+def test_generate_records_the_spec_fingerprint_and_purpose(
+    broker: RunningBroker, client: BrokerClient, keyring: LocalKeyring
+) -> None:
+    tee_keys = TeeKeyPair.generate()
+    session = attest(client, provider(broker), tee_keys)
+    fingerprint = bytes(range(100, 132))
+    sealed, wrapped = client.generate(
+        session, "eu", "acme", spec_fingerprint=fingerprint, purpose="features/v1"
+    )
+    output_key = tee_keys.open(sealed, release_info(GENERATE_PURPOSE, wrapped.key_id))
+    assert keyring.unwrap(wrapped, dek_wrap_aad("eu", "acme")) == output_key
+    entry = last_entry(broker, "generate")
+    assert entry.decision == "granted" and entry.details["key_id"] == wrapped.key_id
+    assert entry.details["spec_fingerprint"] == fingerprint.hex()
+    assert entry.details["purpose"] == "features/v1"
+
+    client.generate(session, "eu", "acme")  # the fields stay optional
+    assert "spec_fingerprint" not in last_entry(broker, "generate").details
+
+    body = {"session_id": session.id, "region": "eu", "producer_id": "acme"}
+    upper = httpx.post(f"{broker.url}/v1/keys/generate",
+                       json={**body, "spec_fingerprint": fingerprint.hex().upper()})
+    assert upper.status_code == 200
+    assert last_entry(broker, "generate").details["spec_fingerprint"] == fingerprint.hex()
+    entries_before = len(ledger_entries(broker))
+    for bad in ({"spec_fingerprint": "ab" * 31}, {"spec_fingerprint": "g" * 64},
+                {"purpose": "new\nline"}, {"purpose": "p" * 65}):
+        refused = httpx.post(f"{broker.url}/v1/keys/generate", json={**body, **bad})
+        assert refused.status_code == 422, bad
+        assert refused.json()["error"] == "invalid_request"
+        assert next(iter(bad)) in refused.json()["reason"]
+    assert len(ledger_entries(broker)) == entries_before  # refused before the service
+
+
 def test_malformed_requests(broker: RunningBroker, client: BrokerClient) -> None:
     nonce = base64.b64encode(client.challenge()).decode()
     good_key = base64.b64encode(TeeKeyPair.generate().public_bytes()).decode()

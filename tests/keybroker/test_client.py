@@ -17,6 +17,7 @@ from keybroker.client import (
     BrokerError,
     BrokerNotFoundError,
     BrokerProtocolError,
+    BrokerRequestError,
     BrokerSession,
     BrokerUnavailableError,
 )
@@ -101,6 +102,62 @@ def test_generate_returns_sealed_key_and_wrapped_key() -> None:
 
     with client_for(handler) as client:
         assert client.generate(SESSION, "eu", "acme") == (b"sealed", WRAPPED)
+
+
+def _generate_reply(request: httpx.Request) -> httpx.Response:
+    return httpx.Response(
+        200,
+        json={"sealed_dek": b64(b"sealed"), "kek_uri": WRAPPED.kek.uri, "kek_version": "1",
+              "wrapped_dek": b64(WRAPPED.ciphertext), "key_id": WRAPPED.key_id,
+              "simulated": False},
+    )
+
+
+def test_generate_sends_spec_fingerprint_and_purpose_only_when_given() -> None:
+    bodies: list[dict] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        bodies.append(json.loads(request.content))
+        return _generate_reply(request)
+
+    fingerprint = bytes(range(32))
+    with client_for(handler) as client:
+        client.generate(SESSION, "eu", "acme")
+        client.generate(SESSION, "eu", "acme", spec_fingerprint=fingerprint)
+        client.generate(SESSION, "eu", "acme", spec_fingerprint=fingerprint.hex().upper(),
+                        purpose="features/v1")
+    base = {"session_id": "session-id", "region": "eu", "producer_id": "acme"}
+    assert bodies == [
+        base,
+        {**base, "spec_fingerprint": fingerprint.hex()},
+        {**base, "spec_fingerprint": fingerprint.hex(), "purpose": "features/v1"},
+    ]
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"spec_fingerprint": b"\x01" * 31}, "spec_fingerprint: expected 32 bytes, got 31"),
+        ({"spec_fingerprint": "ab" * 31}, "spec_fingerprint: expected 32 bytes or 64 hex"),
+        ({"spec_fingerprint": "zz" * 32}, "spec_fingerprint: expected 32 bytes or 64 hex"),
+        ({"spec_fingerprint": 7}, "spec_fingerprint"),
+        ({"purpose": ""}, "purpose: expected 1-64 characters"),
+        ({"purpose": "line\nbreak"}, "purpose"),
+        ({"purpose": "x" * 65}, "purpose"),
+    ],
+)
+def test_generate_refuses_malformed_spec_arguments_before_sending(
+    options: dict, message: str
+) -> None:
+    sent: list[httpx.Request] = []
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        sent.append(request)
+        return _generate_reply(request)
+
+    with client_for(handler) as client, pytest.raises(BrokerRequestError, match=message):
+        client.generate(SESSION, "eu", "acme", **options)
+    assert sent == []
 
 
 @pytest.mark.parametrize(

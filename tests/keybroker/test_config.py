@@ -17,10 +17,18 @@ from keybroker.config import (
     StateExistsError,
     init_state,
 )
+from keybroker.kms.backend_settings import (
+    AzureKvSettings,
+    GcpKmsSettings,
+    KmsBackendSettings,
+    Pkcs11Settings,
+)
 from keybroker.kms.base import KmsUnwrapError
 from keybroker.kms.local import LocalKeyring
 from keybroker.kms.named_keys import NamedKeyStore, named_key_aad
+from keybroker.ledger import AuditLedger
 from keybroker.policy import ReleasePolicy
+from keybroker.service.app import create_app
 from pipelines.commands import broker as broker_command
 from pipelines.commands import keys as keys_command
 
@@ -196,3 +204,125 @@ def test_broker_serve_cli_reports_a_missing_state(
     code = run_cli(broker_command, "broker", "serve", "--state", str(tmp_path / "none"))
     assert code == broker_command.USER_ERROR_EXIT
     assert "cannot read broker settings" in capsys.readouterr().err
+
+
+# -- the kms section and the start-up residency check ------------------------------------------
+
+GCP_EU_KEK = "gcp-kms://projects/p/locations/europe-west3/keyRings/eu/cryptoKeys/kek"
+GCP_US_KEK = "gcp-kms://projects/p/locations/us-central1/keyRings/us/cryptoKeys/kek"
+
+
+def _load_with(directory: Path, tmp_path: Path, change: dict) -> BrokerSettings:
+    document = yaml.safe_load((directory / "broker.yaml").read_text())
+    document.update(change)
+    path = directory / "changed-broker.yaml"  # beside the state: relative paths stay valid
+    path.write_text(yaml.safe_dump(document))
+    return BrokerSettings.load(path)
+
+
+def test_kms_section_round_trips_with_paths_relative_to_the_file(
+    state: tuple[Path, BrokerSettings], tmp_path: Path
+) -> None:
+    directory, _settings = state
+    kms = {
+        "gcp_kms": {
+            "endpoint": "cloudkms.europe-west3.rep.googleapis.com",
+            "credentials_file": "gcp.json",
+            "region_locations": {"eu": ["europe-west3", "eu"], "us": ["us-central1"]},
+        },
+        "azure_kv": {"allowed_hosts": ["Vault.Internal:8443"], "ca_bundle": "ca.pem",
+                     "credential": "workload-identity", "client_id": "abc-123",
+                     "verify_challenge_resource": False},
+        "pkcs11": {"module": "/opt/hsm-vendor/lib/libvendor-pkcs11.so"},
+    }
+    settings = _load_with(directory, tmp_path, {"kms": kms})
+    assert settings.kms == KmsBackendSettings(
+        gcp_kms=GcpKmsSettings(
+            endpoint="cloudkms.europe-west3.rep.googleapis.com",
+            credentials_file=(directory / "gcp.json").resolve(),
+            region_locations={"eu": ("europe-west3", "eu"), "us": ("us-central1",)},
+        ),
+        azure_kv=AzureKvSettings(
+            allowed_hosts=("vault.internal:8443",), ca_bundle=(directory / "ca.pem").resolve(),
+            credential="workload-identity", client_id="abc-123", verify_challenge_resource=False,
+        ),
+        pkcs11=Pkcs11Settings(module=Path("/opt/hsm-vendor/lib/libvendor-pkcs11.so")),
+    )
+    written = settings.to_mapping()
+    assert written["kms"]["gcp_kms"]["credentials_file"] == "gcp.json"
+    assert BrokerSettings.from_mapping(written, base_dir=directory) == settings
+    assert _load_with(directory, tmp_path, {"kms": {"gcp_kms": {}}}).kms == KmsBackendSettings(
+        gcp_kms=GcpKmsSettings()
+    )
+
+
+@pytest.mark.parametrize(
+    ("kms", "message"),
+    [
+        ({"vault": {}}, r"kms: unknown field\(s\) vault"),
+        ({"pkcs11": {"module": "m.so", "pin": "1234"}},
+         r"kms\.pkcs11\.pin: .*only from the environment variable SEALBEAM_PKCS11_PIN"),
+        ({"pkcs11": {}}, r"kms\.pkcs11\.module: expected the path"),
+        ({"gcp_kms": {"region_locations": {"eu": []}}},
+         r"kms\.gcp_kms\.region_locations\.eu: expected a list of 1\.\.64"),
+        ({"gcp_kms": {"region_locations": {"eu": ["Europe West"]}}},
+         r"kms\.gcp_kms\.region_locations\.eu\[0\]: not a Cloud KMS location"),
+        ({"gcp_kms": {"endpoint": "https://x/"}}, r"kms\.gcp_kms\.endpoint"),
+        ({"gcp_kms": {"credentials": "x"}}, r"kms\.gcp_kms: unknown field\(s\) credentials"),
+        ({"azure_kv": {"credential": "password"}}, r"kms\.azure_kv\.credential: expected one of"),
+        ({"azure_kv": {"verify_challenge_resource": False}},
+         r"verify_challenge_resource: may be false only together with allowed_hosts"),
+        ({"azure_kv": {"allowed_hosts": ["a/b"]}}, r"kms\.azure_kv\.allowed_hosts\[0\]"),
+        ({"azure_kv": {"verify_challenge_resource": "no"}},
+         r"kms\.azure_kv\.verify_challenge_resource: expected true or false"),
+        (["gcp_kms"], r"kms: expected a mapping"),
+    ],
+)
+def test_kms_settings_errors_name_the_field(
+    state: tuple[Path, BrokerSettings], tmp_path: Path, kms: object, message: str
+) -> None:
+    directory, _settings = state
+    with pytest.raises(ConfigError, match=message):
+        _load_with(directory, tmp_path, {"kms": kms})
+
+
+@pytest.mark.parametrize(
+    ("region_keks", "kms", "message"),
+    [
+        ({"eu": GCP_US_KEK},
+         {"gcp_kms": {"region_locations": {"eu": ["europe-west3"]}}},
+         r"region_keks|location 'us-central1', which region 'eu' does not allow"),
+        ({"eu": GCP_EU_KEK},
+         {"gcp_kms": {"region_locations": {"us": ["us-central1"]}}},
+         r"region 'eu': no Cloud KMS locations are allowed for it"),
+        ({"eu": GCP_EU_KEK}, None,
+         r"region_keks\.eu: .* needs the 'gcp-kms' backend, which broker\.yaml does not configure"),
+        ({"eu": "vault://transit/kek"}, None, r"region_keks\.eu: .*'vault'"),
+    ],
+)
+def test_broker_refuses_to_start_with_a_region_kek_it_cannot_serve(
+    tmp_path: Path, region_keks: dict, kms: dict | None, message: str
+) -> None:
+    directory = tmp_path / "state"
+    init_state(directory, allowed_measurements=(MEASUREMENT,))
+    settings = _load_with(directory, tmp_path, {"region_keks": region_keks, "kms": kms})
+    with pytest.raises(ConfigError, match=message) as refused:
+        create_app(settings)
+    assert str(refused.value).startswith("broker settings refused: ")
+    assert not settings.ledger_path.exists()  # refused before anything was recorded
+
+
+def test_broker_starts_with_a_gcp_kek_in_an_allowed_location(tmp_path: Path) -> None:
+    directory = tmp_path / "state"
+    init_state(directory, allowed_measurements=(MEASUREMENT,))
+    settings = _load_with(directory, tmp_path, {
+        "region_keks": {"eu": GCP_EU_KEK, "us": "local://keyring/us/kek-1"},
+        "kms": {"gcp_kms": {"region_locations": {"eu": ["europe-west1", "europe-west3"]}}},
+    })
+    app = create_app(settings)  # the Cloud KMS client is opened on first use, not here
+    app.state.service.close()
+    with AuditLedger(settings.ledger_path, read_only=True) as ledger:
+        (start,) = list(ledger.entries())
+    assert start.event == "broker-start"
+    assert start.details["region_keks"] == {"eu": GCP_EU_KEK, "us": "local://keyring/us/kek-1"}
+    assert start.details["dek_cache"]["enabled"] is True

@@ -13,6 +13,8 @@ from keybroker.attestation.errors import (
     ReportDataMismatchError,
     TrustStoreError,
 )
+from keybroker.dek_cache import UnwrapWaitTimeoutError
+from keybroker.kms.backend_settings import KmsSettingsError
 from keybroker.kms.base import (
     InsecureKeyringError,
     KeyDestroyedError,
@@ -24,6 +26,7 @@ from keybroker.kms.base import (
     KmsUnwrapError,
     UnsupportedKmsSchemeError,
 )
+from keybroker.kms.registry import KekLocationError, KmsBackendUnavailableError
 from keybroker.ledger import LedgerError
 from keybroker.service.errors import (
     INTERNAL_ERROR_REASON,
@@ -51,6 +54,10 @@ TABLE = [
     (KeyDestroyedError("destroyed"), 404, "key_destroyed"),
     (KmsUnwrapError(), 400, "wrapped_key_rejected"),
     (KmsTransientError("timeout"), 503, "kms_unavailable"),
+    (UnwrapWaitTimeoutError("waited 60s"), 503, "kms_unavailable"),
+    (KekLocationError("KEK in us-central1 for region eu"), 403, "kek_location_denied"),
+    (KmsBackendUnavailableError("google-cloud-kms missing"), 500, "kms_error"),
+    (KmsSettingsError("kms.pkcs11.module"), 500, "kms_error"),
     (KmsError("other"), 500, "kms_error"),
     (KeyringFormatError("bad"), 500, "kms_error"),
     (InsecureKeyringError("0644"), 500, "kms_error"),

@@ -1,4 +1,5 @@
-"""The batch pipeline on FnApiRunner with a real broker, including a corrupted input file."""
+"""The batch pipeline on FnApiRunner with a real broker: a corrupted input file, a feature spec
+whose constraints some rows break, and Parquet Modular Encryption output."""
 
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ def _options(broker: BrokerEnv, input_pattern: str, output_root: Path, **extra: 
              ) -> PipelineOptions:
     flags = {"input": input_pattern, "output_root": str(output_root), "broker_url": broker.url,
              "tee": "simulated-sev-snp", "dev_tee_dir": str(broker.dev_tee_dir),
-             "regions": ",".join(REGIONS), "amount_mean": "60", "amount_std": "40", **extra}
+             "regions": ",".join(REGIONS), **extra}
     return PipelineOptions(flags=[f"--{k}={v}" for k, v in flags.items()])
 
 
@@ -75,7 +76,8 @@ def test_outputs_open_per_region_with_every_good_row(corrupted_run, broker: Brok
         table = open_outputs([work / "out" / region], keyring=broker.keyring, region=region)
         assert set(table.column("region").to_pylist()) == {region}
         rows += table.num_rows
-    assert rows == summary.rows_out == summary.records_out
+    assert rows == summary.rows_out
+    assert summary.rows_out + summary.rows_suppressed == summary.records_out  # a row per record
     assert summary.outputs_by_region and sum(summary.outputs_by_region.values()) == \
         summary.output_files
 
@@ -96,7 +98,7 @@ def test_broker_calls_are_one_per_key_not_per_record(corrupted_run) -> None:
 
 def test_reconciliation_failure_is_reported() -> None:
     broken = RunSummary(records_in=10, records_out=7, dead_letters=2, rows_out=7,
-                        output_files=1, broker_calls=4)
+                        output_files=1, broker_calls=4, rows_suppressed=1)
     assert not broken.reconciled
     with pytest.raises(ReconciliationError, match="records_in=10"):
         check_reconciled(broken)
@@ -107,3 +109,16 @@ def test_missing_options_are_user_errors(broker: BrokerEnv, tmp_path: Path) -> N
         run_batch(PipelineOptions(flags=[f"--output_root={tmp_path}"]))
     with pytest.raises(PipelineError, match="region"):
         run_batch(_options(broker, str(tmp_path / "*.sealed"), tmp_path, regions="EU"))
+    with pytest.raises(PipelineError, match="features"):
+        run_batch(_options(broker, str(tmp_path / "*.sealed"), tmp_path,
+                           feature_spec=str(_bad_spec(tmp_path))))
+    with pytest.raises(PipelineError, match="cannot read spec file"):
+        run_batch(_options(broker, str(tmp_path / "*.sealed"), tmp_path,
+                           feature_spec=str(tmp_path / "missing.yaml")))
+
+
+def _bad_spec(directory: Path) -> Path:
+    path = directory / "bad.yaml"
+    path.write_text("version: 1\ninput: {columns: [{name: a, type: string}]}\n"
+                    "features: [{name: a2, op: standardize, input: nowhere, mean: 0, std: 1}]\n")
+    return path

@@ -69,25 +69,26 @@ def test_seal_run_open_round_trip(broker: BrokerEnv, tmp_path: Path,
 
     code = cli.main(["run", "batch", f"--input={tmp_path / 'sealed' / '*.sealed'}",
                      f"--output_root={tmp_path / 'out'}", f"--broker_url={broker.url}",
-                     f"--dev_tee_dir={broker.dev_tee_dir}", "--amount_std=50"])
+                     f"--dev_tee_dir={broker.dev_tee_dir}"])
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert code == 0
     assert (summary["records_in"], summary["records_out"], summary["dead_letters"]) == (120, 120, 0)
     assert summary["reconciled"] is True
+    assert summary["rows_out"] + summary["rows_suppressed"] == 120
 
-    eu_rows = sum(f.records for f in files if f.region == "eu")
     assert cli.main(["open", str(tmp_path / "out" / "eu"), "--region", "eu",
                      "--state", str(broker.state_dir), "--output",
                      str(tmp_path / "eu.parquet")]) == 0
     table = pq.read_table(tmp_path / "eu.parquet")
-    assert table.num_rows == eu_rows
     assert "email" not in table.column_names and "name" not in table.column_names
-    capsys.readouterr()
+    opened = json.loads(capsys.readouterr().out)
+    assert opened["rows"] == table.num_rows
+    assert opened["spec_fingerprint"] == summary["spec_fingerprint"]
 
     assert cli.main(["open", str(tmp_path / "out" / "us"), "--region", "us",
                      "--state", str(broker.state_dir)]) == 0
     rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
-    assert len(rows) == 120 - eu_rows
+    assert len(rows) + table.num_rows == summary["rows_out"]
     assert all(len(r["customer_pseudonym"]) == 64 for r in rows)
 
     code = cli.main(["open", str(tmp_path / "out" / "us"), "--region", "eu",
@@ -95,3 +96,46 @@ def test_seal_run_open_round_trip(broker: BrokerEnv, tmp_path: Path,
     err = capsys.readouterr().err
     assert code == 2
     assert "belongs to region 'us'" in err
+
+
+def test_parquet_pme_through_the_cli_with_a_features_only_reader(
+        broker: BrokerEnv, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    files = write_partner_files(tmp_path / "partner", 60, files_per_group=1, seed=5)
+    for partner_file in files:
+        assert cli.main(["seal", "--input", str(partner_file.path), "--output",
+                         str(tmp_path / "sealed" / f"{partner_file.path.stem}.sealed"),
+                         "--region", partner_file.region, "--producer", partner_file.producer_id,
+                         "--state", str(broker.state_dir)]) == 0
+    code = cli.main(["run", "batch", f"--input={tmp_path / 'sealed' / '*.sealed'}",
+                     f"--output_root={tmp_path / 'out'}", f"--broker_url={broker.url}",
+                     f"--dev_tee_dir={broker.dev_tee_dir}", "--output_format=parquet-pme"])
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert code == 0 and summary["output_format"] == "parquet-pme"
+    assert list((tmp_path / "out" / "eu").glob("part-*.parquet"))
+
+    assert cli.main(["open", str(tmp_path / "out" / "eu"), "--region", "eu", "--state",
+                     str(broker.state_dir), "--roles", "features", "--columns",
+                     "amount_z,region"]) == 0
+    captured = capsys.readouterr()
+    rows = [json.loads(line) for line in captured.out.splitlines()]
+    assert rows and all(set(r) == {"amount_z", "region"} for r in rows)
+
+    code = cli.main(["open", str(tmp_path / "out" / "eu"), "--region", "eu", "--state",
+                     str(broker.state_dir), "--roles", "features", "--columns",
+                     "customer_pseudonym"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "PmeKeyScopeError" in err
+
+
+def test_a_bad_feature_spec_is_one_line_naming_the_problem(
+        broker: BrokerEnv, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    spec = tmp_path / "spec.yaml"
+    spec.write_text("version: 1\ninput: {columns: [{name: a, type: string}]}\n"
+                    "features: [{name: b, op: standardize, input: a, mean: 0, std: 1}]\n")
+    (tmp_path / "in.sealed").write_text("")
+    code = cli.main(["run", "batch", f"--input={tmp_path / 'in.sealed'}",
+                     f"--output_root={tmp_path / 'out'}", f"--broker_url={broker.url}",
+                     f"--dev_tee_dir={broker.dev_tee_dir}", f"--feature_spec={spec}"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1
+    assert "features[0]" in err and "line 3" in err

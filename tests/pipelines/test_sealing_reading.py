@@ -9,8 +9,8 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from enclave_workers.records import parse_records, table_from_ipc
-from envelope import DataKey, dek_wrap_aad, open_batch, open_record, read_header
+from enclave_workers.records import parse_records, table_from_ipc, table_to_ipc
+from envelope import DataKey, dek_wrap_aad, open_batch, open_record, read_header, seal_batch
 from pipelines.errors import InputFileError, PipelineError, ReaderRegionError
 from pipelines.reading import open_output
 from pipelines.sealing import seal_file
@@ -85,3 +85,16 @@ def test_reader_refuses_other_regions_and_non_feature_envelopes(broker: BrokerEn
     (tmp_path / "junk.sbatch").write_bytes(b"junk")
     with pytest.raises(InputFileError, match="not a sealed envelope"):
         open_output(tmp_path / "junk.sbatch", keyring=broker.keyring, region="eu")
+
+
+def test_reader_refuses_rows_whose_fingerprint_differs_from_the_header(
+        broker: BrokerEnv, tmp_path: Path) -> None:
+    table = parse_records([json.dumps(person(0, "eu")).encode()]).table
+    data_key, wrapped = broker.wrap_new_key("eu", "acme")
+    envelope = seal_batch(table_to_ipc(table), data_key=data_key, wrapped_key=wrapped,
+                          region="eu", producer_id="acme", schema_fingerprint=bytes(32),
+                          context={"sealbeam.kind": "features", "sealbeam.spec": "00" * 32})
+    path = tmp_path / "forged.sbatch"
+    path.write_bytes(envelope)
+    with pytest.raises(PipelineError, match="another spec fingerprint"):
+        open_output(path, keyring=broker.keyring, region="eu")

@@ -18,7 +18,7 @@ def test_json_line_shape() -> None:
                                           b"\x00sealed\xff", records=1))
     assert line.endswith(b"\n")
     assert json.loads(line) == {"record_id": "ab12", "reason": "envelope failed authentication",
-                                "stage": "open", "records": 1,
+                                "stage": "open", "records": 1, "rows": 0,
                                 "sealed_b64": base64.b64encode(b"\x00sealed\xff").decode()}
 
 

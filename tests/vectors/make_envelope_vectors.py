@@ -1,6 +1,8 @@
 """Write tests/vectors/envelope_v1.json: the known-answer vectors of docs/FORMAT.md.
 
 Run from the repository root: ``.venv/bin/python -m tests.vectors.make_envelope_vectors``.
+Besides the record and batch envelopes it holds the record **rewrapped** under KEK version 2
+(``rewrap_envelope``): same payload bytes, new key block and header tag.
 Every value is deterministic except the HPKE ciphertext (HPKE encapsulation is randomized);
 it is kept from the existing file when present, so regenerating is idempotent.
 The inputs here are the vector's definition; tests/envelope/test_vectors.py recomputes the
@@ -20,9 +22,10 @@ from envelope import (
     dek_wrap_aad,
     release_info,
     report_data_binding,
+    rewrap_envelope,
     seal_to_tee,
 )
-from envelope._keyschedule import derive_envelope_key, hkdf_info
+from envelope._keyschedule import derive_envelope_keys, hkdf_info
 from envelope.batch import _seal_batch_with
 from envelope.header import ALGORITHM_AES256GCM_HKDF_SHA512, read_header
 from envelope.record import _seal_record_with
@@ -49,6 +52,10 @@ BATCH = {
     "envelope_id": bytes(range(0x50, 0x60)).hex(),
     "segment_size": 16,
     "plaintext": b"0123456789abcdefghijklmnopqrstuvwxyzABCD".hex(),
+}
+REWRAP = {
+    "kek_version": "2",
+    "wrapped_key": bytes(range(0xC0, 0xEC)).hex(),  # 44 bytes: the header gets shorter
 }
 HPKE = {
     "mlkem_seed": bytes(range(0x00, 0x40)).hex(),
@@ -93,9 +100,19 @@ def build_vectors(previous_hpke_sealed: str | None = None) -> dict[str, object]:
         segment_size=BATCH["segment_size"],
         **arguments,
     )
-    cipher_key_and_commitment = _derived(salt)
+    derived_keys = _derived(salt)
     wrapped_key = arguments["wrapped_key"]
     assert isinstance(wrapped_key, WrappedKey)
+    data_key = arguments["data_key"]
+    assert isinstance(data_key, DataKey)
+    rewrapped = rewrap_envelope(
+        record,
+        data_key,
+        WrappedKey(
+            KeyReference(INPUTS["kek_uri"], REWRAP["kek_version"]),
+            bytes.fromhex(REWRAP["wrapped_key"]),
+        ),
+    )
     tee = TeeKeyPair._from_seeds(
         bytes.fromhex(HPKE["mlkem_seed"]), bytes.fromhex(HPKE["x25519_private"])
     )
@@ -109,8 +126,9 @@ def build_vectors(previous_hpke_sealed: str | None = None) -> dict[str, object]:
         "inputs": INPUTS,
         "derived": {
             "hkdf_info": hkdf_info(ALGORITHM_AES256GCM_HKDF_SHA512).hex(),
-            "aes_key": cipher_key_and_commitment[0],
-            "commitment": cipher_key_and_commitment[1],
+            "aes_key": derived_keys[0],
+            "commitment": derived_keys[1],
+            "header_key": derived_keys[2],
             "dek_wrap_aad": dek_wrap_aad(INPUTS["region"], INPUTS["producer_id"]).hex(),
             "key_id": wrapped_key.key_id,
         },
@@ -118,6 +136,11 @@ def build_vectors(previous_hpke_sealed: str | None = None) -> dict[str, object]:
             **RECORD,
             "header_length": read_header(record)[1],
             "envelope": record.hex(),
+        },
+        "record_rewrapped": {
+            **REWRAP,
+            "header_length": read_header(rewrapped)[1],
+            "envelope": rewrapped.hex(),
         },
         "batch": {
             **BATCH,
@@ -140,22 +163,22 @@ def build_vectors(previous_hpke_sealed: str | None = None) -> dict[str, object]:
     }
 
 
-def _derived(salt: bytes) -> tuple[str, str]:
-    """The AES key and commitment, exposed for implementers debugging a decoder."""
+def _derived(salt: bytes) -> tuple[str, str, str]:
+    """AES key, commitment and header key, exposed for implementers debugging a decoder."""
     from cryptography.hazmat.primitives import hashes
     from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
     okm = HKDF(
         algorithm=hashes.SHA512(),
-        length=64,
+        length=96,
         salt=salt,
         info=hkdf_info(ALGORITHM_AES256GCM_HKDF_SHA512),
     ).derive(bytes.fromhex(INPUTS["dek"]))
-    _, commitment = derive_envelope_key(
+    keys = derive_envelope_keys(
         DataKey(bytes.fromhex(INPUTS["dek"])), salt, ALGORITHM_AES256GCM_HKDF_SHA512
     )
-    assert commitment == okm[32:]
-    return okm[:32].hex(), commitment.hex()
+    assert (keys.commitment, keys.header_key) == (okm[32:64], okm[64:96])
+    return okm[:32].hex(), keys.commitment.hex(), keys.header_key.hex()
 
 
 def _opens(tee: TeeKeyPair, sealed_hex: str, info: bytes) -> bytes | None:

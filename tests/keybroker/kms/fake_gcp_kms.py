@@ -1,6 +1,8 @@
 """A local Cloud KMS for tests: a real gRPC server speaking google.cloud.kms.v1 on loopback.
 
-It implements Encrypt, Decrypt and GetCryptoKey of ``google.cloud.kms.v1.KeyManagementService``
+It implements Encrypt, Decrypt, GetCryptoKey and the key-lifecycle calls CreateCryptoKeyVersion,
+UpdateCryptoKeyPrimaryVersion, DestroyCryptoKeyVersion and UpdateCryptoKeyVersion (state only)
+of ``google.cloud.kms.v1.KeyManagementService``
 with the real protobuf messages (proto-plus ``serialize``/``deserialize``), so the real
 ``google-cloud-kms`` client talks to it over an insecure channel. Keys have numbered
 versions, each with its own AES-256 key; ciphertexts name their version, as Cloud KMS's do,
@@ -173,6 +175,22 @@ class FakeKeyManagementService:
             "GetCryptoKey": self._handler(
                 self._get_crypto_key, kms_types.GetCryptoKeyRequest, kms_types.CryptoKey
             ),
+            "CreateCryptoKeyVersion": self._handler(
+                self._create_crypto_key_version, kms_types.CreateCryptoKeyVersionRequest,
+                kms_types.CryptoKeyVersion,
+            ),
+            "UpdateCryptoKeyPrimaryVersion": self._handler(
+                self._update_primary_version, kms_types.UpdateCryptoKeyPrimaryVersionRequest,
+                kms_types.CryptoKey,
+            ),
+            "DestroyCryptoKeyVersion": self._handler(
+                self._destroy_crypto_key_version, kms_types.DestroyCryptoKeyVersionRequest,
+                kms_types.CryptoKeyVersion,
+            ),
+            "UpdateCryptoKeyVersion": self._handler(
+                self._update_crypto_key_version, kms_types.UpdateCryptoKeyVersionRequest,
+                kms_types.CryptoKeyVersion,
+            ),
         }
         server.add_generic_rpc_handlers(
             (grpc.method_handlers_generic_handler(SERVICE_NAME, handlers),)
@@ -265,6 +283,75 @@ class FakeKeyManagementService:
                 ),
             )
 
+    def _create_crypto_key_version(self, request, context):
+        """A new ENABLED version; like Cloud KMS, creating one does not make it primary."""
+        self._begin("CreateCryptoKeyVersion", request, context)
+        with self._lock:
+            key = self._key(request.parent, context)
+            number = max(key.versions, default=0) + 1
+            key.versions[number] = _Version(number=number, material=AESGCM.generate_key(256))
+            return _version_message(key, key.versions[number])
+
+    def _update_primary_version(self, request, context):
+        self._begin("UpdateCryptoKeyPrimaryVersion", request, context)
+        with self._lock:
+            key = self._key(request.name, context)
+            version_id = request.crypto_key_version_id
+            version = key.versions.get(int(version_id)) if version_id.isdigit() else None
+            if version is None:
+                context.abort(
+                    grpc.StatusCode.NOT_FOUND,
+                    f"CryptoKeyVersion {key.name}/cryptoKeyVersions/{version_id} not found.",
+                )
+            _require_enabled(context, key, version)
+            key.primary = version.number
+            return kms_types.CryptoKey(
+                name=key.name, purpose=key.purpose,
+                primary=_version_message(key, version),
+            )
+
+    def _destroy_crypto_key_version(self, request, context):
+        """ENABLED or DISABLED -> DESTROY_SCHEDULED (the material stays until the real destroy
+        time, as in Cloud KMS, but is never used again); anything else is FAILED_PRECONDITION."""
+        self._begin("DestroyCryptoKeyVersion", request, context)
+        with self._lock:
+            key, version = self._version(request.name, context)
+            if version.state not in (State.ENABLED, State.DISABLED):
+                context.abort(
+                    grpc.StatusCode.FAILED_PRECONDITION,
+                    f"{request.name} cannot be destroyed, current state is: "
+                    f"{State(version.state).name}.",
+                )
+            version.state = State.DESTROY_SCHEDULED
+            return _version_message(key, version)
+
+    def _update_crypto_key_version(self, request, context):
+        """Only ``state`` (ENABLED <-> DISABLED) may be updated, as with Cloud KMS."""
+        self._begin("UpdateCryptoKeyVersion", request, context)
+        if list(request.update_mask.paths) != ["state"]:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "update_mask must be ['state'].")
+        wanted = request.crypto_key_version.state
+        with self._lock:
+            key, version = self._version(request.crypto_key_version.name, context)
+            if wanted not in (State.ENABLED, State.DISABLED) or version.state not in (
+                State.ENABLED, State.DISABLED
+            ):
+                context.abort(
+                    grpc.StatusCode.FAILED_PRECONDITION,
+                    f"{request.crypto_key_version.name} cannot become {State(wanted).name}, "
+                    f"current state is: {State(version.state).name}.",
+                )
+            version.state = wanted
+            return _version_message(key, version)
+
+    def _version(self, name: str, context) -> tuple[_CryptoKey, _Version]:
+        key_name, _, version_text = name.partition("/cryptoKeyVersions/")
+        key = self._key(key_name, context)
+        version = key.versions.get(int(version_text)) if version_text.isdigit() else None
+        if version is None:
+            context.abort(grpc.StatusCode.NOT_FOUND, f"CryptoKeyVersion {name} not found.")
+        return key, version
+
     def _begin(self, method: str, request, context) -> _Prepared | None:
         """Record the call, apply a prepared failure or request corruption, return the rest."""
         prepared = self._take_prepared(method)
@@ -292,6 +379,12 @@ class FakeKeyManagementService:
         if version is None:
             context.abort(grpc.StatusCode.NOT_FOUND, f"CryptoKeyVersion {name} not found.")
         return key, version
+
+
+def _version_message(key: _CryptoKey, version: _Version):
+    return kms_types.CryptoKeyVersion(
+        name=f"{key.name}/cryptoKeyVersions/{version.number}", state=version.state
+    )
 
 
 def _bound_aad(key_name: str, request) -> bytes:

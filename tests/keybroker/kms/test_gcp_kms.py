@@ -449,3 +449,70 @@ def test_fake_fails_a_test_whose_prepared_response_went_unused():
     with pytest.raises(AssertionError, match=r"never used.*Decrypt: status UNAVAILABLE"):
         service.assert_all_used()
     service.assert_all_used()  # reported once, then cleared
+
+
+# --- key lifecycle: rotate, destroy, disable (keybroker.shred) -----------------------------
+
+
+def test_rotate_creates_a_primary_version_and_old_ones_still_unwrap(kms, fake):
+    dek = os.urandom(32)
+    first = kms.wrap(URI, dek, AAD)
+    assert kms.rotate(URI) == KeyReference(URI, "2")
+    assert kms.primary_version(URI) == "2"
+    assert kms.wrap(URI, dek, AAD).kek.version == "2"
+    assert kms.unwrap(first, AAD) == dek
+    assert fake.calls[:3] == ["Encrypt", "CreateCryptoKeyVersion", "UpdateCryptoKeyPrimaryVersion"]
+
+
+def test_create_is_not_retried_but_the_primary_update_is(kms, fake, sleeps):
+    fake.fail_next(grpc.StatusCode.UNAVAILABLE, method="CreateCryptoKeyVersion")
+    with pytest.raises(KmsTransientError, match="UNAVAILABLE"):
+        kms.rotate(URI)
+    assert fake.calls == ["CreateCryptoKeyVersion"] and sleeps == []
+    assert kms.primary_version(URI) == "1"
+    fake.fail_next(grpc.StatusCode.UNAVAILABLE, method="UpdateCryptoKeyPrimaryVersion")
+    assert kms.rotate(URI).version == "2"
+    assert fake.calls.count("UpdateCryptoKeyPrimaryVersion") == 2 and len(sleeps) == 1
+
+
+def test_destroy_version_makes_its_wrapped_keys_fail_as_destroyed(kms, fake):
+    old = kms.wrap(URI, os.urandom(32), AAD)
+    kms.rotate(URI)
+    kms.destroy_version(URI, "1")
+    with pytest.raises(KeyDestroyedError, match="DESTROY_SCHEDULED"):
+        kms.unwrap(old, AAD)
+    with pytest.raises(KeyDestroyedError):  # a repeat: already scheduled
+        kms.destroy_version(URI, "1")
+    with pytest.raises(KeyNotFoundError, match="not a Cloud KMS version number"):
+        kms.destroy_version(URI, "v1")
+    with pytest.raises(KeyNotFoundError, match="NOT_FOUND"):
+        kms.destroy_version(URI, "9")
+
+
+def test_disable_version_is_reversible_refusal(kms, fake):
+    old = kms.wrap(URI, os.urandom(32), AAD)
+    kms.rotate(URI)
+    kms.disable_version(URI, "1")
+    with pytest.raises(KeyDisabledError, match="DISABLED"):
+        kms.unwrap(old, AAD)
+    fake.set_state(KEY, "1", State.ENABLED)
+    assert len(kms.unwrap(old, AAD)) == 32
+
+
+def test_shred_through_the_real_client(kms, fake, tmp_path):
+    from keybroker.ledger import AuditLedger
+    from keybroker.shred import KekLifecycle, ShredRefusedError, rotate_kek, shred_kek_version
+
+    assert isinstance(kms, KekLifecycle)
+    old = kms.wrap(URI, os.urandom(32), AAD)
+    with AuditLedger(tmp_path / "ledger.sqlite") as ledger:
+        with pytest.raises(ShredRefusedError, match="primary"):
+            shred_kek_version(kms, URI, "1", ledger=ledger)
+        assert rotate_kek(kms, URI, ledger=ledger).new_version == "2"
+        shred_kek_version(kms, URI, "1", ledger=ledger)
+        assert [(e.event, e.decision) for e in ledger.entries()] == [
+            ("kek-shred", "denied"), ("kek-rotate", "granted"), ("kek-shred", "granted")
+        ]
+        assert ledger.entries().__next__().details["backend"] == "gcp-kms"
+    with pytest.raises(KeyDestroyedError):
+        kms.unwrap(old, AAD)

@@ -347,3 +347,63 @@ def test_no_pin_or_key_bytes_in_logs_or_repr(kms, kek, softhsm, caplog):
     assert "session lost" in caplog.text
     for secret in (EU.user_pin, dek.hex(), repr(dek)):
         assert secret not in text
+
+
+# --- key lifecycle: rotate, destroy (keybroker.shred) ----------------------------------------
+
+
+def test_rotate_makes_a_new_primary_and_retires_the_old(kms, kek, softhsm):
+    dek = os.urandom(32)
+    old = kms.wrap(kek.uri, dek, AAD)
+    assert kms.primary_version(kek.uri) == kek.version
+    new = kms.rotate(kek.uri)
+    assert new.uri == kek.uri and new.version != kek.version
+    assert kms.primary_version(kek.uri) == new.version
+    assert kms.wrap(kek.uri, dek, AAD).kek == new
+    assert kms.unwrap(old, AAD) == dek
+    label = parse_pkcs11_kek_uri(kek.uri).key_label
+    encrypting = {key[Attribute.ID].hex(): key[Attribute.ENCRYPT]
+                  for key in _token_keys(softhsm, EU, label)}
+    assert encrypting == {kek.version: False, new.version: True}
+
+
+def test_destroy_version_removes_the_key_object_and_unwrap_says_destroyed(kms, kek, softhsm):
+    from keybroker.kms.base import KeyDestroyedError
+
+    dek = os.urandom(32)
+    old = kms.wrap(kek.uri, dek, AAD)
+    with pytest.raises(KmsPermissionError, match="may still encrypt"):
+        kms.destroy_version(kek.uri, kek.version)
+    new = kms.rotate(kek.uri)
+    kms.destroy_version(kek.uri, kek.version)
+    label = parse_pkcs11_kek_uri(kek.uri).key_label
+    with pkcs11.lib(str(softhsm.module)).get_token(token_label=EU.label).open() as session:
+        left = [bytes(key[Attribute.ID]).hex() for key in session.get_objects(
+            {Attribute.CLASS: pkcs11.ObjectClass.SECRET_KEY, Attribute.LABEL: label})]
+        tombstones = [bytes(data[Attribute.VALUE]).hex() for data in session.get_objects(
+            {Attribute.CLASS: pkcs11.ObjectClass.DATA, Attribute.LABEL: label})]
+    assert (left, tombstones) == ([new.version], [kek.version])
+    with pytest.raises(KeyDestroyedError, match=f"version {kek.version} was destroyed"):
+        kms.unwrap(old, AAD)
+    with pytest.raises(KeyDestroyedError):
+        kms.destroy_version(kek.uri, kek.version)
+    with pytest.raises(KeyNotFoundError, match="has no version"):
+        kms.destroy_version(kek.uri, "ab" * 16)
+    assert kms.unwrap(kms.wrap(kek.uri, dek, AAD), AAD) == dek
+
+
+def test_shred_through_the_backend(kms, kek, tmp_path):
+    from keybroker.kms.base import KeyDestroyedError
+    from keybroker.ledger import AuditLedger
+    from keybroker.shred import KekLifecycle, shred_kek_version
+
+    assert isinstance(kms, KekLifecycle)
+    old = kms.wrap(kek.uri, os.urandom(32), AAD)
+    with AuditLedger(tmp_path / "ledger.sqlite") as ledger:
+        result = shred_kek_version(kms, kek.uri, kek.version, ledger=ledger, force=True)
+        assert result.rotated_to == kms.primary_version(kek.uri) != kek.version
+        assert [(e.event, e.decision) for e in ledger.entries()] == [
+            ("kek-rotate", "granted"), ("kek-shred", "granted")
+        ]
+    with pytest.raises(KeyDestroyedError):
+        kms.unwrap(old, AAD)

@@ -1,0 +1,423 @@
+"""Rewrap sealed files under a KEK's new primary version, without re-encrypting any payload.
+
+After ``sealbeam keys rotate`` new data keys are wrapped under the KEK's new version, but
+files sealed earlier still name the old one. :func:`rewrap_paths` walks sealed files and, for
+every envelope whose DEK is wrapped under an older version of the KEK, unwraps the DEK
+through the KMS (``aad = dek_wrap_aad(region, producer)``), wraps it under the primary
+version, checks that the new wrapped key unwraps to the same DEK, and replaces the
+envelope's key block with ``envelope.rewrap_envelope`` / ``rewrap_header``. Every payload
+byte stays as it was. Each distinct DEK is unwrapped and wrapped once per run.
+
+Files it understands: *record files*, one base64 envelope per line (what ``sealbeam seal``
+writes, records or a batch), and *batch files* (``*.sbatch``, one raw envelope, any size:
+only the header prefix is read into memory, the body is copied). A file is rewritten
+atomically (temporary file in the same directory, fsync, rename, directory fsync) or not at
+all. A journal (JSON lines) lists the files completed for this KEK and target version, so an
+interrupted run can be repeated: journaled files are skipped, and a file whose envelopes are
+all under the target version already is left untouched.
+
+What it does not: it does not rotate or destroy KEKs (``keybroker.shred``), does not open
+payloads (so it does not prove them authentic), never touches envelopes under other KEKs,
+and never writes a DEK anywhere.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import contextlib
+import hmac
+import json
+import os
+import secrets
+import shutil
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import BinaryIO
+
+from envelope import (
+    MAX_HEADER_LENGTH,
+    DataKey,
+    EnvelopeError,
+    WrappedKey,
+    dek_wrap_aad,
+    read_header,
+    rewrap_envelope,
+    rewrap_header,
+)
+from envelope.header import EnvelopeHeader
+from keybroker.kms.base import KeyDestroyedError, KeyManagementService, KmsError
+
+__all__ = [
+    "BATCH_SUFFIX",
+    "MAX_RECORD_LINE_BYTES",
+    "RewrapError",
+    "RewrapReport",
+    "find_sealed_files",
+    "rewrap_paths",
+]
+
+BATCH_SUFFIX = ".sbatch"
+# A line holds one base64 envelope; sealed batches written as one line reach 64 MiB.
+MAX_RECORD_LINE_BYTES = (64 << 20) * 4 // 3 + 8
+MAX_JOURNAL_BYTES = 64 << 20
+_RAW_MAGIC = b"SBEV"
+_BASE64_MAGIC = b"U0JFV"  # base64 of "SBEV" begins so
+_PROBE_AAD = b"sealbeam/rewrap/primary-version-probe/v1"
+
+
+class RewrapError(KmsError):
+    """A rewrap run cannot start (bad target version, unreadable journal)."""
+
+
+class _FileFailure(Exception):
+    """One file cannot be rewrapped; the message is the reason for the report."""
+
+
+@dataclass
+class RewrapReport:
+    """What a run did, file by file (paths and counts only, never key bytes)."""
+
+    kek_uri: str
+    target_version: str
+    files_changed: list[str] = field(default_factory=list)
+    files_skipped: list[dict[str, str]] = field(default_factory=list)
+    files_failed: list[dict[str, str]] = field(default_factory=list)
+    envelopes_rewrapped: int = 0
+    envelopes_skipped: int = 0
+    data_keys: int = 0
+
+    @property
+    def ok(self) -> bool:
+        return not self.files_failed
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            "kek": self.kek_uri,
+            "target_version": self.target_version,
+            "files_changed": list(self.files_changed),
+            "files_skipped": list(self.files_skipped),
+            "files_failed": list(self.files_failed),
+            "envelopes_rewrapped": self.envelopes_rewrapped,
+            "envelopes_skipped": self.envelopes_skipped,
+            "data_keys": self.data_keys,
+        }
+
+
+@dataclass
+class _FileOutcome:
+    rewrapped: int = 0
+    skipped: int = 0
+
+
+class _KeyCache:
+    """One unwrap + wrap + check per distinct (wrapped DEK, region, producer) in a run."""
+
+    def __init__(self, kms: KeyManagementService, kek_uri: str, target_version: str) -> None:
+        self._kms = kms
+        self._kek_uri = kek_uri
+        self._target = target_version
+        self._entries: dict[tuple[str, str, str], tuple[DataKey, WrappedKey]] = {}
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def rewrap_keys(self, header: EnvelopeHeader) -> tuple[DataKey, WrappedKey]:
+        cache_key = (header.wrapped_key.key_id, header.region, header.producer_id)
+        cached = self._entries.get(cache_key)
+        if cached is None:
+            cached = self._unwrap_and_wrap(header)
+            self._entries[cache_key] = cached
+        return cached
+
+    def _unwrap_and_wrap(self, header: EnvelopeHeader) -> tuple[DataKey, WrappedKey]:
+        aad = dek_wrap_aad(header.region, header.producer_id)
+        old = header.wrapped_key.kek
+        try:
+            secret = self._kms.unwrap(header.wrapped_key, aad)
+        except KeyDestroyedError as error:
+            raise _FileFailure(
+                f"key destroyed: KEK {old.uri} version {old.version}: {error}"
+            ) from None
+        except KmsError as error:
+            raise _FileFailure(
+                f"cannot unwrap a data key: {type(error).__name__}: {error}"
+            ) from None
+        try:
+            data_key = DataKey(secret)
+        except EnvelopeError as error:
+            raise _FileFailure(f"the KMS returned an unusable data key: {error}") from None
+        try:
+            wrapped = self._kms.wrap(self._kek_uri, secret, aad)
+            again = self._kms.unwrap(wrapped, aad)
+        except KmsError as error:
+            raise _FileFailure(f"cannot wrap under the new version: {type(error).__name__}: "
+                               f"{error}") from None
+        if not hmac.compare_digest(again, secret):
+            raise _FileFailure("the new wrapped key does not unwrap to the same data key")
+        if wrapped.kek.uri != self._kek_uri or wrapped.kek.version != self._target:
+            raise _FileFailure(
+                f"the KMS wrapped under {wrapped.kek.uri} version {wrapped.kek.version}, "
+                f"not version {self._target}: is that version the primary?"
+            )
+        return data_key, wrapped
+
+
+class _Journal:
+    """Completed files of one (KEK, target version), appended and fsynced one by one."""
+
+    def __init__(self, path: Path, kek_uri: str, target_version: str) -> None:
+        self._path = Path(path)
+        self._kek_uri = kek_uri
+        self._target = target_version
+        self._done = self._load()
+
+    def __contains__(self, file: Path) -> bool:
+        return str(file) in self._done
+
+    def record(self, file: Path, status: str) -> None:
+        entry = {"kek": self._kek_uri, "target_version": self._target,
+                 "path": str(file), "status": status}
+        self._path.parent.mkdir(parents=True, exist_ok=True)
+        descriptor = os.open(self._path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+        with os.fdopen(descriptor, "ab") as handle:
+            handle.write(json.dumps(entry, sort_keys=True).encode("utf-8") + b"\n")
+            handle.flush()
+            os.fsync(handle.fileno())
+        self._done.add(str(file))
+
+    def _load(self) -> set[str]:
+        if not self._path.exists():
+            return set()
+        size = self._path.stat().st_size
+        if size > MAX_JOURNAL_BYTES:
+            raise RewrapError(f"journal {self._path} is {size} bytes, over {MAX_JOURNAL_BYTES}")
+        done: set[str] = set()
+        for number, line in enumerate(self._path.read_bytes().splitlines(), start=1):
+            if not line.strip():
+                continue
+            try:
+                entry = json.loads(line)
+            except (UnicodeDecodeError, json.JSONDecodeError):
+                raise RewrapError(f"journal {self._path}:{number}: not a JSON line") from None
+            if not isinstance(entry, dict) or not isinstance(entry.get("path"), str):
+                raise RewrapError(f"journal {self._path}:{number}: no path")
+            if entry.get("kek") == self._kek_uri and entry.get("target_version") == self._target:
+                done.add(entry["path"])
+        return done
+
+
+def find_sealed_files(paths: Iterable[Path], *, exclude: Iterable[Path] = ()) -> Iterator[Path]:
+    """Files named directly, and every non-hidden file under named directories (sorted)."""
+    excluded = {Path(path).resolve() for path in exclude}
+    for path in map(Path, paths):
+        if path.is_dir():
+            candidates = sorted(
+                candidate for candidate in path.rglob("*")
+                if candidate.is_file()
+                and not any(part.startswith(".") for part in candidate.relative_to(path).parts)
+            )
+        elif path.is_file():
+            candidates = [path]
+        else:
+            raise RewrapError(f"{path} does not exist")
+        for candidate in candidates:
+            if candidate.resolve() not in excluded:
+                yield candidate.resolve()
+
+
+def rewrap_paths(
+    paths: Iterable[Path],
+    *,
+    kms: KeyManagementService,
+    kek_uri: str,
+    journal_path: Path,
+    target_version: str | None = None,
+    on_file_done: Callable[[Path], None] | None = None,
+) -> RewrapReport:
+    """Rewrap every envelope under an older version of ``kek_uri`` in the files under ``paths``.
+
+    ``target_version`` defaults to the KEK's primary version; when given it must be the
+    primary (a KMS wraps only under its primary). Per-file problems are reported, not
+    raised; anything else (a crash) propagates, and the journal lets a rerun resume.
+    """
+    primary = primary_version_of(kms, kek_uri)
+    if target_version is not None and target_version != primary:
+        raise RewrapError(
+            f"version {target_version} is not the primary version of {kek_uri} (the primary is "
+            f"{primary}); a KMS wraps only under its primary: rotate first"
+        )
+    target = primary
+    report = RewrapReport(kek_uri=kek_uri, target_version=target)
+    journal = _Journal(journal_path, kek_uri, target)
+    keys = _KeyCache(kms, kek_uri, target)
+    for file in find_sealed_files(paths, exclude=[journal_path]):
+        if file in journal:
+            report.files_skipped.append({"path": str(file), "reason": "done in an earlier run"})
+            continue
+        try:
+            outcome = _rewrap_file(file, keys, kek_uri, target)
+        except _FileFailure as failure:
+            report.files_failed.append({"path": str(file), "reason": str(failure)})
+            continue
+        except OSError as error:
+            report.files_failed.append(
+                {"path": str(file), "reason": f"I/O error: {error.strerror or error}"}
+            )
+            continue
+        if outcome is None:
+            report.files_skipped.append({"path": str(file), "reason": "not a sealed file"})
+            continue
+        report.envelopes_rewrapped += outcome.rewrapped
+        report.envelopes_skipped += outcome.skipped
+        if outcome.rewrapped:
+            report.files_changed.append(str(file))
+            journal.record(file, "changed")
+        else:
+            report.files_skipped.append(
+                {"path": str(file), "reason": f"nothing under an older version of {kek_uri}"}
+            )
+            journal.record(file, "unchanged")
+        if on_file_done is not None:
+            on_file_done(file)
+    report.data_keys = len(keys)
+    return report
+
+
+def primary_version_of(kms: KeyManagementService, kek_uri: str) -> str:
+    """The KEK's primary version: asked of the backend, or read off a probe wrap."""
+    primary_version = getattr(kms, "primary_version", None)
+    if callable(primary_version):
+        return str(primary_version(kek_uri))
+    probe = kms.wrap(kek_uri, secrets.token_bytes(32), _PROBE_AAD)
+    return probe.kek.version
+
+
+def _rewrap_file(
+    file: Path, keys: _KeyCache, kek_uri: str, target: str
+) -> _FileOutcome | None:
+    with file.open("rb") as source:
+        start = source.read(len(_BASE64_MAGIC))
+        source.seek(0)
+        if start.startswith(_RAW_MAGIC):
+            return _rewrap_batch_file(file, source, keys, kek_uri, target)
+        if start == _BASE64_MAGIC:
+            return _rewrap_record_file(file, source, keys, kek_uri, target)
+    if file.suffix == BATCH_SUFFIX:
+        raise _FileFailure("not a sealed envelope (bad magic)")
+    return None
+
+
+def _needs_rewrap(header: EnvelopeHeader, kek_uri: str, target: str) -> bool:
+    kek = header.wrapped_key.kek
+    return kek.uri == kek_uri and kek.version != target
+
+
+def _rewrap_batch_file(
+    file: Path, source: BinaryIO, keys: _KeyCache, kek_uri: str, target: str
+) -> _FileOutcome:
+    prefix = source.read(MAX_HEADER_LENGTH)
+    try:
+        header, _ = read_header(prefix)
+    except EnvelopeError as error:
+        raise _FileFailure(f"not a sealed envelope: {error}") from None
+    if not _needs_rewrap(header, kek_uri, target):
+        return _FileOutcome(skipped=1)
+    data_key, wrapped = keys.rewrap_keys(header)
+    try:
+        new_header, old_length = rewrap_header(prefix, data_key, wrapped)
+    except EnvelopeError as error:
+        raise _FileFailure(f"cannot rewrap: {error}") from None
+    with _AtomicReplacement(file) as replacement:
+        replacement.handle.write(new_header)
+        source.seek(old_length)
+        shutil.copyfileobj(source, replacement.handle, 1 << 20)
+        replacement.commit()
+    return _FileOutcome(rewrapped=1)
+
+
+def _rewrap_record_file(
+    file: Path, source: BinaryIO, keys: _KeyCache, kek_uri: str, target: str
+) -> _FileOutcome:
+    """Stream the lines into a replacement; keep it only if an envelope was rewrapped."""
+    outcome = _FileOutcome()
+    with _AtomicReplacement(file) as replacement:
+        for number, line in enumerate(_bounded_lines(source), start=1):
+            replacement.handle.write(_rewrapped_line(number, line, keys, kek_uri, target,
+                                                     outcome))
+        if outcome.rewrapped:
+            replacement.commit()
+    return outcome
+
+
+def _rewrapped_line(
+    number: int, line: bytes, keys: _KeyCache, kek_uri: str, target: str, outcome: _FileOutcome
+) -> bytes:
+    body = line.rstrip(b"\r\n")
+    if not body.strip():
+        return line
+    try:
+        envelope = base64.b64decode(body, validate=True)
+        header, _ = read_header(envelope)
+    except (binascii.Error, ValueError, EnvelopeError) as error:
+        raise _FileFailure(f"line {number}: not a base64 sealed envelope: {error}") from None
+    if not _needs_rewrap(header, kek_uri, target):
+        outcome.skipped += 1
+        return line
+    data_key, wrapped = keys.rewrap_keys(header)
+    try:
+        rewrapped = rewrap_envelope(envelope, data_key, wrapped)
+    except EnvelopeError as error:
+        raise _FileFailure(f"line {number}: cannot rewrap: {error}") from None
+    outcome.rewrapped += 1
+    return base64.b64encode(rewrapped) + line[len(body) :]
+
+
+def _bounded_lines(source: BinaryIO) -> Iterator[bytes]:
+    number = 0
+    while True:
+        line = source.readline(MAX_RECORD_LINE_BYTES + 1)
+        if not line:
+            return
+        number += 1
+        if len(line) > MAX_RECORD_LINE_BYTES:
+            raise _FileFailure(f"line {number} is longer than {MAX_RECORD_LINE_BYTES} bytes")
+        yield line
+
+
+class _AtomicReplacement:
+    """A sibling temporary file that replaces ``file`` on ``commit`` (fsync, rename, directory
+    fsync) and is deleted otherwise, so a reader sees the old file or the new one."""
+
+    def __init__(self, file: Path) -> None:
+        self._file = file
+        mode = file.stat().st_mode & 0o777
+        self._temporary = file.with_name(f".{file.name}.rewrap-{secrets.token_hex(6)}.tmp")
+        descriptor = os.open(
+            self._temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode
+        )
+        self.handle: BinaryIO = os.fdopen(descriptor, "wb")
+        self._committed = False
+
+    def commit(self) -> None:
+        self.handle.flush()
+        os.fsync(self.handle.fileno())
+        self.handle.close()
+        os.replace(self._temporary, self._file)
+        self._committed = True
+        directory = os.open(self._file.parent, os.O_RDONLY)
+        try:
+            with contextlib.suppress(OSError):
+                os.fsync(directory)
+        finally:
+            os.close(directory)
+
+    def __enter__(self) -> _AtomicReplacement:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        if not self._committed:
+            self.handle.close()
+            with contextlib.suppress(FileNotFoundError):
+                self._temporary.unlink()

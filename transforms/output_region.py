@@ -1,0 +1,46 @@
+"""Which region's key an output needs, read from the output's own bytes.
+
+What it does: for a sealed batch envelope, the region in its header; for a PME Parquet file,
+the region in its footer key's wrapped blob (``pme_footer`` + ``enclave_workers.pme_keys``),
+after checking that the blob names the master key the footer names. ``RouteByRegion`` routes
+by it and ``WriteRegionPinned`` refuses a destination unlike it, so a file can never land in
+a region whose readers would need another region's KEK.
+
+What it does not: no key, no decryption: it reads only what the formats leave in plaintext.
+"""
+
+from __future__ import annotations
+
+from enclave_workers.batch_processor import PARQUET_PME, SEALED_ARROW, SealedOutput
+from enclave_workers.pme_keys import PmeKeyError, WrappedPmeKey
+from envelope import EnvelopeError, read_header
+
+from .errors import TransformError
+from .pme_footer import footer_key_blob
+
+__all__ = ["OutputRegionError", "output_key_region"]
+
+
+class OutputRegionError(TransformError):
+    """An output's bytes do not say which region's key they need."""
+
+
+def output_key_region(output: SealedOutput) -> str:
+    """The region whose KEK wraps the key that opens ``output``."""
+    if output.output_format == SEALED_ARROW:
+        try:
+            header, _ = read_header(output.payload)
+        except EnvelopeError as exc:
+            raise OutputRegionError(f"output is not a sealed envelope: {exc}") from None
+        return header.region
+    if output.output_format == PARQUET_PME:
+        footer = footer_key_blob(output.payload)
+        try:
+            blob = WrappedPmeKey.parse(footer.wrapped_blob)
+        except PmeKeyError as exc:
+            raise OutputRegionError(f"PME footer key: {exc}") from None
+        if blob.master_key_id != footer.master_key_id:
+            raise OutputRegionError("PME footer key blob names another master key than the "
+                                    "footer")
+        return blob.region
+    raise OutputRegionError(f"unknown output format {output.output_format!r}")

@@ -1,0 +1,89 @@
+"""The worker's key session as the confidential step builds it, bound to one feature spec.
+
+What it does: ``make_key_session`` builds the ``KeySession`` a ``ConfidentialProcess`` worker
+uses (broker client, evidence provider, caching limits, a broker-call counter). Its broker
+client is a ``SpecBoundBrokerClient``: every ``generate`` (a fresh output DEK) carries the
+compiled spec's fingerprint, which the broker records in its audit ledger, when the broker
+client supports it (``BrokerClient.generate(..., spec_fingerprint=...)``, checked once with
+``inspect.signature``); older clients are called without it.
+
+What it does not: no key handling of its own; the session opens and caches keys.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from typing import Any
+
+from enclave_workers.key_session import KeySession
+from envelope import WrappedKey
+from keybroker.client import BrokerClient
+
+from .tee import SessionLimits, TeeSettings, make_evidence_provider
+
+__all__ = ["SpecBoundBrokerClient", "make_key_session", "supports_spec_fingerprint"]
+
+SPEC_FINGERPRINT_PARAMETER = "spec_fingerprint"
+
+
+def supports_spec_fingerprint(client: object) -> bool:
+    """Whether ``client.generate`` takes a ``spec_fingerprint`` keyword."""
+    try:
+        parameters = inspect.signature(client.generate).parameters   # type: ignore[attr-defined]
+    except (AttributeError, TypeError, ValueError):
+        return False
+    return SPEC_FINGERPRINT_PARAMETER in parameters
+
+
+class SpecBoundBrokerClient:
+    """A ``BrokerClient`` whose ``generate`` names the feature spec the keys are made for."""
+
+    def __init__(self, client: BrokerClient, spec_fingerprint: str) -> None:
+        self._client = client
+        self._spec_fingerprint = spec_fingerprint
+        self._passes_fingerprint = supports_spec_fingerprint(client)
+
+    @property
+    def records_spec_fingerprint(self) -> bool:
+        return self._passes_fingerprint
+
+    def challenge(self) -> bytes:
+        return self._client.challenge()
+
+    def attest(self, *args: Any, **kwargs: Any) -> Any:
+        return self._client.attest(*args, **kwargs)
+
+    def release(self, session: Any, wrapped_key: WrappedKey, region: str,
+                producer_id: str) -> bytes:
+        return self._client.release(session, wrapped_key, region, producer_id)
+
+    def generate(self, session: Any, region: str, producer_id: str) -> tuple[bytes, WrappedKey]:
+        if self._passes_fingerprint:
+            return self._client.generate(session, region, producer_id,
+                                         spec_fingerprint=self._spec_fingerprint)
+        return self._client.generate(session, region, producer_id)
+
+    def release_named(self, session: Any, name: str) -> bytes:
+        return self._client.release_named(session, name)
+
+    def close(self) -> None:
+        self._client.close()
+
+
+def make_key_session(broker_url: str, tee: TeeSettings, limits: SessionLimits, *,
+                     spec_fingerprint: str, output_key_max_envelopes: int | None = None,
+                     on_broker_call: Callable[[str], None] | None = None) -> KeySession:
+    """A key session for one worker; ``output_key_max_envelopes`` overrides the limit."""
+    broker = SpecBoundBrokerClient(BrokerClient(broker_url), spec_fingerprint)
+    return KeySession(
+        broker,   # type: ignore[arg-type]   (the same calls as BrokerClient)
+        make_evidence_provider(tee),
+        key_ttl_s=limits.key_ttl_s,
+        max_uses_per_key=limits.max_uses_per_key,
+        max_cached_keys=limits.max_cached_keys,
+        output_key_max_envelopes=(output_key_max_envelopes
+                                  if output_key_max_envelopes is not None
+                                  else limits.output_key_max_envelopes),
+        on_broker_call=on_broker_call,
+    )
