@@ -18,17 +18,15 @@ all under the target version already is left untouched.
 
 What it does not: it does not rotate or destroy KEKs (``keybroker.shred``), does not open
 payloads (so it does not prove them authentic), never touches envelopes under other KEKs,
-and never writes a DEK anywhere.
+and never writes a DEK anywhere. Finding files, the journal and atomic replacement live in
+``keybroker.rewrap_files``.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
-import contextlib
 import hmac
-import json
-import os
 import secrets
 import shutil
 from collections.abc import Callable, Iterable, Iterator
@@ -48,6 +46,12 @@ from envelope import (
 )
 from envelope.header import EnvelopeHeader
 from keybroker.kms.base import KeyDestroyedError, KeyManagementService, KmsError
+from keybroker.rewrap_files import (
+    AtomicReplacement,
+    RewrapError,
+    RewrapJournal,
+    find_sealed_files,
+)
 
 __all__ = [
     "BATCH_SUFFIX",
@@ -61,14 +65,9 @@ __all__ = [
 BATCH_SUFFIX = ".sbatch"
 # A line holds one base64 envelope; sealed batches written as one line reach 64 MiB.
 MAX_RECORD_LINE_BYTES = (64 << 20) * 4 // 3 + 8
-MAX_JOURNAL_BYTES = 64 << 20
 _RAW_MAGIC = b"SBEV"
 _BASE64_MAGIC = b"U0JFV"  # base64 of "SBEV" begins so
 _PROBE_AAD = b"sealbeam/rewrap/primary-version-probe/v1"
-
-
-class RewrapError(KmsError):
-    """A rewrap run cannot start (bad target version, unreadable journal)."""
 
 
 class _FileFailure(Exception):
@@ -164,69 +163,6 @@ class _KeyCache:
         return data_key, wrapped
 
 
-class _Journal:
-    """Completed files of one (KEK, target version), appended and fsynced one by one."""
-
-    def __init__(self, path: Path, kek_uri: str, target_version: str) -> None:
-        self._path = Path(path)
-        self._kek_uri = kek_uri
-        self._target = target_version
-        self._done = self._load()
-
-    def __contains__(self, file: Path) -> bool:
-        return str(file) in self._done
-
-    def record(self, file: Path, status: str) -> None:
-        entry = {"kek": self._kek_uri, "target_version": self._target,
-                 "path": str(file), "status": status}
-        self._path.parent.mkdir(parents=True, exist_ok=True)
-        descriptor = os.open(self._path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-        with os.fdopen(descriptor, "ab") as handle:
-            handle.write(json.dumps(entry, sort_keys=True).encode("utf-8") + b"\n")
-            handle.flush()
-            os.fsync(handle.fileno())
-        self._done.add(str(file))
-
-    def _load(self) -> set[str]:
-        if not self._path.exists():
-            return set()
-        size = self._path.stat().st_size
-        if size > MAX_JOURNAL_BYTES:
-            raise RewrapError(f"journal {self._path} is {size} bytes, over {MAX_JOURNAL_BYTES}")
-        done: set[str] = set()
-        for number, line in enumerate(self._path.read_bytes().splitlines(), start=1):
-            if not line.strip():
-                continue
-            try:
-                entry = json.loads(line)
-            except (UnicodeDecodeError, json.JSONDecodeError):
-                raise RewrapError(f"journal {self._path}:{number}: not a JSON line") from None
-            if not isinstance(entry, dict) or not isinstance(entry.get("path"), str):
-                raise RewrapError(f"journal {self._path}:{number}: no path")
-            if entry.get("kek") == self._kek_uri and entry.get("target_version") == self._target:
-                done.add(entry["path"])
-        return done
-
-
-def find_sealed_files(paths: Iterable[Path], *, exclude: Iterable[Path] = ()) -> Iterator[Path]:
-    """Files named directly, and every non-hidden file under named directories (sorted)."""
-    excluded = {Path(path).resolve() for path in exclude}
-    for path in map(Path, paths):
-        if path.is_dir():
-            candidates = sorted(
-                candidate for candidate in path.rglob("*")
-                if candidate.is_file()
-                and not any(part.startswith(".") for part in candidate.relative_to(path).parts)
-            )
-        elif path.is_file():
-            candidates = [path]
-        else:
-            raise RewrapError(f"{path} does not exist")
-        for candidate in candidates:
-            if candidate.resolve() not in excluded:
-                yield candidate.resolve()
-
-
 def rewrap_paths(
     paths: Iterable[Path],
     *,
@@ -250,7 +186,7 @@ def rewrap_paths(
         )
     target = primary
     report = RewrapReport(kek_uri=kek_uri, target_version=target)
-    journal = _Journal(journal_path, kek_uri, target)
+    journal = RewrapJournal(journal_path, kek_uri, target)
     keys = _KeyCache(kms, kek_uri, target)
     for file in find_sealed_files(paths, exclude=[journal_path]):
         if file in journal:
@@ -329,7 +265,7 @@ def _rewrap_batch_file(
         new_header, old_length = rewrap_header(prefix, data_key, wrapped)
     except EnvelopeError as error:
         raise _FileFailure(f"cannot rewrap: {error}") from None
-    with _AtomicReplacement(file) as replacement:
+    with AtomicReplacement(file) as replacement:
         replacement.handle.write(new_header)
         source.seek(old_length)
         shutil.copyfileobj(source, replacement.handle, 1 << 20)
@@ -342,7 +278,7 @@ def _rewrap_record_file(
 ) -> _FileOutcome:
     """Stream the lines into a replacement; keep it only if an envelope was rewrapped."""
     outcome = _FileOutcome()
-    with _AtomicReplacement(file) as replacement:
+    with AtomicReplacement(file) as replacement:
         for number, line in enumerate(_bounded_lines(source), start=1):
             replacement.handle.write(_rewrapped_line(number, line, keys, kek_uri, target,
                                                      outcome))
@@ -384,40 +320,3 @@ def _bounded_lines(source: BinaryIO) -> Iterator[bytes]:
         if len(line) > MAX_RECORD_LINE_BYTES:
             raise _FileFailure(f"line {number} is longer than {MAX_RECORD_LINE_BYTES} bytes")
         yield line
-
-
-class _AtomicReplacement:
-    """A sibling temporary file that replaces ``file`` on ``commit`` (fsync, rename, directory
-    fsync) and is deleted otherwise, so a reader sees the old file or the new one."""
-
-    def __init__(self, file: Path) -> None:
-        self._file = file
-        mode = file.stat().st_mode & 0o777
-        self._temporary = file.with_name(f".{file.name}.rewrap-{secrets.token_hex(6)}.tmp")
-        descriptor = os.open(
-            self._temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode
-        )
-        self.handle: BinaryIO = os.fdopen(descriptor, "wb")
-        self._committed = False
-
-    def commit(self) -> None:
-        self.handle.flush()
-        os.fsync(self.handle.fileno())
-        self.handle.close()
-        os.replace(self._temporary, self._file)
-        self._committed = True
-        directory = os.open(self._file.parent, os.O_RDONLY)
-        try:
-            with contextlib.suppress(OSError):
-                os.fsync(directory)
-        finally:
-            os.close(directory)
-
-    def __enter__(self) -> _AtomicReplacement:
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        if not self._committed:
-            self.handle.close()
-            with contextlib.suppress(FileNotFoundError):
-                self._temporary.unlink()

@@ -10,16 +10,23 @@ survive is first rewrapped under a newer version (``keybroker.rewrap``).
   still unwrap.
 - :func:`shred_kek_version`: destroys one version in backends that allow it. The primary
   version is refused (new data would be wrapped under a key about to vanish) unless
-  ``force``, which rotates first and then destroys the version that was primary.
+  ``force``, which rotates first and then destroys the version that was primary. A backend
+  that cannot erase a single version (Azure Key Vault) declares
+  ``erases_destroyed_versions = False`` and only disables it; the result and the ledger entry
+  then say ``material_erased: false`` in plain words, because that is not crypto-shredding.
+- :func:`shred_whole_kek`: destroys every version of a KEK at once (the erasure of a
+  per-partner KEK) in backends that offer :class:`WholeKekShredding` (``azure-kv``: delete and
+  purge the key). Refused for a KEK that a region's new outputs are wrapped under unless
+  ``force``.
 
 Every decision, done or refused, is appended to the audit ledger. Backends offer this
-through the :class:`KekLifecycle` methods (``local``, ``gcp-kms``, ``pkcs11``; Azure Key
-Vault rotates and disables but destroys only whole keys). This module holds no key material
-and never unwraps anything.
+through the :class:`KekLifecycle` methods (``local``, ``gcp-kms``, ``pkcs11``, ``azure-kv``).
+This module holds no key material and never unwraps anything.
 """
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
@@ -33,12 +40,20 @@ __all__ = [
     "RotationResult",
     "ShredRefusedError",
     "ShredResult",
+    "WholeKekShredResult",
+    "WholeKekShredding",
     "rotate_kek",
     "shred_kek_version",
+    "shred_whole_kek",
 ]
 
 ROTATE_EVENT = "kek-rotate"
 SHRED_EVENT = "kek-shred"
+VERSION_KEPT_NOTE = (
+    "the backend cannot erase a single key version: it disabled this version, but the key "
+    "material stays in the vault and enabling the version again restores access (not "
+    "crypto-shredding); shred the whole key (--whole-key) to erase it"
+)
 
 
 class KeyOperationUnsupportedError(KmsError):
@@ -60,6 +75,15 @@ class KekLifecycle(Protocol):
     def destroy_version(self, kek_uri: str, version: str) -> None: ...
 
 
+@runtime_checkable
+class WholeKekShredding(Protocol):
+    """A backend that destroys every version of a KEK at once (a per-partner KEK's erasure).
+
+    Afterwards every wrap and unwrap under the KEK fails; a repeat raises KeyDestroyedError."""
+
+    def destroy_key(self, kek_uri: str) -> None: ...
+
+
 @dataclass(frozen=True)
 class RotationResult:
     kek_uri: str
@@ -76,10 +100,25 @@ class ShredResult:
     kek_uri: str
     version: str
     rotated_to: str | None  # the new primary when ``force`` rotated first
+    material_erased: bool = True  # False: only disabled (the backend cannot erase one version)
 
-    def to_json(self) -> dict[str, str | None]:
-        return {"kek": self.kek_uri, "destroyed_version": self.version,
-                "rotated_to": self.rotated_to}
+    def to_json(self) -> dict[str, object]:
+        if self.material_erased:
+            return {"kek": self.kek_uri, "destroyed_version": self.version,
+                    "rotated_to": self.rotated_to}
+        return {"kek": self.kek_uri, "disabled_version": self.version,
+                "rotated_to": self.rotated_to, "material_erased": False,
+                "note": VERSION_KEPT_NOTE}
+
+
+@dataclass(frozen=True)
+class WholeKekShredResult:
+    kek_uri: str
+    already_destroyed: bool  # a repeat: the backend had destroyed the key before
+
+    def to_json(self) -> dict[str, object]:
+        return {"kek": self.kek_uri, "destroyed": "every version (whole key)",
+                "already_destroyed": self.already_destroyed}
 
 
 def _lifecycle(kms: object, operation: str) -> KekLifecycle:
@@ -114,6 +153,9 @@ def shred_kek_version(
     """
     backend = _lifecycle(kms, "destroy versions of")
     details: dict[str, object] = {"kek": kek_uri, "version": version, "backend": _scheme(kms)}
+    erases = _erases_destroyed_versions(backend)
+    if not erases:
+        details.update({"material_erased": False, "effect": VERSION_KEPT_NOTE})
     rotated_to = None
     if backend.primary_version(kek_uri) == version:
         if not force:
@@ -133,7 +175,54 @@ def shred_kek_version(
                       {**details, "reason": f"{type(error).__name__}: {error}"})
         raise
     ledger.append(SHRED_EVENT, "granted", details)
-    return ShredResult(kek_uri, version, rotated_to)
+    return ShredResult(kek_uri, version, rotated_to, material_erased=erases)
+
+
+def shred_whole_kek(
+    kms: object,
+    kek_uri: str,
+    *,
+    ledger: AuditLedger,
+    serving_regions: Collection[str] = (),
+    force: bool = False,
+) -> WholeKekShredResult:
+    """Destroy every version of ``kek_uri``: all data under it becomes unreadable.
+
+    Meant for a per-partner (or per-subject) KEK. ``serving_regions`` are the regions whose new
+    outputs are wrapped under this KEK; with any, the shred is refused unless ``force`` (their
+    next wraps would fail). Repeating a finished shred is reported as done.
+    """
+    if not isinstance(kms, WholeKekShredding):
+        raise KeyOperationUnsupportedError(
+            f"the {_scheme(kms)} backend cannot destroy whole KEKs here"
+        )
+    details: dict[str, object] = {"kek": kek_uri, "whole_key": True, "backend": _scheme(kms)}
+    regions = sorted(serving_regions)
+    if regions:
+        details["serving_regions"] = regions
+        if not force:
+            reason = (f"{kek_uri} is the KEK of region(s) {', '.join(regions)}: their new "
+                      "outputs would fail to wrap; point them at another KEK first, or pass "
+                      "--force")
+            ledger.append(SHRED_EVENT, "denied", {**details, "reason": reason})
+            raise ShredRefusedError(reason)
+    already_destroyed = False
+    try:
+        kms.destroy_key(kek_uri)
+    except KeyDestroyedError:
+        already_destroyed = True
+        details["already_destroyed"] = True
+    except KmsError as error:
+        ledger.append(SHRED_EVENT, "denied",
+                      {**details, "reason": f"{type(error).__name__}: {error}"})
+        raise
+    ledger.append(SHRED_EVENT, "granted", details)
+    return WholeKekShredResult(kek_uri, already_destroyed)
+
+
+def _erases_destroyed_versions(backend: object) -> bool:
+    """Whether ``destroy_version`` erases material; backends that only disable say False."""
+    return getattr(backend, "erases_destroyed_versions", True) is not False
 
 
 def _scheme(kms: object) -> str:

@@ -39,6 +39,10 @@ from keybroker.attestation.jwks import (
     Getter,
     JwksCache,
     http_getter,
+)
+from keybroker.attestation.jwt_tokens import (
+    REPORT_DATA_SIZE,
+    check_token_evidence_request,
     verify_rs256_token,
 )
 
@@ -54,7 +58,6 @@ HARDWARE_MODELS = {"GCP_AMD_SEV": "sev", "GCP_AMD_SEV_SNP": "sev-snp",
                    "GCP_INTEL_TDX": "tdx"}
 SOFTWARE_NAME = "CONFIDENTIAL_SPACE"
 DEBUG_DISABLED = "disabled-since-boot"
-REPORT_DATA_SIZE = 64
 MAX_NONCES = 6
 _IMAGE_DIGEST = re.compile(r"^sha256:([0-9a-f]{64})$")
 
@@ -120,12 +123,7 @@ class ConfidentialSpaceVerifier:
     def evaluate(self, evidence: bytes, expected_report_data: bytes, *,
                  endorsements: Mapping[str, bytes]) -> Claims:
         """Claims for a valid token whose eat_nonce carries our binding, else raise."""
-        if not isinstance(expected_report_data, bytes) or \
-                len(expected_report_data) != REPORT_DATA_SIZE:
-            raise ReportDataMismatchError("expected report_data must be exactly 64 bytes")
-        if endorsements:
-            raise EvidenceFormatError("Confidential Space evidence takes no endorsements, got "
-                                      f"{sorted(endorsements)}")
+        check_token_evidence_request(expected_report_data, endorsements, "Confidential Space")
         payload = verify_rs256_token(evidence, self._keys, issuer=self.issuer,
                                      audience=self.audience, now=self._clock(),
                                      leeway_seconds=self._leeway)

@@ -1,4 +1,4 @@
-"""JWKS key sets for attestation tokens (MAA, Confidential Space), and RS256 token checks.
+"""JWKS key sets for attestation tokens (MAA, Confidential Space).
 
 What it does: `JwksCache` fetches an issuer's signing keys — from a JWKS URL, or through
 its OpenID discovery document (``jwks_uri``, with the document's ``issuer`` checked) — with
@@ -6,9 +6,7 @@ an injected getter (URL -> bytes), keeps them in memory and optionally in a cach
 ``ttl_seconds``, and on an unknown ``kid`` refetches once, at most every
 ``min_refresh_seconds`` (so a flood of bogus kids cannot hammer the issuer). Keys are RSA,
 from ``n``/``e`` or the first ``x5c`` certificate (both must agree when both are present).
-`verify_rs256_token` checks a compact JWS: RS256 only (``none``, HS* and everything else
-are refused before any key is looked up), a known ``kid``, the signature, then ``iss``
-(exact), ``aud`` (when configured), ``exp`` (required), ``nbf`` and ``iat`` with a small leeway.
+`verify_rs256_token` (in `jwt_tokens`, re-exported here) checks tokens against these keys.
 
 What it does not: map token claims to `Claims` (see `maa`, `confidential_space`), or
 validate ``x5c`` chains: trust comes from fetching the issuer's keys over HTTPS.
@@ -21,7 +19,6 @@ import binascii
 import ipaddress
 import json
 import os
-import re
 import tempfile
 import threading
 import time
@@ -32,14 +29,15 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from cryptography import x509
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric import padding, rsa
+from cryptography.hazmat.primitives.asymmetric import rsa
 
-from keybroker.attestation.errors import (
-    EndorsementUnavailableError,
-    EvidenceFormatError,
-    EvidenceVerificationError,
+from keybroker.attestation.errors import EndorsementUnavailableError, EvidenceVerificationError
+from keybroker.attestation.jose_encoding import B64URL, MAX_DOCUMENT_SIZE, load_json_object
+from keybroker.attestation.jwt_tokens import (
+    DEFAULT_LEEWAY_SECONDS,
+    MAX_KID_LENGTH,
+    MAX_TOKEN_SIZE,
+    verify_rs256_token,
 )
 
 __all__ = [
@@ -50,21 +48,16 @@ __all__ = [
     "JwksCache",
     "JwksUnavailableError",
     "http_getter",
+    "load_json_object",
     "parse_jwks",
     "verify_rs256_token",
 ]
 
 Getter = Callable[[str], bytes]
 
-MAX_DOCUMENT_SIZE = 256 * 1024
 MAX_KEYS = 64
-MAX_TOKEN_SIZE = 64 * 1024
-MAX_KID_LENGTH = 256
-MAX_JSON_DEPTH = 16
 MIN_RSA_BITS = 2048
 MAX_RSA_BITS = 8192
-DEFAULT_LEEWAY_SECONDS = 60
-_B64URL = re.compile(r"^[A-Za-z0-9_-]*$")
 
 
 class JwksUnavailableError(EndorsementUnavailableError):
@@ -111,43 +104,8 @@ def http_getter(*, timeout_seconds: float = 10.0, max_bytes: int = MAX_DOCUMENT_
     return get
 
 
-# --- documents ------------------------------------------------------------------------
-def _reject_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    result: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in result:
-            raise ValueError(f"duplicate JSON key {key!r}")
-        result[key] = value
-    return result
-
-
-def _too_deep(value: Any, level: int = 0) -> bool:
-    if level > MAX_JSON_DEPTH:
-        return True
-    if isinstance(value, dict):
-        return any(_too_deep(item, level + 1) for item in value.values())
-    if isinstance(value, list):
-        return any(_too_deep(item, level + 1) for item in value)
-    return False
-
-
-def load_json_object(data: bytes, what: str, error: type[Exception]) -> dict[str, Any]:
-    """A bounded, duplicate-free JSON object, or ``error`` naming ``what``."""
-    if len(data) > MAX_DOCUMENT_SIZE:
-        raise error(f"{what} is {len(data)} bytes, over the {MAX_DOCUMENT_SIZE}-byte limit")
-    try:
-        document = json.loads(bytes(data).decode("utf-8"), object_pairs_hook=_reject_duplicates)
-    except (UnicodeDecodeError, ValueError) as exc:
-        raise error(f"{what} is not a JSON document ({exc})") from None
-    if not isinstance(document, dict):
-        raise error(f"{what} is not a JSON object")
-    if _too_deep(document):
-        raise error(f"{what} is nested too deeply")
-    return document
-
-
 def _b64url_int(value: object, what: str) -> int:
-    if not isinstance(value, str) or not value or len(value) > 2048 or not _B64URL.match(value):
+    if not isinstance(value, str) or not value or len(value) > 2048 or not B64URL.match(value):
         raise JwksUnavailableError(f"{what} is not a base64url string")
     return int.from_bytes(base64.urlsafe_b64decode(value + "=" * (-len(value) % 4)), "big")
 
@@ -336,89 +294,3 @@ class JwksCache:
         except OSError:
             Path(temporary).unlink(missing_ok=True)
             raise
-
-
-# --- tokens ---------------------------------------------------------------------------
-def _b64url_part(part: str, what: str) -> bytes:
-    if not _B64URL.match(part):
-        raise EvidenceFormatError(f"token {what} is not base64url")
-    try:
-        return base64.urlsafe_b64decode(part + "=" * (-len(part) % 4))
-    except (binascii.Error, ValueError):
-        raise EvidenceFormatError(f"token {what} is not base64url") from None
-
-
-def _number(payload: Mapping[str, Any], name: str, required: bool) -> float | None:
-    value = payload.get(name)
-    if value is None:
-        if required:
-            raise EvidenceVerificationError(f"token has no {name!r} claim")
-        return None
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise EvidenceFormatError(f"token {name!r} claim is not a number")
-    return float(value)
-
-
-def _check_audience(payload: Mapping[str, Any], audience: str) -> None:
-    claim = payload.get("aud")
-    audiences = [claim] if isinstance(claim, str) else claim
-    if not isinstance(audiences, list) or audience not in audiences:
-        raise EvidenceVerificationError(f"token audience {claim!r} does not include {audience!r}")
-
-
-def _check_times(payload: Mapping[str, Any], now: float, leeway: float) -> None:
-    expires = _number(payload, "exp", required=True)
-    assert expires is not None
-    if now > expires + leeway:
-        raise EvidenceVerificationError("token has expired")
-    not_before = _number(payload, "nbf", required=False)
-    if not_before is not None and now + leeway < not_before:
-        raise EvidenceVerificationError("token is not valid yet (nbf is in the future)")
-    issued = _number(payload, "iat", required=False)
-    if issued is not None and now + leeway < issued:
-        raise EvidenceVerificationError("token was issued in the future (iat)")
-
-
-def verify_rs256_token(token: bytes | str, keys: JwksCache, *, issuer: str,
-                       audience: str | None, now: float,
-                       leeway_seconds: float = DEFAULT_LEEWAY_SECONDS) -> dict[str, Any]:
-    """The verified payload of a compact RS256 JWS, or a typed error naming the check."""
-    if isinstance(token, bytes | bytearray):
-        if len(token) > MAX_TOKEN_SIZE:
-            raise EvidenceFormatError(f"token is {len(token)} bytes, over {MAX_TOKEN_SIZE}")
-        try:
-            token = bytes(token).decode("ascii")
-        except UnicodeDecodeError:
-            raise EvidenceFormatError("token is not ASCII") from None
-    if not isinstance(token, str) or len(token) > MAX_TOKEN_SIZE:
-        raise EvidenceFormatError(f"token must be a string of at most {MAX_TOKEN_SIZE} bytes")
-    parts = token.split(".")
-    if len(parts) != 3:
-        raise EvidenceFormatError(f"token has {len(parts)} parts, not 3 (compact JWS)")
-    header = load_json_object(_b64url_part(parts[0], "header"), "token header",
-                              EvidenceFormatError)
-    algorithm = header.get("alg")
-    if algorithm != "RS256":
-        raise EvidenceVerificationError(f"token alg {algorithm!r} is not RS256")
-    if "crit" in header:
-        raise EvidenceVerificationError("token header has critical extensions (crit)")
-    kid = header.get("kid")
-    if not isinstance(kid, str) or not kid or len(kid) > MAX_KID_LENGTH:
-        raise EvidenceVerificationError("token header has no usable kid")
-    signature = _b64url_part(parts[2], "signature")
-    key = keys.key_for(kid)
-    try:
-        key.verify(signature, f"{parts[0]}.{parts[1]}".encode("ascii"), padding.PKCS1v15(),
-                   hashes.SHA256())
-    except InvalidSignature:
-        raise EvidenceVerificationError(
-            f"token signature does not verify under key {kid!r}") from None
-    payload = load_json_object(_b64url_part(parts[1], "payload"), "token payload",
-                               EvidenceFormatError)
-    if payload.get("iss") != issuer:
-        raise EvidenceVerificationError(
-            f"token issuer {payload.get('iss')!r} is not the configured {issuer!r}")
-    if audience is not None:
-        _check_audience(payload, audience)
-    _check_times(payload, now, leeway_seconds)
-    return payload

@@ -39,13 +39,16 @@ from keybroker.attestation.jwks import (
     Getter,
     JwksCache,
     http_getter,
+)
+from keybroker.attestation.jwt_tokens import (
+    REPORT_DATA_SIZE,
+    check_token_evidence_request,
     verify_rs256_token,
 )
 
 __all__ = ["ATTESTATION_TYPES", "MaaVerifier"]
 
 ATTESTATION_TYPES = {"sevsnpvm": "sev-snp", "tdxvm": "tdx"}
-REPORT_DATA_SIZE = 64
 _HEX = re.compile(r"^(?:[0-9a-fA-F]{2})+$")
 _SNP_TCB = {
     "bootloader": "x-ms-sevsnpvm-bootloader-svn",
@@ -133,12 +136,7 @@ class MaaVerifier:
     def evaluate(self, evidence: bytes, expected_report_data: bytes, *,
                  endorsements: Mapping[str, bytes]) -> Claims:
         """Claims for a valid MAA token whose runtime user-data is ``expected_report_data``."""
-        if not isinstance(expected_report_data, bytes) or \
-                len(expected_report_data) != REPORT_DATA_SIZE:
-            raise ReportDataMismatchError("expected report_data must be exactly 64 bytes")
-        if endorsements:
-            raise EvidenceFormatError(f"MAA evidence takes no endorsements, got "
-                                      f"{sorted(endorsements)}")
+        check_token_evidence_request(expected_report_data, endorsements, "MAA")
         payload = verify_rs256_token(evidence, self._keys, issuer=self.issuer, audience=None,
                                      now=self._clock(), leeway_seconds=self._leeway)
         tee_claims = payload.get("x-ms-isolation-tee", payload)

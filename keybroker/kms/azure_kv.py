@@ -11,8 +11,22 @@ What it does:
   signed JWS in which the key is wrapped to the worker's runtime key; the worker opens it with
   `enclave_workers.skr`. This module never sees the released key.
 
-What it does not do: create keys, set release policies (see `keybroker.kms.skr_policy` for the
-policy document), verify MAA tokens (the vault does), or cache unwrapped DEKs.
+- Key lifecycle for `keybroker.shred`: `primary_version` (GET key: the current version),
+  `rotate` (``KeyClient.rotate_key``, POST ``/keys/{name}/rotate``: a new version of the same type
+  and size becomes current, older versions still unwrap), `disable_version` / `enable_version`
+  (PATCH the version's ``attributes.enabled``), `destroy_version` and `destroy_key`.
+  Key Vault cannot erase one version of a key. `destroy_version` therefore only *disables* the
+  version (``erases_destroyed_versions = False``): its unwraps fail with KeyDisabledError, but the
+  material stays in the vault and anyone with keys/update can enable it again, so this is not
+  crypto-shredding in the strict sense. `destroy_key` is: it deletes the whole key
+  (``begin_delete_key``, waiting on the SDK's poller until the soft delete completes) and purges
+  it (``purge_deleted_key``), after which nothing wrapped under any of its versions opens. A
+  purged key is a 404 like a key that never existed; this backend answers KeyDestroyedError for
+  keys it purged itself or was told about (``purged_keys``), KeyNotFoundError otherwise.
+
+What it does not do: create keys, set release or rotation policies (see
+`keybroker.kms.skr_policy` for the release policy document), verify MAA tokens (the vault does),
+recover deleted keys, or cache unwrapped DEKs.
 
 AAD binding. Neither RSA-OAEP nor AES-KW takes associated data, so the DEK is bound to its AAD
 by wrapping ``SHA-256(AAD_LABEL || aad) || dek`` and, on unwrap, comparing the first 32 bytes of
@@ -63,12 +77,14 @@ from azure.core.exceptions import (
     ServiceRequestError,
     ServiceResponseError,
 )
+from azure.core.polling import LROPoller
 from azure.core.rest import HttpRequest
-from azure.keyvault.keys import KeyClient, KeyVaultKey
+from azure.keyvault.keys import DeletedKey, KeyClient, KeyVaultKey
 from azure.keyvault.keys.crypto import CryptographyClient, KeyWrapAlgorithm
 
 from envelope.keys import KeyReference, WrappedKey
 from keybroker.kms.base import (
+    KeyDestroyedError,
     KeyNotFoundError,
     KmsError,
     KmsPermissionError,
@@ -363,10 +379,20 @@ class AzureKeyVaultKms:
         clock: Callable[[], datetime] = lambda: datetime.now(timezone.utc),
         connection_timeout: float = 10.0,
         read_timeout: float = 30.0,
+        purged_keys: Iterable[str] = (),
+        delete_polling_interval: float = 2.0,
+        delete_timeout: float = 120.0,
     ) -> None:
         """``connection_verify``: True (system CAs) or a CA bundle path; never False.
         ``allowed_hosts``: exact ``host[:port]`` values accepted besides the Azure vault domains
-        (private endpoints, tests). ``verify_challenge_resource=False`` only with such hosts."""
+        (private endpoints, tests). ``verify_challenge_resource=False`` only with such hosts.
+        ``purged_keys``: key URIs known to have been deleted and purged (whole-key shreds done
+        elsewhere), so their 404 reads KeyDestroyedError. ``delete_polling_interval`` /
+        ``delete_timeout``: how `destroy_key` waits on the SDK's soft-delete poller."""
+        if not 0 <= delete_polling_interval <= 60 or not 0 < delete_timeout <= 3600:
+            raise KmsInputError(
+                "delete_polling_interval must be 0-60 s and delete_timeout 0-3600 s"
+            )
         if connection_verify is False or not isinstance(connection_verify, (bool, str)):
             raise KmsInputError("connection_verify must be True or a CA bundle path; TLS stays on")
         if not hasattr(credential, "get_token"):
@@ -388,6 +414,11 @@ class AzureKeyVaultKms:
         self._lock = threading.Lock()
         self._key_clients: OrderedDict[str, KeyClient] = OrderedDict()
         self._crypto_clients: OrderedDict[str, CryptographyClient] = OrderedDict()
+        self._delete_polling_interval = delete_polling_interval
+        self._delete_timeout = delete_timeout
+        self._purged_keys = {
+            AzureKeyUri.parse(uri, self._allowed_hosts).unversioned_uri for uri in purged_keys
+        }
 
     # -- KeyManagementService -------------------------------------------------------------
 
@@ -396,12 +427,15 @@ class AzureKeyVaultKms:
         key_uri = AzureKeyUri.parse(kek_uri, self._allowed_hosts)
         _check_request(dek, aad)
         describe = f"azure-kv wrap with {key_uri.unversioned_uri}"
-        key = _call_vault(
-            lambda: self._key_client(key_uri).get_key(key_uri.name, key_uri.version),
-            describe + " (get key)",
-            self._backoff,
-            self._sleep,
-        )
+        try:
+            key = _call_vault(
+                lambda: self._key_client(key_uri).get_key(key_uri.name, key_uri.version),
+                describe + " (get key)",
+                self._backoff,
+                self._sleep,
+            )
+        except KeyNotFoundError as error:
+            raise self._not_found_or_destroyed(key_uri, error) from error
         version = self._usable_version(key, key_uri, "wrapKey")
         payload = _aad_digest(aad) + bytes(dek)
         key_type = str(getattr(key.key_type, "value", key.key_type))
@@ -441,24 +475,195 @@ class AzureKeyVaultKms:
         _check_aad(aad)
         alg, vault_ciphertext = _split_wrapped(wrapped.ciphertext)
         describe = f"azure-kv unwrap with {key_uri.unversioned_uri} version {version}"
-        if alg == _ALG_RSA_OAEP_256:
-            client = self._crypto_client(key_uri, version)
-            payload = _call_vault(
-                lambda: client.unwrap_key(KeyWrapAlgorithm.rsa_oaep_256, vault_ciphertext).key,
-                describe,
-                self._backoff,
-                self._sleep,
-                unwrapping=True,
-            )
-        else:
-            payload = self._vault_key_operation(
-                key_uri, version, "unwrapkey", vault_ciphertext, describe
-            )
+        try:
+            if alg == _ALG_RSA_OAEP_256:
+                client = self._crypto_client(key_uri, version)
+                payload = _call_vault(
+                    lambda: client.unwrap_key(KeyWrapAlgorithm.rsa_oaep_256, vault_ciphertext).key,
+                    describe,
+                    self._backoff,
+                    self._sleep,
+                    unwrapping=True,
+                )
+            else:
+                payload = self._vault_key_operation(
+                    key_uri, version, "unwrapkey", vault_ciphertext, describe
+                )
+        except KeyNotFoundError as error:
+            raise self._not_found_or_destroyed(key_uri, error) from error
         if len(payload) < _DIGEST_BYTES + _MIN_DEK_BYTES:
             raise KmsUnwrapError()
         if not hmac.compare_digest(payload[:_DIGEST_BYTES], _aad_digest(aad)):
             raise KmsUnwrapError()
         return bytes(payload[_DIGEST_BYTES:])
+
+    # -- key lifecycle (keybroker.shred) ----------------------------------------------------
+
+    #: `destroy_version` disables a version; Key Vault keeps its material (see the module doc).
+    erases_destroyed_versions = False
+
+    def primary_version(self, kek_uri: str) -> str:
+        """The key's current version (GET /keys/{name}): the one new wraps use."""
+        key_uri = self._lifecycle_uri(kek_uri)
+        key = self._lifecycle_call(
+            key_uri, lambda client: client.get_key(key_uri.name), "read the current version of"
+        )
+        return self._returned_version(key, key_uri)
+
+    def rotate(self, kek_uri: str) -> KeyReference:
+        """Create a new version of the key (same type and size) and make it current.
+
+        Older versions keep unwrapping until they are disabled or the key is destroyed. Needs
+        keys/rotate (Key Vault API 7.3 or later)."""
+        key_uri = self._lifecycle_uri(kek_uri)
+        key = self._lifecycle_call(
+            key_uri, lambda client: client.rotate_key(key_uri.name), "rotate"
+        )
+        return KeyReference(
+            uri=key_uri.unversioned_uri, version=self._returned_version(key, key_uri)
+        )
+
+    def disable_version(self, kek_uri: str, version: str) -> None:
+        """Stop one non-current version from unwrapping (reversible; the material stays)."""
+        self._set_version_enabled(kek_uri, version, enabled=False)
+
+    def enable_version(self, kek_uri: str, version: str) -> None:
+        """Undo `disable_version`."""
+        self._set_version_enabled(kek_uri, version, enabled=True)
+
+    def destroy_version(self, kek_uri: str, version: str) -> None:
+        """The nearest Key Vault has to destroying one version: disable it.
+
+        Key Vault deletes and purges whole keys only, never one version, so the material of
+        ``version`` stays in the vault (``erases_destroyed_versions`` is False and
+        `keybroker.shred` says so in its result and ledger entry). Use `destroy_key` to erase."""
+        self.disable_version(kek_uri, version)
+
+    def destroy_key(self, kek_uri: str) -> None:
+        """Delete every version of the key and purge it: the whole-key crypto-shred.
+
+        Waits on the SDK's poller until the soft delete completes, then purges. Afterwards every
+        wrap and unwrap under the key fails with KeyDestroyedError here (KeyNotFoundError in other
+        processes unless they get the key in ``purged_keys``). Repeatable: a key found already
+        deleted is purged; one this backend already purged raises KeyDestroyedError. A vault with
+        purge protection refuses the purge (KmsPermissionError): the key is then deleted but
+        recoverable until its scheduled purge date, when Azure erases it.
+        Needs keys/delete, keys/get and keys/purge."""
+        key_uri = self._lifecycle_uri(kek_uri)
+        label = key_uri.unversioned_uri
+        client = self._key_client(key_uri)
+        describe = f"azure-kv delete of {label}"
+        deleted: DeletedKey | None = None
+        try:
+            poller = _call_vault(
+                lambda: client.begin_delete_key(
+                    key_uri.name, _polling_interval=self._delete_polling_interval
+                ),
+                describe,
+                self._backoff,
+                self._sleep,
+            )
+        except KeyNotFoundError:
+            poller = None  # deleted before (an interrupted shred?): purge what is left
+        if poller is not None:
+            deleted = self._wait_until_deleted(poller, describe)
+            if deleted.recovery_id is None:  # soft delete is off: the delete was final
+                self._record_purge(key_uri)
+                return
+        try:
+            _call_vault(
+                lambda: client.purge_deleted_key(key_uri.name),
+                f"azure-kv purge of {label}",
+                self._backoff,
+                self._sleep,
+            )
+        except KeyNotFoundError as error:
+            if deleted is None:  # neither a live key nor a deleted one
+                raise self._not_found_or_destroyed(key_uri, error) from error
+            # deleted by this call and gone from the deleted keys as well: purged already
+        except KmsPermissionError as error:
+            until = deleted.scheduled_purge_date if deleted is not None else None
+            raise KmsPermissionError(
+                f"key {label} is deleted but NOT purged (recoverable"
+                + (f" until {until.isoformat()}" if until else "")
+                + f"): {error}"
+            ) from error
+        self._record_purge(key_uri)
+
+    def _set_version_enabled(self, kek_uri: str, version: str, *, enabled: bool) -> None:
+        key_uri = self._lifecycle_uri(kek_uri)
+        if not isinstance(version, str) or not _VERSION_RE.match(version):
+            raise KmsInputError(f"key version {version!r} must be 1-64 letters or digits")
+        label = key_uri.unversioned_uri
+        if not enabled and self.primary_version(kek_uri) == version:
+            raise KmsPermissionError(
+                f"key {label} version {version} is the current version; rotate before disabling it"
+            )
+        action = "enable" if enabled else "disable"
+        key = self._lifecycle_call(
+            key_uri,
+            lambda client: client.update_key_properties(key_uri.name, version, enabled=enabled),
+            f"{action} version {version} of",
+        )
+        if key.properties.version != version or key.properties.enabled is not enabled:
+            raise KmsError(f"vault did not {action} version {version} of {label}")
+
+    def _wait_until_deleted(self, poller: LROPoller[DeletedKey], describe: str) -> DeletedKey:
+        try:
+            poller.wait(timeout=self._delete_timeout)
+        except (AzureError, ValueError) as error:
+            raise translate_azure_error(error, describe + " (waiting)") from error
+        if not poller.done():
+            raise KmsTransientError(
+                f"{describe}: the soft delete did not complete within {self._delete_timeout} s; "
+                "run the shred again to purge the key"
+            )
+        return poller.result()
+
+    def _lifecycle_uri(self, kek_uri: str) -> AzureKeyUri:
+        key_uri = AzureKeyUri.parse(kek_uri, self._allowed_hosts)
+        if key_uri.version is not None:
+            raise KmsInputError(
+                f"key URI {kek_uri!r} names a version; rotation and shredding take the key URI "
+                f"without one ({key_uri.unversioned_uri})"
+            )
+        return key_uri
+
+    def _lifecycle_call(
+        self, key_uri: AzureKeyUri, call: Callable[[KeyClient], _T], action: str
+    ) -> _T:
+        client = self._key_client(key_uri)
+        try:
+            return _call_vault(
+                lambda: call(client),
+                f"azure-kv {action} {key_uri.unversioned_uri}",
+                self._backoff,
+                self._sleep,
+            )
+        except KeyNotFoundError as error:
+            raise self._not_found_or_destroyed(key_uri, error) from error
+
+    def _returned_version(self, key: KeyVaultKey, key_uri: AzureKeyUri) -> str:
+        version = key.properties.version
+        if not isinstance(version, str) or not _VERSION_RE.match(version):
+            raise KmsError(f"vault returned key {key_uri.unversioned_uri} without a valid version")
+        return version
+
+    def _record_purge(self, key_uri: AzureKeyUri) -> None:
+        with self._lock:
+            self._purged_keys.add(key_uri.unversioned_uri)
+
+    def _not_found_or_destroyed(self, key_uri: AzureKeyUri, error: KeyNotFoundError) -> KmsError:
+        """A purged key is a 404 like a missing one; say "destroyed" only when we know."""
+        label = key_uri.unversioned_uri
+        with self._lock:
+            purged = label in self._purged_keys
+        if not purged:
+            return error
+        return KeyDestroyedError(
+            f"key {label} was deleted and purged from the vault (whole-key crypto-shred); "
+            "nothing wrapped under any of its versions can be unwrapped"
+        )
 
     # -- helpers --------------------------------------------------------------------------
 

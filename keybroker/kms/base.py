@@ -2,7 +2,8 @@
 
 A backend wraps a data key under a key-encryption key (KEK) named by URI and unwraps it
 again, binding caller-supplied associated data. This module holds no key material and does
-no I/O; it only fixes the shape that the service and the registry rely on.
+no I/O; it only fixes the shape that the service and the registry rely on, plus the one
+input check (``checked_bytes``) that backends share.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ __all__ = [
     "KmsTransientError",
     "KmsUnwrapError",
     "UnsupportedKmsSchemeError",
+    "checked_bytes",
 ]
 
 
@@ -72,6 +74,16 @@ class KeyringExistsError(KmsError):
 
 class InsecureKeyringError(KmsError):
     """A keyring file is readable or writable by group/other, or is not a regular file."""
+
+
+def checked_bytes(field: str, value: bytes, minimum: int, maximum: int) -> bytes:
+    """``value`` as bytes when its length is within bounds; KmsError naming ``field`` otherwise."""
+    if not isinstance(value, (bytes, bytearray, memoryview)):
+        raise KmsError(f"{field}: expected bytes, got {type(value).__name__}")
+    value = bytes(value)
+    if not minimum <= len(value) <= maximum:
+        raise KmsError(f"{field}: expected {minimum}..{maximum} bytes, got {len(value)}")
+    return value
 
 
 @runtime_checkable

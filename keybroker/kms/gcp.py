@@ -32,18 +32,17 @@ FAILED_PRECONDITION and the new version is left for the operator.
 
 ``check_location`` lets the broker refuse to serve a residency region with a key ring
 located elsewhere. This module does not create keys or key rings, does not pick KEKs for
-regions (the broker's settings do), and never logs key bytes or plaintext.
+regions (the broker's settings do), and never logs key bytes or plaintext. Names, URIs and
+CRC32C live in ``keybroker.kms.gcp_names``, the error mapping in ``keybroker.kms.gcp_errors``;
+the names other code imports from here are re-exported.
 """
 
 from __future__ import annotations
 
-import re
 import time
-from collections.abc import Callable, Collection, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-import grpc
 from google.api_core import exceptions as api_exceptions
 from google.auth import exceptions as auth_exceptions
 from google.cloud import kms_v1
@@ -56,8 +55,25 @@ from keybroker.kms.base import (
     KeyNotFoundError,
     KmsError,
     KmsPermissionError,
-    KmsTransientError,
     KmsUnwrapError,
+    checked_bytes,
+)
+from keybroker.kms.gcp_errors import (
+    DESTROYED_STATES,
+    TRANSIENT_STATUS_CODES,
+    KeyDisabledError,
+    KmsIntegrityError,
+    typed_error,
+)
+from keybroker.kms.gcp_names import (
+    GCP_KMS_SCHEME,
+    GcpKeyName,
+    KeyLocationError,
+    _crc32c_python,  # noqa: F401 - re-exported: the tests check it against known answers
+    check_location,
+    checked_version,
+    crc32c,
+    parse_gcp_kek_uri,
 )
 from keybroker.kms.retry import Backoff, call_with_retry
 
@@ -80,193 +96,12 @@ __all__ = [
     "parse_gcp_kek_uri",
 ]
 
-GCP_KMS_SCHEME = "gcp-kms"
 MAX_DEK_BYTES = 1024
 MAX_AAD_BYTES = 4096
 # Cloud KMS symmetric ciphertexts carry a header and tag of well under 100 bytes on top of
 # the plaintext; the envelope's bound on a wrapped key (4 KiB) is the bound here too.
 MAX_WRAPPED_CIPHERTEXT_BYTES = MAX_WRAPPED_KEY
 DEFAULT_TIMEOUT_SECONDS = 10.0
-
-TRANSIENT_STATUS_CODES = frozenset(
-    {
-        grpc.StatusCode.UNAVAILABLE,
-        grpc.StatusCode.DEADLINE_EXCEEDED,
-        grpc.StatusCode.RESOURCE_EXHAUSTED,
-        grpc.StatusCode.INTERNAL,
-    }
-)
-_PERMISSION_STATUS_CODES = frozenset(
-    {grpc.StatusCode.PERMISSION_DENIED, grpc.StatusCode.UNAUTHENTICATED}
-)
-_DESTROYED_STATES = frozenset({"DESTROYED", "DESTROY_SCHEDULED"})
-_STATE_IN_MESSAGE = re.compile(r"current state is:?\s*([A-Z_]+)")
-
-_PROJECT = r"[a-z0-9][a-z0-9.:-]{0,99}"  # includes domain-scoped ids (example.com:project)
-_LOCATION = r"[a-z0-9][a-z0-9-]{0,62}"
-_RESOURCE_ID = r"[a-zA-Z0-9_-]{1,63}"
-_KEY_NAME = re.compile(
-    rf"^projects/(?P<project>{_PROJECT})/locations/(?P<location>{_LOCATION})"
-    rf"/keyRings/(?P<key_ring>{_RESOURCE_ID})/cryptoKeys/(?P<crypto_key>{_RESOURCE_ID})$"
-)
-_VERSION = re.compile(r"^[1-9][0-9]{0,18}$")
-
-
-class KeyDisabledError(KmsPermissionError):
-    """The Cloud KMS key version exists but is DISABLED; an operator can re-enable it."""
-
-
-class KmsIntegrityError(KmsTransientError):
-    """A CRC32C checksum did not match: the request or the response was corrupted in transit."""
-
-
-class KeyLocationError(KmsError):
-    """A KEK's location is not one the residency region it serves may use."""
-
-
-def _crc32c_table() -> tuple[int, ...]:
-    table = []
-    for byte in range(256):
-        value = byte
-        for _ in range(8):
-            value = (value >> 1) ^ 0x82F63B78 if value & 1 else value >> 1
-        table.append(value)
-    return tuple(table)
-
-
-_CRC32C_TABLE = _crc32c_table()
-
-
-def _crc32c_python(data: bytes) -> int:
-    """CRC32C (Castagnoli), reflected, init and final xor 0xFFFFFFFF; for small inputs only."""
-    value = 0xFFFFFFFF
-    for byte in data:
-        value = (value >> 8) ^ _CRC32C_TABLE[(value ^ byte) & 0xFF]
-    return value ^ 0xFFFFFFFF
-
-
-try:
-    import google_crc32c as _google_crc32c
-except ImportError:  # pragma: no cover - google-crc32c ships beside google-cloud-storage
-    _google_crc32c = None
-
-
-def crc32c(data: bytes) -> int:
-    """The CRC32C of ``data`` as Cloud KMS expects it (google-crc32c when installed)."""
-    if _google_crc32c is not None:
-        return int(_google_crc32c.value(bytes(data)))
-    return _crc32c_python(bytes(data))
-
-
-@dataclass(frozen=True)
-class GcpKeyName:
-    """The parts of a Cloud KMS CryptoKey resource name."""
-
-    project: str
-    location: str
-    key_ring: str
-    crypto_key: str
-
-    @property
-    def resource_name(self) -> str:
-        return (
-            f"projects/{self.project}/locations/{self.location}"
-            f"/keyRings/{self.key_ring}/cryptoKeys/{self.crypto_key}"
-        )
-
-    @property
-    def uri(self) -> str:
-        return f"{GCP_KMS_SCHEME}://{self.resource_name}"
-
-    def version_name(self, version: str) -> str:
-        return f"{self.resource_name}/cryptoKeyVersions/{version}"
-
-
-def parse_gcp_kek_uri(uri: str) -> GcpKeyName:
-    """Split a ``gcp-kms://projects/.../cryptoKeys/K`` URI; KeyNotFoundError when malformed."""
-    prefix = f"{GCP_KMS_SCHEME}://"
-    if not isinstance(uri, str) or len(uri) > 512 or not uri.startswith(prefix):
-        raise KeyNotFoundError(
-            f"KEK URI {str(uri)[:80]!r}: expected {prefix}projects/P/locations/L/keyRings/R"
-            "/cryptoKeys/K"
-        )
-    match = _KEY_NAME.match(uri[len(prefix) :])
-    if match is None:
-        raise KeyNotFoundError(
-            f"KEK URI {uri!r}: expected {prefix}projects/P/locations/L/keyRings/R/cryptoKeys/K "
-            "(a CryptoKey, not a version)"
-        )
-    return GcpKeyName(**match.groupdict())
-
-
-def check_location(
-    kek_uri: str, region: str, region_locations: Mapping[str, Collection[str]]
-) -> None:
-    """Refuse a KEK whose key ring lives outside the locations allowed for ``region``.
-
-    ``region_locations`` maps each residency region the broker serves to the Cloud KMS
-    locations allowed for it, e.g. ``{"eu": {"europe-west1", "europe-west3", "eu"}}``.
-    A region missing from the map allows nothing: fail closed.
-    """
-    location = parse_gcp_kek_uri(kek_uri).location
-    allowed = region_locations.get(region)
-    if not allowed:
-        raise KeyLocationError(f"region {region!r}: no Cloud KMS locations are allowed for it")
-    if location not in allowed:
-        raise KeyLocationError(
-            f"KEK {kek_uri} is in location {location!r}, which region {region!r} does not "
-            f"allow (allowed: {', '.join(sorted(allowed))})"
-        )
-
-
-def _check_length(field: str, value: bytes, minimum: int, maximum: int) -> bytes:
-    if not isinstance(value, (bytes, bytearray, memoryview)):
-        raise KmsError(f"{field}: expected bytes, got {type(value).__name__}")
-    value = bytes(value)
-    if not minimum <= len(value) <= maximum:
-        raise KmsError(f"{field}: expected {minimum}..{maximum} bytes, got {len(value)}")
-    return value
-
-
-def _failed_precondition(message: str, what: str) -> KmsError:
-    match = _STATE_IN_MESSAGE.search(message)
-    state = match.group(1) if match else None
-    if state in _DESTROYED_STATES:
-        return KeyDestroyedError(f"{what}: key version is {state} ({message})")
-    if state == "DISABLED":
-        return KeyDisabledError(f"{what}: key version is DISABLED ({message})")
-    return KmsError(f"{what}: FAILED_PRECONDITION: {message}")
-
-
-def _typed_error(error: Exception, what: str, *, decrypting: bool) -> KmsError:
-    """Map a google-api-core / google-auth exception to the typed KMS errors."""
-    if isinstance(error, auth_exceptions.RefreshError):
-        if getattr(error, "retryable", False):  # the token endpoint itself was unavailable
-            return KmsTransientError(f"{what}: credential refresh failed, retryable: {error}")
-        return KmsPermissionError(f"{what}: credentials could not be refreshed: {error}")
-    if isinstance(error, auth_exceptions.TransportError):
-        return KmsTransientError(f"{what}: credential transport failed: {error}")
-    if isinstance(error, auth_exceptions.GoogleAuthError):
-        return KmsPermissionError(f"{what}: credentials unusable: {error}")
-    if not isinstance(error, api_exceptions.GoogleAPICallError):
-        return KmsError(f"{what}: unexpected {type(error).__name__}: {error}")
-    code = error.grpc_status_code
-    message = str(error.message)
-    name = code.name if code is not None else f"HTTP {error.code}"
-    if code in TRANSIENT_STATUS_CODES:
-        return KmsTransientError(f"{what}: {name}: {message}")
-    if code in _PERMISSION_STATUS_CODES:
-        return KmsPermissionError(f"{what}: {name}: {message}")
-    if code == grpc.StatusCode.NOT_FOUND:
-        return KeyNotFoundError(f"{what}: NOT_FOUND: {message}")
-    if code == grpc.StatusCode.FAILED_PRECONDITION:
-        return _failed_precondition(message, what)
-    if code == grpc.StatusCode.INVALID_ARGUMENT:
-        if "checksum" in message.lower() or "crc32c" in message.lower():
-            return KmsIntegrityError(f"{what}: the KMS saw a checksum mismatch: {message}")
-        if decrypting:
-            return KmsUnwrapError()
-    return KmsError(f"{what}: {name}: {message}")
 
 
 class GcpKms:
@@ -311,8 +146,8 @@ class GcpKms:
     def wrap(self, kek_uri: str, dek: bytes, aad: bytes) -> WrappedKey:
         """Encrypt ``dek`` under the primary version of ``kek_uri`` with ``aad`` bound."""
         key = parse_gcp_kek_uri(kek_uri)
-        dek = _check_length("dek", dek, 1, MAX_DEK_BYTES)
-        aad = _check_length("aad", aad, 0, MAX_AAD_BYTES)
+        dek = checked_bytes("dek", dek, 1, MAX_DEK_BYTES)
+        aad = checked_bytes("aad", aad, 0, MAX_AAD_BYTES)
         request = kms_v1.EncryptRequest(
             name=key.resource_name,
             plaintext=dek,
@@ -331,15 +166,11 @@ class GcpKms:
     def unwrap(self, wrapped: WrappedKey, aad: bytes) -> bytes:
         """Decrypt ``wrapped`` with ``aad``; KmsUnwrapError when it does not authenticate."""
         key = parse_gcp_kek_uri(wrapped.kek.uri)
-        if not _VERSION.match(wrapped.kek.version):
-            raise KeyNotFoundError(
-                f"KEK {key.uri}: version {wrapped.kek.version[:40]!r} is not a Cloud KMS "
-                "version number"
-            )
+        checked_version(key, wrapped.kek.version)
         ciphertext = bytes(wrapped.ciphertext)
         if not 1 <= len(ciphertext) <= MAX_WRAPPED_CIPHERTEXT_BYTES:
             raise KmsUnwrapError()  # one answer for every ciphertext that cannot authenticate
-        aad = _check_length("aad", aad, 0, MAX_AAD_BYTES)
+        aad = checked_bytes("aad", aad, 0, MAX_AAD_BYTES)
         request = kms_v1.DecryptRequest(
             name=key.resource_name,
             ciphertext=ciphertext,
@@ -407,7 +238,7 @@ class GcpKms:
         KeyDestroyedError when it is already DESTROY_SCHEDULED or DESTROYED.
         """
         key = parse_gcp_kek_uri(kek_uri)
-        name = key.version_name(_checked_version(key, version))
+        name = key.version_name(checked_version(key, version))
         what = f"Cloud KMS DestroyCryptoKeyVersion {name}"
         request = kms_v1.DestroyCryptoKeyVersionRequest(name=name)
 
@@ -416,7 +247,7 @@ class GcpKms:
                 self._client.destroy_crypto_key_version, request, what, decrypting=False
             )
             state = kms_v1.CryptoKeyVersion.CryptoKeyVersionState(destroyed.state).name
-            if state not in _DESTROYED_STATES:
+            if state not in DESTROYED_STATES:
                 raise KmsError(f"{what}: the version is {state} after the call")
 
         self._retrying(attempt, what)
@@ -424,7 +255,7 @@ class GcpKms:
     def disable_version(self, kek_uri: str, version: str) -> None:
         """Set ``version`` DISABLED: it stops decrypting until it is enabled again."""
         key = parse_gcp_kek_uri(kek_uri)
-        name = key.version_name(_checked_version(key, version))
+        name = key.version_name(checked_version(key, version))
         what = f"Cloud KMS UpdateCryptoKeyVersion {name} state=DISABLED"
         request = kms_v1.UpdateCryptoKeyVersionRequest(
             crypto_key_version=kms_v1.CryptoKeyVersion(
@@ -449,7 +280,7 @@ class GcpKms:
         try:
             return method(request=request, retry=None, timeout=self._timeout)
         except (api_exceptions.GoogleAPICallError, auth_exceptions.GoogleAuthError) as error:
-            raise _typed_error(error, what, decrypting=decrypting) from None
+            raise typed_error(error, what, decrypting=decrypting) from None
 
     def _retrying(self, attempt: Callable[[], Any], what: str) -> Any:
         return call_with_retry(
@@ -461,10 +292,7 @@ class GcpKms:
 
 
 def _wrapped_key_from(key: GcpKeyName, response: Any, what: str) -> WrappedKey:
-    prefix = f"{key.resource_name}/cryptoKeyVersions/"
-    version = response.name[len(prefix) :] if response.name.startswith(prefix) else ""
-    if not _VERSION.match(version):
-        raise KmsError(f"{what}: response names {response.name[:300]!r}, not a version of this key")
+    version = _version_in_name(key, response.name, what)
     if not response.verified_plaintext_crc32c:
         raise KmsIntegrityError(f"{what}: the KMS did not verify plaintext_crc32c")
     if not response.verified_additional_authenticated_data_crc32c:
@@ -482,18 +310,9 @@ def _wrapped_key_from(key: GcpKeyName, response: Any, what: str) -> WrappedKey:
     return WrappedKey(kek=KeyReference(uri=key.uri, version=version), ciphertext=ciphertext)
 
 
-def _checked_version(key: GcpKeyName, version: str) -> str:
-    if not isinstance(version, str) or not _VERSION.match(version):
-        raise KeyNotFoundError(
-            f"KEK {key.uri}: version {str(version)[:40]!r} is not a Cloud KMS version number"
-        )
-    return version
-
-
 def _version_in_name(key: GcpKeyName, name: str, what: str) -> str:
-    prefix = f"{key.resource_name}/cryptoKeyVersions/"
-    version = name[len(prefix) :] if name.startswith(prefix) else ""
-    if not _VERSION.match(version):
+    version = key.version_in(name)
+    if version is None:
         raise KmsError(f"{what}: response names {name[:300]!r}, not a version of this key")
     return version
 
@@ -514,12 +333,11 @@ def _enabled_primary_version(key: GcpKeyName, crypto_key: Any, what: str) -> str
     if purpose != kms_v1.CryptoKey.CryptoKeyPurpose.ENCRYPT_DECRYPT:
         raise KmsError(f"{what}: purpose is {purpose.name}, expected ENCRYPT_DECRYPT")
     primary = crypto_key.primary
-    prefix = f"{key.resource_name}/cryptoKeyVersions/"
-    version = primary.name[len(prefix) :] if primary.name.startswith(prefix) else ""
-    if not _VERSION.match(version):
+    version = key.version_in(primary.name)
+    if version is None:
         raise KeyNotFoundError(f"{what}: the key has no primary version")
     state = kms_v1.CryptoKeyVersion.CryptoKeyVersionState(primary.state).name
-    if state in _DESTROYED_STATES:
+    if state in DESTROYED_STATES:
         raise KeyDestroyedError(f"{what}: primary version {version} is {state}")
     if state == "DISABLED":
         raise KeyDisabledError(f"{what}: primary version {version} is DISABLED")

@@ -8,7 +8,9 @@
 - ``keys rewrap``: ``keybroker.rewrap.rewrap_paths`` (DEKs under the new version, payload
   bytes unchanged, resumable with a journal); prints the JSON report.
 - ``keys shred``: ``keybroker.shred.shred_kek_version`` (destroys a KEK version; needs
-  ``--yes``, refuses the primary without ``--force``).
+  ``--yes``, refuses the primary without ``--force``); with ``--whole-key`` instead of
+  ``--version``, ``keybroker.shred.shred_whole_kek`` (destroys every version of a per-partner
+  KEK; refuses a KEK that broker.yaml names for a region without ``--force``).
 
 The KMS is the local keyring of ``--state`` for ``local://`` KEKs, else the backend that
 ``--state``'s broker.yaml configures for the URI's scheme; the ledger is
@@ -32,9 +34,16 @@ from keybroker.kms.registry import kms_for_uri, uri_scheme
 from keybroker.ledger import AuditLedger, LedgerError
 from keybroker.policy import PolicyError
 from keybroker.rewrap import rewrap_paths
-from keybroker.shred import rotate_kek, shred_kek_version
+from keybroker.shred import (
+    ShredResult,
+    WholeKekShredResult,
+    rotate_kek,
+    shred_kek_version,
+    shred_whole_kek,
+)
 
 __all__ = [
+    "regions_served_by",
     "register",
     "run_keys_init",
     "run_keys_rewrap",
@@ -47,6 +56,7 @@ PARTIAL_FAILURE_EXIT = 1
 LEDGER_FILE = "ledger.sqlite"
 DEFAULT_JOURNAL = "rewrap-journal.jsonl"
 _KEY_ERRORS = (KmsError, LedgerError, ConfigError, EnvelopeError, OSError)
+ShredOutcome = ShredResult | WholeKekShredResult
 
 
 def _comma_list(text: str) -> list[str]:
@@ -131,14 +141,23 @@ def _register_shred(commands: argparse._SubParsersAction) -> None:
         description="Destroy one version of the KEK in its backend. Every data key wrapped "
         "under it, and so every envelope sealed with those keys, becomes unreadable "
         "('key destroyed'). Rewrap what must survive first. The primary version is refused "
-        "unless --force, which rotates first. Requires --yes; nothing is prompted.",
+        "unless --force, which rotates first. Azure Key Vault cannot destroy one version: "
+        "there the version is only disabled and the output says material_erased: false. "
+        "--whole-key (instead of --version) destroys every version of a per-partner KEK "
+        "(azure-kv: delete and purge the key); a KEK that broker.yaml names for a region is "
+        "refused unless --force. Requires --yes; nothing is prompted.",
     )
     _state_and_kek(shred)
-    shred.add_argument("--version", required=True, metavar="V", help="the version to destroy")
+    target = shred.add_mutually_exclusive_group(required=True)
+    target.add_argument("--version", metavar="V", help="the version to destroy")
+    target.add_argument("--whole-key", action="store_true",
+                        help="destroy every version of the KEK (the erasure of a per-partner "
+                        "KEK; azure-kv deletes and purges the key)")
     shred.add_argument("--yes", action="store_true",
                        help="confirm the destruction (required; it cannot be undone)")
     shred.add_argument("--force", action="store_true",
-                       help="if V is the primary version, rotate first and then destroy it")
+                       help="if V is the primary version, rotate first and then destroy it; "
+                       "with --whole-key, destroy a KEK that a region still uses")
     shred.set_defaults(func=run_keys_shred)
 
 
@@ -190,19 +209,38 @@ def run_keys_rewrap(args: argparse.Namespace) -> int:
 
 
 def run_keys_shred(args: argparse.Namespace) -> int:
+    whole_key = bool(getattr(args, "whole_key", False))
     if not args.yes:
-        print(f"sealbeam: error: destroying version {args.version} of {args.kek} cannot be "
+        what = "every version" if whole_key else f"version {args.version}"
+        print(f"sealbeam: error: destroying {what} of {args.kek} cannot be "
               "undone; pass --yes to confirm", file=sys.stderr)
         return USER_ERROR_EXIT
     try:
         kms = _kms_for(args.state, args.kek)
         with AuditLedger(args.state / LEDGER_FILE) as ledger:
-            result = shred_kek_version(kms, args.kek, args.version, ledger=ledger,
-                                       force=args.force)
+            if whole_key:
+                result: ShredOutcome = shred_whole_kek(
+                    kms, args.kek, ledger=ledger, force=args.force,
+                    serving_regions=regions_served_by(args.state, args.kek))
+            else:
+                result = shred_kek_version(kms, args.kek, args.version, ledger=ledger,
+                                           force=args.force)
     except _KEY_ERRORS as error:
         return _user_error(error)
     print(json.dumps(result.to_json()))
     return 0
+
+
+def regions_served_by(state: Path, kek_uri: str) -> list[str]:
+    """The regions whose new outputs broker.yaml wraps under ``kek_uri`` (any version of it).
+
+    No broker.yaml means no region is known to use it."""
+    settings_path = state / "broker.yaml"
+    if not settings_path.exists():
+        return []
+    region_keks = BrokerSettings.load(settings_path).region_keks
+    return sorted(region for region, uri in region_keks.items()
+                  if uri == kek_uri or uri.startswith(kek_uri.rstrip("/") + "/"))
 
 
 def run_keys_init(args: argparse.Namespace) -> int:

@@ -10,12 +10,23 @@ and answers with a JWS signed by a test vault certificate, the key wrapped to th
 the token (CKM_RSA_AES_KEY_WRAP / RSA_AES_KEY_WRAP_256 / _384). Errors use Key Vault's body
 ``{"error": {"code", "message", "innererror"}}``. Every request must carry ``api-version``.
 
-Test controls: keys with versions held in memory, `disable_key`, `fail_next` (a queue of prepared
-error statuses per operation), and `close`, which fails the test if a prepared response went
-unused. TLS uses a certificate from a test CA (`FakePki`) that the client trusts through
-``connection_verify=<ca path>``.
+Key lifecycle, as the SDK drives it: ``POST /keys/{name}/rotate`` (a new version of the same type
+and size becomes current; older versions keep working), ``PATCH /keys/{name}/{version}``
+(``attributes.enabled``; allowed on a disabled version, so it can be enabled again), and soft
+delete: ``DELETE /keys/{name}`` moves every version to the deleted collection, which
+``GET /deletedkeys/{name}`` answers with 404 for the first `deletion_polls` polls (the deletion
+is "in progress", as the SDK's ``begin_delete_key`` poller expects), then with the deleted key;
+``DELETE /deletedkeys/{name}`` purges it (409 while the deletion is still in progress, 403 when
+the vault has `purge_protection`). With ``soft_delete=False`` a delete is final at once and the
+answer carries no ``recoveryId``.
 
-It is not Key Vault: no access policies, no soft delete, no rotation policies.
+Test controls: keys with versions held in memory, `disable_key`, `fail_next` (a queue of prepared
+error statuses per operation), `purged` (names purged, in order), and `close`, which fails the
+test if a prepared response went unused. TLS uses a certificate from a test CA (`FakePki`) that
+the client trusts through ``connection_verify=<ca path>``.
+
+It is not Key Vault: no access policies, no rotation policies (rotation is on demand only), no
+recovery of deleted keys, no automatic purge after the retention period.
 """
 
 from __future__ import annotations
@@ -63,6 +74,9 @@ _PATH_RE = re.compile(
     r"^/keys/(?P<name>[A-Za-z0-9-]+)(?:/(?P<version>[A-Za-z0-9]*))?"
     r"(?:/(?P<op>wrapkey|unwrapkey|release))?/?$"
 )
+_ROTATE_RE = re.compile(r"^/keys/(?P<name>[A-Za-z0-9-]+)/rotate/?$")
+_DELETED_RE = re.compile(r"^/deletedkeys/(?P<name>[A-Za-z0-9-]+)/?$")
+RECOVERABLE_DAYS = 7
 
 
 def b64url(data: bytes) -> str:
@@ -240,6 +254,15 @@ class FakeKeyVersion:
     key_ops: list[str] = field(default_factory=lambda: ["wrapKey", "unwrapKey"])
 
 
+@dataclass
+class DeletedFakeKey:
+    """A key in the deleted collection; `polls_left` GETs still answer 404 (deletion running)."""
+
+    versions: list[FakeKeyVersion]
+    deleted_at: int
+    polls_left: int
+
+
 class VaultError(Exception):
     def __init__(self, status: int, code: str, message: str, inner: str | None = None) -> None:
         super().__init__(message)
@@ -249,10 +272,23 @@ class VaultError(Exception):
 class FakeKeyVault:
     """The fake vault; use as a context manager or call `close()` (which checks leftovers)."""
 
-    def __init__(self, pki: FakePki, *, maa_public_keys: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        pki: FakePki,
+        *,
+        maa_public_keys: dict[str, Any] | None = None,
+        soft_delete: bool = True,
+        purge_protection: bool = False,
+        deletion_polls: int = 2,
+    ) -> None:
         self.pki = pki
         self.maa_public_keys = dict(maa_public_keys or {})
         self.keys: dict[str, list[FakeKeyVersion]] = {}
+        self.deleted: dict[str, DeletedFakeKey] = {}
+        self.purged: list[str] = []
+        self.soft_delete = soft_delete
+        self.purge_protection = purge_protection
+        self.deletion_polls = deletion_polls
         self.requests: list[tuple[str, str, int]] = []
         self.operations: list[tuple[str, str, str, int]] = []  # (op, name, version, status)
         self._failures: dict[str, deque[VaultError]] = defaultdict(deque)
@@ -344,7 +380,8 @@ class FakeKeyVault:
         times: int = 1,
         inner: str | None = None,
     ) -> None:
-        """Queue ``times`` error answers for ``operation`` (get, wrapkey, unwrapkey, release)."""
+        """Queue ``times`` error answers for ``operation`` (get, wrapkey, unwrapkey, release,
+        rotate, update, delete, getdeleted, purge)."""
         for _ in range(times):
             self._failures[operation].append(VaultError(status, code, message, inner))
 
@@ -356,7 +393,7 @@ class FakeKeyVault:
 
     def handle(
         self, method: str, raw_path: str, headers: Any, body: bytes
-    ) -> tuple[int, dict, dict]:
+    ) -> tuple[int, dict, dict | None]:
         parts = urlsplit(raw_path)
         query = parse_qs(parts.query)
         if headers.get("Authorization") != f"Bearer {ACCESS_TOKEN}":
@@ -371,23 +408,35 @@ class FakeKeyVault:
             )
         if not query.get("api-version"):
             return 400, {}, _error_body("BadParameter", "api-version is required")
-        match = _PATH_RE.match(parts.path)
-        operation = (match.group("op") if match else None) or ("get" if method == "GET" else None)
-        if match is None or operation is None or (method == "GET") != (operation == "get"):
+        route = _route(method, parts.path)
+        if route is None:
             return 404, {}, _error_body("NotFound", f"no route for {method} {parts.path}")
-        name, version = match.group("name"), match.group("version") or ""
+        operation, name, version = route
         with self._lock:
             injected = self._failures[operation].popleft() if self._failures[operation] else None
         try:
             if injected is not None:
                 raise injected
-            status, answer = 200, self._operate(operation, name, version, body)
+            answer = self._operate(operation, name, version, body)
+            status = 204 if answer is None else 200
         except VaultError as error:
             status, answer = error.status, _error_body(error.code, error.message, error.inner)
         self.operations.append((operation, name, version, status))
         return status, {}, answer
 
-    def _operate(self, operation: str, name: str, version: str, body: bytes) -> dict[str, Any]:
+    def _operate(
+        self, operation: str, name: str, version: str, body: bytes
+    ) -> dict[str, Any] | None:
+        lifecycle = {
+            "rotate": self._rotate,
+            "update": self._update,
+            "delete": self._delete,
+            "getdeleted": self._get_deleted,
+            "purge": self._purge,
+        }.get(operation)
+        if lifecycle is not None:
+            with self._lock:
+                return lifecycle(name, version, body)
         key = self._lookup(name, version)
         if not key.enabled:
             raise VaultError(
@@ -430,6 +479,81 @@ class FakeKeyVault:
             raise VaultError(400, "BadParameter", "The parameter is incorrect.") from exc
         return {"kid": kid, "value": b64url(out)}
 
+    # -- key lifecycle ---------------------------------------------------------------------------
+
+    def _rotate(self, name: str, _version: str, _body: bytes) -> dict[str, Any]:
+        current = self._lookup(name, "")
+        material: dict[str, Any] = (
+            {"rsa_key": rsa.generate_private_key(65537, current.rsa_key.key_size)}
+            if current.rsa_key is not None
+            else {"secret": os.urandom(len(current.secret or b"") or 32)}
+        )
+        created = FakeKeyVersion(
+            uuid.uuid4().hex,
+            current.key_type,
+            exportable=current.exportable,
+            release_policy=current.release_policy,
+            key_ops=list(current.key_ops),
+            **material,
+        )
+        self._add(name, created)
+        return self._bundle(f"{self.url}/keys/{name}/{created.version}", created)
+
+    def _update(self, name: str, version: str, body: bytes) -> dict[str, Any]:
+        key = self._lookup(name, version)  # allowed on a disabled version (to enable it again)
+        request = json.loads(body or b"{}")
+        enabled = request.get("attributes", {}).get("enabled")
+        if enabled is not None:
+            if not isinstance(enabled, bool):
+                raise VaultError(400, "BadParameter", "attributes.enabled must be a boolean")
+            key.enabled = enabled
+        return self._bundle(f"{self.url}/keys/{name}/{key.version}", key)
+
+    def _delete(self, name: str, _version: str, _body: bytes) -> dict[str, Any]:
+        versions = self.keys.get(name)
+        if not versions:
+            raise VaultError(404, "KeyNotFound", f"A key with (name/id) {name} was not found.")
+        del self.keys[name]
+        deleted = DeletedFakeKey(versions, int(time.time()), self.deletion_polls)
+        if self.soft_delete:
+            self.deleted[name] = deleted
+        else:
+            self.purged.append(name)
+        return self._deleted_bundle(name, deleted)
+
+    def _get_deleted(self, name: str, _version: str, _body: bytes) -> dict[str, Any]:
+        deleted = self.deleted.get(name)
+        if deleted is None or deleted.polls_left > 0:
+            if deleted is not None:
+                deleted.polls_left -= 1
+            raise VaultError(404, "KeyNotFound", f"Deleted Key not found: {name}")
+        return self._deleted_bundle(name, deleted)
+
+    def _purge(self, name: str, _version: str, _body: bytes) -> None:
+        deleted = self.deleted.get(name)
+        if deleted is None:
+            raise VaultError(404, "KeyNotFound", f"Deleted Key not found: {name}")
+        if deleted.polls_left > 0:
+            raise VaultError(409, "Conflict", f"Key {name} is currently being deleted.")
+        if self.purge_protection:
+            raise VaultError(
+                403,
+                "Forbidden",
+                f"Operation 'purge' is not allowed on key {name}: the vault has purge protection.",
+            )
+        del self.deleted[name]
+        self.purged.append(name)
+        return None
+
+    def _deleted_bundle(self, name: str, deleted: DeletedFakeKey) -> dict[str, Any]:
+        latest = deleted.versions[-1]
+        bundle = self._bundle(f"{self.url}/keys/{name}/{latest.version}", latest)
+        bundle["deletedDate"] = deleted.deleted_at
+        if self.soft_delete:
+            bundle["recoveryId"] = f"{self.url}/deletedkeys/{name}"
+            bundle["scheduledPurgeDate"] = deleted.deleted_at + RECOVERABLE_DAYS * 86400
+        return bundle
+
     def _lookup(self, name: str, version: str) -> FakeKeyVersion:
         versions = self.keys.get(name)
         if not versions:
@@ -459,8 +583,10 @@ class FakeKeyVault:
                 "created": now,
                 "updated": now,
                 "exportable": key.exportable,
-                "recoveryLevel": "Recoverable+Purgeable",
-                "recoverableDays": 7,
+                "recoveryLevel": (
+                    "Recoverable" if self.purge_protection else "Recoverable+Purgeable"
+                ),
+                "recoverableDays": RECOVERABLE_DAYS,
             },
         }
         if key.release_policy is not None:
@@ -551,6 +677,27 @@ class FakeKeyVault:
                 "Target environment attestation statement cannot be verified.",
                 "AccessDenied",
             ) from exc
+
+
+def _route(method: str, path: str) -> tuple[str, str, str] | None:
+    """(operation, key name, version) of a request the fake serves, or None."""
+    deleted = _DELETED_RE.match(path)
+    if deleted is not None:
+        operation = {"GET": "getdeleted", "DELETE": "purge"}.get(method)
+        return (operation, deleted.group("name"), "") if operation else None
+    rotate = _ROTATE_RE.match(path)
+    if rotate is not None:
+        return ("rotate", rotate.group("name"), "") if method == "POST" else None
+    match = _PATH_RE.match(path)
+    if match is None:
+        return None
+    name, version, op = match.group("name"), match.group("version") or "", match.group("op")
+    if op is not None:
+        return (op, name, version) if method == "POST" else None
+    operation = {"GET": "get", "PATCH": "update"}.get(method)
+    if method == "DELETE" and not version:
+        operation = "delete"
+    return (operation, name, version) if operation else None
 
 
 def _error_body(code: str, message: str, inner: str | None = None) -> dict[str, Any]:
@@ -657,7 +804,7 @@ def _handler_for(vault: FakeKeyVault) -> type[BaseHTTPRequestHandler]:
                 vault.unexpected.append(f"{self.command} {self.path}: {exc!r}")
                 status, headers, answer = 500, {}, _error_body("FakeCrashed", repr(exc))
             vault.requests.append((self.command, self.path, status))
-            data = json.dumps(answer).encode()
+            data = b"" if answer is None else json.dumps(answer).encode()
             self.send_response(status)
             for name, value in {
                 "Content-Type": "application/json; charset=utf-8",
@@ -668,7 +815,7 @@ def _handler_for(vault: FakeKeyVault) -> type[BaseHTTPRequestHandler]:
             self.end_headers()
             self.wfile.write(data)
 
-        do_GET = do_POST = _serve
+        do_GET = do_POST = do_PATCH = do_DELETE = _serve
 
         def log_message(self, format: str, *args: Any) -> None:
             return

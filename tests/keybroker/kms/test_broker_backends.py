@@ -15,7 +15,6 @@ is the state's own file. Backoff sleeps are recorded, not slept.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -33,49 +32,11 @@ from tests.keybroker.kms.broker_deployments import (
     SCHEMES,
     SPEC_FINGERPRINT,
     Deployment,
-    azure_deployment,
-    gcp_deployment,
-    local_deployment,
     partner_seals,
-    pkcs11_deployment,
-    softhsm_tokens,
     worker_generates,
     worker_opens,
 )
-from tests.keybroker.kms.softhsm import SoftHsm
 from tests.support.broker import ledger_entries, start_broker
-
-
-@pytest.fixture(scope="module")
-def local_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
-    with local_deployment(tmp_path_factory.mktemp("local")) as deployed:
-        yield deployed
-
-
-@pytest.fixture(scope="module")
-def gcp_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
-    with gcp_deployment(tmp_path_factory.mktemp("gcp")) as deployed:
-        yield deployed
-
-
-@pytest.fixture(scope="module")
-def azure_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
-    with azure_deployment(tmp_path_factory.mktemp("azure")) as deployed:
-        yield deployed
-
-
-@pytest.fixture(scope="module")
-def softhsm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SoftHsm]:
-    with softhsm_tokens(tmp_path_factory.mktemp("softhsm")) as hsm:
-        yield hsm
-
-
-@pytest.fixture(scope="module")
-def pkcs11_broker(
-    tmp_path_factory: pytest.TempPathFactory, softhsm: SoftHsm
-) -> Iterator[Deployment]:
-    with pkcs11_deployment(tmp_path_factory.mktemp("pkcs11"), softhsm) as deployed:
-        yield deployed
 
 
 @pytest.fixture

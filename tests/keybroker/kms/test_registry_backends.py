@@ -17,7 +17,6 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -49,47 +48,9 @@ from tests.keybroker.kms.broker_deployments import (
     GCP_REGION_LOCATIONS,
     HSM_TOKEN,
     Deployment,
-    azure_deployment,
-    gcp_deployment,
-    local_deployment,
-    pkcs11_deployment,
-    softhsm_tokens,
 )
 from tests.keybroker.kms.fake_azure_kv import FakeKeyVault, StaticTokenCredential
 from tests.keybroker.kms.softhsm import SoftHsm
-
-
-@pytest.fixture(scope="module")
-def local_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
-    with local_deployment(tmp_path_factory.mktemp("local")) as deployed:
-        yield deployed
-
-
-@pytest.fixture(scope="module")
-def gcp_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
-    with gcp_deployment(tmp_path_factory.mktemp("gcp")) as deployed:
-        yield deployed
-
-
-@pytest.fixture(scope="module")
-def azure_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Deployment]:
-    with azure_deployment(tmp_path_factory.mktemp("azure")) as deployed:
-        yield deployed
-
-
-@pytest.fixture(scope="module")
-def softhsm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SoftHsm]:
-    with softhsm_tokens(tmp_path_factory.mktemp("softhsm")) as hsm:
-        yield hsm
-
-
-@pytest.fixture(scope="module")
-def pkcs11_broker(
-    tmp_path_factory: pytest.TempPathFactory, softhsm: SoftHsm
-) -> Iterator[Deployment]:
-    with pkcs11_deployment(tmp_path_factory.mktemp("pkcs11"), softhsm) as deployed:
-        yield deployed
-
 
 # -- the registry opens each backend from broker.yaml's kms section --------------------------
 
