@@ -16,7 +16,7 @@ separately), starts the broker in this process on 127.0.0.1, and for each ``--ba
   per 1,000 records, and releases per sealed data key (1.0 = one release per key per worker);
 - times the confidential step alone on the same envelopes outside Beam: one
   ``BatchProcessor`` with a fresh ``KeySession`` (the one ``ConfidentialProcess`` builds),
-  chunks of the same batch size, one thread, no file writes; the ratio of the two times is
+  chunks of the same batch size, one thread, no file reads or writes; the ratio of the two times is
   the Beam overhead (reading, parsing headers, batching, routing, writing, the runner);
 - reads the peak RSS of each run (Linux VmHWM reset just before it; ``ru_maxrss``, the
   process's peak so far, where that is unavailable) and, at the end, ``ru_maxrss``. Every
@@ -26,7 +26,7 @@ The ledger's hash chain is verified at the end. Arrow is pinned to one CPU threa
 other benchmarks. ``--json PATH`` also writes the numbers.
 
 What it does not: no cloud, no real TEE (the worker is simulated and its keys are marked so),
-one run per batch size (no repeats: a 100,000-record run takes minutes), and the broker
+one run per batch size (no repeats: a 100,000-record run takes most of a minute), and the broker
 shares this process (and its GIL) with the runner, as in ``sealbeam demo``.
 
     .venv/bin/python benchmarks/pipeline.py [--records 100000] [--files 2]
@@ -182,7 +182,8 @@ def load_envelopes(paths: Iterable[Path]) -> tuple[list[bytes], list[DeadLetter]
         with path.open("rb") as stream:
             for line_no, line, length in iter_bounded_lines(stream, MAX_LINE_BYTES):
                 if line is None:
-                    raise BenchmarkCheckError(f"{path.name}:{line_no}: line of {length} bytes")
+                    raise BenchmarkCheckError(f"{path.name}:{line_no}: line of {length} bytes, "
+                                              f"over {MAX_LINE_BYTES}")
                 if not line.strip():
                     continue
                 decoded = decode_line(line, f"{path.name}:{line_no}")
@@ -300,12 +301,13 @@ def run_standalone(settings: BrokerSettings, broker: RunningBroker, envelopes: l
                                   if output_format == PARQUET_PME else None))
     processor = BatchProcessor(session, compiled, output_format=output_format)
     before = ledger_head(settings)
-    accounted = rows = suppressed = dead = 0
+    accounted = rows = suppressed = dead = outputs = 0
     window = start_peak_rss_window()
     try:
         started = time.perf_counter()
         for start in range(0, len(envelopes), batch_size):
             result = processor.process(envelopes[start:start + batch_size])
+            outputs += len(result.outputs)
             accounted += sum(output.source_count for output in result.outputs)
             rows += sum(output.row_count for output in result.outputs)
             suppressed += result.rows_suppressed
@@ -330,6 +332,7 @@ def run_standalone(settings: BrokerSettings, broker: RunningBroker, envelopes: l
         "dead_letters": dead + framing_dead,
         "rows_out": rows,
         "rows_suppressed": suppressed,
+        "outputs": outputs,
         "broker_calls": total,
         "broker_calls_by_kind": calls,
         "broker_calls_per_1000_records": per_thousand(total, records),
@@ -354,7 +357,8 @@ def print_report(numbers: dict[str, object]) -> None:
               f"{alone['seconds']:>9.2f}{alone['records_per_second']:>13,}"
               f"{run['beam_over_standalone']:>11.2f}x{beam['records_in']:>9,}"
               f"{beam['records_out']:>9,}{beam['dead_letters']:>6,}"
-              f"{beam['peak_rss_bytes'] / mib:>6,.0f} MiB{alone['peak_rss_bytes'] / mib:>7,.0f} MiB")
+              f"{beam['peak_rss_bytes'] / mib:>6,.0f} MiB"
+              f"{alone['peak_rss_bytes'] / mib:>7,.0f} MiB")
     print()
     print(f"{'batch':>6}{'attest':>8}{'release':>9}{'generate':>10}{'named':>7}{'other':>7}"
           f"{'total':>7}{'per 1k rec':>12}{'rel/DEK':>9}{'alone total':>13}{'ledger':>8}")

@@ -13,27 +13,48 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import logging
 import sys
 from collections.abc import Sequence
-
-from enclave_workers.features import FeatureError
-from enclave_workers.key_session import KeySessionError
-from enclave_workers.records import RecordError
-from envelope import EnvelopeError
-from keybroker.client import BrokerError
-from keybroker.kms.base import KmsError
-from keybroker.ledger import LedgerError
-from transforms import TransformError
-
-from .errors import PipelineError
 
 # Fixed order, as ``sealbeam --help`` lists them.
 COMMAND_MODULES = ("keys", "broker", "audit", "attest", "features", "seal", "open", "run", "demo")
 
-USER_ERRORS: tuple[type[BaseException], ...] = (
-    PipelineError, TransformError, EnvelopeError, KmsError, BrokerError, LedgerError,
-    FeatureError, RecordError, KeySessionError, OSError,
-)
+# Log lines that Beam and its optional GCP extras print on import: they describe packages the
+# local runner does not need, and would otherwise open every command's output.
+_IMPORT_NOISE = ("apitools not found", "Failed to import GCSFileSystem")
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    """The errors a user can cause; imported late so that logging is set up before Beam loads."""
+    from enclave_workers.features import FeatureError
+    from enclave_workers.key_session import KeySessionError
+    from enclave_workers.records import RecordError
+    from envelope import EnvelopeError
+    from keybroker.client import BrokerError
+    from keybroker.kms.base import KmsError
+    from keybroker.ledger import LedgerError
+    from transforms import TransformError
+
+    from .errors import PipelineError
+
+    return (
+        PipelineError, TransformError, EnvelopeError, KmsError, BrokerError, LedgerError,
+        FeatureError, RecordError, KeySessionError, OSError,
+    )
+
+
+def _configure_logging() -> None:
+    """Warnings to stderr, without the import-time notices of packages we do not use."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("sealbeam: %(levelname)s: %(name)s: %(message)s"))
+    handler.addFilter(lambda record: not record.getMessage().startswith(_IMPORT_NOISE))
+    root = logging.getLogger()
+    if not root.handlers:
+        root.addHandler(handler)
+        root.setLevel(logging.WARNING)
+
+
 USAGE_EXIT = 2
 
 
@@ -50,11 +71,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    _configure_logging()
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
         return int(args.func(args))
-    except USER_ERRORS as exc:
+    except _user_errors() as exc:
         message = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         print(f"sealbeam: error: {message}", file=sys.stderr)
         return USAGE_EXIT

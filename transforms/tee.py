@@ -1,11 +1,15 @@
 """Which TEE a confidential worker runs in, and how it gets its evidence provider.
 
-What it does: ``TeeSettings`` names the TEE (``simulated-sev-snp`` today) and its inputs, and
-``make_evidence_provider`` builds the matching ``enclave_workers`` provider on the worker (in
-``DoFn.setup``), so nothing TEE-specific is pickled with the pipeline.
-``SessionLimits`` carries the key-session caching limits.
+What it does: ``TeeSettings`` names the TEE and its inputs — ``simulated-sev-snp`` (the dev
+chain in ``dev_tee_dir``), or real hardware: ``configfs-tsm`` (SEV-SNP through the kernel's
+TSM reports), ``configfs-tsm-tdx`` (TDX through the same interface) or ``sev-guest``
+(SEV-SNP through ``/dev/sev-guest``) — and ``make_evidence_provider`` builds the matching
+``enclave_workers`` provider on the worker (in ``DoFn.setup``), so nothing TEE-specific is
+pickled with the pipeline. ``SessionLimits`` carries the key-session caching limits.
 
-What it does not: it does not collect evidence or talk to the broker (``KeySession`` does).
+What it does not: it does not collect evidence or talk to the broker (``KeySession`` does),
+and it does not check that the worker really has the hardware (the provider fails closed on
+its first ``collect`` when it has not).
 """
 
 from __future__ import annotations
@@ -17,10 +21,24 @@ from enclave_workers.evidence.base import EvidenceProvider
 
 from .errors import TransformConfigError
 
-__all__ = ["SUPPORTED_TEES", "SessionLimits", "TeeSettings", "make_evidence_provider"]
+__all__ = [
+    "CONFIGFS_TSM",
+    "CONFIGFS_TSM_TDX",
+    "HARDWARE_TEES",
+    "SEV_GUEST",
+    "SIMULATED_SEV_SNP",
+    "SUPPORTED_TEES",
+    "SessionLimits",
+    "TeeSettings",
+    "make_evidence_provider",
+]
 
 SIMULATED_SEV_SNP = "simulated-sev-snp"
-SUPPORTED_TEES = (SIMULATED_SEV_SNP,)
+CONFIGFS_TSM = "configfs-tsm"
+CONFIGFS_TSM_TDX = "configfs-tsm-tdx"
+SEV_GUEST = "sev-guest"
+HARDWARE_TEES = (CONFIGFS_TSM, CONFIGFS_TSM_TDX, SEV_GUEST)
+SUPPORTED_TEES = (SIMULATED_SEV_SNP, *HARDWARE_TEES)  # the first is the flags' default
 
 
 @dataclass(frozen=True)
@@ -37,6 +55,9 @@ class TeeSettings:
         if self.tee == SIMULATED_SEV_SNP and not self.dev_tee_dir:
             raise TransformConfigError("the simulated SEV-SNP TEE needs dev_tee_dir "
                                        "(the dev chain made by `sealbeam keys init`)")
+        if self.tee in HARDWARE_TEES and self.dev_tee_dir:
+            raise TransformConfigError(f"dev_tee_dir is for the simulated TEE only; the "
+                                       f"hardware TEE {self.tee!r} takes none")
 
 
 @dataclass(frozen=True)
@@ -61,4 +82,16 @@ def make_evidence_provider(settings: TeeSettings) -> EvidenceProvider:
         from enclave_workers.evidence.simulated_snp import SimulatedSnpProvider
 
         return SimulatedSnpProvider(Path(str(settings.dev_tee_dir)))
+    if settings.tee == CONFIGFS_TSM:
+        from enclave_workers.evidence.configfs_tsm import ConfigfsTsmProvider
+
+        return ConfigfsTsmProvider()
+    if settings.tee == CONFIGFS_TSM_TDX:
+        from enclave_workers.evidence.configfs_tsm import ConfigfsTsmTdxProvider
+
+        return ConfigfsTsmTdxProvider()
+    if settings.tee == SEV_GUEST:
+        from enclave_workers.evidence.sev_guest import SevGuestProvider
+
+        return SevGuestProvider()
     raise TransformConfigError(f"unknown TEE {settings.tee!r}")

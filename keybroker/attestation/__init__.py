@@ -15,6 +15,7 @@ from keybroker.attestation.errors import (
     EvidenceVerificationError,
     ReportDataMismatchError,
     TrustStoreError,
+    UnsupportedHardwareError,
 )
 from keybroker.attestation.verifier import Verifier
 
@@ -26,5 +27,6 @@ __all__ = [
     "EvidenceVerificationError",
     "ReportDataMismatchError",
     "TrustStoreError",
+    "UnsupportedHardwareError",
     "Verifier",
 ]

@@ -14,6 +14,7 @@ __all__ = [
     "EvidenceVerificationError",
     "ReportDataMismatchError",
     "TrustStoreError",
+    "UnsupportedHardwareError",
 ]
 
 
@@ -35,6 +36,12 @@ class ReportDataMismatchError(AttestationError):
 
 class TrustStoreError(AttestationError):
     """The verifier's own trust configuration (trust dir, dev root, pins) is unusable."""
+
+
+class UnsupportedHardwareError(TrustStoreError):
+    """The evidence runs on hardware this verifier was not given trust material for (Azure
+    CVM evidence from TDX to a verifier without a TDX verifier): a request the broker does
+    not serve, not a broken configuration, so the broker answers it like an unknown TEE."""
 
 
 class EndorsementUnavailableError(AttestationError):

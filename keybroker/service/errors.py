@@ -20,6 +20,7 @@ from keybroker.attestation.errors import (
     EvidenceVerificationError,
     ReportDataMismatchError,
     TrustStoreError,
+    UnsupportedHardwareError,
 )
 from keybroker.kms.base import (
     KeyDestroyedError,
@@ -92,6 +93,7 @@ _STATUS_TABLE: dict[type[BaseException], ErrorStatus] = {
     LedgerError: ErrorStatus(503, "ledger_unavailable"),
     BadRequestError: ErrorStatus(400, "bad_request"),
     UnsupportedTeeError: ErrorStatus(400, "unsupported_tee"),
+    UnsupportedHardwareError: ErrorStatus(400, "unsupported_tee"),
     EnvelopeFormatError: ErrorStatus(400, "bad_request"),
     KeyTransportError: ErrorStatus(400, "bad_tee_key"),
 }

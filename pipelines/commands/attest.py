@@ -47,8 +47,8 @@ from keybroker.service.verifiers import (
 __all__ = ["register"]
 
 TEE_TYPES = ("sev-snp", "tdx", "azure-cvm", "maa", "confidential-space")
-PROVIDERS = ("simulated-snp", "simulated-tdx", "configfs-tsm", "sev-guest", "azure-vtpm",
-             "confidential-space")
+PROVIDERS = ("simulated-snp", "simulated-tdx", "configfs-tsm", "configfs-tsm-tdx", "sev-guest",
+             "azure-vtpm", "confidential-space")
 MAX_INPUT_FILE = 1024 * 1024
 MAX_ENDORSEMENT_FILES = 16
 NOT_VERIFIED_EXIT = 1
@@ -118,7 +118,9 @@ def _register_collect(commands: argparse._SubParsersAction) -> None:
         "collect", help="collect evidence from this machine's TEE (or a simulator)",
         description="Collect evidence for a report_data and write it to files.")
     collect.add_argument("--provider", required=True, choices=PROVIDERS,
-                         help="evidence provider to use")
+                         help="evidence provider to use (configfs-tsm: SEV-SNP and "
+                              "configfs-tsm-tdx: TDX, through the kernel's TSM reports; "
+                              "sev-guest: /dev/sev-guest)")
     collect.add_argument("--report-data", default="00" * 64,
                          help="report_data to bind, 128 hex digits (default zeros)")
     collect.add_argument("--chain-dir", type=Path, default=Path(".sealbeam/dev-tee"),
@@ -327,6 +329,10 @@ def _provider(args: argparse.Namespace):
         from enclave_workers.evidence.configfs_tsm import ConfigfsTsmProvider
 
         return ConfigfsTsmProvider()
+    if args.provider == "configfs-tsm-tdx":
+        from enclave_workers.evidence.configfs_tsm import ConfigfsTsmTdxProvider
+
+        return ConfigfsTsmTdxProvider()
     if args.provider == "azure-vtpm":
         from enclave_workers.evidence.azure_vtpm import AzureVtpmProvider
 
@@ -337,9 +343,11 @@ def _provider(args: argparse.Namespace):
         if not args.audience:
             raise AttestCommandError("--provider confidential-space needs --audience")
         return ConfidentialSpaceProvider(args.audience)
-    from enclave_workers.evidence.sev_guest import SevGuestProvider
+    if args.provider == "sev-guest":
+        from enclave_workers.evidence.sev_guest import SevGuestProvider
 
-    return SevGuestProvider()
+        return SevGuestProvider()
+    raise AttestCommandError(f"unknown evidence provider {args.provider!r}")
 
 
 def _endorsement_file(directory: Path, name: str) -> Path:

@@ -12,8 +12,10 @@
   ``--version``, ``keybroker.shred.shred_whole_kek`` (destroys every version of a per-partner
   KEK; refuses a KEK that broker.yaml names for a region without ``--force``).
 
-The KMS is the local keyring of ``--state`` for ``local://`` KEKs, else the backend that
-``--state``'s broker.yaml configures for the URI's scheme; the ledger is
+The KMS is the local keyring for ``local://`` KEKs, else the backend that ``--state``'s
+broker.yaml configures for the URI's scheme. The keyring and the ledger are the ones
+broker.yaml names (``keyring``, ``ledger``), so ``kek-*`` events land in the broker's own
+ledger; only a state without broker.yaml falls back to ``--state/keyring.json`` and
 ``--state/ledger.sqlite``. Handlers print paths, versions and counts, never a key.
 """
 
@@ -49,11 +51,14 @@ __all__ = [
     "run_keys_rewrap",
     "run_keys_rotate",
     "run_keys_shred",
+    "state_ledger_path",
 ]
 
 USER_ERROR_EXIT = 2
 PARTIAL_FAILURE_EXIT = 1
 LEDGER_FILE = "ledger.sqlite"
+KEYRING_FILE = "keyring.json"
+SETTINGS_FILE = "broker.yaml"
 DEFAULT_JOURNAL = "rewrap-journal.jsonl"
 _KEY_ERRORS = (KmsError, LedgerError, ConfigError, EnvelopeError, OSError)
 ShredOutcome = ShredResult | WholeKekShredResult
@@ -96,8 +101,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def _state_and_kek(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--state", type=Path, default=Path(".sealbeam"),
-                        help="state directory (keyring.json, broker.yaml, ledger.sqlite; "
-                        "default .sealbeam)")
+                        help="state directory whose broker.yaml names the keyring and "
+                        "the ledger (default .sealbeam)")
     parser.add_argument("--kek", required=True, metavar="URI",
                         help="the KEK, e.g. local://keyring/eu/kek-1")
 
@@ -161,11 +166,33 @@ def _register_shred(commands: argparse._SubParsersAction) -> None:
     shred.set_defaults(func=run_keys_shred)
 
 
+def _broker_settings(state: Path) -> BrokerSettings | None:
+    """The state's broker.yaml, or None when the state has none (a bare keyring)."""
+    path = state / SETTINGS_FILE
+    if not path.exists():
+        return None
+    return BrokerSettings.load(path)
+
+
+def state_ledger_path(state: Path) -> Path:
+    """The ledger the broker of ``state`` writes (broker.yaml's ``ledger``), so the
+    ``kek-*`` events sit in the same hash chain as its grants; without broker.yaml,
+    ``STATE/ledger.sqlite``."""
+    settings = _broker_settings(state)
+    return settings.ledger_path if settings is not None else state / LEDGER_FILE
+
+
 def _kms_for(state: Path, kek_uri: str) -> KeyManagementService:
-    """The local keyring for local:// KEKs, else the backend broker.yaml configures."""
+    """The local keyring broker.yaml names for local:// KEKs (``STATE/keyring.json`` without
+    broker.yaml), else the backend broker.yaml configures."""
+    settings = _broker_settings(state)
     if uri_scheme(kek_uri) == LOCAL_SCHEME:
-        return LocalKeyring.open(state / "keyring.json")
-    return kms_for_uri(kek_uri, BrokerSettings.load(state / "broker.yaml"))
+        keyring = settings.keyring_path if settings is not None else state / KEYRING_FILE
+        return LocalKeyring.open(keyring)
+    if settings is None:
+        raise ConfigError(f"no broker settings at {state / SETTINGS_FILE}: the KMS backend "
+                          f"of {kek_uri} is configured there")
+    return kms_for_uri(kek_uri, settings)
 
 
 def _user_error(error: BaseException) -> int:
@@ -177,7 +204,7 @@ def _user_error(error: BaseException) -> int:
 def run_keys_rotate(args: argparse.Namespace) -> int:
     try:
         kms = _kms_for(args.state, args.kek)
-        with AuditLedger(args.state / LEDGER_FILE) as ledger:
+        with AuditLedger(state_ledger_path(args.state)) as ledger:
             result = rotate_kek(kms, args.kek, ledger=ledger)
     except _KEY_ERRORS as error:
         return _user_error(error)
@@ -191,7 +218,7 @@ def run_keys_rewrap(args: argparse.Namespace) -> int:
         kms = _kms_for(args.state, args.kek)
         report = rewrap_paths(args.paths, kms=kms, kek_uri=args.kek, journal_path=journal,
                               target_version=args.to_version)
-        with AuditLedger(args.state / LEDGER_FILE) as ledger:
+        with AuditLedger(state_ledger_path(args.state)) as ledger:
             ledger.append("kek-rewrap", "info", {
                 "kek": report.kek_uri, "target_version": report.target_version,
                 "files_changed": len(report.files_changed),
@@ -217,7 +244,7 @@ def run_keys_shred(args: argparse.Namespace) -> int:
         return USER_ERROR_EXIT
     try:
         kms = _kms_for(args.state, args.kek)
-        with AuditLedger(args.state / LEDGER_FILE) as ledger:
+        with AuditLedger(state_ledger_path(args.state)) as ledger:
             if whole_key:
                 result: ShredOutcome = shred_whole_kek(
                     kms, args.kek, ledger=ledger, force=args.force,
@@ -235,10 +262,10 @@ def regions_served_by(state: Path, kek_uri: str) -> list[str]:
     """The regions whose new outputs broker.yaml wraps under ``kek_uri`` (any version of it).
 
     No broker.yaml means no region is known to use it."""
-    settings_path = state / "broker.yaml"
-    if not settings_path.exists():
+    settings = _broker_settings(state)
+    if settings is None:
         return []
-    region_keks = BrokerSettings.load(settings_path).region_keks
+    region_keks = settings.region_keks
     return sorted(region for region, uri in region_keks.items()
                   if uri == kek_uri or uri.startswith(kek_uri.rstrip("/") + "/"))
 
@@ -262,5 +289,5 @@ def run_keys_init(args: argparse.Namespace) -> int:
     for tenant in args.tenants:
         print(f"named key: pseudonym/{tenant}")
     print(f"policy: {settings.policy_path} (allows the SIMULATED SEV-SNP worker only)")
-    print(f"settings: {settings.state_dir / 'broker.yaml'}")
+    print(f"settings: {settings.state_dir / SETTINGS_FILE}")
     return 0

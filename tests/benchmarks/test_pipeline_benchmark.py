@@ -63,7 +63,13 @@ def test_each_batch_size_reconciles_and_counts_broker_calls(tiny_results) -> Non
                                "broker_calls_per_1000_records", "releases_per_data_key",
                                "ledger_entries", "peak_rss_bytes", "output_files"))
         assert_positive(alone, ("seconds", "records_per_second", "broker_calls",
-                                "broker_calls_per_1000_records"))
+                                "broker_calls_per_1000_records", "peak_rss_bytes", "outputs"))
+        for measured in (beam, alone):
+            assert measured["peak_rss_method"] in {"VmHWM after clear_refs",
+                                                   "ru_maxrss (process peak so far)"}
+            assert measured["rss_at_start_bytes"] >= 0   # 0 where /proc is absent
+            if measured["peak_rss_method"] == "VmHWM after clear_refs":
+                assert measured["peak_rss_bytes"] >= measured["rss_at_start_bytes"]
         assert_positive(run, ("beam_over_standalone",))
         assert set(beam["broker_calls_by_kind"]) == KINDS
         assert set(alone["broker_calls_by_kind"]) == KINDS | {"challenge"}

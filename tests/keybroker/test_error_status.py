@@ -12,6 +12,7 @@ from keybroker.attestation.errors import (
     EvidenceVerificationError,
     ReportDataMismatchError,
     TrustStoreError,
+    UnsupportedHardwareError,
 )
 from keybroker.dek_cache import UnwrapWaitTimeoutError
 from keybroker.kms.backend_settings import KmsSettingsError
@@ -65,6 +66,7 @@ TABLE = [
     (LedgerError("disk full"), 503, "ledger_unavailable"),
     (BadRequestError("nonce: not valid base64"), 400, "bad_request"),
     (UnsupportedTeeError("tee: no verifier"), 400, "unsupported_tee"),
+    (UnsupportedHardwareError("no TDX verifier configured"), 400, "unsupported_tee"),
     (EnvelopeFormatError("region too long"), 400, "bad_request"),
     (EnvelopeLimitError("wrapped key too long"), 400, "bad_request"),
     (KeyTransportError("bad TEE key"), 400, "bad_tee_key"),

@@ -50,6 +50,7 @@ from keybroker.attestation.errors import (
     EvidenceVerificationError,
     ReportDataMismatchError,
     TrustStoreError,
+    UnsupportedHardwareError,
 )
 from keybroker.attestation.snp.certificates import common_name, load_pem_certificates
 from keybroker.attestation.snp.chain import intermediate_role
@@ -139,7 +140,8 @@ class AzureCvmVerifier:
     def _verify_snp(self, hcl: HclReport, parsed: AzureCvmEvidence,
                     endorsements: Mapping[str, bytes]) -> Claims:
         if self._snp is None:
-            raise TrustStoreError("this broker accepts no Azure SEV-SNP CVMs (no SEV-SNP verifier)")
+            raise UnsupportedHardwareError(
+                "this verifier accepts no Azure SEV-SNP CVMs (no SEV-SNP verifier configured)")
         if parsed.td_quote is not None:
             raise EvidenceFormatError("Azure SEV-SNP evidence must not carry a td_quote")
         report = parse_report(hcl.hardware_report)
@@ -171,7 +173,8 @@ class AzureCvmVerifier:
     def _verify_tdx(self, hcl: HclReport, parsed: AzureCvmEvidence,
                     endorsements: Mapping[str, bytes]) -> Claims:
         if self._tdx is None:
-            raise TrustStoreError("this broker accepts no Azure TDX CVMs (no TDX verifier)")
+            raise UnsupportedHardwareError(
+                "this verifier accepts no Azure TDX CVMs (no TDX verifier configured)")
         if parsed.td_quote is None:
             raise EvidenceFormatError("Azure TDX evidence needs a td_quote")
         td_report = parse_td_report(hcl.hardware_report)

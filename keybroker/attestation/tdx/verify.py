@@ -26,6 +26,7 @@ from cryptography.hazmat.primitives.asymmetric import ec, utils
 
 from keybroker.attestation.claims import Claims
 from keybroker.attestation.errors import (
+    EvidenceFormatError,
     EvidenceVerificationError,
     ReportDataMismatchError,
     TrustStoreError,
@@ -43,6 +44,7 @@ from keybroker.attestation.tdx.tcb import TcbEvaluation, TcbStatus, evaluate_tcb
 from keybroker.attestation.tdx.trust import TdxTrustStore, TrustedRoot
 
 __all__ = [
+    "ENDORSEMENT_NAMES",
     "INTEL_TD_QE_MRSIGNER",
     "CollateralSource",
     "TdxVerifier",
@@ -59,6 +61,7 @@ INTEL_TD_QE_MRSIGNER = bytes.fromhex(
 )
 INTEL_TD_QE_ISVPRODID = 2
 REPORT_DATA_SIZE = 64
+ENDORSEMENT_NAMES = frozenset({"collateral"})  # the PCK chain travels inside the quote
 PCK_CHAIN_LENGTH = 2  # PCK and Platform/Processor CA, below the root
 
 CollateralSource = Callable[[bytes], "Collateral | None"]  # FMSPC -> collateral, or None
@@ -188,6 +191,18 @@ def verify_quote(
     return VerifiedQuote(quote=quote, pck=pck, root=root, tcb=evaluation)
 
 
+def _check_endorsements(endorsements: Mapping[str, bytes]) -> None:
+    """Refuse names this verifier does not read, as the other verifiers do: an endorsement
+    silently ignored is a caller who believes it was checked."""
+    unknown = set(endorsements) - ENDORSEMENT_NAMES
+    if unknown:
+        raise EvidenceFormatError(f"unknown TDX endorsements {sorted(unknown)}; "
+                                  f"expected {sorted(ENDORSEMENT_NAMES)}")
+    for name, blob in endorsements.items():
+        if not isinstance(blob, bytes | bytearray):
+            raise EvidenceFormatError(f"endorsement {name!r} must be bytes")
+
+
 def _system_clock() -> datetime:
     return datetime.now(timezone.utc)
 
@@ -255,6 +270,7 @@ class TdxVerifier:
             or len(expected_report_data) != REPORT_DATA_SIZE
         ):
             raise ReportDataMismatchError(f"expected report_data must be {REPORT_DATA_SIZE} bytes")
+        _check_endorsements(endorsements)
         quote = parse_quote(evidence)
         collateral = self._choose_collateral(quote, endorsements)
         verified = verify_quote(quote, self._trust, self._now(), collateral)
