@@ -33,11 +33,13 @@ from importlib import resources
 import pyarrow as pa
 
 from envelope import (
+    BatchSealer,
     EnvelopeAuthenticationError,
     EnvelopeError,
+    ParsedEnvelope,
     open_batch,
     open_record,
-    read_header,
+    parse_envelope,
     seal_batch,
 )
 from keybroker.client import BrokerDeniedError, BrokerNotFoundError
@@ -198,7 +200,12 @@ class BatchProcessor:
     def compiled(self) -> CompiledSpec:
         return self._compiled
 
-    def process(self, envelopes: Sequence[bytes]) -> BatchResult:
+    def process(self, envelopes: Sequence[bytes | ParsedEnvelope]) -> BatchResult:
+        """Open, featurize and reseal ``envelopes``; each header is parsed exactly once.
+
+        An element may already be a ``ParsedEnvelope`` (bound to its bytes by the parser),
+        which is used as it is; bytes are parsed here and the parse is reused for opening.
+        """
         result = BatchResult()
         groups = self._parse_and_group(envelopes, result)
         work: dict[tuple[str, str], _RegionWork] = {}
@@ -209,27 +216,38 @@ class BatchProcessor:
             self._featurize_and_write(region, producer_id, region_work, result)
         return result
 
-    # -- parse headers, group by key ------------------------------------------------------
-    def _parse_and_group(self, envelopes: Sequence[bytes], result: BatchResult
+    # -- parse headers (once per envelope: opening reuses the parse), group by key ----------
+    def _parse_and_group(self, envelopes: Sequence[bytes | ParsedEnvelope], result: BatchResult
                          ) -> dict[tuple[str, str, str], list[Source]]:
         groups: dict[tuple[str, str, str], list[Source]] = {}
         for envelope in envelopes:
-            if len(envelope) > self._max_envelope_bytes:
-                result.dead_letters.append(DeadLetter(
-                    unparsed_record_id(envelope),
-                    f"envelope is {len(envelope)} bytes, over {self._max_envelope_bytes}",
-                    STAGE_PARSE, b""))
+            parsed = self._parse_once(envelope, result)
+            if parsed is None:
                 continue
-            try:
-                header, _ = read_header(envelope)
-            except EnvelopeError as exc:
-                result.dead_letters.append(DeadLetter(
-                    unparsed_record_id(envelope), f"not a sealed envelope: {exc}", STAGE_PARSE,
-                    b""))
-                continue
+            header = parsed.header
             key = (header.wrapped_key.key_id, header.region, header.producer_id)
-            groups.setdefault(key, []).append(Source(header, envelope))
+            groups.setdefault(key, []).append(Source(parsed))
         return groups
+
+    def _parse_once(self, envelope: bytes | ParsedEnvelope,
+                    result: BatchResult) -> ParsedEnvelope | None:
+        """The envelope's one parse, or None after dead-lettering what is not an envelope."""
+        raw = envelope.data if type(envelope) is ParsedEnvelope else envelope
+        if len(raw) > self._max_envelope_bytes:
+            result.dead_letters.append(DeadLetter(
+                unparsed_record_id(raw),
+                f"envelope is {len(raw)} bytes, over {self._max_envelope_bytes}",
+                STAGE_PARSE, b""))
+            return None
+        if type(envelope) is ParsedEnvelope:
+            return envelope
+        try:
+            return parse_envelope(envelope)
+        except EnvelopeError as exc:
+            result.dead_letters.append(DeadLetter(
+                unparsed_record_id(envelope), f"not a sealed envelope: {exc}", STAGE_PARSE,
+                b""))
+            return None
 
     # -- one data key per group; open every envelope --------------------------------------
     def _open_group(self, sources: list[Source], work: _RegionWork,
@@ -245,10 +263,10 @@ class BatchProcessor:
         for source in sources:
             try:
                 if source.header.kind == "record":
-                    work.record_plaintexts.append(open_record(source.envelope, data_key))
+                    work.record_plaintexts.append(open_record(source.parsed, data_key))
                     work.record_sources.append(source)
                 elif source.header.kind == "batch":
-                    work.batch_tables.append(table_from_ipc(open_batch(source.envelope,
+                    work.batch_tables.append(table_from_ipc(open_batch(source.parsed,
                                                                        data_key)))
                     work.batch_sources.append(source)
                 else:
@@ -337,11 +355,13 @@ class BatchProcessor:
                 "sealbeam.source_count": str(len(outcome.kept_sources)),
                 SPEC_CONTEXT_KEY: self._compiled.fingerprint,
             }
-            payload = seal_batch(
-                table_to_ipc(table), data_key=output_key, wrapped_key=wrapped, region=region,
+            sealer = BatchSealer(
+                data_key=output_key, wrapped_key=wrapped, region=region,
                 producer_id=producer_id, schema_fingerprint=self._compiled.fingerprint_bytes,
                 context=context)
-            output_id = read_header(payload)[0].envelope_id
+            sealer.write(table_to_ipc(table))
+            payload = sealer.finish()
+            output_id = sealer.header.envelope_id  # the sealer knows it: no parse of the output
         return SealedOutput(region, producer_id, payload, table.num_rows,
                             len(outcome.kept_sources), output_id, self._output_format,
                             outcome.rows_suppressed)

@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pyarrow as pa
 
-from envelope import EnvelopeHeader
+from envelope import EnvelopeHeader, ParsedEnvelope
 
 from .features import CompiledSpec
 from .records import row_limit_problems
@@ -62,10 +62,21 @@ class DeadLetter:
 
 @dataclass(eq=False)
 class Source:
-    """One opened input envelope (compared by identity)."""
+    """One input envelope, parsed once (compared by identity).
 
-    header: EnvelopeHeader
-    envelope: bytes
+    It holds the ``ParsedEnvelope`` so that opening does not parse the header again; the
+    header and the original sealed bytes (for dead letters) come from it.
+    """
+
+    parsed: ParsedEnvelope
+
+    @property
+    def header(self) -> EnvelopeHeader:
+        return self.parsed.header
+
+    @property
+    def envelope(self) -> bytes:
+        return self.parsed.data
 
 
 def unparsed_record_id(envelope: bytes) -> str:

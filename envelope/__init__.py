@@ -8,7 +8,9 @@ The byte layout is specified in docs/FORMAT.md.
 - Records: :func:`seal_record` / :func:`open_record` (one small message).
 - Batches: :func:`seal_batch`, the streaming :class:`BatchSealer`, :func:`iter_open_batch`
   (segment by segment) and :func:`open_batch`.
-- Headers without a key: :func:`read_header`, :func:`envelope_length`.
+- Headers without a key: :func:`read_header`, :func:`envelope_length`; :func:`parse_envelope`
+  parses once into a :class:`ParsedEnvelope` (header bound to its bytes) that the openers
+  accept in place of the bytes.
 - Rewrap (new KEK version, payload bytes unchanged): :func:`rewrap_envelope`, and
   :func:`rewrap_header` for rewriting only the header prefix of a large file.
 - Keys: :class:`DataKey`, :class:`KeyReference`, :class:`WrappedKey`, :func:`dek_wrap_aad`.
@@ -34,6 +36,8 @@ from envelope.header import (
     FORMAT_VERSION,
     MAGIC,
     EnvelopeHeader,
+    ParsedEnvelope,
+    parse_envelope,
     read_header,
 )
 from envelope.keys import DataKey, KeyReference, WrappedKey, dek_wrap_aad
@@ -66,6 +70,7 @@ __all__ = [
     "EnvelopeLimitError",
     "KeyReference",
     "KeyTransportError",
+    "ParsedEnvelope",
     "TeeKeyPair",
     "WrappedKey",
     "dek_wrap_aad",
@@ -73,6 +78,7 @@ __all__ = [
     "iter_open_batch",
     "open_batch",
     "open_record",
+    "parse_envelope",
     "read_header",
     "release_info",
     "report_data_binding",

@@ -37,7 +37,8 @@ from envelope.header import (
     ALGORITHM_AES256GCM_HKDF_SHA512,
     KIND_BATCH,
     EnvelopeHeader,
-    parse_header,
+    ParsedEnvelope,
+    view_and_header,
 )
 from envelope.keys import DataKey, WrappedKey
 from envelope.limits import DEFAULT_SEGMENT_SIZE, ENVELOPE_ID_LENGTH, MAX_SEGMENT_COUNT, SALT_LENGTH
@@ -283,8 +284,11 @@ def _feed(sealer: BatchSealer, plaintext: bytes | Iterable[bytes]) -> bytes:
     return sealer.finish()
 
 
-def iter_open_batch(envelope: bytes, data_key: DataKey) -> Iterator[bytes]:
+def iter_open_batch(envelope: bytes | ParsedEnvelope, data_key: DataKey) -> Iterator[bytes]:
     """Yield the plaintext of a batch envelope segment by segment.
+
+    ``envelope`` is the bytes or their :class:`ParsedEnvelope` (then the header is not
+    parsed again).
 
     Before the first segment is yielded the whole structure is walked (no trailing bytes,
     a final segment present) and the key commitment and header tag checked, so structural
@@ -292,8 +296,7 @@ def iter_open_batch(envelope: bytes, data_key: DataKey) -> Iterator[bytes]:
     yielded only after its tag verifies; the first bad one raises the uniform
     :class:`EnvelopeAuthenticationError`.
     """
-    view = as_byte_view(envelope)
-    header, layout = parse_header(view)
+    view, header, layout = view_and_header(envelope)
     if header.kind != KIND_BATCH:
         raise EnvelopeFormatError(f"kind is {header.kind!r}, expected 'batch'")
     _check_structure(view, layout.end, header.segment_size)
@@ -328,6 +331,6 @@ def _decrypt_segments(
         yield plaintext
 
 
-def open_batch(envelope: bytes, data_key: DataKey) -> bytes:
+def open_batch(envelope: bytes | ParsedEnvelope, data_key: DataKey) -> bytes:
     """The whole plaintext of a batch envelope (see :func:`iter_open_batch`)."""
     return b"".join(iter_open_batch(envelope, data_key))

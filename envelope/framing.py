@@ -13,9 +13,9 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from envelope._wire import BoundedReader, as_byte_view
+from envelope._wire import BoundedReader
 from envelope.errors import EnvelopeFormatError, EnvelopeLimitError
-from envelope.header import KIND_RECORD, read_header
+from envelope.header import KIND_RECORD, ParsedEnvelope, view_and_header
 from envelope.limits import MAX_RECORD_PLAINTEXT, MAX_SEGMENT_COUNT, TAG_LENGTH
 
 __all__ = ["SegmentFrame", "envelope_length", "iter_batch_frames", "record_frame"]
@@ -97,14 +97,15 @@ def iter_batch_frames(view: memoryview, position: int, segment_size: int) -> Ite
         index += 1
 
 
-def envelope_length(data: bytes | bytearray | memoryview) -> int:
+def envelope_length(data: bytes | bytearray | memoryview | ParsedEnvelope) -> int:
     """The length of the envelope at the start of ``data``; the rest of ``data`` is ignored.
 
     Structural only (no key): proves the envelope is well formed and complete, not that it
     is authentic. A batch cut at a segment boundary raises :class:`EnvelopeFormatError`.
+    A :class:`ParsedEnvelope` is not parsed again.
     """
-    view = as_byte_view(data)
-    header, header_length = read_header(view)
+    view, header, layout = view_and_header(data)
+    header_length = layout.end
     if header.kind == KIND_RECORD:
         return record_frame(view, header_length).end
     end = header_length

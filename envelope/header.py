@@ -8,6 +8,11 @@ encryption context sorted by UTF-8 bytes with unique keys. Parsing proves struct
 authenticity comes from the key commitment and the header tag (``envelope._keyschedule``),
 which the openers check before decrypting, and from every segment's AAD, which binds the
 core header. This module computes no tag and holds no key.
+
+:func:`parse_envelope` parses once for many uses: its :class:`ParsedEnvelope` keeps the header
+together with the exact (immutable) bytes it was parsed from, so a caller that first reads the
+header (to group by key) and then opens the envelope does not parse it twice. The body after
+the header is not examined here; the openers walk it.
 """
 
 from __future__ import annotations
@@ -16,9 +21,11 @@ import struct
 from collections.abc import Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
+from typing import Any, NoReturn, final
 
 from envelope._wire import (
     BoundedReader,
+    as_byte_view,
     bytes_to_text,
     exact_bytes,
     text_to_bytes,
@@ -53,10 +60,13 @@ __all__ = [
     "MAGIC",
     "EnvelopeHeader",
     "HeaderLayout",
+    "ParsedEnvelope",
     "encode_core_header",
     "encode_key_block",
+    "parse_envelope",
     "parse_header",
     "read_header",
+    "view_and_header",
 ]
 
 MAGIC = b"SBEV"
@@ -250,6 +260,104 @@ def parse_header(
         segment_size=segment_size,
     )
     return header, HeaderLayout(core_end=core_end, tag_start=tag_start, end=reader.position)
+
+
+@final
+class ParsedEnvelope:
+    """An envelope whose header was parsed once, bound to the exact bytes it came from.
+
+    The only way to build one is to parse: ``ParsedEnvelope(data)`` (or
+    :func:`parse_envelope`) parses ``data`` itself, so no caller can pair a header with other
+    bytes. Input that is not ``bytes`` (a ``bytearray``, a memoryview) is copied first, so a
+    later write to the caller's buffer cannot change what was parsed. Instances are
+    immutable, cannot be subclassed, and pickle as their bytes: unpickling parses again, so a
+    pickle cannot smuggle in a header either. Structural only, like :func:`read_header`: the
+    openers still check the body and authenticate the header with the data key.
+    """
+
+    __slots__ = ("_data", "_header", "_layout", "_view")
+
+    _data: bytes
+    _view: memoryview
+    _header: EnvelopeHeader
+    _layout: HeaderLayout
+
+    def __init__(self, envelope: bytes | bytearray | memoryview) -> None:
+        data = envelope if type(envelope) is bytes else bytes(as_byte_view(envelope))
+        view = memoryview(data)
+        header, layout = parse_header(view)
+        object.__setattr__(self, "_data", data)
+        object.__setattr__(self, "_view", view)
+        object.__setattr__(self, "_header", header)
+        object.__setattr__(self, "_layout", layout)
+
+    def __init_subclass__(cls, **kwargs: Any) -> NoReturn:
+        raise TypeError("ParsedEnvelope cannot be subclassed")
+
+    def __setattr__(self, name: str, value: object) -> NoReturn:
+        raise AttributeError("ParsedEnvelope is immutable")
+
+    def __delattr__(self, name: str) -> NoReturn:
+        raise AttributeError("ParsedEnvelope is immutable")
+
+    def __reduce__(self) -> tuple[type[ParsedEnvelope], tuple[bytes]]:
+        return ParsedEnvelope, (self._data,)
+
+    def __eq__(self, other: object) -> bool:
+        if type(other) is not ParsedEnvelope:
+            return NotImplemented
+        return self._data == other._data
+
+    def __hash__(self) -> int:
+        return hash(self._data)
+
+    def __repr__(self) -> str:
+        return (f"ParsedEnvelope(kind={self._header.kind!r}, "
+                f"record_id={self._header.record_id!r}, length={len(self._data)})")
+
+    @property
+    def header(self) -> EnvelopeHeader:
+        return self._header
+
+    @property
+    def layout(self) -> HeaderLayout:
+        """Where the core header, key block and tag lie; the body starts at ``layout.end``."""
+        return self._layout
+
+    @property
+    def header_length(self) -> int:
+        """Header bytes, tag included: what :func:`read_header` returns beside the header."""
+        return self._layout.end
+
+    @property
+    def data(self) -> bytes:
+        """The whole envelope as parsed (header and body), e.g. for a dead letter."""
+        return self._data
+
+    @property
+    def view(self) -> memoryview:
+        """A read-only view of :attr:`data`, for decrypting slices in place."""
+        return self._view
+
+
+def parse_envelope(envelope: bytes | bytearray | memoryview) -> ParsedEnvelope:
+    """Parse the header once and keep it with its bytes (see :class:`ParsedEnvelope`)."""
+    return ParsedEnvelope(envelope)
+
+
+def view_and_header(
+    envelope: bytes | bytearray | memoryview | ParsedEnvelope,
+) -> tuple[memoryview, EnvelopeHeader, HeaderLayout]:
+    """What an opener needs: the envelope's bytes, header and layout, parsed at most once.
+
+    A :class:`ParsedEnvelope` is used as it is (it was parsed from exactly these bytes);
+    anything else is parsed here, in place (no copy), as before.
+    """
+    if type(envelope) is ParsedEnvelope:
+        return envelope.view, envelope.header, envelope.layout
+    view = as_byte_view(envelope)  # type: ignore[arg-type]
+    header, layout = parse_header(view)
+    return view, header, layout
 
 
 def _check_magic(reader: BoundedReader) -> None:

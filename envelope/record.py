@@ -21,7 +21,8 @@ from envelope.header import (
     ALGORITHM_AES256GCM_HKDF_SHA512,
     KIND_RECORD,
     EnvelopeHeader,
-    parse_header,
+    ParsedEnvelope,
+    view_and_header,
 )
 from envelope.keys import DataKey, WrappedKey
 from envelope.limits import ENVELOPE_ID_LENGTH, MAX_RECORD_PLAINTEXT, SALT_LENGTH
@@ -94,14 +95,14 @@ def _seal_record_with(
     return b"".join((sealed_header.wire, len(ciphertext).to_bytes(4, "big"), ciphertext))
 
 
-def open_record(envelope: bytes, data_key: DataKey) -> bytes:
+def open_record(envelope: bytes | ParsedEnvelope, data_key: DataKey) -> bytes:
     """The plaintext of a record envelope; the whole of ``envelope`` must be that record.
 
-    Raises :class:`EnvelopeFormatError` for structure and the uniform
+    ``envelope`` is the bytes or their :class:`ParsedEnvelope` (then the header is not
+    parsed again). Raises :class:`EnvelopeFormatError` for structure and the uniform
     :class:`EnvelopeAuthenticationError` for a wrong key or any tampering.
     """
-    view = as_byte_view(envelope)
-    header, layout = parse_header(view)
+    view, header, layout = view_and_header(envelope)
     if header.kind != KIND_RECORD:
         raise EnvelopeFormatError(f"kind is {header.kind!r}, expected 'record'")
     frame = record_frame(view, layout.end)

@@ -11,7 +11,11 @@ touched, so this runs anywhere (outside the TEE). Bytes that are not an envelope
 letter named by their digest, without the bytes (they could be anything).
 
 What it does not: it does not authenticate the header (that needs the data key, inside the
-TEE), and it does not reorder or batch.
+TEE), and it does not reorder or batch. It forwards the envelope's bytes, not an
+``envelope.ParsedEnvelope``: this step may run outside the TEE, bytes are the cheapest element
+to encode between steps (a ``ParsedEnvelope`` pickles as its bytes and is parsed again when
+unpickled), and the confidential step parses each header exactly once itself
+(``BatchProcessor``), reusing that parse to open the envelope.
 """
 
 from __future__ import annotations

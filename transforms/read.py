@@ -9,12 +9,19 @@ Usage::
     # Pub/Sub (or any source of base64 lines as bytes):
     decoded = messages | DecodeSealedLines()
 
+    # Messages that are each one raw (binary) envelope:
+    accepted = messages | RawSealedMessages()
+
+    # Files matched elsewhere (a file-drop feed; pipelines/file_drop.py):
+    read = matches | fileio.ReadMatches() | ReadSealedFiles()
+
 Framing is robust: lines are split by this module with a hard length bound, so a corrupt line
 (not base64, over the bound) becomes one dead letter and the file goes on. A framing dead
 letter carries the line's location and digest but not its bytes, since bytes that are not an
 envelope could be anything, even a partner's plaintext. Every non-blank line counts once in
-the ``records_in`` metric. Files are matched with ``fileio.MatchFiles``, so swapping in
-``MatchContinuously`` gives a streaming read without changing the rest.
+the ``records_in`` metric, and so does every raw message. ``ReadSealedRecords`` matches files
+with ``fileio.MatchFiles``; ``ReadSealedFiles`` is its decoding step alone, for files a
+streaming source matched, so both read a file the same way.
 
 What it does not: it never parses envelope headers (``ParseSealed`` does) and never decrypts.
 """
@@ -36,7 +43,8 @@ from enclave_workers.batch_processor import STAGE_FRAMING, DeadLetter
 
 from .metrics import NAMESPACE, RECORDS_IN
 
-__all__ = ["MAX_LINE_BYTES", "DecodeSealedLines", "ReadSealedRecords"]
+__all__ = ["MAX_LINE_BYTES", "DecodeSealedLines", "RawSealedMessages", "ReadSealedFiles",
+           "ReadSealedRecords"]
 
 MAX_LINE_BYTES = 64 << 20          # one base64 envelope line (envelopes are far smaller)
 _READ_CHUNK = 1 << 20
@@ -144,6 +152,19 @@ class _DecodeLinesFn(beam.DoFn):
             yield decoded
 
 
+class _AcceptRawFn(beam.DoFn):
+    def __init__(self) -> None:
+        self._records_in = Metrics.counter(NAMESPACE, RECORDS_IN)
+
+    def process(self, message: bytes) -> Iterable[object]:
+        self._records_in.inc()
+        if not message:
+            yield TaggedOutput(RawSealedMessages.DEAD_LETTER, DeadLetter(
+                _digest_id(b""), "message is empty", STAGE_FRAMING, b""))
+        else:
+            yield message
+
+
 class ReadSealedRecords(beam.PTransform):
     """Files matching ``file_pattern`` (one base64 envelope per line) -> envelope bytes."""
 
@@ -173,4 +194,39 @@ class DecodeSealedLines(beam.PTransform):
 
     def expand(self, pcoll: beam.PCollection) -> beam.pvalue.DoOutputsTuple:
         return pcoll | "Decode" >> beam.ParDo(_DecodeLinesFn()).with_outputs(
+            self.DEAD_LETTER, main=self.SEALED)
+
+
+class ReadSealedFiles(beam.PTransform):
+    """``fileio.ReadableFile`` elements (one base64 envelope per line) -> envelope bytes.
+
+    The decoding step of ``ReadSealedRecords`` for files matched by another source, such as
+    a file-drop feed, so a streamed file reads exactly as a batch one.
+    """
+
+    SEALED = ReadSealedRecords.SEALED
+    DEAD_LETTER = ReadSealedRecords.DEAD_LETTER
+
+    def __init__(self, *, max_line_bytes: int = MAX_LINE_BYTES) -> None:
+        super().__init__()
+        self._max_line_bytes = max_line_bytes
+
+    def expand(self, files: beam.PCollection) -> beam.pvalue.DoOutputsTuple:
+        return files | "SplitAndDecode" >> beam.ParDo(
+            _ReadFramedLinesFn(self._max_line_bytes)).with_outputs(
+            self.DEAD_LETTER, main=self.SEALED)
+
+
+class RawSealedMessages(beam.PTransform):
+    """Bytes elements holding one raw (binary) envelope each, e.g. Pub/Sub data -> the same
+    bytes, counted in ``records_in``; an empty message is a framing dead letter.
+
+    Size and structure are ``ParseSealed``'s to check, as for every other source.
+    """
+
+    SEALED = "sealed"
+    DEAD_LETTER = "dead_letter"
+
+    def expand(self, pcoll: beam.PCollection) -> beam.pvalue.DoOutputsTuple:
+        return pcoll | "Accept" >> beam.ParDo(_AcceptRawFn()).with_outputs(
             self.DEAD_LETTER, main=self.SEALED)

@@ -34,8 +34,9 @@ from enclave_workers.records import (
     table_from_ipc,
     table_to_ipc,
 )
-from envelope import DataKey, dek_wrap_aad, open_batch, read_header, seal_batch
+from envelope import DataKey, dek_wrap_aad, open_batch, parse_envelope, read_header, seal_batch
 from tests.enclave_workers.broker_env import DENIED_PRODUCER, BrokerEnv, person, seal_json
+from tests.envelope.parse_counting import count_header_parses
 
 SECRETS = (b"cust-secret", b"Zebulon", b"private.example")
 
@@ -316,3 +317,32 @@ def test_an_unknown_output_format_is_refused(broker: BrokerEnv,
     with pytest.raises(BatchConfigError, match="parquet-pme"):
         BatchProcessor(KeySession(broker.client(), broker.provider()), compiled,
                        output_format="csv")
+
+
+def test_processing_n_envelopes_parses_n_headers_not_2n(
+        broker: BrokerEnv, processor: BatchProcessor, monkeypatch: pytest.MonkeyPatch) -> None:
+    inputs = (_sealed(broker, "eu", "acme", [_row(i, "eu") for i in range(12)])
+              + _sealed(broker, "us", "acme", [_row(i, "us") for i in range(12, 20)])
+              + [_sealed_batch(broker, "eu", "globex", [_row(i, "eu") for i in range(20, 25)])])
+    header_parses = count_header_parses(monkeypatch)
+    result = processor.process(inputs)
+    assert sorted((o.region, o.producer_id, o.source_count) for o in result.outputs) == [
+        ("eu", "acme", 12), ("eu", "globex", 1), ("us", "acme", 8)]
+    assert result.dead_letters == []
+    assert header_parses[0] == len(inputs)
+
+
+def test_already_parsed_envelopes_are_not_parsed_again(
+        broker: BrokerEnv, processor: BatchProcessor, monkeypatch: pytest.MonkeyPatch) -> None:
+    inputs = _sealed(broker, "eu", "acme", [_row(i, "eu") for i in range(6)])
+    parsed = [parse_envelope(envelope) for envelope in inputs]
+    tampered = bytearray(inputs[0])
+    tampered[-3] ^= 0x01
+    parsed[0] = parse_envelope(bytes(tampered))
+    header_parses = count_header_parses(monkeypatch)
+    result = processor.process(parsed)
+    assert header_parses[0] == 0
+    assert [o.source_count for o in result.outputs] == [5]
+    [dead] = result.dead_letters
+    assert dead.stage == "open" and dead.sealed == bytes(tampered)
+    assert dead.record_id == parsed[0].header.record_id
