@@ -1,4 +1,8 @@
-"""``sealbeam run batch``: run the batch pipeline (FnApiRunner unless --runner says otherwise)."""
+"""``sealbeam run batch`` and ``sealbeam run streaming``: run a pipeline, print its counts.
+
+The batch pipeline runs on FnApiRunner, the streaming one on the runner its feed needs
+(``pipelines.streaming.default_streaming_runner``), unless --runner says otherwise.
+"""
 
 from __future__ import annotations
 
@@ -7,8 +11,9 @@ import json
 
 from apache_beam.options.pipeline_options import PipelineOptions
 
-from pipelines.batch import run_batch
+from pipelines.batch import RunSummary, run_batch
 from pipelines.options import SealbeamOptions
+from pipelines.streaming import StreamingOptions, run_streaming
 
 _NOT_BEAM_FLAGS = frozenset({"command", "run_command", "func", "beam_args"})
 
@@ -28,6 +33,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     batch.add_argument("beam_args", nargs=argparse.REMAINDER,
                        help="further Beam pipeline flags, after '--'")
     batch.set_defaults(func=run_batch_command)
+    streaming = pipelines.add_parser(
+        "streaming", help="run the streaming pipeline over a partner feed",
+        description="Watch a file-drop pattern (--input) for new sealed record files, or read "
+                    "a Pub/Sub subscription (one envelope per message), in fixed windows; run "
+                    "the feature spec in the (simulated) TEE as 'run batch' does; write "
+                    "region-pinned outputs and per-window dead letters. Runs until the feed "
+                    "ends (--stop_after_seconds, --max_files, a cancelled job), then prints one "
+                    "JSON line of counts. Further Beam flags may follow a '--'.")
+    SealbeamOptions._add_argparse_args(streaming)
+    StreamingOptions._add_argparse_args(streaming)
+    streaming.add_argument("beam_args", nargs=argparse.REMAINDER,
+                           help="further Beam pipeline flags, after '--'")
+    streaming.set_defaults(func=run_streaming_command)
 
 
 def pipeline_flags(args: argparse.Namespace) -> list[str]:
@@ -37,7 +55,14 @@ def pipeline_flags(args: argparse.Namespace) -> list[str]:
     return flags + extra
 
 
-def run_batch_command(args: argparse.Namespace) -> int:
-    summary = run_batch(PipelineOptions(flags=pipeline_flags(args)))
+def _report(summary: RunSummary) -> int:
     print(json.dumps(summary.to_json(), sort_keys=True))
     return 0 if summary.reconciled else 1
+
+
+def run_batch_command(args: argparse.Namespace) -> int:
+    return _report(run_batch(PipelineOptions(flags=pipeline_flags(args))))
+
+
+def run_streaming_command(args: argparse.Namespace) -> int:
+    return _report(run_streaming(PipelineOptions(flags=pipeline_flags(args))))
