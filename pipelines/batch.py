@@ -79,13 +79,19 @@ class RunSummary:
 def build_batch_pipeline(p: beam.Pipeline, options: PipelineOptions) -> BatchPipelineOutputs:
     """Add sealbeam's batch steps to ``p`` according to ``options``."""
     opts = options.view_as(SealbeamOptions)
-    input_pattern = required(opts, "input")
+    read = p | "ReadSealed" >> ReadSealedRecords(required(opts, "input"))
+    return add_processing_steps(
+        opts, read[ReadSealedRecords.SEALED], read[ReadSealedRecords.DEAD_LETTER])
+
+
+def add_processing_steps(
+    opts: SealbeamOptions, sealed: beam.PCollection, reader_dead_letters: beam.PCollection
+) -> BatchPipelineOutputs:
+    """Everything after the source, shared by the batch and streaming pipelines: parse headers,
+    the confidential step, routing, region-pinned writes and the dead-letter sink."""
     output_root = required(opts, "output_root")
     broker_url = required(opts, "broker_url")
-    regions = allowed_regions(opts)
-
-    read = p | "ReadSealed" >> ReadSealedRecords(input_pattern)
-    parsed = read[ReadSealedRecords.SEALED] | "ParseHeaders" >> ParseSealed()
+    parsed = sealed | "ParseHeaders" >> ParseSealed()
     confidential = ConfidentialProcess(
         broker_url, tee_settings(opts), feature_spec(opts), output_format=output_format(opts),
         limits=session_limits(opts), min_batch_size=opts.min_batch_size,
@@ -95,10 +101,10 @@ def build_batch_pipeline(p: beam.Pipeline, options: PipelineOptions) -> BatchPip
     written = (
         processed[ConfidentialProcess.SEALED]
         | "Route" >> RouteByRegion()
-        | "WritePinned" >> WriteRegionPinned(output_root, regions)
+        | "WritePinned" >> WriteRegionPinned(output_root, allowed_regions(opts))
     )
     dead_letters = (
-        (read[ReadSealedRecords.DEAD_LETTER], parsed[ParseSealed.DEAD_LETTER],
+        (reader_dead_letters, parsed[ParseSealed.DEAD_LETTER],
          processed[ConfidentialProcess.DEAD_LETTER], written[WriteRegionPinned.DEAD_LETTER])
         | "AllDeadLetters" >> beam.Flatten()
     )
@@ -119,14 +125,28 @@ def _counter_totals(result: beam.runners.runner.PipelineResult) -> dict[str, int
 def run_batch(options: PipelineOptions) -> RunSummary:
     """Run the batch pipeline to completion and summarize it from its metrics."""
     opts = options.view_as(SealbeamOptions)
-    regions = sorted(allowed_regions(opts))
     runner = options.view_as(StandardOptions).runner or FnApiRunner()
     started = time.monotonic()
     pipeline = beam.Pipeline(runner=runner, options=options)
     built = build_batch_pipeline(pipeline, options)
     result = pipeline.run()
     result.wait_until_finish()
+    return summarize_run(result, opts, built, started)
+
+
+def check_reconciled(summary: RunSummary) -> None:
+    """Raise ``ReconciliationError`` unless records_in == records_out + dead_letters."""
+    if not summary.reconciled:
+        raise ReconciliationError(
+            f"run does not reconcile: records_in={summary.records_in} != records_out="
+            f"{summary.records_out} + dead_letters={summary.dead_letters}")
+
+
+def summarize_run(result: beam.runners.runner.PipelineResult, opts: SealbeamOptions,
+                  built: BatchPipelineOutputs, started: float) -> RunSummary:
+    """The run's counts from its metrics (namespace ``sealbeam``), for batch and streaming."""
     totals = _counter_totals(result)
+    regions = sorted(allowed_regions(opts))
     return RunSummary(
         records_in=totals.get(names.RECORDS_IN, 0),
         records_out=totals.get(names.RECORDS_OUT, 0),
@@ -141,11 +161,3 @@ def run_batch(options: PipelineOptions) -> RunSummary:
         output_format=output_format(opts),
         seconds=round(time.monotonic() - started, 3),
     )
-
-
-def check_reconciled(summary: RunSummary) -> None:
-    """Raise ``ReconciliationError`` unless records_in == records_out + dead_letters."""
-    if not summary.reconciled:
-        raise ReconciliationError(
-            f"run does not reconcile: records_in={summary.records_in} != records_out="
-            f"{summary.records_out} + dead_letters={summary.dead_letters}")

@@ -39,29 +39,13 @@ from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 from apache_beam.runners.runner import PipelineRunner
 from apache_beam.transforms.window import FixedWindows
 
-from transforms import (
-    ConfidentialProcess,
-    DecodeSealedLines,
-    ParseSealed,
-    RouteByRegion,
-    WriteDeadLetters,
-    WriteRegionPinned,
-)
-from transforms import metrics as names
+from transforms import DecodeSealedLines
 from transforms.read import RawSealedMessages, ReadSealedFiles
 
-from .batch import BatchPipelineOutputs, RunSummary, _counter_totals
+from .batch import BatchPipelineOutputs, RunSummary, add_processing_steps, summarize_run
 from .errors import PipelineError
 from .file_drop import WatchFileDrop
-from .options import (
-    SealbeamOptions,
-    allowed_regions,
-    feature_spec,
-    output_format,
-    required,
-    session_limits,
-    tee_settings,
-)
+from .options import SealbeamOptions, required
 
 __all__ = ["MESSAGE_FORMATS", "SOURCES", "StreamingOptions", "build_streaming_pipeline",
            "default_streaming_runner", "run_streaming"]
@@ -159,32 +143,10 @@ def build_streaming_pipeline(p: beam.Pipeline, options: PipelineOptions, *,
     """
     opts = options.view_as(SealbeamOptions)
     stream = options.view_as(StreamingOptions)
-    output_root = required(opts, "output_root")
-    broker_url = required(opts, "broker_url")
-    regions = allowed_regions(opts)
     window = FixedWindows(_window_seconds(stream))
-
     read = _read_feed(p, opts, stream, source, window)
-    parsed = read[ReadSealedFiles.SEALED] | "ParseHeaders" >> ParseSealed()
-    confidential = ConfidentialProcess(
-        broker_url, tee_settings(opts), feature_spec(opts), output_format=output_format(opts),
-        limits=session_limits(opts), min_batch_size=opts.min_batch_size,
-        max_batch_size=opts.max_batch_size,
-    )
-    processed = parsed[ParseSealed.SEALED] | "Confidential" >> confidential
-    written = (
-        processed[ConfidentialProcess.SEALED]
-        | "Route" >> RouteByRegion()
-        | "WritePinned" >> WriteRegionPinned(output_root, regions)
-    )
-    dead_letters = (
-        (read[ReadSealedFiles.DEAD_LETTER], parsed[ParseSealed.DEAD_LETTER],
-         processed[ConfidentialProcess.DEAD_LETTER], written[WriteRegionPinned.DEAD_LETTER])
-        | "AllDeadLetters" >> beam.Flatten()
-    )
-    dead_letters | "WriteDeadLetters" >> WriteDeadLetters(output_root)
-    return BatchPipelineOutputs(written[WriteRegionPinned.WRITTEN], dead_letters,
-                                confidential.compiled.fingerprint)
+    return add_processing_steps(
+        opts, read[ReadSealedFiles.SEALED], read[ReadSealedFiles.DEAD_LETTER])
 
 
 def default_streaming_runner(options: PipelineOptions, *, test_source: bool = False
@@ -208,7 +170,6 @@ def run_streaming(options: PipelineOptions, *, source: beam.PTransform | None = 
     opts = options.view_as(SealbeamOptions)
     standard = options.view_as(StandardOptions)
     standard.streaming = True
-    regions = sorted(allowed_regions(opts))
     runner = standard.runner or default_streaming_runner(options,
                                                          test_source=source is not None)
     if isinstance(runner, BundleBasedDirectRunner):
@@ -222,18 +183,4 @@ def run_streaming(options: PipelineOptions, *, source: beam.PTransform | None = 
         extra_steps(built)
     result = pipeline.run()
     result.wait_until_finish()
-    totals = _counter_totals(result)
-    return RunSummary(
-        records_in=totals.get(names.RECORDS_IN, 0),
-        records_out=totals.get(names.RECORDS_OUT, 0),
-        dead_letters=totals.get(names.DEAD_LETTERS, 0),
-        rows_out=totals.get(names.ROWS_OUT, 0),
-        output_files=totals.get(names.OUTPUT_FILES, 0),
-        broker_calls=totals.get(names.BROKER_CALLS, 0),
-        outputs_by_region={r: totals.get(names.outputs_in_region(r), 0) for r in regions},
-        rows_suppressed=totals.get(names.ROWS_SUPPRESSED, 0),
-        dead_letter_rows=totals.get(names.DEAD_LETTER_ROWS, 0),
-        spec_fingerprint=built.spec_fingerprint,
-        output_format=output_format(opts),
-        seconds=round(time.monotonic() - started, 3),
-    )
+    return summarize_run(result, opts, built, started)

@@ -9,7 +9,8 @@ CRLs), valid for a year, under which the simulated platform is ``UpToDate``.
 with the caller's report_data, a QE report signed by the PCK key that binds a fresh
 attestation key, the quote signed by that key; endorsements carry the collateral. It always
 announces itself (``simulated = True``), and its chain ends at a dev root that a broker
-trusts only where the policy allows simulated evidence.
+trusts only where the policy allows simulated evidence. The bytes themselves are laid out
+and signed by ``tdx_quote_builder``, which the tests' quote builder uses too.
 
 What it does not: isolate anything — plaintext next to it is as exposed as on any host —
 or touch Intel's keys.
@@ -18,19 +19,33 @@ or touch Intel's keys.
 from __future__ import annotations
 
 import hashlib
-import json
 import os
-import struct
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec, utils
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from enclave_workers.evidence.base import Evidence, EvidenceUnavailableError, check_report_data
+from enclave_workers.evidence.tdx_quote_builder import (
+    QeReportFields,
+    build_crl,
+    collateral_bundle,
+    iso_time,
+    issue_certificate,
+    pem_chain,
+    qe_identity_document,
+    qe_tcb_level,
+    sgx_certificate_extension,
+    sgx_extension,
+    sign_quote,
+    tcb_info_document,
+    tcb_level,
+    td_report_body,
+)
 
 __all__ = [
     "DEV_MRTD",
@@ -47,10 +62,6 @@ _PCK_CHAIN_FILE = "pck-chain.pem"
 _PCK_KEY_FILE = "pck-key.pem"
 _COLLATERAL_FILE = "collateral.json"
 _MAX_FILE = 256 * 1024
-_SGX_OID = "1.2.840.113741.1.13.1"
-_INTEL_QE_VENDOR_ID = bytes.fromhex("939a7233f79c4ca9940a0db3957f0607")
-_INTEL_TD_QE_MRSIGNER = bytes.fromhex(
-    "dc9e2a7c6f948f17474e34a7fc43ed030f7c1563f1babddf6340c82e0e54a8c5")
 _FMSPC = bytes.fromhex("00806f050000")
 _SGX_COMPONENTS = (5, 5, 2, 2, 3, 1, 0, 3) + (0,) * 8
 _PCE_SVN = 11
@@ -58,51 +69,11 @@ _QE_SVN = 4
 _TEE_TCB_SVN = bytes([3, 0, 5]) + bytes(13)
 _XFAM = bytes.fromhex("e718060000000000")
 _TD_ATTRIBUTES = bytes.fromhex("0000001000000000")  # SEPT_VE_DISABLE, no debug
-_QE_ATTRIBUTES = bytes.fromhex("11000000000000000000000000000000")
-_ATTESTATION_KEY_TYPE_ECDSA_P256 = 2
-_TEE_TYPE_TDX = 0x81
-_CERTIFICATION_PCK_CHAIN = 5
-_CERTIFICATION_QE_REPORT = 6
+_QE = QeReportFields(attributes=bytes.fromhex("11000000000000000000000000000000"),
+                     isv_svn=_QE_SVN)
 _COLLATERAL_DAYS = 365
-
-
-# --- the SGX extension of a PCK certificate (DER) ------------------------------------------
-def _der(tag: int, content: bytes) -> bytes:
-    if len(content) < 0x80:
-        return bytes([tag, len(content)]) + content
-    size = len(content).to_bytes((len(content).bit_length() + 7) // 8, "big")
-    return bytes([tag, 0x80 | len(size)]) + size + content
-
-
-def _oid(dotted: str) -> bytes:
-    arcs = [int(arc) for arc in dotted.split(".")]
-    body = bytearray([40 * arcs[0] + arcs[1]])
-    for arc in arcs[2:]:
-        chunk = [arc & 0x7F]
-        arc >>= 7
-        while arc:
-            chunk.append(0x80 | (arc & 0x7F))
-            arc >>= 7
-        body.extend(reversed(chunk))
-    return _der(0x06, bytes(body))
-
-
-def _integer(value: int, tag: int = 0x02) -> bytes:
-    return _der(tag, value.to_bytes(max(1, (value.bit_length() + 8) // 8), "big"))
-
-
-def _entry(suffix: str, value: bytes) -> bytes:
-    return _der(0x30, _oid(f"{_SGX_OID}{suffix}") + value)
-
-
-def _sgx_extension() -> bytes:
-    components = b"".join(_entry(f".2.{index}", _integer(svn))
-                          for index, svn in enumerate(_SGX_COMPONENTS, 1))
-    tcb = _der(0x30, components + _entry(".2.17", _integer(_PCE_SVN))
-               + _entry(".2.18", _der(0x04, bytes(16))))
-    return _der(0x30, _entry(".1", _der(0x04, os.urandom(16))) + _entry(".2", tcb)
-                + _entry(".3", _der(0x04, b"\x00\x00")) + _entry(".4", _der(0x04, _FMSPC))
-                + _entry(".5", _integer(1, tag=0x0A)) + _entry(".6", _der(0x04, bytes(16))))
+_CERTIFICATE_DAYS = 3650
+_EVALUATION_NUMBER = 1
 
 
 # --- the dev PKI and its collateral ---------------------------------------------------------
@@ -113,40 +84,18 @@ def _name(common_name: str) -> x509.Name:
 
 def _issue(subject: str, key: ec.EllipticCurvePrivateKey, issuer: x509.Certificate | None,
            issuer_key: ec.EllipticCurvePrivateKey, now: datetime, *, ca: bool,
-           extension: bytes | None = None) -> x509.Certificate:
-    builder = (x509.CertificateBuilder().subject_name(_name(subject))
-               .issuer_name(issuer.subject if issuer is not None else _name(subject))
-               .public_key(key.public_key()).serial_number(x509.random_serial_number())
-               .not_valid_before(now - timedelta(days=1))
-               .not_valid_after(now + timedelta(days=3650))
-               .add_extension(x509.BasicConstraints(ca=ca, path_length=1 if ca else None),
-                              critical=True))
-    if extension is not None:
-        builder = builder.add_extension(
-            x509.UnrecognizedExtension(x509.ObjectIdentifier(_SGX_OID), extension),
-            critical=False)
-    return builder.sign(issuer_key, hashes.SHA256())
+           extensions: tuple[x509.ExtensionType, ...] = ()) -> x509.Certificate:
+    return issue_certificate(_name(subject), key, issuer, issuer_key, ca=ca,
+                             path_length=1 if ca else None,
+                             not_before=now - timedelta(days=1),
+                             not_after=now + timedelta(days=_CERTIFICATE_DAYS),
+                             extensions=extensions)
 
 
-def _crl(issuer: x509.Certificate, key: ec.EllipticCurvePrivateKey, now: datetime) -> str:
-    crl = (x509.CertificateRevocationListBuilder().issuer_name(issuer.subject)
-           .last_update(now - timedelta(days=1))
-           .next_update(now + timedelta(days=_COLLATERAL_DAYS)).sign(key, hashes.SHA256()))
-    return crl.public_bytes(serialization.Encoding.DER).hex()
-
-
-def _raw_signature(key: ec.EllipticCurvePrivateKey, message: bytes) -> bytes:
-    r, s = utils.decode_dss_signature(key.sign(message, ec.ECDSA(hashes.SHA256())))
-    return r.to_bytes(32, "big") + s.to_bytes(32, "big")
-
-
-def _pem(*certificates: x509.Certificate) -> str:
-    return b"".join(cert.public_bytes(serialization.Encoding.PEM)
-                    for cert in certificates).decode("ascii")
-
-
-def _iso(moment: datetime) -> str:
-    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
+def _pck_extension() -> x509.UnrecognizedExtension:
+    return sgx_certificate_extension(sgx_extension(
+        ppid=os.urandom(16), sgx_components=_SGX_COMPONENTS, pce_svn=_PCE_SVN,
+        cpu_svn=bytes(16), pce_id=b"\x00\x00", fmspc=_FMSPC, sgx_type=1))
 
 
 def _collateral(root: x509.Certificate, root_key: ec.EllipticCurvePrivateKey,
@@ -154,39 +103,23 @@ def _collateral(root: x509.Certificate, root_key: ec.EllipticCurvePrivateKey,
                 now: datetime) -> bytes:
     signing_key = ec.generate_private_key(ec.SECP256R1())
     signing = _issue("sealbeam dev TDX TCB Signing", signing_key, root, root_key, now, ca=False)
-    window = {"issueDate": _iso(now - timedelta(days=1)),
-              "nextUpdate": _iso(now + timedelta(days=_COLLATERAL_DAYS)),
-              "tcbEvaluationDataNumber": 1}
-    level = {"tcb": {"sgxtcbcomponents": [{"svn": svn} for svn in _SGX_COMPONENTS],
-                     "pcesvn": _PCE_SVN,
-                     "tdxtcbcomponents": [{"svn": svn} for svn in _TEE_TCB_SVN]},
-             "tcbDate": _iso(now - timedelta(days=1)), "tcbStatus": "UpToDate"}
-    tcb_info = json.dumps({"id": "TDX", "version": 3, **window, "fmspc": _FMSPC.hex().upper(),
-                           "pceId": "0000", "tcbType": 0,
-                           "tdxModule": {"mrsigner": "00" * 48, "attributes": "00" * 8,
-                                         "attributesMask": "FF" * 8},
-                           "tcbLevels": [level]}, separators=(",", ":"))
-    qe_identity = json.dumps({"id": "TD_QE", "version": 2, **window, "miscselect": "00000000",
-                              "miscselectMask": "FFFFFFFF",
-                              "attributes": _QE_ATTRIBUTES.hex().upper(),
-                              "attributesMask": "FBFFFFFFFFFFFFFF0000000000000000",
-                              "mrsigner": _INTEL_TD_QE_MRSIGNER.hex().upper(), "isvprodid": 2,
-                              "tcbLevels": [{"tcb": {"isvsvn": _QE_SVN},
-                                             "tcbDate": _iso(now - timedelta(days=1)),
-                                             "tcbStatus": "UpToDate"}]},
-                             separators=(",", ":"))
-    bundle = {
-        "pck_crl_issuer_chain": _pem(platform_ca, root),
-        "root_ca_crl": _crl(root, root_key, now),
-        "pck_crl": _crl(platform_ca, platform_ca_key, now),
-        "tcb_info_issuer_chain": _pem(signing, root),
-        "tcb_info": tcb_info,
-        "tcb_info_signature": _raw_signature(signing_key, tcb_info.encode()).hex(),
-        "qe_identity_issuer_chain": _pem(signing, root),
-        "qe_identity": qe_identity,
-        "qe_identity_signature": _raw_signature(signing_key, qe_identity.encode()).hex(),
-    }
-    return json.dumps(bundle).encode("ascii")
+    issued, next_update = now - timedelta(days=1), now + timedelta(days=_COLLATERAL_DAYS)
+    level_date = iso_time(issued)
+    tcb_info = tcb_info_document(
+        [tcb_level("UpToDate", sgx=_SGX_COMPONENTS, pce_svn=_PCE_SVN, tdx=_TEE_TCB_SVN,
+                   date=level_date)],
+        fmspc=_FMSPC, issue_date=issued, next_update=next_update,
+        evaluation_number=_EVALUATION_NUMBER)
+    qe_identity = qe_identity_document(
+        [qe_tcb_level(_QE_SVN, "UpToDate", date=level_date)], attributes=_QE.attributes,
+        issue_date=issued, next_update=next_update, evaluation_number=_EVALUATION_NUMBER)
+    return collateral_bundle(
+        platform_ca_chain=pem_chain(platform_ca, root),
+        root_ca_crl=build_crl(root, root_key, last_update=issued, next_update=next_update),
+        pck_crl=build_crl(platform_ca, platform_ca_key, last_update=issued,
+                          next_update=next_update),
+        tcb_signing_chain=pem_chain(signing, root), tcb_info=tcb_info, qe_identity=qe_identity,
+        signing_key=signing_key)
 
 
 def create_dev_tdx_chain(directory: Path | str, *, force: bool = False) -> None:
@@ -203,9 +136,9 @@ def create_dev_tdx_chain(directory: Path | str, *, force: bool = False) -> None:
                          now, ca=True)
     pck_key = ec.generate_private_key(ec.SECP256R1())
     pck = _issue("sealbeam dev TDX PCK Certificate", pck_key, platform_ca, platform_ca_key, now,
-                 ca=False, extension=_sgx_extension())
-    (target / DEV_TDX_ROOT_FILE).write_text(_pem(root), encoding="ascii")
-    (target / _PCK_CHAIN_FILE).write_text(_pem(pck, platform_ca, root), encoding="ascii")
+                 ca=False, extensions=(_pck_extension(),))
+    (target / DEV_TDX_ROOT_FILE).write_bytes(pem_chain(root))
+    (target / _PCK_CHAIN_FILE).write_bytes(pem_chain(pck, platform_ca, root))
     (target / _COLLATERAL_FILE).write_bytes(
         _collateral(root, root_key, platform_ca, platform_ca_key, now))
     key_path = target / _PCK_KEY_FILE
@@ -271,36 +204,18 @@ class SimulatedTdxProvider:
 
     def _body(self, report_data: bytes) -> bytes:
         td = self._td
-        return (_TEE_TCB_SVN + b"\x5e" * 48 + bytes(48) + bytes(8) + td.td_attributes + _XFAM
-                + td.mr_td + td.mr_config_id + td.mr_owner + bytes(48) + b"".join(td.rtmrs)
-                + report_data)
-
-    def _qe_certification(self, attestation_public: bytes) -> bytes:
-        auth_data = bytes(32)
-        binding = hashlib.sha256(attestation_public + auth_data).digest() + bytes(32)
-        qe_report = (bytes(16) + struct.pack("<I", 0) + bytes(28) + _QE_ATTRIBUTES
-                     + b"\xee" * 32 + bytes(32) + _INTEL_TD_QE_MRSIGNER + bytes(96)
-                     + struct.pack("<HH", 2, _QE_SVN) + bytes(60) + binding)
-        chain = self._chain_pem + b"\0"
-        return (qe_report + _raw_signature(self._pck_key, qe_report)
-                + struct.pack("<H", len(auth_data)) + auth_data
-                + struct.pack("<HI", _CERTIFICATION_PCK_CHAIN, len(chain)) + chain)
+        return td_report_body(tee_tcb_svn=_TEE_TCB_SVN, mr_seam=b"\x5e" * 48,
+                              mr_signer_seam=bytes(48), seam_attributes=bytes(8),
+                              td_attributes=td.td_attributes, xfam=_XFAM, mr_td=td.mr_td,
+                              mr_config_id=td.mr_config_id, mr_owner=td.mr_owner,
+                              mr_owner_config=bytes(48), rtmrs=td.rtmrs,
+                              report_data=report_data)
 
     def quote(self, report_data: bytes) -> bytes:
         """One signed quote carrying ``report_data``."""
-        body = self._body(check_report_data(report_data))
-        header = (struct.pack("<HHIHH", self.version, _ATTESTATION_KEY_TYPE_ECDSA_P256,
-                              _TEE_TYPE_TDX, 0, 0) + _INTEL_QE_VENDOR_ID + bytes(20))
-        descriptor = struct.pack("<HI", 2, len(body)) if self.version == 5 else b""
-        signed = header + descriptor + body
-        attestation_key = ec.generate_private_key(ec.SECP256R1())
-        attestation_public = attestation_key.public_key().public_bytes(
-            serialization.Encoding.X962, serialization.PublicFormat.UncompressedPoint)[1:]
-        certification = self._qe_certification(attestation_public)
-        signature_data = (_raw_signature(attestation_key, signed) + attestation_public
-                          + struct.pack("<HI", _CERTIFICATION_QE_REPORT, len(certification))
-                          + certification)
-        return signed + struct.pack("<I", len(signature_data)) + signature_data
+        return sign_quote(version=self.version, body=self._body(check_report_data(report_data)),
+                          pck_key=self._pck_key, pck_chain_pem=self._chain_pem, qe=_QE,
+                          qe_auth_data=bytes(32)).data
 
     def collect(self, report_data: bytes) -> Evidence:
         """Evidence for the broker: the quote, and the dev collateral as an endorsement."""

@@ -4,24 +4,24 @@ What it does: creates an Intel-like PKI (root CA, PCK Platform CA, TCB signing c
 certificate carrying the SGX extension 1.2.840.113741.1.13.1 in DER), a quote v4 or v5
 (TD 1.0 or TD 1.5 body) whose QE report is signed by the PCK key and binds a fresh
 attestation key, TCB info v3 / QE identity v2 JSON signed by the TCB signing key, and
-CRLs. Broker end-to-end tests reuse it. What it does not: touch real Intel keys or
-vectors; everything here is generated per test session.
+CRLs. Broker end-to-end tests reuse it. The bytes are laid out and signed by
+``enclave_workers.evidence.tdx_quote_builder``, the module the simulated attester uses; this
+file only picks test values (fixed dates, distinct measurements, knobs a test can turn). What
+it does not: touch real Intel keys or vectors; everything here is generated per test session.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
-import struct
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta, timezone
 
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes
-from cryptography.hazmat.primitives.asymmetric import ec, utils
-from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
+
+from enclave_workers.evidence import tdx_quote_builder
+from enclave_workers.evidence.tdx_quote_builder import INTEL_QE_VENDOR_ID, INTEL_TD_QE_MRSIGNER
 
 __all__ = [
     "CLOCK",
@@ -48,43 +48,13 @@ CERT_NOT_BEFORE = datetime(2020, 1, 1, tzinfo=timezone.utc)
 CERT_NOT_AFTER = datetime(2040, 1, 1, tzinfo=timezone.utc)
 COLLATERAL_ISSUED = datetime(2025, 1, 1, tzinfo=timezone.utc)
 COLLATERAL_NEXT_UPDATE = datetime(2025, 2, 1, tzinfo=timezone.utc)
-INTEL_QE_VENDOR_ID = bytes.fromhex("939a7233f79c4ca9940a0db3957f0607")
-INTEL_TD_QE_MRSIGNER = bytes.fromhex(
-    "dc9e2a7c6f948f17474e34a7fc43ed030f7c1563f1babddf6340c82e0e54a8c5"
-)
-SGX_OID = "1.2.840.113741.1.13.1"
 DEFAULT_FMSPC = bytes.fromhex("00806f050000")
+LEVEL_DATE = "2024-03-13T00:00:00Z"
+EVALUATION_NUMBER = 17
+QE_ATTRIBUTES = bytes.fromhex("11000000000000000000000000000000")
 
-
-# --- a tiny DER encoder for the SGX extension ----------------------------------------
-def _der(tag: int, content: bytes) -> bytes:
-    size = len(content)
-    if size < 0x80:
-        return bytes([tag, size]) + content
-    octets = size.to_bytes((size.bit_length() + 7) // 8, "big")
-    return bytes([tag, 0x80 | len(octets)]) + octets + content
-
-
-def _oid(dotted: str) -> bytes:
-    arcs = [int(arc) for arc in dotted.split(".")]
-    body = bytearray([40 * arcs[0] + arcs[1]])
-    for arc in arcs[2:]:
-        chunk = [arc & 0x7F]
-        arc >>= 7
-        while arc:
-            chunk.append(0x80 | (arc & 0x7F))
-            arc >>= 7
-        body.extend(reversed(chunk))
-    return _der(0x06, bytes(body))
-
-
-def _uint(value: int, tag: int = 0x02) -> bytes:
-    raw = value.to_bytes(max(1, (value.bit_length() + 8) // 8), "big")
-    return _der(tag, raw)
-
-
-def _entry(oid: str, value: bytes) -> bytes:
-    return _der(0x30, _oid(oid) + value)
+BuiltQuote = tdx_quote_builder.SignedQuote
+"""The quote bytes and where each signed region lies in them."""
 
 
 @dataclass(frozen=True)
@@ -101,31 +71,15 @@ class PlatformTcb:
 
 def sgx_extension(tcb: PlatformTcb) -> bytes:
     """DER of the Intel SGX extension for a PCK certificate."""
-    components = b"".join(
-        _entry(f"{SGX_OID}.2.{index}", _uint(svn))
-        for index, svn in enumerate(tcb.sgx_components, 1)
-    )
-    tcb_sequence = _der(
-        0x30,
-        components
-        + _entry(f"{SGX_OID}.2.17", _uint(tcb.pce_svn))
-        + _entry(f"{SGX_OID}.2.18", _der(0x04, tcb.cpu_svn)),
-    )
-    configuration = _der(
-        0x30,
-        _entry(f"{SGX_OID}.7.1", _der(0x01, b"\x00"))
-        + _entry(f"{SGX_OID}.7.2", _der(0x01, b"\xff"))
-        + _entry(f"{SGX_OID}.7.3", _der(0x01, b"\xff")),
-    )
-    return _der(
-        0x30,
-        _entry(f"{SGX_OID}.1", _der(0x04, bytes(range(16))))
-        + _entry(f"{SGX_OID}.2", tcb_sequence)
-        + _entry(f"{SGX_OID}.3", _der(0x04, tcb.pce_id))
-        + _entry(f"{SGX_OID}.4", _der(0x04, tcb.fmspc))
-        + _entry(f"{SGX_OID}.5", _uint(tcb.sgx_type, tag=0x0A))
-        + _entry(f"{SGX_OID}.6", _der(0x04, bytes(16)))
-        + _entry(f"{SGX_OID}.7", configuration),
+    return tdx_quote_builder.sgx_extension(
+        ppid=bytes(range(16)),
+        sgx_components=tcb.sgx_components,
+        pce_svn=tcb.pce_svn,
+        cpu_svn=tcb.cpu_svn,
+        pce_id=tcb.pce_id,
+        fmspc=tcb.fmspc,
+        sgx_type=tcb.sgx_type,
+        configuration=(False, True, True),
     )
 
 
@@ -152,20 +106,17 @@ def _certificate(
     not_after: datetime = CERT_NOT_AFTER,
     extensions: tuple[x509.ExtensionType, ...] = (),
 ) -> x509.Certificate:
-    issuer_name = issuer.subject if issuer is not None else _name(subject)
-    builder = (
-        x509.CertificateBuilder()
-        .subject_name(_name(subject))
-        .issuer_name(issuer_name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(not_before)
-        .not_valid_after(not_after)
-        .add_extension(x509.BasicConstraints(ca=ca, path_length=path_length), critical=True)
+    return tdx_quote_builder.issue_certificate(
+        _name(subject),
+        key,
+        issuer,
+        issuer_key,
+        ca=ca,
+        path_length=path_length,
+        not_before=not_before,
+        not_after=not_after,
+        extensions=extensions,
     )
-    for extension in extensions:
-        builder = builder.add_extension(extension, critical=False)
-    return builder.sign(issuer_key, hashes.SHA256())
 
 
 @dataclass
@@ -186,17 +137,13 @@ class TestPki:
 
     def pck_chain_pem(self, *, include_root: bool = True) -> bytes:
         certificates = [self.pck, self.platform_ca] + ([self.root] if include_root else [])
-        return b"".join(cert.public_bytes(Encoding.PEM) for cert in certificates)
+        return tdx_quote_builder.pem_chain(*certificates)
 
     def tcb_signing_chain_pem(self) -> str:
-        return b"".join(
-            cert.public_bytes(Encoding.PEM) for cert in (self.tcb_signing, self.root)
-        ).decode()
+        return tdx_quote_builder.pem_chain(self.tcb_signing, self.root).decode()
 
     def platform_ca_chain_pem(self) -> str:
-        return b"".join(
-            cert.public_bytes(Encoding.PEM) for cert in (self.platform_ca, self.root)
-        ).decode()
+        return tdx_quote_builder.pem_chain(self.platform_ca, self.root).decode()
 
     def with_pck(
         self,
@@ -228,7 +175,7 @@ def _pck_certificate(
     not_before: datetime = CERT_NOT_BEFORE,
     not_after: datetime = CERT_NOT_AFTER,
 ) -> x509.Certificate:
-    extension = x509.UnrecognizedExtension(x509.ObjectIdentifier(SGX_OID), sgx_extension(tcb))
+    extension = tdx_quote_builder.sgx_certificate_extension(sgx_extension(tcb))
     return _certificate(
         "Test SGX PCK Certificate",
         key,
@@ -278,20 +225,13 @@ def build_crl(
     next_update: datetime = COLLATERAL_NEXT_UPDATE,
 ) -> bytes:
     """DER CRL signed by ``issuer``."""
-    builder = (
-        x509.CertificateRevocationListBuilder()
-        .issuer_name(issuer.subject)
-        .last_update(last_update)
-        .next_update(next_update)
+    return tdx_quote_builder.build_crl(
+        issuer,
+        issuer_key,
+        last_update=last_update,
+        next_update=next_update,
+        revoked_serials=revoked_serials,
     )
-    for serial in revoked_serials:
-        builder = builder.add_revoked_certificate(
-            x509.RevokedCertificateBuilder()
-            .serial_number(serial)
-            .revocation_date(last_update)
-            .build()
-        )
-    return builder.sign(issuer_key, hashes.SHA256()).public_bytes(Encoding.DER)
 
 
 # --- quotes --------------------------------------------------------------------------
@@ -319,114 +259,52 @@ class QuoteSpec:
     qe_mr_signer: bytes = INTEL_TD_QE_MRSIGNER
     qe_isv_prod_id: int = 2
     qe_isv_svn: int = 4
-    qe_attributes: bytes = bytes.fromhex("11000000000000000000000000000000")
+    qe_attributes: bytes = QE_ATTRIBUTES
     qe_misc_select: int = 0
     qe_auth_data: bytes = bytes(range(32))
     trailing: bytes = b""
 
 
-@dataclass(frozen=True)
-class BuiltQuote:
-    """The quote bytes and where each signed region lies in them."""
-
-    data: bytes
-    regions: dict[str, tuple[int, int]] = field(default_factory=dict)
-
-
-def _raw_signature(key: ec.EllipticCurvePrivateKey, message: bytes) -> bytes:
-    r, s = utils.decode_dss_signature(key.sign(message, ec.ECDSA(hashes.SHA256())))
-    return r.to_bytes(32, "big") + s.to_bytes(32, "big")
-
-
-def _td_body(spec: QuoteSpec, body_type: int) -> bytes:
-    body = (
-        spec.tee_tcb_svn
-        + spec.mr_seam
-        + spec.mr_signer_seam
-        + spec.seam_attributes
-        + spec.td_attributes
-        + spec.xfam
-        + spec.mr_td
-        + spec.mr_config_id
-        + spec.mr_owner
-        + spec.mr_owner_config
-        + b"".join(spec.rtmrs)
-        + spec.report_data
-    )
-    if body_type == 3:
-        body += spec.tee_tcb_svn_2 + spec.mr_service_td
-    return body
-
-
-def _qe_report(spec: QuoteSpec, report_data: bytes) -> bytes:
-    report = (
-        bytes(16)  # CPUSVN
-        + struct.pack("<I", spec.qe_misc_select)
-        + bytes(28)
-        + spec.qe_attributes
-        + b"\xee" * 32  # MRENCLAVE
-        + bytes(32)
-        + spec.qe_mr_signer
-        + bytes(96)
-        + struct.pack("<HH", spec.qe_isv_prod_id, spec.qe_isv_svn)
-        + bytes(60)
-        + report_data
-    )
-    assert len(report) == 384
-    return report
-
-
 def build_quote(pki: TestPki, spec: QuoteSpec | None = None) -> BuiltQuote:
     """A TDX quote signed end to end under ``pki``."""
     spec = spec or QuoteSpec()
-    attestation_key = ec.generate_private_key(ec.SECP256R1())
-    attestation_public = attestation_key.public_key().public_bytes(
-        Encoding.X962, PublicFormat.UncompressedPoint
-    )[1:]
-    header = struct.pack("<HHIHH", spec.version, 2, 0x81, 0, 0) + spec.qe_vendor_id + bytes(20)
     body_type = spec.body_type if spec.version == 5 else 2
-    body = _td_body(spec, body_type)
-    descriptor = struct.pack("<HI", body_type, len(body)) if spec.version == 5 else b""
-    signed = header + descriptor + body
-    binding = hashlib.sha256(attestation_public + spec.qe_auth_data).digest() + bytes(32)
-    qe_report = _qe_report(spec, binding)
-    qe_signature = _raw_signature(pki.pck_key, qe_report)
-    chain = pki.pck_chain_pem() + b"\0"
-    inner = struct.pack("<HI", 5, len(chain)) + chain
-    qe_certification = (
-        qe_report
-        + qe_signature
-        + struct.pack("<H", len(spec.qe_auth_data))
-        + spec.qe_auth_data
-        + inner
+    body = tdx_quote_builder.td_report_body(
+        tee_tcb_svn=spec.tee_tcb_svn,
+        mr_seam=spec.mr_seam,
+        mr_signer_seam=spec.mr_signer_seam,
+        seam_attributes=spec.seam_attributes,
+        td_attributes=spec.td_attributes,
+        xfam=spec.xfam,
+        mr_td=spec.mr_td,
+        mr_config_id=spec.mr_config_id,
+        mr_owner=spec.mr_owner,
+        mr_owner_config=spec.mr_owner_config,
+        rtmrs=spec.rtmrs,
+        report_data=spec.report_data,
+        td15=(spec.tee_tcb_svn_2, spec.mr_service_td) if body_type == 3 else None,
     )
-    signature_data = (
-        _raw_signature(attestation_key, signed)
-        + attestation_public
-        + struct.pack("<HI", 6, len(qe_certification))
-        + qe_certification
+    qe = tdx_quote_builder.QeReportFields(
+        attributes=spec.qe_attributes,
+        mr_signer=spec.qe_mr_signer,
+        isv_prod_id=spec.qe_isv_prod_id,
+        isv_svn=spec.qe_isv_svn,
+        misc_select=spec.qe_misc_select,
     )
-    data = signed + struct.pack("<I", len(signature_data)) + signature_data + spec.trailing
-    signature_data_start = len(signed) + 4
-    qe_report_start = signature_data_start + 128 + 6
-    auth_start = qe_report_start + 384 + 64 + 2
-    regions = {
-        "header": (0, 48),
-        "body": (len(header) + len(descriptor), len(signed)),
-        "quote_signature": (signature_data_start, signature_data_start + 64),
-        "attestation_key": (signature_data_start + 64, signature_data_start + 128),
-        "qe_report": (qe_report_start, qe_report_start + 384),
-        "qe_report_signature": (qe_report_start + 384, qe_report_start + 448),
-        "qe_auth_data": (auth_start, auth_start + len(spec.qe_auth_data)),
-    }
-    return BuiltQuote(data, regions)
+    signed = tdx_quote_builder.sign_quote(
+        version=spec.version,
+        body=body,
+        pck_key=pki.pck_key,
+        pck_chain_pem=pki.pck_chain_pem(),
+        qe=qe,
+        qe_auth_data=spec.qe_auth_data,
+        body_type=body_type,
+        qe_vendor_id=spec.qe_vendor_id,
+    )
+    return BuiltQuote(signed.data + spec.trailing, signed.regions)
 
 
 # --- collateral ----------------------------------------------------------------------
-def _components(svns: tuple[int, ...]) -> list[dict]:
-    return [{"svn": svn} for svn in svns]
-
-
 def tcb_level(
     status: str,
     *,
@@ -434,24 +312,11 @@ def tcb_level(
     pce_svn: int = 11,
     tdx: tuple[int, ...] = (3, 0, 5) + (0,) * 13,
     advisories: tuple[str, ...] = (),
-    date: str = "2024-03-13T00:00:00Z",
+    date: str = LEVEL_DATE,
 ) -> dict:
-    level = {
-        "tcb": {
-            "sgxtcbcomponents": _components(sgx),
-            "pcesvn": pce_svn,
-            "tdxtcbcomponents": _components(tdx),
-        },
-        "tcbDate": date,
-        "tcbStatus": status,
-    }
-    if advisories:
-        level["advisoryIDs"] = list(advisories)
-    return level
-
-
-def _iso(moment: datetime) -> str:
-    return moment.strftime("%Y-%m-%dT%H:%M:%SZ")
+    return tdx_quote_builder.tcb_level(
+        status, sgx=sgx, pce_svn=pce_svn, tdx=tdx, date=date, advisories=advisories
+    )
 
 
 def build_tcb_info(
@@ -461,23 +326,16 @@ def build_tcb_info(
     module_identities: list[dict] | None = None,
     issue_date: datetime = COLLATERAL_ISSUED,
     next_update: datetime = COLLATERAL_NEXT_UPDATE,
-    evaluation_number: int = 17,
+    evaluation_number: int = EVALUATION_NUMBER,
 ) -> dict:
-    info = {
-        "id": "TDX",
-        "version": 3,
-        "issueDate": _iso(issue_date),
-        "nextUpdate": _iso(next_update),
-        "fmspc": fmspc.hex().upper(),
-        "pceId": "0000",
-        "tcbType": 0,
-        "tcbEvaluationDataNumber": evaluation_number,
-        "tdxModule": {"mrsigner": "00" * 48, "attributes": "00" * 8, "attributesMask": "FF" * 8},
-        "tcbLevels": levels,
-    }
-    if module_identities is not None:
-        info["tdxModuleIdentities"] = module_identities
-    return info
+    return tdx_quote_builder.tcb_info_document(
+        levels,
+        fmspc=fmspc,
+        issue_date=issue_date,
+        next_update=next_update,
+        evaluation_number=evaluation_number,
+        module_identities=module_identities,
+    )
 
 
 def build_qe_identity(
@@ -487,30 +345,21 @@ def build_qe_identity(
     issue_date: datetime = COLLATERAL_ISSUED,
     next_update: datetime = COLLATERAL_NEXT_UPDATE,
 ) -> dict:
-    return {
-        "id": "TD_QE",
-        "version": 2,
-        "issueDate": _iso(issue_date),
-        "nextUpdate": _iso(next_update),
-        "tcbEvaluationDataNumber": 17,
-        "miscselect": "00000000",
-        "miscselectMask": "FFFFFFFF",
-        "attributes": "11000000000000000000000000000000",
-        "attributesMask": "FBFFFFFFFFFFFFFF0000000000000000",
-        "mrsigner": INTEL_TD_QE_MRSIGNER.hex().upper(),
-        "isvprodid": 2,
-        "tcbLevels": [
-            {
-                "tcb": {"isvsvn": svn},
-                "tcbDate": "2024-03-13T00:00:00Z",
-                "tcbStatus": status,
-                **(
-                    {"advisoryIDs": list(advisories)} if status != "UpToDate" and advisories else {}
-                ),
-            }
+    return tdx_quote_builder.qe_identity_document(
+        [
+            tdx_quote_builder.qe_tcb_level(
+                svn,
+                status,
+                date=LEVEL_DATE,
+                advisories=advisories if status != "UpToDate" else (),
+            )
             for svn, status in levels
         ],
-    }
+        attributes=QE_ATTRIBUTES,
+        issue_date=issue_date,
+        next_update=next_update,
+        evaluation_number=EVALUATION_NUMBER,
+    )
 
 
 def build_collateral(
@@ -524,25 +373,19 @@ def build_collateral(
     crl_next_update: datetime = COLLATERAL_NEXT_UPDATE,
 ) -> bytes:
     """QuoteCollateralV3-shaped JSON bytes, signed by ``pki``'s TCB signing key."""
-    key = signing_key or pki.tcb_signing_key
-    tcb_text = json.dumps(tcb_info, separators=(",", ":"))
-    qe_text = json.dumps(qe_identity, separators=(",", ":"))
-    bundle = {
-        "pck_crl_issuer_chain": pki.platform_ca_chain_pem(),
-        "root_ca_crl": build_crl(
+    return tdx_quote_builder.collateral_bundle(
+        platform_ca_chain=tdx_quote_builder.pem_chain(pki.platform_ca, pki.root),
+        root_ca_crl=build_crl(
             pki.root, pki.root_key, revoked_ca_serials, next_update=crl_next_update
-        ).hex(),
-        "pck_crl": build_crl(
+        ),
+        pck_crl=build_crl(
             pki.platform_ca, pki.platform_ca_key, revoked_pck_serials, next_update=crl_next_update
-        ).hex(),
-        "tcb_info_issuer_chain": pki.tcb_signing_chain_pem(),
-        "tcb_info": tcb_text,
-        "tcb_info_signature": _raw_signature(key, tcb_text.encode()).hex(),
-        "qe_identity_issuer_chain": pki.tcb_signing_chain_pem(),
-        "qe_identity": qe_text,
-        "qe_identity_signature": _raw_signature(key, qe_text.encode()).hex(),
-    }
-    return json.dumps(bundle).encode()
+        ),
+        tcb_signing_chain=tdx_quote_builder.pem_chain(pki.tcb_signing, pki.root),
+        tcb_info=tcb_info,
+        qe_identity=qe_identity,
+        signing_key=signing_key or pki.tcb_signing_key,
+    )
 
 
 def clock_at(moment: datetime = CLOCK) -> Callable[[], datetime]:
