@@ -15,7 +15,6 @@ No I/O beyond the optional binary file object the caller hands to :class:`BatchS
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterable, Iterator, Mapping
 from types import TracebackType
 from typing import BinaryIO
@@ -23,8 +22,9 @@ from typing import BinaryIO
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from envelope._keyschedule import derive_envelope_keys, segment_aad, segment_nonce
-from envelope._sealed_header import authenticate_parsed_header, seal_header
+from envelope._keyschedule import segment_aad, segment_nonce
+from envelope._sealed_header import authenticate_parsed_header
+from envelope._sealing import SealingRequest, start_envelope
 from envelope._wire import as_byte_view
 from envelope.errors import (
     EnvelopeAuthenticationError,
@@ -33,15 +33,9 @@ from envelope.errors import (
     EnvelopeLimitError,
 )
 from envelope.framing import MissingFinalSegmentError, iter_batch_frames
-from envelope.header import (
-    ALGORITHM_AES256GCM_HKDF_SHA512,
-    KIND_BATCH,
-    EnvelopeHeader,
-    ParsedEnvelope,
-    view_and_header,
-)
+from envelope.header import KIND_BATCH, EnvelopeHeader, ParsedEnvelope, view_and_header
 from envelope.keys import DataKey, WrappedKey
-from envelope.limits import DEFAULT_SEGMENT_SIZE, ENVELOPE_ID_LENGTH, MAX_SEGMENT_COUNT, SALT_LENGTH
+from envelope.limits import DEFAULT_SEGMENT_SIZE, MAX_SEGMENT_COUNT
 
 __all__ = ["BatchSealer", "iter_open_batch", "open_batch", "seal_batch"]
 
@@ -73,63 +67,47 @@ class BatchSealer:
         sink: BinaryIO | None = None,
     ) -> None:
         self._start(
-            data_key=data_key,
-            wrapped_key=wrapped_key,
-            region=region,
-            producer_id=producer_id,
-            schema_fingerprint=schema_fingerprint,
-            context=context,
+            SealingRequest(data_key, wrapped_key, region, producer_id, schema_fingerprint, context),
             segment_size=segment_size,
             sink=sink,
-            salt=os.urandom(SALT_LENGTH),
-            envelope_id=os.urandom(ENVELOPE_ID_LENGTH),
         )
 
     @classmethod
-    def _with(cls, *, salt: bytes, envelope_id: bytes, **arguments: object) -> BatchSealer:
-        """Deterministic sealer for known-answer vectors only: a reused salt reuses the key."""
+    def _for_request(
+        cls,
+        request: SealingRequest,
+        *,
+        segment_size: int = DEFAULT_SEGMENT_SIZE,
+        salt: bytes | None = None,
+        envelope_id: bytes | None = None,
+    ) -> BatchSealer:
+        """A sealer writing to memory; ``salt``/``envelope_id`` only for known-answer vectors."""
         sealer = cls.__new__(cls)
-        sealer._start(salt=salt, envelope_id=envelope_id, **arguments)  # type: ignore[arg-type]
+        sealer._start(request, segment_size=segment_size, salt=salt, envelope_id=envelope_id)
         return sealer
 
     def _start(
         self,
+        request: SealingRequest,
         *,
-        data_key: DataKey,
-        wrapped_key: WrappedKey,
-        region: str,
-        producer_id: str,
-        schema_fingerprint: bytes,
-        context: Mapping[str, str],
-        segment_size: int = DEFAULT_SEGMENT_SIZE,
+        segment_size: int,
         sink: BinaryIO | None = None,
-        salt: bytes,
-        envelope_id: bytes,
+        salt: bytes | None = None,
+        envelope_id: bytes | None = None,
     ) -> None:
-        keys = derive_envelope_keys(data_key, salt, ALGORITHM_AES256GCM_HKDF_SHA512)
-        self._header = EnvelopeHeader(
-            kind=KIND_BATCH,
-            algorithm=ALGORITHM_AES256GCM_HKDF_SHA512,
-            envelope_id=envelope_id,
-            wrapped_key=wrapped_key,
-            region=region,
-            producer_id=producer_id,
-            schema_fingerprint=schema_fingerprint,
-            context=context,
-            salt=salt,
-            commitment=keys.commitment,
-            segment_size=segment_size,
+        started = start_envelope(
+            request, kind=KIND_BATCH, segment_size=segment_size, salt=salt, envelope_id=envelope_id
         )
-        sealed_header = seal_header(self._header, keys)
-        self._core_header = sealed_header.core
-        self._cipher: AESGCM | None = keys.cipher
+        self._header = started.header
+        self._core_header = started.sealed_header.core
+        self._cipher: AESGCM | None = started.keys.cipher
         self._segment_size = segment_size
         self._pending = bytearray()
         self._index = 0
         self._sink = sink
         self._collected: list[bytes] = []
         self._bytes_written = 0
-        self._emit(sealed_header.wire)
+        self._emit(started.sealed_header.wire)
 
     @property
     def header(self) -> EnvelopeHeader:
@@ -256,23 +234,26 @@ def seal_batch(
     segment_size: int = DEFAULT_SEGMENT_SIZE,
 ) -> bytes:
     """Seal bytes, or an iterable of byte chunks, as one batch envelope."""
-    sealer = BatchSealer(
-        data_key=data_key,
-        wrapped_key=wrapped_key,
-        region=region,
-        producer_id=producer_id,
-        schema_fingerprint=schema_fingerprint,
-        context=context,
-        segment_size=segment_size,
+    request = SealingRequest(
+        data_key, wrapped_key, region, producer_id, schema_fingerprint, context
     )
-    return _feed(sealer, plaintext)
+    return _feed(BatchSealer._for_request(request, segment_size=segment_size), plaintext)
 
 
 def _seal_batch_with(
-    plaintext: bytes | Iterable[bytes], *, salt: bytes, envelope_id: bytes, **arguments: object
+    plaintext: bytes | Iterable[bytes],
+    *,
+    salt: bytes,
+    envelope_id: bytes,
+    segment_size: int = DEFAULT_SEGMENT_SIZE,
+    **arguments: object,
 ) -> bytes:
     """Deterministic sealing for known-answer vectors only: a reused salt reuses the key."""
-    return _feed(BatchSealer._with(salt=salt, envelope_id=envelope_id, **arguments), plaintext)
+    request = SealingRequest(**arguments)  # type: ignore[arg-type]
+    sealer = BatchSealer._for_request(
+        request, segment_size=segment_size, salt=salt, envelope_id=envelope_id
+    )
+    return _feed(sealer, plaintext)
 
 
 def _feed(sealer: BatchSealer, plaintext: bytes | Iterable[bytes]) -> bytes:

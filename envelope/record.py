@@ -7,25 +7,19 @@ records nor does I/O. For large data use ``envelope.batch``.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
 
 from cryptography.exceptions import InvalidTag
 
-from envelope._keyschedule import derive_envelope_keys, segment_aad, segment_nonce
-from envelope._sealed_header import authenticate_parsed_header, seal_header
+from envelope._keyschedule import segment_aad, segment_nonce
+from envelope._sealed_header import authenticate_parsed_header
+from envelope._sealing import SealingRequest, start_envelope
 from envelope._wire import as_byte_view
 from envelope.errors import EnvelopeAuthenticationError, EnvelopeFormatError, EnvelopeLimitError
 from envelope.framing import record_frame
-from envelope.header import (
-    ALGORITHM_AES256GCM_HKDF_SHA512,
-    KIND_RECORD,
-    EnvelopeHeader,
-    ParsedEnvelope,
-    view_and_header,
-)
+from envelope.header import KIND_RECORD, ParsedEnvelope, view_and_header
 from envelope.keys import DataKey, WrappedKey
-from envelope.limits import ENVELOPE_ID_LENGTH, MAX_RECORD_PLAINTEXT, SALT_LENGTH
+from envelope.limits import MAX_RECORD_PLAINTEXT
 
 __all__ = ["open_record", "seal_record"]
 
@@ -41,55 +35,37 @@ def seal_record(
     context: Mapping[str, str],
 ) -> bytes:
     """Seal one message; a fresh random salt and envelope id make every envelope's key unique."""
-    return _seal_record_with(
+    return _seal_record(
         plaintext,
-        data_key=data_key,
-        wrapped_key=wrapped_key,
-        region=region,
-        producer_id=producer_id,
-        schema_fingerprint=schema_fingerprint,
-        context=context,
-        salt=os.urandom(SALT_LENGTH),
-        envelope_id=os.urandom(ENVELOPE_ID_LENGTH),
+        SealingRequest(data_key, wrapped_key, region, producer_id, schema_fingerprint, context),
     )
 
 
 def _seal_record_with(
-    plaintext: bytes,
-    *,
-    data_key: DataKey,
-    wrapped_key: WrappedKey,
-    region: str,
-    producer_id: str,
-    schema_fingerprint: bytes,
-    context: Mapping[str, str],
-    salt: bytes,
-    envelope_id: bytes,
+    plaintext: bytes, *, salt: bytes, envelope_id: bytes, **arguments: object
 ) -> bytes:
     """Deterministic sealing for known-answer vectors only: a reused salt reuses the key."""
+    request = SealingRequest(**arguments)  # type: ignore[arg-type]
+    return _seal_record(plaintext, request, salt=salt, envelope_id=envelope_id)
+
+
+def _seal_record(
+    plaintext: bytes,
+    request: SealingRequest,
+    *,
+    salt: bytes | None = None,
+    envelope_id: bytes | None = None,
+) -> bytes:
     body = as_byte_view(plaintext)
     if len(body) > MAX_RECORD_PLAINTEXT:
         raise EnvelopeLimitError(
             f"record plaintext length {len(body)} exceeds {MAX_RECORD_PLAINTEXT}"
         )
-    keys = derive_envelope_keys(data_key, salt, ALGORITHM_AES256GCM_HKDF_SHA512)
-    sealed_header = seal_header(
-        EnvelopeHeader(
-            kind=KIND_RECORD,
-            algorithm=ALGORITHM_AES256GCM_HKDF_SHA512,
-            envelope_id=envelope_id,
-            wrapped_key=wrapped_key,
-            region=region,
-            producer_id=producer_id,
-            schema_fingerprint=schema_fingerprint,
-            context=context,
-            salt=salt,
-            commitment=keys.commitment,
-            segment_size=0,
-        ),
-        keys,
+    started = start_envelope(
+        request, kind=KIND_RECORD, segment_size=0, salt=salt, envelope_id=envelope_id
     )
-    ciphertext = keys.cipher.encrypt(
+    sealed_header = started.sealed_header
+    ciphertext = started.keys.cipher.encrypt(
         segment_nonce(0), body, segment_aad(sealed_header.core, 0, True)
     )
     return b"".join((sealed_header.wire, len(ciphertext).to_bytes(4, "big"), ciphertext))

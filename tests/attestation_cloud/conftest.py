@@ -10,27 +10,15 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 from enclave_workers.evidence.simulated_snp import SimulatedSnpProvider
 from keybroker.attestation.azure_cvm import AzureCvmVerifier
-from keybroker.attestation.dev_chain import create_dev_chain
 from keybroker.attestation.snp import SnpTrustStore, SnpVerifier
 from tests.attestation_cloud.support import SnpAzureBuilder, new_rsa_key
+from tests.support.attestation import dev_snp_chain_fixture, vector_dir_fixture
 
 # Inside the validity of the Azure vector's VCEK chain.
 AZURE_VECTOR_TIME = datetime(2025, 6, 1, tzinfo=timezone.utc)
 
-
-@pytest.fixture(scope="session")
-def azure_vectors(shared_vectors: Path) -> Path:
-    path = shared_vectors / "azure-cvm"
-    if not path.is_dir():
-        pytest.skip(f"no Azure CVM vectors in {path}")
-    return path
-
-
-@pytest.fixture(scope="session")
-def dev_chain(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    directory = tmp_path_factory.mktemp("azure-dev-milan")
-    create_dev_chain(directory, product="Milan")
-    return directory
+azure_vectors = vector_dir_fixture("azure-cvm", "Azure CVM vectors")
+dev_chain = dev_snp_chain_fixture("Milan")
 
 
 @pytest.fixture(scope="session")

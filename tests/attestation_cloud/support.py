@@ -16,7 +16,6 @@ import http.server
 import json
 import secrets
 import struct
-import threading
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -37,6 +36,7 @@ from keybroker.attestation.azure_cvm.tpm import (
     encode_quote_attest,
     encode_signature,
 )
+from tests.support.attestation import BackgroundServer
 
 PCR_INDICES = tuple(range(24))
 
@@ -192,7 +192,7 @@ def public_pem(key: rsa.RSAPrivateKey) -> bytes:
                                          serialization.PublicFormat.SubjectPublicKeyInfo)
 
 
-class DocumentServer:
+class DocumentServer(BackgroundServer):
     """Serves JSON documents at paths on 127.0.0.1 and counts requests per path."""
 
     def __init__(self) -> None:
@@ -217,18 +217,9 @@ class DocumentServer:
             def log_message(self, *args: object) -> None:
                 return
 
-        self._server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self._server.server_address[1]}"
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
-
-    def __enter__(self) -> DocumentServer:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-        self._thread.join(timeout=5)
+        server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{server.server_address[1]}"
+        self._serve_in_background(server)
 
 
 @contextmanager

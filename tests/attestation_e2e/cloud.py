@@ -15,7 +15,6 @@ import base64
 import http.server
 import json
 import socketserver
-import threading
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -26,6 +25,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from keybroker.attestation.jwks import Getter, http_getter
 from keybroker.attestation.snp.report import parse_report
 from tests.attestation_cloud.support import DocumentServer, mint_token
+from tests.support.attestation import BackgroundServer
 
 __all__ = ["FakeImds", "FakeLauncher", "FakeMaa", "issuer_getter"]
 
@@ -107,7 +107,7 @@ class _UnixHttpServer(socketserver.ThreadingMixIn, socketserver.UnixStreamServer
     daemon_threads = True
 
 
-class FakeLauncher:
+class FakeLauncher(BackgroundServer):
     """The Confidential Space launcher's token endpoint on a Unix socket."""
 
     def __init__(self, socket_path: Path, key: rsa.RSAPrivateKey, claims: Mapping[str, Any],
@@ -135,14 +135,4 @@ class FakeLauncher:
             def address_string(self) -> str:
                 return "launcher"
 
-        self._server = _UnixHttpServer(str(socket_path), Handler)
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
-
-    def __enter__(self) -> FakeLauncher:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-        self._thread.join(timeout=5)
+        self._serve_in_background(_UnixHttpServer(str(socket_path), Handler))

@@ -8,16 +8,13 @@ HOST_DATA and product checks decide.
 
 from __future__ import annotations
 
-import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from cryptography import x509
 
 from enclave_workers.evidence.simulated_snp import DEV_MEASUREMENT, SimulatedSnpProvider
 from keybroker.attestation.dev_chain import create_dev_chain
-from keybroker.attestation.snp.certificates import spki_sha256
 from keybroker.service.server import RunningBroker
 from tests.attestation_e2e.support import (
     attest_once,
@@ -26,6 +23,7 @@ from tests.attestation_e2e.support import (
     release_rule,
     serve_broker,
 )
+from tests.support.attestation import dev_snp_chain_fixture, pin_amd_chain
 
 OTHER_MEASUREMENT = "ab" * 48
 
@@ -39,27 +37,21 @@ def simulated_broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Runni
         yield broker
 
 
-@pytest.fixture(scope="module")
-def test_root_chain(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A Genoa chain that the second broker pins as if AMD had issued it."""
-    directory = tmp_path_factory.mktemp("test-amd-root")
-    create_dev_chain(directory, product="Genoa")
-    return directory
+test_root_chain = dev_snp_chain_fixture(
+    "Genoa", scope="module",
+    doc="A Genoa chain that the second broker pins as if AMD had issued it.")
 
 
 @pytest.fixture(scope="module")
 def pinned_broker(tmp_path_factory: pytest.TempPathFactory,
                   test_root_chain: Path) -> Iterator[RunningBroker]:
-    trust_dir = tmp_path_factory.mktemp("amd-trust")
-    for name in ("ark.pem", "ask.pem"):
-        shutil.copy(test_root_chain / name, trust_dir / name)
-    ark = x509.load_pem_x509_certificate((test_root_chain / "ark.pem").read_bytes())
+    pinned = pin_amd_chain(test_root_chain, tmp_path_factory.mktemp("amd-trust"), "Genoa")
     rules = [release_rule("genoa-workers", ["sev-snp"], [DEV_MEASUREMENT],
                           host_data=["00" * 32], max_vmpl=0, exclude_products=["Milan"],
                           min_tcb={"Genoa": {"bootloader": 0, "snp": 0}})]
     with serve_broker(tmp_path_factory.mktemp("snp-pinned") / "state", rules,
-                      settings_changes={"snp_trust_dir": trust_dir},
-                      attestation={"extra_amd_ark_pins": {spki_sha256(ark): "Genoa"}}) as broker:
+                      settings_changes={"snp_trust_dir": pinned.trust_dir},
+                      attestation={"extra_amd_ark_pins": pinned.pins}) as broker:
         yield broker
 
 

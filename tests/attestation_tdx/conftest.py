@@ -8,6 +8,7 @@ import pytest
 
 from keybroker.attestation.tdx.trust import TdxTrustStore, certificate_fingerprint
 from tests.attestation_tdx.builder import TestPki, make_pki
+from tests.support.attestation import vector_dir_fixture
 
 
 @pytest.fixture(scope="session")
@@ -27,12 +28,7 @@ def pinned_trust(pki: TestPki) -> TdxTrustStore:
     return TdxTrustStore([pki.root], pinned_fingerprints=[certificate_fingerprint(pki.root)])
 
 
-@pytest.fixture(scope="session")
-def tdx_vectors(shared_vectors: Path) -> Path:
-    directory = shared_vectors / "tdx"
-    if not directory.is_dir():
-        pytest.skip(f"TDX vectors not present at {directory}")
-    return directory
+tdx_vectors = vector_dir_fixture("tdx", "TDX vectors")
 
 
 @pytest.fixture(scope="session")
