@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ctypes
 import fcntl
+import hmac
 import os
 import struct
 from collections.abc import Callable
@@ -83,7 +84,7 @@ class SevGuestProvider:
         except AttestationError as exc:
             raise EvidenceUnavailableError(f"sev-guest returned malformed evidence: {exc}") \
                 from None
-        if parsed.report_data != report_data:
+        if not hmac.compare_digest(parsed.report_data, report_data):
             raise EvidenceUnavailableError("sev-guest returned a report for other report_data")
         endorsements = {name: blob for name, blob in certificates.items()
                         if name in ("vcek", "vlek", "ask", "ark")}
