@@ -7,6 +7,7 @@ from collections.abc import Iterator
 import pytest
 
 from tests.enclave_workers.broker_env import BrokerEnv, broker_env
+from tests.pipelines.keys_cli_support import initialized_state, state  # noqa: F401
 
 
 @pytest.fixture(scope="session")

@@ -4,10 +4,7 @@ the real command line: help texts, JSON outputs, ledger entries, exit codes, and
 
 from __future__ import annotations
 
-import argparse
 import json
-import shutil
-from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
@@ -15,7 +12,6 @@ import pytest
 from envelope import open_batch, open_record
 from keybroker.kms.local import LocalKeyring
 from keybroker.ledger import AuditLedger
-from pipelines.commands import keys as keys_commands
 from pipelines.errors import PipelineError
 from pipelines.reading import open_output
 from tests.keybroker.rewrap_support import (
@@ -27,30 +23,9 @@ from tests.keybroker.rewrap_support import (
     write_batch_file,
     write_record_file,
 )
+from tests.pipelines.keys_cli_support import keys_main
 
-
-def main(argv: Sequence[str]) -> int:
-    """``sealbeam`` with only the ``keys`` group registered, exactly as pipelines/cli.py does
-    it (so these tests do not depend on the other command modules importing)."""
-    parser = argparse.ArgumentParser(prog="sealbeam")
-    keys_commands.register(parser.add_subparsers(dest="command", metavar="COMMAND",
-                                                 required=True))
-    args = parser.parse_args(list(argv))
-    return int(args.func(args))
-
-
-@pytest.fixture(scope="module")
-def initialized_state(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    state = tmp_path_factory.mktemp("keys-cli") / "state"
-    assert main(["keys", "init", "--state", str(state)]) == 0
-    return state
-
-
-@pytest.fixture
-def state(initialized_state: Path, tmp_path: Path) -> Path:
-    copy = tmp_path / "state"
-    shutil.copytree(initialized_state, copy)
-    return copy
+main = keys_main
 
 
 def ledger_events(state: Path) -> list[tuple[str, str, dict]]:

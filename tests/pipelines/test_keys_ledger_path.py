@@ -4,10 +4,8 @@ when ``ledger`` points outside the state directory."""
 
 from __future__ import annotations
 
-import argparse
 import json
 import shutil
-from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
@@ -17,28 +15,9 @@ from keybroker.kms.local import LocalKeyring
 from keybroker.ledger import AuditLedger
 from pipelines.commands import keys as keys_commands
 from tests.keybroker.rewrap_support import EU_KEK, kek_versions, write_record_file
+from tests.pipelines.keys_cli_support import keys_main
 
-
-def main(argv: Sequence[str]) -> int:
-    parser = argparse.ArgumentParser(prog="sealbeam")
-    keys_commands.register(parser.add_subparsers(dest="command", metavar="COMMAND",
-                                                 required=True))
-    args = parser.parse_args(list(argv))
-    return int(args.func(args))
-
-
-@pytest.fixture(scope="module")
-def initialized_state(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    state = tmp_path_factory.mktemp("keys-ledger") / "state"
-    assert main(["keys", "init", "--state", str(state)]) == 0
-    return state
-
-
-@pytest.fixture
-def state(initialized_state: Path, tmp_path: Path) -> Path:
-    copy = tmp_path / "state"
-    shutil.copytree(initialized_state, copy)
-    return copy
+main = keys_main
 
 
 def point_settings_elsewhere(state: Path, tmp_path: Path) -> tuple[Path, Path]:
