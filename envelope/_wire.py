@@ -46,10 +46,11 @@ def text_to_bytes(field: str, value: object, *, minimum: int, maximum: int) -> b
 def bytes_to_text(field: str, raw: bytes | memoryview) -> str:
     """Decode a text field read from the wire (strict UTF-8, no control characters)."""
     try:
-        value = bytes(raw).decode("utf-8")
+        value = str(raw, "utf-8")  # decodes a memoryview in place, without a copy
     except UnicodeDecodeError:
         raise EnvelopeFormatError(f"{field} is not valid UTF-8") from None
-    if _CONTROL_CHARACTERS.search(value):
+    # Control characters are never printable, so a printable value needs no search.
+    if not value.isprintable() and _CONTROL_CHARACTERS.search(value):
         raise EnvelopeFormatError(f"{field} contains a control character")
     return value
 

@@ -1,4 +1,4 @@
-"""The authenticated header of envelope format v1: its dataclass, encoders and strict parser.
+"""The authenticated header of envelope format v1: its dataclass, layout and parse entry points.
 
 The header is the same for records and batches (docs/FORMAT.md section 2) and has three
 parts: the **core header** (fixed fields, region, producer, context), the **key block**
@@ -7,7 +7,8 @@ key: magic and version first, every length bounded before it is read, text stric
 encryption context sorted by UTF-8 bytes with unique keys. Parsing proves structure only;
 authenticity comes from the key commitment and the header tag (``envelope._keyschedule``),
 which the openers check before decrypting, and from every segment's AAD, which binds the
-core header. This module computes no tag and holds no key.
+core header. The byte-level encoders and the field decoder live in ``envelope._header_codec``
+and are re-exported here. This module computes no tag and holds no key.
 
 :func:`parse_envelope` parses once for many uses: its :class:`ParsedEnvelope` keeps the header
 together with the exact (immutable) bytes it was parsed from, so a caller that first reads the
@@ -17,50 +18,41 @@ the header is not examined here; the openers walk it.
 
 from __future__ import annotations
 
-import struct
 from collections.abc import Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any, NoReturn, final
 
-from envelope._wire import (
-    BoundedReader,
-    as_byte_view,
-    bytes_to_text,
-    exact_bytes,
-    text_to_bytes,
-    u16_prefixed,
+from envelope._header_codec import (
+    ALGORITHM_AES256GCM_HKDF_SHA512,
+    FIXED_HEADER_LENGTH,
+    FORMAT_VERSION,
+    KIND_BATCH,
+    KIND_CODES,
+    KIND_RECORD,
+    MAGIC,
+    SUPPORTED_ALGORITHMS,
+    decode_header_fields,
+    encode_context,
+    encode_core_header,
+    encode_key_block,
 )
-from envelope.errors import EnvelopeFormatError, EnvelopeLimitError
+from envelope._wire import as_byte_view
+from envelope.errors import EnvelopeFormatError
 from envelope.keys import KeyReference, WrappedKey
-from envelope.limits import (
-    COMMITMENT_LENGTH,
-    ENVELOPE_ID_LENGTH,
-    HEADER_TAG_LENGTH,
-    MAX_CONTEXT_BYTES,
-    MAX_CONTEXT_ENTRIES,
-    MAX_CONTEXT_KEY,
-    MAX_CONTEXT_VALUE,
-    MAX_KEK_URI,
-    MAX_KEK_VERSION,
-    MAX_PRODUCER_ID,
-    MAX_REGION,
-    MAX_SEGMENT_SIZE,
-    MAX_WRAPPED_KEY,
-    MIN_SEGMENT_SIZE,
-    SALT_LENGTH,
-    SCHEMA_FINGERPRINT_LENGTH,
-)
 
 __all__ = [
     "ALGORITHM_AES256GCM_HKDF_SHA512",
+    "FIXED_HEADER_LENGTH",
     "FORMAT_VERSION",
     "KIND_BATCH",
     "KIND_RECORD",
     "MAGIC",
+    "SUPPORTED_ALGORITHMS",
     "EnvelopeHeader",
     "HeaderLayout",
     "ParsedEnvelope",
+    "encode_context",
     "encode_core_header",
     "encode_key_block",
     "parse_envelope",
@@ -68,19 +60,6 @@ __all__ = [
     "read_header",
     "view_and_header",
 ]
-
-MAGIC = b"SBEV"
-FORMAT_VERSION = 1
-ALGORITHM_AES256GCM_HKDF_SHA512 = 1  # AES-256-GCM, HKDF-SHA-512 key derivation, key-committed
-SUPPORTED_ALGORITHMS = frozenset({ALGORITHM_AES256GCM_HKDF_SHA512})
-KIND_RECORD = "record"
-KIND_BATCH = "batch"
-_KIND_CODES = {KIND_RECORD: 1, KIND_BATCH: 2}
-_KIND_NAMES = {code: name for name, code in _KIND_CODES.items()}
-
-# magic, version, kind, algorithm, envelope_id, schema_fingerprint, salt, commitment, segment_size
-_FIXED = struct.Struct(">4sBBH16s32s32s32sI")
-FIXED_HEADER_LENGTH = _FIXED.size  # 124
 
 
 @dataclass(frozen=True)
@@ -100,7 +79,7 @@ class EnvelopeHeader:
     segment_size: int
 
     def __post_init__(self) -> None:
-        if self.kind not in _KIND_CODES:
+        if self.kind not in KIND_CODES:
             raise EnvelopeFormatError(f"kind {self.kind!r} is not 'record' or 'batch'")
         if not isinstance(self.context, Mapping):
             raise EnvelopeFormatError(
@@ -131,80 +110,6 @@ class HeaderLayout:
     end: int
 
 
-def encode_core_header(header: EnvelopeHeader) -> bytes:
-    """The canonical core header: everything but the key block and the tag.
-
-    Refuses anything :func:`read_header` would; segment AADs bind exactly these bytes.
-    """
-    if header.algorithm not in SUPPORTED_ALGORITHMS:
-        raise EnvelopeFormatError(f"unknown algorithm id {header.algorithm}")
-    _check_segment_size(header.kind, header.segment_size)
-    fixed = _FIXED.pack(
-        MAGIC,
-        FORMAT_VERSION,
-        _KIND_CODES[header.kind],
-        header.algorithm,
-        exact_bytes("envelope id", header.envelope_id, ENVELOPE_ID_LENGTH),
-        exact_bytes("schema fingerprint", header.schema_fingerprint, SCHEMA_FINGERPRINT_LENGTH),
-        exact_bytes("salt", header.salt, SALT_LENGTH),
-        exact_bytes("commitment", header.commitment, COMMITMENT_LENGTH),
-        header.segment_size,
-    )
-    return b"".join(
-        (
-            fixed,
-            u16_prefixed(text_to_bytes("region", header.region, minimum=1, maximum=MAX_REGION)),
-            u16_prefixed(
-                text_to_bytes(
-                    "producer id", header.producer_id, minimum=1, maximum=MAX_PRODUCER_ID
-                )
-            ),
-            encode_context(header.context),
-        )
-    )
-
-
-def encode_key_block(wrapped: WrappedKey) -> bytes:
-    """``kek_uri || kek_version || wrapped_key``, each u16-prefixed: what a rewrap replaces."""
-    if not isinstance(wrapped, WrappedKey):
-        raise EnvelopeFormatError(
-            f"wrapped key must be WrappedKey, not {type(wrapped).__name__}"
-        )
-    return b"".join(
-        (
-            u16_prefixed(
-                text_to_bytes("kek uri", wrapped.kek.uri, minimum=1, maximum=MAX_KEK_URI)
-            ),
-            u16_prefixed(
-                text_to_bytes(
-                    "kek version", wrapped.kek.version, minimum=1, maximum=MAX_KEK_VERSION
-                )
-            ),
-            u16_prefixed(wrapped.ciphertext),
-        )
-    )
-
-
-def encode_context(context: Mapping[str, str]) -> bytes:
-    """``u16 count`` then ``u16 len || key || u16 len || value`` per entry, keys sorted."""
-    if len(context) > MAX_CONTEXT_ENTRIES:
-        raise EnvelopeLimitError(
-            f"context entry count {len(context)} exceeds {MAX_CONTEXT_ENTRIES}"
-        )
-    entries = []
-    for key, value in context.items():
-        key_bytes = text_to_bytes("context key", key, minimum=1, maximum=MAX_CONTEXT_KEY)
-        value_bytes = text_to_bytes(
-            f"context value for {key!r}", value, minimum=0, maximum=MAX_CONTEXT_VALUE
-        )
-        entries.append((key_bytes, value_bytes))
-    entries.sort()
-    encoded = b"".join(u16_prefixed(k) + u16_prefixed(v) for k, v in entries)
-    if len(encoded) > MAX_CONTEXT_BYTES:
-        raise EnvelopeLimitError(f"context length {len(encoded)} exceeds {MAX_CONTEXT_BYTES}")
-    return len(entries).to_bytes(2, "big") + encoded
-
-
 def read_header(envelope: bytes | bytearray | memoryview) -> tuple[EnvelopeHeader, int]:
     """Parse the header at the start of ``envelope``; structural only, no key needed.
 
@@ -219,33 +124,9 @@ def parse_header(
     envelope: bytes | bytearray | memoryview,
 ) -> tuple[EnvelopeHeader, HeaderLayout]:
     """Parse the header and say where its core, key block and tag lie."""
-    reader = BoundedReader(envelope)
-    _check_magic(reader)
-    version = reader.u8("version")
-    if version != FORMAT_VERSION:
-        raise EnvelopeFormatError(f"unsupported version {version}, expected {FORMAT_VERSION}")
-    kind_code = reader.u8("kind")
-    if kind_code not in _KIND_NAMES:
-        raise EnvelopeFormatError(f"kind {kind_code} is not 1 (record) or 2 (batch)")
-    kind = _KIND_NAMES[kind_code]
-    algorithm = reader.u16("algorithm")
-    if algorithm not in SUPPORTED_ALGORITHMS:
-        raise EnvelopeFormatError(f"unknown algorithm id {algorithm}")
-    envelope_id = bytes(reader.take(ENVELOPE_ID_LENGTH, "envelope id"))
-    schema_fingerprint = bytes(reader.take(SCHEMA_FINGERPRINT_LENGTH, "schema fingerprint"))
-    salt = bytes(reader.take(SALT_LENGTH, "salt"))
-    commitment = bytes(reader.take(COMMITMENT_LENGTH, "commitment"))
-    segment_size = reader.u32("segment size")
-    _check_segment_size(kind, segment_size)
-    region = reader.prefixed_text("region", minimum=1, maximum=MAX_REGION)
-    producer_id = reader.prefixed_text("producer id", minimum=1, maximum=MAX_PRODUCER_ID)
-    context = _read_context(reader)
-    core_end = reader.position
-    kek_uri = reader.prefixed_text("kek uri", minimum=1, maximum=MAX_KEK_URI)
-    kek_version = reader.prefixed_text("kek version", minimum=1, maximum=MAX_KEK_VERSION)
-    wrapped_ciphertext = bytes(reader.prefixed("wrapped key", minimum=1, maximum=MAX_WRAPPED_KEY))
-    tag_start = reader.position
-    reader.take(HEADER_TAG_LENGTH, "header tag")
+    (kind, algorithm, envelope_id, schema_fingerprint, salt, commitment, segment_size, region,
+     producer_id, context, core_end, kek_uri, kek_version, wrapped_ciphertext, tag_start,
+     end) = decode_header_fields(as_byte_view(envelope))
     header = EnvelopeHeader(
         kind=kind,
         algorithm=algorithm,
@@ -259,7 +140,7 @@ def parse_header(
         commitment=commitment,
         segment_size=segment_size,
     )
-    return header, HeaderLayout(core_end=core_end, tag_start=tag_start, end=reader.position)
+    return header, HeaderLayout(core_end=core_end, tag_start=tag_start, end=end)
 
 
 @final
@@ -358,48 +239,3 @@ def view_and_header(
     view = as_byte_view(envelope)  # type: ignore[arg-type]
     header, layout = parse_header(view)
     return view, header, layout
-
-
-def _check_magic(reader: BoundedReader) -> None:
-    present = bytes(reader.view[: len(MAGIC)])
-    if present != MAGIC[: len(present)]:
-        raise EnvelopeFormatError(f"bad magic {present.hex()}, expected {MAGIC.hex()}")
-    reader.take(len(MAGIC), "magic")
-
-
-def _check_segment_size(kind: str, segment_size: int) -> None:
-    if kind == KIND_RECORD:
-        if segment_size != 0:
-            raise EnvelopeFormatError(f"segment size {segment_size} must be 0 for a record")
-        return
-    if not isinstance(segment_size, int) or isinstance(segment_size, bool):
-        raise EnvelopeFormatError("segment size must be an int")
-    if segment_size > MAX_SEGMENT_SIZE:
-        raise EnvelopeLimitError(f"segment size {segment_size} exceeds {MAX_SEGMENT_SIZE}")
-    if segment_size < MIN_SEGMENT_SIZE:
-        raise EnvelopeFormatError(f"segment size {segment_size} is below {MIN_SEGMENT_SIZE}")
-
-
-def _read_context(reader: BoundedReader) -> dict[str, str]:
-    count = reader.u16("context entry count")
-    if count > MAX_CONTEXT_ENTRIES:
-        raise EnvelopeLimitError(f"context entry count {count} exceeds {MAX_CONTEXT_ENTRIES}")
-    start = reader.position
-    context: dict[str, str] = {}
-    previous_key = b""
-    for index in range(count):
-        key_raw = bytes(reader.prefixed("context key", minimum=1, maximum=MAX_CONTEXT_KEY))
-        value_raw = reader.prefixed("context value", minimum=0, maximum=MAX_CONTEXT_VALUE)
-        if reader.position - start > MAX_CONTEXT_BYTES:
-            raise EnvelopeLimitError(
-                f"context length {reader.position - start} exceeds {MAX_CONTEXT_BYTES}"
-            )
-        if index and key_raw == previous_key:
-            raise EnvelopeFormatError(f"context key {key_raw!r} is duplicated")
-        if index and key_raw < previous_key:
-            raise EnvelopeFormatError(f"context key {key_raw!r} is out of order")
-        key = bytes_to_text("context key", key_raw)
-        context[key] = bytes_to_text(f"context value for {key!r}", value_raw)
-        previous_key = key_raw
-    return context
-
