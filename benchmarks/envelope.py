@@ -47,6 +47,7 @@ from pathlib import Path
 import cryptography
 import pyarrow as pa
 import pyarrow.compute as pc
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 # The repository root goes first so that ``import envelope`` finds the package, not this file.
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -59,6 +60,7 @@ from envelope import (
     WrappedKey,
     iter_open_batch,
     open_batch,
+    open_batch_into,
     open_record,
     seal_batch,
     seal_record,
@@ -89,7 +91,10 @@ QUICK = {
     "segment_sizes": [16 * KIB, 64 * KIB],
     "arrow_rows": 10_000,
 }
-BATCH_OPERATIONS = ("seal_batch", "BatchSealer->file", "iter_open_batch", "open_batch")
+BATCH_OPERATIONS = ("seal_batch", "BatchSealer->file", "iter_open_batch", "open_batch",
+                    "open_batch_into")
+RAW = "raw AES-GCM"  # the reference: bare AESGCM.decrypt of the same bytes, same segment size
+SECTIONS = ("records", "arrow", "batches", "memory")
 
 
 class BenchmarkCheckError(Exception):
@@ -168,6 +173,32 @@ def open_batch_whole(envelope: bytes) -> int:
     return len(open_batch(envelope, DATA_KEY))
 
 
+def open_batch_to_arrow_buffer(envelope: bytes) -> int:
+    """The whole plaintext decrypted in place into an Arrow buffer (the worker's path)."""
+    return open_batch_into(envelope, DATA_KEY, pa.allocate_buffer).size
+
+
+def raw_aes_gcm_segments(plaintext: bytes, segment_size: int) -> Callable[[], int]:
+    """The reference run: AESGCM.decrypt of each segment of ``plaintext`` under a bare key.
+
+    The same bytes in the same segment size, but no header, commitment, frame walk or output
+    assembly: each plaintext segment is dropped, like ``iter_open_batch``'s consumer.
+    """
+    cipher = AESGCM(AESGCM.generate_key(256))
+    view = memoryview(plaintext)
+    sealed = [(index.to_bytes(12, "big"),
+               cipher.encrypt(index.to_bytes(12, "big"), view[offset:offset + segment_size], b""))
+              for index, offset in enumerate(range(0, max(len(plaintext), 1), segment_size))]
+
+    def run() -> int:
+        total = 0
+        for nonce, ciphertext in sealed:
+            total += len(cipher.decrypt(nonce, ciphertext, b""))
+        return total
+
+    return run
+
+
 def batch_operation(name: str, plaintext: bytes, envelope: bytes, segment_size: int,
                     path: Path) -> Callable[[], object]:
     """The zero-argument run for one of BATCH_OPERATIONS over prepared inputs."""
@@ -179,6 +210,8 @@ def batch_operation(name: str, plaintext: bytes, envelope: bytes, segment_size: 
         return lambda: open_batch_streaming(envelope)
     if name == "open_batch":
         return lambda: open_batch_whole(envelope)
+    if name == "open_batch_into":
+        return lambda: open_batch_to_arrow_buffer(envelope)
     raise ValueError(f"unknown batch operation {name!r}")
 
 
@@ -193,6 +226,7 @@ def prepare_batch(size: int, segment_size: int, path: Path) -> tuple[bytes, byte
     require_equal(what, plaintext, b"".join(iter_open_batch(from_file, DATA_KEY)))
     if open_batch_streaming(envelope) != size:
         raise BenchmarkCheckError(f"{what}: iter_open_batch yielded a different length")
+    require_equal(what, plaintext, open_batch_into(envelope, DATA_KEY, pa.allocate_buffer))
     return plaintext, envelope
 
 
@@ -203,16 +237,24 @@ def bench_batches(sizes: list[int], segment_sizes: list[int], repeat: int,
     for size in sizes:
         for segment_size in segment_sizes:
             plaintext, envelope = prepare_batch(size, segment_size, path)
-            for name in BATCH_OPERATIONS:
-                run = batch_operation(name, plaintext, envelope, segment_size, path)
+            raw = raw_aes_gcm_segments(plaintext, segment_size)
+            if raw() != size:
+                raise BenchmarkCheckError(f"raw AES-GCM of {size} B gave a different length")
+            rows = []
+            for name in (RAW, *BATCH_OPERATIONS):
+                run = raw if name == RAW else batch_operation(name, plaintext, envelope,
+                                                              segment_size, path)
                 timing = timed_runs(repeat, run)
-                results.append({
+                rows.append({
                     "operation": name, "batch_bytes": size, "segment_size": segment_size,
                     **timing,
                     "mib_per_second": size / MIB / timing["median_seconds"],
                     "best_mib_per_second": size / MIB / timing["min_seconds"],
                 })
-            del plaintext, envelope
+            for row in rows:  # the goal is stated as a fraction of raw AES-GCM's speed
+                row["fraction_of_raw"] = row["mib_per_second"] / rows[0]["mib_per_second"]
+            results.extend(rows)
+            del plaintext, envelope, raw
     return results
 
 
@@ -364,7 +406,7 @@ def arrow_round_trip(table: pa.Table) -> tuple[pa.Table, dict[str, float], int, 
     envelope = seal_batch(memoryview(ipc), segment_size=DEFAULT_SEGMENT_SIZE, **SEAL_ARGUMENTS)
     stages["seal_seconds"] = time.perf_counter() - start
     start = time.perf_counter()
-    opened = open_batch(envelope, DATA_KEY)
+    opened = open_batch_into(envelope, DATA_KEY, pa.allocate_buffer)
     stages["open_seconds"] = time.perf_counter() - start
     start = time.perf_counter()
     result = pa.ipc.open_stream(opened).read_all()
@@ -402,33 +444,57 @@ def human_size(size: float) -> str:
 
 
 def print_report(numbers: dict[str, object]) -> None:
+    if "records" in numbers:
+        print_records(numbers["records"])
+    if "batches" in numbers:
+        print_batches(numbers["batches"])
+    if "memory" in numbers:
+        print_memory(numbers["memory"])
+    if "arrow" in numbers:
+        print_arrow(numbers["arrow"])
+    environment = numbers["environment"]
+    print(f"one Python thread, Arrow CPU threads {environment['arrow_cpu_threads']}, "
+          f"{environment['cpu_count']} CPUs on this machine; median and min of "
+          f"{environment['repeat']} runs")
+
+
+def print_records(rows: list[dict[str, float]]) -> None:
     print(f"{'record payload':16}{'seal rec/s':>12}{'seal µs':>10}{'open rec/s':>12}"
           f"{'open µs':>10}   (median; envelope overhead)")
-    for row in numbers["records"]:
+    for row in rows:
         print(f"{human_size(row['payload_bytes']):16}{row['seal_records_per_second']:>12,.0f}"
               f"{row['seal_us_per_record']:>10.1f}{row['open_records_per_second']:>12,.0f}"
               f"{row['open_us_per_record']:>10.1f}   "
               f"(+{row['envelope_bytes'] - row['payload_bytes']} B)")
     print()
-    print(f"{'batch':10}{'segment':10}{'operation':20}{'MiB/s':>10}{'best MiB/s':>12}")
-    for row in numbers["batches"]:
+
+
+def print_batches(rows: list[dict[str, float | str]]) -> None:
+    print(f"{'batch':10}{'segment':10}{'operation':20}{'MiB/s':>10}{'best MiB/s':>12}"
+          f"{'x raw':>8}")
+    for row in rows:
         print(f"{human_size(row['batch_bytes']):10}{human_size(row['segment_size']):10}"
               f"{row['operation']:20}{row['mib_per_second']:>10,.0f}"
-              f"{row['best_mib_per_second']:>12,.0f}")
+              f"{row['best_mib_per_second']:>12,.0f}{row['fraction_of_raw']:>8.2f}")
     print()
+
+
+def print_memory(rows: list[dict[str, float | str]]) -> None:
     print(f"{'batch':10}{'segment':10}{'operation':20}{'tracemalloc peak':>18}"
           f"{'peak RSS delta':>16}{'= segments':>12}{'= batches':>11}")
-    for row in numbers["memory"]:
+    for row in rows:
         print(f"{human_size(row['batch_bytes']):10}{human_size(row['segment_size']):10}"
               f"{row['operation']:20}{human_size(row['tracemalloc_peak_bytes']):>18}"
               f"{human_size(row['subprocess_peak_rss_delta_bytes']):>16}"
               f"{row['tracemalloc_peak_in_segments']:>12.2f}"
               f"{row['tracemalloc_peak_in_batches']:>11.3f}")
-    methods = sorted({row["subprocess_peak_rss_method"] for row in numbers["memory"]})
+    methods = sorted({row["subprocess_peak_rss_method"] for row in rows})
     print(f"(peak RSS delta: fresh subprocess, {', '.join(methods)}; '= segments' and "
           f"'= batches' are the tracemalloc peak over the segment and batch size)")
     print()
-    arrow = numbers["arrow"]
+
+
+def print_arrow(arrow: dict[str, float]) -> None:
     print(f"Arrow: {arrow['rows']:,} rows, IPC {human_size(arrow['ipc_bytes'])}, "
           f"end to end {arrow['end_to_end_seconds'] * 1e3:.1f} ms = "
           f"{arrow['rows_per_second']:,.0f} "
@@ -436,10 +502,6 @@ def print_report(numbers: dict[str, object]) -> None:
           f"{arrow['serialize_seconds'] * 1e3:.1f} ms, "
           f"seal {arrow['seal_seconds'] * 1e3:.1f} ms, "
           f"open {arrow['open_seconds'] * 1e3:.1f} ms, read {arrow['read_seconds'] * 1e3:.2f} ms")
-    environment = numbers["environment"]
-    print(f"one Python thread, Arrow CPU threads {environment['arrow_cpu_threads']}, "
-          f"{environment['cpu_count']} CPUs on this machine; median and min of "
-          f"{environment['repeat']} runs")
 
 
 def environment(repeat: int, quick: bool) -> dict[str, object]:
@@ -464,6 +526,9 @@ def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--repeat", type=int, default=5,
                         help="timed runs per case after one warm-up; median and min reported")
     parser.add_argument("--json", metavar="PATH", help="also write the results as JSON")
+    parser.add_argument("--only", action="append", choices=SECTIONS, metavar="SECTION",
+                        help=f"run only this section (repeatable; one of {', '.join(SECTIONS)});"
+                             " default: all")
     # The memory probe: this script re-run in a fresh process for one peak-RSS measurement.
     parser.add_argument("--memory-probe", choices=BATCH_OPERATIONS, help=argparse.SUPPRESS)
     parser.add_argument("--probe-size", type=int, help=argparse.SUPPRESS)
@@ -486,17 +551,21 @@ def main(argv: list[str] | None = None) -> int:
     sizes = QUICK if args.quick else FULL
     try:
         with tempfile.TemporaryDirectory(prefix="sealbeam-bench-") as workdir:
-            numbers = {
-                "environment": environment(args.repeat, args.quick),
-                "records": bench_records(sizes["record_sizes"], sizes["records_per_run"],
-                                         args.repeat),
+            wanted = set(args.only or SECTIONS)
+            runs: dict[str, Callable[[], object]] = {
+                "records": lambda: bench_records(sizes["record_sizes"],
+                                                 sizes["records_per_run"], args.repeat),
                 # Arrow before the big batches, whose freed memory would otherwise feed it.
-                "arrow": bench_arrow(sizes["arrow_rows"], args.repeat),
-                "batches": bench_batches(sizes["batch_sizes"], sizes["segment_sizes"],
-                                         args.repeat, Path(workdir)),
-                "memory": bench_memory(max(sizes["batch_sizes"]), sizes["segment_sizes"],
-                                       Path(workdir)),
+                "arrow": lambda: bench_arrow(sizes["arrow_rows"], args.repeat),
+                "batches": lambda: bench_batches(sizes["batch_sizes"], sizes["segment_sizes"],
+                                                 args.repeat, Path(workdir)),
+                "memory": lambda: bench_memory(max(sizes["batch_sizes"]),
+                                               sizes["segment_sizes"], Path(workdir)),
             }
+            numbers: dict[str, object] = {"environment": environment(args.repeat, args.quick)}
+            for section in SECTIONS:
+                if section in wanted:
+                    numbers[section] = runs[section]()
     except BenchmarkCheckError as error:
         print(f"envelope benchmark: error: {error}", file=sys.stderr)
         return 1

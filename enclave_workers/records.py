@@ -260,12 +260,18 @@ def table_to_ipc(table: pa.Table) -> bytes:
     return sink.getvalue().to_pybytes()
 
 
-def table_from_ipc(payload: bytes, *, max_rows: int = MAX_TABLE_ROWS) -> pa.Table:
-    """Read an Arrow IPC stream, bounded in bytes and rows."""
-    if len(payload) > MAX_IPC_BYTES:
-        raise RecordLimitError(f"Arrow stream is {len(payload)} bytes, over {MAX_IPC_BYTES}")
+def table_from_ipc(payload: bytes | pa.Buffer, *, max_rows: int = MAX_TABLE_ROWS) -> pa.Table:
+    """Read an Arrow IPC stream, bounded in bytes and rows.
+
+    ``payload`` may be an Arrow buffer (e.g. what ``envelope.open_batch_into`` decrypted into
+    ``pa.allocate_buffer``): the table's columns then point into it, without a copy.
+    """
+    size = payload.size if isinstance(payload, pa.Buffer) else len(payload)
+    if size > MAX_IPC_BYTES:
+        raise RecordLimitError(f"Arrow stream is {size} bytes, over {MAX_IPC_BYTES}")
     try:
-        reader = ipc.open_stream(pa.py_buffer(payload))
+        source = payload if isinstance(payload, pa.Buffer) else pa.py_buffer(payload)
+        reader = ipc.open_stream(source)
         batches = []
         rows = 0
         for batch in reader:

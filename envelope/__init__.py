@@ -7,7 +7,8 @@ The byte layout is specified in docs/FORMAT.md.
 
 - Records: :func:`seal_record` / :func:`open_record` (one small message).
 - Batches: :func:`seal_batch`, the streaming :class:`BatchSealer`, :func:`iter_open_batch`
-  (segment by segment) and :func:`open_batch`.
+  (segment by segment), :func:`open_batch` and :func:`open_batch_into` (into a buffer the
+  caller allocates).
 - Headers without a key: :func:`read_header`, :func:`envelope_length`; :func:`parse_envelope`
   parses once into a :class:`ParsedEnvelope` (header bound to its bytes) that the openers
   accept in place of the bytes.
@@ -22,7 +23,13 @@ The byte layout is specified in docs/FORMAT.md.
 
 from __future__ import annotations
 
-from envelope.batch import BatchSealer, iter_open_batch, open_batch, seal_batch
+from envelope.batch import (
+    BatchSealer,
+    iter_open_batch,
+    open_batch,
+    open_batch_into,
+    seal_batch,
+)
 from envelope.errors import (
     EnvelopeAuthenticationError,
     EnvelopeError,
@@ -77,6 +84,7 @@ __all__ = [
     "envelope_length",
     "iter_open_batch",
     "open_batch",
+    "open_batch_into",
     "open_record",
     "parse_envelope",
     "read_header",

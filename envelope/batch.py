@@ -9,15 +9,18 @@ own tag covers the key block, which the segment AADs leave out so that a rewrap
 
 Sealing never needs two plaintext copies: :class:`BatchSealer` seals memoryview slices of
 what it is given and buffers at most one segment; :func:`seal_batch` wraps it. Opening is
-segment by segment with :func:`iter_open_batch`; :func:`open_batch` joins the pieces.
+segment by segment with :func:`iter_open_batch`; :func:`open_batch` joins the pieces;
+:func:`open_batch_into` decrypts every segment straight into one buffer its caller
+allocates (e.g. an Arrow buffer from a pool that reuses its pages), which avoids both the
+per-segment ``bytes`` and the join: the fastest way to the whole plaintext of a large batch.
 No I/O beyond the optional binary file object the caller hands to :class:`BatchSealer`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from types import TracebackType
-from typing import BinaryIO
+from typing import BinaryIO, TypeVar
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -35,10 +38,11 @@ from envelope.errors import (
 from envelope.framing import MissingFinalSegmentError, iter_batch_frames
 from envelope.header import KIND_BATCH, EnvelopeHeader, ParsedEnvelope, view_and_header
 from envelope.keys import DataKey, WrappedKey
-from envelope.limits import DEFAULT_SEGMENT_SIZE, MAX_SEGMENT_COUNT
+from envelope.limits import DEFAULT_SEGMENT_SIZE, MAX_SEGMENT_COUNT, TAG_LENGTH
 
-__all__ = ["BatchSealer", "iter_open_batch", "open_batch", "seal_batch"]
+__all__ = ["BatchSealer", "iter_open_batch", "open_batch", "open_batch_into", "seal_batch"]
 
+_Buffer = TypeVar("_Buffer")
 _FLAG_MORE = b"\x00"
 _FLAG_FINAL = b"\x01"
 
@@ -287,15 +291,19 @@ def iter_open_batch(envelope: bytes | ParsedEnvelope, data_key: DataKey) -> Iter
     )
 
 
-def _check_structure(view: memoryview, header_length: int, segment_size: int) -> None:
+def _check_structure(view: memoryview, header_length: int, segment_size: int) -> int:
+    """Walk every frame (no trailing bytes, a final segment); return the plaintext length."""
     end = header_length
+    plaintext_length = 0
     try:
         for frame in iter_batch_frames(view, header_length, segment_size):
             end = frame.end
+            plaintext_length += frame.length - TAG_LENGTH
     except MissingFinalSegmentError:
         raise EnvelopeAuthenticationError() from None
     if end != len(view):
         raise EnvelopeFormatError(f"{len(view) - end} trailing bytes after the final segment")
+    return plaintext_length
 
 
 def _decrypt_segments(
@@ -315,3 +323,66 @@ def _decrypt_segments(
 def open_batch(envelope: bytes | ParsedEnvelope, data_key: DataKey) -> bytes:
     """The whole plaintext of a batch envelope (see :func:`iter_open_batch`)."""
     return b"".join(iter_open_batch(envelope, data_key))
+
+
+def open_batch_into(
+    envelope: bytes | ParsedEnvelope,
+    data_key: DataKey,
+    allocate: Callable[[int], _Buffer] = bytearray,  # type: ignore[assignment]
+) -> _Buffer:
+    """The whole plaintext of a batch envelope, decrypted in place into ``allocate(n)``.
+
+    ``allocate`` receives the exact plaintext length (known from the frames before any key
+    work) and returns a writable, contiguous buffer of at least that many bytes, e.g.
+    ``bytearray`` (the default) or ``pyarrow.allocate_buffer``; the buffer is returned.
+    Each segment's AES-GCM output goes straight to its offset (``decrypt_into``), so no
+    per-segment ``bytes`` and no join are made.
+
+    The checks are those of :func:`iter_open_batch`, in the same order: structure, then key
+    commitment and header tag, before anything is allocated. When a segment fails its tag
+    the buffer is zeroed up to and including that segment (nothing unauthenticated is left
+    in memory the caller owns) and the uniform :class:`EnvelopeAuthenticationError` raised.
+    """
+    view, header, layout = view_and_header(envelope)
+    if header.kind != KIND_BATCH:
+        raise EnvelopeFormatError(f"kind is {header.kind!r}, expected 'batch'")
+    length = _check_structure(view, layout.end, header.segment_size)
+    keys = authenticate_parsed_header(view, header, layout, data_key)
+    output = allocate(length)
+    target = _writable_bytes(output, length)
+    try:
+        _decrypt_segments_into(keys.cipher, view, bytes(view[: layout.core_end]), layout.end,
+                               header.segment_size, target)
+    finally:
+        target.release()
+    return output
+
+
+def _writable_bytes(buffer: object, length: int) -> memoryview:
+    """``buffer`` as a flat writable byte view of ``length`` bytes, or EnvelopeError."""
+    try:
+        view = memoryview(buffer)  # type: ignore[arg-type]
+    except TypeError:
+        raise EnvelopeError("allocate must return a buffer (bytearray, Arrow buffer...)"
+                            ) from None
+    if view.readonly or not view.c_contiguous or view.nbytes < length:
+        view.release()
+        raise EnvelopeError(f"allocate must return a writable contiguous buffer of {length} "
+                            "bytes")
+    flat = view.cast("B") if view.format != "B" or view.ndim != 1 else view
+    return flat[:length]
+
+
+def _decrypt_segments_into(cipher: AESGCM, view: memoryview, core_header: bytes,
+                           header_length: int, segment_size: int, target: memoryview) -> None:
+    position = 0
+    for frame in iter_batch_frames(view, header_length, segment_size):
+        end = position + frame.length - TAG_LENGTH
+        aad = segment_aad(core_header, frame.index, frame.final)
+        try:
+            cipher.decrypt_into(segment_nonce(frame.index), view[frame.start : frame.end], aad,
+                                target[position:end])
+        except InvalidTag:
+            target[:end] = bytes(end)
+            raise EnvelopeAuthenticationError() from None
+        position = end
