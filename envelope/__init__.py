@@ -5,7 +5,8 @@ nothing of sealbeam's and nothing outside the standard library and ``cryptograph
 does no I/O (a :class:`BatchSealer` writes only to a file object its caller hands it).
 The byte layout is specified in docs/FORMAT.md.
 
-- Records: :func:`seal_record` / :func:`open_record` (one small message).
+- Records: :func:`seal_record` / :func:`open_record` (one small message); many under one
+  DEK in one call: :func:`seal_records` / :func:`open_records` (:class:`RecordOpener`).
 - Batches: :func:`seal_batch`, the streaming :class:`BatchSealer`, :func:`iter_open_batch`
   (segment by segment), :func:`open_batch` and :func:`open_batch_into` (into a buffer the
   caller allocates).
@@ -50,6 +51,7 @@ from envelope.header import (
 from envelope.keys import DataKey, KeyReference, WrappedKey, dek_wrap_aad
 from envelope.limits import DEFAULT_SEGMENT_SIZE, MAX_HEADER_LENGTH
 from envelope.record import open_record, seal_record
+from envelope.record_batch import RecordOpener, open_records, seal_records
 from envelope.rewrap import rewrap_envelope, rewrap_header
 from envelope.transport import (
     TEE_KEY_ALGORITHM,
@@ -78,6 +80,7 @@ __all__ = [
     "KeyReference",
     "KeyTransportError",
     "ParsedEnvelope",
+    "RecordOpener",
     "TeeKeyPair",
     "WrappedKey",
     "dek_wrap_aad",
@@ -86,6 +89,7 @@ __all__ = [
     "open_batch",
     "open_batch_into",
     "open_record",
+    "open_records",
     "parse_envelope",
     "read_header",
     "release_info",
@@ -94,5 +98,6 @@ __all__ = [
     "rewrap_header",
     "seal_batch",
     "seal_record",
+    "seal_records",
     "seal_to_tee",
 ]

@@ -17,9 +17,7 @@ import hashlib
 import hmac
 from dataclasses import dataclass
 
-from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from envelope.errors import EnvelopeAuthenticationError
 from envelope.keys import DataKey
@@ -49,16 +47,25 @@ def hkdf_info(algorithm: int) -> bytes:
     return HKDF_INFO_PREFIX + algorithm.to_bytes(2, "big")
 
 
+def hkdf_sha512_96(secret: bytes, salt: bytes, info: bytes) -> bytes:
+    """HKDF-SHA-512 (RFC 5869) with a 96-byte output, as three one-shot HMAC calls.
+
+    Extract ``PRK = HMAC(salt, secret)``, expand ``T1 = HMAC(PRK, info || 1)``,
+    ``T2 = HMAC(PRK, T1 || info || 2)``, output ``(T1 || T2)[:96]``. The same bytes as
+    ``cryptography``'s HKDF (a test compares them) at about half its cost per record: the
+    HKDF object's setup, not the hashing, was the larger part of a record open.
+    """
+    prk = hmac.digest(salt, secret, "sha512")
+    first = hmac.digest(prk, info + b"\x01", "sha512")
+    second = hmac.digest(prk, first + info + b"\x02", "sha512")
+    return (first + second)[:_OKM_LENGTH]
+
+
 def derive_envelope_keys(data_key: DataKey, salt: bytes, algorithm: int) -> EnvelopeKeys:
     """The envelope's AES-256-GCM cipher, key commitment and header authentication key."""
     if not isinstance(data_key, DataKey):
         raise TypeError(f"data_key must be DataKey, not {type(data_key).__name__}")
-    okm = HKDF(
-        algorithm=hashes.SHA512(),
-        length=_OKM_LENGTH,
-        salt=salt,
-        info=hkdf_info(algorithm),
-    ).derive(data_key.secret_bytes())
+    okm = hkdf_sha512_96(data_key.secret_bytes(), bytes(salt), hkdf_info(algorithm))
     commitment_end = _AES_KEY_LENGTH + COMMITMENT_LENGTH
     return EnvelopeKeys(
         cipher=AESGCM(okm[:_AES_KEY_LENGTH]),
