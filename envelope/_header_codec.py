@@ -161,6 +161,11 @@ def check_segment_size(kind: str, segment_size: int) -> None:
 
 def decode_header_fields(view: memoryview) -> HeaderFields:
     """Every header field and the layout offsets, from a flat byte view (see ``HeaderFields``)."""
+    return decode_fixed_part(view) + decode_variable_part(view)
+
+
+def decode_fixed_part(view: memoryview) -> tuple[str, int, bytes, bytes, bytes, bytes, int]:
+    """kind, algorithm, envelope id, schema fingerprint, salt, commitment, segment size."""
     if len(view) < FIXED_HEADER_LENGTH:
         _raise_short_fixed_part(view)
     (magic, version, kind_code, algorithm, envelope_id, schema_fingerprint, salt, commitment,
@@ -171,6 +176,14 @@ def decode_header_fields(view: memoryview) -> HeaderFields:
     kind = _kind_name(kind_code)
     _check_algorithm(algorithm)
     check_segment_size(kind, segment_size)
+    return kind, algorithm, envelope_id, schema_fingerprint, salt, commitment, segment_size
+
+
+def decode_variable_part(
+    view: memoryview,
+) -> tuple[str, str, dict[str, str], int, str, str, bytes, int, int]:
+    """region, producer id, context, core end, KEK URI, KEK version, wrapped key, tag start,
+    end: everything after the fixed part (which must be there and valid)."""
     raw, position = _prefixed(view, FIXED_HEADER_LENGTH, "region", 1, MAX_REGION)
     region = bytes_to_text("region", raw)
     raw, position = _prefixed(view, position, "producer id", 1, MAX_PRODUCER_ID)
@@ -187,8 +200,7 @@ def decode_header_fields(view: memoryview) -> HeaderFields:
         raise EnvelopeFormatError(
             f"header tag truncated: needs {HEADER_TAG_LENGTH} bytes, {remaining} remain"
         )
-    return (kind, algorithm, envelope_id, schema_fingerprint, salt, commitment, segment_size,
-            region, producer_id, context, core_end, kek_uri, kek_version, wrapped_ciphertext,
+    return (region, producer_id, context, core_end, kek_uri, kek_version, wrapped_ciphertext,
             tag_start, tag_start + HEADER_TAG_LENGTH)
 
 

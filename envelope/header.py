@@ -14,6 +14,14 @@ and are re-exported here. This module computes no tag and holds no key.
 together with the exact (immutable) bytes it was parsed from, so a caller that first reads the
 header (to group by key) and then opens the envelope does not parse it twice. The body after
 the header is not examined here; the openers walk it.
+
+Envelopes sealed together share every header byte after the 124-byte fixed part (region,
+producer, context, key block). :func:`parse_header` decodes and validates such a suffix in
+full the first time, remembers the last few it validated (public header bytes only, no
+key), and afterwards recognises one by comparing bytes: equal bytes decode to equal fields,
+because the header is a self-delimiting prefix code. The fixed part is still unpacked and
+checked for every header, and anything not recognised takes the full strict path, so the
+result and every error are those of a parse without the cache.
 """
 
 from __future__ import annotations
@@ -32,7 +40,8 @@ from envelope._header_codec import (
     KIND_RECORD,
     MAGIC,
     SUPPORTED_ALGORITHMS,
-    decode_header_fields,
+    decode_fixed_part,
+    decode_variable_part,
     encode_context,
     encode_core_header,
     encode_key_block,
@@ -88,6 +97,19 @@ class EnvelopeHeader:
         ordered = dict(sorted(self.context.items(), key=lambda item: _sort_key(item[0])))
         object.__setattr__(self, "context", MappingProxyType(ordered))
 
+    @classmethod
+    def _validated(cls, kind: str, algorithm: int, envelope_id: bytes, salt: bytes,
+                   commitment: bytes, segment_size: int, schema_fingerprint: bytes,
+                   template: EnvelopeHeader) -> EnvelopeHeader:
+        """A header sharing ``template``'s already validated variable fields (parse cache)."""
+        fields = dict(template.__dict__)
+        fields.update(kind=kind, algorithm=algorithm, envelope_id=envelope_id, salt=salt,
+                      commitment=commitment, segment_size=segment_size,
+                      schema_fingerprint=schema_fingerprint)
+        header = object.__new__(cls)
+        object.__setattr__(header, "__dict__", fields)
+        return header
+
     @property
     def record_id(self) -> str:
         """Hex of the envelope id: how dead letters and logs name this envelope."""
@@ -120,13 +142,27 @@ def read_header(envelope: bytes | bytearray | memoryview) -> tuple[EnvelopeHeade
     return header, layout.end
 
 
+# The last few header suffixes (bytes after the fixed part, up to the tag) parsed in full:
+# (suffix, a header carrying their fields, their layout). Replaced whole, never mutated,
+# so concurrent parsers see either the old or the new tuple.
+_SUFFIX_CACHE_SIZE = 8
+_known_suffixes: tuple[tuple[bytes, EnvelopeHeader, HeaderLayout], ...] = ()
+
+
 def parse_header(
     envelope: bytes | bytearray | memoryview,
 ) -> tuple[EnvelopeHeader, HeaderLayout]:
     """Parse the header and say where its core, key block and tag lie."""
-    (kind, algorithm, envelope_id, schema_fingerprint, salt, commitment, segment_size, region,
-     producer_id, context, core_end, kek_uri, kek_version, wrapped_ciphertext, tag_start,
-     end) = decode_header_fields(as_byte_view(envelope))
+    view = as_byte_view(envelope)
+    (kind, algorithm, envelope_id, schema_fingerprint, salt, commitment,
+     segment_size) = decode_fixed_part(view)
+    size = len(view)
+    for suffix, template, layout in _known_suffixes:
+        if layout.end <= size and view[FIXED_HEADER_LENGTH : layout.tag_start] == suffix:
+            return EnvelopeHeader._validated(kind, algorithm, envelope_id, salt, commitment,
+                                             segment_size, schema_fingerprint, template), layout
+    (region, producer_id, context, core_end, kek_uri, kek_version, wrapped_ciphertext,
+     tag_start, end) = decode_variable_part(view)
     header = EnvelopeHeader(
         kind=kind,
         algorithm=algorithm,
@@ -140,7 +176,14 @@ def parse_header(
         commitment=commitment,
         segment_size=segment_size,
     )
-    return header, HeaderLayout(core_end=core_end, tag_start=tag_start, end=end)
+    layout = HeaderLayout(core_end=core_end, tag_start=tag_start, end=end)
+    _remember_suffix(bytes(view[FIXED_HEADER_LENGTH:tag_start]), header, layout)
+    return header, layout
+
+
+def _remember_suffix(suffix: bytes, header: EnvelopeHeader, layout: HeaderLayout) -> None:
+    global _known_suffixes
+    _known_suffixes = ((suffix, header, layout), *_known_suffixes[: _SUFFIX_CACHE_SIZE - 1])
 
 
 @final
