@@ -37,8 +37,8 @@ from envelope import (
     EnvelopeAuthenticationError,
     EnvelopeError,
     ParsedEnvelope,
+    RecordOpener,
     open_batch_into,
-    open_record,
     parse_envelope,
     seal_batch,
 )
@@ -260,10 +260,11 @@ class BatchProcessor:
             reason = f"data key not released: {type(exc).__name__}: {exc}"
             result.dead_letters.extend(dead_letter(s, STAGE_KEY, reason) for s in sources)
             return
+        records = RecordOpener(data_key)  # per-DEK state taken once for the whole group
         for source in sources:
             try:
                 if source.header.kind == "record":
-                    work.record_plaintexts.append(open_record(source.parsed, data_key))
+                    work.record_plaintexts.append(records.open(source.parsed))
                     work.record_sources.append(source)
                 elif source.header.kind == "batch":
                     # Decrypted in place into an Arrow (mimalloc) buffer that the table's

@@ -30,16 +30,19 @@ def test_quick_run_writes_every_section(quick_results) -> None:
     assert numbers["environment"]["quick"] is True
     assert numbers["environment"]["repeat"] == 2
     assert numbers["environment"]["arrow_cpu_threads"] == 1
+    assert numbers["environment"]["clock"] == "wall"
     assert "MiB/s" in stdout and "rows/s" in stdout
 
 
 def test_record_rows_are_positive(quick_results) -> None:
     _, numbers = quick_results
-    assert [row["payload_bytes"] for row in numbers["records"]] == [200, 1024, 16384]
+    assert [row["payload_bytes"] for row in numbers["records"]] == [100, 200, 1024, 16384]
     for row in numbers["records"]:
         assert row["envelope_bytes"] > row["payload_bytes"]
         assert_positive(row, tuple(
-            f"{op}_{measure}" for op in ("seal", "open") for measure in (
+            f"{op}_{measure}" for op in ("seal", "open", "seal_records", "open_records",
+                                         "open_records_parsed", "parse_envelope")
+            for measure in (
                 "records_per_second", "best_records_per_second", "us_per_record",
                 "min_us_per_record")))
 
@@ -102,9 +105,11 @@ def test_help_and_bad_repeat(repo_root: Path) -> None:
 
 def test_only_runs_the_chosen_sections(repo_root: Path, tmp_path: Path) -> None:
     stdout, numbers = run_benchmark(repo_root, "envelope.py",
-                                    ["--quick", "--repeat", "1", "--only", "records"],
+                                    ["--quick", "--repeat", "1", "--only", "records",
+                                     "--clock", "cpu"],
                                     tmp_path / "records.json")
     assert set(numbers) == {"environment", "records"}
+    assert numbers["environment"]["clock"] == "cpu"
     assert "rec/s" in stdout and "MiB/s" not in stdout
 
 
