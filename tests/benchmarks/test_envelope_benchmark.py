@@ -110,7 +110,7 @@ def test_only_runs_the_chosen_sections(repo_root: Path, tmp_path: Path) -> None:
                                     tmp_path / "records.json")
     assert set(numbers) == {"environment", "records"}
     assert numbers["environment"]["clock"] == "cpu"
-    assert "rec/s" in stdout and "MiB/s" not in stdout
+    assert "records/s" in stdout and "MiB/s" not in stdout
 
 
 def test_round_trip_check_rejects_changed_bytes(repo_root: Path) -> None:
