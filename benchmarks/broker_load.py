@@ -1,0 +1,377 @@
+"""Benchmark: the key broker under concurrent clients, per call, over real HTTP.
+
+What it does: creates a demo state in a temporary directory (``init_state``: keyring, dev
+SEV-SNP chain, a policy allowing the simulated worker), starts ``sealbeam broker serve`` on
+it as a separate process on a free loopback port, then for each operation (``challenge``,
+``attest``, ``release``, ``generate``) and each client count K (``--clients``, default 8 and
+64) runs K clients for ``--seconds``: K threads spread over ``--processes`` client processes,
+each thread with its own ``BrokerClient`` (one keep-alive HTTP connection), calling the one
+operation back to back. The client processes start once for the whole run; every client
+first attests with real simulated SEV-SNP evidence
+(a fresh TEE key, a report signed by the dev VCEK) and generates a data key, untimed, and
+checks that the key the broker releases is the one it generated (HPKE-opened with its TEE
+key). For ``attest``, each timed call is preceded by an untimed ``challenge`` and evidence
+collection, as a worker does; only the attest call is timed.
+
+Reported per (operation, K): calls/s over the phase (all clients), p50/p95/p99 latency in
+ms, failed calls, and the CPU the broker process used (utime + stime from /proc, in % of
+one core) and the CPU of the client processes, so a figure can be read against what the
+load generator itself took from the same cores. ``--json PATH`` also writes the numbers.
+
+What it does not: no TLS, no KMS other than the local keyring, no multi-process broker (the
+broker is run exactly as ``sealbeam broker serve`` runs it); the clients share the
+machine's cores with the broker, which is what a one-machine test can do.
+
+    .venv/bin/python benchmarks/broker_load.py [--clients 8 64] [--seconds 5]
+        [--processes 4] [--operations challenge attest release generate] [--json PATH]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import multiprocessing
+import os
+import platform
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import NamedTuple
+
+# The repository root goes first so that our packages are found, not this file's neighbours.
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from enclave_workers.evidence.simulated_snp import DEV_MEASUREMENT, SimulatedSnpProvider
+from envelope import TeeKeyPair, release_info, report_data_binding
+from keybroker.client import GENERATE_PURPOSE, RELEASE_PURPOSE, BrokerClient, BrokerError
+from keybroker.config import init_state
+
+OPERATIONS = ("challenge", "attest", "release", "generate")
+REGION = "eu"
+PRODUCER = "acme"
+STARTUP_TIMEOUT_SECONDS = 30.0
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+
+
+class BenchmarkCheckError(Exception):
+    """The broker gave a wrong answer or did not start: the numbers would be meaningless."""
+
+
+# -- the broker process ------------------------------------------------------------------
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def start_broker(state_dir: Path, port: int) -> subprocess.Popen[bytes]:
+    """``sealbeam broker serve`` on ``state_dir``; returns once /v1/health answers."""
+    root = Path(__file__).resolve().parent.parent
+    environment = {**os.environ, "PYTHONPATH": os.pathsep.join(
+        filter(None, [str(root), os.environ.get("PYTHONPATH")]))}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "pipelines.cli", "broker", "serve", "--state", str(state_dir),
+         "--port", str(port)],
+        cwd=root, env=environment, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + STARTUP_TIMEOUT_SECONDS
+    with BrokerClient(f"http://127.0.0.1:{port}", timeout=2) as client:
+        while True:
+            if process.poll() is not None:
+                raise BenchmarkCheckError(f"the broker exited with {process.returncode}")
+            try:
+                if client.health().get("status") == "ok":
+                    return process
+            except BrokerError:
+                pass
+            if time.monotonic() > deadline:
+                process.kill()
+                raise BenchmarkCheckError("the broker did not answer /v1/health in time")
+            time.sleep(0.1)
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of process ``pid`` (all its threads), from /proc/<pid>/stat."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+
+
+# -- one client thread -------------------------------------------------------------------
+
+
+class AttestedClient(NamedTuple):
+    client: BrokerClient
+    provider: SimulatedSnpProvider
+    tee_keys: TeeKeyPair
+    session: object
+    wrapped: object
+
+
+def attest(client: BrokerClient, provider: SimulatedSnpProvider
+           ) -> tuple[TeeKeyPair, object, float]:
+    """challenge, evidence, attest; the session and the seconds the attest call took."""
+    tee_keys = TeeKeyPair.generate()
+    nonce = client.challenge()
+    evidence = provider.collect(report_data_binding(nonce, tee_keys.public_bytes()))
+    started = time.perf_counter()
+    session = client.attest(nonce, evidence.tee, evidence.evidence,
+                            dict(evidence.endorsements), tee_keys.public_bytes())
+    return tee_keys, session, time.perf_counter() - started
+
+
+def set_up_client(url: str, chain_dir: Path) -> AttestedClient:
+    """An attested client holding one generated key, checked by a release."""
+    client = BrokerClient(url, timeout=30)
+    provider = SimulatedSnpProvider(chain_dir)
+    tee_keys, session, _ = attest(client, provider)
+    sealed, wrapped = client.generate(session, REGION, PRODUCER)
+    generated = tee_keys.open(sealed, release_info(GENERATE_PURPOSE, wrapped.key_id))
+    released = tee_keys.open(client.release(session, wrapped, REGION, PRODUCER),
+                             release_info(RELEASE_PURPOSE, wrapped.key_id))
+    if released != generated or len(released) != 32:
+        raise BenchmarkCheckError("the released key is not the generated one")
+    return AttestedClient(client, provider, tee_keys, session, wrapped)
+
+
+def one_call(state: AttestedClient, operation: str) -> float:
+    """Run ``operation`` once; the seconds the timed broker call took."""
+    if operation == "attest":  # challenge and evidence first, untimed, as a worker does
+        _, _, seconds = attest(state.client, state.provider)
+        return seconds
+    started = time.perf_counter()
+    if operation == "challenge":
+        state.client.challenge()
+    elif operation == "release":
+        state.client.release(state.session, state.wrapped, REGION, PRODUCER)
+    elif operation == "generate":
+        state.client.generate(state.session, REGION, PRODUCER)
+    else:
+        raise ValueError(f"unknown operation {operation!r}")
+    return time.perf_counter() - started
+
+
+def client_process(url: str, chain_dir: str, slots: int, plan: list[tuple[str, int, float]],
+                   ready: object, go: object, start: object,
+                   results: multiprocessing.Queue) -> None:
+    """One client process for the whole run: ``slots`` attested clients, then every phase.
+
+    For each ``(operation, threads, seconds)`` of ``plan`` it waits at ``ready`` (a barrier
+    with the parent), then at ``go`` (after which the shared ``start`` time is set), runs
+    ``threads`` of its clients from ``start`` for ``seconds`` and puts (latencies, failures,
+    cpu seconds, error) on ``results``. Set-up errors are reported in the first phase.
+    """
+    error: str | None = None
+    try:
+        states = [set_up_client(url, Path(chain_dir)) for _ in range(slots)]
+    except Exception as failure:  # reported to the parent, which fails the run
+        states, error = [], f"setup: {type(failure).__name__}: {failure}"
+    for operation, threads, seconds in plan:
+        ready.wait()  # type: ignore[attr-defined]
+        go.wait()  # type: ignore[attr-defined]
+        if error is not None:
+            results.put(([], 0, 0.0, error))
+            continue
+        results.put(run_threads(states[:threads], operation,
+                                start.value, seconds))  # type: ignore[attr-defined]
+    for state in states:
+        state.client.close()
+
+
+def run_threads(states: list[AttestedClient], operation: str, start_at: float,
+                seconds: float) -> tuple[list[float], int, float, str | None]:
+    latencies: list[float] = []
+    failures = [0]
+    lock = threading.Lock()
+
+    def loop(state: AttestedClient) -> None:
+        mine: list[float] = []
+        failed = 0
+        while time.time() < start_at:
+            time.sleep(0.001)
+        end = start_at + seconds
+        while time.time() < end:
+            try:
+                mine.append(one_call(state, operation))
+            except BrokerError:
+                failed += 1
+        with lock:
+            latencies.extend(mine)
+            failures[0] += failed
+
+    cpu_before = time.process_time()
+    workers = [threading.Thread(target=loop, args=(state,)) for state in states]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+    return latencies, failures[0], time.process_time() - cpu_before, None
+
+
+# -- the run: persistent client processes, one phase per (operation, client count) --------
+
+
+def percentile(ordered: list[float], fraction: float) -> float:
+    """Nearest-rank percentile of sorted values."""
+    index = max(0, min(len(ordered) - 1, math.ceil(fraction * len(ordered)) - 1))
+    return ordered[index]
+
+
+def shares(clients: int, processes: int) -> list[int]:
+    """``clients`` spread over ``processes`` as evenly as possible (first ones get more)."""
+    return [clients // processes + (1 if i < clients % processes else 0)
+            for i in range(processes)]
+
+
+def run_all(url: str, chain_dir: Path, broker_pid: int, operations: list[str],
+            client_counts: list[int], processes: int, seconds: float) -> list[dict[str, object]]:
+    """Start the client processes once (every client attests once), then run each phase."""
+    context = multiprocessing.get_context("spawn")
+    processes = max(1, min(processes, max(client_counts)))
+    phases = [(operation, clients) for operation in operations for clients in client_counts]
+    plans = [[(operation, shares(clients, processes)[i], seconds)
+              for operation, clients in phases] for i in range(processes)]
+    slots = shares(max(client_counts), processes)
+    results = context.Queue()
+    ready, go = context.Barrier(processes + 1), context.Barrier(processes + 1)
+    start = context.Value("d", 0.0)
+    children = [context.Process(target=client_process,
+                                args=(url, str(chain_dir), slots[i], plans[i], ready, go, start,
+                                      results), daemon=True)
+                for i in range(processes)]
+    for child in children:
+        child.start()
+    try:
+        rows = []
+        for operation, clients in phases:
+            # Waits for every client's set-up (attestation) before the first phase.
+            ready.wait(timeout=300 + 2 * max(client_counts))
+            start_at = time.time() + 0.05
+            start.value = start_at
+            go.wait(timeout=60)
+            while time.time() < start_at:
+                time.sleep(0.001)
+            rows.append(collect_phase(results, broker_pid, operation, clients, processes,
+                                      seconds))
+        return rows
+    finally:
+        for child in children:
+            child.join(timeout=30)
+            if child.is_alive():
+                child.kill()
+
+
+def collect_phase(results: multiprocessing.Queue, broker_pid: int, operation: str,
+                  clients: int, processes: int, seconds: float) -> dict[str, object]:
+    broker_cpu_before = cpu_seconds(broker_pid)
+    wall_before = time.perf_counter()
+    collected = [results.get(timeout=seconds + 120 + clients) for _ in range(processes)]
+    wall = time.perf_counter() - wall_before
+    broker_cpu = cpu_seconds(broker_pid) - broker_cpu_before
+    errors = [error for _, _, _, error in collected if error]
+    if errors:
+        raise BenchmarkCheckError(f"{operation} x{clients}: {errors[0]}")
+    latencies = sorted(value for values, _, _, _ in collected for value in values)
+    if not latencies:
+        raise BenchmarkCheckError(f"{operation} x{clients}: no call completed")
+    return {
+        "operation": operation,
+        "clients": clients,
+        "client_processes": sum(1 for share in shares(clients, processes) if share),
+        "seconds": seconds,
+        "calls": len(latencies),
+        "failures": sum(failed for _, failed, _, _ in collected),
+        "calls_per_second": len(latencies) / seconds,
+        "p50_ms": percentile(latencies, 0.50) * 1e3,
+        "p95_ms": percentile(latencies, 0.95) * 1e3,
+        "p99_ms": percentile(latencies, 0.99) * 1e3,
+        "mean_ms": statistics.fmean(latencies) * 1e3,
+        # From the start of the phase until every client reported (a little over
+        # ``seconds``; the broker is idle in that tail).
+        "broker_cpu_percent": 100 * broker_cpu / wall,
+        "client_cpu_percent": 100 * sum(cpu for _, _, cpu, _ in collected) / seconds,
+    }
+
+
+# -- output -----------------------------------------------------------------------------
+
+
+def print_report(numbers: dict[str, object]) -> None:
+    print(f"{'operation':11}{'clients':>8}{'calls/s':>10}{'p50 ms':>9}{'p95 ms':>9}"
+          f"{'p99 ms':>9}{'failed':>8}{'broker CPU':>12}{'client CPU':>12}")
+    for row in numbers["phases"]:
+        print(f"{row['operation']:11}{row['clients']:>8}{row['calls_per_second']:>10,.0f}"
+              f"{row['p50_ms']:>9.1f}{row['p95_ms']:>9.1f}{row['p99_ms']:>9.1f}"
+              f"{row['failures']:>8}{row['broker_cpu_percent']:>11.0f}%"
+              f"{row['client_cpu_percent']:>11.0f}%")
+    environment = numbers["environment"]
+    print(f"broker: one `sealbeam broker serve` process; clients: threads over "
+          f"{environment['processes']} processes; {environment['seconds']} s per phase; "
+          f"{environment['cpu_count']} CPUs; CPU in % of one core")
+
+
+def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--clients", type=int, nargs="+", default=[8, 64],
+                        help="concurrent client counts, one phase each (default 8 64)")
+    parser.add_argument("--seconds", type=float, default=5.0,
+                        help="timed seconds per phase (default 5)")
+    parser.add_argument("--processes", type=int, default=4,
+                        help="client processes the clients are spread over (default 4)")
+    parser.add_argument("--operations", nargs="+", choices=OPERATIONS, default=list(OPERATIONS),
+                        help="operations to drive (default: all four)")
+    parser.add_argument("--json", metavar="PATH", help="also write the results as JSON")
+    args = parser.parse_args(argv)
+    if min(args.clients) < 1 or args.processes < 1 or args.seconds <= 0:
+        parser.error("--clients and --processes must be at least 1, --seconds positive")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_arguments(argv)
+    numbers: dict[str, object] = {"environment": {
+        "python": platform.python_version(), "cpu_count": os.cpu_count(),
+        "processes": args.processes, "seconds": args.seconds, "clients": args.clients,
+    }}
+    with tempfile.TemporaryDirectory(prefix="sealbeam-broker-load-") as workdir:
+        state_dir = Path(workdir) / "state"
+        settings = init_state(state_dir, regions=(REGION,), tenants=(PRODUCER,),
+                              allowed_measurements=(DEV_MEASUREMENT,))
+        if settings.dev_chain_dir is None:
+            print("broker load: error: the demo state has no dev chain", file=sys.stderr)
+            return 1
+        port = free_port()
+        url = f"http://127.0.0.1:{port}"
+        try:
+            broker = start_broker(state_dir, port)
+        except BenchmarkCheckError as error:
+            print(f"broker load: error: {error}", file=sys.stderr)
+            return 1
+        try:
+            phases = run_all(url, settings.dev_chain_dir, broker.pid, args.operations,
+                             args.clients, args.processes, args.seconds)
+        except BenchmarkCheckError as error:
+            print(f"broker load: error: {error}", file=sys.stderr)
+            return 1
+        finally:
+            broker.terminate()
+            try:
+                broker.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                broker.kill()
+                broker.wait()
+    numbers["phases"] = phases
+    print_report(numbers)
+    if args.json:
+        Path(args.json).write_text(json.dumps(numbers, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
