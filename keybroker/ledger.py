@@ -232,6 +232,12 @@ class AuditLedger:
             ).fetchone()
         return (0, GENESIS_HASH) if row is None else (int(row[0]), str(row[1]))
 
+    def first_hash(self) -> str:
+        """Hash of entry 1 (which names this chain in checkpoints); GENESIS_HASH when empty."""
+        with self._lock:
+            row = self._connection.execute("SELECT hash FROM ledger WHERE seq = 1").fetchone()
+        return GENESIS_HASH if row is None else str(row[0])
+
     def verify(self, expect_head: str | None = None) -> LedgerVerification:
         """Recompute the chain; with ``expect_head``, also require that anchored hash in it."""
         if expect_head is not None:
