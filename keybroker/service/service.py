@@ -20,7 +20,7 @@ import logging
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 from pydantic import BaseModel
 
@@ -46,6 +46,7 @@ from keybroker.kms.base import KeyManagementService, KeyNotFoundError, KmsError
 from keybroker.kms.named_keys import NamedKeyStore, named_key_aad, validate_key_name
 from keybroker.kms.registry import KmsRegistry
 from keybroker.ledger import AuditLedger
+from keybroker.ledger_backends import open_ledger
 from keybroker.policy import ReleasePolicy
 from keybroker.service.checkpointer import Checkpointer
 from keybroker.service.errors import (
@@ -71,6 +72,9 @@ from keybroker.service.schemas import (
 )
 from keybroker.service.sessions import NONCE_BYTES, NonceStore, Session, SessionStore
 from keybroker.service.verifiers import build_verifiers
+
+if TYPE_CHECKING:
+    from keybroker.ledger_postgres import PostgresLedger
 
 __all__ = ["KeyBrokerService", "decode_base64"]
 
@@ -144,7 +148,7 @@ class KeyBrokerService:
         policy: ReleasePolicy,
         kms: KmsRegistry,
         verifiers: Mapping[str, Verifier],
-        ledger: AuditLedger,
+        ledger: AuditLedger | PostgresLedger,
         named_keys: NamedKeyStore,
         clock: Callable[[], float] = time.time,
         dek_cache: DekCache | None = None,
@@ -202,7 +206,7 @@ class KeyBrokerService:
             if verifiers is not None
             else build_verifiers(settings, policy, clock=clock)
         )
-        ledger = AuditLedger(settings.ledger_path, clock=clock)
+        ledger = open_ledger(settings, clock=clock)
         service = cls(
             settings=settings,
             policy=policy,
@@ -228,7 +232,7 @@ class KeyBrokerService:
         return service
 
     @property
-    def ledger(self) -> AuditLedger:
+    def ledger(self) -> AuditLedger | PostgresLedger:
         return self._ledger
 
     @property
