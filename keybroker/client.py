@@ -176,6 +176,8 @@ def tls_context(
         anchor = pinned_certificate if pinned_certificate is not None else ca_bundle
         context = ssl.create_default_context(cafile=str(anchor) if anchor is not None else None)
         context.minimum_version = ssl.TLSVersion.TLSv1_2
+        if pinned_certificate is not None:  # the pinned leaf is the trust anchor itself
+            context.verify_flags |= ssl.VERIFY_X509_PARTIAL_CHAIN
         if client_certificate is not None:
             context.load_cert_chain(str(client_certificate[0]), str(client_certificate[1]))
     except (OSError, ssl.SSLError) as error:
@@ -466,6 +468,12 @@ class BrokerClient:
                 status, content = self._send(method, path, payload)
                 break
             except httpx.TransportError as error:
+                if _is_tls_failure(error):
+                    raise BrokerTransportSecurityError(
+                        f"{method} {path}: TLS handshake with the broker failed "
+                        "(certificate not trusted, not the pinned one, or a client "
+                        "certificate is required)"
+                    ) from None
                 if attempt + 1 == attempts:
                     raise BrokerUnavailableError(
                         f"{method} {path}: broker unreachable ({type(error).__name__})"
@@ -494,11 +502,22 @@ class BrokerClient:
             return
         stream = response.extensions.get("network_stream")
         ssl_object = stream.get_extra_info("ssl_object") if stream is not None else None
-        peer = ssl_object.getpeercert(binary_form=True) if ssl_object is not None else None
+        peer = ssl_object.getpeercert(True) if ssl_object is not None else None
         if peer is None or not hmac.compare_digest(
             hashlib.sha256(peer).digest(), self._pinned_fingerprint
         ):
             raise BrokerTransportSecurityError("the broker's TLS certificate is not the pinned one")
+
+
+def _is_tls_failure(error: BaseException) -> bool:
+    seen: BaseException | None = error
+    for _ in range(8):
+        if seen is None:
+            return False
+        if isinstance(seen, ssl.SSLError):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
 
 
 _ERRORS_BY_STATUS: dict[int, type[BrokerError]] = {
