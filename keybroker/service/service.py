@@ -190,6 +190,7 @@ class KeyBrokerService:
         Cloud KMS, lives in a location its region does not allow. ``kms_backends`` injects
         backend instances by scheme (tests bind them to fake servers).
         """
+        identity = _load_identity(settings)  # before anything is opened: no key, no broker
         kms = KmsRegistry(settings, backends=kms_backends)
         try:
             kms.check_region_keks(settings.region_keks)
@@ -215,6 +216,7 @@ class KeyBrokerService:
             ledger=ledger,
             named_keys=named_keys,
             clock=clock,
+            identity=identity,
         )
         ledger.append(
             "broker-start",
@@ -227,6 +229,7 @@ class KeyBrokerService:
                 "regions": sorted(settings.region_keks),
                 "region_keks": dict(sorted(settings.region_keks.items())),
                 "dek_cache": settings.dek_cache.to_mapping(),
+                "broker_key_id": identity.key_id,
             },
         )
         return service
