@@ -34,6 +34,10 @@ class SealbeamOptions(PipelineOptions):
         parser.add_argument("--output_root", help="root of the region-pinned outputs; "
                             "dead letters go to <output_root>/dead-letter/")
         parser.add_argument("--broker_url", help="base URL of the key broker")
+        parser.add_argument("--broker_identity", default=None,
+                            help="the broker's public identity key (PEM) that workers pin "
+                                 "and verify every grant with (default for the simulated TEE: "
+                                 "broker-identity.pub.pem beside --dev_tee_dir)")
         parser.add_argument("--tee", default=SUPPORTED_TEES[0], choices=SUPPORTED_TEES,
                             help="the TEE the workers attest as")
         parser.add_argument("--dev_tee_dir", default=None,
@@ -66,6 +70,18 @@ def required(options: SealbeamOptions, name: str) -> str:
     if not value:
         raise PipelineError(f"--{name} is required")
     return str(value)
+
+
+def broker_identity_pem(options: SealbeamOptions) -> str | None:
+    """The PEM text of ``--broker_identity`` (None when not given)."""
+    path = getattr(options, "broker_identity", None)
+    if not path:
+        return None
+    try:
+        with open(path, "rb") as handle:
+            return handle.read(16 * 1024).decode("ascii")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise PipelineError(f"--broker_identity: cannot read {path}: {exc}") from None
 
 
 def allowed_regions(options: SealbeamOptions) -> frozenset[str]:

@@ -1,8 +1,10 @@
-"""``sealbeam audit verify``: check the audit ledger's hash chain.
+"""``sealbeam audit verify``: check the audit ledger's hash chain, and against anchors.
 
-A thin layer over ``keybroker.ledger.AuditLedger.verify``. Exit 0 and print the head hash
-(anchor it somewhere else to detect a cut-off tail later) when the chain holds; exit 1 and
-name the first bad entry when it does not; exit 2 when the ledger cannot be read.
+A thin layer over ``keybroker.ledger.AuditLedger.verify`` and ``keybroker.checkpoints``.
+Exit 0 and print the head hash when the chain holds (and every ``--anchor`` checkpoint,
+signed by the broker's identity key, is still in it); exit 1 and name the first bad entry,
+or the anchor the ledger no longer matches (truncated, rewritten, replaced); exit 2 when
+the ledger, an anchor or the broker key cannot be read or an anchor's signature is bad.
 """
 
 from __future__ import annotations
@@ -11,7 +13,10 @@ import argparse
 import sys
 from pathlib import Path
 
-from keybroker.ledger import AuditLedger, LedgerError
+from keybroker.checkpoints import CheckpointError, check_anchor, load_anchors, verify_checkpoint
+from keybroker.identity import IDENTITY_PUBLIC_KEY_FILE, BrokerPublicKey, IdentityError
+from keybroker.ledger import LedgerError
+from keybroker.ledger_backends import open_ledger_for_audit
 
 __all__ = ["CHAIN_BROKEN_EXIT", "register", "run_audit_verify"]
 
@@ -29,21 +34,58 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "that was altered, removed or reordered. A chain cannot show that entries were cut "
         "off its end: pass a head hash recorded earlier with --expect-head.",
     )
-    verify.add_argument("--ledger", type=Path, required=True, help="ledger.sqlite to verify")
+    source = verify.add_mutually_exclusive_group(required=True)
+    source.add_argument("--ledger", type=Path, help="ledger.sqlite to verify")
+    source.add_argument("--ledger-url", metavar="URL",
+                        help="a PostgreSQL ledger (postgresql://...) to verify")
     verify.add_argument("--expect-head", metavar="HEX", default=None,
                         help="a head hash anchored earlier; it must still be in the chain")
+    verify.add_argument("--anchor", type=Path, action="append", default=[], metavar="FILE",
+                        help="a signed ledger checkpoint: a saved checkpoint, the broker's "
+                        "ledger-checkpoints.jsonl, or a run summary / manifest JSON with "
+                        "ledger_head (repeatable); catches truncation and rewrites")
+    verify.add_argument("--broker-key", type=Path, default=None, metavar="PEM",
+                        help="the broker's public identity key that signed the anchors "
+                        f"(default: {IDENTITY_PUBLIC_KEY_FILE} beside --ledger)")
     verify.set_defaults(func=run_audit_verify)
 
 
 def run_audit_verify(args: argparse.Namespace) -> int:
     try:
-        with AuditLedger(args.ledger, read_only=True) as ledger:
+        checkpoints = _verified_anchors(args)
+        with open_ledger_for_audit(args.ledger, args.ledger_url) as ledger:
             result = ledger.verify(expect_head=args.expect_head)
-    except LedgerError as error:
+            checks = [check_anchor(ledger, checkpoint) for checkpoint in checkpoints]
+    except (LedgerError, CheckpointError, IdentityError) as error:
         print(f"sealbeam: error: {error}", file=sys.stderr)
         return USER_ERROR_EXIT
     if not result.ok:
         print(f"sealbeam: error: {result.summary()}", file=sys.stderr)
         return CHAIN_BROKEN_EXIT
+    broken = [check for check in checks if not check.ok]
+    for check in broken:
+        print(f"sealbeam: error: ledger does not match the checkpoint of "
+              f"{check.checkpoint.entries} entries: {check.problem}", file=sys.stderr)
+    if broken:
+        return CHAIN_BROKEN_EXIT
     print(result.summary())
+    if checks:
+        newest = max(check.checkpoint.entries for check in checks)
+        print(f"anchors ok: {len(checks)} signed checkpoint(s), the newest at entry {newest}")
     return 0
+
+
+def _verified_anchors(args: argparse.Namespace) -> list:
+    if not args.anchor:
+        return []
+    key_path = args.broker_key
+    if key_path is None:
+        if args.ledger is None:
+            raise IdentityError("--anchor with --ledger-url needs --broker-key")
+        key_path = Path(args.ledger).parent / IDENTITY_PUBLIC_KEY_FILE
+    public_key = BrokerPublicKey.load(key_path)
+    return [
+        verify_checkpoint(public_key, envelope)
+        for anchor in args.anchor
+        for envelope in load_anchors(anchor)
+    ]
