@@ -18,7 +18,7 @@ from __future__ import annotations
 import base64
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -168,8 +168,11 @@ def _write_atomically(output_path: Path, chunks: Iterator[bytes]) -> None:
 
 def seal_file(input_path: Path, output_path: Path, *, keyring: LocalKeyring, region: str,
               producer_id: str, output_kind: str = "records", records_per_key: int = 0,
-              input_format: str | None = None) -> SealReport:
-    """Seal a partner file; ``records_per_key=0`` means one DEK for the whole file."""
+              input_format: str | None = None,
+              on_sealed: Callable[[int], None] | None = None) -> SealReport:
+    """Seal a partner file; ``records_per_key=0`` means one DEK for the whole file.
+
+    ``on_sealed(n)`` is told of every ``n`` records sealed (the CLI's progress)."""
     input_path, output_path = Path(input_path), Path(output_path)
     if output_kind not in OUTPUT_KINDS:
         raise PipelineError(f"output kind must be one of {', '.join(OUTPUT_KINDS)}")
@@ -191,6 +194,8 @@ def seal_file(input_path: Path, output_path: Path, *, keyring: LocalKeyring, reg
             context={"sealbeam.kind": PARTNER_RECORDS_KIND, "sealbeam.rows": str(table.num_rows)},
         )
         _write_atomically(output_path, iter([base64.b64encode(envelope) + b"\n"]))
+        if on_sealed is not None:
+            on_sealed(table.num_rows)
         return SealReport(table.num_rows, 1, issuer.issued, str(output_path), output_kind)
 
     def sealed_lines() -> Iterator[bytes]:
@@ -202,6 +207,8 @@ def seal_file(input_path: Path, output_path: Path, *, keyring: LocalKeyring, reg
                 context={"sealbeam.kind": PARTNER_RECORDS_KIND},
             )
             counts["records"] += 1
+            if on_sealed is not None:
+                on_sealed(1)
             yield base64.b64encode(envelope) + b"\n"
 
     _write_atomically(output_path, sealed_lines())

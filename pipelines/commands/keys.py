@@ -33,8 +33,6 @@ from keybroker.attestation.errors import AttestationError
 from keybroker.config import BrokerSettings, ConfigError, init_state
 from keybroker.identity import IDENTITY_PUBLIC_KEY_FILE
 from keybroker.kms.base import KeyManagementService, KmsError
-from keybroker.kms.local import LOCAL_SCHEME, LocalKeyring
-from keybroker.kms.registry import kms_for_uri, uri_scheme
 from keybroker.ledger import AuditLedger, LedgerError
 from keybroker.policy import PolicyError
 from keybroker.rewrap import rewrap_paths
@@ -45,6 +43,12 @@ from keybroker.shred import (
     shred_kek_version,
     shred_whole_kek,
 )
+from pipelines.state_keys import (
+    SETTINGS_FILE,
+    broker_settings,
+    kms_for_kek,
+)
+from pipelines.state_keys import state_ledger_path as _state_ledger_path
 
 from .keys_identity import register_identity
 
@@ -60,9 +64,6 @@ __all__ = [
 
 USER_ERROR_EXIT = 2
 PARTIAL_FAILURE_EXIT = 1
-LEDGER_FILE = "ledger.sqlite"
-KEYRING_FILE = "keyring.json"
-SETTINGS_FILE = "broker.yaml"
 DEFAULT_JOURNAL = "rewrap-journal.jsonl"
 _KEY_ERRORS = (KmsError, LedgerError, ConfigError, EnvelopeError, OSError)
 ShredOutcome = ShredResult | WholeKekShredResult
@@ -173,31 +174,17 @@ def _register_shred(commands: argparse._SubParsersAction) -> None:
 
 def _broker_settings(state: Path) -> BrokerSettings | None:
     """The state's broker.yaml, or None when the state has none (a bare keyring)."""
-    path = state / SETTINGS_FILE
-    if not path.exists():
-        return None
-    return BrokerSettings.load(path)
+    return broker_settings(state)
 
 
 def state_ledger_path(state: Path) -> Path:
-    """The ledger the broker of ``state`` writes (broker.yaml's ``ledger``), so the
-    ``kek-*`` events sit in the same hash chain as its grants; without broker.yaml,
-    ``STATE/ledger.sqlite``."""
-    settings = _broker_settings(state)
-    return settings.ledger_path if settings is not None else state / LEDGER_FILE
+    """The ledger the broker of ``state`` writes (``pipelines.state_keys``)."""
+    return _state_ledger_path(state)
 
 
 def _kms_for(state: Path, kek_uri: str) -> KeyManagementService:
-    """The local keyring broker.yaml names for local:// KEKs (``STATE/keyring.json`` without
-    broker.yaml), else the backend broker.yaml configures."""
-    settings = _broker_settings(state)
-    if uri_scheme(kek_uri) == LOCAL_SCHEME:
-        keyring = settings.keyring_path if settings is not None else state / KEYRING_FILE
-        return LocalKeyring.open(keyring)
-    if settings is None:
-        raise ConfigError(f"no broker settings at {state / SETTINGS_FILE}: the KMS backend "
-                          f"of {kek_uri} is configured there")
-    return kms_for_uri(kek_uri, settings)
+    """The KMS for ``kek_uri`` from ``state`` (``pipelines.state_keys.kms_for_kek``)."""
+    return kms_for_kek(state, kek_uri)
 
 
 def _user_error(error: BaseException) -> int:

@@ -1,23 +1,33 @@
-"""``sealbeam seal``: a partner seals a JSONL or Parquet file into sealed records or a batch."""
+"""``sealbeam seal``: a partner seals a JSONL or Parquet file into sealed records or a batch.
+
+``--input -`` reads standard input (JSONL unless --input-format says parquet); ``--output -``
+writes the sealed lines to standard output, and the JSON report then goes to stderr.
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
+import sys
 from dataclasses import asdict
 from pathlib import Path
 
 from keybroker.kms.local import LocalKeyring
+from pipelines.progress import track
 from pipelines.sealing import INPUT_FORMATS, OUTPUT_KINDS, seal_file
+from pipelines.stdio import STDIO, input_path, output_path
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "seal", help="seal a partner file (JSONL or Parquet) into envelopes",
         description="Seal partner records under a fresh DEK wrapped by the region's KEK. "
-                    "Writes one base64 envelope per line.")
-    parser.add_argument("--input", required=True, type=Path, help="JSONL or Parquet file")
-    parser.add_argument("--output", required=True, type=Path, help="sealed file to write")
+                    "Writes one base64 envelope per line. '-' as --input reads standard "
+                    "input, as --output writes standard output.")
+    parser.add_argument("--input", required=True,
+                        help="JSONL or Parquet file; '-' for standard input")
+    parser.add_argument("--output", required=True,
+                        help="sealed file to write; '-' for standard output")
     parser.add_argument("--region", required=True, help="home region of the data (e.g. eu)")
     parser.add_argument("--producer", required=True, help="producer (partner) id, e.g. acme")
     parser.add_argument("--state", type=Path, default=Path(".sealbeam"),
@@ -27,14 +37,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--records-per-key", type=int, default=0,
                         help="records per DEK; 0 = one DEK for the whole file")
     parser.add_argument("--input-format", choices=INPUT_FORMATS, default=None,
-                        help="input format (default: from the file suffix)")
+                        help="input format (default: from the file suffix; jsonl for '-')")
     parser.set_defaults(func=run_seal)
 
 
 def run_seal(args: argparse.Namespace) -> int:
     keyring = LocalKeyring.open(args.state / "keyring.json")
-    report = seal_file(args.input, args.output, keyring=keyring, region=args.region,
-                       producer_id=args.producer, output_kind=args.kind,
-                       records_per_key=args.records_per_key, input_format=args.input_format)
-    print(json.dumps(asdict(report)))
+    input_format = args.input_format or ("jsonl" if args.input == STDIO else None)
+    with input_path(args.input) as source, output_path(args.output) as target, \
+            track("seal") as progress:
+        report = seal_file(source, target, keyring=keyring, region=args.region,
+                           producer_id=args.producer, output_kind=args.kind,
+                           records_per_key=args.records_per_key, input_format=input_format,
+                           on_sealed=progress.update)
+    document = asdict(report)
+    if args.output == STDIO:
+        document["output_path"] = STDIO
+    print(json.dumps(document), file=sys.stderr if args.output == STDIO else sys.stdout)
     return 0

@@ -1,17 +1,29 @@
-"""An envelope v1 decoder written from docs/FORMAT.md alone, to prove the document.
+"""A second implementation of docs/FORMAT.md, written from the document alone, to prove it.
 
-It deliberately imports nothing from ``envelope``: plain ``struct``, ``hashlib``, ``hmac``
-and ``cryptography`` primitives. It raises ``ValueError`` for structure and ``AuthFailed``
-for cryptography. Used only by tests/envelope/test_vectors.py.
+It deliberately imports nothing of sealbeam (no ``envelope``, ``keybroker``,
+``enclave_workers``, ``pipelines``): plain ``struct``, ``hashlib``, ``hmac``, ``base64``,
+``json``, ``cryptography`` primitives and ``pyarrow``. It raises ``ValueError`` for structure
+and ``AuthFailed`` for cryptography, in the order of section 3.5: the whole envelope's
+structure first, then the commitment, the header tag and the segments.
+
+Besides the envelope (sections 2-4) it follows section 5.1 (DEK wrap AAD), section 7
+(payloads and context keys), section 8 (file layouts), section 9 (the local keyring's
+``SBLW`` wrap) and section 10 (fingerprints). Used by tests/envelope/test_vectors.py,
+tests/envelope/test_format_vectors.py and tests/envelope/test_second_implementation.py.
 """
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
 import hmac
+import json
 import struct
 from dataclasses import dataclass, field
 
+import pyarrow as pa
+import pyarrow.ipc as ipc
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -40,6 +52,7 @@ class Decoded:
     core_length: int
     header_tag: bytes
     header_length: int
+    frames: list[tuple[bool, bytes]] = field(default_factory=list)  # (final, ciphertext)
     segments: list[bytes] = field(default_factory=list)
 
     @property
@@ -57,8 +70,14 @@ _BOUNDS = {
 }
 
 
+def _u16(data: bytes, offset: int, name: str) -> int:
+    if offset + 2 > len(data):
+        raise ValueError(f"{name}: truncated")
+    return struct.unpack_from(">H", data, offset)[0]
+
+
 def _prefixed(data: bytes, offset: int, name: str) -> tuple[bytes, int]:
-    (length,) = struct.unpack_from(">H", data, offset)
+    length = _u16(data, offset, name)
     low, high = _BOUNDS[name]
     if not low <= length <= high or offset + 2 + length > len(data):
         raise ValueError(name)
@@ -72,7 +91,8 @@ def _text(raw: bytes) -> str:
     return text
 
 
-def decode(envelope: bytes, dek: bytes) -> Decoded:
+def parse(envelope: bytes) -> Decoded:
+    """Section 3.5 step 1: the whole structure (header and body), no key needed."""
     if len(envelope) < 124 or envelope[:4] != b"SBEV" or envelope[4] != 1:
         raise ValueError("magic/version")
     kind, algorithm = envelope[5], struct.unpack_from(">H", envelope, 6)[0]
@@ -87,16 +107,16 @@ def decode(envelope: bytes, dek: bytes) -> Decoded:
     values = {}
     for name in ("region", "producer_id"):
         values[name], offset = _prefixed(envelope, offset, name)
-    (count,) = struct.unpack_from(">H", envelope, offset)
+    count = _u16(envelope, offset, "context count")
     offset += 2
     if count > 32:
         raise ValueError("context count")
     context_start, context, previous = offset, {}, None
     for _ in range(count):
-        (klen,) = struct.unpack_from(">H", envelope, offset)
+        klen = _u16(envelope, offset, "context key")
         key = envelope[offset + 2 : offset + 2 + klen]
         offset += 2 + klen
-        (vlen,) = struct.unpack_from(">H", envelope, offset)
+        vlen = _u16(envelope, offset, "context value")
         value = envelope[offset + 2 : offset + 2 + vlen]
         offset += 2 + vlen
         if not 1 <= klen <= 128 or vlen > 1024 or offset > len(envelope):
@@ -107,75 +127,186 @@ def decode(envelope: bytes, dek: bytes) -> Decoded:
         context[_text(key)] = _text(value)
     if offset - context_start > 8192:
         raise ValueError("context size")
-    core = envelope[:offset]  # the core header: what every segment's AAD binds
+    core_length = offset  # the core header: what every segment's AAD binds
     for name in ("kek_uri", "kek_version", "wrapped_key"):  # the key block
         values[name], offset = _prefixed(envelope, offset, name)
     tag = envelope[offset : offset + 32]
     if len(tag) != 32:
         raise ValueError("header tag")
-    authenticated, offset = envelope[:offset], offset + 32
+    offset += 32
     decoded = Decoded(
-        kind=kind,
-        algorithm=algorithm,
-        envelope_id=envelope_id,
-        schema_fingerprint=schema,
-        salt=salt,
-        commitment=commitment,
-        segment_size=segment_size,
-        region=_text(values["region"]),
-        producer_id=_text(values["producer_id"]),
-        kek_uri=_text(values["kek_uri"]),
-        kek_version=_text(values["kek_version"]),
-        wrapped_key=values["wrapped_key"],
-        context=context,
-        core_length=len(core),
-        header_tag=tag,
-        header_length=offset,
+        kind=kind, algorithm=algorithm, envelope_id=envelope_id, schema_fingerprint=schema,
+        salt=salt, commitment=commitment, segment_size=segment_size,
+        region=_text(values["region"]), producer_id=_text(values["producer_id"]),
+        kek_uri=_text(values["kek_uri"]), kek_version=_text(values["kek_version"]),
+        wrapped_key=values["wrapped_key"], context=context, core_length=core_length,
+        header_tag=tag, header_length=offset,
     )
+    decoded.frames = _record_frames(envelope, offset) if kind == 1 else _batch_frames(
+        envelope, offset, segment_size)
+    return decoded
 
-    # Section 3.1
-    info = b"sealbeam/envelope/v1" + b"\x00" + struct.pack(">H", algorithm)
-    okm = HKDF(algorithm=hashes.SHA512(), length=96, salt=salt, info=info).derive(dek)
-    expected_tag = hmac.new(okm[64:96], authenticated, hashlib.sha256).digest()
-    if not hmac.compare_digest(okm[32:64], commitment):
-        raise AuthFailed()
-    if not hmac.compare_digest(expected_tag, tag):  # Section 3.2: before any decryption
-        raise AuthFailed()
-    aead = AESGCM(okm[:32])
 
-    def open_segment(index: int, final: bool, ciphertext: bytes) -> bytes:
-        nonce = bytes(8) + struct.pack(">I", index)
-        aad = core + struct.pack(">IB", index, 1 if final else 0)
-        try:
-            return aead.decrypt(nonce, ciphertext, aad)
-        except InvalidTag:
-            raise AuthFailed() from None
+def _record_frames(envelope: bytes, offset: int) -> list[tuple[bool, bytes]]:
+    """Section 3.3."""
+    if offset + 4 > len(envelope):
+        raise ValueError("record length truncated")
+    (length,) = struct.unpack_from(">I", envelope, offset)
+    if not 16 <= length <= (1 << 24) + 16:
+        raise ValueError("record length")
+    if offset + 4 + length > len(envelope):
+        raise ValueError("record ciphertext truncated")
+    if offset + 4 + length != len(envelope):
+        raise ValueError("trailing bytes")
+    return [(True, envelope[offset + 4 :])]
 
-    if kind == 1:  # Section 3.3
-        (length,) = struct.unpack_from(">I", envelope, offset)
-        if not 16 <= length <= (1 << 24) + 16 or offset + 4 + length != len(envelope):
-            raise ValueError("record length")
-        decoded.segments.append(open_segment(0, True, envelope[offset + 4 :]))
-        return decoded
 
-    index = 0  # Section 3.4
-    while True:
-        if offset == len(envelope):
-            raise AuthFailed()  # truncated before the final segment
+def _batch_frames(envelope: bytes, offset: int, segment_size: int) -> list[tuple[bool, bytes]]:
+    """Section 3.4; a body ending at a frame boundary without a final frame is returned as is
+    (its missing final frame is an authentication failure, found in ``open_parsed``)."""
+    frames: list[tuple[bool, bytes]] = []
+    while offset < len(envelope):
+        if offset + 5 > len(envelope):
+            raise ValueError("segment frame truncated")
         flag, length = struct.unpack_from(">BI", envelope, offset)
         if flag not in (0, 1) or not 16 <= length <= segment_size + 16:
             raise ValueError("segment frame")
         if flag == 0 and length != segment_size + 16:
             raise ValueError("non-final segment size")
-        if flag == 1 and index > 0 and length == 16:
+        if flag == 1 and frames and length == 16:
             raise ValueError("empty final segment")
         ciphertext = envelope[offset + 5 : offset + 5 + length]
         if len(ciphertext) != length:
             raise ValueError("truncated segment")
-        decoded.segments.append(open_segment(index, flag == 1, ciphertext))
+        frames.append((flag == 1, ciphertext))
         offset += 5 + length
         if flag == 1:
             if offset != len(envelope):
                 raise ValueError("trailing bytes")
-            return decoded
-        index += 1
+            return frames
+    return frames  # no final frame
+
+
+def open_parsed(envelope: bytes, decoded: Decoded, dek: bytes) -> Decoded:
+    """Section 3.5 steps 2-4: commitment, header tag, then each segment in order."""
+    info = b"sealbeam/envelope/v1" + b"\x00" + struct.pack(">H", decoded.algorithm)
+    okm = HKDF(algorithm=hashes.SHA512(), length=96, salt=decoded.salt, info=info).derive(dek)
+    tag_offset = decoded.header_length - 32
+    expected_tag = hmac.new(okm[64:96], envelope[:tag_offset], hashlib.sha256).digest()
+    if not hmac.compare_digest(okm[32:64], decoded.commitment):
+        raise AuthFailed()
+    if not hmac.compare_digest(expected_tag, decoded.header_tag):
+        raise AuthFailed()
+    if not decoded.frames or not decoded.frames[-1][0]:
+        raise AuthFailed()  # truncated before the final segment
+    aead = AESGCM(okm[:32])
+    core = envelope[: decoded.core_length]
+    decoded.segments = []
+    for index, (final, ciphertext) in enumerate(decoded.frames):
+        nonce = bytes(8) + struct.pack(">I", index)
+        aad = core + struct.pack(">IB", index, 1 if final else 0)
+        try:
+            decoded.segments.append(aead.decrypt(nonce, ciphertext, aad))
+        except InvalidTag:
+            raise AuthFailed() from None
+    return decoded
+
+
+def decode(envelope: bytes, dek: bytes) -> Decoded:
+    return open_parsed(envelope, parse(envelope), dek)
+
+
+# -- section 5.1 -----------------------------------------------------------------------------
+
+def dek_wrap_aad(region: str, producer_id: str) -> bytes:
+    r, p = region.encode("utf-8"), producer_id.encode("utf-8")
+    return (b"sealbeam/dek-wrap/v1\x00" + struct.pack(">H", len(r)) + r
+            + struct.pack(">H", len(p)) + p)
+
+
+# -- section 9: the local keyring --------------------------------------------------------------
+
+def keyring_material(keyring: dict, kek_uri: str, version: str) -> bytes:
+    """The KEK version's 32 bytes from a keyring.json document (section 9.1)."""
+    if keyring.get("format") != "sealbeam-local-keyring" or keyring.get("format_version") != 1:
+        raise ValueError("keyring format")
+    entry = keyring["keks"][kek_uri]["versions"][version]
+    if entry["state"] != "enabled" or entry["material"] is None:
+        raise ValueError("KEK version not usable")
+    material = base64.b64decode(entry["material"], validate=True)
+    if len(material) != 32:
+        raise ValueError("KEK material length")
+    return material
+
+
+def local_wrap_aad(kek_uri: str, version: str, caller_aad: bytes) -> bytes:
+    fields = (b"sealbeam/local-kms/wrap/v1", kek_uri.encode("utf-8"), version.encode("ascii"),
+              caller_aad)
+    return b"".join(struct.pack(">I", len(f)) + f for f in fields)
+
+
+def local_unwrap(keyring: dict, kek_uri: str, version: str, blob: bytes,
+                 caller_aad: bytes) -> bytes:
+    """Section 9.2: ``SBLW`` || 01 || nonce(12) || AES-256-GCM(DEK) || tag(16)."""
+    if blob[:4] != b"SBLW" or len(blob) < 34 or blob[4] != 1:
+        raise ValueError("wrap format")
+    material = keyring_material(keyring, kek_uri, version)
+    try:
+        return AESGCM(material).decrypt(blob[5:17], blob[17:],
+                                        local_wrap_aad(kek_uri, version, caller_aad))
+    except InvalidTag:
+        raise AuthFailed() from None
+
+
+# -- section 8: file layouts -------------------------------------------------------------------
+
+def envelopes_in_file(content: bytes) -> list[bytes]:
+    """A raw envelope (starts with ``SBEV``), or one base64 envelope per line."""
+    if content[:4] == b"SBEV":
+        return [content]
+    envelopes = []
+    for line in content.split(b"\n"):
+        line = line.strip(b"\r ")
+        if not line:
+            continue
+        try:
+            envelopes.append(base64.b64decode(line, validate=True))
+        except binascii.Error:
+            raise ValueError("not a base64 line") from None
+    return envelopes
+
+
+# -- section 7: payloads -----------------------------------------------------------------------
+
+def open_with_keyring(envelope: bytes, keyring: dict) -> Decoded:
+    """Sections 5.1, 9 and 3: unwrap the header's DEK with the keyring, then open."""
+    decoded = parse(envelope)
+    dek = local_unwrap(keyring, decoded.kek_uri, decoded.kek_version, decoded.wrapped_key,
+                       dek_wrap_aad(decoded.region, decoded.producer_id))
+    return open_parsed(envelope, decoded, dek)
+
+
+def record_object(decoded: Decoded) -> dict:
+    """Section 7.1: a record's plaintext is one UTF-8 JSON object."""
+    value = json.loads(decoded.plaintext.decode("utf-8"))
+    if decoded.kind != 1 or not isinstance(value, dict):
+        raise ValueError("not a record of one JSON object")
+    return value
+
+
+def batch_table(decoded: Decoded) -> pa.Table:
+    """Section 7.2: a batch's plaintext is one Arrow IPC stream; sealbeam.rows must match."""
+    if decoded.kind != 2:
+        raise ValueError("not a batch")
+    table = ipc.open_stream(pa.py_buffer(decoded.plaintext)).read_all()
+    declared = decoded.context.get("sealbeam.rows")
+    if declared is not None and int(declared) != table.num_rows:
+        raise ValueError("sealbeam.rows does not match the stream")
+    return table
+
+
+def spec_fingerprint(document: dict) -> str:
+    """Section 10.2."""
+    body = json.dumps(document, sort_keys=True, separators=(",", ":"), ensure_ascii=False,
+                      allow_nan=False)
+    return hashlib.sha256(b"sealbeam/feature-spec/v1\n" + body.encode("utf-8")).hexdigest()
