@@ -36,6 +36,7 @@ from keybroker.kms.base import KmsError
 from keybroker.kms.local import LocalKeyring, local_kek_uri
 from keybroker.kms.named_keys import NamedKeyStore, named_key_aad, validate_key_name
 from keybroker.policy import ReleasePolicy
+from keybroker.service_limits import LimitsError, ServiceLimits
 
 __all__ = [
     "BROKER_SETTINGS_FILE",
@@ -71,6 +72,7 @@ _SETTINGS_FIELDS = frozenset(
         "kms",
         "dek_cache",
         "attestation",
+        "limits",
     }
 )
 
@@ -103,8 +105,11 @@ class BrokerSettings:
     kms: KmsBackendSettings = field(default_factory=KmsBackendSettings)
     dek_cache: DekCacheSettings = field(default_factory=DekCacheSettings)
     attestation: AttestationSettings = field(default_factory=AttestationSettings)
+    limits: ServiceLimits = field(default_factory=ServiceLimits)
 
     def __post_init__(self) -> None:
+        if not isinstance(self.limits, ServiceLimits):
+            raise ConfigError("limits: expected ServiceLimits")
         if not isinstance(self.attestation, AttestationSettings):
             raise ConfigError("attestation: expected AttestationSettings")
         if not isinstance(self.kms, KmsBackendSettings):
@@ -193,7 +198,8 @@ class BrokerSettings:
             dek_cache = DekCacheSettings.from_mapping(document.get("dek_cache"))
             attestation = AttestationSettings.from_mapping(document.get("attestation"),
                                                            base_dir=base_dir)
-        except (KmsError, TrustStoreError) as error:
+            limits = ServiceLimits.from_mapping(document.get("limits"))
+        except (KmsError, TrustStoreError, LimitsError) as error:
             raise ConfigError(str(error)) from None
         return cls(
             state_dir=base_dir.resolve(),
@@ -207,6 +213,7 @@ class BrokerSettings:
             kms=kms,
             dek_cache=dek_cache,
             attestation=attestation,
+            limits=limits,
             **optional_numbers,
         )
 
@@ -238,6 +245,7 @@ class BrokerSettings:
             "kms": self.kms.to_mapping(relative),
             "dek_cache": self.dek_cache.to_mapping(),
             "attestation": self.attestation.to_mapping(relative),
+            "limits": self.limits.to_mapping(),
         }
 
 

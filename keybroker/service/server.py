@@ -3,8 +3,9 @@
 ``serve_in_thread`` binds the socket itself (port 0 picks a free port), starts uvicorn on
 it in a daemon thread, waits until the server accepts connections, and returns a
 ``RunningBroker`` with the real URL and a ``stop()`` that shuts it down and closes the
-ledger. It does not daemonize, reload or serve TLS (put the broker behind a TLS proxy or
-pass uvicorn's ssl options in ``serve_forever``).
+ledger. Both apply the server bounds of ``settings.limits`` (http_limits.py: concurrency,
+header size and timeout, keep-alive). It does not daemonize, reload or serve TLS (put the
+broker behind a TLS proxy or pass uvicorn's ssl options in ``serve_forever``).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from keybroker.attestation.verifier import Verifier
 from keybroker.config import BrokerSettings
 from keybroker.kms.base import KeyManagementService
 from keybroker.service.app import create_app
+from keybroker.service.http_limits import uvicorn_limit_options
 
 __all__ = ["BrokerStartError", "RunningBroker", "serve_forever", "serve_in_thread"]
 
@@ -87,7 +89,13 @@ def serve_in_thread(
     app = create_app(settings, clock=clock, verifiers=verifiers, kms_backends=kms_backends)
     sock = _bind(host, port)
     bound_host, bound_port = sock.getsockname()[:2]
-    config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on")
+    config = uvicorn.Config(
+        app,
+        log_level="warning",
+        access_log=False,
+        lifespan="on",
+        **uvicorn_limit_options(settings.limits),
+    )
     server = uvicorn.Server(config)
     thread = threading.Thread(
         target=server.run, kwargs={"sockets": [sock]}, name="keybroker-uvicorn", daemon=True
@@ -114,4 +122,11 @@ def serve_in_thread(
 def serve_forever(settings: BrokerSettings, host: str = "127.0.0.1", port: int = 8787) -> None:
     """Serve in the foreground until interrupted (``sealbeam broker serve``)."""
     app = create_app(settings)
-    uvicorn.run(app, host=host, port=port, log_level="info", access_log=True)
+    uvicorn.run(
+        app,
+        host=host,
+        port=port,
+        log_level="info",
+        access_log=True,
+        **uvicorn_limit_options(settings.limits),
+    )
