@@ -38,6 +38,7 @@ from keybroker.kms.base import KmsError
 from keybroker.kms.local import LocalKeyring, local_kek_uri
 from keybroker.kms.named_keys import NamedKeyStore, named_key_aad, validate_key_name
 from keybroker.policy import ReleasePolicy
+from keybroker.service_limits import LimitsError, ServiceLimits
 
 __all__ = [
     "BROKER_SETTINGS_FILE",
@@ -84,6 +85,7 @@ _SETTINGS_FIELDS = frozenset(
         "ledger_url",
         "checkpoints",
         "checkpoint_interval_seconds",
+        "limits",
     }
 )
 
@@ -131,8 +133,11 @@ class BrokerSettings:
     @property
     def checkpoint_file(self) -> Path:
         return self.checkpoints_path or Path(self.state_dir) / CHECKPOINTS_FILE
+    limits: ServiceLimits = field(default_factory=ServiceLimits)
 
     def __post_init__(self) -> None:
+        if not isinstance(self.limits, ServiceLimits):
+            raise ConfigError("limits: expected ServiceLimits")
         if not isinstance(self.attestation, AttestationSettings):
             raise ConfigError("attestation: expected AttestationSettings")
         if not isinstance(self.kms, KmsBackendSettings):
@@ -233,7 +238,8 @@ class BrokerSettings:
             dek_cache = DekCacheSettings.from_mapping(document.get("dek_cache"))
             attestation = AttestationSettings.from_mapping(document.get("attestation"),
                                                            base_dir=base_dir)
-        except (KmsError, TrustStoreError) as error:
+            limits = ServiceLimits.from_mapping(document.get("limits"))
+        except (KmsError, TrustStoreError, LimitsError) as error:
             raise ConfigError(str(error)) from None
         return cls(
             state_dir=base_dir.resolve(),
@@ -249,6 +255,7 @@ class BrokerSettings:
             attestation=attestation,
             identity_key_path=optional_path("identity_key"),
             checkpoints_path=optional_path("checkpoints"),
+            limits=limits,
             **optional_numbers,
         )
 
@@ -284,6 +291,7 @@ class BrokerSettings:
             "ledger_url": self.ledger_url,
             "checkpoints": relative(self.checkpoint_file),
             "checkpoint_interval_seconds": self.checkpoint_interval_seconds,
+            "limits": self.limits.to_mapping(),
         }
 
 

@@ -4,11 +4,15 @@ Routes are thin: parse the body (schemas), call ``KeyBrokerService`` (blocking w
 the routes are plain ``def`` and FastAPI runs them in its thread pool, off the event
 loop), return its model. Errors become ``{"error", "reason"}`` bodies with the status from
 ``errors.error_status``; request bodies over ``settings.max_request_bytes`` are refused
-with 413 before they are read in full. OpenAPI is served at ``/openapi.json``.
+with 413 before they are read in full, and bodies slower than the body timeout with 408.
+FastAPI's own errors (validation, unknown path, wrong method) use the same shape, never
+``{"detail": ...}``. The unauthenticated routes are rate limited per client address
+(rate_limit.py). OpenAPI is served at ``/openapi.json``.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import time
@@ -17,12 +21,14 @@ from collections.abc import AsyncIterator, Callable, Mapping
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from keybroker.attestation.verifier import Verifier
 from keybroker.config import BrokerSettings
 from keybroker.kms.base import KeyManagementService
-from keybroker.service.errors import HANDLED_ERROR_TYPES, error_body
+from keybroker.service.errors import HANDLED_ERROR_TYPES, error_body, http_error_body
+from keybroker.service.rate_limit import RateLimiter, RateLimitMiddleware
 from keybroker.service.schemas import (
     AttestRequest,
     AttestResponse,
@@ -49,7 +55,10 @@ _ERROR_RESPONSES: dict[int | str, dict[str, object]] = {
         401: "bad nonce, session or evidence",
         403: "denied by the release policy",
         404: "unknown key",
+        408: "request body too slow",
         413: "request too large",
+        422: "invalid request body",
+        429: "rate limited (Retry-After says when to come back)",
         503: "KMS, ledger or endorsement temporarily unavailable",
     }.items()
 }
@@ -85,8 +94,18 @@ def create_app(
         lifespan=lifespan,
     )
     app.state.service = service
-    app.add_middleware(BodySizeLimit, max_bytes=settings.max_request_bytes)
+    limits = settings.limits
+    app.add_middleware(
+        BodySizeLimit,
+        max_bytes=settings.max_request_bytes,
+        timeout_seconds=limits.body_timeout_seconds,
+    )
+    app.add_middleware(  # outermost: refuse before reading a body
+        RateLimitMiddleware,
+        limiter=RateLimiter(limits.rate_per_second, limits.rate_burst, limits.rate_max_clients),
+    )
     app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
     for error_type in HANDLED_ERROR_TYPES:
         app.add_exception_handler(error_type, _broker_error)
     app.add_exception_handler(Exception, _broker_error)  # unknown: 500, fixed reason
@@ -101,28 +120,40 @@ def create_app(
         return service.ledger_head()
 
     @app.post("/v1/challenge", response_model=ChallengeResponse, responses=_ERROR_RESPONSES)
-    def challenge() -> ChallengeResponse:
+    async def challenge() -> ChallengeResponse:
+        # Stateless and microseconds of work: answered on the event loop, no worker thread.
         return service.challenge()
 
     @app.post("/v1/attest", response_model=AttestResponse, responses=_ERROR_RESPONSES)
-    def attest(request: AttestRequest) -> AttestResponse:
-        return service.attest(request)
+    def attest(request: AttestRequest, http: Request) -> AttestResponse:
+        return service.attest(request, source=_source(http))
 
     @app.post("/v1/keys/release", response_model=ReleaseResponse, responses=_ERROR_RESPONSES)
-    def release(request: ReleaseRequest) -> ReleaseResponse:
-        return service.release(request)
+    def release(request: ReleaseRequest, http: Request) -> ReleaseResponse:
+        return service.release(request, source=_source(http))
 
     @app.post("/v1/keys/generate", response_model=GenerateResponse, responses=_ERROR_RESPONSES)
-    def generate(request: GenerateRequest) -> GenerateResponse:
-        return service.generate(request)
+    def generate(request: GenerateRequest, http: Request) -> GenerateResponse:
+        return service.generate(request, source=_source(http))
 
     @app.post(
         "/v1/keys/release-named", response_model=ReleaseNamedResponse, responses=_ERROR_RESPONSES
     )
-    def release_named(request: ReleaseNamedRequest) -> ReleaseNamedResponse:
-        return service.release_named(request)
+    def release_named(request: ReleaseNamedRequest, http: Request) -> ReleaseNamedResponse:
+        return service.release_named(request, source=_source(http))
 
     return app
+
+
+def _source(http: Request) -> str:
+    """The caller's address as the server saw it (for the ledger; no proxy headers trusted)."""
+    return http.client.host if http.client is not None else "unknown"
+
+
+async def _http_error(_request: Request, error: Exception) -> JSONResponse:
+    """Starlette's own errors (404 unknown path, 405 wrong method) in the broker's shape."""
+    status, body, headers = http_error_body(error)
+    return JSONResponse(status_code=status, content=body, headers=headers)
 
 
 async def _broker_error(_request: Request, error: Exception) -> JSONResponse:
@@ -142,15 +173,17 @@ async def _validation_error(_request: Request, error: Exception) -> JSONResponse
 
 
 class BodySizeLimit:
-    """ASGI middleware: 413 for a body over ``max_bytes`` (declared or streamed).
+    """ASGI middleware: 413 for a body over ``max_bytes`` (declared or streamed), 408 for a
+    body not complete within ``timeout_seconds`` of the headers.
 
     Bodies are small JSON documents, so the body is read here (up to the limit) and
     replayed to the application.
     """
 
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+    def __init__(self, app: ASGIApp, max_bytes: int, timeout_seconds: float = 30.0) -> None:
         self._app = app
         self._max_bytes = max_bytes
+        self._timeout = timeout_seconds
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -162,8 +195,16 @@ class BodySizeLimit:
             return
         body = bytearray()
         more_body = True
+        deadline = asyncio.get_running_loop().time() + self._timeout
         while more_body:
-            message = await receive()
+            remaining = deadline - asyncio.get_running_loop().time()
+            try:
+                message = await asyncio.wait_for(receive(), timeout=max(remaining, 0.0))
+            except TimeoutError:
+                await _send_error(
+                    send, 408, "request_timeout", f"request body not received in {self._timeout} s"
+                )
+                return
             if message["type"] != "http.request":
                 return  # the client went away; nothing to answer
             body.extend(message.get("body", b""))
@@ -183,17 +224,23 @@ class BodySizeLimit:
         await self._app(scope, replay_receive, send)
 
     async def _refuse(self, send: Send) -> None:
-        body = json.dumps(
-            {"error": "request_too_large", "reason": f"request body over {self._max_bytes} bytes"}
-        ).encode("ascii")
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 413,
-                "headers": [
-                    (b"content-type", b"application/json"),
-                    (b"content-length", str(len(body)).encode("ascii")),
-                ],
-            }
+        await _send_error(
+            send, 413, "request_too_large", f"request body over {self._max_bytes} bytes"
         )
-        await send({"type": "http.response.body", "body": body})
+
+
+async def _send_error(send: Send, status: int, error: str, reason: str) -> None:
+    """A ``{error, reason}`` response written straight to ASGI (from middleware)."""
+    body = json.dumps({"error": error, "reason": reason}).encode("ascii")
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(body)).encode("ascii")),
+                (b"connection", b"close"),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": body})

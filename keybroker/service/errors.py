@@ -43,6 +43,7 @@ __all__ = [
     "PolicyDeniedError",
     "UnsupportedTeeError",
     "error_status",
+    "http_error_body",
 ]
 
 INTERNAL_ERROR_REASON = "internal error"
@@ -115,3 +116,28 @@ def error_body(error: BaseException) -> tuple[int, dict[str, str]]:
     status = error_status(error)
     reason = str(error) if status.expose_reason else INTERNAL_ERROR_REASON
     return status.status, {"error": status.error, "reason": reason or status.error}
+
+
+_HTTP_ERROR_CODES = {
+    404: "not_found",
+    405: "method_not_allowed",
+    413: "request_too_large",
+    415: "unsupported_media_type",
+}
+
+
+def http_error_body(error: BaseException) -> tuple[int, dict[str, str], dict[str, str]]:
+    """(status, {"error", "reason"}, headers) for the web framework's own HTTP errors.
+
+    Starlette raises these for an unknown path or a wrong method; their ``detail`` is the
+    framework's fixed phrase, never the caller's input. Allow headers are kept.
+    """
+    status = getattr(error, "status_code", 500)
+    if not isinstance(status, int) or not 400 <= status <= 599:
+        status = 500
+    code = _HTTP_ERROR_CODES.get(status, "http_error" if status < 500 else "internal_error")
+    detail = getattr(error, "detail", None)
+    reason = detail if isinstance(detail, str) and detail and status < 500 else code
+    raw_headers = getattr(error, "headers", None) or {}
+    headers = {name: value for name, value in raw_headers.items() if name.lower() == "allow"}
+    return status, {"error": code, "reason": reason[:200]}, headers

@@ -4,7 +4,9 @@
 it in a daemon thread, waits until the server accepts connections, and returns a
 ``RunningBroker`` with the real URL and a ``stop()`` that shuts it down and closes the
 ledger. With ``tls`` (``keybroker.service.tls.ServerTls``) it serves HTTPS, optionally
-requiring client certificates. It does not daemonize or reload.
+requiring client certificates. Both apply the server bounds of ``settings.limits``
+(http_limits.py: concurrency, header size and timeout, keep-alive). It does not daemonize or
+reload.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from keybroker.attestation.verifier import Verifier
 from keybroker.config import BrokerSettings
 from keybroker.kms.base import KeyManagementService
 from keybroker.service.app import create_app
+from keybroker.service.http_limits import uvicorn_limit_options
 from keybroker.service.tls import ServerTls
 
 __all__ = ["BrokerStartError", "RunningBroker", "serve_forever", "serve_in_thread"]
@@ -97,7 +100,12 @@ def serve_in_thread(
     sock = _bind(host, port)
     bound_host, bound_port = sock.getsockname()[:2]
     config = uvicorn.Config(
-        app, log_level="warning", access_log=False, lifespan="on", **tls_options  # type: ignore[arg-type]
+        app,
+        log_level="warning",
+        access_log=False,
+        lifespan="on",
+        **uvicorn_limit_options(settings.limits),
+        **tls_options,  # type: ignore[arg-type]
     )
     server = uvicorn.Server(config)
     thread = threading.Thread(
@@ -133,5 +141,11 @@ def serve_forever(
     tls_options = tls.uvicorn_options() if tls is not None else {}
     app = create_app(settings)
     uvicorn.run(
-        app, host=host, port=port, log_level="info", access_log=True, **tls_options  # type: ignore[arg-type]
+        app,
+        host=host,
+        port=port,
+        log_level="info",
+        access_log=True,
+        **uvicorn_limit_options(settings.limits),
+        **tls_options,  # type: ignore[arg-type]
     )

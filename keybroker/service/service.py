@@ -45,8 +45,9 @@ from keybroker.identity import BrokerIdentity, IdentityError
 from keybroker.kms.base import KeyManagementService, KeyNotFoundError, KmsError
 from keybroker.kms.named_keys import NamedKeyStore, named_key_aad, validate_key_name
 from keybroker.kms.registry import KmsRegistry
-from keybroker.ledger import AuditLedger
+from keybroker.ledger import MAX_DETAILS_BYTES, AuditLedger
 from keybroker.ledger_backends import open_ledger
+from keybroker.ledger_denials import DenialAggregator, fit_details
 from keybroker.policy import ReleasePolicy
 from keybroker.service.checkpointer import Checkpointer
 from keybroker.service.errors import (
@@ -58,6 +59,7 @@ from keybroker.service.errors import (
 from keybroker.service.schemas import (
     MAX_ENDORSEMENT_BYTES,
     MAX_EVIDENCE_BYTES,
+    MAX_NONCE_BYTES,
     MAX_WRAPPED_DEK_BYTES,
     AttestRequest,
     AttestResponse,
@@ -70,7 +72,13 @@ from keybroker.service.schemas import (
     ReleaseRequest,
     ReleaseResponse,
 )
-from keybroker.service.sessions import NONCE_BYTES, NonceStore, Session, SessionStore
+from keybroker.service.sessions import (
+    ChallengeIssuer,
+    ChallengeSecretError,
+    Session,
+    SessionStore,
+    load_challenge_secret,
+)
 from keybroker.service.verifiers import build_verifiers
 
 if TYPE_CHECKING:
@@ -79,6 +87,7 @@ if TYPE_CHECKING:
 __all__ = ["KeyBrokerService", "decode_base64"]
 
 logger = logging.getLogger("keybroker.service")
+_KEY_PROBE_PURPOSE = "sealbeam/tee-key-probe"
 
 _SignedReply = TypeVar(
     "_SignedReply", AttestResponse, ReleaseResponse, GenerateResponse, ReleaseNamedResponse
@@ -164,7 +173,23 @@ class KeyBrokerService:
         self._verifiers = dict(verifiers)
         self._ledger = ledger
         self._named_keys = named_keys
-        self._nonces = NonceStore(settings.nonce_ttl_seconds, settings.max_pending_nonces, clock)
+        try:
+            challenge_secret = load_challenge_secret(settings.state_dir)
+        except ChallengeSecretError as error:
+            raise ConfigError(f"broker state refused: {error}") from None
+        self._nonces = ChallengeIssuer(
+            challenge_secret, settings.nonce_ttl_seconds, settings.max_pending_nonces, clock
+        )
+        limits = settings.limits
+        self._anonymous_denials = DenialAggregator(
+            ledger.append,
+            interval_seconds=limits.denial_interval_seconds,
+            in_full=limits.denials_in_full,
+            max_sources=limits.denial_max_sources,
+            details_cap=limits.anonymous_denial_bytes,
+            clock=clock,
+        )
+        self._anonymous_denials.start()
         self._sessions = SessionStore(settings.session_ttl_seconds, settings.max_sessions, clock)
         self._checkpointer = Checkpointer(
             ledger,
@@ -252,6 +277,7 @@ class KeyBrokerService:
 
     def close(self) -> None:
         self._dek_cache.clear()
+        self._anonymous_denials.close()
         self._kms.close()
         self._checkpointer.close()
         self._ledger.close()
@@ -274,11 +300,17 @@ class KeyBrokerService:
         challenge = self._nonces.issue()
         return ChallengeResponse(nonce=_b64(challenge.nonce), expires_at=challenge.expires_at)
 
-    def attest(self, request: AttestRequest) -> AttestResponse:
-        """Consume the nonce, verify the evidence bound to (nonce, TEE key), open a session."""
+    def flush_denials(self) -> None:
+        """Write the counted anonymous denials now (the flusher does so every interval)."""
+        self._anonymous_denials.flush()
+
+    def attest(self, request: AttestRequest, *, source: str = "unknown") -> AttestResponse:
+        """Check the nonce, verify the evidence bound to (nonce, TEE key), spend the nonce,
+        open a session. ``source`` is the caller's address, for the ledger."""
         audit: dict[str, object] = {"tee": request.tee}
+        verified = False
         try:
-            nonce = decode_base64("nonce", request.nonce, exact=NONCE_BYTES)
+            nonce = decode_base64("nonce", request.nonce, maximum=MAX_NONCE_BYTES)
             tee_public_key = decode_base64(
                 "tee_public_key", request.tee_public_key, exact=TEE_PUBLIC_KEY_LENGTH
             )
@@ -288,7 +320,8 @@ class KeyBrokerService:
                 name: decode_base64(f"endorsements[{name}]", value, maximum=MAX_ENDORSEMENT_BYTES)
                 for name, value in request.endorsements.items()
             }
-            self._nonces.consume(nonce)
+            self._nonces.check(nonce)
+            seal_to_tee(tee_public_key, bytes(32), release_info(_KEY_PROBE_PURPOSE, "probe"))
             verifier = self._verifiers.get(request.tee)
             if verifier is None:
                 raise UnsupportedTeeError(
@@ -297,14 +330,16 @@ class KeyBrokerService:
                 )
             expected_report_data = report_data_binding(nonce, tee_public_key)
             claims = verifier.evaluate(evidence, expected_report_data, endorsements=endorsements)
+            verified = True
             audit["claims"] = _claims_summary(claims)
             audit["simulated"] = claims.simulated
+            self._nonces.mark_used(nonce)
             decision = self._policy.evaluate_attestation(claims)
             if not decision.allowed:
                 raise PolicyDeniedError(decision.reason)
             session = self._sessions.open(tee_public_key, claims)
         except Exception as error:
-            self._record_denial("attest", audit, error)
+            self._record_denial("attest", audit, error, source=source, anonymous=not verified)
             raise
         try:
             self._ledger.append(
@@ -340,7 +375,7 @@ class KeyBrokerService:
             attestation_result=result,
         )
 
-    def release(self, request: ReleaseRequest) -> ReleaseResponse:
+    def release(self, request: ReleaseRequest, *, source: str = "unknown") -> ReleaseResponse:
         """Unwrap a DEK the policy lets this session have and seal it to the TEE key."""
         audit: dict[str, object] = {
             "kek": request.kek_uri,
@@ -348,6 +383,7 @@ class KeyBrokerService:
             "region": request.region,
             "producer_id": request.producer_id,
         }
+        session: Session | None = None
         try:
             session = self._sessions.get(request.session_id)
             audit.update(_session_audit(session))
@@ -372,7 +408,7 @@ class KeyBrokerService:
                 release_info(RELEASE_PURPOSE, wrapped.key_id),
             )
         except Exception as error:
-            self._record_denial("release", audit, error)
+            self._record_denial("release", audit, error, source=source, anonymous=session is None)
             raise
         self._ledger.append("release", "granted", {**audit, "rule": decision.rule})
         return self._signed(
@@ -385,13 +421,14 @@ class KeyBrokerService:
             simulated=session.simulated,
         )
 
-    def generate(self, request: GenerateRequest) -> GenerateResponse:
+    def generate(self, request: GenerateRequest, *, source: str = "unknown") -> GenerateResponse:
         """A fresh DEK for a region: wrapped under the region's KEK and sealed to the TEE."""
         audit: dict[str, object] = {"region": request.region, "producer_id": request.producer_id}
         if request.spec_fingerprint is not None:
             audit["spec_fingerprint"] = request.spec_fingerprint.lower()
         if request.purpose is not None:
             audit["purpose"] = request.purpose
+        session: Session | None = None
         try:
             session = self._sessions.get(request.session_id)
             audit.update(_session_audit(session))
@@ -416,7 +453,7 @@ class KeyBrokerService:
                 release_info(GENERATE_PURPOSE, wrapped.key_id),
             )
         except Exception as error:
-            self._record_denial("generate", audit, error)
+            self._record_denial("generate", audit, error, source=source, anonymous=session is None)
             raise
         self._ledger.append("generate", "granted", {**audit, "rule": decision.rule})
         return self._signed(
@@ -432,9 +469,12 @@ class KeyBrokerService:
             simulated=session.simulated,
         )
 
-    def release_named(self, request: ReleaseNamedRequest) -> ReleaseNamedResponse:
+    def release_named(
+        self, request: ReleaseNamedRequest, *, source: str = "unknown"
+    ) -> ReleaseNamedResponse:
         """A named key (e.g. ``pseudonym/acme``) the policy lets this session have."""
         audit: dict[str, object] = {"name": request.name}
+        session: Session | None = None
         try:
             session = self._sessions.get(request.session_id)
             audit.update(_session_audit(session))
@@ -450,7 +490,9 @@ class KeyBrokerService:
             secret = unwrapped.secret
             sealed = seal_to_tee(session.tee_public_key, secret, release_info(NAMED_PURPOSE, name))
         except Exception as error:
-            self._record_denial("release-named", audit, error)
+            self._record_denial(
+                "release-named", audit, error, source=source, anonymous=session is None
+            )
             raise
         self._ledger.append("release-named", "granted", {**audit, "rule": decision.rule})
         return self._signed(
@@ -491,8 +533,21 @@ class KeyBrokerService:
 
     # -- audit -----------------------------------------------------------------------------
 
-    def _record_denial(self, event: str, audit: Mapping[str, object], error: Exception) -> None:
-        """Write the denial; a ledger failure here is logged and the denial still stands."""
+    def _record_denial(
+        self,
+        event: str,
+        audit: Mapping[str, object],
+        error: Exception,
+        *,
+        source: str,
+        anonymous: bool,
+    ) -> None:
+        """Write the denial; a ledger failure here is logged and the denial still stands.
+
+        Details over the cap are cut, never dropped (``fit_details``). A denial of a caller
+        with no verified evidence and no session (``anonymous``) goes through the aggregator,
+        which writes a few per source and interval in full and counts the rest.
+        """
         status = error_status(error)
         if status.error == "internal_error":
             reason = f"unexpected {type(error).__name__}"
@@ -501,6 +556,10 @@ class KeyBrokerService:
             reason = str(error) or status.error
         details = {**audit, "status": status.status, "error": status.error, "reason": reason}
         try:
-            self._ledger.append(event, "denied", details)
+            if anonymous:
+                self._anonymous_denials.record(event, source, details)
+            else:
+                details["source"] = source
+                self._ledger.append(event, "denied", fit_details(details, MAX_DETAILS_BYTES))
         except Exception as ledger_error:
             logger.error("could not record a %s denial in the ledger: %s", event, ledger_error)

@@ -1,10 +1,20 @@
-"""Challenge nonces and attested sessions, held in memory with a TTL and a size cap.
+"""Challenge nonces and attested sessions.
 
-A nonce is 32 random bytes, good for one ``/v1/attest`` within its TTL. A session is opened
-by a successful attestation and binds a random id to the TEE's public key and verified
-claims for its TTL. Both stores are keyed by a SHA-256 of the secret value (so lookups do
-not compare secrets byte by byte), evict expired entries as they go, and refuse new
-entries when full rather than evicting live ones. The clock is injectable for tests.
+A challenge costs the broker no memory: the nonce is ``random (16) || expires_at (u64 BE,
+milliseconds) || HMAC-SHA-256(secret, label || random || expires_at)[:24]``, 48 bytes, so
+``/v1/attest`` can tell a nonce it issued from a forged one by recomputing the MAC, and
+the expiry cannot be moved. Single use is enforced only at attest: a nonce whose evidence
+verified is remembered until it expires (a bounded set that only ever holds live
+nonces; when it is full, attest answers 503 rather than forget a live nonce and allow a
+replay). The MAC secret is a file in the state directory (``challenge.key``, created
+0600 on first use), so several broker processes on one state accept each other's
+nonces; each process keeps its own used set, so across processes a nonce is single use
+per process (docs/PROTOCOL.md, "Challenges").
+
+A session is opened by a successful attestation and binds a random id to the TEE's
+public key and verified claims for its TTL; the store is keyed by a SHA-256 of the id (so
+lookups do not compare secrets byte by byte), evicts expired entries as it goes and
+refuses new entries when full rather than evicting live ones. Clocks are injectable.
 
 This module does not verify evidence or apply policy; it only remembers what was granted.
 """
@@ -13,35 +23,46 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import os
 import secrets
 import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from keybroker.attestation.claims import Claims
 
 __all__ = [
+    "CHALLENGE_KEY_FILE",
     "NONCE_BYTES",
     "CapacityError",
     "Challenge",
+    "ChallengeIssuer",
+    "ChallengeSecretError",
     "NonceError",
-    "NonceStore",
     "Session",
     "SessionError",
     "SessionStore",
+    "load_challenge_secret",
 ]
 
-NONCE_BYTES = 32
+NONCE_RANDOM_BYTES = 16
+NONCE_EXPIRY_BYTES = 8
+NONCE_TAG_BYTES = 24
+NONCE_BYTES = NONCE_RANDOM_BYTES + NONCE_EXPIRY_BYTES + NONCE_TAG_BYTES
+CHALLENGE_SECRET_BYTES = 32
+CHALLENGE_KEY_FILE = "challenge.key"
 SESSION_ID_BYTES = 32
 MAX_SESSION_ID_LENGTH = 128
+_NONCE_LABEL = b"sealbeam/challenge-nonce/v1"
 
 
 class NonceError(Exception):
-    """The nonce is unknown, already used or expired."""
+    """The nonce is malformed, forged, already used or expired."""
 
 
 class SessionError(Exception):
@@ -50,6 +71,10 @@ class SessionError(Exception):
 
 class CapacityError(Exception):
     """The store is full of live entries; try again later."""
+
+
+class ChallengeSecretError(Exception):
+    """The challenge MAC secret file cannot be read or created."""
 
 
 @dataclass(frozen=True)
@@ -87,59 +112,128 @@ def _digest(value: bytes) -> str:
     return hashlib.sha256(value).hexdigest()
 
 
-class NonceStore:
-    """Single-use challenge nonces with a TTL. Thread-safe."""
+def load_challenge_secret(state_dir: Path) -> bytes:
+    """The MAC secret of ``state_dir/challenge.key``; created (0600, exclusively) if absent.
+
+    Exclusive creation means two broker processes starting at once agree on one secret:
+    the loser of the race reads the winner's file.
+    """
+    path = Path(state_dir) / CHALLENGE_KEY_FILE
+    secret = secrets.token_bytes(CHALLENGE_SECRET_BYTES)
+    try:
+        descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    except FileExistsError:
+        pass
+    except OSError as error:
+        raise ChallengeSecretError(
+            f"cannot create {CHALLENGE_KEY_FILE}: {error.strerror}"
+        ) from None
+    else:
+        with os.fdopen(descriptor, "wb") as handle:
+            handle.write(secret)
+            handle.flush()
+            os.fsync(handle.fileno())
+        return secret
+    for _attempt in range(50):  # the creator may still be writing
+        try:
+            with open(path, "rb") as handle:
+                stored = handle.read(CHALLENGE_SECRET_BYTES + 1)
+        except OSError as error:
+            raise ChallengeSecretError(
+                f"cannot read {CHALLENGE_KEY_FILE}: {error.strerror}"
+            ) from None
+        if len(stored) == CHALLENGE_SECRET_BYTES:
+            return stored
+        if len(stored) > CHALLENGE_SECRET_BYTES:
+            break
+        time.sleep(0.01)
+    raise ChallengeSecretError(f"{CHALLENGE_KEY_FILE} is not {CHALLENGE_SECRET_BYTES} bytes")
+
+
+class ChallengeIssuer:
+    """Stateless MAC-protected nonces; single use via a bounded set of used, live nonces.
+
+    ``issue`` keeps nothing. ``check`` (cheap, before evidence is verified) refuses a
+    malformed, forged, expired or already used nonce; ``mark_used`` (after the evidence
+    verified) records it atomically, so of two concurrent attests with one nonce only one
+    opens a session. Thread-safe.
+    """
 
     def __init__(
-        self, ttl_seconds: float, max_entries: int, clock: Callable[[], float] = time.time
+        self,
+        secret: bytes,
+        ttl_seconds: float,
+        max_used: int,
+        clock: Callable[[], float] = time.time,
     ) -> None:
+        if len(secret) < 16:
+            raise ValueError("the challenge secret must be at least 16 bytes")
+        self._secret = bytes(secret)
         self._ttl = ttl_seconds
-        self._max_entries = max_entries
+        self._max_used = max_used
         self._clock = clock
-        self._pending: OrderedDict[str, float] = OrderedDict()
-        self._used: OrderedDict[str, float] = OrderedDict()
+        self._used: dict[bytes, float] = {}
         self._lock = threading.Lock()
 
     def issue(self) -> Challenge:
+        expires_ms = int((self._clock() + self._ttl) * 1000)
+        random_part = secrets.token_bytes(NONCE_RANDOM_BYTES)
+        expiry = expires_ms.to_bytes(NONCE_EXPIRY_BYTES, "big")
+        nonce = random_part + expiry + self._tag(random_part + expiry)
+        return Challenge(nonce, expires_ms / 1000)
+
+    def check(self, nonce: bytes) -> float:
+        """The nonce's expiry time if it is authentic, live and unused; NonceError otherwise."""
+        expires_at = self._authentic_expiry(nonce)
+        now = self._clock()
+        if now >= expires_at:
+            raise NonceError("nonce expired")
+        with self._lock:
+            if nonce[:NONCE_RANDOM_BYTES] in self._used:
+                raise NonceError("nonce already used")
+        return expires_at
+
+    def mark_used(self, nonce: bytes) -> None:
+        """Spend the nonce once; NonceError if it was spent meanwhile, CapacityError if full."""
+        expires_at = self.check(nonce)
+        key = nonce[:NONCE_RANDOM_BYTES]
         now = self._clock()
         with self._lock:
-            self._evict_expired(now)
-            if len(self._pending) >= self._max_entries:
-                raise CapacityError("too many outstanding challenges; retry later")
-            nonce = secrets.token_bytes(NONCE_BYTES)
-            expires_at = now + self._ttl
-            self._pending[_digest(nonce)] = expires_at
-            return Challenge(nonce, expires_at)
+            if key in self._used:
+                raise NonceError("nonce already used")
+            if len(self._used) >= self._max_used:
+                self._evict_expired(now)
+                if len(self._used) >= self._max_used:
+                    raise CapacityError("too many nonces in use; retry later")
+            self._used[key] = expires_at
 
     def consume(self, nonce: bytes) -> None:
-        """Accept a nonce once; raise NonceError naming why it is not acceptable."""
-        if len(nonce) != NONCE_BYTES:
-            raise NonceError(f"nonce must be {NONCE_BYTES} bytes")
-        now = self._clock()
-        key = _digest(nonce)
-        with self._lock:
-            expires_at = self._pending.pop(key, None)
-            if expires_at is None:
-                if key in self._used:
-                    raise NonceError("nonce already used")
-                self._evict_expired(now)
-                raise NonceError("nonce unknown or expired")
-            if now >= expires_at:
-                raise NonceError("nonce expired")
-            self._used[key] = expires_at
-            while len(self._used) > self._max_entries:
-                self._used.popitem(last=False)
-            self._evict_expired(now)
+        """``check`` and ``mark_used`` at once (callers with nothing to verify in between)."""
+        self.mark_used(nonce)
 
     def __len__(self) -> int:
+        """How many used nonces are remembered (issuing adds none)."""
         with self._lock:
-            return len(self._pending)
+            self._evict_expired(self._clock())
+            return len(self._used)
+
+    def _authentic_expiry(self, nonce: bytes) -> float:
+        if len(nonce) != NONCE_BYTES:
+            raise NonceError(f"nonce unknown: a broker nonce is {NONCE_BYTES} bytes")
+        body, tag = nonce[:-NONCE_TAG_BYTES], nonce[-NONCE_TAG_BYTES:]
+        if not hmac.compare_digest(self._tag(body), tag):
+            raise NonceError("nonce unknown: not issued by this broker")
+        return int.from_bytes(body[NONCE_RANDOM_BYTES:], "big") / 1000
+
+    def _tag(self, body: bytes) -> bytes:
+        return hmac.new(self._secret, _NONCE_LABEL + body, hashlib.sha256).digest()[
+            :NONCE_TAG_BYTES
+        ]
 
     def _evict_expired(self, now: float) -> None:
-        # One TTL for all, so insertion order is expiry order: stop at the first live entry.
-        for store in (self._pending, self._used):
-            while store and next(iter(store.values())) <= now:
-                store.popitem(last=False)
+        expired = [key for key, expires_at in self._used.items() if expires_at <= now]
+        for key in expired:
+            del self._used[key]
 
 
 class SessionStore:

@@ -7,6 +7,7 @@ import pytest
 
 from keybroker.client import BrokerClient, BrokerUnavailableError
 from keybroker.service.server import RunningBroker
+from keybroker.service.sessions import NONCE_BYTES
 from tests.support.broker import running_broker  # noqa: F401  (a fixture, used by name below)
 
 
@@ -17,7 +18,7 @@ def test_running_broker_serves_on_an_ephemeral_loopback_port(
     assert not running_broker.url.endswith(":0")
     with BrokerClient(running_broker.url) as client:
         assert client.health()["status"] == "ok"
-        assert len(client.challenge()) == 32
+        assert len(client.challenge()) == NONCE_BYTES
     assert running_broker.settings.ledger_path.is_file()
 
 
