@@ -92,6 +92,7 @@ def make_key_session(broker_url: str, tee: TeeSettings, limits: SessionLimits, *
                                   if output_key_max_envelopes is not None
                                   else limits.output_key_max_envelopes),
         on_broker_call=on_broker_call,
+        owns_broker=True,
     )
 
 
