@@ -34,7 +34,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable
 from datetime import datetime, timezone
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import apache_beam as beam
 from apache_beam.metrics import Metrics
@@ -110,7 +110,8 @@ class _StampEventTimeFn(beam.DoFn):
         self._lateness = Duration.of(allowed_lateness_s)
         self._late = Metrics.counter(NAMESPACE, LATE)
 
-    def process(self, envelope: bytes, arrival=beam.DoFn.TimestampParam) -> Iterable[object]:
+    def process(self, element: Any, arrival=beam.DoFn.TimestampParam) -> Iterable[object]:
+        envelope = element if isinstance(element, bytes) else element.data
         try:
             header, _ = read_header(envelope)
         except EnvelopeError as exc:
@@ -132,12 +133,13 @@ class _StampEventTimeFn(beam.DoFn):
             yield TaggedOutput(StampEventTime.LATE, LateRecord(
                 header.envelope_id.hex(), stated, arrival.micros, envelope))
             return
-        yield TimestampedValue(envelope, event_time)
+        yield TimestampedValue(element, event_time)
 
 
 class StampEventTime(beam.PTransform):
-    """Envelope bytes (timestamped on arrival) -> on time (timestamped with their header's
-    event time), late (``LateRecord``) and dead letters (no usable event time)."""
+    """Envelopes (bytes or ``SealedEnvelope``, timestamped on arrival) -> on time (the same
+    elements, timestamped with their header's event time), late (``LateRecord``) and dead
+    letters (no usable event time)."""
 
     ON_TIME = "on_time"
     LATE = "late"

@@ -114,7 +114,7 @@ class _PullSubscription(PollFn):
 
     def _subscriber(self) -> Any:
         if self._client is None:
-            from google.cloud import pubsub_v1          # the gcp/pubsub extra
+            from google.cloud import pubsub_v1  # the gcp/pubsub extra
             self._client = pubsub_v1.SubscriberClient()
         return self._client
 
@@ -236,6 +236,8 @@ class ReadPubsubWithIdLabel(beam.PTransform):
 
 _SEEN = ReadModifyWriteStateSpec("seen", BytesCoder())
 _EXPIRY = TimerSpec("expiry", TimeDomain.WATERMARK)
+_SEEN_PARAM = beam.DoFn.StateParam(_SEEN)
+_EXPIRY_PARAM = beam.DoFn.TimerParam(_EXPIRY)
 
 
 class _FirstDeliveryFn(beam.DoFn):
@@ -249,8 +251,8 @@ class _FirstDeliveryFn(beam.DoFn):
     def process(self, keyed: tuple[str, PubsubDelivery],
                 timestamp: Timestamp = beam.DoFn.TimestampParam,
                 window: Any = beam.DoFn.WindowParam,
-                seen: Any = beam.DoFn.StateParam(_SEEN),
-                expiry: Any = beam.DoFn.TimerParam(_EXPIRY)) -> Iterable[object]:
+                seen: Any = _SEEN_PARAM,
+                expiry: Any = _EXPIRY_PARAM) -> Iterable[object]:
         _, delivery = keyed
         self._records_in.inc()
         if seen.read() is not None:
@@ -262,7 +264,7 @@ class _FirstDeliveryFn(beam.DoFn):
         yield TimestampedValue(delivery, timestamp)
 
     @on_timer(_EXPIRY)
-    def expire(self, seen: Any = beam.DoFn.StateParam(_SEEN)) -> None:
+    def expire(self, seen: Any = _SEEN_PARAM) -> None:
         seen.clear()
 
 
@@ -330,7 +332,8 @@ class AcceptPubsubMessages(beam.PTransform):
     def expand(self, deliveries: beam.PCollection) -> dict[str, beam.PCollection]:
         first = (
             deliveries
-            | "KeyByMessageId" >> beam.Map(lambda d: (d.message_id, d))
+            | "KeyByMessageId" >> beam.Map(lambda d: (d.message_id, d)).with_output_types(
+                beam.typehints.KV[str, Any])
             | "FirstDelivery" >> beam.ParDo(_FirstDeliveryFn(self._horizon_s)).with_outputs(
                 self.DUPLICATES, main="first")
         )

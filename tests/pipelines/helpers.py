@@ -10,14 +10,18 @@ from pipelines.synthetic import PartnerFile, write_partner_files
 from tests.enclave_workers.broker_env import BrokerEnv
 
 
-def sealed_partner_files(broker: BrokerEnv, directory: Path, records: int,
+def sealed_partner_files(broker: BrokerEnv, directory: Path, records: int, *,
+                         event_time: float | None = None, sealed_dir: str = "sealed",
                          ) -> tuple[list[PartnerFile], list[Path]]:
+    """Synthetic partner files (seed 11) and their sealed records, every envelope stating
+    ``event_time`` (default: now) in its header; the same ``records`` give the same rows."""
     files = write_partner_files(directory / "partner", records, files_per_group=1, seed=11)
     sealed = []
     for partner_file in files:
-        target = directory / "sealed" / f"{partner_file.path.stem}.sealed"
+        target = directory / sealed_dir / f"{partner_file.path.stem}.sealed"
         seal_file(partner_file.path, target, keyring=broker.keyring, region=partner_file.region,
-                  producer_id=partner_file.producer_id, records_per_key=40)
+                  producer_id=partner_file.producer_id, records_per_key=40,
+                  event_time=event_time)
         sealed.append(target)
     return files, sealed
 
