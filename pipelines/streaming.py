@@ -41,6 +41,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import apache_beam as beam
 from apache_beam.io import fileio
@@ -180,7 +181,8 @@ def runner_supports_id_label(options: PipelineOptions) -> bool:
 
 
 def _read_pubsub(p: beam.Pipeline, options: PipelineOptions, stream: StreamingOptions,
-                 opts: SealbeamOptions) -> tuple[beam.PCollection, list[beam.PCollection]]:
+                 opts: SealbeamOptions, subscriber_factory: Callable[[], Any] | None
+                 ) -> tuple[beam.PCollection, list[beam.PCollection]]:
     if not stream.subscription:
         raise PipelineError("--subscription is required for --source pubsub")
     try:
@@ -190,7 +192,8 @@ def _read_pubsub(p: beam.Pipeline, options: PipelineOptions, stream: StreamingOp
             deliveries = p | "ReadPubSub" >> ReadPubsubUntilIdle(
                 stream.subscription, until_idle_s=stream.until_idle_s,
                 max_messages=opts.max_batch_size, max_bytes=stream.max_batch_bytes,
-                max_wait_s=stream.max_batch_duration_seconds)
+                max_wait_s=stream.max_batch_duration_seconds,
+                subscriber_factory=subscriber_factory)
         accepted = deliveries | "AcceptMessages" >> AcceptPubsubMessages(
             message_format=stream.message_format)
     except TransformConfigError as exc:
@@ -199,7 +202,8 @@ def _read_pubsub(p: beam.Pipeline, options: PipelineOptions, stream: StreamingOp
             [accepted[AcceptPubsubMessages.DEAD_LETTER]])
 
 
-def _read_feed(p: beam.Pipeline, options: PipelineOptions, source: beam.PTransform | None
+def _read_feed(p: beam.Pipeline, options: PipelineOptions, source: beam.PTransform | None,
+               subscriber_factory: Callable[[], Any] | None
                ) -> tuple[beam.PCollection, list[beam.PCollection]]:
     """The feed's envelopes (timestamped on arrival) and its framing dead letters."""
     opts = options.view_as(SealbeamOptions)
@@ -213,7 +217,7 @@ def _read_feed(p: beam.Pipeline, options: PipelineOptions, source: beam.PTransfo
         read = files | "Open" >> fileio.ReadMatches() | "SplitAndDecode" >> ReadSealedFiles()
         return read[ReadSealedFiles.SEALED], [read[ReadSealedFiles.DEAD_LETTER]]
     if stream.source == PUBSUB:
-        return _read_pubsub(p, options, stream, opts)
+        return _read_pubsub(p, options, stream, opts, subscriber_factory)
     raise PipelineError(f"--source must be one of {', '.join(SOURCES)}")
 
 
@@ -230,12 +234,15 @@ def _envelope_bytes(element: object) -> bytes:
 
 
 def build_streaming_pipeline(p: beam.Pipeline, options: PipelineOptions, *,
-                             source: beam.PTransform | None = None) -> BatchPipelineOutputs:
+                             source: beam.PTransform | None = None,
+                             subscriber_factory: Callable[[], Any] | None = None
+                             ) -> BatchPipelineOutputs:
     """Add sealbeam's streaming steps to ``p``.
 
     ``source``, when given, replaces ``--source``: a PTransform from the pipeline's start to
     message bytes (one envelope each, as ``--message_format`` says), each timestamped with
-    its arrival, e.g. a ``TestStream``.
+    its arrival, e.g. a ``TestStream``. ``subscriber_factory`` makes the Pub/Sub client of
+    the local pull source (default: Google's ``SubscriberClient``).
     """
     opts = options.view_as(SealbeamOptions)
     stream = options.view_as(StreamingOptions)
@@ -253,7 +260,7 @@ def build_streaming_pipeline(p: beam.Pipeline, options: PipelineOptions, *,
     except TransformConfigError as exc:
         raise PipelineError(str(exc)) from None
     window = FixedWindows(window_s)
-    sealed, feed_dead_letters = _read_feed(p, options, source)
+    sealed, feed_dead_letters = _read_feed(p, options, source, subscriber_factory)
 
     parsed = sealed | "ParseHeaders" >> ParseSealed()
     unique = (parsed[ParseSealed.SEALED]
@@ -305,7 +312,8 @@ def default_streaming_runner(options: PipelineOptions, *, test_source: bool = Fa
 
 
 def run_streaming(options: PipelineOptions, *, source: beam.PTransform | None = None,
-                  extra_steps: Callable[[BatchPipelineOutputs], None] | None = None
+                  extra_steps: Callable[[BatchPipelineOutputs], None] | None = None,
+                  subscriber_factory: Callable[[], Any] | None = None
                   ) -> StreamingRunSummary:
     """Run the streaming pipeline until its feed ends; summarize it from its metrics.
 
@@ -324,7 +332,8 @@ def run_streaming(options: PipelineOptions, *, source: beam.PTransform | None = 
                      "need not reconcile; its outputs and dead letters are complete")
     started = time.monotonic()
     pipeline = beam.Pipeline(runner=runner, options=options)
-    built = build_streaming_pipeline(pipeline, options, source=source)
+    built = build_streaming_pipeline(pipeline, options, source=source,
+                                     subscriber_factory=subscriber_factory)
     if extra_steps is not None:
         extra_steps(built)
     result = pipeline.run()

@@ -45,11 +45,11 @@ import base64
 import binascii
 import hmac
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any, NamedTuple
 
 import apache_beam as beam
-from apache_beam.coders import BytesCoder, FastPrimitivesCoder, StrUtf8Coder
+from apache_beam.coders import BytesCoder, FastPrimitivesCoder
 from apache_beam.io.watch import PollFn, PollResult, Watch, never
 from apache_beam.metrics import Metrics
 from apache_beam.pvalue import TaggedOutput
@@ -100,8 +100,10 @@ class _PullSubscription(PollFn):
     """
 
     def __init__(self, subscription: str, *, until_idle_s: float | None, max_messages: int,
-                 max_bytes: int, max_wait_s: float) -> None:
+                 max_bytes: int, max_wait_s: float,
+                 subscriber_factory: Callable[[], Any] | None) -> None:
         self._subscription = subscription
+        self._subscriber_factory = subscriber_factory
         self._until_idle_s = until_idle_s
         self._max_messages = max_messages
         self._max_bytes = max_bytes
@@ -114,8 +116,11 @@ class _PullSubscription(PollFn):
 
     def _subscriber(self) -> Any:
         if self._client is None:
-            from google.cloud import pubsub_v1  # the gcp/pubsub extra
-            self._client = pubsub_v1.SubscriberClient()
+            if self._subscriber_factory is not None:
+                self._client = self._subscriber_factory()
+            else:
+                from google.cloud import pubsub_v1  # the gcp/pubsub extra
+                self._client = pubsub_v1.SubscriberClient()
         return self._client
 
     def _pull_once(self, max_messages: int) -> list[Any]:
@@ -176,11 +181,16 @@ def _delivery(received: Any) -> PubsubDelivery:
 
 class ReadPubsubUntilIdle(beam.PTransform):
     """A subscription -> ``PubsubDelivery`` elements, until ``until_idle_s`` without a
-    message (``None``: never), on the local runners."""
+    message (``None``: never), on the local runners.
+
+    ``subscriber_factory`` (picklable; default ``pubsub_v1.SubscriberClient``) makes the
+    client on the worker: tests pass one that loses an acknowledgement on purpose.
+    """
 
     def __init__(self, subscription: str, *, until_idle_s: float | None,
                  poll_interval_s: float = 0.1, max_messages: int = 1000,
-                 max_bytes: int = 64 << 20, max_wait_s: float = 1.0) -> None:
+                 max_bytes: int = 64 << 20, max_wait_s: float = 1.0,
+                 subscriber_factory: Callable[[], Any] | None = None) -> None:
         super().__init__()
         if not subscription:
             raise TransformConfigError("ReadPubsubUntilIdle needs a subscription")
@@ -193,7 +203,8 @@ class ReadPubsubUntilIdle(beam.PTransform):
         self._poll_interval_s = poll_interval_s
         self._poll_fn = _PullSubscription(subscription, until_idle_s=until_idle_s,
                                           max_messages=max_messages, max_bytes=max_bytes,
-                                          max_wait_s=max_wait_s)
+                                          max_wait_s=max_wait_s,
+                                          subscriber_factory=subscriber_factory)
 
     def expand(self, pbegin: beam.pvalue.PBegin) -> beam.PCollection:
         return (
@@ -201,7 +212,7 @@ class ReadPubsubUntilIdle(beam.PTransform):
             | "Subscription" >> beam.Create([self._subscription])
             | "Pull" >> Watch(self._poll_fn, poll_interval=self._poll_interval_s,
                               termination=never(), output_coder=FastPrimitivesCoder(),
-                              output_key_fn=_delivery_key, output_key_coder=StrUtf8Coder())
+                              output_key_fn=_delivery_key)
             | "Delivery" >> beam.Map(lambda subscription_and_delivery:
                                      PubsubDelivery(*subscription_and_delivery[1]))
         )

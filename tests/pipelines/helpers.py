@@ -5,6 +5,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import yaml
+
+from enclave_workers.batch_processor import default_feature_spec
 from pipelines.sealing import seal_file
 from pipelines.synthetic import PartnerFile, write_partner_files
 from tests.enclave_workers.broker_env import BrokerEnv
@@ -45,3 +48,12 @@ def assert_no_plaintext(root: Path, probes: set[bytes]) -> int:
             leaked = [p for p in probes if p in content]
             assert not leaked, f"{len(leaked)} input identifiers appear in {path}"
     return scanned
+
+
+def spec_without_k_anonymity(directory: Path) -> Path:
+    """The default spec minus k-anonymity, so every good record is exactly one output row."""
+    document = yaml.safe_load(Path(default_feature_spec().source).read_text("utf-8"))
+    assert document.pop("k_anonymity")
+    path = directory / "no-k.yaml"
+    path.write_text(yaml.safe_dump(document), "utf-8")
+    return path
