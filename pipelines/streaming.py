@@ -275,9 +275,11 @@ def build_streaming_pipeline(p: beam.Pipeline, options: PipelineOptions, *,
         | "HoldForBatches" >> hold
         | "EnvelopeBytes" >> beam.Map(_envelope_bytes)
     )
+    # HoldForBatches sizes the batches; BatchElements only collects what one release put in
+    # a bundle (an adaptive start from --min_batch_size would split a release again).
     confidential = ConfidentialProcess(
         broker_url, tee_settings(opts), feature_spec(opts), output_format=output_format(opts),
-        limits=session_limits(opts), min_batch_size=opts.min_batch_size,
+        limits=session_limits(opts), min_batch_size=opts.max_batch_size,
         max_batch_size=opts.max_batch_size,
     )
     processed = batched | "Confidential" >> confidential

@@ -15,10 +15,12 @@ from tests.enclave_workers.broker_env import BrokerEnv
 
 def sealed_partner_files(broker: BrokerEnv, directory: Path, records: int, *,
                          event_time: float | None = None, sealed_dir: str = "sealed",
-                         ) -> tuple[list[PartnerFile], list[Path]]:
-    """Synthetic partner files (seed 11) and their sealed records, every envelope stating
-    ``event_time`` (default: now) in its header; the same ``records`` give the same rows."""
-    files = write_partner_files(directory / "partner", records, files_per_group=1, seed=11)
+                         seed: int = 11) -> tuple[list[PartnerFile], list[Path]]:
+    """Synthetic partner files and their sealed records, every envelope stating
+    ``event_time`` (default: now) in its header; the same ``records`` and ``seed`` give the
+    same rows."""
+    files = write_partner_files(directory / f"partner-{seed}", records, files_per_group=1,
+                                seed=seed)
     sealed = []
     for partner_file in files:
         target = directory / sealed_dir / f"{partner_file.path.stem}.sealed"
