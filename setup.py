@@ -39,6 +39,8 @@ setup(
     extras_require={
         "test": ["pytest>=8", "hypothesis>=6.100", "ruff>=0.5"],
         "postgres": ["psycopg[binary]>=3.1"],
+        # Pub/Sub streaming source and ``sealbeam feed`` (tests use the real emulator).
+        "pubsub": ["apache-beam[gcp]>=2.60", "google-cloud-pubsub>=2.20"],
     },
     entry_points={"console_scripts": ["sealbeam=pipelines.cli:main"]},
 )
