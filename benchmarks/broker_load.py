@@ -295,6 +295,8 @@ def collect_phase(results: multiprocessing.Queue, broker_pid: int, operation: st
         # From the start of the phase until every client reported (a little over
         # ``seconds``; the broker is idle in that tail).
         "broker_cpu_percent": 100 * broker_cpu / wall,
+        # Where the broker's time goes per call: its CPU seconds over the calls served.
+        "broker_cpu_ms_per_call": 1e3 * broker_cpu / len(latencies),
         "client_cpu_percent": 100 * sum(cpu for _, _, cpu, _ in collected) / seconds,
     }
 
@@ -304,11 +306,12 @@ def collect_phase(results: multiprocessing.Queue, broker_pid: int, operation: st
 
 def print_report(numbers: dict[str, object]) -> None:
     print(f"{'operation':11}{'clients':>8}{'calls/s':>10}{'p50 ms':>9}{'p95 ms':>9}"
-          f"{'p99 ms':>9}{'failed':>8}{'broker CPU':>12}{'client CPU':>12}")
+          f"{'p99 ms':>9}{'failed':>8}{'broker CPU':>12}{'CPU ms/call':>13}{'client CPU':>12}")
     for row in numbers["phases"]:
         print(f"{row['operation']:11}{row['clients']:>8}{row['calls_per_second']:>10,.0f}"
               f"{row['p50_ms']:>9.1f}{row['p95_ms']:>9.1f}{row['p99_ms']:>9.1f}"
               f"{row['failures']:>8}{row['broker_cpu_percent']:>11.0f}%"
+              f"{row['broker_cpu_ms_per_call']:>13.2f}"
               f"{row['client_cpu_percent']:>11.0f}%")
     environment = numbers["environment"]
     print(f"broker: one `sealbeam broker serve` process; clients: threads over "

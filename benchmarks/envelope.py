@@ -3,26 +3,35 @@ the peak extra memory of streaming versus whole-buffer batch sealing and opening
 
 What it does, on one thread (Arrow pinned to one CPU thread):
 
-- records (200 B, 1 KiB, 16 KiB payloads): ``seal_record`` / ``open_record`` records/s and
-  µs per record;
+- records (100 B, 200 B, 1 KiB, 16 KiB payloads): records/s and µs per record of
+  ``seal_record`` / ``open_record`` (one call per record), of the batch calls
+  ``seal_records`` / ``open_records`` (all the run's records under one DEK in one call, from
+  bytes and from ``ParsedEnvelope``s) and of ``parse_envelope``;
 - batches (1, 64, 256 MiB x segments of 64 KiB, 1 MiB, 4 MiB): MiB/s of ``seal_batch``
   (envelope in memory), ``BatchSealer`` writing to a file object, ``iter_open_batch`` (segment
-  by segment, each dropped after use) and ``open_batch`` (whole plaintext);
-- memory, at the largest batch size: the peak memory each of those four adds on top of its
+  by segment, each dropped after use), ``open_batch`` (whole plaintext) and
+  ``open_batch_into`` (whole plaintext decrypted in place into ``pa.allocate_buffer``), each
+  also as a fraction of **raw AES-GCM**: bare ``AESGCM.decrypt`` of the same bytes in the
+  same segment size;
+- memory, at the largest batch size: the peak memory each of those five adds on top of its
   input, seen by ``tracemalloc`` in this process and as the peak RSS growth of a fresh
   subprocess that loads its input first (Linux VmHWM, reset just before the run; ``ru_maxrss``
   where that is unavailable); streaming should hold a segment or two, the whole-buffer calls
-  about two batches;
-- Arrow: a 1,000,000-row table written to an IPC stream, sealed, opened and read back with
-  ``pa.ipc.open_stream``; rows/s end to end.
+  about two batches (``open_batch_into``'s output is in Arrow's pool, which tracemalloc
+  does not see);
+- Arrow: a 1,000,000-row table written to an IPC stream, sealed, opened into an Arrow buffer
+  and read back with ``pa.ipc.open_stream``; rows/s end to end.
 
 Every timing is the median and the minimum of ``--repeat`` runs after one warm-up run, and
-every case checks its round trip before it is timed. ``--json PATH`` also writes the numbers.
+every case checks its round trip before it is timed. ``--json PATH`` also writes the numbers;
+``--only SECTION`` runs some sections; ``--clock cpu`` times this process's CPU time instead
+of the wall clock (the per-core cost on a machine busy with other work).
 
 What it does not: no KMS, no key release (``benchmarks/key_transport.py``), no network; the
 file sink is an ordinary temporary file, so its figure includes the page-cache write.
 
-    .venv/bin/python benchmarks/envelope.py [--quick] [--repeat 5] [--json PATH]
+    .venv/bin/python benchmarks/envelope.py [--quick] [--repeat 5] [--only records ...]
+        [--clock wall|cpu] [--json PATH]
 """
 
 from __future__ import annotations

@@ -22,6 +22,13 @@ separately), starts the broker in this process on 127.0.0.1, and for each ``--ba
   process's peak so far, where that is unavailable) and, at the end, ``ru_maxrss``. Every
   Beam run comes before the runs outside Beam, which hold all envelopes in memory.
 
+With ``--baseline plaintext`` each batch size also gets two more FnApiRunner runs, after the
+others: the same pipeline on **sealed-batch** input (each partner file sealed as one batch
+envelope, ``seal_file(..., output_kind="batch")``) and the **plaintext baseline**
+(``benchmarks/plaintext_baseline.py``: the same graph, spec, batching and output format on
+the partners' plaintext JSONL, with the cryptography taken out); the report prints each
+sealed run's records/s as a fraction of the baseline's.
+
 The ledger's hash chain is verified at the end. Arrow is pinned to one CPU thread, as in the
 other benchmarks. ``--json PATH`` also writes the numbers.
 
@@ -30,7 +37,8 @@ one run per batch size (no repeats: a 100,000-record run takes most of a minute)
 shares this process (and its GIL) with the runner, as in ``sealbeam demo``.
 
     .venv/bin/python benchmarks/pipeline.py [--records 100000] [--files 2]
-        [--batch-size 2000 ...] [--output-format sealed-arrow|parquet-pme] [--json PATH]
+        [--batch-size 2000 ...] [--output-format sealed-arrow|parquet-pme]
+        [--baseline plaintext] [--json PATH]
 """
 
 from __future__ import annotations
@@ -78,6 +86,11 @@ from transforms.confidential import PME_OUTPUT_KEY_MAX_ENVELOPES
 from transforms.read import MAX_LINE_BYTES, decode_line, iter_bounded_lines
 from transforms.session import make_key_session
 from transforms.tee import SIMULATED_SEV_SNP, SessionLimits, TeeSettings
+
+try:  # as a script, this file's directory is on sys.path; as a module (tests), the package is
+    from plaintext_baseline import run_plaintext_baseline
+except ImportError:  # pragma: no cover - depends on how the benchmark was loaded
+    from benchmarks.plaintext_baseline import run_plaintext_baseline
 
 DEFAULT_RECORDS = 100_000
 DEFAULT_FILES_PER_GROUP = 2
@@ -211,15 +224,29 @@ def ledger_calls_since(settings: BrokerSettings, after_seq: int) -> dict[str, in
 
 
 # -- one pipeline run ----------------------------------------------------------------------
-def check_run_counts(summary: RunSummary, records: int, rows_opened: int) -> None:
-    """Every problem with a run's counts at once; raises ``BenchmarkCheckError``."""
+def check_run_counts(summary: RunSummary, records: int, rows_opened: int,
+                     envelopes: int | None = None) -> None:
+    """Every problem with a run's counts at once; raises ``BenchmarkCheckError``.
+
+    ``envelopes`` is the number of sealed-batch envelopes when the input is sealed batches
+    (then records_in counts envelopes and every record must be a row out, suppressed or a
+    dead-letter row); None for sealed records (one envelope per record, one row each).
+    """
     problems = []
-    if summary.records_in != records:
+    if envelopes is not None:
+        if summary.records_in != envelopes:
+            problems.append(f"records_in={summary.records_in}, {envelopes} batches were sealed")
+        rows = summary.rows_out + summary.rows_suppressed + summary.dead_letter_rows
+        if summary.dead_letters == 0 and rows != records:
+            problems.append(f"rows out {summary.rows_out} + suppressed "
+                            f"{summary.rows_suppressed} + dead {summary.dead_letter_rows} "
+                            f"!= {records} records sealed")
+    elif summary.records_in != records:
         problems.append(f"records_in={summary.records_in}, {records} were sealed")
     if not summary.reconciled:
         problems.append(f"records_in={summary.records_in} != records_out="
                         f"{summary.records_out} + dead_letters={summary.dead_letters}")
-    if summary.rows_out + summary.rows_suppressed != summary.records_out:
+    if envelopes is None and summary.rows_out + summary.rows_suppressed != summary.records_out:
         problems.append(f"each sealed record is one row, but rows_out={summary.rows_out} + "
                         f"rows_suppressed={summary.rows_suppressed} != records_out="
                         f"{summary.records_out}")
@@ -245,8 +272,11 @@ def per_thousand(calls: int, records: int) -> float:
 
 def run_pipeline(settings: BrokerSettings, broker: RunningBroker, sealed_dir: Path,
                  out_dir: Path, batch_size: int, output_format: str,
-                 inputs: dict[str, object]) -> dict[str, object]:
-    """One batch-pipeline run on FnApiRunner, timed, checked and counted."""
+                 inputs: dict[str, object], envelopes: int | None = None) -> dict[str, object]:
+    """One batch-pipeline run on FnApiRunner, timed, checked and counted.
+
+    ``envelopes``: the number of sealed-batch envelopes when ``sealed_dir`` holds those.
+    """
     records = int(inputs["records"])
     options = PipelineOptions(flags=[
         f"--input={sealed_dir / '*.sealed'}",
@@ -267,7 +297,7 @@ def run_pipeline(settings: BrokerSettings, broker: RunningBroker, sealed_dir: Pa
     memory = peak_rss_since(window)
     calls = ledger_calls_since(settings, before)
     keyring = LocalKeyring.open(settings.keyring_path)
-    check_run_counts(summary, records, rows_in_outputs(out_dir, keyring))
+    check_run_counts(summary, records, rows_in_outputs(out_dir, keyring), envelopes)
     by_kind = {kind: calls[kind] for kind in LEDGERED_KINDS.values()}
     return {
         "seconds": round(seconds, 3),
@@ -283,7 +313,8 @@ def run_pipeline(settings: BrokerSettings, broker: RunningBroker, sealed_dir: Pa
         "broker_calls_by_kind": by_kind,
         "broker_calls_not_ledgered": summary.broker_calls - sum(by_kind.values()),
         "broker_calls_per_1000_records": per_thousand(summary.broker_calls, records),
-        "releases_per_data_key": round(calls["release"] / int(inputs["data_keys"]), 3),
+        "releases_per_data_key": round(calls["release"] / int(
+            inputs["data_keys"] if envelopes is None else envelopes), 3),
         "ledger_entries": calls["ledger_entries"],
         **memory,
     }
@@ -340,6 +371,85 @@ def run_standalone(settings: BrokerSettings, broker: RunningBroker, envelopes: l
     }
 
 
+# -- --baseline plaintext ------------------------------------------------------------------
+def seal_batch_inputs(settings: BrokerSettings, workdir: Path) -> int:
+    """Each partner file sealed as one batch envelope into ``workdir/sealed-batch``."""
+    keyring = LocalKeyring.open(settings.keyring_path)
+    envelopes = 0
+    for path, (region, producer) in partner_origins(workdir).items():
+        report = seal_file(workdir / "partner" / path, workdir / "sealed-batch" /
+                           f"{Path(path).stem}.sealed", keyring=keyring, region=region,
+                           producer_id=producer, output_kind="batch")
+        envelopes += report.envelopes
+    return envelopes
+
+
+def partner_origins(workdir: Path) -> dict[str, tuple[str, str]]:
+    """Partner file name -> (region, producer), from ``synthetic``'s file naming."""
+    origins = {}
+    for path in sorted((workdir / "partner").glob("*.jsonl")):
+        matches = [(region, producer) for producer in synthetic.PRODUCERS
+                   for region in synthetic.REGIONS
+                   if path.name.startswith(f"{producer}-{region}-")]
+        if len(matches) != 1:
+            raise BenchmarkCheckError(f"cannot tell the origin of partner file {path.name}")
+        origins[path.name] = matches[0]
+    return origins
+
+
+def run_baseline(workdir: Path, out_dir: Path, batch_size: int, output_format: str,
+                 records: int) -> dict[str, object]:
+    """The plaintext baseline graph, timed and checked like the sealed runs."""
+    window = start_peak_rss_window()
+    started = time.perf_counter()
+    summary = run_plaintext_baseline(str(workdir / "partner" / "*.jsonl"),
+                                     partner_origins(workdir), str(out_dir), batch_size,
+                                     output_format)
+    seconds = time.perf_counter() - started
+    memory = peak_rss_since(window)
+    if summary.records_in != records or not summary.reconciled:
+        raise BenchmarkCheckError(
+            f"plaintext baseline: records_in={summary.records_in} (sealed {records}), "
+            f"records_out={summary.records_out} + dead_letters={summary.dead_letters}")
+    files = [p for p in out_dir.rglob("part-*") if p.is_file()]
+    if len(files) != summary.output_files:
+        raise BenchmarkCheckError(f"plaintext baseline: {len(files)} files written, "
+                                  f"{summary.output_files} reported")
+    return {"seconds": round(seconds, 3), "records_per_second": round(records / seconds),
+            "records_in": summary.records_in, "records_out": summary.records_out,
+            "dead_letters": summary.dead_letters, "rows_out": summary.rows_out,
+            "output_files": summary.output_files, **memory}
+
+
+def add_baseline_runs(runs: list[dict[str, object]], settings: BrokerSettings,
+                      broker: RunningBroker, workdir: Path, args: argparse.Namespace) -> None:
+    """Per batch size: the sealed-batch run, the plaintext run, and the ratios."""
+    batch_envelopes = seal_batch_inputs(settings, workdir)
+    batch_inputs = {"records": args.records, "data_keys": batch_envelopes}
+    for run in runs:
+        size = int(run["batch_size"])
+        run["sealed_batch_beam"] = run_pipeline(
+            settings, broker, workdir / "sealed-batch", workdir / f"out-batch-{size}", size,
+            args.output_format, batch_inputs, envelopes=batch_envelopes)
+        run["plaintext"] = run_baseline(workdir, workdir / f"out-plain-{size}", size,
+                                        args.output_format, args.records)
+        plain = run["plaintext"]["records_per_second"]
+        run["sealed_record_over_plaintext"] = round(run["beam"]["records_per_second"] / plain, 3)
+        run["sealed_batch_over_plaintext"] = round(
+            run["sealed_batch_beam"]["records_per_second"] / plain, 3)
+
+
+def print_baseline(numbers: dict[str, object]) -> None:
+    print(f"{'batch':>6}{'plaintext rec/s':>17}{'sealed-record rec/s':>21}{'x plain':>9}"
+          f"{'sealed-batch rec/s':>20}{'x plain':>9}   (Beam, FnApiRunner, one run each)")
+    for run in numbers["runs"]:
+        print(f"{run['batch_size']:>6}{run['plaintext']['records_per_second']:>17,}"
+              f"{run['beam']['records_per_second']:>21,}"
+              f"{run['sealed_record_over_plaintext']:>9.2f}"
+              f"{run['sealed_batch_beam']['records_per_second']:>20,}"
+              f"{run['sealed_batch_over_plaintext']:>9.2f}")
+
+
 # -- report --------------------------------------------------------------------------------
 def print_report(numbers: dict[str, object]) -> None:
     inputs = numbers["inputs"]
@@ -374,6 +484,9 @@ def print_report(numbers: dict[str, object]) -> None:
     print(f"(broker calls of the Beam run by kind from the audit ledger; 'other' = the job's "
           f"broker_calls metric minus those = challenges; ledger: {ledger['entries']} entries, "
           f"chain {'verified' if ledger['verified'] else 'BROKEN'})")
+    if "plaintext" in numbers["runs"][0]:
+        print()
+        print_baseline(numbers)
     print(f"{numbers['output_format']}, FnApiRunner, Arrow CPU threads "
           f"{env['arrow_cpu_threads']}, {env['cpu_count']} CPUs on this machine, one run per "
           f"batch size; peak RSS per run by {numbers['runs'][0]['beam']['peak_rss_method']}, "
@@ -403,6 +516,9 @@ def parse_arguments(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--batch-size", type=int, nargs="+", default=list(DEFAULT_BATCH_SIZES),
                         help="records per confidential batch; several values make a sweep")
     parser.add_argument("--output-format", choices=OUTPUT_FORMATS, default=SEALED_ARROW)
+    parser.add_argument("--baseline", choices=("plaintext",),
+                        help="also run the pipeline on sealed-batch input and the same graph "
+                             "on the plaintext JSONL, and print the ratios")
     parser.add_argument("--json", metavar="PATH", help="also write the results as JSON")
     args = parser.parse_args(argv)
     if not 1 <= args.records <= synthetic.MAX_RECORDS:
@@ -429,12 +545,15 @@ def benchmark(args: argparse.Namespace, workdir: Path) -> dict[str, object]:
         standalone_runs = [run_standalone(settings, broker, envelopes, len(framing_dead),
                                           batch_size, args.output_format, args.records)
                            for batch_size in args.batch_size]
+        del envelopes
+        runs = [{"batch_size": batch_size, "beam": beam, "standalone": alone,
+                 "beam_over_standalone": round(beam["seconds"] / alone["seconds"], 3)}
+                for batch_size, beam, alone in zip(args.batch_size, beam_runs, standalone_runs,
+                                                   strict=True)]
+        if args.baseline == "plaintext":
+            add_baseline_runs(runs, settings, broker, workdir, args)
     finally:
         broker.stop()
-    runs = [{"batch_size": batch_size, "beam": beam, "standalone": alone,
-             "beam_over_standalone": round(beam["seconds"] / alone["seconds"], 3)}
-            for batch_size, beam, alone in zip(args.batch_size, beam_runs, standalone_runs,
-                                               strict=True)]
     with AuditLedger(settings.ledger_path, read_only=True) as ledger:
         verification = ledger.verify()
     if not verification.ok:

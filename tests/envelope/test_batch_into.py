@@ -113,3 +113,26 @@ def test_reordered_segments_fail() -> None:
         seal_batch(os.urandom(3 * SEGMENT + 1), **seal_arguments(segment_size=SEGMENT)))
     with pytest.raises(EnvelopeAuthenticationError):
         open_batch_into(join_frames(header, [frames[1], frames[0], *frames[2:]]), DEK)
+
+
+BATCH = seal_batch(os.urandom(3 * SEGMENT + 7), **seal_arguments(segment_size=SEGMENT))
+
+
+@settings(max_examples=200, deadline=None)
+@given(data=st.data())
+def test_any_flip_or_cut_fails_like_open_batch(data: st.DataObject) -> None:
+    """Whatever is damaged, open_batch_into raises what open_batch raises (type and text)
+    and hands out no buffer."""
+    damaged = bytearray(BATCH)
+    if data.draw(st.booleans(), label="truncate"):
+        damaged = damaged[: data.draw(st.integers(0, len(BATCH) - 1), label="keep")]
+    else:
+        bit = data.draw(st.integers(0, len(BATCH) * 8 - 1), label="bit")
+        damaged[bit // 8] ^= 1 << (bit % 8)
+    envelope = bytes(damaged)
+    with pytest.raises(EnvelopeError) as expected:
+        open_batch(envelope, DEK)
+    with pytest.raises(EnvelopeError) as caught:
+        open_batch_into(envelope, DEK, pa.allocate_buffer)
+    assert type(caught.value) is type(expected.value)
+    assert str(caught.value) == str(expected.value)

@@ -21,7 +21,7 @@ from tests.support.broker import (
 )
 
 RELEASES = 20
-STALL_FREE_BOUND_SECONDS = 0.015
+STALL_FREE_BOUND_SECONDS = 0.020  # the stall alone is ~40 ms; a loopback release 2-4 ms
 
 
 def test_listening_socket_is_tcp_and_accepted_connections_have_nodelay(
