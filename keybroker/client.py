@@ -165,29 +165,36 @@ def is_loopback_host(host: str) -> bool:
 
 def tls_context(
     *,
-    ca_bundle: Path | None = None,
-    pinned_certificate: Path | None = None,
+    ca_bundle: Path | bytes | None = None,
+    pinned_certificate: Path | bytes | None = None,
     client_certificate: tuple[Path, Path] | None = None,
 ) -> ssl.SSLContext:
-    """The client's TLS context: the system CAs, or a CA bundle, or one pinned certificate."""
+    """The client's TLS context: the system CAs, or a CA bundle, or one pinned certificate.
+
+    ``ca_bundle`` and ``pinned_certificate`` are a PEM file's path, or its bytes.
+    """
     if ca_bundle is not None and pinned_certificate is not None:
         raise BrokerTransportSecurityError("give a CA bundle or a pinned certificate, not both")
     try:
         anchor = pinned_certificate if pinned_certificate is not None else ca_bundle
-        context = ssl.create_default_context(cafile=str(anchor) if anchor is not None else None)
+        if isinstance(anchor, bytes):
+            context = ssl.create_default_context(cadata=anchor.decode("ascii"))
+        else:
+            context = ssl.create_default_context(cafile=str(anchor) if anchor else None)
         context.minimum_version = ssl.TLSVersion.TLSv1_2
         if pinned_certificate is not None:  # the pinned leaf is the trust anchor itself
             context.verify_flags |= ssl.VERIFY_X509_PARTIAL_CHAIN
         if client_certificate is not None:
             context.load_cert_chain(str(client_certificate[0]), str(client_certificate[1]))
-    except (OSError, ssl.SSLError) as error:
+    except (OSError, ssl.SSLError, UnicodeDecodeError) as error:
         raise BrokerTransportSecurityError(f"cannot load TLS material: {error}") from None
     return context
 
 
-def _certificate_fingerprint(pem_path: Path) -> bytes:
+def _certificate_fingerprint(pem: Path | bytes) -> bytes:
     try:
-        certificate = x509.load_pem_x509_certificate(Path(pem_path).read_bytes())
+        data = pem if isinstance(pem, bytes) else Path(pem).read_bytes()
+        certificate = x509.load_pem_x509_certificate(data)
     except (OSError, ValueError) as error:
         raise BrokerTransportSecurityError(f"pinned certificate unreadable: {error}") from None
     return hashlib.sha256(certificate.public_bytes(serialization.Encoding.DER)).digest()
@@ -198,8 +205,8 @@ class BrokerClient:
 
     ``broker_identity`` is the broker's pinned public key: with it every grant is verified
     (workers must pass it; without it replies are taken on trust, which only diagnostics
-    such as ``health`` should do). ``ca_bundle`` / ``pinned_certificate`` /
-    ``client_certificate`` configure TLS for ``https://`` URLs.
+    such as ``health`` should do). ``ca_bundle`` / ``pinned_certificate`` (a PEM path or its
+    bytes) and ``client_certificate`` configure TLS for ``https://`` URLs.
     """
 
     def __init__(
@@ -209,8 +216,8 @@ class BrokerClient:
         broker_identity: BrokerPublicKey | None = None,
         timeout: float = DEFAULT_TIMEOUT_SECONDS,
         transport: httpx.BaseTransport | None = None,
-        ca_bundle: Path | None = None,
-        pinned_certificate: Path | None = None,
+        ca_bundle: Path | bytes | None = None,
+        pinned_certificate: Path | bytes | None = None,
         client_certificate: tuple[Path, Path] | None = None,
         allow_insecure_http: bool = False,
         max_clock_skew: float = DEFAULT_MAX_CLOCK_SKEW_SECONDS,

@@ -38,7 +38,7 @@ from .ledger_head import fetch_ledger_head
 from .options import (
     SealbeamOptions,
     allowed_regions,
-    broker_identity_pem,
+    broker_trust,
     feature_spec,
     output_format,
     required,
@@ -100,7 +100,7 @@ def add_processing_steps(
     confidential = ConfidentialProcess(
         broker_url, tee_settings(opts), feature_spec(opts), output_format=output_format(opts),
         limits=session_limits(opts), min_batch_size=opts.min_batch_size,
-        max_batch_size=opts.max_batch_size, broker_identity=broker_identity_pem(opts),
+        max_batch_size=opts.max_batch_size, broker_trust=broker_trust(opts),
     )
     processed = parsed[ParseSealed.SEALED] | "Confidential" >> confidential
     written = (
