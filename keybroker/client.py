@@ -25,7 +25,6 @@ import base64
 import binascii
 import hashlib
 import hmac
-import ipaddress
 import json
 import re
 import ssl
@@ -37,17 +36,22 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
-from cryptography import x509
-from cryptography.hazmat.primitives import serialization
 
 from envelope.errors import EnvelopeError
 from envelope.keys import KeyReference, WrappedKey
 from keybroker.checkpoints import Checkpoint, CheckpointError, verify_checkpoint
+from keybroker.client_tls import (
+    ClientTlsError,
+    certificate_fingerprint,
+    is_loopback_host,
+    is_tls_failure,
+    tls_context,
+)
 from keybroker.grants import (
     DEFAULT_MAX_CLOCK_SKEW_SECONDS,
     GrantError,
     session_handle,
-    verify_attestation_result,
+    verify_attest_reply,
     verify_grant,
 )
 from keybroker.identity import BrokerPublicKey, canonical_json
@@ -68,7 +72,6 @@ __all__ = [
     "BrokerTransportSecurityError",
     "BrokerUnavailableError",
     "is_loopback_host",
-    "tls_context",
 ]
 
 # HPKE info purposes: release_info(<purpose>, key_id or name) for each route's sealed key.
@@ -153,53 +156,13 @@ def _session_id(session: BrokerSession | str) -> str:
     return session if isinstance(session, str) else session.id
 
 
-def is_loopback_host(host: str) -> bool:
-    """Whether ``host`` (a URL's host, brackets stripped) names this machine's loopback."""
-    if host.lower() == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
-def tls_context(
-    *,
-    ca_bundle: Path | None = None,
-    pinned_certificate: Path | None = None,
-    client_certificate: tuple[Path, Path] | None = None,
-) -> ssl.SSLContext:
-    """The client's TLS context: the system CAs, or a CA bundle, or one pinned certificate."""
-    if ca_bundle is not None and pinned_certificate is not None:
-        raise BrokerTransportSecurityError("give a CA bundle or a pinned certificate, not both")
-    try:
-        anchor = pinned_certificate if pinned_certificate is not None else ca_bundle
-        context = ssl.create_default_context(cafile=str(anchor) if anchor is not None else None)
-        context.minimum_version = ssl.TLSVersion.TLSv1_2
-        if pinned_certificate is not None:  # the pinned leaf is the trust anchor itself
-            context.verify_flags |= ssl.VERIFY_X509_PARTIAL_CHAIN
-        if client_certificate is not None:
-            context.load_cert_chain(str(client_certificate[0]), str(client_certificate[1]))
-    except (OSError, ssl.SSLError) as error:
-        raise BrokerTransportSecurityError(f"cannot load TLS material: {error}") from None
-    return context
-
-
-def _certificate_fingerprint(pem_path: Path) -> bytes:
-    try:
-        certificate = x509.load_pem_x509_certificate(Path(pem_path).read_bytes())
-    except (OSError, ValueError) as error:
-        raise BrokerTransportSecurityError(f"pinned certificate unreadable: {error}") from None
-    return hashlib.sha256(certificate.public_bytes(serialization.Encoding.DER)).digest()
-
-
 class BrokerClient:
     """A client for one broker. Thread-safe (one httpx.Client underneath).
 
     ``broker_identity`` is the broker's pinned public key: with it every grant is verified
     (workers must pass it; without it replies are taken on trust, which only diagnostics
-    such as ``health`` should do). ``ca_bundle`` / ``pinned_certificate`` /
-    ``client_certificate`` configure TLS for ``https://`` URLs.
+    such as ``health`` should do). ``ca_bundle`` / ``pinned_certificate`` (a PEM path or its
+    bytes) and ``client_certificate`` configure TLS for ``https://`` URLs.
     """
 
     def __init__(
@@ -209,8 +172,8 @@ class BrokerClient:
         broker_identity: BrokerPublicKey | None = None,
         timeout: float = DEFAULT_TIMEOUT_SECONDS,
         transport: httpx.BaseTransport | None = None,
-        ca_bundle: Path | None = None,
-        pinned_certificate: Path | None = None,
+        ca_bundle: Path | bytes | None = None,
+        pinned_certificate: Path | bytes | None = None,
         client_certificate: tuple[Path, Path] | None = None,
         allow_insecure_http: bool = False,
         max_clock_skew: float = DEFAULT_MAX_CLOCK_SKEW_SECONDS,
@@ -232,16 +195,21 @@ class BrokerClient:
         self._identity = broker_identity
         self._max_clock_skew = float(max_clock_skew)
         self._clock = clock
-        self._pinned_fingerprint = (
-            _certificate_fingerprint(pinned_certificate) if pinned_certificate is not None else None
-        )
         verify: ssl.SSLContext | bool = True
-        if parts.scheme == "https":
-            verify = tls_context(
-                ca_bundle=ca_bundle,
-                pinned_certificate=pinned_certificate,
-                client_certificate=client_certificate,
+        try:
+            self._pinned_fingerprint = (
+                certificate_fingerprint(pinned_certificate)
+                if pinned_certificate is not None
+                else None
             )
+            if parts.scheme == "https":
+                verify = tls_context(
+                    ca_bundle=ca_bundle,
+                    pinned_certificate=pinned_certificate,
+                    client_certificate=client_certificate,
+                )
+        except ClientTlsError as error:
+            raise BrokerTransportSecurityError(str(error)) from None
         self._http = httpx.Client(
             base_url=self._base_url,
             timeout=httpx.Timeout(timeout),
@@ -435,27 +403,17 @@ class BrokerClient:
     ) -> None:
         assert self._identity is not None
         try:
-            result = verify_attestation_result(self._identity, envelope)
+            verify_attest_reply(
+                self._identity,
+                envelope,
+                session=handle,
+                tee_public_key=tee_public_key,
+                nonce=nonce,
+                claims=body["claims"],
+                simulated=body["simulated"],
+            )
         except GrantError as error:
             raise BrokerReplyNotAuthenticError(str(error)) from None
-        bound = result.tee_public_keys.get("hpke", b"")
-        claims = {name: value for name, value in body["claims"].items() if name != "raw"}
-        problems = [
-            name
-            for name, ok in (
-                ("session", hmac.compare_digest(result.session, handle)),
-                ("tee key", hmac.compare_digest(bound, tee_public_key)),
-                ("nonce", result.document.get("nonce_sha256")
-                 == hashlib.sha256(bytes(nonce)).hexdigest()),
-                ("claims", canonical_json(result.claims) == canonical_json(claims)),
-                ("simulated", result.simulated == body["simulated"]),
-            )
-            if not ok
-        ]
-        if problems:
-            raise BrokerReplyNotAuthenticError(
-                f"attest: the signed attestation result does not match ({', '.join(problems)})"
-            )
 
     # -- transport ---------------------------------------------------------------------------
 
@@ -468,7 +426,7 @@ class BrokerClient:
                 status, content = self._send(method, path, payload)
                 break
             except httpx.TransportError as error:
-                if _is_tls_failure(error):
+                if is_tls_failure(error):
                     raise BrokerTransportSecurityError(
                         f"{method} {path}: TLS handshake with the broker failed "
                         "(certificate not trusted, not the pinned one, or a client "
@@ -507,17 +465,6 @@ class BrokerClient:
             hashlib.sha256(peer).digest(), self._pinned_fingerprint
         ):
             raise BrokerTransportSecurityError("the broker's TLS certificate is not the pinned one")
-
-
-def _is_tls_failure(error: BaseException) -> bool:
-    seen: BaseException | None = error
-    for _ in range(8):
-        if seen is None:
-            return False
-        if isinstance(seen, ssl.SSLError):
-            return True
-        seen = seen.__cause__ or seen.__context__
-    return False
 
 
 _ERRORS_BY_STATUS: dict[int, type[BrokerError]] = {

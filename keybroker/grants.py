@@ -47,6 +47,7 @@ __all__ = [
     "request_digest",
     "session_handle",
     "sign_grant",
+    "verify_attest_reply",
     "verify_attestation_result",
     "verify_grant",
 ]
@@ -233,3 +234,40 @@ def verify_attestation_result(
         broker_key_id=document["broker_key_id"],
         document=document,
     )
+
+
+def verify_attest_reply(
+    public_key: BrokerPublicKey,
+    envelope: object,
+    *,
+    session: str,
+    tee_public_key: bytes,
+    nonce: bytes,
+    claims: Mapping[str, Any],
+    simulated: bool,
+) -> AttestationResult:
+    """The attest reply's signed result, checked against what the worker sent and received.
+
+    It must name this session's handle, the TEE key and nonce the worker sent, and the same
+    claims (without ``raw``) and ``simulated`` as the reply.
+    """
+    result = verify_attestation_result(public_key, envelope)
+    bound = result.tee_public_keys.get("hpke", b"")
+    reply_claims = {name: value for name, value in claims.items() if name != "raw"}
+    nonce_digest = hashlib.sha256(bytes(nonce)).hexdigest()
+    problems = [
+        name
+        for name, ok in (
+            ("session", hmac.compare_digest(result.session, session)),
+            ("tee key", hmac.compare_digest(bound, bytes(tee_public_key))),
+            ("nonce", result.document.get("nonce_sha256") == nonce_digest),
+            ("claims", canonical_json(result.claims) == canonical_json(reply_claims)),
+            ("simulated", result.simulated == simulated),
+        )
+        if not ok
+    ]
+    if problems:
+        raise GrantError(
+            f"attest: the signed attestation result does not match ({', '.join(problems)})"
+        )
+    return result

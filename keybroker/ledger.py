@@ -6,9 +6,11 @@ those (docs/PROTOCOL.md, "Audit ledger"). ``verify`` recomputes the chain and na
 first entry that was altered, removed or reordered. SQLite triggers refuse UPDATE and
 DELETE as a guard against mistakes; the chain, not the triggers, is what detects tampering.
 
-A chain cannot show that its newest entries were cut off: anchor the head hash that
-``verify`` reports somewhere else (a ticket, another system's log) and pass it back as
-``expect_head`` to prove the anchored entry is still there.
+A chain cannot show that its newest entries were cut off, or that it was recomputed after
+rows were deleted: the broker signs checkpoints of its head (``keybroker.checkpoints``),
+and ``check_anchor`` compares a ledger with one. A bare head hash kept elsewhere can still
+be passed back as ``expect_head``. ``keybroker.ledger_postgres`` holds the same chain in
+PostgreSQL for several brokers.
 
 Details must be plain JSON (str, numbers, booleans, null, lists, objects): bytes are
 refused so that key material cannot slip in. This module decides nothing; it records.

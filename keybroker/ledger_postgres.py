@@ -94,10 +94,12 @@ class PostgresLedger:
         self._clock = clock
         self._read_only = read_only
         self._lock = threading.Lock()
+        self._closed = False
+        self._connect = lambda: psycopg.connect(
+            url, autocommit=True, connect_timeout=CONNECT_TIMEOUT_SECONDS
+        )
         try:
-            self._connection = psycopg.connect(
-                url, autocommit=True, connect_timeout=CONNECT_TIMEOUT_SECONDS
-            )
+            self._connection = self._connect()
             if read_only:
                 self._connection.execute("SELECT seq FROM sealbeam_ledger LIMIT 1").fetchall()
             else:
@@ -125,6 +127,7 @@ class PostgresLedger:
             raise LedgerError("the PostgreSQL ledger was opened read-only")
         with self._lock:
             try:
+                self._reconnect_if_broken()
                 with self._connection.transaction():
                     self._connection.execute(
                         "SELECT pg_advisory_xact_lock(%s)", (ADVISORY_LOCK_KEY,)
@@ -152,6 +155,7 @@ class PostgresLedger:
     def _rows(self) -> list[tuple]:
         with self._lock:
             try:
+                self._reconnect_if_broken()
                 return [
                     (int(row[0]), *row[1:])
                     for row in self._connection.execute(_SELECT_ALL).fetchall()
@@ -170,24 +174,37 @@ class PostgresLedger:
             yield LedgerEntry(seq, time_text, event, decision, parsed, prev_hash, digest)
 
     def head(self) -> tuple[int, str]:
-        with self._lock:
-            row = self._connection.execute(
-                "SELECT seq, hash FROM sealbeam_ledger ORDER BY seq DESC LIMIT 1"
-            ).fetchone()
+        row = self._one("SELECT seq, hash FROM sealbeam_ledger ORDER BY seq DESC LIMIT 1")
         return (0, GENESIS_HASH) if row is None else (int(row[0]), str(row[1]))
 
     def first_hash(self) -> str:
-        with self._lock:
-            row = self._connection.execute(
-                "SELECT hash FROM sealbeam_ledger WHERE seq = 1"
-            ).fetchone()
+        row = self._one("SELECT hash FROM sealbeam_ledger WHERE seq = 1")
         return GENESIS_HASH if row is None else str(row[0])
+
+    def _one(self, query: str) -> tuple | None:
+        with self._lock:
+            try:
+                self._reconnect_if_broken()
+                return self._connection.execute(query).fetchone()
+            except self._errors as error:
+                raise LedgerError(
+                    f"cannot read the PostgreSQL ledger: {_reason(error)}"
+                ) from None
 
     def verify(self, expect_head: str | None = None) -> LedgerVerification:
         return _verify_rows(iter(self._rows()), normalized_head(expect_head))
 
+    def _reconnect_if_broken(self) -> None:
+        """A connection the server dropped (restart, failover) is replaced before use."""
+        if self._closed:
+            raise LedgerError("the PostgreSQL ledger was closed")
+        if self._connection.broken or self._connection.closed:
+            self._connection.close()
+            self._connection = self._connect()
+
     def close(self) -> None:
         with self._lock:
+            self._closed = True
             self._connection.close()
 
     def __enter__(self) -> PostgresLedger:

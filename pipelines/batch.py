@@ -52,7 +52,7 @@ from .ledger_head import fetch_ledger_head
 from .options import (
     SealbeamOptions,
     allowed_regions,
-    broker_identity_pem,
+    broker_trust,
     feature_spec,
     output_format,
     required,
@@ -158,7 +158,7 @@ def add_processing_steps(
         key_spread=opts.key_spread, broker_retries=opts.broker_retries,
         batcher=(BundleBatches(max_count=opts.max_batch_size, max_bytes=opts.max_batch_bytes)
                  if streaming else None),
-        broker_identity=broker_identity_pem(opts),
+        broker_trust=broker_trust(opts),
     )
     processed = deduped[DeduplicateEnvelopes.UNIQUE] | "Confidential" >> confidential
     outputs = processed[ConfidentialProcess.SEALED]

@@ -12,11 +12,11 @@ What it does not: it does not verify the ledger itself (that is the auditor's jo
 from __future__ import annotations
 
 from keybroker.client import BrokerError
-from transforms.broker_identity import pinned_broker_client, resolve_broker_identity
+from transforms.broker_identity import pinned_broker_client, resolve_broker_trust
 from transforms.errors import TransformError
 
 from .errors import PipelineError
-from .options import SealbeamOptions, broker_identity_pem, required, tee_settings
+from .options import SealbeamOptions, broker_trust, required, tee_settings
 
 __all__ = ["fetch_ledger_head"]
 
@@ -24,8 +24,8 @@ __all__ = ["fetch_ledger_head"]
 def fetch_ledger_head(opts: SealbeamOptions) -> dict[str, object]:
     """The broker's signed checkpoint of its ledger head, checked with the pinned key."""
     try:
-        pem = resolve_broker_identity(broker_identity_pem(opts), tee_settings(opts))
-        with pinned_broker_client(required(opts, "broker_url"), pem) as client:
+        trust = resolve_broker_trust(broker_trust(opts), tee_settings(opts))
+        with pinned_broker_client(required(opts, "broker_url"), trust) as client:
             return dict(client.ledger_head().envelope)
     except (BrokerError, TransformError) as exc:
         raise PipelineError(f"the broker's signed ledger head could not be fetched: {exc}"

@@ -6,6 +6,9 @@ unwraps of one key) -> seal the key to the session's TEE key with HPKE. Every gr
 every denial, including malformed requests and bad evidence, is appended to the audit
 ledger with its reason; a grant that cannot be recorded is not given (fail closed). Keys
 and sessions of simulated TEEs are marked ``simulated`` in the response and the ledger.
+Every grant's reply is signed by the broker's identity key (``keybroker.grants``: the
+operation, the request, the reply, the session, the time), and ``attest`` also returns a
+signed attestation result; ``Checkpointer`` signs ledger checkpoints.
 
 This module knows nothing of HTTP: it raises typed errors that ``errors.error_status``
 maps to statuses, and its methods are blocking (run them off the event loop).

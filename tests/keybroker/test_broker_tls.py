@@ -236,3 +236,28 @@ def test_broker_serve_refuses_plain_http_off_loopback_and_half_tls(pki: Pki) -> 
         "--host", "192.0.2.10", "--tls-cert", str(pki.server_cert), "--tls-key",
         str(pki.server_key), "--tls-client-ca", str(pki.ca)))
     assert tls == ServerTls(pki.server_cert, pki.server_key, pki.ca)
+
+
+def test_a_pipeline_worker_client_trusts_the_broker_from_pem_texts(
+    tls_broker: RunningBroker, pki: Pki, state: Path
+) -> None:
+    from apache_beam.options.pipeline_options import PipelineOptions
+
+    from pipelines.options import SealbeamOptions, broker_trust
+    from transforms.broker_identity import pinned_broker_client, resolve_broker_trust
+    from transforms.tee import TeeSettings
+
+    tee = TeeSettings(dev_tee_dir=str(state / "dev-tee"))
+    for flag, path in (("--broker_ca_bundle", pki.ca), ("--broker_pinned_cert", pki.server_cert)):
+        options = PipelineOptions([f"{flag}={path}"]).view_as(SealbeamOptions)
+        trust = resolve_broker_trust(broker_trust(options), tee)  # identity beside dev-tee
+        with pinned_broker_client(tls_broker.url, trust) as client:
+            _keys, session = attest_simulated_worker(client, tls_broker.settings)
+            client.generate(session, "eu", "acme")
+    wrong = resolve_broker_trust(broker_trust(PipelineOptions(
+        [f"--broker_ca_bundle={pki.other_ca}"]).view_as(SealbeamOptions)), tee)
+    with (
+        pinned_broker_client(tls_broker.url, wrong) as client,
+        pytest.raises(BrokerTransportSecurityError),
+    ):
+        client.challenge()

@@ -184,3 +184,28 @@ def test_the_broker_checkpoints_at_an_interval_at_shutdown_and_on_request(
         assert check_anchor(ledger, head).ok
     assert run_cli("audit", "verify", "--ledger", str(broker.settings.ledger_path),
                    "--anchor", str(checkpoints)) == 0
+
+
+def test_audit_checkpoint_saves_a_verified_head_that_later_anchors_the_ledger(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    state = tmp_path / "state"
+    key_path = state / IDENTITY_PUBLIC_KEY_FILE
+    with start_broker(state) as broker:
+        with BrokerClient(broker.url, broker_identity=BrokerPublicKey.load(key_path)) as client:
+            attest_simulated_worker(client, broker.settings)
+        capsys.readouterr()
+        assert run_cli("audit", "checkpoint", "--broker-url", broker.url,
+                       "--broker-key", str(key_path)) == 0
+        saved = tmp_path / "saved-checkpoint.json"
+        saved.write_text(capsys.readouterr().out)
+        other = BrokerIdentity.create(tmp_path / "other" / "broker-identity.pem")
+        assert run_cli("audit", "checkpoint", "--broker-url", broker.url, "--broker-key",
+                       str(tmp_path / "other" / IDENTITY_PUBLIC_KEY_FILE)) == 2
+        assert "not signed by the pinned broker key" in capsys.readouterr().err
+        assert other.key_id
+    ledger_path = broker.settings.ledger_path
+    assert run_cli("audit", "verify", "--ledger", str(ledger_path), "--anchor", str(saved)) == 0
+    _sql(ledger_path, *_DROP_TRIGGERS, "DELETE FROM ledger WHERE seq > 1")
+    code = run_cli("audit", "verify", "--ledger", str(ledger_path), "--anchor", str(saved))
+    assert code == audit.CHAIN_BROKEN_EXIT

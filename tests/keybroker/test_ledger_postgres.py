@@ -47,11 +47,18 @@ def test_append_and_verify_in_postgres(postgres_url: str) -> None:  # noqa: F811
         assert second.prev_hash == first.hash and ledger.head() == (2, second.hash)
         assert ledger.first_hash() == first.hash
         assert ledger.verify().ok
+        with psycopg.connect(postgres_url, autocommit=True) as admin:   # a server-side drop
+            admin.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                          " WHERE pid <> pg_backend_pid() AND backend_type = 'client backend'")
+        with pytest.raises(LedgerError):
+            ledger.append("release", "granted", {"n": 3})   # the drop is noticed here...
+        third = ledger.append("release", "granted", {"n": 3})   # ...and the next one reconnects
+        assert third.seq == 3 and ledger.verify().ok
     with psycopg.connect(postgres_url + "?options=-csearch_path%3Done") as connection:
         with pytest.raises(psycopg.Error, match="append-only"):
             connection.execute("DELETE FROM sealbeam_ledger")
         connection.rollback()
-        assert connection.execute("SELECT count(*) FROM sealbeam_ledger").fetchone() == (2,)
+        assert connection.execute("SELECT count(*) FROM sealbeam_ledger").fetchone() == (3,)
     with pytest.raises(LedgerError):
         PostgresLedger("postgresql://nobody@127.0.0.1:1/none", read_only=True)
 
