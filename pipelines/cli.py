@@ -79,14 +79,17 @@ def _add_shared_options(parser: argparse.ArgumentParser, *, top: bool) -> None:
     default = (lambda value: value) if top else (lambda _value: argparse.SUPPRESS)
     group = parser.add_argument_group("shared options")
     group.add_argument("--log-level", choices=LOG_LEVELS,
-                       default=default(cli_env.env_default("SEALBEAM_LOG_LEVEL", "warning")),
+                       default=default(cli_env.env_choice("SEALBEAM_LOG_LEVEL", "warning",
+                                                            LOG_LEVELS)),
                        help="log verbosity on stderr; 'debug' adds tracebacks to errors "
                             "(env SEALBEAM_LOG_LEVEL; default warning)")
     group.add_argument("--log-format", choices=LOG_FORMATS,
-                       default=default(cli_env.env_default("SEALBEAM_LOG_FORMAT", "text")),
+                       default=default(cli_env.env_choice("SEALBEAM_LOG_FORMAT", "text",
+                                                            LOG_FORMATS)),
                        help="log lines as text or JSON (env SEALBEAM_LOG_FORMAT; default text)")
     group.add_argument("--progress", choices=progress.MODES,
-                       default=default(cli_env.env_default("SEALBEAM_PROGRESS", "auto")),
+                       default=default(cli_env.env_choice("SEALBEAM_PROGRESS", "auto",
+                                                            progress.MODES)),
                        help="progress on stderr: a bar when stderr is a terminal, a status "
                             "line every 10 s otherwise (auto), always a bar, or never "
                             "(env SEALBEAM_PROGRESS; default auto)")
@@ -129,9 +132,7 @@ def one_line(exc: BaseException) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    configure_logging(cli_env.env_default("SEALBEAM_LOG_LEVEL", "warning")
-                      if cli_env.env_default("SEALBEAM_LOG_LEVEL", "warning") in LOG_LEVELS
-                      else "warning")
+    configure_logging("warning")
     try:
         parser = build_parser()
     except cli_env.EnvironmentOptionError as exc:

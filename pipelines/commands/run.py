@@ -1,7 +1,9 @@
 """``sealbeam run batch`` and ``sealbeam run streaming``: run a pipeline, print its counts.
 
 The batch pipeline runs on FnApiRunner, the streaming one on the runner its feed needs
-(``pipelines.streaming.default_streaming_runner``), unless --runner says otherwise.
+(``pipelines.streaming.default_streaming_runner``), unless --runner says otherwise. Before the
+pipeline is built, ``pipelines.preflight`` checks that the broker answers ``/v1/health`` and,
+for local runners, that the TEE's interface exists, so such mistakes end in one line.
 """
 
 from __future__ import annotations
@@ -9,10 +11,12 @@ from __future__ import annotations
 import argparse
 import json
 
-from apache_beam.options.pipeline_options import PipelineOptions
+from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
 from pipelines.batch import RunSummary, run_batch
-from pipelines.options import SealbeamOptions
+from pipelines.options import SealbeamOptions, required, tee_settings
+from pipelines.preflight import check_broker, check_tee, is_local_runner
+from pipelines.progress import with_heartbeat
 from pipelines.streaming import StreamingOptions, run_streaming
 
 _NOT_BEAM_FLAGS = frozenset({"command", "run_command", "func", "beam_args"})
@@ -60,9 +64,20 @@ def _report(summary: RunSummary) -> int:
     return 0 if summary.reconciled else 1
 
 
+def preflight(options: PipelineOptions) -> None:
+    """The broker answers and (local runs) the TEE exists, before anything is built."""
+    opts = options.view_as(SealbeamOptions)
+    check_tee(tee_settings(opts), local=is_local_runner(options.view_as(StandardOptions).runner))
+    check_broker(required(opts, "broker_url"))
+
+
 def run_batch_command(args: argparse.Namespace) -> int:
-    return _report(run_batch(PipelineOptions(flags=pipeline_flags(args))))
+    options = PipelineOptions(flags=pipeline_flags(args))
+    preflight(options)
+    return _report(with_heartbeat("run batch", lambda: run_batch(options)))
 
 
 def run_streaming_command(args: argparse.Namespace) -> int:
-    return _report(run_streaming(PipelineOptions(flags=pipeline_flags(args))))
+    options = PipelineOptions(flags=pipeline_flags(args))
+    preflight(options)
+    return _report(with_heartbeat("run streaming", lambda: run_streaming(options)))
