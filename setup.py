@@ -17,6 +17,7 @@ setup(
     packages=find_packages(include=[f"{room}*" for room in ROOMS]),
     package_data={
         "keybroker": ["*.yaml", "*.json"],
+        "keybroker.service": ["static/*.html", "static/*.js"],
         "enclave_workers": ["*.json", "*.yaml"],
         "enclave_workers.features": ["schema.json"],
     },

@@ -23,6 +23,7 @@ from keybroker.attestation.verifier import Verifier
 from keybroker.config import BrokerSettings
 from keybroker.kms.base import KeyManagementService
 from keybroker.service.errors import HANDLED_ERROR_TYPES, error_body
+from keybroker.service.observability import install_observability
 from keybroker.service.schemas import (
     AttestRequest,
     AttestResponse,
@@ -116,6 +117,7 @@ def create_app(
     def release_named(request: ReleaseNamedRequest) -> ReleaseNamedResponse:
         return service.release_named(request)
 
+    install_observability(app, service)  # /metrics, access log, packaged /docs
     return app
 
 

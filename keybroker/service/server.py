@@ -114,4 +114,6 @@ def serve_in_thread(
 def serve_forever(settings: BrokerSettings, host: str = "127.0.0.1", port: int = 8787) -> None:
     """Serve in the foreground until interrupted (``sealbeam broker serve``)."""
     app = create_app(settings)
-    uvicorn.run(app, host=host, port=port, log_level="info", access_log=True)
+    # Access lines come from keybroker.service.observability (structured, one per request);
+    # log_config=None leaves uvicorn's own records to the root handler (text or JSON).
+    uvicorn.run(app, host=host, port=port, log_level="info", access_log=False, log_config=None)

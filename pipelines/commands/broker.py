@@ -1,8 +1,11 @@
 """``sealbeam broker serve``: run the key broker over HTTP in the foreground.
 
 A thin layer over ``keybroker.service.server.serve_forever`` with the settings in
-``<state>/broker.yaml``. It serves plain HTTP: keys leave it HPKE-sealed to attested TEEs,
-but session ids are bearer tokens, so anything but loopback belongs behind TLS.
+``<state>/broker.yaml``. Logs (uvicorn's and one structured access record per request) go to
+stderr as text or, with ``--log-format json``, JSON lines; ``/metrics`` serves Prometheus
+metrics and ``/docs`` the API page from packaged files. It serves plain HTTP: keys leave it
+HPKE-sealed to attested TEEs, but session ids are bearer tokens, so anything but loopback
+belongs behind TLS.
 """
 
 from __future__ import annotations
@@ -49,9 +52,20 @@ def _is_loopback(host: str) -> bool:
         return False
 
 
+def _show_access_log() -> None:
+    """One access record per request at INFO, unless --log-level asks for errors only."""
+    import logging
+
+    from keybroker.service.observability import ACCESS_LOGGER
+
+    if logging.getLogger().getEffectiveLevel() <= logging.WARNING:
+        logging.getLogger(ACCESS_LOGGER).setLevel(logging.INFO)
+
+
 def run_broker_serve(args: argparse.Namespace) -> int:
     from keybroker.service.server import serve_forever
 
+    _show_access_log()
     try:
         settings = BrokerSettings.load(args.state / BROKER_SETTINGS_FILE)
         if not _is_loopback(args.host):
