@@ -212,3 +212,25 @@ def test_status_line_when_not_a_terminal_and_slow() -> None:
     progress.update(7)
     progress.close()
     assert stream.getvalue() == "sealbeam: seal: 12 records, 1/s, 12s\n"
+
+
+def test_a_missing_extra_is_one_line_and_other_commands_still_run(state: Path) -> None:
+    """Without Beam (the 'worker' extra) and FastAPI ('broker'): `run` and `broker serve`
+    say which extra to install; `keys list` works."""
+    probe = ("import sys\n"
+             "sys.modules['apache_beam'] = None\n"
+             "sys.modules['fastapi'] = None\n"
+             "from pipelines.cli import main\n"
+             "sys.exit(main(sys.argv[1:]))\n")
+
+    def without_extras(*argv: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-c", probe, *argv], cwd=REPO,
+                              env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True,
+                              text=True, timeout=120, check=False)
+
+    assert "pip install 'sealbeam[worker]'" in _one_error_line(
+        without_extras("run", "batch", "--input", "x"))
+    assert "pip install 'sealbeam[broker]'" in _one_error_line(
+        without_extras("broker", "serve", "--state", str(state), "--port", "0"))
+    listed = without_extras("keys", "list", "--state", str(state))
+    assert listed.returncode == 0 and "region eu" in listed.stdout
