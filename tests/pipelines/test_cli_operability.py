@@ -234,3 +234,28 @@ def test_a_missing_extra_is_one_line_and_other_commands_still_run(state: Path) -
         without_extras("broker", "serve", "--state", str(state), "--port", "0"))
     listed = without_extras("keys", "list", "--state", str(state))
     assert listed.returncode == 0 and "region eu" in listed.stdout
+
+
+def test_dash_for_standard_streams_in_features_and_attest(state: Path, tmp_path: Path) -> None:
+    spec = (REPO / "enclave_workers" / "default_spec.yaml").read_bytes()
+    checked = sealbeam("features", "check", "-", stdin=spec)
+    assert checked.returncode == 0 and "fingerprint" in checked.stdout
+
+    endorsements = tmp_path / "endorsements"
+    collected = subprocess.run(
+        [sys.executable, "-m", "pipelines.cli", "attest", "collect", "--provider",
+         "simulated-snp", "--chain-dir", str(state / "dev-tee"), "--out", "-",
+         "--endorsements-dir", str(endorsements)],
+        cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True,
+        timeout=120, check=False)
+    assert collected.returncode == 0, collected.stderr
+    assert len(collected.stdout) >= 1184  # the raw SEV-SNP report on stdout
+    assert json.loads(collected.stderr.decode().splitlines()[-1])["simulated"] is True
+    verified = subprocess.run(
+        [sys.executable, "-m", "pipelines.cli", "attest", "verify", "--type", "sev-snp",
+         "--evidence", "-", "--dev-chain", str(state / "dev-tee"), "--allow-simulated",
+         "--endorsements-dir",
+         str(endorsements)],
+        cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True,
+        input=collected.stdout, timeout=120, check=False)
+    assert b'"verified": true' in verified.stdout, verified.stdout
