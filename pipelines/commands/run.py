@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
@@ -19,7 +22,8 @@ from pipelines.preflight import check_broker, check_tee, is_local_runner
 from pipelines.progress import with_heartbeat
 from pipelines.streaming import StreamingOptions, run_streaming
 
-_NOT_BEAM_FLAGS = frozenset({"command", "run_command", "func", "beam_args"})
+_NOT_BEAM_FLAGS = frozenset({"command", "run_command", "func", "beam_args", "log_level",
+                             "log_format", "progress"})
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -71,13 +75,41 @@ def preflight(options: PipelineOptions) -> None:
     check_broker(required(opts, "broker_url"))
 
 
+class _BeamFailureFilter(logging.Filter):
+    """Drops the ERROR records (with tracebacks) Beam's runner logs for a failing step: the
+    exception reaches the CLI, which prints it as one line (with the traceback under
+    --log-level debug)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.name.startswith("apache_beam") and record.levelno >= logging.ERROR)
+
+
+@contextmanager
+def _one_line_beam_failures() -> Iterator[None]:
+    root = logging.getLogger()
+    if root.getEffectiveLevel() <= logging.DEBUG:
+        yield
+        return
+    quiet = _BeamFailureFilter()
+    handlers = list(root.handlers)
+    for handler in handlers:
+        handler.addFilter(quiet)
+    try:
+        yield
+    finally:
+        for handler in handlers:
+            handler.removeFilter(quiet)
+
+
 def run_batch_command(args: argparse.Namespace) -> int:
     options = PipelineOptions(flags=pipeline_flags(args))
     preflight(options)
-    return _report(with_heartbeat("run batch", lambda: run_batch(options)))
+    with _one_line_beam_failures():
+        return _report(with_heartbeat("run batch", lambda: run_batch(options)))
 
 
 def run_streaming_command(args: argparse.Namespace) -> int:
     options = PipelineOptions(flags=pipeline_flags(args))
     preflight(options)
-    return _report(with_heartbeat("run streaming", lambda: run_streaming(options)))
+    with _one_line_beam_failures():
+        return _report(with_heartbeat("run streaming", lambda: run_streaming(options)))

@@ -259,3 +259,18 @@ def test_dash_for_standard_streams_in_features_and_attest(state: Path, tmp_path:
         cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True,
         input=collected.stdout, timeout=120, check=False)
     assert b'"verified": true' in verified.stdout, verified.stdout
+
+
+def test_a_refused_attestation_inside_the_run_is_one_line(broker, state: Path, tmp_path: Path
+                                                          ) -> None:
+    """The broker is up, but the workers' TEE (another state's dev chain) is not trusted: the
+    failure happens inside a Beam step and still ends in one line, without Beam's traceback."""
+    [partner, *_] = write_partner_files(tmp_path / "p", 6, files_per_group=1, seed=9)
+    sealed = tmp_path / "in.sealed"
+    assert sealbeam("seal", "--input", str(partner.path), "--output", str(sealed), "--region",
+                    partner.region, "--producer", partner.producer_id, "--state",
+                    str(broker.state_dir)).returncode == 0
+    done = sealbeam("run", "batch", f"--input={sealed}", f"--output_root={tmp_path / 'out'}",
+                    f"--broker_url={broker.url}", f"--dev_tee_dir={state / 'dev-tee'}")
+    line = _one_error_line(done)
+    assert "/v1/attest" in line and "401" in line
