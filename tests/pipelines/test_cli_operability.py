@@ -274,3 +274,38 @@ def test_a_refused_attestation_inside_the_run_is_one_line(broker, state: Path, t
                     f"--broker_url={broker.url}", f"--dev_tee_dir={state / 'dev-tee'}")
     line = _one_error_line(done)
     assert "/v1/attest" in line and "401" in line
+
+
+def test_broker_serve_logs_json_lines_with_access_records(state: Path) -> None:
+    import re
+    import time
+
+    import httpx
+
+    process = subprocess.Popen(
+        [sys.executable, "-m", "pipelines.cli", "broker", "serve", "--state", str(state),
+         "--port", "0", "--log-format", "json"],
+        cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)}, stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE, text=True)
+    lines: list[str] = []
+    try:
+        url = None
+        deadline = time.monotonic() + 60
+        while url is None and time.monotonic() < deadline:
+            line = process.stderr.readline()
+            if not line:
+                break
+            lines.append(line)
+            found = re.search(r"http://127\.0\.0\.1:\d+", json.loads(line)["message"])
+            url = found.group(0) if found else None
+        assert url is not None, lines
+        assert httpx.get(f"{url}/v1/health").status_code == 200
+        while not any('"sealbeam.broker.access"' in line for line in lines):
+            lines.append(process.stderr.readline())
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+    records = [json.loads(line) for line in lines if line.strip()]
+    [access] = [r for r in records if r["logger"] == "sealbeam.broker.access"]
+    assert access["route"] == "/v1/health" and access["status"] == 200
+    assert all("color_message" not in r for r in records)
