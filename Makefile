@@ -11,8 +11,13 @@ $(PY):
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 
-$(STAMP): $(PY) setup.py
-	$(PY) -m pip install --quiet -e '.[test,postgres,pubsub]'
+# Installs every role's extra (`test` includes them all) at the versions in constraints.txt,
+# so CI runs what was tested. Adding a dependency: put it in setup.py (the role's extra, or
+# install_requires), install it, then regenerate constraints.txt from the test environment:
+#   $(PY) -m pip freeze --exclude-editable | grep -vi '^sealbeam' >> constraints.txt (after
+#   its 4-line header); the coordinator regenerates it once more after merging branches.
+$(STAMP): $(PY) setup.py constraints.txt
+	$(PY) -m pip install --quiet -c constraints.txt -e '.[test]'
 	touch $(STAMP)
 
 install: $(STAMP)

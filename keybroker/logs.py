@@ -23,8 +23,8 @@ __all__ = ["LOG_FORMATS", "LOG_LEVELS", "JsonLineFormatter", "configure_logging"
 LOG_LEVELS = ("debug", "info", "warning", "error")
 LOG_FORMATS = ("text", "json")
 _IMPORT_NOISE = ("apitools not found", "Failed to import GCSFileSystem")
-_RESERVED = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message",
-                                                                                 "asctime"}
+_RESERVED = frozenset(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {
+    "message", "asctime", "color_message"}  # uvicorn's ANSI-coloured copy of the message
 _HANDLER_NAME = "sealbeam-stderr"
 
 

@@ -31,6 +31,37 @@ COMMAND_MODULES = ("keys", "broker", "audit", "attest", "features", "seal", "ope
 USAGE_EXIT = 2
 _log = logging.getLogger("sealbeam.cli")
 
+# Optional packages by top-level module name -> the setup.py extra that installs them.
+EXTRA_OF_MODULE = {
+    "apache_beam": "worker", "fastapi": "broker", "uvicorn": "broker", "starlette": "broker",
+    "prometheus_client": "broker", "google": "gcp", "google_crc32c": "gcp", "grpc": "gcp",
+    "azure": "azure", "pkcs11": "pkcs11",
+}
+
+
+def missing_extra(exc: BaseException) -> str | None:
+    """The one-line message for an optional package that is not installed, else None."""
+    if not isinstance(exc, ModuleNotFoundError) or not exc.name:
+        return None
+    extra = EXTRA_OF_MODULE.get(exc.name.split(".")[0])
+    if extra is None:
+        return None
+    return (f"this needs the '{extra}' extra (no module {exc.name!r}): "
+            f"pip install 'sealbeam[{extra}]'")
+
+
+def _register_unavailable(subparsers: argparse._SubParsersAction, name: str,
+                          message: str) -> None:
+    """A command whose module cannot import here: listed, and one line when run."""
+    parser = subparsers.add_parser(name, help=f"(unavailable: {message})", add_help=False)
+    parser.add_argument("rest", nargs=argparse.REMAINDER)
+
+    def unavailable(_args: argparse.Namespace) -> int:
+        print(f"sealbeam: error: sealbeam {name}: {message}", file=sys.stderr)
+        return USAGE_EXIT
+
+    parser.set_defaults(func=unavailable)
+
 
 class OneLineParser(argparse.ArgumentParser):
     """An ArgumentParser whose usage errors are one line (``--help`` shows the usage)."""
@@ -52,15 +83,21 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from keybroker.kms.base import KmsError
     from keybroker.ledger import LedgerError
     from keybroker.policy import PolicyError
-    from transforms import TransformError
 
     from .errors import PipelineError
 
-    return (
-        PipelineError, TransformError, EnvelopeError, KmsError, BrokerError, LedgerError,
+    errors: tuple[type[BaseException], ...] = (
+        PipelineError, EnvelopeError, KmsError, BrokerError, LedgerError,
         FeatureError, RecordError, KeySessionError, ConfigError, PolicyError, AttestationError,
         EvidenceUnavailableError, OSError,
     )
+    try:
+        from transforms import TransformError
+    except ModuleNotFoundError as exc:  # no Beam here (the 'worker' extra): no transforms
+        if missing_extra(exc) is None:
+            raise
+        return errors
+    return (*errors, TransformError)
 
 
 def version_text() -> str:
@@ -79,14 +116,17 @@ def _add_shared_options(parser: argparse.ArgumentParser, *, top: bool) -> None:
     default = (lambda value: value) if top else (lambda _value: argparse.SUPPRESS)
     group = parser.add_argument_group("shared options")
     group.add_argument("--log-level", choices=LOG_LEVELS,
-                       default=default(cli_env.env_default("SEALBEAM_LOG_LEVEL", "warning")),
+                       default=default(cli_env.env_choice("SEALBEAM_LOG_LEVEL", "warning",
+                                                            LOG_LEVELS)),
                        help="log verbosity on stderr; 'debug' adds tracebacks to errors "
                             "(env SEALBEAM_LOG_LEVEL; default warning)")
     group.add_argument("--log-format", choices=LOG_FORMATS,
-                       default=default(cli_env.env_default("SEALBEAM_LOG_FORMAT", "text")),
+                       default=default(cli_env.env_choice("SEALBEAM_LOG_FORMAT", "text",
+                                                            LOG_FORMATS)),
                        help="log lines as text or JSON (env SEALBEAM_LOG_FORMAT; default text)")
     group.add_argument("--progress", choices=progress.MODES,
-                       default=default(cli_env.env_default("SEALBEAM_PROGRESS", "auto")),
+                       default=default(cli_env.env_choice("SEALBEAM_PROGRESS", "auto",
+                                                            progress.MODES)),
                        help="progress on stderr: a bar when stderr is a terminal, a status "
                             "line every 10 s otherwise (auto), always a bar, or never "
                             "(env SEALBEAM_PROGRESS; default auto)")
@@ -103,7 +143,15 @@ def build_parser() -> argparse.ArgumentParser:
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name in COMMAND_MODULES:
         module_name = f"{__package__}.commands.{name}"
-        importlib.import_module(module_name).register(subparsers)
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as exc:
+            message = missing_extra(exc)
+            if message is None:
+                raise
+            _register_unavailable(subparsers, name, message)
+            continue
+        module.register(subparsers)
     for leaf in cli_env.leaf_parsers(parser):
         _add_shared_options(leaf, top=False)
     cli_env.apply_environment(parser)
@@ -129,9 +177,7 @@ def one_line(exc: BaseException) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    configure_logging(cli_env.env_default("SEALBEAM_LOG_LEVEL", "warning")
-                      if cli_env.env_default("SEALBEAM_LOG_LEVEL", "warning") in LOG_LEVELS
-                      else "warning")
+    configure_logging("warning")
     try:
         parser = build_parser()
     except cli_env.EnvironmentOptionError as exc:
@@ -148,10 +194,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     except Exception as exc:  # re-raised below unless a user error is inside
         cause = _user_error_in(exc, user_errors)
-        if cause is None:
+        message = one_line(cause) if cause is not None else missing_extra(exc)
+        if message is None:
             raise
         _log.debug("%s failed", args.command, exc_info=exc)
-        print(f"sealbeam: error: {one_line(cause)}", file=sys.stderr)
+        print(f"sealbeam: error: {message}", file=sys.stderr)
         return USAGE_EXIT
 
 

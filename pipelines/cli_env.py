@@ -16,7 +16,7 @@ import os
 from collections.abc import Iterator
 
 __all__ = ["ENV_OPTIONS", "EnvironmentOptionError", "apply_environment", "describe",
-           "env_default", "leaf_parsers"]
+           "env_choice", "env_default", "leaf_parsers"]
 
 ENV_OPTIONS = {
     "--state": "SEALBEAM_STATE",
@@ -37,6 +37,15 @@ class EnvironmentOptionError(ValueError):
 def env_default(variable: str, default: str) -> str:
     value = os.environ.get(variable, "")
     return value if value else default
+
+
+def env_choice(variable: str, default: str, choices: tuple[str, ...]) -> str:
+    """``env_default``, refused with one line when the value is not one of ``choices``."""
+    value = env_default(variable, default)
+    if value not in choices:
+        raise EnvironmentOptionError(f"{variable}={value!r}: expected one of "
+                                     f"{', '.join(choices)}")
+    return value
 
 
 def describe() -> str:

@@ -13,12 +13,16 @@ commands put their JSON result or rows).
 
 from __future__ import annotations
 
+import os
 import sys
+import threading
 import time
 from collections.abc import Callable
-from typing import TextIO
+from typing import TextIO, TypeVar
 
-__all__ = ["MODES", "Progress", "configure", "track"]
+__all__ = ["MODES", "Progress", "configure", "track", "with_heartbeat"]
+
+T = TypeVar("T")
 
 MODES = ("auto", "always", "never")
 DEFAULT_INTERVAL_SECONDS = 10.0
@@ -56,7 +60,8 @@ class Progress:
             from tqdm import tqdm
 
             self._bar = tqdm(total=total, desc=f"sealbeam: {label}", unit=f" {unit}",
-                             file=self._stream, dynamic_ncols=True, leave=True,
+                             file=self._stream, ncols=_size(self._stream)[0],
+                             nrows=_size(self._stream)[1], leave=True,
                              mininterval=0.2, unit_scale=True)
 
     def update(self, amount: int = 1) -> None:
@@ -99,8 +104,42 @@ def track(label: str, *, total: int | None = None, unit: str = "records") -> Pro
     return Progress(label, total=total, unit=unit)
 
 
+def _size(stream: TextIO) -> tuple[int, int]:
+    """The terminal's (columns, lines); 80 x 24 where it reports none (a fresh
+    pseudo-terminal says 0 x 0, and tqdm draws nothing on a terminal of 0 lines)."""
+    try:
+        size = os.get_terminal_size(stream.fileno())
+        columns, lines = size.columns, size.lines
+    except (AttributeError, OSError, ValueError):
+        columns = lines = 0
+    return (columns if columns >= 20 else 80), (lines if lines >= 2 else 24)
+
+
 def _is_terminal(stream: TextIO) -> bool:
     try:
         return bool(stream.isatty())
     except (AttributeError, ValueError):
         return False
+
+
+def with_heartbeat(label: str, work: Callable[[], T]) -> T:
+    """Run ``work`` while the progress of ``label`` counts elapsed seconds.
+
+    For steps that report nothing while they run (a Beam job on a local runner, one KMS
+    operation, the demo's stages): the bar or status line shows that the command is alive and
+    for how long; the command's own output then gives the counts.
+    """
+    done = threading.Event()
+    with track(label, unit="s") as progress:
+
+        def beat() -> None:
+            while not done.wait(1.0):
+                progress.update(1)
+
+        thread = threading.Thread(target=beat, name="sealbeam-progress", daemon=True)
+        thread.start()
+        try:
+            return work()
+        finally:
+            done.set()
+            thread.join(2.0)

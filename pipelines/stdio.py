@@ -26,13 +26,14 @@ _CHUNK = 1 << 20
 
 
 @contextmanager
-def input_path(name: str | Path) -> Iterator[Path]:
-    """``name`` as a path; for ``-``, a private copy of standard input."""
+def input_path(name: str | Path, suffix: str = "") -> Iterator[Path]:
+    """``name`` as a path; for ``-``, a private copy of standard input (named ``stdin`` +
+    ``suffix``, for readers that tell formats by suffix)."""
     if str(name) != STDIO:
         yield Path(name)
         return
     with tempfile.TemporaryDirectory(prefix="sealbeam-stdin-") as folder:
-        spooled = Path(folder) / "stdin"
+        spooled = Path(folder) / f"stdin{suffix}"
         descriptor = os.open(spooled, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
         with os.fdopen(descriptor, "wb") as out:
             shutil.copyfileobj(sys.stdin.buffer, out, _CHUNK)

@@ -69,7 +69,6 @@ from keybroker.kms.gcp_names import (
     GCP_KMS_SCHEME,
     GcpKeyName,
     KeyLocationError,
-    _crc32c_python,  # noqa: F401 - re-exported: the tests check it against known answers
     check_location,
     checked_version,
     crc32c,

@@ -43,38 +43,11 @@ class KeyLocationError(KmsError):
     """A KEK's location is not one the residency region it serves may use."""
 
 
-def _crc32c_table() -> tuple[int, ...]:
-    table = []
-    for byte in range(256):
-        value = byte
-        for _ in range(8):
-            value = (value >> 1) ^ 0x82F63B78 if value & 1 else value >> 1
-        table.append(value)
-    return tuple(table)
-
-
-_CRC32C_TABLE = _crc32c_table()
-
-
-def _crc32c_python(data: bytes) -> int:
-    """CRC32C (Castagnoli), reflected, init and final xor 0xFFFFFFFF; for small inputs only."""
-    value = 0xFFFFFFFF
-    for byte in data:
-        value = (value >> 8) ^ _CRC32C_TABLE[(value ^ byte) & 0xFF]
-    return value ^ 0xFFFFFFFF
-
-
-try:
-    import google_crc32c as _google_crc32c
-except ImportError:  # pragma: no cover - google-crc32c ships beside google-cloud-storage
-    _google_crc32c = None
-
-
 def crc32c(data: bytes) -> int:
-    """The CRC32C of ``data`` as Cloud KMS expects it (google-crc32c when installed)."""
-    if _google_crc32c is not None:
-        return int(_google_crc32c.value(bytes(data)))
-    return _crc32c_python(bytes(data))
+    """The CRC32C of ``data`` as Cloud KMS expects it (``google-crc32c``, the [gcp] extra)."""
+    import google_crc32c
+
+    return int(google_crc32c.value(bytes(data)))
 
 
 @dataclass(frozen=True)

@@ -28,6 +28,7 @@ from keybroker.attestation.verifier import Verifier
 from keybroker.config import BrokerSettings
 from keybroker.kms.base import KeyManagementService
 from keybroker.service.errors import HANDLED_ERROR_TYPES, error_body, http_error_body
+from keybroker.service.observability import install_observability
 from keybroker.service.rate_limit import RateLimiter, RateLimitMiddleware
 from keybroker.service.schemas import (
     AttestRequest,
@@ -142,6 +143,7 @@ def create_app(
     def release_named(request: ReleaseNamedRequest, http: Request) -> ReleaseNamedResponse:
         return service.release_named(request, source=_source(http))
 
+    install_observability(app, service)  # /metrics, access log, packaged /docs
     return app
 
 

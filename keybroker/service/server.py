@@ -140,12 +140,15 @@ def serve_forever(
     """Serve in the foreground until interrupted (``sealbeam broker serve``)."""
     tls_options = tls.uvicorn_options() if tls is not None else {}
     app = create_app(settings)
+    # Access lines come from keybroker.service.observability (structured, one per request);
+    # log_config=None leaves uvicorn's own records to the root handler (text or JSON).
     uvicorn.run(
         app,
         host=host,
         port=port,
         log_level="info",
-        access_log=True,
+        access_log=False,
+        log_config=None,
         **uvicorn_limit_options(settings.limits),
         **tls_options,  # type: ignore[arg-type]
     )

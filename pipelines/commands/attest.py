@@ -79,7 +79,7 @@ def _register_verify(commands: argparse._SubParsersAction) -> None:
     verify.add_argument("--evidence", required=True, type=Path,
                         help="evidence file: SEV-SNP report (+ certificate table), TDX quote, "
                              "Azure CVM evidence JSON (or a raw HCL report with --tpm-quote), "
-                             "or an MAA / Confidential Space token")
+                             "or an MAA / Confidential Space token; '-' for standard input")
     for name in _CERTIFICATE_NAMES:
         verify.add_argument(f"--{name}", type=Path,
                             help=f"{name.upper()} certificate, DER or PEM (a PEM chain for "
@@ -130,7 +130,8 @@ def _register_collect(commands: argparse._SubParsersAction) -> None:
                          help="report version: simulated-snp 2..5 (default 2), "
                               "simulated-tdx 4 or 5 (default 4)")
     collect.add_argument("--audience", help="confidential-space: the token audience")
-    collect.add_argument("--out", required=True, type=Path, help="evidence file to write")
+    collect.add_argument("--out", required=True, type=Path,
+                         help="evidence file to write; '-' for standard output")
     collect.add_argument("--endorsements-dir", type=Path,
                          help="directory for the endorsements (<name>.der or <name>.json)")
     collect.set_defaults(func=run_collect)
@@ -138,9 +139,13 @@ def _register_collect(commands: argparse._SubParsersAction) -> None:
 
 # --- inputs -----------------------------------------------------------------------------
 def _read(path: Path, what: str) -> bytes:
+    """A bounded input file; ``-`` reads standard input."""
     try:
-        with path.open("rb") as handle:
-            data = handle.read(MAX_INPUT_FILE + 1)
+        if str(path) == "-":
+            data = sys.stdin.buffer.read(MAX_INPUT_FILE + 1)
+        else:
+            with path.open("rb") as handle:
+                data = handle.read(MAX_INPUT_FILE + 1)
     except OSError as exc:
         raise AttestCommandError(f"cannot read {what} file {path}: {exc.strerror}") from None
     if len(data) > MAX_INPUT_FILE:
@@ -359,7 +364,12 @@ def run_collect(args: argparse.Namespace) -> int:
         report_data = _hex64(args.report_data, "--report-data")
         provider = _provider(args)
         evidence = provider.collect(report_data)
-        args.out.write_bytes(evidence.evidence)
+        to_stdout = str(args.out) == "-"
+        if to_stdout:
+            sys.stdout.buffer.write(evidence.evidence)
+            sys.stdout.buffer.flush()
+        else:
+            args.out.write_bytes(evidence.evidence)
         written = []
         if args.endorsements_dir is not None:
             args.endorsements_dir.mkdir(parents=True, exist_ok=True)
@@ -370,6 +380,10 @@ def run_collect(args: argparse.Namespace) -> int:
     except (AttestCommandError, EvidenceError, OSError, ValueError) as exc:
         print(f"sealbeam: error: {exc}", file=sys.stderr)
         return USAGE_EXIT
-    _print({"tee": evidence.tee, "simulated": provider.simulated,
-            "evidence": str(args.out), "endorsements": written})
+    report = {"tee": evidence.tee, "simulated": provider.simulated,
+              "evidence": str(args.out), "endorsements": written}
+    if to_stdout:  # the evidence went to stdout: the report goes to stderr
+        print(json.dumps(report, sort_keys=True), file=sys.stderr)
+    else:
+        _print(report)
     return 0

@@ -4,7 +4,9 @@ A thin layer over ``keybroker.service.server.serve_forever`` with the settings i
 ``<state>/broker.yaml``. ``--tls-cert``/``--tls-key`` serve HTTPS (``--tls-client-ca``
 also requires client certificates). Plain HTTP is served on loopback only, unless
 ``--allow-insecure-http`` says otherwise: keys leave the broker HPKE-sealed and signed, but
-session ids are bearer tokens.
+session ids are bearer tokens. Logs (uvicorn's and one structured access record per request) go to
+stderr as text or, with ``--log-format json``, JSON lines; ``/metrics`` serves Prometheus
+metrics and ``/docs`` the API page from packaged files.
 """
 
 from __future__ import annotations
@@ -78,9 +80,20 @@ def server_tls(args: argparse.Namespace) -> ServerTls | None:
     return tls
 
 
+def _show_access_log() -> None:
+    """One access record per request at INFO, unless --log-level asks for errors only."""
+    import logging
+
+    from keybroker.service.observability import ACCESS_LOGGER
+
+    if logging.getLogger().getEffectiveLevel() <= logging.WARNING:
+        logging.getLogger(ACCESS_LOGGER).setLevel(logging.INFO)
+
+
 def run_broker_serve(args: argparse.Namespace) -> int:
     from keybroker.service.server import serve_forever
 
+    _show_access_log()
     try:
         tls = server_tls(args)
         settings = BrokerSettings.load(args.state / BROKER_SETTINGS_FILE)

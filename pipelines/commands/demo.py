@@ -8,6 +8,7 @@ from pathlib import Path
 
 from enclave_workers.batch_processor import OUTPUT_FORMATS, SEALED_ARROW
 from pipelines.demo import DEFAULT_RECORDS, run_demo
+from pipelines.progress import with_heartbeat
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -28,8 +29,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_demo_command(args: argparse.Namespace) -> int:
-    summary = run_demo(records=args.records, workdir=args.workdir,
-                       output_format=args.output_format)
+    summary = with_heartbeat("demo", lambda: run_demo(
+        records=args.records, workdir=args.workdir, output_format=args.output_format))
     print(json.dumps(summary, sort_keys=True))
     reconciled = summary["records_in"] == summary["records_out"] + summary["dead_letters"]
     return 0 if reconciled and summary["ledger_verified"] else 1

@@ -27,6 +27,7 @@ from enclave_workers.features import (
 from enclave_workers.features.runner import MAX_KEY_BYTES
 from enclave_workers.features.sample_files import read_sample_table, write_parquet
 from enclave_workers.features.types import type_name
+from pipelines.stdio import STDIO, input_path, output_path
 
 _KEY_NAME = re.compile(r"[A-Za-z0-9_.:/\-]{1,128}")
 
@@ -38,15 +39,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     commands = group.add_subparsers(dest="features_command", metavar="COMMAND", required=True)
 
     check = commands.add_parser("check", help="validate a spec; print its output schema")
-    check.add_argument("spec", metavar="SPEC", help="feature spec (YAML)")
+    check.add_argument("spec", metavar="SPEC", help="feature spec (YAML); '-' for stdin")
     check.set_defaults(func=check_command)
 
     run = commands.add_parser("run", help="featurize a plaintext sample file to Parquet")
-    run.add_argument("spec", metavar="SPEC", help="feature spec (YAML)")
+    run.add_argument("spec", metavar="SPEC", help="feature spec (YAML); '-' for stdin")
     run.add_argument("--in", dest="input", required=True, metavar="FILE",
-                     help="input: .parquet/.pq or .jsonl/.ndjson/.json (JSON Lines)")
+                     help="input: .parquet/.pq or .jsonl/.ndjson/.json (JSON Lines); '-' reads "
+                          "JSON Lines from stdin")
     run.add_argument("--out", dest="output", required=True, metavar="FILE",
-                     help="output Parquet file")
+                     help="output Parquet file; '-' for stdout (the summary then goes to "
+                          "stderr)")
     run.add_argument("--key", dest="keys", action="append", default=[], metavar="NAME=HEX",
                      help="a key the spec names, as hex (repeatable; sample keys only)")
     run.add_argument("--violations", metavar="PATH",
@@ -56,7 +59,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def check_command(args: argparse.Namespace) -> int:
     try:
-        compiled = compile_spec(FeatureSpec.load(args.spec))
+        with input_path(args.spec, ".yaml") as spec_path:
+            compiled = compile_spec(FeatureSpec.load(spec_path))
     except FeatureError as exc:
         return _fail(str(exc))
     print(f"{args.spec}: ok, {len(compiled.spec.features)} features, "
@@ -75,10 +79,15 @@ def check_command(args: argparse.Namespace) -> int:
 def run_command(args: argparse.Namespace) -> int:
     try:
         keys = parse_keys(args.keys)
-        compiled = compile_spec(FeatureSpec.load(args.spec))
-        table = read_sample_table(args.input, compiled.spec)
+        if args.spec == STDIO and args.input == STDIO:
+            raise FeatureError("only one of SPEC and --in can be standard input")
+        with input_path(args.spec, ".yaml") as spec_path:
+            compiled = compile_spec(FeatureSpec.load(spec_path))
+        with input_path(args.input, ".jsonl") as sample_path:
+            table = read_sample_table(sample_path, compiled.spec)
         result = compiled.apply(table, keys)
-        write_parquet(result.table, args.output)
+        with output_path(args.output, ".parquet") as target:
+            write_parquet(result.table, target)
         if args.violations:
             _write_violations(result.violations, args.violations)
     except FeatureError as exc:
@@ -92,7 +101,7 @@ def run_command(args: argparse.Namespace) -> int:
         "violating_rows": result.violating_rows,
         "suppressed_rows": result.suppressed_rows,
         "fingerprint": compiled.fingerprint,
-    }, sort_keys=True))
+    }, sort_keys=True), file=sys.stderr if args.output == STDIO else sys.stdout)
     return 0
 
 

@@ -43,7 +43,9 @@ from keybroker.shred import (
     shred_kek_version,
     shred_whole_kek,
 )
+from pipelines.progress import track, with_heartbeat
 from pipelines.state_keys import (
+    KEYRING_FILE,
     SETTINGS_FILE,
     broker_settings,
     kms_for_kek,
@@ -99,10 +101,25 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     init.add_argument("--force", action="store_true",
                       help="replace an existing state (its old keys become unusable)")
     init.set_defaults(func=run_keys_init)
+    _register_list(commands)
     _register_rotate(commands)
     _register_rewrap(commands)
     _register_shred(commands)
     register_identity(commands)
+
+
+def _register_list(commands: argparse._SubParsersAction) -> None:
+    listing = commands.add_parser(
+        "list", help="list regions, KEKs with their versions and states, and named keys",
+        description="List what --state holds: each region's KEK (for local:// KEKs every "
+        "version with its state and which is primary; other backends by URI only, their "
+        "versions live in the cloud KMS or HSM) and the names of the named keys. Never "
+        "prints key material.",
+    )
+    listing.add_argument("--state", type=Path, default=Path(".sealbeam"),
+                         help="state directory (default .sealbeam)")
+    listing.add_argument("--json", action="store_true", help="one JSON document instead of text")
+    listing.set_defaults(func=run_keys_list)
 
 
 def _state_and_kek(parser: argparse.ArgumentParser) -> None:
@@ -193,6 +210,52 @@ def _user_error(error: BaseException) -> int:
     return USER_ERROR_EXIT
 
 
+def key_listing(state: Path) -> dict[str, object]:
+    """Regions, KEKs (local: versions and states) and named-key names of ``state``."""
+    from keybroker.kms.local import LOCAL_SCHEME, LocalKeyring
+    from keybroker.kms.named_keys import NamedKeyStore
+    from keybroker.kms.registry import uri_scheme
+
+    settings = _broker_settings(state)
+    keyring_path = settings.keyring_path if settings is not None else state / KEYRING_FILE
+    keyring = LocalKeyring.open(keyring_path) if keyring_path.exists() else None
+    if settings is not None:
+        region_keks = dict(settings.region_keks)
+    elif keyring is not None:
+        region_keks = {region: keyring.kek_for_region(region) for region in keyring.regions}
+    else:
+        raise ConfigError(f"{state} holds neither {SETTINGS_FILE} nor {KEYRING_FILE}")
+    keks = []
+    for region, uri in sorted(region_keks.items()):
+        entry: dict[str, object] = {"region": region, "kek": uri, "backend": uri_scheme(uri)}
+        if entry["backend"] == LOCAL_SCHEME and keyring is not None:
+            entry["primary"] = keyring.primary_version(uri)
+            entry["versions"] = keyring.versions(uri)
+        keks.append(entry)
+    named: list[str] = []
+    if settings is not None and settings.named_keys_path.exists():
+        named = sorted(NamedKeyStore.open(settings.named_keys_path).names())
+    return {"state": str(state), "keks": keks, "named_keys": named}
+
+
+def run_keys_list(args: argparse.Namespace) -> int:
+    try:
+        listing = key_listing(args.state)
+    except _KEY_ERRORS as error:
+        return _user_error(error)
+    if args.json:
+        print(json.dumps(listing, indent=2, sort_keys=True))
+        return 0
+    for entry in listing["keks"]:  # type: ignore[union-attr]
+        versions = entry.get("versions")
+        detail = ", ".join(f"v{number} {state}{' (primary)' if number == entry['primary'] else ''}"
+                           for number, state in versions.items()) if versions else entry["backend"]
+        print(f"region {entry['region']}: {entry['kek']}  [{detail}]")
+    for name in listing["named_keys"]:  # type: ignore[union-attr]
+        print(f"named key: {name}")
+    return 0
+
+
 def run_keys_rotate(args: argparse.Namespace) -> int:
     try:
         kms = _kms_for(args.state, args.kek)
@@ -208,8 +271,10 @@ def run_keys_rewrap(args: argparse.Namespace) -> int:
     journal = args.journal or args.state / DEFAULT_JOURNAL
     try:
         kms = _kms_for(args.state, args.kek)
-        report = rewrap_paths(args.paths, kms=kms, kek_uri=args.kek, journal_path=journal,
-                              target_version=args.to_version)
+        with track("keys rewrap", unit="files") as progress:
+            report = rewrap_paths(args.paths, kms=kms, kek_uri=args.kek, journal_path=journal,
+                                  target_version=args.to_version,
+                                  on_file_done=lambda _file: progress.update())
         with AuditLedger(state_ledger_path(args.state)) as ledger:
             ledger.append("kek-rewrap", "info", {
                 "kek": report.kek_uri, "target_version": report.target_version,
@@ -238,12 +303,12 @@ def run_keys_shred(args: argparse.Namespace) -> int:
         kms = _kms_for(args.state, args.kek)
         with AuditLedger(state_ledger_path(args.state)) as ledger:
             if whole_key:
-                result: ShredOutcome = shred_whole_kek(
+                result: ShredOutcome = with_heartbeat("keys shred", lambda: shred_whole_kek(
                     kms, args.kek, ledger=ledger, force=args.force,
-                    serving_regions=regions_served_by(args.state, args.kek))
+                    serving_regions=regions_served_by(args.state, args.kek)))
             else:
-                result = shred_kek_version(kms, args.kek, args.version, ledger=ledger,
-                                           force=args.force)
+                result = with_heartbeat("keys shred", lambda: shred_kek_version(
+                    kms, args.kek, args.version, ledger=ledger, force=args.force))
     except _KEY_ERRORS as error:
         return _user_error(error)
     print(json.dumps(result.to_json()))

@@ -25,7 +25,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--state", type=Path, default=Path(".sealbeam"),
                         help="state directory holding keyring.json (default .sealbeam)")
     parser.add_argument("--output", type=Path, default=None,
-                        help="file to write rows to (default: JSON lines on stdout)")
+                        help="file to write rows to (default, or '-': JSON lines on stdout)")
     parser.add_argument("--format", choices=ROW_FORMATS, default=None,
                         help="row format (default: from --output's suffix, else jsonl)")
     parser.add_argument("--columns", default=None,
@@ -37,6 +37,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run_open(args: argparse.Namespace) -> int:
+    if args.output is not None and str(args.output) == "-":
+        args.output = None
     keyring = LocalKeyring.open(args.state / "keyring.json")
     columns = _names(args.columns, "--columns") if args.columns is not None else None
     roles = _names(args.roles, "--roles")

@@ -1,21 +1,29 @@
 """``sealbeam run batch`` and ``sealbeam run streaming``: run a pipeline, print its counts.
 
 The batch pipeline runs on FnApiRunner, the streaming one on the runner its feed needs
-(``pipelines.streaming.default_streaming_runner``), unless --runner says otherwise.
+(``pipelines.streaming.default_streaming_runner``), unless --runner says otherwise. Before the
+pipeline is built, ``pipelines.preflight`` checks that the broker answers ``/v1/health`` and,
+for local runners, that the TEE's interface exists, so such mistakes end in one line.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 
-from apache_beam.options.pipeline_options import PipelineOptions
+from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
 from pipelines.batch import RunSummary, run_batch
-from pipelines.options import SealbeamOptions
+from pipelines.options import SealbeamOptions, required, tee_settings
+from pipelines.preflight import check_broker, check_tee, is_local_runner
+from pipelines.progress import with_heartbeat
 from pipelines.streaming import StreamingOptions, run_streaming
 
-_NOT_BEAM_FLAGS = frozenset({"command", "run_command", "func", "beam_args"})
+_NOT_BEAM_FLAGS = frozenset({"command", "run_command", "func", "beam_args", "log_level",
+                             "log_format", "progress"})
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -60,9 +68,48 @@ def _report(summary: RunSummary) -> int:
     return 0 if summary.reconciled else 1
 
 
+def preflight(options: PipelineOptions) -> None:
+    """The broker answers and (local runs) the TEE exists, before anything is built."""
+    opts = options.view_as(SealbeamOptions)
+    check_tee(tee_settings(opts), local=is_local_runner(options.view_as(StandardOptions).runner))
+    check_broker(required(opts, "broker_url"))
+
+
+class _BeamFailureFilter(logging.Filter):
+    """Drops the ERROR records (with tracebacks) Beam's runner logs for a failing step: the
+    exception reaches the CLI, which prints it as one line (with the traceback under
+    --log-level debug)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.name.startswith("apache_beam") and record.levelno >= logging.ERROR)
+
+
+@contextmanager
+def _one_line_beam_failures() -> Iterator[None]:
+    root = logging.getLogger()
+    if root.getEffectiveLevel() <= logging.DEBUG:
+        yield
+        return
+    quiet = _BeamFailureFilter()
+    handlers = list(root.handlers)
+    for handler in handlers:
+        handler.addFilter(quiet)
+    try:
+        yield
+    finally:
+        for handler in handlers:
+            handler.removeFilter(quiet)
+
+
 def run_batch_command(args: argparse.Namespace) -> int:
-    return _report(run_batch(PipelineOptions(flags=pipeline_flags(args))))
+    options = PipelineOptions(flags=pipeline_flags(args))
+    preflight(options)
+    with _one_line_beam_failures():
+        return _report(with_heartbeat("run batch", lambda: run_batch(options)))
 
 
 def run_streaming_command(args: argparse.Namespace) -> int:
-    return _report(run_streaming(PipelineOptions(flags=pipeline_flags(args))))
+    options = PipelineOptions(flags=pipeline_flags(args))
+    preflight(options)
+    with _one_line_beam_failures():
+        return _report(with_heartbeat("run streaming", lambda: run_streaming(options)))

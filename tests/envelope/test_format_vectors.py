@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pyarrow as pa
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from enclave_workers.records import INPUT_SCHEMA_FINGERPRINT, table_from_ipc
 from envelope import (
@@ -149,3 +151,47 @@ def test_the_clean_room_decoder_imports_nothing_of_sealbeam() -> None:
     assert {name.split(".")[0] for name in imported} <= {
         "__future__", "base64", "binascii", "hashlib", "hmac", "json", "struct",
         "dataclasses", "pyarrow", "cryptography"}
+
+
+def _classify_clean(envelope: bytes, dek: bytes) -> str:
+    try:
+        clean.decode(envelope, dek)
+    except clean.AuthFailed:
+        return "authentication"
+    except (ValueError, UnicodeDecodeError, IndexError):
+        return "structural"
+    return "ok"
+
+
+def _classify_sealbeam(envelope: bytes, dek: bytes) -> str:
+    opener = open_record if len(envelope) > 5 and envelope[5] == 1 else open_batch
+    try:
+        opener(envelope, DataKey(dek))
+    except EnvelopeAuthenticationError:
+        return "authentication"
+    except EnvelopeError:
+        return "structural"
+    return "ok"
+
+
+_FORMAT_VECTORS = json.loads(VECTOR_FILE.read_text(encoding="utf-8"))
+_SAMPLES = [base64.b64decode(_FORMAT_VECTORS["sealed_record_file"]["file"]),
+            base64.b64decode(_FORMAT_VECTORS["sealed_batch_file"]["file"])]
+
+
+@settings(max_examples=300, deadline=None)
+@given(which=st.sampled_from([0, 1]), edits=st.lists(
+    st.tuples(st.integers(min_value=0), st.integers(min_value=1, max_value=255)), max_size=3),
+    cut=st.one_of(st.none(), st.integers(min_value=0)), wrong_key=st.booleans())
+def test_both_implementations_classify_damage_alike(which: int, edits: list, cut: int | None,
+                                                    wrong_key: bool) -> None:
+    """Section 3.5's order, as a property: after random byte changes and truncation, the
+    clean-room decoder and sealbeam report the same kind of failure (or both open)."""
+    envelope = bytearray(_SAMPLES[which])
+    for position, flip in edits:
+        envelope[position % len(envelope)] ^= flip
+    if cut is not None:
+        del envelope[cut % (len(envelope) + 1):]
+    dek = bytes(32) if wrong_key else bytes.fromhex(_FORMAT_VECTORS["local_wrap"]["dek"])
+    data = bytes(envelope)
+    assert _classify_clean(data, dek) == _classify_sealbeam(data, dek)

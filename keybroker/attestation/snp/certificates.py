@@ -3,8 +3,11 @@
 What it does: turns DER or PEM bytes into `cryptography` certificates, bounding their
 size first and mapping every parse failure to one typed error that names the role.
 AMD's VCEKs carry serial number 0, which RFC 5280 forbids; `cryptography` still loads
-them but warns, and the warning is silenced here (only here). What it does not: trust
-anything; see `chain` for signatures and pins.
+them but warns that a future release will refuse them. That one warning is silenced here
+(only here, and only that message: other warnings still show); setup.py bounds
+`cryptography` below its next major release, and tests/attestation/test_serial_zero_vcek.py
+fails the day a release stops loading such certificates. What it does not: trust anything;
+see `chain` for signatures and pins.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import warnings
 from cryptography import x509
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
+from cryptography.utils import CryptographyDeprecationWarning
 
 from keybroker.attestation.errors import EvidenceFormatError
 
@@ -30,6 +34,13 @@ __all__ = [
 MAX_CERTIFICATE_SIZE = 16 * 1024  # AMD's certificates are under 2 KiB
 MAX_PEM_BUNDLE_SIZE = 256 * 1024
 MAX_PEM_CERTIFICATES = 16
+SERIAL_ZERO_WARNING = r"Parsed a serial number which wasn't positive"
+
+
+def _ignore_serial_zero_warning() -> None:
+    """Inside ``warnings.catch_warnings()``: drop only cryptography's serial-number notice."""
+    warnings.filterwarnings("ignore", message=SERIAL_ZERO_WARNING,
+                            category=CryptographyDeprecationWarning)
 
 
 def _force_parse(certificate: x509.Certificate) -> x509.Certificate:
@@ -55,7 +66,7 @@ def load_der_certificate(der: bytes, role: str) -> x509.Certificate:
             f"{role} certificate is {len(der)} bytes, over the {MAX_CERTIFICATE_SIZE}-byte limit")
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # serial number 0 on AMD VCEKs
+            _ignore_serial_zero_warning()  # serial number 0 on AMD VCEKs
             return _force_parse(x509.load_der_x509_certificate(bytes(der)))
     except (ValueError, UnsupportedAlgorithm) as exc:
         raise EvidenceFormatError(f"{role} certificate is not a valid DER X.509 certificate: "
@@ -71,7 +82,7 @@ def load_pem_certificates(pem: bytes, source: str) -> list[x509.Certificate]:
         raise EvidenceFormatError(f"{source} holds more than {MAX_PEM_CERTIFICATES} certificates")
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
+            _ignore_serial_zero_warning()
             certificates = [_force_parse(c) for c in x509.load_pem_x509_certificates(pem)]
     except (ValueError, UnsupportedAlgorithm) as exc:
         raise EvidenceFormatError(f"{source} is not a PEM certificate bundle: {exc}") from None
