@@ -37,7 +37,7 @@ setup(
         "pyjwt>=2.8",
     ],
     extras_require={
-        "test": ["pytest>=8", "hypothesis>=6.100", "ruff>=0.5"],
+        "test": ["pytest>=8", "hypothesis>=6.100", "ruff>=0.5", "schemathesis>=4.0"],
     },
     entry_points={"console_scripts": ["sealbeam=pipelines.cli:main"]},
 )
