@@ -168,3 +168,22 @@ def test_fail_open_goes_on_unchecked_but_still_refuses_a_revoked_chain(chain: De
 def test_the_mode_is_checked() -> None:
     with pytest.raises(ValueError, match="revocation mode"):
         AmdCrlChecker(FakeKds({}), mode="sometimes")
+
+
+def test_broker_settings_turn_the_crl_check_on(chain: DevChain) -> None:
+    from keybroker.attestation.errors import TrustStoreError
+    from keybroker.attestation.settings import AttestationSettings
+    from keybroker.service.verifiers import TrustMaterial, verifiers_from_material
+
+    assert AttestationSettings.from_mapping({"amd_crl": "fail-closed"},
+                                            base_dir=chain.directory).amd_crl == "fail-closed"
+    with pytest.raises(TrustStoreError, match="amd_crl"):
+        AttestationSettings.from_mapping({"amd_crl": "maybe"}, base_dir=chain.directory)
+    kds = FakeKds({URL: build_crl(chain, revoked=(chain.vcek.serial_number,))})
+    material = TrustMaterial(dev_chain_dir=chain.directory, amd_crl="fail-closed")
+    verifier = verifiers_from_material(material, tees=("sev-snp",), kds_getter=kds)["sev-snp"]
+    with pytest.raises(EvidenceVerificationError, match="VCEK serial"):
+        evaluate(chain, verifier)  # type: ignore[arg-type]
+    unchecked = verifiers_from_material(TrustMaterial(dev_chain_dir=chain.directory),
+                                        tees=("sev-snp",), kds_getter=kds)["sev-snp"]
+    assert evaluate(chain, unchecked)  # type: ignore[arg-type]  # "off" by default
