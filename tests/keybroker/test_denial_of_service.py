@@ -193,6 +193,11 @@ def test_framework_errors_use_the_error_shape(running_broker: RunningBroker) -> 
         "too large": httpx.post(
             f"{url}/v1/attest", content=b"[" * (2 << 20), headers={"content-type": "a/b"}
         ),
+        "deep json": httpx.post(
+            f"{url}/v1/attest",
+            content=b'{"nonce": ' + b"[" * 100_000 + b"]" * 100_000 + b"}",
+            headers={"content-type": "application/json"},
+        ),
     }
     expected = {
         "unknown path": (404, "not_found"),
@@ -200,6 +205,7 @@ def test_framework_errors_use_the_error_shape(running_broker: RunningBroker) -> 
         "validation": (422, "invalid_request"),
         "not json": (422, "invalid_request"),
         "too large": (413, "request_too_large"),
+        "deep json": (400, "invalid_request"),
     }
     for name, response in cases.items():
         body = response.json()
