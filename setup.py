@@ -38,6 +38,7 @@ setup(
     ],
     extras_require={
         "test": ["pytest>=8", "hypothesis>=6.100", "ruff>=0.5", "schemathesis>=4.0"],
+        "postgres": ["psycopg[binary]>=3.1"],
     },
     entry_points={"console_scripts": ["sealbeam=pipelines.cli:main"]},
 )

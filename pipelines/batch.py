@@ -34,9 +34,11 @@ from transforms import (
 from transforms import metrics as names
 
 from .errors import ReconciliationError
+from .ledger_head import fetch_ledger_head
 from .options import (
     SealbeamOptions,
     allowed_regions,
+    broker_trust,
     feature_spec,
     output_format,
     required,
@@ -67,6 +69,9 @@ class RunSummary:
     spec_fingerprint: str = ""
     output_format: str = ""
     seconds: float = 0.0
+    ledger_head: dict[str, object] | None = None
+    """The broker's signed checkpoint of its ledger after the run (an anchor for
+    ``sealbeam audit verify --anchor``)."""
 
     @property
     def reconciled(self) -> bool:
@@ -95,7 +100,7 @@ def add_processing_steps(
     confidential = ConfidentialProcess(
         broker_url, tee_settings(opts), feature_spec(opts), output_format=output_format(opts),
         limits=session_limits(opts), min_batch_size=opts.min_batch_size,
-        max_batch_size=opts.max_batch_size,
+        max_batch_size=opts.max_batch_size, broker_trust=broker_trust(opts),
     )
     processed = parsed[ParseSealed.SEALED] | "Confidential" >> confidential
     written = (
@@ -160,4 +165,5 @@ def summarize_run(result: beam.runners.runner.PipelineResult, opts: SealbeamOpti
         spec_fingerprint=built.spec_fingerprint,
         output_format=output_format(opts),
         seconds=round(time.monotonic() - started, 3),
+        ledger_head=fetch_ledger_head(opts),
     )

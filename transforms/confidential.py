@@ -47,6 +47,7 @@ from enclave_workers.features import CompiledSpec, FeatureError, FeatureSpec, co
 from enclave_workers.features.pme import check_column_keys, column_keys_for_spec
 from enclave_workers.key_session import KeySession
 
+from .broker_identity import BrokerTrust, resolve_broker_trust
 from .errors import TransformConfigError
 from .metrics import BROKER_CALLS, NAMESPACE, ROWS_SUPPRESSED
 from .session import make_key_session
@@ -81,8 +82,9 @@ def _check_pme_assignment(compiled: CompiledSpec) -> None:
 class _ConfidentialProcessFn(beam.DoFn):
     def __init__(self, broker_url: str, tee: TeeSettings, spec_document: dict[str, Any],
                  spec_source: str | None, fingerprint: str, output_format: str,
-                 limits: SessionLimits) -> None:
+                 limits: SessionLimits, broker_trust: BrokerTrust | None = None) -> None:
         self._broker_url = broker_url
+        self._broker_trust = broker_trust
         self._tee = tee
         self._spec_document = spec_document
         self._spec_source = spec_source
@@ -105,7 +107,7 @@ class _ConfidentialProcessFn(beam.DoFn):
             self._broker_url, self._tee, self._limits, spec_fingerprint=self._fingerprint,
             output_key_max_envelopes=(PME_OUTPUT_KEY_MAX_ENVELOPES
                                       if self._output_format == PARQUET_PME else None),
-            on_broker_call=lambda _kind: counter.inc())
+            on_broker_call=lambda _kind: counter.inc(), broker_trust=self._broker_trust)
 
     def setup(self) -> None:
         compiled = compile_spec(FeatureSpec.from_dict(self._spec_document,
@@ -134,7 +136,10 @@ class ConfidentialProcess(beam.PTransform):
 
     def __init__(self, broker_url: str, tee: TeeSettings, spec: FeatureSpec, *,
                  output_format: str = SEALED_ARROW, limits: SessionLimits | None = None,
-                 min_batch_size: int = 1, max_batch_size: int = 2000) -> None:
+                 min_batch_size: int = 1, max_batch_size: int = 2000,
+                 broker_trust: BrokerTrust | None = None) -> None:
+        """``broker_trust``: the broker's public identity key the workers pin (by default
+        ``broker-identity.pub.pem`` beside the simulated TEE's dev chain) and its TLS trust."""
         super().__init__()
         if not broker_url:
             raise TransformConfigError("ConfidentialProcess needs a broker_url")
@@ -152,7 +157,8 @@ class ConfidentialProcess(beam.PTransform):
         self.compiled = compiled
         self._fn = _ConfidentialProcessFn(broker_url, tee, document, spec.source,
                                           compiled.fingerprint, output_format,
-                                          limits or SessionLimits())
+                                          limits or SessionLimits(),
+                                          resolve_broker_trust(broker_trust, tee))
         self._min_batch_size = min_batch_size
         self._max_batch_size = max_batch_size
 
