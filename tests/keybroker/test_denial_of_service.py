@@ -232,9 +232,11 @@ def test_slow_headers_and_bodies_are_cut_off(tmp_path: Path) -> None:
                 b"POST /v1/attest HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
                 b"Content-Length: 100\r\n\r\n{"
             )
-            answer = slow.recv(4096)
+            answer = b""
+            while chunk := slow.recv(4096):  # headers and body may come in separate segments
+                answer += chunk
             assert answer.startswith(b"HTTP/1.1 408")
-            assert b'"error": "request_timeout"' in answer or b'"request_timeout"' in answer
+            assert b'"error": "request_timeout"' in answer
         with BrokerClient(broker.url) as worker:
             assert len(worker.challenge()) > 0
 
