@@ -30,6 +30,7 @@ EXTRAS["test"] = sorted({requirement for role in EXTRAS.values() for requirement
     "pytest>=8",
     "hypothesis>=6.100",
     "ruff>=0.5",
+    "schemathesis>=4.0",  # the broker API fuzzed from its OpenAPI document
     "pyjwt>=2.8",  # tests mint and check JWTs; the code verifies them with cryptography
 })
 

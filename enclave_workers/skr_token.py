@@ -17,7 +17,6 @@ import binascii
 import hashlib
 import hmac
 import ipaddress
-import json
 from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
@@ -31,10 +30,12 @@ from cryptography.hazmat.primitives.serialization import Encoding
 from cryptography.x509.verification import PolicyBuilder, Store, VerificationError
 
 from enclave_workers.skr_errors import ReleaseTokenFormatError, ReleaseTokenSignatureError
+from keybroker.attestation.json_bounded import load_bounded_json
 
 __all__ = ["b64url", "b64url_decode", "json_object", "verify_release_token"]
 
 _MAX_TOKEN_CHARS = 256 * 1024
+_MAX_JSON_BYTES = 256 * 1024
 _MAX_HEADER_BYTES = 32 * 1024
 _MAX_PAYLOAD_BYTES = 160 * 1024
 _MAX_CHAIN_CERTS = 8
@@ -103,10 +104,10 @@ def b64url_decode(text: str, label: str, max_bytes: int) -> bytes:
 
 
 def json_object(data: bytes, label: str) -> dict[str, Any]:
-    try:
-        document = json.loads(data)
-    except (UnicodeDecodeError, ValueError):
-        raise ReleaseTokenFormatError(f"{label} is not JSON") from None
+    """A bounded, duplicate-free JSON object (keybroker.attestation.json_bounded)."""
+    document = load_bounded_json(
+        data, what=label, max_bytes=_MAX_JSON_BYTES, max_depth=16, error=ReleaseTokenFormatError
+    )
     if not isinstance(document, dict):
         raise ReleaseTokenFormatError(f"{label} is not a JSON object")
     return document

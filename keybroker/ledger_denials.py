@@ -10,7 +10,8 @@ fields. So an over-long denial is still a row, and a probe cannot hide behind it
 per interval and source address, the first ``in_full`` denials get a row each and the rest
 are counted; when the interval ends one ``denials-summary`` row per source records the
 count by event and error code, the first and last time, and one sample reason. At most
-``max_sources`` sources are tracked per interval; the rest are counted under ``other``.
+``max_sources`` sources are tracked per interval; the rest are only counted, under ``other``
+(so an interval writes at most ``max_sources * in_full`` rows plus the summaries).
 A background thread (``start``) flushes due intervals; ``close`` flushes everything.
 
 This module decides nothing about which denial is anonymous: the service says so.
@@ -146,7 +147,7 @@ class DenialAggregator:
             if tally is None:
                 tally = self._tallies[key] = _SourceTally(first=now, last=now)
             tally.last = now
-            write_in_full = tally.written < self._in_full
+            write_in_full = key != OTHER_SOURCES and tally.written < self._in_full
             if write_in_full:
                 tally.written += 1
             else:

@@ -188,7 +188,10 @@ def rewrap_paths(
     report = RewrapReport(kek_uri=kek_uri, target_version=target)
     journal = RewrapJournal(journal_path, kek_uri, target)
     keys = _KeyCache(kms, kek_uri, target)
-    for file in find_sealed_files(paths, exclude=[journal_path]):
+    def skipped(file: Path, reason: str) -> None:
+        report.files_skipped.append({"path": str(file), "reason": reason})
+
+    for file in find_sealed_files(paths, exclude=[journal_path], on_skipped=skipped):
         if file in journal:
             report.files_skipped.append({"path": str(file), "reason": "done in an earlier run"})
             continue

@@ -14,7 +14,7 @@ import contextlib
 import json
 import os
 import secrets
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import BinaryIO
 
@@ -79,16 +79,22 @@ class RewrapJournal:
         return done
 
 
-def find_sealed_files(paths: Iterable[Path], *, exclude: Iterable[Path] = ()) -> Iterator[Path]:
-    """Files named directly, and every non-hidden file under named directories (sorted)."""
+def find_sealed_files(
+    paths: Iterable[Path],
+    *,
+    exclude: Iterable[Path] = (),
+    on_skipped: Callable[[Path, str], None] | None = None,
+) -> Iterator[Path]:
+    """Files named directly, and every non-hidden regular file under named directories (sorted).
+
+    Inside a named directory no symbolic link is followed (a link, to a file or a
+    directory, is reported to ``on_skipped`` and left alone), so a rewrap never rewrites a
+    file outside the folder it was given. A file named directly is taken as named.
+    """
     excluded = {Path(path).resolve() for path in exclude}
     for path in map(Path, paths):
         if path.is_dir():
-            candidates = sorted(
-                candidate for candidate in path.rglob("*")
-                if candidate.is_file()
-                and not any(part.startswith(".") for part in candidate.relative_to(path).parts)
-            )
+            candidates = list(_regular_files_under(path, on_skipped))
         elif path.is_file():
             candidates = [path]
         else:
@@ -96,6 +102,28 @@ def find_sealed_files(paths: Iterable[Path], *, exclude: Iterable[Path] = ()) ->
         for candidate in candidates:
             if candidate.resolve() not in excluded:
                 yield candidate.resolve()
+
+
+def _regular_files_under(
+    root: Path, on_skipped: Callable[[Path, str], None] | None
+) -> Iterator[Path]:
+    resolved_root = root.resolve()
+    for candidate in sorted(root.rglob("*")):
+        relative = candidate.relative_to(root)
+        if any(part.startswith(".") for part in relative.parts):
+            continue
+        if any((root / Path(*relative.parts[:depth])).is_symlink()
+               for depth in range(1, len(relative.parts) + 1)):
+            if candidate.is_symlink() and on_skipped is not None:
+                on_skipped(candidate, "a symbolic link: not followed")
+            continue
+        if not candidate.is_file():
+            continue
+        if not candidate.resolve().is_relative_to(resolved_root):
+            if on_skipped is not None:
+                on_skipped(candidate, f"outside {root}: not followed")
+            continue
+        yield candidate
 
 
 class AtomicReplacement:

@@ -33,6 +33,7 @@ from keybroker.attestation.azure_cvm.evidence import AzureCvmEvidence
 from keybroker.attestation.azure_cvm.hcl import HW_REPORT_OFFSET, HclReport, parse_hcl_report
 from keybroker.attestation.azure_cvm.verify import tpm_qualifying_data
 from keybroker.attestation.errors import AttestationError
+from keybroker.attestation.json_bounded import load_bounded_object
 
 __all__ = [
     "AK_HANDLE",
@@ -184,15 +185,10 @@ def _b64url(data: bytes) -> str:
 
 
 def _json_answer(answer: bytes, what: str) -> dict:
-    if len(answer) > MAX_HTTP_ANSWER:
-        raise EvidenceUnavailableError(f"{what} answer is over {MAX_HTTP_ANSWER} bytes")
-    try:
-        document = json.loads(answer)
-    except ValueError:
-        raise EvidenceUnavailableError(f"{what} answer is not JSON") from None
-    if not isinstance(document, dict):
-        raise EvidenceUnavailableError(f"{what} answer is not a JSON object")
-    return document
+    return load_bounded_object(
+        answer, what=f"{what} answer", max_bytes=MAX_HTTP_ANSWER, max_depth=16,
+        error=EvidenceUnavailableError,
+    )
 
 
 class AzureImdsClient:

@@ -8,9 +8,10 @@ Shared by the JWKS key sets (``keybroker.attestation.jwks``) and the token check
 
 from __future__ import annotations
 
-import json
 import re
 from typing import Any
+
+from keybroker.attestation.json_bounded import load_bounded_object
 
 __all__ = ["B64URL", "MAX_DOCUMENT_SIZE", "MAX_JSON_DEPTH", "load_json_object"]
 
@@ -19,35 +20,8 @@ MAX_JSON_DEPTH = 16
 B64URL = re.compile(r"^[A-Za-z0-9_-]*$")
 
 
-def _reject_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    result: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in result:
-            raise ValueError(f"duplicate JSON key {key!r}")
-        result[key] = value
-    return result
-
-
-def _too_deep(value: Any, level: int = 0) -> bool:
-    if level > MAX_JSON_DEPTH:
-        return True
-    if isinstance(value, dict):
-        return any(_too_deep(item, level + 1) for item in value.values())
-    if isinstance(value, list):
-        return any(_too_deep(item, level + 1) for item in value)
-    return False
-
-
 def load_json_object(data: bytes, what: str, error: type[Exception]) -> dict[str, Any]:
-    """A bounded, duplicate-free JSON object, or ``error`` naming ``what``."""
-    if len(data) > MAX_DOCUMENT_SIZE:
-        raise error(f"{what} is {len(data)} bytes, over the {MAX_DOCUMENT_SIZE}-byte limit")
-    try:
-        document = json.loads(bytes(data).decode("utf-8"), object_pairs_hook=_reject_duplicates)
-    except (UnicodeDecodeError, ValueError) as exc:
-        raise error(f"{what} is not a JSON document ({exc})") from None
-    if not isinstance(document, dict):
-        raise error(f"{what} is not a JSON object")
-    if _too_deep(document):
-        raise error(f"{what} is nested too deeply")
-    return document
+    """A bounded, duplicate-free JSON object, or ``error`` naming ``what`` (json_bounded)."""
+    return load_bounded_object(
+        data, what=what, max_bytes=MAX_DOCUMENT_SIZE, max_depth=MAX_JSON_DEPTH, error=error
+    )

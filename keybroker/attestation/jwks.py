@@ -32,7 +32,13 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from keybroker.attestation.errors import EndorsementUnavailableError, EvidenceVerificationError
-from keybroker.attestation.jose_encoding import B64URL, MAX_DOCUMENT_SIZE, load_json_object
+from keybroker.attestation.jose_encoding import (
+    B64URL,
+    MAX_DOCUMENT_SIZE,
+    MAX_JSON_DEPTH,
+    load_json_object,
+)
+from keybroker.attestation.json_bounded import load_bounded_object
 from keybroker.attestation.jwt_tokens import (
     DEFAULT_LEEWAY_SECONDS,
     MAX_KID_LENGTH,
@@ -267,7 +273,9 @@ class JwksCache:
         if path is None or not path.is_file() or path.stat().st_size > 2 * MAX_DOCUMENT_SIZE:
             return False
         try:
-            entry = json.loads(path.read_text(encoding="utf-8"))
+            entry = load_bounded_object(
+                path.read_bytes(), what="JWKS cache file", max_bytes=2 * MAX_DOCUMENT_SIZE,
+                max_depth=MAX_JSON_DEPTH)
             fetched_at = float(entry["fetched_at"])
             if entry["source"] != self.source or not 0 <= now - fetched_at < self._ttl:
                 return False

@@ -25,6 +25,7 @@ _ATTESTATION_FIELDS = frozenset(
     {
         "amd_kds_cache_dir",
         "amd_kds_offline",
+        "amd_crl",
         "extra_amd_ark_pins",
         "intel_root_dir",
         "extra_intel_root_pins",
@@ -37,6 +38,7 @@ _ATTESTATION_FIELDS = frozenset(
 )
 _FINGERPRINT = re.compile(r"^[0-9a-f]{64}$")
 _MAX_ISSUERS = 16
+_AMD_CRL_MODES = ("off", "fail-closed", "fail-open")
 
 
 @dataclass(frozen=True)
@@ -48,11 +50,14 @@ class AttestationSettings:
     with a simulated TDX, ``tdx_dev_root``); MAA needs ``maa_issuers``; Confidential Space
     needs ``confidential_space_audience``. ``extra_*_pins`` trust a private root as if it were
     the vendor's (a deployment's own PKI, or tests) and are named so that nobody sets them
-    by accident.
+    by accident. ``amd_crl`` checks SEV-SNP ASK/VCEK revocation against AMD's CRLs (fetched
+    from AMD KDS): ``fail-closed`` refuses evidence when no fresh CRL can be had,
+    ``fail-open`` goes on unchecked, ``off`` (the default, for offline brokers) skips it.
     """
 
     amd_kds_cache_dir: Path | None = None
     amd_kds_offline: bool = False
+    amd_crl: str = "off"
     extra_amd_ark_pins: Mapping[str, str] = field(default_factory=dict)
     intel_root_dir: Path | None = None
     extra_intel_root_pins: tuple[str, ...] = ()
@@ -65,6 +70,9 @@ class AttestationSettings:
     def __post_init__(self) -> None:
         if not isinstance(self.amd_kds_offline, bool):
             raise TrustStoreError("attestation.amd_kds_offline: expected true or false")
+        if self.amd_crl not in _AMD_CRL_MODES:
+            raise TrustStoreError(
+                f"attestation.amd_crl: expected one of {', '.join(_AMD_CRL_MODES)}")
         for fingerprint, product in self.extra_amd_ark_pins.items():
             if not isinstance(fingerprint, str) or not _FINGERPRINT.match(fingerprint) \
                     or product not in PRODUCTS:
@@ -114,6 +122,7 @@ class AttestationSettings:
         return cls(
             amd_kds_cache_dir=path("amd_kds_cache_dir"),
             amd_kds_offline=document.get("amd_kds_offline", False),
+            amd_crl=document.get("amd_crl", "off"),
             extra_amd_ark_pins=dict(pins),
             intel_root_dir=path("intel_root_dir"),
             extra_intel_root_pins=strings("extra_intel_root_pins"),
@@ -128,6 +137,7 @@ class AttestationSettings:
         return {
             "amd_kds_cache_dir": relative(self.amd_kds_cache_dir),
             "amd_kds_offline": self.amd_kds_offline,
+            "amd_crl": self.amd_crl,
             "extra_amd_ark_pins": dict(self.extra_amd_ark_pins),
             "intel_root_dir": relative(self.intel_root_dir),
             "extra_intel_root_pins": list(self.extra_intel_root_pins),

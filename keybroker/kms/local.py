@@ -138,7 +138,7 @@ class LocalKeyring:
             try:
                 return self._region_keks[region]
             except KeyError:
-                raise KeyNotFoundError(f"no KEK for region {region!r} in {self._path}") from None
+                raise KeyNotFoundError(f"no KEK for region {region!r} in the keyring") from None
 
     def primary_version(self, kek_uri: str) -> str:
         with self._lock:
@@ -220,7 +220,7 @@ class LocalKeyring:
         try:
             return self._keks[kek_uri]
         except KeyError:
-            raise KeyNotFoundError(f"KEK {kek_uri} is not in keyring {self._path}") from None
+            raise KeyNotFoundError(f"KEK {kek_uri} is not in keyring") from None
 
     def _usable_material(self, kek_uri: str, kek: Kek, version: str) -> bytes:
         entry = kek.versions.get(version)

@@ -37,6 +37,7 @@ if TYPE_CHECKING:
     from keybroker.attestation.claims import Claims
 
 __all__ = [
+    "DEFAULT_MAX_VMPL",
     "DEFAULT_TCB_STATUSES",
     "SNP_FIELDS",
     "TDX_FIELDS",
@@ -56,6 +57,7 @@ SNP_REPORT_TEES = frozenset({"sev-snp", "azure-cvm", "maa"})
 TDX_REPORT_TEES = frozenset({"tdx", "azure-cvm", "maa"})
 TCB_STATUS_TEES = frozenset({"tdx", "azure-cvm"})
 MAX_VMPL = 3
+DEFAULT_MAX_VMPL = 0
 _MAX_TCB_VALUE = 0xFFFFFFFF
 _TCB_COMPONENT = re.compile(r"^[a-z][a-z0-9_]{0,31}$")
 _HOST_DATA_SIZE = 32
@@ -136,6 +138,10 @@ class SnpRequirements:
     ``smt`` true allows platforms with SMT enabled (most clouds). ``migration_agent``:
     None (the default) denies guests whose policy lets a migration agent export their
     memory; an explicit false also denies evidence that does not say; true allows an agent.
+    ``max_vmpl``: None (the default) means 0, so only the guest's most privileged level
+    (VMPL 0) gets keys unless the rule names a higher one (a report requested from VMPL 1-3
+    comes from software below the guest's firmware, e.g. a paravisor's guest); like
+    ``migration_agent``, only an explicit value also denies evidence that does not say.
     """
 
     smt: bool = True
@@ -188,13 +194,13 @@ class SnpRequirements:
         return failures
 
     def _vmpl_failures(self, claims: Claims, rule: str) -> list[str]:
-        if self.max_vmpl is None:
-            return []
+        limit = DEFAULT_MAX_VMPL if self.max_vmpl is None else self.max_vmpl
         vmpl = claims.platform.get("vmpl")
         if isinstance(vmpl, bool) or not isinstance(vmpl, int):
-            return [_missing("vmpl", rule)]
-        if vmpl > self.max_vmpl:
-            return [f"vmpl {vmpl} above max_vmpl {self.max_vmpl} of rule {rule}"]
+            return [] if self.max_vmpl is None else [_missing("vmpl", rule)]
+        if vmpl > limit:
+            setting = "max_vmpl" if self.max_vmpl is not None else "the default max_vmpl"
+            return [f"vmpl {vmpl} above {setting} {limit} of rule {rule}"]
         return []
 
     def _product_failures(self, claims: Claims, rule: str) -> list[str]:

@@ -119,6 +119,7 @@ def error_body(error: BaseException) -> tuple[int, dict[str, str]]:
 
 
 _HTTP_ERROR_CODES = {
+    400: "invalid_request",  # FastAPI: a body it could not parse (e.g. nested too deeply)
     404: "not_found",
     405: "method_not_allowed",
     413: "request_too_large",

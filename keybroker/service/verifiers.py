@@ -59,6 +59,7 @@ from keybroker.attestation.snp import (
     SnpVerifier,
     layout,
 )
+from keybroker.attestation.snp.crl import AmdCrlChecker
 from keybroker.attestation.snp.kds import httpx_getter as kds_httpx_getter
 from keybroker.attestation.snp.report import parse_report
 from keybroker.attestation.snp.trust import PRODUCTION_ARK_PINS
@@ -99,6 +100,7 @@ class TrustMaterial:
     dev_chain_dir: Path | None = None
     kds_cache_dir: Path | None = None
     kds_offline: bool = False
+    amd_crl: str = "off"
     tdx_root_dir: Path | None = None
     tdx_roots: tuple[x509.Certificate, ...] = ()
     tdx_extra_root_pins: tuple[str, ...] = ()
@@ -233,7 +235,12 @@ def _snp_verifier(material: TrustMaterial, clock: Callable[[], float],
     if material.kds_cache_dir is not None:
         getter = _offline_kds_getter if material.kds_offline else (kds_getter or kds_httpx_getter)
         kds = AmdKdsClient(getter, cache_dir=material.kds_cache_dir)
-    return SnpVerifier(trust, clock=_datetime_clock(clock), kds=kds)
+    revocation = None
+    if material.amd_crl != "off":
+        crl_getter = _offline_kds_getter if material.kds_offline else (
+            kds_getter or kds_httpx_getter)
+        revocation = AmdCrlChecker(crl_getter, mode=material.amd_crl)
+    return SnpVerifier(trust, clock=_datetime_clock(clock), kds=kds, revocation=revocation)
 
 
 def _read_bounded(path: Path, limit: int, what: str) -> bytes:
@@ -346,6 +353,7 @@ def trust_material(settings: BrokerSettings, policy: ReleasePolicy) -> TrustMate
         dev_chain_dir=settings.dev_chain_dir if policy.allow_simulated else None,
         kds_cache_dir=attestation.amd_kds_cache_dir,
         kds_offline=attestation.amd_kds_offline,
+        amd_crl=attestation.amd_crl,
         tdx_root_dir=attestation.intel_root_dir,
         tdx_extra_root_pins=tuple(attestation.extra_intel_root_pins),
         tdx_collateral_file=attestation.tdx_collateral,

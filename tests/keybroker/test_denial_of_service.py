@@ -65,7 +65,7 @@ def _pipelined_challenges(url: str, address: str, count: int) -> int:
 
 
 def test_challenge_flood_does_not_block_a_worker(open_broker: RunningBroker) -> None:
-    """2 000 challenges, 20 times the nonces this broker remembers, from four callers at once.
+    """10 000 challenges, 100 times the nonces this broker remembers, from four callers at once.
 
     (The broker used to keep every outstanding nonce, so a flood of ``max_pending_nonces``
     challenges locked workers out; test_sessions.py issues 20 000 without a byte kept.)
@@ -74,7 +74,7 @@ def test_challenge_flood_does_not_block_a_worker(open_broker: RunningBroker) -> 
     threads = [
         threading.Thread(
             target=lambda n=n: issued.append(
-                _pipelined_challenges(open_broker.url, f"127.0.0.{n}", 500)
+                _pipelined_challenges(open_broker.url, f"127.0.0.{n}", 2_500)
             )
         )
         for n in range(2, 6)
@@ -86,7 +86,7 @@ def test_challenge_flood_does_not_block_a_worker(open_broker: RunningBroker) -> 
         assert session.id
     for thread in threads:
         thread.join()
-    assert sum(issued) == 2_000
+    assert sum(issued) == 10_000
     with BrokerClient(open_broker.url) as worker:  # and after it
         _keys, session = attest_simulated_worker(worker, open_broker.settings)
         assert worker.release_named(session, "pseudonym/acme")
@@ -193,6 +193,11 @@ def test_framework_errors_use_the_error_shape(running_broker: RunningBroker) -> 
         "too large": httpx.post(
             f"{url}/v1/attest", content=b"[" * (2 << 20), headers={"content-type": "a/b"}
         ),
+        "deep json": httpx.post(
+            f"{url}/v1/attest",
+            content=b'{"nonce": ' + b"[" * 100_000 + b"]" * 100_000 + b"}",
+            headers={"content-type": "application/json"},
+        ),
     }
     expected = {
         "unknown path": (404, "not_found"),
@@ -200,6 +205,7 @@ def test_framework_errors_use_the_error_shape(running_broker: RunningBroker) -> 
         "validation": (422, "invalid_request"),
         "not json": (422, "invalid_request"),
         "too large": (413, "request_too_large"),
+        "deep json": (400, "invalid_request"),
     }
     for name, response in cases.items():
         body = response.json()
@@ -226,9 +232,11 @@ def test_slow_headers_and_bodies_are_cut_off(tmp_path: Path) -> None:
                 b"POST /v1/attest HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
                 b"Content-Length: 100\r\n\r\n{"
             )
-            answer = slow.recv(4096)
+            answer = b""
+            while chunk := slow.recv(4096):  # headers and body may come in separate segments
+                answer += chunk
             assert answer.startswith(b"HTTP/1.1 408")
-            assert b'"error": "request_timeout"' in answer or b'"request_timeout"' in answer
+            assert b'"error": "request_timeout"' in answer
         with BrokerClient(broker.url) as worker:
             assert len(worker.challenge()) > 0
 

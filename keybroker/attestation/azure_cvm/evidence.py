@@ -36,6 +36,7 @@ from keybroker.attestation.azure_cvm.tpm import (
     parse_quote_attest,
 )
 from keybroker.attestation.errors import EvidenceFormatError
+from keybroker.attestation.json_bounded import load_bounded_object
 
 __all__ = [
     "EVIDENCE_FORMAT",
@@ -50,6 +51,7 @@ __all__ = [
 EVIDENCE_FORMAT = "sealbeam-azure-cvm/1"
 MAX_TD_QUOTE_SIZE = 64 * 1024
 MAX_EVIDENCE_SIZE = 128 * 1024
+MAX_JSON_DEPTH = 8
 MAX_PCRS = 24
 _FIELDS = {"format", "hcl_report", "tpm_attest", "tpm_signature", "pcrs", "td_quote"}
 _PCR_INDEX = re.compile(r"^(?:0|[1-9][0-9]?)$")
@@ -127,15 +129,9 @@ def parse_azure_cvm_evidence(data: bytes) -> AzureCvmEvidence:
     """Decode the evidence document; EvidenceFormatError names what is wrong."""
     if not isinstance(data, bytes | bytearray):
         raise EvidenceFormatError("Azure CVM evidence must be bytes")
-    if len(data) > MAX_EVIDENCE_SIZE:
-        raise EvidenceFormatError(
-            f"Azure CVM evidence is {len(data)} bytes, over the {MAX_EVIDENCE_SIZE}-byte limit")
-    try:
-        document = json.loads(bytes(data).decode("utf-8"))
-    except (UnicodeDecodeError, ValueError):
-        raise EvidenceFormatError("Azure CVM evidence is not a UTF-8 JSON document") from None
-    if not isinstance(document, dict):
-        raise EvidenceFormatError("Azure CVM evidence must be a JSON object")
+    document = load_bounded_object(
+        data, what="Azure CVM evidence", max_bytes=MAX_EVIDENCE_SIZE, max_depth=MAX_JSON_DEPTH,
+        error=EvidenceFormatError)
     unknown = set(document) - _FIELDS
     if unknown:
         raise EvidenceFormatError(f"Azure CVM evidence has unknown fields {sorted(unknown)}")

@@ -18,7 +18,6 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
-import json
 import struct
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -28,6 +27,7 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from keybroker.attestation.errors import EvidenceFormatError
+from keybroker.attestation.json_bounded import load_bounded_object
 
 __all__ = [
     "AK_KEY_ID",
@@ -200,25 +200,6 @@ def parse_hcl_report(data: bytes) -> HclReport:
 
 
 # --- runtime data (JSON) -------------------------------------------------------------
-def _reject_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    result: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in result:
-            raise EvidenceFormatError(f"HCL runtime data: duplicate JSON key {key!r}")
-        result[key] = value
-    return result
-
-
-def _depth(value: Any, level: int = 0) -> int:
-    if level > MAX_JSON_DEPTH:
-        return level
-    if isinstance(value, dict):
-        return max((_depth(item, level + 1) for item in value.values()), default=level + 1)
-    if isinstance(value, list):
-        return max((_depth(item, level + 1) for item in value), default=level + 1)
-    return level
-
-
 def _b64url_uint(value: object, what: str) -> int:
     if not isinstance(value, str) or not value or len(value) > 1024:
         raise EvidenceFormatError(f"HCL runtime data: {what} must be a base64url string")
@@ -263,16 +244,9 @@ def _user_data(document: Mapping[str, Any]) -> bytes | None:
 def parse_runtime_data(data: bytes) -> RuntimeData:
     """Decode the runtime-data JSON: ``keys`` (with ``HCLAkPub``), ``vm-configuration``,
     ``user-data``."""
-    if len(data) > MAX_RUNTIME_DATA_SIZE:
-        raise EvidenceFormatError("HCL runtime data is over its size limit")
-    try:
-        document = json.loads(data.decode("utf-8"), object_pairs_hook=_reject_duplicates)
-    except (UnicodeDecodeError, ValueError):
-        raise EvidenceFormatError("HCL runtime data is not a UTF-8 JSON document") from None
-    if not isinstance(document, dict):
-        raise EvidenceFormatError("HCL runtime data must be a JSON object")
-    if _depth(document) > MAX_JSON_DEPTH:
-        raise EvidenceFormatError("HCL runtime data is nested too deeply")
+    document = load_bounded_object(
+        data, what="HCL runtime data", max_bytes=MAX_RUNTIME_DATA_SIZE,
+        max_depth=MAX_JSON_DEPTH, error=EvidenceFormatError)
     keys = document.get("keys")
     if not isinstance(keys, list) or not keys or len(keys) > MAX_RUNTIME_KEYS:
         raise EvidenceFormatError(

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import json
 from collections.abc import Mapping
 
 from cryptography.hazmat.primitives import serialization
@@ -52,6 +51,7 @@ from keybroker.attestation.errors import (
     TrustStoreError,
     UnsupportedHardwareError,
 )
+from keybroker.attestation.json_bounded import load_bounded_object
 from keybroker.attestation.snp.certificates import common_name, load_pem_certificates
 from keybroker.attestation.snp.chain import intermediate_role
 from keybroker.attestation.snp.report import parse_report
@@ -202,12 +202,9 @@ class AzureCvmVerifier:
         values = dict(parsed.pcrs)
         if "pcrs" in endorsements:
             blob = endorsements["pcrs"]
-            if len(blob) > MAX_PCRS_ENDORSEMENT:
-                raise EvidenceFormatError("endorsement 'pcrs' is over its size limit")
-            try:
-                document = json.loads(bytes(blob).decode("utf-8"))
-            except (UnicodeDecodeError, ValueError):
-                raise EvidenceFormatError("endorsement 'pcrs' is not a JSON object") from None
+            document = load_bounded_object(
+                blob, what="endorsement 'pcrs'", max_bytes=MAX_PCRS_ENDORSEMENT, max_depth=4,
+                error=EvidenceFormatError)
             for index, value in decode_pcr_values(document, "endorsement 'pcrs'").items():
                 if index in values and not hmac.compare_digest(values[index], value):
                     raise EvidenceVerificationError(

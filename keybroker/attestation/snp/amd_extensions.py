@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from cryptography import x509
 
 from keybroker.attestation.errors import EvidenceFormatError
+from keybroker.attestation.library_errors import library_reason
 from keybroker.attestation.snp.product import hwid_size, product_from_product_name
 
 __all__ = [
@@ -111,7 +112,9 @@ def _extension_bytes(certificate: x509.Certificate, oid: x509.ObjectIdentifier) 
     except x509.ExtensionNotFound:
         return None
     except ValueError as exc:  # duplicate or malformed extensions
-        raise EvidenceFormatError(f"endorsement key certificate extensions are malformed: {exc}") \
+        raise EvidenceFormatError(
+            "endorsement key certificate extensions are malformed: "
+            f"{library_reason(exc)}") \
             from None
     value = extension.value
     if not isinstance(value, x509.UnrecognizedExtension):

@@ -17,6 +17,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 
 from keybroker.attestation.errors import EvidenceVerificationError
+from keybroker.attestation.library_errors import library_reason
 from keybroker.attestation.snp.certificates import common_name
 
 __all__ = [
@@ -90,7 +91,8 @@ def check_ca(certificate: x509.Certificate, role: str) -> None:
     except x509.ExtensionNotFound:
         raise EvidenceVerificationError(f"{role} certificate has no basicConstraints") from None
     except ValueError as exc:
-        raise EvidenceVerificationError(f"{role} certificate extensions are malformed: {exc}") \
+        raise EvidenceVerificationError(
+            f"{role} certificate extensions are malformed: {library_reason(exc)}") \
             from None
     if not constraints.ca:
         raise EvidenceVerificationError(f"{role} certificate is not a CA certificate")

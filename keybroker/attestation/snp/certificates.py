@@ -21,6 +21,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.utils import CryptographyDeprecationWarning
 
 from keybroker.attestation.errors import EvidenceFormatError
+from keybroker.attestation.library_errors import library_reason
 
 __all__ = [
     "MAX_CERTIFICATE_SIZE",
@@ -70,7 +71,7 @@ def load_der_certificate(der: bytes, role: str) -> x509.Certificate:
             return _force_parse(x509.load_der_x509_certificate(bytes(der)))
     except (ValueError, UnsupportedAlgorithm) as exc:
         raise EvidenceFormatError(f"{role} certificate is not a valid DER X.509 certificate: "
-                                  f"{exc}") from None
+                                  f"{library_reason(exc)}") from None
 
 
 def load_pem_certificates(pem: bytes, source: str) -> list[x509.Certificate]:
@@ -85,7 +86,8 @@ def load_pem_certificates(pem: bytes, source: str) -> list[x509.Certificate]:
             _ignore_serial_zero_warning()
             certificates = [_force_parse(c) for c in x509.load_pem_x509_certificates(pem)]
     except (ValueError, UnsupportedAlgorithm) as exc:
-        raise EvidenceFormatError(f"{source} is not a PEM certificate bundle: {exc}") from None
+        raise EvidenceFormatError(
+            f"{source} is not a PEM certificate bundle: {library_reason(exc)}") from None
     for certificate in certificates:
         if len(certificate.public_bytes(serialization.Encoding.DER)) > MAX_CERTIFICATE_SIZE:
             raise EvidenceFormatError(f"{source} holds a certificate over the size limit")

@@ -4,7 +4,8 @@ What it does: reads top to bottom — bound the input, parse the report (and the
 extended-report certificate table if one follows it), gather the endorsements (given,
 from the table, or from AMD KDS when a client is configured), check the chain to a
 pinned or allowed dev root at the clock's time, check the report's signature, product,
-TCB and hwID against the VCEK/VLEK, then report_data, and return `Claims`. What it does
+TCB and hwID against the VCEK/VLEK, then report_data, then (when configured) AMD's CRL for
+the ASK/ASVK and VCEK/VLEK, and return `Claims`. What it does
 not: apply release policy (debug, TCB minimums, measurements are the policy's call).
 """
 
@@ -29,6 +30,7 @@ from keybroker.attestation.snp.cert_table import MAX_CERT_TABLE_SIZE, parse_cert
 from keybroker.attestation.snp.certificates import load_der_certificate
 from keybroker.attestation.snp.chain import verify_endorsement_chain
 from keybroker.attestation.snp.claims import report_claims
+from keybroker.attestation.snp.crl import AmdCrlChecker
 from keybroker.attestation.snp.kds import AmdKdsClient
 from keybroker.attestation.snp.product import product_from_cpuid
 from keybroker.attestation.snp.report import SnpReport, parse_report
@@ -59,10 +61,13 @@ class SnpVerifier:
     tee = "sev-snp"
 
     def __init__(self, trust: SnpTrustStore, *, clock: Callable[[], datetime] = _utc_now,
-                 kds: AmdKdsClient | None = None) -> None:
+                 kds: AmdKdsClient | None = None,
+                 revocation: AmdCrlChecker | None = None) -> None:
+        """``revocation`` checks AMD's CRLs (crl.py) once the evidence is otherwise authentic."""
         self._trust = trust
         self._clock = clock
         self._kds = kds
+        self._revocation = revocation
 
     def evaluate(self, evidence: bytes, expected_report_data: bytes, *,
                  endorsements: Mapping[str, bytes]) -> Claims:
@@ -92,6 +97,8 @@ class SnpVerifier:
         if role == "vcek":
             check_hwid_matches_chip_id(report, extensions, chain.product)
         check_report_data(report, expected_report_data)
+        if self._revocation is not None:  # only authentic evidence makes the broker fetch
+            self._revocation.check(chain, role, self._now())
         return report_claims(report, product=chain.product, signing_key=role,
                              simulated=chain.simulated, reported_tcb=reported_tcb)
 

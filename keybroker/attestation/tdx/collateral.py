@@ -23,8 +23,10 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, utils
 
 from keybroker.attestation.errors import EvidenceFormatError, EvidenceVerificationError
+from keybroker.attestation.json_bounded import load_bounded_json
 from keybroker.attestation.tdx.pck import load_crl, load_pem_chain, verify_chain
 from keybroker.attestation.tdx.pcs_documents import (
+    MAX_JSON_DEPTH,
     MAX_SIGNED_JSON_SIZE,
     JsonFields,
     QeIdentity,
@@ -87,13 +89,11 @@ def split_signed_response(body: bytes, key: str) -> SignedJson:
     Intel signs the exact text of the ``<key>`` object as it appears in the response, so
     the bytes are cut from the body, not re-serialized.
     """
-    if len(body) > MAX_SIGNED_JSON_SIZE:
-        raise EvidenceFormatError(f"collateral {key}: {len(body)} bytes exceeds the limit")
-    try:
-        text = body.decode("utf-8")
-        document = json.loads(text)
-    except (UnicodeDecodeError, ValueError, RecursionError):
-        raise EvidenceFormatError(f"collateral {key}: not valid JSON") from None
+    document = load_bounded_json(
+        body, what=f"collateral {key}", max_bytes=MAX_SIGNED_JSON_SIZE, max_depth=MAX_JSON_DEPTH,
+        error=EvidenceFormatError,
+    )
+    text = body.decode("utf-8")
     fields = JsonFields(document, "response")
     signature = fields.hex_bytes("signature", 64)
     fields.child(key)
@@ -113,12 +113,10 @@ def split_signed_response(body: bytes, key: str) -> SignedJson:
 
 def parse_collateral(data: bytes) -> Collateral:
     """Parse a collateral bundle (QuoteCollateralV3 JSON shape)."""
-    if len(data) > MAX_COLLATERAL_SIZE:
-        raise EvidenceFormatError(f"collateral: {len(data)} bytes exceeds {MAX_COLLATERAL_SIZE}")
-    try:
-        document = json.loads(data)
-    except (ValueError, RecursionError):
-        raise EvidenceFormatError("collateral: not valid JSON") from None
+    document = load_bounded_json(
+        data, what="collateral", max_bytes=MAX_COLLATERAL_SIZE, max_depth=MAX_JSON_DEPTH,
+        error=EvidenceFormatError,
+    )
     fields = JsonFields(document, "bundle")
     limit = MAX_SIGNED_JSON_SIZE
 

@@ -9,12 +9,12 @@ dates (see `collateral.py`) or evaluate a TCB (see `tcb.py`).
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
 from keybroker.attestation.errors import EvidenceFormatError
+from keybroker.attestation.json_bounded import load_bounded_json
 from keybroker.attestation.tdx.tcb import TCB_STATUSES
 
 __all__ = [
@@ -32,6 +32,7 @@ __all__ = [
 ]
 
 MAX_SIGNED_JSON_SIZE = 128 * 1024
+MAX_JSON_DEPTH = 16
 MAX_TCB_LEVELS = 128
 MAX_ADVISORY_IDS = 256
 MAX_ADVISORY_ID_LENGTH = 64
@@ -216,12 +217,10 @@ class JsonFields:
 
 
 def _load_json(body: bytes, what: str) -> Any:
-    if len(body) > MAX_SIGNED_JSON_SIZE:
-        raise EvidenceFormatError(f"collateral {what}: {len(body)} bytes exceeds the limit")
-    try:
-        return json.loads(body)
-    except (ValueError, RecursionError):
-        raise EvidenceFormatError(f"collateral {what}: not valid JSON") from None
+    return load_bounded_json(
+        body, what=f"collateral {what}", max_bytes=MAX_SIGNED_JSON_SIZE, max_depth=MAX_JSON_DEPTH,
+        error=EvidenceFormatError,
+    )
 
 
 def _tdx_module(fields: JsonFields) -> TdxModule:
