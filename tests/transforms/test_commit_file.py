@@ -10,10 +10,12 @@ import pytest
 from apache_beam.io.filesystem import BeamIOError
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.runners.portability.fn_api_runner import FnApiRunner
+from apache_beam.transforms.window import GlobalWindow, IntervalWindow
+from apache_beam.utils.timestamp import Timestamp
 
-from enclave_workers.batch_processor import DeadLetter
+from enclave_workers.batch_processor import DeadLetter, SealedOutput
 from transforms import WriteDeadLetters
-from transforms.write import clean_temporary_files, commit_file
+from transforms.write import clean_temporary_files, commit_file, output_file_name
 
 
 def _refuse_exists(*_: object) -> bool:
@@ -76,3 +78,12 @@ def test_dead_letter_files_are_named_by_their_contents(tmp_path: Path) -> None:
     first = names(tmp_path / "a", letters)
     assert names(tmp_path / "a", list(reversed(letters))) == first   # rerun: same names
     assert names(tmp_path / "b", letters[:-1]) != first             # other contents
+
+
+def test_output_names_carry_the_window_in_streaming_only() -> None:
+    output = SealedOutput("eu", "acme", b"", 1, 1, bytes(range(16)))
+    assert output_file_name(output, GlobalWindow()) == \
+        "part-00010203-0405-0607-0809-0a0b0c0d0e0f.sbatch"
+    assert output_file_name(output, IntervalWindow(Timestamp(60), Timestamp(120))) == (
+        "part-00010203-0405-0607-0809-0a0b0c0d0e0f-19700101T000100.000Z-"
+        "19700101T000200.000Z.sbatch")
