@@ -44,7 +44,7 @@ from transforms import (
 from transforms import metrics as names
 from transforms.batching import BundleBatches
 from transforms.dead_letters import DEAD_LETTER_DIR
-from transforms.dedupe import DeduplicateEnvelopes
+from transforms.dedupe import STATEFUL, DeduplicateEnvelopes
 from transforms.write import clean_temporary_files
 
 from .errors import ReconciliationError
@@ -147,10 +147,16 @@ def add_processing_steps(
     region-pinned writes and the dead-letter sink."""
     output_root = required(opts, "output_root")
     broker_url = required(opts, "broker_url")
-    parsed = sealed | "ParseHeaders" >> ParseSealed()
-    deduped = parsed[ParseSealed.SEALED] | "Deduplicate" >> DeduplicateEnvelopes(
-        horizon_s=opts.dedupe_horizon_s)
     streaming = bool(opts.view_as(StandardOptions).streaming)
+    parsed = sealed | "ParseHeaders" >> ParseSealed()
+    envelopes = parsed[ParseSealed.SEALED]
+    if streaming:
+        # Copies may arrive far apart: the stateful form, before batching per bundle.
+        deduped = envelopes | "Deduplicate" >> DeduplicateEnvelopes(
+            horizon_s=opts.dedupe_horizon_s, strategy=STATEFUL)
+        envelopes = deduped[DeduplicateEnvelopes.UNIQUE]
+    # Batch runs drop exact copies inside the data-key groups (copies share a group), which
+    # is DeduplicateEnvelopes' grouped form over the whole run without a shuffle of its own.
     confidential = ConfidentialProcess(
         broker_url, tee_settings(opts), feature_spec(opts), output_format=output_format(opts),
         limits=session_limits(opts), max_batch_size=opts.max_batch_size,
@@ -159,12 +165,16 @@ def add_processing_steps(
         batcher=(BundleBatches(max_count=opts.max_batch_size, max_bytes=opts.max_batch_bytes)
                  if streaming else None),
         broker_trust=broker_trust(opts),
+        drop_duplicates=not streaming,
     )
-    processed = deduped[DeduplicateEnvelopes.UNIQUE] | "Confidential" >> confidential
+    processed = envelopes | "Confidential" >> confidential
     outputs = processed[ConfidentialProcess.SEALED]
     if after_confidential is not None:
         outputs = after_confidential(outputs)
     if not streaming:
+        # The checkpoint: a retried write rewrites these outputs, not a re-run of the
+        # confidential step. Not in streaming runs: on FnApiRunner a Reshuffle there holds
+        # every output until the feed ends (the streaming pipeline's own concern).
         outputs = outputs | "Checkpoint" >> beam.Reshuffle()
     written = (
         outputs
