@@ -55,7 +55,7 @@ EVENT_TIME_CONTEXT_KEY = "sealbeam.event_time"
 STAGE_EVENT_TIME = "event-time"
 STAGE_LATE = "late"
 _EVENT_TIME = re.compile(
-    r"(\d{4})-(\d{2})-(\d{2})T(\d{2}):(\d{2}):(\d{2})\.(\d{3})Z")
+    r"([0-9]{4})-([0-9]{2})-([0-9]{2})T([0-9]{2}):([0-9]{2}):([0-9]{2})\.([0-9]{3})Z")
 
 
 class EventTimeError(ValueError):
