@@ -113,8 +113,7 @@ class DeduplicateEnvelopes(beam.PTransform):
     def expand(self, pcoll: beam.PCollection) -> beam.pvalue.DoOutputsTuple:
         return (
             pcoll
-            | "KeyByEnvelopeId" >> beam.Map(_keyed).with_output_types(
-                beam.typehints.KV[str, SealedEnvelope])
+            | "KeyByEnvelopeId" >> beam.Map(_keyed).with_output_types(tuple[str, Any])
             | "FirstCopyOnly" >> beam.ParDo(_DedupeFn(self._horizon_s)).with_outputs(
                 self.DUPLICATES, main=self.UNIQUE)
         )

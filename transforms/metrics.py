@@ -16,6 +16,7 @@ DUPLICATES = "duplicates"            # exact copies of an envelope already seen 
 LATE = "late"                        # streaming: records whose window had closed (event_time.py)
 DEAD_LETTER_ROWS = "dead_letter_rows"  # rows resealed into dead letters from batch envelopes
 BROKER_CALLS = "broker_calls"        # calls from key sessions to the key broker
+BROKER_RETRIES = "broker_retries"    # confidential batches retried while the broker was down
 ROWS_OUT = "rows_out"                # feature rows written
 ROWS_SUPPRESSED = "rows_suppressed"  # rows the spec's k-anonymity left out of the outputs
 OUTPUT_FILES = "output_files"        # output files written (sealed batches or PME Parquet)
