@@ -48,8 +48,8 @@ from envelope import EnvelopeError, read_header
 from .errors import TransformConfigError
 from .metrics import LATE, NAMESPACE
 
-__all__ = ["EVENT_TIME_CONTEXT_KEY", "STAGE_EVENT_TIME", "STAGE_LATE", "StampEventTime",
-           "format_event_time", "parse_event_time", "window_end"]
+__all__ = ["EVENT_TIME_CONTEXT_KEY", "STAGE_EVENT_TIME", "STAGE_LATE", "EventTimeError",
+           "LateRecord", "StampEventTime", "format_event_time", "parse_event_time", "window_end"]
 
 EVENT_TIME_CONTEXT_KEY = "sealbeam.event_time"
 STAGE_EVENT_TIME = "event-time"

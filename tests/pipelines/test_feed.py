@@ -68,3 +68,17 @@ def test_bad_feed_arguments_are_user_errors(tmp_path: Path) -> None:
         publish_sealed([tmp_path / "x.sealed"], TOPIC, rate=-1, publisher=RecordingPublisher())
     assert cli.main(["feed", str(tmp_path / "missing.sealed"), "--topic", TOPIC]) == \
         cli.USAGE_EXIT
+
+
+def test_seal_states_the_event_time_in_every_header(broker: BrokerEnv, tmp_path: Path) -> None:
+    partner = tmp_path / "p.jsonl"
+    partner.write_text('{"customer_id": "c1", "name": "n", "email": "e@x", "amount": 1.0, '
+                       '"event_time": "2026-01-01T00:00:00Z", "region": "eu"}\n' * 3)
+    sealed = tmp_path / "p.sealed"
+    flags = ["seal", "--input", str(partner), "--output", str(sealed), "--region", "eu",
+             "--producer", "acme", "--state", str(broker.state_dir)]
+    assert cli.main([*flags, "--event-time", "2026-12-01T13:30:00.250Z"]) == 0
+    stated = {read_header(m.data)[0].context["sealbeam.event_time"]
+              for m in read_feed_messages([sealed], "raw")}
+    assert stated == {"2026-12-01T13:30:00.250Z"}
+    assert cli.main([*flags, "--event-time", "yesterday"]) == cli.USAGE_EXIT

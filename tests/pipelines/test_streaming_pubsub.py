@@ -24,6 +24,8 @@ from typing import Any
 import apache_beam as beam
 import pytest
 from apache_beam.options.pipeline_options import PipelineOptions
+from apache_beam.transforms.window import IntervalWindow
+from apache_beam.utils.timestamp import Timestamp
 
 from envelope import read_header
 from pipelines import cli
@@ -44,6 +46,7 @@ from tests.support.pubsub_emulator import (  # noqa: F401  (a fixture)
     client_env,
     pubsub_emulator,
 )
+from transforms.windows import window_label
 
 google_pubsub = pytest.importorskip("google.cloud.pubsub_v1",
                                     reason="the pubsub extra (pip install -e '.[pubsub]')")
@@ -224,3 +227,6 @@ def test_redelivered_messages_produce_each_row_once(broker: BrokerEnv,
     index = [json.loads(p.read_text()) for p in index_dir.iterdir()]
     assert index and all(e["end"] - e["start"] == WINDOW_SECONDS for e in index)
     assert all(e["start"] <= time.time() for e in index)
+    for entry in index:                                   # per-window files, named by window
+        label = window_label(IntervalWindow(Timestamp(entry["start"]), Timestamp(entry["end"])))
+        assert Path(entry["path"]).name.endswith(f"-{label}.sbatch")
