@@ -26,7 +26,9 @@ Two sources give the same ``PubsubDelivery`` elements, timestamped with the publ
   ``max_bytes`` or ``max_wait_s`` has passed since its first message — the round is the unit
   ``FnApiRunner`` processes, so this is where local streaming batches get their size — and
   acknowledges what it pulled. The feed ends by itself once no message arrived for
-  ``until_idle_s`` (``--until_idle_s``), and then releases the watermark. It acknowledges on
+  ``until_idle_s`` (``--until_idle_s``; a ``Watch`` termination condition whose state, the
+  time of the last new message, is checkpointed with the restriction), and then releases the
+  watermark. It acknowledges on
   pull, as Beam's own DirectRunner source does: a worker that dies after the pull loses those
   messages' processing (the local runners do not retry), so production runs use Dataflow.
 
@@ -49,8 +51,8 @@ from collections.abc import Callable, Iterable
 from typing import Any, NamedTuple
 
 import apache_beam as beam
-from apache_beam.coders import BytesCoder, FastPrimitivesCoder
-from apache_beam.io.watch import PollFn, PollResult, Watch, never
+from apache_beam.coders import BytesCoder, FastPrimitivesCoder, TimestampCoder
+from apache_beam.io.watch import PollFn, PollResult, TerminationCondition, Watch, never
 from apache_beam.metrics import Metrics
 from apache_beam.pvalue import TaggedOutput
 from apache_beam.transforms.timeutil import TimeDomain
@@ -93,26 +95,20 @@ def _delivery_key(delivery: PubsubDelivery) -> str:
 
 
 class _PullSubscription(PollFn):
-    """One Watch poll: pull a round of messages, acknowledge them, return them.
+    """One Watch poll: pull a round of messages, acknowledge them, return them (the client
+    is made lazily on the worker: it is not picklable)."""
 
-    Complete once ``until_idle_s`` passed with no message; the client is made lazily on the
-    worker (it is not picklable).
-    """
-
-    def __init__(self, subscription: str, *, until_idle_s: float | None, max_messages: int,
-                 max_bytes: int, max_wait_s: float,
-                 subscriber_factory: Callable[[], Any] | None) -> None:
+    def __init__(self, subscription: str, *, max_messages: int, max_bytes: int,
+                 max_wait_s: float, subscriber_factory: Callable[[], Any] | None) -> None:
         self._subscription = subscription
         self._subscriber_factory = subscriber_factory
-        self._until_idle_s = until_idle_s
         self._max_messages = max_messages
         self._max_bytes = max_bytes
         self._max_wait_s = max_wait_s
         self._client: Any = None
-        self._last_message: float | None = None
 
     def __getstate__(self) -> dict[str, Any]:
-        return {**self.__dict__, "_client": None, "_last_message": None}
+        return {**self.__dict__, "_client": None}
 
     def _subscriber(self) -> Any:
         if self._client is None:
@@ -157,18 +153,33 @@ class _PullSubscription(PollFn):
         return held
 
     def __call__(self, subscription: str) -> PollResult[PubsubDelivery]:
-        now = time.monotonic()
-        if self._last_message is None:
-            self._last_message = now
         received = self._pull_round()
         outputs = [TimestampedValue(_delivery(m), Timestamp.from_utc_datetime(
             m.message.publish_time)) for m in received]
-        if received:
-            self._last_message = time.monotonic()
-        elif (self._until_idle_s is not None
-              and time.monotonic() - self._last_message >= self._until_idle_s):
-            return PollResult.complete([])
         return PollResult.incomplete(outputs).with_watermark(Timestamp.now())
+
+
+class _AfterIdle(TerminationCondition):
+    """Stop polling once ``idle`` passed since the last new message (or the start).
+
+    Its state (when a message was last seen) is part of the ``Watch`` restriction, so it
+    survives checkpoints, unlike anything the poll function could remember.
+    """
+
+    def __init__(self, idle: Duration) -> None:
+        self._idle = idle
+
+    def for_new_input(self, now: Timestamp, element: Any) -> Timestamp:
+        return now
+
+    def on_seen_new_output(self, now: Timestamp, state: Timestamp) -> Timestamp:
+        return now
+
+    def can_stop_polling(self, now: Timestamp, state: Timestamp) -> bool:
+        return now - state >= self._idle
+
+    def state_coder(self) -> TimestampCoder:
+        return TimestampCoder()
 
 
 def _delivery(received: Any) -> PubsubDelivery:
@@ -201,7 +212,9 @@ class ReadPubsubUntilIdle(beam.PTransform):
                                        "and max_wait_s >= 0")
         self._subscription = subscription
         self._poll_interval_s = poll_interval_s
-        self._poll_fn = _PullSubscription(subscription, until_idle_s=until_idle_s,
+        self._termination = (never() if until_idle_s is None
+                             else _AfterIdle(Duration.of(until_idle_s)))
+        self._poll_fn = _PullSubscription(subscription,
                                           max_messages=max_messages, max_bytes=max_bytes,
                                           max_wait_s=max_wait_s,
                                           subscriber_factory=subscriber_factory)
@@ -211,7 +224,8 @@ class ReadPubsubUntilIdle(beam.PTransform):
             pbegin
             | "Subscription" >> beam.Create([self._subscription])
             | "Pull" >> Watch(self._poll_fn, poll_interval=self._poll_interval_s,
-                              termination=never(), output_coder=FastPrimitivesCoder(),
+                              termination=self._termination,
+                              output_coder=FastPrimitivesCoder(),
                               output_key_fn=_delivery_key)
             | "Delivery" >> beam.Map(lambda subscription_and_delivery:
                                      PubsubDelivery(*subscription_and_delivery[1]))

@@ -230,3 +230,16 @@ def test_redelivered_messages_produce_each_row_once(broker: BrokerEnv,
     for entry in index:                                   # per-window files, named by window
         label = window_label(IntervalWindow(Timestamp(entry["start"]), Timestamp(entry["end"])))
         assert Path(entry["path"]).name.endswith(f"-{label}.sbatch")
+
+
+def test_an_idle_subscription_ends_the_run_after_until_idle_s(broker: BrokerEnv,
+                                                              emulator_env: PubsubEmulator,
+                                                              tmp_path: Path) -> None:
+    _, subscription = _topic_and_subscription(emulator_env, "idle")
+    started = time.monotonic()
+    summary = run_streaming(PipelineOptions(flags=[
+        *_flags(broker, tmp_path / "out", subscription, tmp_path), "--until_idle_s=2"]))
+    elapsed = time.monotonic() - started
+    assert 2 <= elapsed < 30
+    assert summary.records_in == summary.records_out == summary.duplicates == 0
+    assert summary.reconciled
