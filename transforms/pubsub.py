@@ -28,9 +28,9 @@ Two sources give the same ``PubsubDelivery`` elements, timestamped with the publ
   acknowledges what it pulled. The feed ends by itself once no message arrived for
   ``until_idle_s`` (``--until_idle_s``; a ``Watch`` termination condition whose state, the
   time of the last new message, is checkpointed with the restriction), and then releases the
-  watermark. It acknowledges on
-  pull, as Beam's own DirectRunner source does: a worker that dies after the pull loses those
-  messages' processing (the local runners do not retry), so production runs use Dataflow.
+  watermark. It acknowledges on pull, as Beam's own DirectRunner source does: a worker that
+  dies after the pull loses those messages' processing (the local runners do not retry), so
+  production runs use Dataflow.
 
 ``AcceptPubsubMessages`` counts every delivery in ``records_in`` and drops a second delivery
 of one message id (a redelivery: an acknowledgement that was lost or came too late),
