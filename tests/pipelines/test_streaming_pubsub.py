@@ -3,7 +3,8 @@
 Topics and subscriptions are made with Google's client against the emulator; sealed data
 sets go out through ``sealbeam feed``; the pipeline reads them with ``--source pubsub`` on
 ``FnApiRunner`` and stops by itself once the subscription stays idle (``--until-idle-s``).
-Checked: every row once although envelopes were republished (new message id) and
+Checked: sealed records and a sealed batch, one per message; every row once although
+envelopes were republished (new message id) and
 redelivered (an acknowledgement lost on purpose: the real emulator redelivers the same
 message id), late records in ``late/``, a partner attribute that disagrees with the header as
 a dead letter, and ``records_in = records_out + dead_letters + duplicates + late`` from the
@@ -32,8 +33,9 @@ from pipelines import cli
 from pipelines.batch import BatchPipelineOutputs
 from pipelines.pubsub_feed import publish_sealed, read_feed_messages
 from pipelines.reading import open_output
+from pipelines.sealing import seal_file
 from pipelines.streaming import run_streaming
-from pipelines.synthetic import REGIONS
+from pipelines.synthetic import REGIONS, write_partner_files
 from tests.enclave_workers.broker_env import BrokerEnv
 from tests.pipelines.helpers import (
     assert_no_plaintext,
@@ -102,9 +104,13 @@ def feed_run(broker: BrokerEnv, emulator_env: PubsubEmulator,
     now = time.time()
     files, on_time = sealed_partner_files(broker, work / "on-time", 40, event_time=now)
     _, late = sealed_partner_files(broker, work / "late", 6, event_time=now - 600)
+    batch_source = write_partner_files(work / "batch-partner", 8, files_per_group=1, seed=5)[0]
+    batch = work / "batch.sealed"                          # one sealed batch: one message
+    seal_file(batch_source.path, batch, keyring=broker.keyring, region=batch_source.region,
+              producer_id=batch_source.producer_id, output_kind="batch", event_time=now)
     topic, subscription = _topic_and_subscription(emulator_env, "feed")
     published = []
-    for paths in (on_time, late):
+    for paths in (on_time, late, [batch]):
         code = cli.main(["feed", *map(str, paths), "--topic", topic, "--rate", "500"])
         assert code == 0
     on_time_messages = read_feed_messages(on_time, "raw")
@@ -125,7 +131,8 @@ def feed_run(broker: BrokerEnv, emulator_env: PubsubEmulator,
         code = cli.main(["run", "streaming", *_flags(broker, out, subscription, work),
                          "--until-idle-s=3"])
     return {"code": code, "summary": json.loads(printed.getvalue().strip().splitlines()[-1]),
-            "out": out, "files": files, "seconds": time.monotonic() - started,
+            "out": out, "files": [*files, batch_source], "batch_rows": batch_source.records,
+            "seconds": time.monotonic() - started,
             "on_time": on_time_messages, "late": late_messages, "republished": republished,
             "forged": forged}
 
@@ -134,18 +141,19 @@ def test_a_pubsub_run_stops_when_idle_and_reconciles(feed_run) -> None:
     summary = feed_run["summary"]
     assert feed_run["code"] == 0, summary
     on_time, late = len(feed_run["on_time"]), len(feed_run["late"])
-    assert summary["records_in"] == on_time + late + len(feed_run["republished"]) + 1
+    assert summary["records_in"] == on_time + 1 + late + len(feed_run["republished"]) + 1
     assert summary["duplicates"] == len(feed_run["republished"])
     assert summary["late"] == late
     assert summary["dead_letters"] == 1
-    assert summary["records_out"] == on_time
+    assert summary["records_out"] == on_time + 1                     # records and the batch
+    assert summary["rows_out"] == on_time + feed_run["batch_rows"]
     assert summary["reconciled"]
     assert feed_run["seconds"] < 60
 
 
 def test_each_published_row_is_written_once(feed_run, broker: BrokerEnv) -> None:
     rows = _rows(feed_run["out"], broker)
-    assert len(rows) == len(set(rows)) == len(feed_run["on_time"])
+    assert len(rows) == len(set(rows)) == len(feed_run["on_time"]) + feed_run["batch_rows"]
 
 
 def test_late_records_land_sealed_in_the_late_output(feed_run) -> None:
