@@ -44,7 +44,7 @@ from transforms import (
 from transforms import metrics as names
 from transforms.batching import BundleBatches
 from transforms.dead_letters import DEAD_LETTER_DIR
-from transforms.dedupe import DeduplicateEnvelopes
+from transforms.dedupe import GROUPED, STATEFUL, DeduplicateEnvelopes
 from transforms.write import clean_temporary_files
 
 from .errors import ReconciliationError
@@ -142,10 +142,10 @@ def add_processing_steps(
     region-pinned writes and the dead-letter sink."""
     output_root = required(opts, "output_root")
     broker_url = required(opts, "broker_url")
+    streaming = bool(opts.view_as(StandardOptions).streaming)
     parsed = sealed | "ParseHeaders" >> ParseSealed()
     deduped = parsed[ParseSealed.SEALED] | "Deduplicate" >> DeduplicateEnvelopes(
-        horizon_s=opts.dedupe_horizon_s)
-    streaming = bool(opts.view_as(StandardOptions).streaming)
+        horizon_s=opts.dedupe_horizon_s, strategy=STATEFUL if streaming else GROUPED)
     confidential = ConfidentialProcess(
         broker_url, tee_settings(opts), feature_spec(opts), output_format=output_format(opts),
         limits=session_limits(opts), max_batch_size=opts.max_batch_size,
