@@ -16,7 +16,10 @@ for new files (``--source files``, ``file_drop.WatchFileDrop``), a Pub/Sub subsc
 3. fixed windows of ``--window_seconds`` over event time, and ``HoldForBatches``: per window
    and (region, producer), records are held until ``--max_batch_size`` records,
    ``--max_batch_bytes`` or ``--max_batch_duration_seconds``, or the window's close;
-4. ``ConfidentialProcess``, ``RouteByRegion``, ``WriteRegionPinned``, dead letters per window.
+4. ``ConfidentialProcess`` (with ``HoldForBatches`` as its batcher), ``RouteByRegion``,
+   ``WriteRegionPinned``, and dead letters per window (``WriteStreamDeadLetters``: per bundle,
+   no GroupByKey, so the dead letters of a batch released as its window closes are never
+   dropped as expired).
 
 Every run reconciles ``records_in = records_out + dead_letters + duplicates + late``
 (``StreamingRunSummary``).
@@ -54,7 +57,6 @@ from apache_beam.utils.timestamp import Duration
 
 from transforms import ConfidentialProcess, DecodeSealedLines, ParseSealed, RouteByRegion
 from transforms import metrics as names
-from transforms.dead_letters import WriteDeadLetters
 from transforms.dedupe import DeduplicateEnvelopes
 from transforms.errors import TransformConfigError
 from transforms.event_time import StampEventTime
@@ -65,8 +67,8 @@ from transforms.pubsub import (
     ReadPubsubWithIdLabel,
 )
 from transforms.read import RawSealedMessages, ReadSealedFiles
-from transforms.sealed import sealed_envelope
 from transforms.stream_batches import HoldForBatches
+from transforms.stream_dead_letters import WriteStreamDeadLetters
 from transforms.write import WriteRegionPinned
 
 from .batch import BatchPipelineOutputs, RunSummary, _counter_totals, summarize_run
@@ -95,7 +97,6 @@ DEFAULT_WINDOW_SECONDS = 60.0
 DEFAULT_ALLOWED_LATENESS_SECONDS = 60.0
 DEFAULT_POLL_INTERVAL_SECONDS = 10.0
 DEFAULT_MAX_BATCH_DURATION_SECONDS = 30.0
-DEFAULT_MAX_BATCH_BYTES = 64 << 20
 ID_LABEL_RUNNERS = ("DataflowRunner", "TestDataflowRunner")
 
 _LOG = logging.getLogger(__name__)
@@ -127,8 +128,6 @@ class StreamingOptions(PipelineOptions):
                             help="longest a streaming batch waits to fill before the "
                                  "confidential step (also closed by --max_batch_size, "
                                  "--max_batch_bytes, or its window's end)")
-        parser.add_argument("--max_batch_bytes", type=int, default=DEFAULT_MAX_BATCH_BYTES,
-                            help="envelope bytes that close a streaming batch")
         parser.add_argument("--until_idle_s", "--until-idle-s", dest="until_idle_s",
                             type=float, default=None,
                             help="end the Pub/Sub feed once no message arrived for this many "
@@ -191,15 +190,37 @@ def _read_pubsub(p: beam.Pipeline, options: PipelineOptions, stream: StreamingOp
         else:
             deliveries = p | "ReadPubSub" >> ReadPubsubUntilIdle(
                 stream.subscription, until_idle_s=stream.until_idle_s,
-                max_messages=opts.max_batch_size, max_bytes=stream.max_batch_bytes,
+                max_messages=opts.max_batch_size, max_bytes=opts.max_batch_bytes,
                 max_wait_s=stream.max_batch_duration_seconds,
                 subscriber_factory=subscriber_factory)
         accepted = deliveries | "AcceptMessages" >> AcceptPubsubMessages(
-            message_format=stream.message_format)
+            message_format=stream.message_format, horizon_s=opts.dedupe_horizon_s)
     except TransformConfigError as exc:
         raise PipelineError(str(exc)) from None
     return (accepted[AcceptPubsubMessages.SEALED],
             [accepted[AcceptPubsubMessages.DEAD_LETTER]])
+
+
+def check_subscription(subscription: str) -> None:
+    """Fail with a ``PipelineError`` before the run when the local Pub/Sub source cannot read
+    ``subscription``: the client library is missing, or the subscription does not exist
+    (where ``PUBSUB_EMULATOR_HOST`` points, or on Pub/Sub)."""
+    try:
+        from google.api_core import exceptions
+        from google.cloud import pubsub_v1
+    except ImportError:
+        raise PipelineError("--source pubsub needs the pubsub extra: "
+                            "pip install 'sealbeam[pubsub]'") from None
+    client = pubsub_v1.SubscriberClient()
+    try:
+        client.get_subscription(request={"subscription": subscription}, timeout=30)
+    except exceptions.NotFound:
+        raise PipelineError(f"Pub/Sub subscription {subscription} does not exist") from None
+    except exceptions.GoogleAPIError as exc:
+        raise PipelineError(f"cannot read Pub/Sub subscription {subscription}: "
+                            f"{type(exc).__name__}") from None
+    finally:
+        client.close()
 
 
 def _read_feed(p: beam.Pipeline, options: PipelineOptions, source: beam.PTransform | None,
@@ -219,18 +240,6 @@ def _read_feed(p: beam.Pipeline, options: PipelineOptions, source: beam.PTransfo
     if stream.source == PUBSUB:
         return _read_pubsub(p, options, stream, opts, subscriber_factory)
     raise PipelineError(f"--source must be one of {', '.join(SOURCES)}")
-
-
-def _as_sealed_envelope(element: object) -> object:
-    """``ParseSealed``'s output as a ``SealedEnvelope`` (bytes are parsed once more)."""
-    if isinstance(element, bytes):
-        from envelope import read_header
-        return sealed_envelope(element, read_header(element)[0])
-    return element
-
-
-def _envelope_bytes(element: object) -> bytes:
-    return element if isinstance(element, bytes) else element.data  # type: ignore[attr-defined]
 
 
 def build_streaming_pipeline(p: beam.Pipeline, options: PipelineOptions, *,
@@ -255,34 +264,29 @@ def build_streaming_pipeline(p: beam.Pipeline, options: PipelineOptions, *,
     broker_url = required(opts, "broker_url")
     try:
         hold = HoldForBatches(max_records=opts.max_batch_size,
-                              max_bytes=stream.max_batch_bytes,
+                              max_bytes=opts.max_batch_bytes,
                               max_duration_s=stream.max_batch_duration_seconds)
+        confidential = ConfidentialProcess(
+            broker_url, tee_settings(opts), feature_spec(opts),
+            output_format=output_format(opts), limits=session_limits(opts),
+            max_batch_size=opts.max_batch_size, max_batch_bytes=opts.max_batch_bytes,
+            broker_retries=opts.broker_retries, batcher=hold)
+        dedupe = DeduplicateEnvelopes(horizon_s=opts.dedupe_horizon_s)
     except TransformConfigError as exc:
         raise PipelineError(str(exc)) from None
     window = FixedWindows(window_s)
     sealed, feed_dead_letters = _read_feed(p, options, source, subscriber_factory)
 
     parsed = sealed | "ParseHeaders" >> ParseSealed()
-    unique = (parsed[ParseSealed.SEALED]
-              | "AsSealedEnvelope" >> beam.Map(_as_sealed_envelope)
-              | "DedupeEnvelopes" >> DeduplicateEnvelopes())
+    unique = parsed[ParseSealed.SEALED] | "DedupeEnvelopes" >> dedupe
     timed = unique[DeduplicateEnvelopes.UNIQUE] | "EventTime" >> StampEventTime(
         window_s=window_s, allowed_lateness_s=lateness_s)
     timed[StampEventTime.LATE] | "WriteLate" >> WriteLateRecords(output_root)
-    batched = (
+    processed = (
         timed[StampEventTime.ON_TIME]
         | "Window" >> beam.WindowInto(window, allowed_lateness=Duration.of(lateness_s))
-        | "HoldForBatches" >> hold
-        | "EnvelopeBytes" >> beam.Map(_envelope_bytes)
+        | "Confidential" >> confidential
     )
-    # HoldForBatches sizes the batches; BatchElements only collects what one release put in
-    # a bundle (an adaptive start from --min_batch_size would split a release again).
-    confidential = ConfidentialProcess(
-        broker_url, tee_settings(opts), feature_spec(opts), output_format=output_format(opts),
-        limits=session_limits(opts), min_batch_size=opts.max_batch_size,
-        max_batch_size=opts.max_batch_size,
-    )
-    processed = batched | "Confidential" >> confidential
     written = (
         processed[ConfidentialProcess.SEALED]
         | "Route" >> RouteByRegion()
@@ -299,9 +303,9 @@ def build_streaming_pipeline(p: beam.Pipeline, options: PipelineOptions, *,
          written[WriteRegionPinned.DEAD_LETTER])
         | "AllDeadLetters" >> beam.Flatten()
     )
-    dead_letters | "WriteDeadLetters" >> WriteDeadLetters(output_root)
+    dead_letter_paths = dead_letters | "WriteDeadLetters" >> WriteStreamDeadLetters(output_root)
     return BatchPipelineOutputs(written[WriteRegionPinned.WRITTEN], dead_letters,
-                                confidential.compiled.fingerprint)
+                                confidential.compiled.fingerprint, dead_letter_paths)
 
 
 def default_streaming_runner(options: PipelineOptions, *, test_source: bool = False
@@ -332,6 +336,10 @@ def run_streaming(options: PipelineOptions, *, source: beam.PTransform | None = 
         _LOG.warning("the bundle-based DirectRunner (Beam 2.77) loses the metrics of a step's "
                      "later bundles on a worker thread: this run's counts can be too low and "
                      "need not reconcile; its outputs and dead letters are complete")
+    stream = options.view_as(StreamingOptions)
+    if (source is None and stream.source == PUBSUB and stream.subscription
+            and subscriber_factory is None and not runner_supports_id_label(options)):
+        check_subscription(stream.subscription)
     started = time.monotonic()
     pipeline = beam.Pipeline(runner=runner, options=options)
     built = build_streaming_pipeline(pipeline, options, source=source,

@@ -48,14 +48,14 @@ from envelope import EnvelopeError, read_header
 from .errors import TransformConfigError
 from .metrics import LATE, NAMESPACE
 
-__all__ = ["EVENT_TIME_CONTEXT_KEY", "STAGE_EVENT_TIME", "STAGE_LATE", "StampEventTime",
-           "format_event_time", "parse_event_time", "window_end"]
+__all__ = ["EVENT_TIME_CONTEXT_KEY", "STAGE_EVENT_TIME", "STAGE_LATE", "EventTimeError",
+           "LateRecord", "StampEventTime", "format_event_time", "parse_event_time", "window_end"]
 
 EVENT_TIME_CONTEXT_KEY = "sealbeam.event_time"
 STAGE_EVENT_TIME = "event-time"
 STAGE_LATE = "late"
 _EVENT_TIME = re.compile(
-    r"(\d{4})-(\d{2})-(\d{2})T(\d{2}):(\d{2}):(\d{2})\.(\d{3})Z")
+    r"([0-9]{4})-([0-9]{2})-([0-9]{2})T([0-9]{2}):([0-9]{2}):([0-9]{2})\.([0-9]{3})Z")
 
 
 class EventTimeError(ValueError):

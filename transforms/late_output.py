@@ -32,6 +32,7 @@ from apache_beam.utils.timestamp import Timestamp
 
 from .errors import TransformConfigError
 from .event_time import LateRecord, format_event_time
+from .write import commit_file
 
 __all__ = ["LATE_DIR", "WriteLateRecords", "late_file_name", "late_record_to_json"]
 
@@ -71,18 +72,8 @@ class _WriteLateFn(beam.DoFn):
         if not records:
             return
         name = late_file_name([r.record_id for r in records])
-        final_path = FileSystems.join(self._output_root, LATE_DIR, name)
-        temp_path = FileSystems.join(self._output_root, LATE_DIR, f".{name}.tmp")
-        writer = FileSystems.create(temp_path, mime_type="application/json",
-                                    compression_type="uncompressed")
-        try:
-            for record in records:
-                writer.write(late_record_to_json(record))
-        finally:
-            writer.close()
-        if FileSystems.exists(final_path):
-            FileSystems.delete([final_path])
-        FileSystems.rename([temp_path], [final_path])
+        commit_file(FileSystems.join(self._output_root, LATE_DIR), name,
+                    [late_record_to_json(record) for record in records], "application/json")
 
 
 class WriteLateRecords(beam.PTransform):

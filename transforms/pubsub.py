@@ -16,8 +16,9 @@ envelope's header; a message without it, or naming another partner, becomes a de
 (stage ``attribute``) with its sealed bytes. ``sealbeam feed`` publishes messages this way,
 with the envelope id in the attribute ``envelope_id`` (``ID_ATTRIBUTE``).
 
-Two sources give the same ``PubsubDelivery`` elements, timestamped with the publish time
-(their arrival; ``event_time.StampEventTime`` re-stamps them with the header's event time):
+Two sources give the same ``PubsubDelivery`` elements; ``AcceptPubsubMessages`` passes them
+on timestamped with the publish time (their arrival; ``event_time.StampEventTime`` then
+re-stamps them with the header's event time):
 
 - ``ReadPubsubWithIdLabel``: Beam's ``ReadFromPubSub`` with ``id_label=ID_ATTRIBUTE``, for
   runners that de-duplicate by it (Dataflow; the local runners refuse ``id_label``).
@@ -26,9 +27,11 @@ Two sources give the same ``PubsubDelivery`` elements, timestamped with the publ
   ``max_bytes`` or ``max_wait_s`` has passed since its first message — the round is the unit
   ``FnApiRunner`` processes, so this is where local streaming batches get their size — and
   acknowledges what it pulled. The feed ends by itself once no message arrived for
-  ``until_idle_s`` (``--until_idle_s``), and then releases the watermark. It acknowledges on
-  pull, as Beam's own DirectRunner source does: a worker that dies after the pull loses those
-  messages' processing (the local runners do not retry), so production runs use Dataflow.
+  ``until_idle_s`` (``--until_idle_s``; a ``Watch`` termination condition whose state, the
+  time of the last new message, is checkpointed with the restriction), and then releases the
+  watermark. It acknowledges on pull, as Beam's own DirectRunner source does: a worker that
+  dies after the pull loses those messages' processing (the local runners do not retry), so
+  production runs use Dataflow.
 
 ``AcceptPubsubMessages`` counts every delivery in ``records_in`` and drops a second delivery
 of one message id (a redelivery: an acknowledgement that was lost or came too late),
@@ -49,8 +52,8 @@ from collections.abc import Callable, Iterable
 from typing import Any, NamedTuple
 
 import apache_beam as beam
-from apache_beam.coders import BytesCoder, FastPrimitivesCoder
-from apache_beam.io.watch import PollFn, PollResult, Watch, never
+from apache_beam.coders import BytesCoder, FastPrimitivesCoder, TimestampCoder
+from apache_beam.io.watch import PollFn, PollResult, TerminationCondition, Watch, never
 from apache_beam.metrics import Metrics
 from apache_beam.pvalue import TaggedOutput
 from apache_beam.transforms.timeutil import TimeDomain
@@ -76,6 +79,7 @@ BASE64 = "base64"
 MESSAGE_FORMATS = (RAW, BASE64)
 DEFAULT_HORIZON_S = 3600.0
 _PULL_TIMEOUT_S = 2.0
+_CLOCK_STEP_S = 60.0       # Watch keeps the ack ids of the last minute of pull time, no more
 
 
 class PubsubDelivery(NamedTuple):
@@ -93,26 +97,20 @@ def _delivery_key(delivery: PubsubDelivery) -> str:
 
 
 class _PullSubscription(PollFn):
-    """One Watch poll: pull a round of messages, acknowledge them, return them.
+    """One Watch poll: pull a round of messages, acknowledge them, return them (the client
+    is made lazily on the worker: it is not picklable)."""
 
-    Complete once ``until_idle_s`` passed with no message; the client is made lazily on the
-    worker (it is not picklable).
-    """
-
-    def __init__(self, subscription: str, *, until_idle_s: float | None, max_messages: int,
-                 max_bytes: int, max_wait_s: float,
-                 subscriber_factory: Callable[[], Any] | None) -> None:
+    def __init__(self, subscription: str, *, max_messages: int, max_bytes: int,
+                 max_wait_s: float, subscriber_factory: Callable[[], Any] | None) -> None:
         self._subscription = subscription
         self._subscriber_factory = subscriber_factory
-        self._until_idle_s = until_idle_s
         self._max_messages = max_messages
         self._max_bytes = max_bytes
         self._max_wait_s = max_wait_s
         self._client: Any = None
-        self._last_message: float | None = None
 
     def __getstate__(self) -> dict[str, Any]:
-        return {**self.__dict__, "_client": None, "_last_message": None}
+        return {**self.__dict__, "_client": None}
 
     def _subscriber(self) -> Any:
         if self._client is None:
@@ -157,18 +155,35 @@ class _PullSubscription(PollFn):
         return held
 
     def __call__(self, subscription: str) -> PollResult[PubsubDelivery]:
-        now = time.monotonic()
-        if self._last_message is None:
-            self._last_message = now
         received = self._pull_round()
-        outputs = [TimestampedValue(_delivery(m), Timestamp.from_utc_datetime(
-            m.message.publish_time)) for m in received]
-        if received:
-            self._last_message = time.monotonic()
-        elif (self._until_idle_s is not None
-              and time.monotonic() - self._last_message >= self._until_idle_s):
-            return PollResult.complete([])
-        return PollResult.incomplete(outputs).with_watermark(Timestamp.now())
+        now = Timestamp.now()
+        # Stamped with the pull time, which only grows, so Watch can forget the keys of
+        # earlier rounds (timestamp_cursor); AcceptPubsubMessages re-stamps the publish time.
+        outputs = [TimestampedValue(_delivery(m), now) for m in received]
+        return PollResult.incomplete(outputs).with_watermark(now)
+
+
+class _AfterIdle(TerminationCondition):
+    """Stop polling once ``idle`` passed since the last new message (or the start).
+
+    Its state (when a message was last seen) is part of the ``Watch`` restriction, so it
+    survives checkpoints, unlike anything the poll function could remember.
+    """
+
+    def __init__(self, idle: Duration) -> None:
+        self._idle = idle
+
+    def for_new_input(self, now: Timestamp, element: Any) -> Timestamp:
+        return now
+
+    def on_seen_new_output(self, now: Timestamp, state: Timestamp) -> Timestamp:
+        return now
+
+    def can_stop_polling(self, now: Timestamp, state: Timestamp) -> bool:
+        return now - state >= self._idle
+
+    def state_coder(self) -> TimestampCoder:
+        return TimestampCoder()
 
 
 def _delivery(received: Any) -> PubsubDelivery:
@@ -201,7 +216,9 @@ class ReadPubsubUntilIdle(beam.PTransform):
                                        "and max_wait_s >= 0")
         self._subscription = subscription
         self._poll_interval_s = poll_interval_s
-        self._poll_fn = _PullSubscription(subscription, until_idle_s=until_idle_s,
+        self._termination = (never() if until_idle_s is None
+                             else _AfterIdle(Duration.of(until_idle_s)))
+        self._poll_fn = _PullSubscription(subscription,
                                           max_messages=max_messages, max_bytes=max_bytes,
                                           max_wait_s=max_wait_s,
                                           subscriber_factory=subscriber_factory)
@@ -211,16 +228,21 @@ class ReadPubsubUntilIdle(beam.PTransform):
             pbegin
             | "Subscription" >> beam.Create([self._subscription])
             | "Pull" >> Watch(self._poll_fn, poll_interval=self._poll_interval_s,
-                              termination=never(), output_coder=FastPrimitivesCoder(),
-                              output_key_fn=_delivery_key)
+                              termination=self._termination,
+                              output_coder=FastPrimitivesCoder(),
+                              output_key_fn=_delivery_key, timestamp_cursor=True,
+                              allowed_lateness=_CLOCK_STEP_S)
             | "Delivery" >> beam.Map(lambda subscription_and_delivery:
                                      PubsubDelivery(*subscription_and_delivery[1]))
         )
 
 
-def _from_beam_message(message: Any) -> PubsubDelivery:
+def _from_beam_message(message: Any, timestamp: Timestamp) -> PubsubDelivery:
+    """A Beam ``PubsubMessage`` as a delivery; Beam stamps it with its publish time, which
+    stands in when the message does not carry one."""
     publish = message.publish_time
-    micros = Timestamp.from_utc_datetime(publish).micros if publish is not None else 0
+    micros = (Timestamp.from_utc_datetime(publish).micros if publish is not None
+              else timestamp.micros)
     return PubsubDelivery(message.message_id or "", bytes(message.data),
                           tuple(sorted((message.attributes or {}).items())), micros,
                           message.message_id or "")
@@ -241,7 +263,8 @@ class ReadPubsubWithIdLabel(beam.PTransform):
             pbegin
             | "ReadFromPubSub" >> beam.io.ReadFromPubSub(
                 subscription=self._subscription, with_attributes=True, id_label=ID_ATTRIBUTE)
-            | "Delivery" >> beam.Map(_from_beam_message)
+            | "Delivery" >> beam.Map(lambda message, timestamp=beam.DoFn.TimestampParam:
+                                     _from_beam_message(message, timestamp))
         )
 
 
@@ -252,7 +275,8 @@ _EXPIRY_PARAM = beam.DoFn.TimerParam(_EXPIRY)
 
 
 class _FirstDeliveryFn(beam.DoFn):
-    """Keyed by message id: passes the first delivery, counts and diverts the others."""
+    """Keyed by message id: passes the first delivery (timestamped with its publish time),
+    counts and diverts the others."""
 
     def __init__(self, horizon_s: float) -> None:
         self._horizon = Duration.of(horizon_s)
@@ -272,7 +296,7 @@ class _FirstDeliveryFn(beam.DoFn):
             return
         seen.write(b"1")
         expiry.set(min(timestamp + self._horizon, window.max_timestamp()))
-        yield TimestampedValue(delivery, timestamp)
+        yield TimestampedValue(delivery, Timestamp(micros=delivery.publish_micros))
 
     @on_timer(_EXPIRY)
     def expire(self, seen: Any = _SEEN_PARAM) -> None:

@@ -13,9 +13,11 @@ from dataclasses import asdict
 from pathlib import Path
 
 from keybroker.kms.local import LocalKeyring
+from pipelines.errors import PipelineError
 from pipelines.progress import track
 from pipelines.sealing import INPUT_FORMATS, OUTPUT_KINDS, seal_file
 from pipelines.stdio import STDIO, input_path, output_path
+from transforms.event_time import EventTimeError, parse_event_time
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -38,18 +40,27 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="records per DEK; 0 = one DEK for the whole file")
     parser.add_argument("--input-format", choices=INPUT_FORMATS, default=None,
                         help="input format (default: from the file suffix; jsonl for '-')")
+    parser.add_argument("--event-time", default=None,
+                        help="when the records happened, stated in every header for streaming "
+                             "windows: YYYY-MM-DDTHH:MM:SS.mmmZ (UTC; default: now)")
     parser.set_defaults(func=run_seal)
 
 
 def run_seal(args: argparse.Namespace) -> int:
     keyring = LocalKeyring.open(args.state / "keyring.json")
+    event_time = None
+    if args.event_time is not None:
+        try:
+            event_time = float(parse_event_time(args.event_time))
+        except EventTimeError as exc:
+            raise PipelineError(f"--event-time: {exc}") from None
     input_format = args.input_format or ("jsonl" if args.input == STDIO else None)
     with input_path(args.input) as source, output_path(args.output) as target, \
             track("seal") as progress:
         report = seal_file(source, target, keyring=keyring, region=args.region,
                            producer_id=args.producer, output_kind=args.kind,
                            records_per_key=args.records_per_key, input_format=input_format,
-                           on_sealed=progress.update)
+                           event_time=event_time, on_sealed=progress.update)
     document = asdict(report)
     if args.output == STDIO:
         document["output_path"] = STDIO

@@ -3,7 +3,8 @@
 Topics and subscriptions are made with Google's client against the emulator; sealed data
 sets go out through ``sealbeam feed``; the pipeline reads them with ``--source pubsub`` on
 ``FnApiRunner`` and stops by itself once the subscription stays idle (``--until-idle-s``).
-Checked: every row once although envelopes were republished (new message id) and
+Checked: sealed records and a sealed batch, one per message; every row once although
+envelopes were republished (new message id) and
 redelivered (an acknowledgement lost on purpose: the real emulator redelivers the same
 message id), late records in ``late/``, a partner attribute that disagrees with the header as
 a dead letter, and ``records_in = records_out + dead_letters + duplicates + late`` from the
@@ -24,14 +25,17 @@ from typing import Any
 import apache_beam as beam
 import pytest
 from apache_beam.options.pipeline_options import PipelineOptions
+from apache_beam.transforms.window import IntervalWindow
+from apache_beam.utils.timestamp import Timestamp
 
 from envelope import read_header
 from pipelines import cli
 from pipelines.batch import BatchPipelineOutputs
 from pipelines.pubsub_feed import publish_sealed, read_feed_messages
 from pipelines.reading import open_output
+from pipelines.sealing import seal_file
 from pipelines.streaming import run_streaming
-from pipelines.synthetic import REGIONS
+from pipelines.synthetic import REGIONS, write_partner_files
 from tests.enclave_workers.broker_env import BrokerEnv
 from tests.pipelines.helpers import (
     assert_no_plaintext,
@@ -44,6 +48,7 @@ from tests.support.pubsub_emulator import (  # noqa: F401  (a fixture)
     client_env,
     pubsub_emulator,
 )
+from transforms.windows import window_label
 
 google_pubsub = pytest.importorskip("google.cloud.pubsub_v1",
                                     reason="the pubsub extra (pip install -e '.[pubsub]')")
@@ -99,9 +104,13 @@ def feed_run(broker: BrokerEnv, emulator_env: PubsubEmulator,
     now = time.time()
     files, on_time = sealed_partner_files(broker, work / "on-time", 40, event_time=now)
     _, late = sealed_partner_files(broker, work / "late", 6, event_time=now - 600)
+    batch_source = write_partner_files(work / "batch-partner", 8, files_per_group=1, seed=5)[0]
+    batch = work / "batch.sealed"                          # one sealed batch: one message
+    seal_file(batch_source.path, batch, keyring=broker.keyring, region=batch_source.region,
+              producer_id=batch_source.producer_id, output_kind="batch", event_time=now)
     topic, subscription = _topic_and_subscription(emulator_env, "feed")
     published = []
-    for paths in (on_time, late):
+    for paths in (on_time, late, [batch]):
         code = cli.main(["feed", *map(str, paths), "--topic", topic, "--rate", "500"])
         assert code == 0
     on_time_messages = read_feed_messages(on_time, "raw")
@@ -122,7 +131,8 @@ def feed_run(broker: BrokerEnv, emulator_env: PubsubEmulator,
         code = cli.main(["run", "streaming", *_flags(broker, out, subscription, work),
                          "--until-idle-s=3"])
     return {"code": code, "summary": json.loads(printed.getvalue().strip().splitlines()[-1]),
-            "out": out, "files": files, "seconds": time.monotonic() - started,
+            "out": out, "files": [*files, batch_source], "batch_rows": batch_source.records,
+            "seconds": time.monotonic() - started,
             "on_time": on_time_messages, "late": late_messages, "republished": republished,
             "forged": forged}
 
@@ -131,18 +141,19 @@ def test_a_pubsub_run_stops_when_idle_and_reconciles(feed_run) -> None:
     summary = feed_run["summary"]
     assert feed_run["code"] == 0, summary
     on_time, late = len(feed_run["on_time"]), len(feed_run["late"])
-    assert summary["records_in"] == on_time + late + len(feed_run["republished"]) + 1
+    assert summary["records_in"] == on_time + 1 + late + len(feed_run["republished"]) + 1
     assert summary["duplicates"] == len(feed_run["republished"])
     assert summary["late"] == late
     assert summary["dead_letters"] == 1
-    assert summary["records_out"] == on_time
+    assert summary["records_out"] == on_time + 1                     # records and the batch
+    assert summary["rows_out"] == on_time + feed_run["batch_rows"]
     assert summary["reconciled"]
     assert feed_run["seconds"] < 60
 
 
 def test_each_published_row_is_written_once(feed_run, broker: BrokerEnv) -> None:
     rows = _rows(feed_run["out"], broker)
-    assert len(rows) == len(set(rows)) == len(feed_run["on_time"])
+    assert len(rows) == len(set(rows)) == len(feed_run["on_time"]) + feed_run["batch_rows"]
 
 
 def test_late_records_land_sealed_in_the_late_output(feed_run) -> None:
@@ -224,3 +235,30 @@ def test_redelivered_messages_produce_each_row_once(broker: BrokerEnv,
     index = [json.loads(p.read_text()) for p in index_dir.iterdir()]
     assert index and all(e["end"] - e["start"] == WINDOW_SECONDS for e in index)
     assert all(e["start"] <= time.time() for e in index)
+    for entry in index:                                   # per-window files, named by window
+        label = window_label(IntervalWindow(Timestamp(entry["start"]), Timestamp(entry["end"])))
+        assert Path(entry["path"]).name.endswith(f"-{label}.sbatch")
+
+
+def test_an_idle_subscription_ends_the_run_after_until_idle_s(broker: BrokerEnv,
+                                                              emulator_env: PubsubEmulator,
+                                                              tmp_path: Path) -> None:
+    _, subscription = _topic_and_subscription(emulator_env, "idle")
+    started = time.monotonic()
+    summary = run_streaming(PipelineOptions(flags=[
+        *_flags(broker, tmp_path / "out", subscription, tmp_path), "--until_idle_s=2"]))
+    elapsed = time.monotonic() - started
+    assert 2 <= elapsed < 30
+    assert summary.records_in == summary.records_out == summary.duplicates == 0
+    assert summary.reconciled
+
+
+def test_a_missing_subscription_is_a_user_error(broker: BrokerEnv, emulator_env: PubsubEmulator,
+                                                tmp_path: Path,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    missing = emulator_env.subscription("never-created")
+    code = cli.main(["run", "streaming", *_flags(broker, tmp_path / "out", missing, tmp_path),
+                     "--until-idle-s=2"])
+    assert code == cli.USAGE_EXIT
+    assert capsys.readouterr().err.strip() == (
+        f"sealbeam: error: Pub/Sub subscription {missing} does not exist")

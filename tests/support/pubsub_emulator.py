@@ -6,8 +6,9 @@ it runs offline) is started on 127.0.0.1 on a free port, with its data directory
 test's temporary directory, in a process group of its own: gcloud is a Python launcher that
 starts a shell script that starts java, so stopping only gcloud's pid would leave java
 listening. The fixture waits until the emulator answers HTTP ``GET /`` with ``Ok``, and at
-the end stops the whole group by the launcher's pid (SIGTERM, then SIGKILL). Measured here:
-about 2.5 s from start to the first answer.
+the end stops the whole group by the launcher's pid (SIGTERM, wait until every member is gone,
+SIGKILL what is left). Measured here (six starts, while other test suites ran): 3.0 to 5.0 s
+from start to the first answer, 1.6 to 2.1 s until the group is gone.
 
 Clients find it through ``PUBSUB_EMULATOR_HOST`` (Google's client libraries and Beam honour
 it); ``PubsubEmulator.environ()`` gives that variable, and ``client_env`` sets it for a
@@ -22,6 +23,7 @@ from Google's apt repository, not Debian's, so ``make test`` does not install th
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -76,17 +78,34 @@ def _answers(host_port: str) -> bool:
         return False
 
 
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
 def _stop_group(process: subprocess.Popen[bytes]) -> None:
+    """SIGTERM the launcher's process group (gcloud, its shell, java), wait until every member
+    is gone, SIGKILL what is left after ``STOP_TIMEOUT_S``."""
+    pgid = process.pid                      # start_new_session: the launcher leads the group
     for sig in (signal.SIGTERM, signal.SIGKILL):
         try:
-            os.killpg(process.pid, sig)
+            os.killpg(pgid, sig)
         except ProcessLookupError:
-            return
-        try:
-            process.wait(timeout=STOP_TIMEOUT_S)
-            return
-        except subprocess.TimeoutExpired:
-            continue
+            break
+        deadline = time.monotonic() + STOP_TIMEOUT_S
+        while _group_alive(pgid) and time.monotonic() < deadline:
+            if process.poll() is None:
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    process.wait(timeout=0.1)
+            else:
+                time.sleep(0.1)
+        if not _group_alive(pgid):
+            break
+    if process.poll() is None:
+        process.wait(timeout=STOP_TIMEOUT_S)
 
 
 def emulator_unavailable_reason() -> str | None:
