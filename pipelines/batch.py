@@ -47,6 +47,7 @@ from transforms.dead_letters import DEAD_LETTER_DIR
 from transforms.dedupe import DeduplicateEnvelopes
 from transforms.write import clean_temporary_files
 
+from .custody_run import write_run_statement
 from .errors import ReconciliationError
 from .ledger_head import fetch_ledger_head
 from .options import (
@@ -199,7 +200,10 @@ def run_batch(options: PipelineOptions) -> RunSummary:
     built = build_batch_pipeline(pipeline, options)
     result = pipeline.run()
     result.wait_until_finish()
-    return summarize_run(result, opts, built, started)
+    summary = summarize_run(result, opts, built, started)
+    write_run_statement(required(opts, "output_root"), required(opts, "input"),
+                        allowed_regions(opts), summary.to_json())   # custody (FORMAT.md)
+    return summary
 
 
 def check_reconciled(summary: RunSummary) -> None:

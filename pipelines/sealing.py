@@ -170,8 +170,14 @@ def _write_atomically(output_path: Path, chunks: Iterator[bytes]) -> None:
 
 def seal_file(input_path: Path, output_path: Path, *, keyring: LocalKeyring, region: str,
               producer_id: str, output_kind: str = "records", records_per_key: int = 0,
-import time
-from collections.abc import Callable, Iterator
+              input_format: str | None = None, event_time: float | None = None,
+              on_sealed: Callable[[int], None] | None = None) -> SealReport:
+    """Seal a partner file; ``records_per_key=0`` means one DEK for the whole file.
+
+    Every envelope states ``event_time`` (seconds since the epoch; default: now) in its
+    authenticated header (context ``sealbeam.event_time``, docs/FORMAT.md 2.1), which the
+    streaming pipeline windows by. ``on_sealed(n)`` is told of every ``n`` records sealed
+    (the CLI's progress)."""
     input_path, output_path = Path(input_path), Path(output_path)
     if output_kind not in OUTPUT_KINDS:
         raise PipelineError(f"output kind must be one of {', '.join(OUTPUT_KINDS)}")

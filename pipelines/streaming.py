@@ -127,8 +127,6 @@ class StreamingOptions(PipelineOptions):
                             help="longest a streaming batch waits to fill before the "
                                  "confidential step (also closed by --max_batch_size, "
                                  "--max_batch_bytes, or its window's end)")
-        parser.add_argument("--max_batch_bytes", type=int, default=DEFAULT_MAX_BATCH_BYTES,
-                            help="envelope bytes that close a streaming batch")
         parser.add_argument("--until_idle_s", "--until-idle-s", dest="until_idle_s",
                             type=float, default=None,
                             help="end the Pub/Sub feed once no message arrived for this many "
@@ -191,7 +189,7 @@ def _read_pubsub(p: beam.Pipeline, options: PipelineOptions, stream: StreamingOp
         else:
             deliveries = p | "ReadPubSub" >> ReadPubsubUntilIdle(
                 stream.subscription, until_idle_s=stream.until_idle_s,
-                max_messages=opts.max_batch_size, max_bytes=stream.max_batch_bytes,
+                max_messages=opts.max_batch_size, max_bytes=opts.max_batch_bytes,
                 max_wait_s=stream.max_batch_duration_seconds,
                 subscriber_factory=subscriber_factory)
         accepted = deliveries | "AcceptMessages" >> AcceptPubsubMessages(
@@ -255,7 +253,7 @@ def build_streaming_pipeline(p: beam.Pipeline, options: PipelineOptions, *,
     broker_url = required(opts, "broker_url")
     try:
         hold = HoldForBatches(max_records=opts.max_batch_size,
-                              max_bytes=stream.max_batch_bytes,
+                              max_bytes=opts.max_batch_bytes,
                               max_duration_s=stream.max_batch_duration_seconds)
     except TransformConfigError as exc:
         raise PipelineError(str(exc)) from None
