@@ -37,7 +37,9 @@ setup(
         "pyjwt>=2.8",
     ],
     extras_require={
-        "test": ["pytest>=8", "hypothesis>=6.100", "ruff>=0.5"],
+        "test": ["pytest>=8", "hypothesis>=6.100", "ruff>=0.5",
+                 # custody statements parse with maintained in-toto / DSSE libraries
+                 "in-toto-attestation>=0.9", "securesystemslib>=1.0"],
         "postgres": ["psycopg[binary]>=3.1"],
         # Pub/Sub streaming source and ``sealbeam feed`` (tests use the real emulator).
         "pubsub": ["apache-beam[gcp]>=2.60", "google-cloud-pubsub>=2.20"],
