@@ -200,10 +200,7 @@ def run_batch(options: PipelineOptions) -> RunSummary:
     built = build_batch_pipeline(pipeline, options)
     result = pipeline.run()
     result.wait_until_finish()
-    summary = summarize_run(result, opts, built, started)
-    write_run_statement(required(opts, "output_root"), required(opts, "input"),
-                        allowed_regions(opts), summary.to_json())   # custody (FORMAT.md)
-    return summary
+    return summarize_run(result, opts, built, started)
 
 
 def check_reconciled(summary: RunSummary) -> None:
@@ -221,7 +218,7 @@ def summarize_run(result: beam.runners.runner.PipelineResult, opts: SealbeamOpti
     """The run's counts from its metrics (namespace ``sealbeam``), for batch and streaming."""
     totals = _counter_totals(result)
     regions = sorted(allowed_regions(opts))
-    return RunSummary(
+    summary = RunSummary(
         records_in=totals.get(names.RECORDS_IN, 0),
         records_out=totals.get(names.RECORDS_OUT, 0),
         dead_letters=totals.get(names.DEAD_LETTERS, 0),
@@ -237,3 +234,8 @@ def summarize_run(result: beam.runners.runner.PipelineResult, opts: SealbeamOpti
         duplicates=totals.get(names.DUPLICATES, 0),
         ledger_head=fetch_ledger_head(opts),
     )
+    if not opts.view_as(StandardOptions).streaming:
+        # The run's custody index beside its outputs (docs/FORMAT.md, custody statements).
+        write_run_statement(required(opts, "output_root"), required(opts, "input"), regions,
+                            summary.to_json())
+    return summary
