@@ -21,6 +21,12 @@ Attestation lifetime: the session re-attests ahead of expiry without stopping: o
 still valid session; only past the margin must callers wait for the new one. It also
 re-attests once when the broker says the session is no longer valid (401).
 
+Custody: every attestation also makes an Ed25519 statement key (``provenance.StatementSigner``)
+and binds it into the same evidence under the label ``provenance`` (``report_data_binding``'s
+``bound_keys``); the broker lists it in its signed attestation result. ``custody_signer``
+hands out that key with that result, and ``ledger_head`` the broker's signed ledger
+checkpoint taken after the session's latest grant, for the output statements.
+
 What it does not: it never writes a key to disk, never logs key bytes, and does not decide
 policy — a denial from the broker is raised to the caller as the broker's typed error. It
 does not retry an unavailable broker (the confidential step does, with backoff).

@@ -49,7 +49,7 @@ from enclave_workers.provenance import (
 )
 from keybroker.checkpoints import Checkpoint, CheckpointError, check_anchor, verify_checkpoint
 from keybroker.grants import GrantError, verify_attestation_result
-from keybroker.identity import BrokerPublicKey, canonical_json, pae
+from keybroker.identity import BrokerPublicKey, SignatureInvalidError, canonical_json, pae
 from transforms.write import STATEMENT_SUFFIX
 
 from .errors import PipelineError
@@ -164,7 +164,7 @@ def load_statement(path: Path) -> tuple[dict[str, Any], bytes, dict[str, Any]]:
         envelope = json.loads(content)
         payload = base64.b64decode(str(envelope["payload"]).encode("ascii"), validate=True)
         statement = json.loads(payload)
-    except (ValueError, KeyError, TypeError, UnicodeError, binascii.Error):
+    except (ValueError, KeyError, TypeError, UnicodeError, binascii.Error, RecursionError):
         raise CustodyError(f"statement {Path(path).name} is not a DSSE envelope of JSON"
                            ) from None
     if not isinstance(envelope, dict) or not isinstance(statement, dict):
@@ -208,7 +208,7 @@ def _check_digest(verdict: CustodyVerdict, output: Path, document: Mapping[str, 
         verdict.fail("digest", "the statement must have exactly one subject")
         return
     subject = subjects[0]
-    stated = str((subject.get("digest") or {}).get("sha256", ""))
+    stated = str(_mapping(subject.get("digest")).get("sha256", ""))
     try:
         actual = _sha256_file(output)
     except OSError as error:
@@ -238,7 +238,7 @@ def _check_chain(verdict: CustodyVerdict, broker_key: BrokerPublicKey,
                          simulated=result.simulated, tee=result.claims.get("tee"),
                          measurement=result.claims.get("measurement"),
                          spec_fingerprint=predicate.get("spec_fingerprint"),
-                         region=(predicate.get("output") or {}).get("region"),
+                         region=_mapping(predicate.get("output")).get("region"),
                          counts=predicate.get("counts"))
     key = result.tee_public_keys.get(PROVENANCE_KEY_LABEL)
     if key is None or len(key) != 32:
@@ -264,8 +264,7 @@ def _check_chain(verdict: CustodyVerdict, broker_key: BrokerPublicKey,
         verdict.fail("chain", "the signature's keyid is not the provenance key's")
     tee = predicate.get("tee")
     claims = tee.get("claims") if isinstance(tee, Mapping) else None
-    if not isinstance(claims, Mapping) or canonical_json(claims) != canonical_json(
-            result.claims):
+    if not isinstance(claims, Mapping) or not _same_json(claims, result.claims):
         verdict.fail("chain", "the TEE claims in the statement are not the broker's signed ones")
     if verdict.checks["chain"] is None:
         verdict.checks["chain"] = True
@@ -339,6 +338,19 @@ def anchor_conflicts(head: Checkpoint, anchors: Iterable[Checkpoint]) -> list[st
             problems.append(f"the anchor of {anchor.entries} entries signed another head "
                             "(the ledger was rewritten)")
     return problems
+
+
+def _same_json(left: Mapping[str, Any], right: Mapping[str, Any]) -> bool:
+    try:
+        return canonical_json(left) == canonical_json(right)
+    except SignatureInvalidError:          # not plain JSON (NaN): not the signed claims
+        return False
+
+
+def _mapping(value: object) -> Mapping[str, Any]:
+    """``value`` when it is a JSON object, else an empty one (a malformed field fails its
+    check instead of raising)."""
+    return value if isinstance(value, Mapping) else {}
 
 
 def _sha256_file(path: Path) -> str:
