@@ -6,7 +6,8 @@ the broker's public key, and returns a ``CustodyVerdict`` that names every check
 reason it failed:
 
 - **digest**: the file's SHA-256 and name are the statement's subject (a changed byte, or a
-  statement moved to another output, fails here);
+  statement moved to another output, fails here), and it lies in the sink the statement
+  names (``<region>/<name>``: an output moved to another region's directory fails);
 - **chain**: the broker's signed attestation result embedded in the statement verifies with
   the broker key and lists a ``provenance`` key; the statement's DSSE signature verifies with
   exactly that key (a statement signed by any key the evidence did not bind fails); the
@@ -188,6 +189,7 @@ def verify_output(output: Path, *, broker_key: BrokerPublicKey, statement: Path 
         verdict.fail("chain", "not an in-toto Statement v1 with the sealbeam custody predicate")
         return verdict
     _check_digest(verdict, output, document)
+    _check_sink(verdict, output, _mapping(predicate.get("output")))
     result = _check_chain(verdict, broker_key, envelope, payload, predicate)
     _check_inputs(verdict, predicate)
     if policy is not None and result is not None:
@@ -223,6 +225,14 @@ def _check_digest(verdict: CustodyVerdict, output: Path, document: Mapping[str, 
                      "(the output changed, or the statement belongs to another output)")
     if verdict.checks["digest"] is None:
         verdict.checks["digest"] = True
+
+
+def _check_sink(verdict: CustodyVerdict, output: Path, stated: Mapping[str, Any]) -> None:
+    """The output lies where the statement says it was written: ``<region>/<name>``."""
+    expected = f"{output.parent.name}/{output.name}"
+    if stated.get("sink") != expected or stated.get("region") != output.parent.name:
+        verdict.fail("digest", f"the statement places the output at {stated.get('sink')!r}, "
+                     f"it lies at {expected!r} (another region's sink)")
 
 
 def _check_chain(verdict: CustodyVerdict, broker_key: BrokerPublicKey,

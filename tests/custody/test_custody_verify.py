@@ -260,3 +260,16 @@ def test_merkle_root_is_rfc6962(count: int) -> None:
 
     expected = tree(leaves).hex() if leaves else hashlib.sha256(b"").hexdigest()
     assert merkle_root(list(reversed(ids))) == expected
+
+
+def test_an_output_moved_to_another_region_is_refused(demo_run: DemoRun,
+                                                      tmp_path: Path) -> None:
+    output = demo_run.outputs()[0]
+    other = "us" if output.parent.name == "eu" else "eu"
+    moved = tmp_path / other / output.name
+    moved.parent.mkdir()
+    shutil.copyfile(output, moved)
+    shutil.copyfile(_statement_path(output), _statement_path(moved))
+    verdict = verify_output(moved, broker_key=demo_run.broker_key)
+    assert not verdict.ok and verdict.checks["digest"] is False
+    assert any("another region's sink" in r for r in verdict.reasons)
