@@ -31,6 +31,9 @@ EXTRAS["test"] = sorted({requirement for role in EXTRAS.values() for requirement
     "hypothesis>=6.100",
     "ruff>=0.5",
     "schemathesis>=4.0",  # the broker API fuzzed from its OpenAPI document
+    # custody statements parse with maintained in-toto / DSSE libraries
+    "in-toto-attestation>=0.9",
+    "securesystemslib>=1.0",
     "pyjwt>=2.8",  # tests mint and check JWTs; the code verifies them with cryptography
 })
 

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from importlib import resources
 
 import pyarrow as pa
@@ -43,10 +43,12 @@ from envelope import (
     seal_batch,
 )
 from keybroker.client import BrokerDeniedError, BrokerNotFoundError
+from keybroker.identity import canonical_json
 
 from .features import CompiledSpec, FeatureError, FeatureSpec
 from .key_session import KeySession, KeyUnsealError
 from .pme_keys import ROLE_FEATURES, ROLE_PSEUDONYMS, master_keys_for, write_pme_table
+from .provenance import output_statement
 from .records import (
     RecordError,
     json_read_schema,
@@ -153,6 +155,14 @@ class SealedOutput:
     output_id: bytes
     output_format: str = SEALED_ARROW
     rows_suppressed: int = 0
+    source_ids: tuple[str, ...] = ()
+    """Hex envelope ids of the inputs this output accounts for (custody statements)."""
+    kek_refs: tuple[tuple[str, str], ...] = ()
+    """(KEK URI, version) of the output keys, for the custody statement."""
+    dead_letter_rows: int = 0
+    """Rows of its inputs resealed as dead letters (a batch's violating rows)."""
+    statement: bytes = b""
+    """The signed custody statement (DSSE JSON), once ``BatchProcessor.sign_custody`` ran."""
 
 
 @dataclass
@@ -344,12 +354,16 @@ class BatchProcessor:
                       outcome: RegionOutcome) -> SealedOutput:
         table = outcome.table(self._compiled.output_schema)
         if self._output_format == PARQUET_PME:
+            features_key = self._session.output_key(region, producer_id)
+            pseudonyms_key = self._session.output_key(region, producer_id)
             master_keys = master_keys_for({
-                ROLE_FEATURES: self._session.output_key(region, producer_id),
-                ROLE_PSEUDONYMS: self._session.output_key(region, producer_id),
+                ROLE_FEATURES: features_key,
+                ROLE_PSEUDONYMS: pseudonyms_key,
             }, region, producer_id)
             payload = write_pme_table(table, self._compiled, master_keys)
             output_id = os.urandom(16)
+            kek_refs = tuple((w.kek.uri, w.kek.version)
+                             for _, w in (features_key, pseudonyms_key))
         else:
             output_key, wrapped = self._session.output_key(region, producer_id)
             context = {
@@ -365,9 +379,38 @@ class BatchProcessor:
             sealer.write(table_to_ipc(table))
             payload = sealer.finish()
             output_id = sealer.header.envelope_id  # the sealer knows it: no parse of the output
+            kek_refs = ((wrapped.kek.uri, wrapped.kek.version),)
         return SealedOutput(region, producer_id, payload, table.num_rows,
                             len(outcome.kept_sources), output_id, self._output_format,
-                            outcome.rows_suppressed)
+                            outcome.rows_suppressed,
+                            source_ids=tuple(sorted(s.header.envelope_id.hex()
+                                                    for s in outcome.kept_sources)),
+                            kek_refs=kek_refs,
+                            dead_letter_rows=sum(p.rows.num_rows for p in outcome.partial))
+
+    # -- custody ----------------------------------------------------------------------------
+    def sign_custody(self, output: SealedOutput, file_name: str) -> SealedOutput:
+        """``output`` with its custody statement, signed by this session's statement key.
+
+        Called once the output has its final file name (``file_name``, the statement's
+        subject): the statement names the file, its digest and what went into it, and embeds
+        the broker's signed attestation result (which lists the signing key) and the
+        broker's signed ledger head after the grants (provenance.py).
+        """
+        signer, attestation_result = self._session.custody_signer()
+        statement = output_statement(
+            file_name=file_name, payload=output.payload, region=output.region,
+            producer_id=output.producer_id, output_format=output.output_format,
+            source_ids=output.source_ids, spec_fingerprint=self._compiled.fingerprint,
+            kek_refs=output.kek_refs,
+            counts={"envelopes_in": output.source_count,
+                    "rows_in": output.row_count + output.rows_suppressed
+                    + output.dead_letter_rows,
+                    "rows_out": output.row_count, "rows_suppressed": output.rows_suppressed,
+                    "dead_letter_rows": output.dead_letter_rows},
+            attestation_result=attestation_result,
+            ledger_head=self._session.ledger_head())
+        return replace(output, statement=canonical_json(signer.sign(statement)))
 
     def _reseal_rows(self, region: str, producer_id: str,
                      partial: PartialDeadRows) -> DeadLetter:

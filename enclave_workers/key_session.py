@@ -21,6 +21,12 @@ Attestation lifetime: the session re-attests ahead of expiry without stopping: o
 still valid session; only past the margin must callers wait for the new one. It also
 re-attests once when the broker says the session is no longer valid (401).
 
+Custody: every attestation also makes an Ed25519 statement key (``provenance.StatementSigner``)
+and binds it into the same evidence under the label ``provenance`` (``report_data_binding``'s
+``bound_keys``); the broker lists it in its signed attestation result. ``custody_signer``
+hands out that key with that result, and ``ledger_head`` the broker's signed ledger
+checkpoint taken after the session's latest grant, for the output statements.
+
 What it does not: it never writes a key to disk, never logs key bytes, and does not decide
 policy — a denial from the broker is raised to the caller as the broker's typed error. It
 does not retry an unavailable broker (the confidential step does, with backoff).
@@ -50,13 +56,16 @@ from keybroker.client import (
     RELEASE_PURPOSE,
     BrokerAuthError,
     BrokerClient,
+    BrokerRequestError,
 )
 
 from .evidence.base import EvidenceProvider
+from .provenance import PROVENANCE_KEY_LABEL, StatementSigner
 
 SESSION_EXPIRY_MARGIN_S = 5.0
 REFRESH_FRACTION = 0.2      # re-attest, without stopping, when this part of the lifetime is left
 BROKER_CALL_KINDS = ("challenge", "attest", "release", "generate", "release_named")
+GRANT_CALL_KINDS = ("release", "generate", "release_named")
 
 
 class KeySessionError(Exception):
@@ -92,6 +101,7 @@ class _Attested:
     expires_at: float
     simulated: bool
     refresh_at: float = 0.0
+    statement_signer: StatementSigner | None = None
 
 
 class _Flight:
@@ -146,6 +156,8 @@ class KeySession:
         self._named_keys: dict[str, tuple[bytes, float]] = {}
         self._calls = dict.fromkeys(BROKER_CALL_KINDS, 0)
         self._attestations = 0
+        self._grants = 0                         # attest/release/generate grants so far
+        self._ledger_head: tuple[int, Mapping[str, Any] | None] | None = None
 
     # -- counters -------------------------------------------------------------------------
     @property
@@ -172,7 +184,9 @@ class KeySession:
 
     def _count(self, kind: str) -> None:
         with self._lock:
-            self._calls[kind] += 1
+            self._calls[kind] = self._calls.get(kind, 0) + 1   # "ledger_head" once used
+            if kind in GRANT_CALL_KINDS:
+                self._grants += 1
         if self._on_broker_call is not None:
             self._on_broker_call(kind)
 
@@ -207,12 +221,16 @@ class KeySession:
         """Attest anew (network calls, no lock held) and make it the current session."""
         tee_keys = TeeKeyPair.generate()
         public_key = tee_keys.public_bytes()
+        signer = StatementSigner.generate()      # signs custody statements (provenance.py)
+        bound_keys = {PROVENANCE_KEY_LABEL: signer.public_bytes}
         self._count("challenge")
         nonce = self._broker.challenge()
-        evidence = self._provider.collect(report_data_binding(nonce, public_key))
+        evidence = self._provider.collect(
+            report_data_binding(nonce, public_key, bound_keys=bound_keys))
         self._count("attest")
         broker_session = self._broker.attest(
-            nonce, evidence.tee, evidence.evidence, dict(evidence.endorsements), public_key
+            nonce, evidence.tee, evidence.evidence, dict(evidence.endorsements), public_key,
+            bound_keys,
         )
         simulated = bool(getattr(broker_session, "simulated", False)) or bool(
             getattr(self._provider, "simulated", False)
@@ -221,10 +239,11 @@ class KeySession:
         expires_at = _as_epoch_seconds(broker_session.expires_at)
         lead = max(SESSION_EXPIRY_MARGIN_S, REFRESH_FRACTION * max(0.0, expires_at - now))
         attested = _Attested(tee_keys, broker_session, expires_at, simulated,
-                             refresh_at=expires_at - lead)
+                             refresh_at=expires_at - lead, statement_signer=signer)
         with self._lock:
             self._attestations += 1
             self._attested = attested
+            self._grants += 1
         return attested
 
     def _session(self) -> _Attested:
@@ -375,6 +394,49 @@ class KeySession:
             return secret
 
         return self._single_flight(("named", name), fetch)
+
+    # -- custody (provenance statements) ---------------------------------------------------
+    def custody_signer(self) -> tuple[StatementSigner, Mapping[str, Any]]:
+        """The current attestation's statement signer and the broker's signed attestation
+        result that lists its key (``tee_public_keys["provenance"]``): always a matching pair.
+
+        Raises ``KeySessionError`` when the broker gave no signed result (an unpinned client).
+        """
+        attested = self._session()
+        result = getattr(attested.broker_session, "attestation_result", None)
+        if attested.statement_signer is None or not isinstance(result, Mapping):
+            raise KeySessionError("no signed attestation result for this session (pin the "
+                                  "broker identity): custody statements cannot be vouched for")
+        return attested.statement_signer, result
+
+    def ledger_head(self) -> Mapping[str, Any] | None:
+        """The broker's signed ledger checkpoint taken after this session's latest grant.
+
+        Fetched again only when a grant happened since the last fetch, so an output's
+        statement names a head that covers every key release behind it. None when the
+        client cannot fetch one (no pinned identity).
+        """
+        with self._lock:
+            cached, grants = self._ledger_head, self._grants
+        if cached is not None and cached[0] == grants:
+            return cached[1]
+        fetch = getattr(self._broker, "ledger_head", None)
+        if not callable(fetch):
+            return None
+
+        def call() -> Mapping[str, Any] | None:
+            self._count("ledger_head")
+            try:
+                checkpoint = fetch()
+            except BrokerRequestError:
+                return None                     # no pinned identity: nothing verifiable
+            return dict(checkpoint.envelope)
+
+        head = self._single_flight(("ledger_head", str(grants)), call)
+        with self._lock:
+            if self._ledger_head is None or self._ledger_head[0] <= grants:
+                self._ledger_head = (grants, head)
+        return head
 
     def close(self) -> None:
         """Forget every key and the attestation (best effort; Python cannot wipe memory);

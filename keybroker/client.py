@@ -252,15 +252,23 @@ class BrokerClient:
         evidence: bytes,
         endorsements: Mapping[str, bytes],
         tee_public_key: bytes,
+        bound_keys: Mapping[str, bytes] | None = None,
     ) -> BrokerSession:
-        """Present evidence bound to (nonce, TEE key); returns the session it opens."""
-        request = {
+        """Present evidence bound to (nonce, TEE key[, bound keys]); returns the session.
+
+        ``bound_keys`` are further public keys the evidence binds (``report_data_binding``'s
+        ``bound_keys``, e.g. ``{"provenance": Ed25519 key}``); the broker lists them in its
+        signed attestation result, and the pinned client checks they are there.
+        """
+        request: dict[str, Any] = {
             "nonce": _b64(nonce),
             "tee": tee,
             "evidence": _b64(evidence),
             "endorsements": {name: _b64(value) for name, value in endorsements.items()},
             "tee_public_key": _b64(tee_public_key),
         }
+        if bound_keys:
+            request["bound_keys"] = {label: _b64(key) for label, key in bound_keys.items()}
         body = self._call("POST", "/v1/attest", request, idempotent=False)
         session_id = _field(body, "session_id", str)
         expires_at = _field(body, "expires_at", (int, float))
@@ -273,7 +281,8 @@ class BrokerClient:
             except UnicodeEncodeError:
                 raise BrokerProtocolError("attest: session id is not ASCII") from None
             self._verify("attest", request, body, handle)
-            self._check_attestation_result(result, handle, bytes(tee_public_key), nonce, body)
+            self._check_attestation_result(result, handle, bytes(tee_public_key), nonce, body,
+                                           bound_keys or {})
         return BrokerSession(
             session_id,
             float(expires_at),
@@ -400,6 +409,7 @@ class BrokerClient:
         tee_public_key: bytes,
         nonce: bytes,
         body: Mapping[str, Any],
+        bound_keys: Mapping[str, bytes],
     ) -> None:
         assert self._identity is not None
         try:
@@ -411,6 +421,7 @@ class BrokerClient:
                 nonce=nonce,
                 claims=body["claims"],
                 simulated=body["simulated"],
+                bound_keys=bound_keys,
             )
         except GrantError as error:
             raise BrokerReplyNotAuthenticError(str(error)) from None

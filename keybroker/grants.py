@@ -245,12 +245,15 @@ def verify_attest_reply(
     nonce: bytes,
     claims: Mapping[str, Any],
     simulated: bool,
+    bound_keys: Mapping[str, bytes] | None = None,
 ) -> AttestationResult:
     """The attest reply's signed result, checked against what the worker sent and received.
 
-    It must name this session's handle, the TEE key and nonce the worker sent, and the same
-    claims (without ``raw``) and ``simulated`` as the reply.
+    It must name this session's handle, the TEE key, the further bound keys and the nonce the
+    worker sent (exactly those keys: none added, none dropped), and the same claims (without
+    ``raw``) and ``simulated`` as the reply.
     """
+    extra = dict(bound_keys or {})
     result = verify_attestation_result(public_key, envelope)
     bound = result.tee_public_keys.get("hpke", b"")
     reply_claims = {name: value for name, value in claims.items() if name != "raw"}
@@ -260,6 +263,9 @@ def verify_attest_reply(
         for name, ok in (
             ("session", hmac.compare_digest(result.session, session)),
             ("tee key", hmac.compare_digest(bound, bytes(tee_public_key))),
+            ("bound keys", set(result.tee_public_keys) == {"hpke", *extra} and all(
+                hmac.compare_digest(result.tee_public_keys[label], bytes(key))
+                for label, key in extra.items())),
             ("nonce", result.document.get("nonce_sha256") == nonce_digest),
             ("claims", canonical_json(result.claims) == canonical_json(reply_claims)),
             ("simulated", result.simulated == simulated),

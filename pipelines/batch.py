@@ -47,6 +47,7 @@ from transforms.dead_letters import DEAD_LETTER_DIR
 from transforms.dedupe import STATEFUL, DeduplicateEnvelopes
 from transforms.write import clean_temporary_files
 
+from .custody_run import write_run_statement
 from .errors import ReconciliationError
 from .ledger_head import fetch_ledger_head
 from .options import (
@@ -227,7 +228,7 @@ def summarize_run(result: beam.runners.runner.PipelineResult, opts: SealbeamOpti
     """The run's counts from its metrics (namespace ``sealbeam``), for batch and streaming."""
     totals = _counter_totals(result)
     regions = sorted(allowed_regions(opts))
-    return RunSummary(
+    summary = RunSummary(
         records_in=totals.get(names.RECORDS_IN, 0),
         records_out=totals.get(names.RECORDS_OUT, 0),
         dead_letters=totals.get(names.DEAD_LETTERS, 0),
@@ -243,3 +244,8 @@ def summarize_run(result: beam.runners.runner.PipelineResult, opts: SealbeamOpti
         duplicates=totals.get(names.DUPLICATES, 0),
         ledger_head=fetch_ledger_head(opts),
     )
+    if not opts.view_as(StandardOptions).streaming:
+        # The run's custody index beside its outputs (docs/FORMAT.md, custody statements).
+        write_run_statement(required(opts, "output_root"), required(opts, "input"), regions,
+                            summary.to_json())
+    return summary

@@ -7,8 +7,9 @@ records), starts the key broker on loopback, runs the batch pipeline on FnApiRun
 simulated SEV-SNP worker and the shipped default feature spec (sealed batches or PME Parquet),
 opens the outputs as each region's authorized reader and checks them (the spec's columns,
 identifiers gone, pseudonyms hex, the spec's fingerprint, row counts, no plaintext identifier
-in any output or dead-letter byte), verifies the audit ledger's hash chain, and returns one
-summary (with the rows suppressed for k-anonymity).
+in any output or dead-letter byte), verifies the audit ledger's hash chain and the run's
+chain of custody offline (``custody_verified``), and returns one summary (with the rows
+suppressed for k-anonymity).
 
 What it does not: no network beyond loopback, and nothing outside ``workdir``. The TEE is
 simulated and says so (``simulated_tee``); its keys are marked simulated in the ledger.
@@ -29,7 +30,9 @@ from enclave_workers.batch_processor import SEALED_ARROW, default_feature_spec
 from enclave_workers.evidence.simulated_snp import DEV_MEASUREMENT
 from enclave_workers.features import CompiledSpec, compile_spec
 from enclave_workers.features.pme import pseudonymized_columns
-from keybroker.config import init_state
+from keybroker.checkpoints import load_anchors
+from keybroker.config import BrokerSettings, init_state
+from keybroker.identity import BrokerPublicKey, public_key_file_name
 from keybroker.kms.local import LocalKeyring
 from keybroker.ledger import AuditLedger
 from keybroker.service.server import serve_in_thread
@@ -37,6 +40,8 @@ from transforms.dead_letters import DEAD_LETTER_DIR
 
 from . import synthetic
 from .batch import RunSummary, check_reconciled, run_batch
+from .custody import CustodyPolicy
+from .custody_run import verify_run
 from .errors import DemoCheckError
 from .reading import open_outputs, spec_fingerprint_of
 from .sealing import seal_file
@@ -125,6 +130,23 @@ def _check_region_outputs(out_dir: Path, keyring: LocalKeyring, regions: Iterabl
     return rows
 
 
+def _check_custody(out_dir: Path, settings: BrokerSettings, compiled: CompiledSpec) -> int:
+    """Verify the run's custody offline as an auditor would (``sealbeam custody verify
+    --run``): every output's signed statement with only the broker's public key, the dev
+    measurement and the default spec as the policy, the ledger's checkpoints as anchors,
+    and every input in an output or a dead letter. Returns the outputs verified."""
+    policy = CustodyPolicy(measurements=(DEV_MEASUREMENT,),
+                           spec_fingerprints=(compiled.fingerprint,), allow_simulated=True)
+    broker_key = BrokerPublicKey.load(
+        settings.identity_path.with_name(public_key_file_name(settings.identity_path)))
+    with AuditLedger(settings.ledger_path, read_only=True) as ledger:
+        verdict = verify_run(out_dir, broker_key=broker_key, policy=policy, ledger=ledger,
+                             anchors=load_anchors(settings.checkpoint_file))
+    if not verdict.ok:
+        raise DemoCheckError(f"custody does not verify: {'; '.join(verdict.reasons[:3])}")
+    return len(verdict.outputs)
+
+
 KEY_RELEASE_EVENTS = ("release", "generate", "release-named")
 
 
@@ -186,6 +208,7 @@ def run_demo(records: int = DEFAULT_RECORDS, workdir: Path = Path("demo-out"), *
         releases, all_simulated = _broker_releases(ledger)
     if not verification.ok:
         raise DemoCheckError(verification.summary())
+    custody_outputs = _check_custody(paths["out"], settings, compiled)
     return {
         "records_in": summary.records_in,
         "records_out": summary.records_out,
@@ -201,6 +224,8 @@ def run_demo(records: int = DEFAULT_RECORDS, workdir: Path = Path("demo-out"), *
         "ledger_entries": verification.entries,
         "ledger_head": summary.ledger_head,
         "simulated_tee": all_simulated and releases > 0,
+        "custody_verified": True,
+        "custody_outputs": custody_outputs,
         "dead_letter_dir": str(paths["out"] / DEAD_LETTER_DIR),
         "seconds": round(time.monotonic() - started, 2),
     }

@@ -23,7 +23,9 @@ same batches; ``batcher=`` may name another ``SealedEnvelope -> EnvelopeBatch`` 
 so, without a shuffle of its own. Every output's
 ``output_id`` is set to a digest of its batch's sorted envelope ids, region, producer and
 format (``output_name_id``), which ``WriteRegionPinned`` turns into the file name: a retried
-or rerun batch writes the same name again, never a second file.
+or rerun batch writes the same name again, never a second file. Each output then gets its
+custody statement, signed in the confidential step by the session's statement key for the
+file name it will have (``BatchProcessor.sign_custody``, docs/FORMAT.md "Custody statements").
 
 The spec is validated and compiled when the transform is built (a bad spec fails there, not
 on a worker), travels to the workers as its plain JSON document, and is compiled once per
@@ -55,6 +57,7 @@ from typing import Any
 import apache_beam as beam
 from apache_beam.metrics import Metrics
 from apache_beam.pvalue import TaggedOutput
+from apache_beam.transforms.window import BoundedWindow
 
 from enclave_workers.batch_processor import (
     MAX_ENVELOPE_BYTES,
@@ -81,6 +84,7 @@ from .metrics import BROKER_CALLS, BROKER_RETRIES, NAMESPACE, ROWS_SUPPRESSED
 from .sealed import SealedEnvelope, sealed_envelope
 from .session import acquire_session, make_key_session, release_session
 from .tee import SessionLimits, TeeSettings
+from .write import output_file_name
 
 __all__ = ["BROKER_RETRIES_DEFAULT", "ConfidentialProcess", "compile_for_workers",
            "output_name_id"]
@@ -185,12 +189,16 @@ class _ConfidentialProcessFn(beam.DoFn):
                 time.sleep(min(BROKER_BACKOFF_CAP_S, BROKER_BACKOFF_S * 2 ** attempt))
         raise AssertionError("unreachable: the last attempt returns or raises")
 
-    def process(self, batch: EnvelopeBatch) -> Iterable[object]:
+    def process(self, batch: EnvelopeBatch,
+                window: BoundedWindow = beam.DoFn.WindowParam) -> Iterable[object]:
         self._batch_sizes.update(len(batch.envelopes))
         result = self._process_with_backoff([e.data for e in batch.envelopes])
         self._rows_suppressed.inc(result.rows_suppressed)
+        assert self._processor is not None
         for output in result.outputs:
-            yield dataclasses.replace(output, output_id=output_name_id(batch.batch_id, output))
+            named = dataclasses.replace(output, output_id=output_name_id(batch.batch_id, output))
+            # The custody statement is signed here, in the TEE, for the name the file gets.
+            yield self._processor.sign_custody(named, output_file_name(named, window))
         for dead_letter in result.dead_letters:
             yield TaggedOutput(ConfidentialProcess.DEAD_LETTER, dead_letter)
 

@@ -74,6 +74,10 @@ class SpecBoundBrokerClient:
     def release_named(self, session: Any, name: str) -> bytes:
         return self._client.release_named(session, name)
 
+    def ledger_head(self) -> Any:
+        """The broker's signed ledger checkpoint (for custody statements)."""
+        return self._client.ledger_head()
+
     def close(self) -> None:
         self._client.close()
 

@@ -12,6 +12,8 @@ before the suffix in an interval window (``part-<uuid>-<start>-<end>.sbatch``), 
 ``apache_beam.io.filesystems.FileSystems`` (local, GCS, Azure Blob ...). The output id is a
 digest of what went into the output (``ConfidentialProcess``), so a retried bundle or a rerun
 of the job writes the same name again: exactly-once files over at-least-once execution.
+An output's signed custody statement (``SealedOutput.statement``) is committed beside it as
+``<output name>.intoto.json`` the same way.
 
 The commit (``commit_file``) writes a hidden temporary name derived from the final one
 (``.<name>.tmp``: a retry overwrites its own leftover), then renames it over the final name;
@@ -58,15 +60,16 @@ from .metrics import NAMESPACE, OUTPUT_FILES, RECORDS_OUT, ROWS_OUT, outputs_in_
 from .output_region import output_key_region
 from .windows import window_label
 
-__all__ = ["OUTPUT_SUFFIX", "OUTPUT_SUFFIXES", "PME_SUFFIX", "TEMP_PREFIX", "TEMP_SUFFIX",
-           "WriteRegionPinned", "clean_temporary_files", "commit_file", "is_region_name",
-           "output_file_name"]
+__all__ = ["OUTPUT_SUFFIX", "OUTPUT_SUFFIXES", "PME_SUFFIX", "STATEMENT_SUFFIX", "TEMP_PREFIX",
+           "TEMP_SUFFIX", "WriteRegionPinned", "clean_temporary_files", "commit_file",
+           "is_region_name", "output_file_name", "statement_file_name"]
 
 TEMP_PREFIX = "."
 TEMP_SUFFIX = ".tmp"
 
 OUTPUT_SUFFIX = ".sbatch"
 PME_SUFFIX = ".parquet"
+STATEMENT_SUFFIX = ".intoto.json"
 OUTPUT_SUFFIXES = {SEALED_ARROW: OUTPUT_SUFFIX, PARQUET_PME: PME_SUFFIX}
 _REGION_NAME = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,62})")
 
@@ -81,6 +84,11 @@ def output_file_name(output: SealedOutput, window: BoundedWindow | None = None) 
     label = window_label(window)
     return (f"part-{uuid.UUID(bytes=output.output_id)}{'-' + label if label else ''}"
             f"{OUTPUT_SUFFIXES[output.output_format]}")
+
+
+def statement_file_name(output_name: str) -> str:
+    """The custody statement's name beside an output: ``<output name>.intoto.json``."""
+    return f"{output_name}{STATEMENT_SUFFIX}"
 
 
 def _delete_quietly(path: str) -> None:
@@ -166,9 +174,14 @@ class _WritePinnedFn(beam.DoFn):
                 _record_id(output), refusal, STAGE_REGION, output.payload,
                 records=output.source_count))
             return
-        final_path = commit_file(FileSystems.join(self._output_root, destination),
-                                 output_file_name(output, window), [output.payload],
-                                 "application/octet-stream")
+        directory = FileSystems.join(self._output_root, destination)
+        name = output_file_name(output, window)
+        final_path = commit_file(directory, name, [output.payload], "application/octet-stream")
+        if output.statement:
+            # Beside the output, same commit (a retry rewrites both names); written second,
+            # so a statement never stands beside a missing output.
+            commit_file(directory, statement_file_name(name), [output.statement],
+                        "application/json")
         self._records_out.inc(output.source_count)
         self._rows_out.inc(output.row_count)
         self._files.inc()

@@ -12,6 +12,7 @@ from typing import Annotated
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
 __all__ = [
+    "MAX_BOUND_KEY_BYTES",
     "MAX_ENDORSEMENTS",
     "MAX_ENDORSEMENT_BYTES",
     "MAX_EVIDENCE_BYTES",
@@ -38,6 +39,7 @@ MAX_ENDORSEMENT_BYTES = 64 * 1024
 MAX_TEE_PUBLIC_KEY_BYTES = 4096
 MAX_WRAPPED_DEK_BYTES = 4096
 MAX_NONCE_BYTES = 64
+MAX_BOUND_KEY_BYTES = 4096  # envelope.transport.MAX_BOUND_KEY_LENGTH
 
 
 def base64_length(byte_count: int) -> int:
@@ -68,6 +70,9 @@ NonceB64 = _b64(MAX_NONCE_BYTES)
 EvidenceB64 = _b64(MAX_EVIDENCE_BYTES)
 EndorsementB64 = _b64(MAX_ENDORSEMENT_BYTES)
 TeePublicKeyB64 = _b64(MAX_TEE_PUBLIC_KEY_BYTES)
+BoundKeyB64 = _b64(MAX_BOUND_KEY_BYTES)
+BoundKeyLabel = Annotated[str, StringConstraints(pattern=r"^[a-z0-9-]{1,32}$")]
+MAX_BOUND_KEYS = 4
 WrappedDekB64 = _b64(MAX_WRAPPED_DEK_BYTES)
 
 
@@ -107,6 +112,11 @@ class AttestRequest(_Strict):
         Field(default_factory=dict, description='e.g. {"vcek": base64 DER} for sev-snp')
     )
     tee_public_key: TeePublicKeyB64
+    bound_keys: Annotated[dict[BoundKeyLabel, BoundKeyB64], Field(max_length=MAX_BOUND_KEYS)] = (
+        Field(default_factory=dict, description='further public keys the evidence binds beside '
+              'the HPKE key (report_data_binding bound_keys), e.g. {"provenance": base64 '
+              'Ed25519 key}; listed in the signed attestation result')
+    )
 
 
 class AttestResponse(_Strict):

@@ -60,6 +60,7 @@ from keybroker.service.errors import (
     error_status,
 )
 from keybroker.service.schemas import (
+    MAX_BOUND_KEY_BYTES,
     MAX_ENDORSEMENT_BYTES,
     MAX_EVIDENCE_BYTES,
     MAX_NONCE_BYTES,
@@ -91,6 +92,7 @@ __all__ = ["KeyBrokerService", "decode_base64"]
 
 logger = logging.getLogger("keybroker.service")
 _KEY_PROBE_PURPOSE = "sealbeam/tee-key-probe"
+HPKE_KEY_LABEL = "hpke"   # the TEE key's name among the signed result's tee_public_keys
 
 _SignedReply = TypeVar(
     "_SignedReply", AttestResponse, ReleaseResponse, GenerateResponse, ReleaseNamedResponse
@@ -122,6 +124,14 @@ def decode_base64(field: str, value: str, exact: int | None = None, maximum: int
 
 def _b64(data: bytes) -> str:
     return base64.b64encode(data).decode("ascii")
+
+
+def _decode_bound_keys(bound_keys: Mapping[str, str]) -> dict[str, bytes]:
+    """The attest request's extra bound keys (label -> key bytes); ``hpke`` is reserved."""
+    if HPKE_KEY_LABEL in bound_keys:
+        raise BadRequestError(f"bound_keys: label {HPKE_KEY_LABEL!r} is the TEE key's own")
+    return {label: decode_base64(f"bound_keys[{label}]", value, maximum=MAX_BOUND_KEY_BYTES)
+            for label, value in bound_keys.items()}
 
 
 def _fingerprint(data: bytes) -> str:
@@ -318,6 +328,7 @@ class KeyBrokerService:
                 "tee_public_key", request.tee_public_key, exact=TEE_PUBLIC_KEY_LENGTH
             )
             audit["tee_key_sha256"] = _fingerprint(tee_public_key)
+            bound_keys = _decode_bound_keys(request.bound_keys)
             evidence = decode_base64("evidence", request.evidence, maximum=MAX_EVIDENCE_BYTES)
             endorsements = {
                 name: decode_base64(f"endorsements[{name}]", value, maximum=MAX_ENDORSEMENT_BYTES)
@@ -331,7 +342,8 @@ class KeyBrokerService:
                     f"tee: no verifier for {request.tee!r} "
                     f"(configured: {', '.join(sorted(self._verifiers))})"
                 )
-            expected_report_data = report_data_binding(nonce, tee_public_key)
+            expected_report_data = report_data_binding(nonce, tee_public_key,
+                                                       bound_keys=bound_keys)
             claims = verifier.evaluate(evidence, expected_report_data, endorsements=endorsements)
             verified = True
             audit["claims"] = _claims_summary(claims)
@@ -357,7 +369,7 @@ class KeyBrokerService:
             attestation_result_document(
                 broker_key_id=self._identity.key_id,
                 session=session.audit_id,
-                tee_public_keys={"hpke": tee_public_key},
+                tee_public_keys={**bound_keys, HPKE_KEY_LABEL: tee_public_key},
                 claims=claims_json,
                 policy_rule=decision.rule or "",
                 simulated=claims.simulated,

@@ -1,0 +1,323 @@
+"""The run's custody statement, and the check that nothing was lost between inputs and outputs.
+
+What it does: ``write_run_statement`` writes ``<output_root>/custody-run.intoto.json`` at the
+end of a batch run: an in-toto Statement v1 (predicate type
+``https://sealbeam.dev/custody-run/v1``) whose subjects are every output, every output's
+signed statement and every dead-letter file, by SHA-256, and whose predicate names the input
+files by digest, the run's counts, spec fingerprint and signed ledger head. It is an index
+and is not signed (no key outside the TEE could vouch for it): ``verify_run`` recomputes
+every claim in it from the files and from the signed per-output statements:
+
+- every file it names is there with its digest, and every output and dead-letter file in the
+  run directory is named (nothing added or swapped);
+- every output verifies (``custody.verify_output``);
+- **nothing lost**: the distinct envelope ids of the input files equal the union of the
+  outputs' signed input ids and the dead letters' record ids, no input is claimed twice, and
+  ``input lines = outputs' envelopes + dead-letter records + duplicates`` (a line that is not
+  an envelope counts against the dead letters that are not named by an envelope id).
+
+What it does not: it cannot check an output whose statement lists only a Merkle root (over
+``MAX_LISTED_INPUTS`` inputs); such a run is refused with that reason.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import json
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from apache_beam.io.filesystem import BeamIOError
+from apache_beam.io.filesystems import FileSystems
+
+from enclave_workers.provenance import STATEMENT_TYPE
+from envelope import EnvelopeError, read_header
+from keybroker.identity import BrokerPublicKey, canonical_json
+from transforms.dead_letters import DEAD_LETTER_DIR
+from transforms.write import STATEMENT_SUFFIX, commit_file
+
+from .custody import CustodyError, CustodyPolicy, CustodyVerdict, load_statement, verify_output
+
+__all__ = ["RUN_PREDICATE_TYPE", "RUN_STATEMENT_NAME", "RunVerdict", "run_statement",
+           "verify_run", "write_run_statement"]
+
+RUN_STATEMENT_NAME = "custody-run.intoto.json"
+RUN_PREDICATE_TYPE = "https://sealbeam.dev/custody-run/v1"
+MAX_RUN_STATEMENT_BYTES = 256 << 20
+_RUN_COUNTS = ("records_in", "records_out", "dead_letters", "duplicates", "rows_out",
+               "rows_suppressed", "dead_letter_rows")
+
+
+def _sha256_of(path: str) -> str:
+    digest = hashlib.sha256()
+    with FileSystems.open(path, mime_type="application/octet-stream",
+                          compression_type="uncompressed") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _matched(pattern: str) -> list[str]:
+    try:
+        return sorted(m.path for m in FileSystems.match([pattern])[0].metadata_list)
+    except BeamIOError:
+        return []
+
+
+def _relative(root: str, path: str) -> str:
+    return path[len(root):].lstrip("/\\") if path.startswith(root) else path
+
+
+def run_statement(output_root: str, input_pattern: str, regions: Iterable[str],
+                  summary: Mapping[str, Any]) -> dict[str, Any]:
+    """The run's statement (see the module docstring) from the files the run left."""
+    root = output_root.rstrip("/")
+    files = [path for region in sorted(regions)
+             for path in _matched(FileSystems.join(root, region, "part-*"))]
+    files += _matched(FileSystems.join(root, DEAD_LETTER_DIR, "*.jsonl"))
+    subjects = [{"name": _relative(root, path), "digest": {"sha256": _sha256_of(path)}}
+                for path in files]
+    inputs = [{"name": path, "digest": {"sha256": _sha256_of(path)}}
+              for path in _matched(input_pattern)]
+    return {
+        "_type": STATEMENT_TYPE,
+        "subject": subjects,
+        "predicateType": RUN_PREDICATE_TYPE,
+        "predicate": {
+            "inputs": inputs,
+            "counts": {name: int(summary.get(name, 0) or 0) for name in _RUN_COUNTS},
+            "spec_fingerprint": summary.get("spec_fingerprint", ""),
+            "output_format": summary.get("output_format", ""),
+            "regions": sorted(regions),
+            "ledger_head": summary.get("ledger_head"),
+        },
+    }
+
+
+def write_run_statement(output_root: str, input_pattern: str, regions: Iterable[str],
+                        summary: Mapping[str, Any]) -> str:
+    """Write ``custody-run.intoto.json`` into ``output_root``; returns its path."""
+    statement = run_statement(output_root, input_pattern, regions, summary)
+    return commit_file(output_root, RUN_STATEMENT_NAME, [canonical_json(statement)],
+                       "application/json")
+
+
+@dataclass
+class RunVerdict:
+    """The outcome of ``verify_run``: reasons (empty when everything holds), and what it saw."""
+
+    run: str
+    reasons: list[str] = field(default_factory=list)
+    outputs: list[CustodyVerdict] = field(default_factory=list)
+    facts: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> bool:
+        return not self.reasons and all(v.ok for v in self.outputs)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"ok": self.ok, "run": self.run, "reasons": self.reasons, "facts": self.facts,
+                "outputs": [v.to_json() for v in self.outputs]}
+
+
+def _load_run_statement(run_dir: Path) -> dict[str, Any]:
+    path = run_dir / RUN_STATEMENT_NAME
+    try:
+        with path.open("rb") as handle:
+            content = handle.read(MAX_RUN_STATEMENT_BYTES + 1)
+        document = json.loads(content)
+    except OSError as error:
+        raise CustodyError(f"cannot read {RUN_STATEMENT_NAME}: {error.strerror}") from None
+    except (ValueError, UnicodeDecodeError):
+        raise CustodyError(f"{RUN_STATEMENT_NAME} is not JSON") from None
+    if not isinstance(document, dict) or document.get("_type") != STATEMENT_TYPE or \
+            document.get("predicateType") != RUN_PREDICATE_TYPE or \
+            not isinstance(document.get("predicate"), dict) or \
+            not isinstance(document.get("subject"), list):
+        raise CustodyError(f"{RUN_STATEMENT_NAME} is not a sealbeam run statement")
+    return document
+
+
+def verify_run(run_dir: Path, *, broker_key: BrokerPublicKey, policy: CustodyPolicy | None = None,
+               anchors: Iterable[object] = (), inputs: Iterable[Path] | None = None,
+               ledger: Any = None) -> RunVerdict:
+    """Check a run directory: files named and unchanged, every output verified, nothing lost.
+
+    ``inputs``: the run's input files (default: those the run statement names, which must
+    still have their digests).
+    """
+    run_dir = Path(run_dir)
+    verdict = RunVerdict(str(run_dir))
+    document = _load_run_statement(run_dir)
+    predicate = document["predicate"]
+    anchors = list(anchors)
+    outputs, dead_letter_files = _check_subjects(verdict, run_dir, document["subject"],
+                                                 predicate.get("regions") or [])
+    claimed: dict[str, str] = {}
+    envelopes_out = 0
+    for output in outputs:
+        result = verify_output(output, broker_key=broker_key, policy=policy, anchors=anchors,
+                               ledger=ledger)
+        verdict.outputs.append(result)
+        if not result.ok:
+            verdict.reasons.append(f"output {output.name} does not verify: "
+                                   f"{'; '.join(result.reasons)}")
+            continue
+        ids, count = _signed_input_ids(output)
+        envelopes_out += count
+        if ids is None:
+            verdict.reasons.append(f"output {output.name} lists only a Merkle root of its "
+                                   f"inputs: coverage cannot be checked")
+            continue
+        for envelope_id in ids:
+            if envelope_id in claimed:
+                verdict.reasons.append(f"input {envelope_id} is claimed by both "
+                                       f"{claimed[envelope_id]} and {output.name}")
+            claimed[envelope_id] = output.name
+    dead_ids, dead_unnamed, dead_records = _dead_letter_ids(dead_letter_files)
+    for envelope_id in sorted(dead_ids & set(claimed)):
+        verdict.reasons.append(f"input {envelope_id} is both in {claimed[envelope_id]} and a "
+                               "dead letter")
+    input_paths = list(inputs) if inputs is not None else _stated_inputs(verdict, predicate)
+    lines, input_ids, not_envelopes = _input_envelopes(input_paths)
+    distinct = set(input_ids)
+    duplicates = len(input_ids) - len(distinct)
+    covered = set(claimed) | dead_ids
+    missing = sorted(distinct - covered)
+    extra = sorted(covered - distinct)
+    if missing:
+        verdict.reasons.append(f"{len(missing)} input envelope(s) are in no output statement "
+                               f"and no dead letter (first: {missing[0]})")
+    if extra:
+        verdict.reasons.append(f"{len(extra)} envelope(s) in the outputs or dead letters are "
+                               f"not among the inputs (first: {extra[0]})")
+    if not_envelopes != dead_unnamed:
+        verdict.reasons.append(f"{not_envelopes} input line(s) are not envelopes but "
+                               f"{dead_unnamed} dead letter(s) stand for such lines")
+    if lines != envelopes_out + dead_records + duplicates:
+        verdict.reasons.append(f"input lines {lines} != outputs' envelopes {envelopes_out} + "
+                               f"dead-letter records {dead_records} + duplicates {duplicates}")
+    stated = predicate.get("counts") or {}
+    for name, value in (("records_in", lines), ("duplicates", duplicates),
+                        ("dead_letters", dead_records), ("records_out", envelopes_out)):
+        if stated.get(name) != value:
+            verdict.reasons.append(f"the run statement says {name}={stated.get(name)}, the "
+                                   f"files give {value}")
+    verdict.facts = {"input_lines": lines, "distinct_envelopes": len(distinct),
+                     "duplicates": duplicates, "outputs": len(outputs),
+                     "envelopes_out": envelopes_out, "dead_letter_files": len(dead_letter_files),
+                     "dead_letter_records": dead_records}
+    return verdict
+
+
+def _check_subjects(verdict: RunVerdict, run_dir: Path, subjects: list[Any],
+                    regions: list[str]) -> tuple[list[Path], list[Path]]:
+    """Outputs and dead-letter files the statement names, each checked against its digest;
+    files in the run directory that it does not name are reasons."""
+    named: set[Path] = set()
+    outputs: list[Path] = []
+    dead: list[Path] = []
+    for subject in subjects:
+        name = str(subject.get("name", "")) if isinstance(subject, dict) else ""
+        path = (run_dir / name).resolve()
+        if not name or run_dir.resolve() not in path.parents:
+            verdict.reasons.append(f"the run statement names a file outside the run: {name!r}")
+            continue
+        named.add(path)
+        try:
+            actual = _sha256_of(str(path))
+        except (OSError, BeamIOError):
+            verdict.reasons.append(f"{name} is named in the run statement but missing")
+            continue
+        if actual != str((subject.get("digest") or {}).get("sha256", "")):
+            verdict.reasons.append(f"{name} differs from the run statement's digest")
+        if path.parent.name == DEAD_LETTER_DIR:
+            dead.append(path)
+        elif not name.endswith(STATEMENT_SUFFIX):
+            outputs.append(path)
+    present = [p for region in regions for p in (run_dir / region).glob("part-*")]
+    present += list((run_dir / DEAD_LETTER_DIR).glob("*.jsonl"))
+    for path in sorted(present):
+        if path.resolve() not in named:
+            verdict.reasons.append(f"{path.relative_to(run_dir)} is not named in the run "
+                                   "statement")
+    return sorted(outputs), sorted(dead)
+
+
+def _signed_input_ids(output: Path) -> tuple[list[str] | None, int]:
+    """The input ids and count of an output whose statement already verified."""
+    _, _, statement = load_statement(output.with_name(output.name + STATEMENT_SUFFIX))
+    inputs = statement["predicate"]["inputs"]
+    return inputs.get("envelope_ids"), int(inputs["count"])
+
+
+def _dead_letter_ids(files: Iterable[Path]) -> tuple[set[str], int, int]:
+    """(envelope ids of dead letters that stand for inputs, how many stand for lines that
+    were not envelopes, records in all)."""
+    ids: set[str] = set()
+    unnamed = 0
+    records = 0
+    for path in files:
+        with path.open("rb") as handle:
+            for line in handle:
+                if not line.strip():
+                    continue
+                try:
+                    entry = json.loads(line)
+                    count = int(entry.get("records", 0))
+                    record_id = str(entry["record_id"])
+                except (ValueError, KeyError, TypeError, AttributeError):
+                    raise CustodyError(f"dead-letter file {path.name} has a line that is not "
+                                       "a dead letter") from None
+                records += count
+                if count < 1:
+                    continue
+                if _is_envelope_id(record_id):
+                    ids.add(record_id)
+                else:
+                    unnamed += count
+    return ids, unnamed, records
+
+
+def _is_envelope_id(record_id: str) -> bool:
+    return len(record_id) == 32 and all(c in "0123456789abcdef" for c in record_id)
+
+
+def _stated_inputs(verdict: RunVerdict, predicate: Mapping[str, Any]) -> list[Path]:
+    paths: list[Path] = []
+    for entry in predicate.get("inputs") or []:
+        path = Path(str(entry.get("name", "")))
+        try:
+            actual = _sha256_of(str(path))
+        except (OSError, BeamIOError):
+            verdict.reasons.append(f"input {path.name} named in the run statement is missing "
+                                   "(pass the inputs with --input)")
+            continue
+        if actual != str((entry.get("digest") or {}).get("sha256", "")):
+            verdict.reasons.append(f"input {path.name} differs from the run statement's digest")
+        paths.append(path)
+    return paths
+
+
+def _input_envelopes(paths: Iterable[Path]) -> tuple[int, list[str], int]:
+    """(non-blank lines, envelope id per line that is an envelope, lines that are not)."""
+    lines = 0
+    ids: list[str] = []
+    others = 0
+    for path in paths:
+        with Path(path).open("rb") as handle:
+            for line in handle:
+                if not line.strip():
+                    continue
+                lines += 1
+                try:
+                    header, _ = read_header(base64.b64decode(line.strip(), validate=True))
+                except (binascii.Error, ValueError, EnvelopeError):
+                    others += 1
+                    continue
+                ids.append(header.envelope_id.hex())
+    return lines, ids, others
