@@ -7,6 +7,7 @@ Arrow stream, is tests/envelope/independent_decoder.py, which imports nothing of
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -57,6 +58,8 @@ def test_a_sealed_batch_opens_with_only_the_document(state: Path, tmp_path: Path
     [envelope] = clean.envelopes_in_file(sealed.read_bytes())
     decoded = clean.open_with_keyring(envelope, _keyring(state))
     table = clean.batch_table(decoded)
+    stated_time = decoded.context.pop("sealbeam.event_time")       # FORMAT.md 2.1
+    assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", stated_time)
     assert decoded.context == {"sealbeam.kind": "partner-records",
                                "sealbeam.rows": str(len(rows))}
     assert table.column("customer_id").to_pylist() == [r["customer_id"] for r in rows]
