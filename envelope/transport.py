@@ -12,6 +12,8 @@ I/O; the private key never leaves the object.
 from __future__ import annotations
 
 import hashlib
+import re
+from collections.abc import Mapping
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hpke
@@ -47,6 +49,8 @@ MAX_NONCE_LENGTH = 256
 MAX_RELEASE_PURPOSE = 128
 MAX_RELEASE_KEY_ID = 256
 REPORT_DATA_DOMAIN = b"sealbeam/report-data/v1\x00"
+MAX_BOUND_KEY_LENGTH = 4096
+_BOUND_KEY_LABEL = re.compile(r"[a-z0-9-]{1,32}")
 RELEASE_INFO_DOMAIN = b"sealbeam/key-release/v1\x00"
 
 _SUITE = hpke.Suite(hpke.KEM.MLKEM768_X25519, hpke.KDF.HKDF_SHA256, hpke.AEAD.AES_256_GCM)
@@ -122,10 +126,14 @@ def seal_to_tee(tee_public_key: bytes, secret: bytes, info: bytes) -> bytes:
         raise KeyTransportError("TEE public key was rejected by HPKE") from None
 
 
-def report_data_binding(nonce: bytes, tee_public_key: bytes) -> bytes:
-    """The 64 bytes a TEE puts in report_data to bind a broker nonce to its public key.
+def report_data_binding(nonce: bytes, tee_public_key: bytes, *,
+                        bound_keys: Mapping[str, bytes] | None = None) -> bytes:
+    """The 64 bytes a TEE puts in report_data to bind a verifier's nonce to its public keys.
 
-    ``SHA-512(REPORT_DATA_DOMAIN || u32 BE len || nonce || u32 BE len || public key)``.
+    ``SHA-512(REPORT_DATA_DOMAIN || u32 BE len || nonce || u32 BE len || public key
+    [|| for each bound key, by label: u32 BE len || label || u32 BE len || key])``.
+    ``bound_keys`` extends the one binding with further keys the TEE holds (e.g. a pool
+    worker's channel key, label ``pool-channel``); without them the bytes are those of v1.
     """
     nonce_bytes = bytes(as_byte_view(nonce))
     if not MIN_NONCE_LENGTH <= len(nonce_bytes) <= MAX_NONCE_LENGTH:
@@ -137,7 +145,21 @@ def report_data_binding(nonce: bytes, tee_public_key: bytes) -> bytes:
     digest.update(REPORT_DATA_DOMAIN)
     digest.update(len(nonce_bytes).to_bytes(4, "big") + nonce_bytes)
     digest.update(len(key_bytes).to_bytes(4, "big") + key_bytes)
+    for label, bound in sorted((bound_keys or {}).items()):
+        label_bytes = _bound_key_label(label)
+        bound_bytes = bytes(as_byte_view(bound))
+        if not 1 <= len(bound_bytes) <= MAX_BOUND_KEY_LENGTH:
+            raise KeyTransportError(f"bound key {label!r} length {len(bound_bytes)} is outside "
+                                    f"1..{MAX_BOUND_KEY_LENGTH}")
+        digest.update(len(label_bytes).to_bytes(4, "big") + label_bytes)
+        digest.update(len(bound_bytes).to_bytes(4, "big") + bound_bytes)
     return digest.digest()
+
+
+def _bound_key_label(label: str) -> bytes:
+    if not isinstance(label, str) or not _BOUND_KEY_LABEL.fullmatch(label):
+        raise KeyTransportError(f"bound key label {label!r} is not 1..32 of [a-z0-9-]")
+    return label.encode("ascii")
 
 
 def release_info(purpose: str, key_id: str) -> bytes:

@@ -33,15 +33,13 @@ from transforms import (
 )
 from transforms import metrics as names
 
+from .confidential_mode import confidential_step
 from .errors import ReconciliationError
 from .options import (
     SealbeamOptions,
     allowed_regions,
-    feature_spec,
     output_format,
     required,
-    session_limits,
-    tee_settings,
 )
 
 
@@ -90,13 +88,8 @@ def add_processing_steps(
     """Everything after the source, shared by the batch and streaming pipelines: parse headers,
     the confidential step, routing, region-pinned writes and the dead-letter sink."""
     output_root = required(opts, "output_root")
-    broker_url = required(opts, "broker_url")
     parsed = sealed | "ParseHeaders" >> ParseSealed()
-    confidential = ConfidentialProcess(
-        broker_url, tee_settings(opts), feature_spec(opts), output_format=output_format(opts),
-        limits=session_limits(opts), min_batch_size=opts.min_batch_size,
-        max_batch_size=opts.max_batch_size,
-    )
+    confidential = confidential_step(opts)   # in-process, or remote on an attested pool
     processed = parsed[ParseSealed.SEALED] | "Confidential" >> confidential
     written = (
         processed[ConfidentialProcess.SEALED]

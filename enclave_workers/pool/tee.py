@@ -1,0 +1,41 @@
+"""The evidence provider of the TEE a pool worker runs in, chosen by name.
+
+The names are those of ``sealbeam run``'s ``--tee`` (``transforms.tee``), which the pool
+cannot import (transforms stand on Beam): ``simulated-sev-snp`` (with the dev chain made by
+``sealbeam keys init``), ``configfs-tsm``, ``configfs-tsm-tdx``, ``sev-guest``. Providers
+are imported lazily, so a worker loads only its own TEE's code. It does not check that the
+hardware exists: a provider fails closed on its first ``collect``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from enclave_workers.evidence.base import EvidenceProvider
+
+__all__ = ["POOL_TEES", "SIMULATED_SEV_SNP", "make_provider"]
+
+SIMULATED_SEV_SNP = "simulated-sev-snp"
+POOL_TEES = (SIMULATED_SEV_SNP, "configfs-tsm", "configfs-tsm-tdx", "sev-guest")
+
+
+def make_provider(tee: str, dev_tee_dir: str | None) -> EvidenceProvider:
+    if tee not in POOL_TEES:
+        raise ValueError(f"unknown TEE {tee!r}; supported: {', '.join(POOL_TEES)}")
+    if (tee == SIMULATED_SEV_SNP) != bool(dev_tee_dir):
+        raise ValueError("--dev_tee_dir is for the simulated TEE, and it needs one")
+    if tee == SIMULATED_SEV_SNP:
+        from enclave_workers.evidence.simulated_snp import SimulatedSnpProvider
+
+        return SimulatedSnpProvider(Path(str(dev_tee_dir)))
+    if tee == "configfs-tsm":
+        from enclave_workers.evidence.configfs_tsm import ConfigfsTsmProvider
+
+        return ConfigfsTsmProvider()
+    if tee == "configfs-tsm-tdx":
+        from enclave_workers.evidence.configfs_tsm import ConfigfsTsmTdxProvider
+
+        return ConfigfsTsmTdxProvider()
+    from enclave_workers.evidence.sev_guest import SevGuestProvider
+
+    return SevGuestProvider()

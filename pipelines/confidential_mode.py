@@ -1,0 +1,55 @@
+"""Which confidential step a pipeline runs: in the Beam worker, or on an attested pool.
+
+``confidential_step`` reads the options: with ``--pool_endpoints`` or ``--pool_discovery``
+it builds ``transforms.remote.ConfidentialProcessRemote`` (the Beam worker holds no key and
+needs no broker; ``--pool_policy`` names the policy a pool worker's evidence must satisfy,
+``--dev_tee_dir`` the dev chain trusted for simulated pools when that policy allows it);
+otherwise ``ConfidentialProcess`` as before (``--broker_url``, ``--tee``). Both have the tags
+``SEALED`` and ``DEAD_LETTER`` and the same output types.
+"""
+
+from __future__ import annotations
+
+import apache_beam as beam
+
+from transforms import ConfidentialProcess, TransformError
+from transforms.pool_trust import PoolTrust
+from transforms.remote import ConfidentialProcessRemote
+
+from .errors import PipelineError
+from .options import (
+    SealbeamOptions,
+    feature_spec,
+    output_format,
+    required,
+    session_limits,
+    tee_settings,
+)
+
+__all__ = ["confidential_step", "pool_endpoints", "remote_mode"]
+
+
+def pool_endpoints(opts: SealbeamOptions) -> list[str]:
+    return [u.strip() for u in str(opts.pool_endpoints or "").split(",") if u.strip()]
+
+
+def remote_mode(opts: SealbeamOptions) -> bool:
+    return bool(pool_endpoints(opts) or opts.pool_discovery)
+
+
+def confidential_step(opts: SealbeamOptions) -> beam.PTransform:
+    """The confidential PTransform the options ask for (checked here, before anything runs)."""
+    if not remote_mode(opts):
+        return ConfidentialProcess(
+            required(opts, "broker_url"), tee_settings(opts), feature_spec(opts),
+            output_format=output_format(opts), limits=session_limits(opts),
+            min_batch_size=opts.min_batch_size, max_batch_size=opts.max_batch_size)
+    try:
+        trust = PoolTrust(required(opts, "pool_policy"), opts.dev_tee_dir)
+        return ConfidentialProcessRemote(
+            trust=trust, spec=feature_spec(opts), endpoints=pool_endpoints(opts),
+            discovery=opts.pool_discovery, output_format=output_format(opts),
+            min_batch_size=opts.min_batch_size, max_batch_size=opts.max_batch_size,
+            timeout_s=opts.pool_timeout_s)
+    except TransformError as exc:
+        raise PipelineError(str(exc)) from None

@@ -1,0 +1,122 @@
+"""Remote mode end to end: two pool workers (processes, simulated SEV-SNP) behind the batch
+pipeline; the same rows as the in-process run; a worker killed mid-run loses nothing."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from pathlib import Path
+
+import apache_beam as beam
+import pyarrow as pa
+import pytest
+from apache_beam.metrics.metric import MetricsFilter
+from apache_beam.options.pipeline_options import PipelineOptions
+from apache_beam.runners.portability.fn_api_runner import FnApiRunner
+
+from pipelines.batch import RunSummary, build_batch_pipeline, run_batch, summarize_run
+from pipelines.options import SealbeamOptions
+from pipelines.reading import open_outputs
+from pipelines.synthetic import REGIONS
+from tests.enclave_workers.broker_env import BrokerEnv
+from tests.pipelines.helpers import assert_no_plaintext, plaintext_probes, sealed_partner_files
+from tests.pool.conftest import PoolProcess, health_counts, start_pool_worker
+from transforms.metrics import NAMESPACE
+
+RECORDS = 240
+BATCH = 8
+
+
+def _options(broker: BrokerEnv, work: Path, out: str, **extra: str) -> PipelineOptions:
+    flags = {"input": str(work / "sealed" / "*.sealed"), "output_root": str(work / out),
+             "broker_url": broker.url, "tee": "simulated-sev-snp",
+             "dev_tee_dir": str(broker.dev_tee_dir), "regions": ",".join(REGIONS),
+             "min_batch_size": str(BATCH), "max_batch_size": str(BATCH), **extra}
+    return PipelineOptions(flags=[f"--{k}={v}" for k, v in flags.items()])
+
+
+def _remote(broker: BrokerEnv, work: Path, out: str, urls: list[str]) -> PipelineOptions:
+    return _options(broker, work, out, pool_endpoints=",".join(urls),
+                    pool_policy=str(broker.settings.policy_path))
+
+
+def _rows(broker: BrokerEnv, root: Path) -> list[str]:
+    rows: list[str] = []
+    for region in REGIONS:
+        table: pa.Table = open_outputs([root / region], keyring=broker.keyring, region=region)
+        rows.extend(json.dumps(r, sort_keys=True, default=str) for r in table.to_pylist())
+    return sorted(rows)
+
+
+def _counts(summary: RunSummary) -> tuple[int, ...]:
+    return (summary.records_in, summary.records_out, summary.dead_letters, summary.rows_out,
+            summary.rows_suppressed)
+
+
+def _health(url: str) -> dict[str, int]:
+    return health_counts(url)
+
+
+@pytest.fixture(scope="module")
+def inputs(broker: BrokerEnv, tmp_path_factory: pytest.TempPathFactory):
+    work = tmp_path_factory.mktemp("remote")
+    files, _ = sealed_partner_files(broker, work, RECORDS)
+    in_process = run_batch(_options(broker, work, "in-process"))
+    assert in_process.reconciled and in_process.records_in == RECORDS
+    return work, files, in_process
+
+
+def test_remote_run_equals_the_in_process_run(broker: BrokerEnv, inputs,
+                                              pool_pair: list[PoolProcess]) -> None:
+    work, files, in_process = inputs
+    remote = run_batch(_remote(broker, work, "remote", [w.url for w in pool_pair]))
+    assert remote.reconciled
+    assert _counts(remote) == _counts(in_process)
+    assert remote.broker_calls == 0                  # the Beam worker holds no key
+    assert _rows(broker, work / "remote") == _rows(broker, work / "in-process")
+    served = [_health(w.url)["batches"] for w in pool_pair]
+    assert all(served), f"each pool worker serves some data keys: {served}"
+    assert assert_no_plaintext(work / "remote", plaintext_probes(files)) >= 2
+
+
+def _killer(workers: list[PoolProcess], killed: list[PoolProcess], stop: threading.Event
+            ) -> None:
+    """Kill the first worker that has served a batch, as soon as it has."""
+    while not stop.is_set():
+        for worker in workers:
+            if _health(worker.url)["batches"] >= 1:
+                worker.kill()
+                killed.append(worker)
+                return
+        time.sleep(0.002)
+
+
+def test_a_worker_killed_mid_run_loses_and_duplicates_nothing(broker: BrokerEnv,
+                                                              inputs) -> None:
+    work, _, in_process = inputs
+    workers = [start_pool_worker(broker), start_pool_worker(broker)]
+    killed: list[PoolProcess] = []
+    stop = threading.Event()
+    try:
+        killer = threading.Thread(target=_killer, args=(workers, killed, stop), daemon=True)
+        killer.start()
+        options = _remote(broker, work, "killed", [w.url for w in workers])
+        pipeline = beam.Pipeline(runner=FnApiRunner(), options=options)
+        built = build_batch_pipeline(pipeline, options)
+        result = pipeline.run()
+        result.wait_until_finish()
+        stop.set()
+        killer.join(timeout=5)
+        summary = summarize_run(result, options.view_as(SealbeamOptions), built, 0.0)
+    finally:
+        stop.set()
+        for worker in workers:
+            worker.kill()
+    assert len(killed) == 1 and killed[0].process.returncode is not None
+    failovers = result.metrics().query(MetricsFilter().with_namespace(NAMESPACE)
+                                       .with_name("pool_failovers"))["counters"]
+    assert sum(c.committed for c in failovers) >= 1, "the kill landed after the last batch"
+    assert summary.reconciled
+    assert _counts(summary) == _counts(in_process)
+    assert _rows(broker, work / "killed") == _rows(broker, work / "in-process")

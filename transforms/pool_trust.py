@@ -1,0 +1,116 @@
+"""Whether a pool endpoint is an attested pool worker: its evidence, verified here.
+
+What it does: ``PoolTrust`` names what a Beam worker trusts (the release policy file the
+broker enforces, and for the simulated TEE the dev chain, loaded only when that policy's
+``allow_simulated`` is true, as the broker does). ``PoolVerifier.verify`` checks a pool
+worker's attestation answer for a nonce this side drew: the evidence is verified with the
+broker's own verifier code (``keybroker.service.verifiers``) against the report_data that
+binds the nonce and the worker's channel key (``enclave_workers.pool.channel``), and the
+verified claims must pass the policy's ``evaluate_attestation`` (the same question the
+broker asks before it opens a session). Anything else raises ``PoolAttestationError``, and
+the caller sends that endpoint nothing.
+
+What it does not: no network (``pool_client`` asks), no key release; it does not consult
+the broker (a signed attestation result from the broker could replace this check).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from enclave_workers.pool.channel import channel_binding
+from envelope import TEE_PUBLIC_KEY_LENGTH
+from keybroker.attestation.errors import AttestationError
+from keybroker.attestation.verifier import Verifier
+from keybroker.policy import PolicyError, ReleasePolicy
+from keybroker.service.verifiers import TrustMaterial, verifiers_from_material
+
+from .errors import TransformConfigError, TransformError
+
+__all__ = ["PoolAttestationError", "PoolTrust", "PoolVerifier", "VerifiedPool"]
+
+
+class PoolAttestationError(TransformError):
+    """An endpoint whose attestation does not verify, or whose claims the policy refuses."""
+
+
+@dataclass(frozen=True)
+class VerifiedPool:
+    """What a verified attestation answer establishes about one pool worker."""
+
+    channel_public_key: bytes
+    spec_fingerprint: str
+    output_format: str
+    tee: str
+    rule: str | None
+    simulated: bool
+
+
+@dataclass(frozen=True)
+class PoolTrust:
+    """The policy a pool worker must satisfy, and the dev chain for simulated evidence."""
+
+    policy_path: str
+    dev_tee_dir: str | None = None
+
+    def __post_init__(self) -> None:
+        if not self.policy_path:
+            raise TransformConfigError("remote mode needs the release policy the pool must "
+                                       "satisfy (--pool_policy)")
+
+    def verifier(self) -> PoolVerifier:
+        try:
+            policy = ReleasePolicy.load(Path(self.policy_path))
+        except (PolicyError, OSError) as exc:
+            raise TransformConfigError(f"pool policy {self.policy_path}: {exc}") from None
+        dev_chain = (Path(self.dev_tee_dir) if self.dev_tee_dir and policy.allow_simulated
+                     else None)
+        material = TrustMaterial(dev_chain_dir=dev_chain)
+        return PoolVerifier(policy, verifiers_from_material(
+            material, tees=policy.tees | {"sev-snp"}))
+
+
+def _b64(answer: Mapping[str, Any], name: str) -> bytes:
+    try:
+        return base64.b64decode(answer[name], validate=True)
+    except (KeyError, TypeError, ValueError, binascii.Error):
+        raise PoolAttestationError(f"attestation answer has no valid {name}") from None
+
+
+class PoolVerifier:
+    """Verifies pool workers' attestation answers against one policy and its verifiers."""
+
+    def __init__(self, policy: ReleasePolicy, verifiers: Mapping[str, Verifier]) -> None:
+        self._policy = policy
+        self._verifiers = dict(verifiers)
+
+    def verify(self, answer: Mapping[str, Any], nonce: bytes) -> VerifiedPool:
+        tee = answer.get("tee")
+        verifier = self._verifiers.get(tee) if isinstance(tee, str) else None
+        if verifier is None:
+            raise PoolAttestationError(f"no verifier for the pool's TEE {tee!r}")
+        channel_key = _b64(answer, "channel_public_key")
+        if len(channel_key) != TEE_PUBLIC_KEY_LENGTH:
+            raise PoolAttestationError("the pool's channel key has the wrong length")
+        raw_endorsements = answer.get("endorsements")
+        if not isinstance(raw_endorsements, Mapping):
+            raise PoolAttestationError("attestation answer has no endorsements mapping")
+        endorsements = {str(name): _b64(raw_endorsements, name) for name in raw_endorsements}
+        try:
+            claims = verifier.evaluate(_b64(answer, "evidence"),
+                                       channel_binding(nonce, channel_key),
+                                       endorsements=endorsements)
+        except AttestationError as exc:
+            raise PoolAttestationError(f"pool evidence refused: {type(exc).__name__}: {exc}"
+                                       ) from None
+        decision = self._policy.evaluate_attestation(claims)
+        if not decision.allowed:
+            raise PoolAttestationError(f"the policy refuses the pool worker: {decision.reason}")
+        return VerifiedPool(channel_key, str(answer.get("spec_fingerprint", "")),
+                            str(answer.get("output_format", "")), tee, decision.rule,
+                            bool(getattr(claims, "simulated", False)))
