@@ -38,6 +38,8 @@ setup(
     ],
     extras_require={
         "test": ["pytest>=8", "hypothesis>=6.100", "ruff>=0.5"],
+        # Launching on Dataflow (pipelines/dataflow.py): the DataflowRunner and its API client.
+        "dataflow": ["apache-beam[gcp]>=2.60"],
     },
     entry_points={"console_scripts": ["sealbeam=pipelines.cli:main"]},
 )

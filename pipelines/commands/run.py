@@ -11,11 +11,12 @@ import json
 
 from apache_beam.options.pipeline_options import PipelineOptions
 
+from pipelines import dataflow
 from pipelines.batch import RunSummary, run_batch
 from pipelines.options import SealbeamOptions
 from pipelines.streaming import StreamingOptions, run_streaming
 
-_NOT_BEAM_FLAGS = frozenset({"command", "run_command", "func", "beam_args"})
+_NOT_BEAM_FLAGS = frozenset({"command", "run_command", "func", "beam_args"}) | dataflow.LAUNCH_DESTS
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -30,6 +31,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "counts (with rows_suppressed). Further Beam flags (e.g. --runner) may "
                     "follow a '--'.")
     SealbeamOptions._add_argparse_args(batch)
+    dataflow.add_launch_arguments(batch)
     batch.add_argument("beam_args", nargs=argparse.REMAINDER,
                        help="further Beam pipeline flags, after '--'")
     batch.set_defaults(func=run_batch_command)
@@ -43,6 +45,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "JSON line of counts. Further Beam flags may follow a '--'.")
     SealbeamOptions._add_argparse_args(streaming)
     StreamingOptions._add_argparse_args(streaming)
+    dataflow.add_launch_arguments(streaming)
     streaming.add_argument("beam_args", nargs=argparse.REMAINDER,
                            help="further Beam pipeline flags, after '--'")
     streaming.set_defaults(func=run_streaming_command)
@@ -51,8 +54,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def pipeline_flags(args: argparse.Namespace) -> list[str]:
     flags = [f"--{name}={value}" for name, value in sorted(vars(args).items())
              if name not in _NOT_BEAM_FLAGS and value is not None]
+    if getattr(args, "runner", None) and not dataflow.is_dataflow(args):
+        flags.append(f"--runner={args.runner}")
     extra = [a for a in (args.beam_args or []) if a != "--"]
     return flags + extra
+
+
+def _launch_on_dataflow(args: argparse.Namespace, kind: str) -> int:
+    summary = dataflow.launch(pipeline_flags(args), dataflow.launch_settings(args), kind)
+    print(json.dumps(summary, sort_keys=True))
+    return 0
 
 
 def _report(summary: RunSummary) -> int:
@@ -61,8 +72,12 @@ def _report(summary: RunSummary) -> int:
 
 
 def run_batch_command(args: argparse.Namespace) -> int:
+    if dataflow.is_dataflow(args):
+        return _launch_on_dataflow(args, "batch")
     return _report(run_batch(PipelineOptions(flags=pipeline_flags(args))))
 
 
 def run_streaming_command(args: argparse.Namespace) -> int:
+    if dataflow.is_dataflow(args):
+        return _launch_on_dataflow(args, "streaming")
     return _report(run_streaming(PipelineOptions(flags=pipeline_flags(args))))
