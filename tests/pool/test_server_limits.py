@@ -125,3 +125,23 @@ def _reader(data: bytes):
         return chunk
 
     return read
+
+
+def test_endpoints_come_from_the_list_or_a_discovery_file(tmp_path) -> None:
+    from transforms.errors import TransformConfigError
+    from transforms.remote import endpoint_order, load_endpoints
+
+    as_json = tmp_path / "pool.json"
+    as_json.write_text('{"endpoints": ["http://b:1/", "http://a:1"]}')
+    as_lines = tmp_path / "pool.txt"
+    as_lines.write_text("# pool\nhttp://a:1\n\nhttp://b:1\n")
+    assert load_endpoints(None, str(as_json)) == ["http://a:1", "http://b:1"]
+    assert load_endpoints(None, str(as_lines)) == ["http://a:1", "http://b:1"]
+    assert load_endpoints(["http://c:1"], str(as_json)) == ["http://c:1"]
+    with pytest.raises(TransformConfigError, match="needs pool endpoints"):
+        load_endpoints([], None)
+    urls = [f"http://pool-{i}:8700" for i in range(5)]
+    order = endpoint_order("key-1", urls)
+    assert sorted(order) == sorted(urls) and order == endpoint_order("key-1", urls[::-1])
+    survivors = [u for u in urls if u != order[0]]   # a lost worker moves only its own keys
+    assert endpoint_order("key-1", survivors) == order[1:]
