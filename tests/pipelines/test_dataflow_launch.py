@@ -91,3 +91,19 @@ def test_the_launch_check_is_a_pure_function_of_the_settings() -> None:
         check_launch(_launch(dataflow_kms_key="k"), ["apac"], remote_mode=True)
     check_launch(_launch(dataflow_kms_key="k", confidential=False,
                          machine_type="e2-standard-4"), ["eu"], remote_mode=True)
+
+
+def test_a_streaming_dry_run_is_a_streaming_job(tmp_path: Path, capsys) -> None:
+    argv = ["run", "streaming", "--source", "pubsub",
+            "--subscription", "projects/sealbeam-test/subscriptions/feed",
+            "--output_root", "gs://sealbeam-out", "--regions", "eu", "--pool_endpoints", POOL,
+            "--pool_policy", "policy.yaml", "--runner", "DataflowRunner", "--confidential",
+            "--project", "sealbeam-test", "--region", "europe-west4",
+            "--temp_location", "gs://sealbeam-tmp/tmp", "--dataflow_kms_key", KMS_KEY,
+            "--sdk_container_image", "europe-docker.pkg.dev/sealbeam-test/sealbeam/beam:1",
+            "--dry_run", "--job-json", str(tmp_path / "job.json")]
+    assert main(argv) == 0
+    job = json.loads((tmp_path / "job.json").read_text())
+    assert job["type"] == "JOB_TYPE_STREAMING"
+    assert job["environment"]["serviceOptions"] == ["enable_confidential_compute"]
+    assert json.loads(capsys.readouterr().out)["kind"] == "streaming"

@@ -23,7 +23,8 @@ from enclave_workers.pool.wire import (
 from enclave_workers.pool.worker import PoolSettings, PoolWorker, build_pool_worker
 from tests.enclave_workers.broker_env import BrokerEnv
 from tests.pool.test_attested_channel import _batch, _endpoint
-from transforms.pool_client import PoolBusyError, PoolRejectedError
+from transforms.pool_client import PoolBusyError, PoolEndpoint, PoolRejectedError
+from transforms.pool_trust import PoolTrust
 from transforms.remote import PoolRouter
 
 
@@ -145,3 +146,18 @@ def test_endpoints_come_from_the_list_or_a_discovery_file(tmp_path) -> None:
     assert sorted(order) == sorted(urls) and order == endpoint_order("key-1", urls[::-1])
     survivors = [u for u in urls if u != order[0]]   # a lost worker moves only its own keys
     assert endpoint_order("key-1", survivors) == order[1:]
+
+
+def test_parquet_pme_outputs_come_back_from_the_pool(broker: BrokerEnv) -> None:
+    pme = build_pool_worker(PoolSettings(broker.url, "simulated-sev-snp",
+                                         str(broker.dev_tee_dir), default_feature_spec(),
+                                         "parquet-pme"))
+    pme.start()
+    for server in _serve(pme):
+        endpoint = PoolEndpoint(server.url, PoolTrust(str(broker.settings.policy_path),
+                                                      str(broker.dev_tee_dir)).verifier(),
+                                spec_fingerprint=pme.spec_fingerprint,
+                                output_format="parquet-pme", timeout_s=10)
+        outputs = endpoint.process(_batch(broker, 6)).outputs
+        assert [(o.output_format, o.payload[:4], o.row_count) for o in outputs] == [
+            ("parquet-pme", b"PARE", 6)]
