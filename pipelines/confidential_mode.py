@@ -45,7 +45,7 @@ def confidential_step(opts: SealbeamOptions) -> beam.PTransform:
             output_format=output_format(opts), limits=session_limits(opts),
             min_batch_size=opts.min_batch_size, max_batch_size=opts.max_batch_size)
     try:
-        trust = PoolTrust(required(opts, "pool_policy"), opts.dev_tee_dir)
+        trust = PoolTrust.from_file(required(opts, "pool_policy"), opts.dev_tee_dir)
         return ConfidentialProcessRemote(
             trust=trust, spec=feature_spec(opts), endpoints=pool_endpoints(opts),
             discovery=opts.pool_discovery, output_format=output_format(opts),

@@ -1,14 +1,15 @@
 """Whether a pool endpoint is an attested pool worker: its evidence, verified here.
 
-What it does: ``PoolTrust`` names what a Beam worker trusts (the release policy file the
-broker enforces, and for the simulated TEE the dev chain, loaded only when that policy's
-``allow_simulated`` is true, as the broker does). ``PoolVerifier.verify`` checks a pool
-worker's attestation answer for a nonce this side drew: the evidence is verified with the
-broker's own verifier code (``keybroker.service.verifiers``) against the report_data that
-binds the nonce and the worker's channel key (``enclave_workers.pool.channel``), and the
-verified claims must pass the policy's ``evaluate_attestation`` (the same question the
-broker asks before it opens a session). Anything else raises ``PoolAttestationError``, and
-the caller sends that endpoint nothing.
+What it does: ``PoolTrust`` names what a Beam worker trusts (the release policy the broker
+enforces, read when the pipeline is built and shipped with it, and for the simulated TEE the
+dev chain, loaded only when that policy's ``allow_simulated`` is true, as the broker does).
+``PoolVerifier.verify`` checks a pool worker's attestation answer for a nonce this side
+drew: the evidence is verified with the broker's own verifier code
+(``keybroker.service.verifiers``) against the report_data that binds the nonce and the
+worker's channel key (``enclave_workers.pool.channel``), and the verified claims must pass
+the policy's ``evaluate_attestation`` (the question the broker asks before it opens a
+session). Anything else raises ``PoolAttestationError``, and the caller sends that endpoint
+nothing.
 
 What it does not: no network (``pool_client`` asks), no key release; it does not consult
 the broker (a signed attestation result from the broker could replace this check).
@@ -23,11 +24,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from apache_beam.io.filesystem import BeamIOError
+from apache_beam.io.filesystems import FileSystems
+
 from enclave_workers.pool.channel import channel_binding
 from envelope import TEE_PUBLIC_KEY_LENGTH
 from keybroker.attestation.errors import AttestationError
 from keybroker.attestation.verifier import Verifier
-from keybroker.policy import PolicyError, ReleasePolicy
+from keybroker.policy import MAX_POLICY_BYTES, PolicyError, ReleasePolicy
 from keybroker.service.verifiers import TrustMaterial, verifiers_from_material
 
 from .errors import TransformConfigError, TransformError
@@ -53,21 +57,42 @@ class VerifiedPool:
 
 @dataclass(frozen=True)
 class PoolTrust:
-    """The policy a pool worker must satisfy, and the dev chain for simulated evidence."""
+    """The policy a pool worker must satisfy (its YAML text), and the dev chain for simulated
+    evidence. The text travels with the pipeline, so workers need no copy of the file."""
 
-    policy_path: str
+    policy_yaml: str
     dev_tee_dir: str | None = None
 
     def __post_init__(self) -> None:
-        if not self.policy_path:
+        if not self.policy_yaml.strip():
             raise TransformConfigError("remote mode needs the release policy the pool must "
                                        "satisfy (--pool_policy)")
+        self._policy()   # a bad policy fails when the pipeline is built, not on a worker
+
+    @classmethod
+    def from_file(cls, policy_path: str, dev_tee_dir: str | None = None) -> PoolTrust:
+        """Read the policy (any Beam filesystem path) when the pipeline is built."""
+        if not policy_path:
+            raise TransformConfigError("remote mode needs the release policy the pool must "
+                                       "satisfy (--pool_policy)")
+        try:
+            with FileSystems.open(policy_path) as handle:
+                raw = handle.read(MAX_POLICY_BYTES + 1)
+        except (OSError, BeamIOError) as exc:
+            raise TransformConfigError(f"pool policy {policy_path}: {exc}") from None
+        if len(raw) > MAX_POLICY_BYTES:
+            raise TransformConfigError(f"pool policy {policy_path} is over {MAX_POLICY_BYTES} "
+                                       "bytes")
+        return cls(raw.decode("utf-8", errors="replace"), dev_tee_dir)
+
+    def _policy(self) -> ReleasePolicy:
+        try:
+            return ReleasePolicy.from_yaml(self.policy_yaml)
+        except PolicyError as exc:
+            raise TransformConfigError(f"pool policy: {exc}") from None
 
     def verifier(self) -> PoolVerifier:
-        try:
-            policy = ReleasePolicy.load(Path(self.policy_path))
-        except (PolicyError, OSError) as exc:
-            raise TransformConfigError(f"pool policy {self.policy_path}: {exc}") from None
+        policy = self._policy()
         dev_chain = (Path(self.dev_tee_dir) if self.dev_tee_dir and policy.allow_simulated
                      else None)
         material = TrustMaterial(dev_chain_dir=dev_chain)

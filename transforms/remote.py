@@ -4,7 +4,7 @@ Usage::
 
     processed = parsed[ParseSealed.SEALED] | ConfidentialProcessRemote(
         endpoints=["http://pool-0:8700", "http://pool-1:8700"],   # or discovery="pool.json"
-        trust=PoolTrust(policy_path="policy.yaml", dev_tee_dir=None),
+        trust=PoolTrust.from_file("policy.yaml"),      # the broker's release policy
         spec=spec, output_format="sealed-arrow",
     )
     outputs = processed[ConfidentialProcessRemote.SEALED]        # SealedOutput

@@ -35,7 +35,7 @@ from keybroker.client import BrokerError, BrokerUnavailableError
 
 from .channel import ChannelError
 from .wire import WireError, encode_response, read_request
-from .worker import PoolMismatchError, PoolWorker
+from .worker import PoolMismatchError, PoolRequestError, PoolWorker
 
 __all__ = ["DEFAULT_MAX_INFLIGHT", "DEFAULT_MAX_REQUEST_BYTES", "PoolServer"]
 
@@ -57,7 +57,7 @@ def _status_of(exc: Exception) -> tuple[HTTPStatus, str]:
     """The one place errors become HTTP statuses."""
     if isinstance(exc, _HttpError):
         return exc.status, exc.error
-    if isinstance(exc, (WireError, ChannelError, ValueError)):
+    if isinstance(exc, (WireError, ChannelError, PoolRequestError)):
         return HTTPStatus.BAD_REQUEST, "bad_request"
     if isinstance(exc, PoolMismatchError):
         return HTTPStatus.CONFLICT, "mismatch"

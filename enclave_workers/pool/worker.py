@@ -37,7 +37,8 @@ from .channel import ChannelKeys, channel_binding
 from .tee import make_provider
 from .wire import PoolRequest
 
-__all__ = ["PoolMismatchError", "PoolSettings", "PoolWorker", "build_pool_worker"]
+__all__ = ["PoolMismatchError", "PoolRequestError", "PoolSettings", "PoolWorker",
+           "build_pool_worker"]
 
 MIN_CLIENT_NONCE = 16
 MAX_CLIENT_NONCE = 64
@@ -45,6 +46,10 @@ MAX_CLIENT_NONCE = 64
 
 class PoolMismatchError(Exception):
     """A request for a spec or output format this worker was not started with."""
+
+
+class PoolRequestError(ValueError):
+    """A client request this worker cannot take as it is (e.g. a nonce of the wrong size)."""
 
 
 @dataclass(frozen=True)
@@ -126,7 +131,7 @@ class PoolWorker:
     def evidence_for(self, nonce: bytes) -> dict[str, Any]:
         """Fresh evidence binding ``nonce`` and the channel key, and what the worker runs."""
         if not MIN_CLIENT_NONCE <= len(nonce) <= MAX_CLIENT_NONCE:
-            raise ValueError(f"nonce must be {MIN_CLIENT_NONCE}..{MAX_CLIENT_NONCE} bytes")
+            raise PoolRequestError(f"nonce must be {MIN_CLIENT_NONCE}..{MAX_CLIENT_NONCE} bytes")
         public_key = self._channel.public_bytes()
         with self._evidence_lock:
             evidence = self._provider.collect(channel_binding(nonce, public_key))

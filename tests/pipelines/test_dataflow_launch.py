@@ -7,7 +7,9 @@ import json
 from pathlib import Path
 
 import pytest
+import yaml
 
+from keybroker.config import demo_policy_document
 from pipelines.cli import main
 from pipelines.dataflow import DataflowLaunch, DataflowLaunchError, check_launch
 
@@ -15,9 +17,17 @@ KMS_KEY = "projects/sealbeam-test/locations/europe-west4/keyRings/sealbeam/crypt
 POOL = "http://10.0.0.5:8700,http://10.0.0.6:8700"
 
 
+@pytest.fixture
+def policy(tmp_path: Path) -> str:
+    path = tmp_path / "policy.yaml"
+    path.write_text(yaml.safe_dump(demo_policy_document(["eu"], ["acme"], ["ab" * 48])))
+    return str(path)
+
+
 def _argv(tmp_path: Path, *changes: str, drop: tuple[str, ...] = ()) -> list[str]:
     flags = {"--input": "gs://sealbeam-in/eu/*.sealed", "--output_root": "gs://sealbeam-out",
-             "--regions": "eu", "--pool_endpoints": POOL, "--pool_policy": "policy.yaml",
+             "--regions": "eu", "--pool_endpoints": POOL,
+             "--pool_policy": str(tmp_path / "policy.yaml"),
              "--runner": "DataflowRunner", "--project": "sealbeam-test",
              "--region": "europe-west4", "--temp_location": "gs://sealbeam-tmp/tmp",
              "--dataflow_kms_key": KMS_KEY, "--setup_file": "./setup.py",
@@ -30,7 +40,8 @@ def _argv(tmp_path: Path, *changes: str, drop: tuple[str, ...] = ()) -> list[str
     return argv + list(changes)
 
 
-def test_the_dry_run_job_carries_the_confidential_settings(tmp_path: Path, capsys) -> None:
+def test_the_dry_run_job_carries_the_confidential_settings(tmp_path: Path, policy: str,
+                                                           capsys) -> None:
     assert main(_argv(tmp_path)) == 0
     summary = json.loads(capsys.readouterr().out)
     assert summary["dry_run"] and summary["confidential"]
@@ -43,7 +54,7 @@ def test_the_dry_run_job_carries_the_confidential_settings(tmp_path: Path, capsy
     assert pool["machineType"] == "n2d-standard-4"
     assert pool["ipConfiguration"] == "WORKER_IP_PRIVATE"
     options = environment["sdkPipelineOptions"]["options"]
-    assert options["pool_endpoints"] == POOL and options["pool_policy"] == "policy.yaml"
+    assert options["pool_endpoints"] == POOL and options["pool_policy"] == policy
     assert options["dataflow_service_options"] == ["enable_confidential_compute"]
     assert job["name"] == summary["job_name"] and job["type"] == "JOB_TYPE_BATCH"
 
@@ -59,8 +70,8 @@ def test_the_dry_run_job_carries_the_confidential_settings(tmp_path: Path, capsy
     ((), ("--setup_file",), "Dataflow workers need sealbeam"),
     (("--regions", "eu,us"), (), "--region europe-west4 is outside data region 'us'"),
 ])
-def test_unsafe_launches_are_refused_with_one_line(tmp_path: Path, capsys, changes, drop,
-                                                   message: str) -> None:
+def test_unsafe_launches_are_refused_with_one_line(tmp_path: Path, policy: str, capsys,
+                                                   changes, drop, message: str) -> None:
     assert main(_argv(tmp_path, *changes, drop=drop)) == 2
     captured = capsys.readouterr()
     assert captured.out == ""
@@ -93,11 +104,11 @@ def test_the_launch_check_is_a_pure_function_of_the_settings() -> None:
                          machine_type="e2-standard-4"), ["eu"], remote_mode=True)
 
 
-def test_a_streaming_dry_run_is_a_streaming_job(tmp_path: Path, capsys) -> None:
+def test_a_streaming_dry_run_is_a_streaming_job(tmp_path: Path, policy: str, capsys) -> None:
     argv = ["run", "streaming", "--source", "pubsub",
             "--subscription", "projects/sealbeam-test/subscriptions/feed",
             "--output_root", "gs://sealbeam-out", "--regions", "eu", "--pool_endpoints", POOL,
-            "--pool_policy", "policy.yaml", "--runner", "DataflowRunner", "--confidential",
+            "--pool_policy", policy, "--runner", "DataflowRunner", "--confidential",
             "--project", "sealbeam-test", "--region", "europe-west4",
             "--temp_location", "gs://sealbeam-tmp/tmp", "--dataflow_kms_key", KMS_KEY,
             "--sdk_container_image", "europe-docker.pkg.dev/sealbeam-test/sealbeam/beam:1",

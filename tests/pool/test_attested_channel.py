@@ -74,7 +74,8 @@ def _batch(broker: BrokerEnv, count: int = 5) -> list[bytes]:
 
 def _endpoint(url: str, broker: BrokerEnv, fingerprint: str, policy: Path | None = None
               ) -> PoolEndpoint:
-    trust = PoolTrust(str(policy or broker.settings.policy_path), str(broker.dev_tee_dir))
+    trust = PoolTrust.from_file(str(policy or broker.settings.policy_path),
+                                str(broker.dev_tee_dir))
     return PoolEndpoint(url, trust.verifier(), spec_fingerprint=fingerprint,
                         output_format="sealed-arrow", timeout_s=10)
 

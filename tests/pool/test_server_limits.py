@@ -154,8 +154,8 @@ def test_parquet_pme_outputs_come_back_from_the_pool(broker: BrokerEnv) -> None:
                                          "parquet-pme"))
     pme.start()
     for server in _serve(pme):
-        endpoint = PoolEndpoint(server.url, PoolTrust(str(broker.settings.policy_path),
-                                                      str(broker.dev_tee_dir)).verifier(),
+        trust = PoolTrust.from_file(str(broker.settings.policy_path), str(broker.dev_tee_dir))
+        endpoint = PoolEndpoint(server.url, trust.verifier(),
                                 spec_fingerprint=pme.spec_fingerprint,
                                 output_format="parquet-pme", timeout_s=10)
         outputs = endpoint.process(_batch(broker, 6)).outputs
