@@ -113,6 +113,7 @@ class PoolServer(ThreadingHTTPServer):
 class _PoolHandler(BaseHTTPRequestHandler):
     server: PoolServer
     protocol_version = "HTTP/1.0"
+    timeout = 120   # seconds a socket may stay silent (a slow or stalled client is dropped)
     _streaming = False
 
     def log_message(self, format: str, *args: Any) -> None:

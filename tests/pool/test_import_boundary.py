@@ -10,7 +10,9 @@ from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 FORBIDDEN = ("keybroker.kms", "keybroker.service", "keybroker.policy", "keybroker.ledger",
-             "fastapi", "starlette", "uvicorn", "apache_beam", "transforms", "pipelines")
+             "keybroker.config", "keybroker.shred", "keybroker.rewrap", "keybroker.dek_cache",
+             "fastapi", "starlette", "uvicorn", "apache_beam", "transforms", "pipelines",
+             "google.cloud.kms", "google.api_core", "azure", "pkcs11")
 
 PROBE = """
 import json, sys
