@@ -161,3 +161,17 @@ def test_parquet_pme_outputs_come_back_from_the_pool(broker: BrokerEnv) -> None:
         outputs = endpoint.process(_batch(broker, 6)).outputs
         assert [(o.output_format, o.payload[:4], o.row_count) for o in outputs] == [
             ("parquet-pme", b"PARE", 6)]
+
+
+def test_concurrent_batches_share_the_worker_within_its_limit(broker: BrokerEnv,
+                                                              worker: PoolWorker) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    for server in _serve(worker, max_inflight=2):
+        endpoint = _endpoint(server.url, broker, worker.spec_fingerprint)
+        router = PoolRouter([endpoint], max_attempts=50, max_backoff_s=0.05)
+        batches = [_batch(broker, 10) for _ in range(6)]
+        with ThreadPoolExecutor(max_workers=6) as pool:
+            responses = list(pool.map(router.process, batches))
+        assert [sum(o.source_count for o in r.outputs) for r in responses] == [10] * 6
+        assert server.counts["batches"] == 6 and server.counts["envelopes"] == 60
