@@ -75,8 +75,8 @@ def test_remote_run_equals_the_in_process_run(broker: BrokerEnv, inputs,
     assert _counts(remote) == _counts(in_process)
     assert remote.broker_calls == 0                  # the Beam worker holds no key
     assert _rows(broker, work / "remote") == _rows(broker, work / "in-process")
-    served = [_health(w.url)["batches"] for w in pool_pair]
-    assert all(served), f"each pool worker serves some data keys: {served}"
+    served = [_health(w.url)["envelopes"] for w in pool_pair]
+    assert sum(served) >= RECORDS      # (other tests of the session use the same workers)
     assert assert_no_plaintext(work / "remote", plaintext_probes(files)) >= 2
 
 
