@@ -42,3 +42,19 @@ def test_worker_serve_without_a_broker_fails_closed_with_one_line(broker: Broker
     stdout, stderr = process.communicate(timeout=120)
     assert process.returncode == 2 and stdout == ""
     assert stderr.startswith("sealbeam worker: error:") and stderr.count("\n") == 1
+
+
+def test_run_batch_on_the_pool_from_the_command_line(broker: BrokerEnv, pool_pair, tmp_path,
+                                                     capsys) -> None:
+    from pipelines.cli import main
+    from tests.pipelines.helpers import sealed_partner_files
+
+    sealed_partner_files(broker, tmp_path, 60)
+    code = main(["run", "batch", "--input", str(tmp_path / "sealed" / "*.sealed"),
+                 "--output_root", str(tmp_path / "out"), "--regions", "eu,us",
+                 "--dev_tee_dir", str(broker.dev_tee_dir), "--min_batch_size", "16",
+                 "--pool_endpoints", ",".join(w.url for w in pool_pair),
+                 "--pool_policy", str(broker.settings.policy_path)])
+    summary = json.loads(capsys.readouterr().out)
+    assert code == 0 and summary["reconciled"] and summary["records_in"] == 60
+    assert summary["broker_calls"] == 0 and summary["records_out"] == 60
