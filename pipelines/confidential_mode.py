@@ -45,7 +45,9 @@ def confidential_step(opts: SealbeamOptions) -> beam.PTransform:
             output_format=output_format(opts), limits=session_limits(opts),
             min_batch_size=opts.min_batch_size, max_batch_size=opts.max_batch_size)
     try:
-        trust = PoolTrust.from_file(required(opts, "pool_policy"), opts.dev_tee_dir)
+        trust = PoolTrust.from_file(
+            required(opts, "pool_policy"), opts.dev_tee_dir,
+            confidential_space_audience=opts.pool_confidential_space_audience)
         return ConfidentialProcessRemote(
             trust=trust, spec=feature_spec(opts), endpoints=pool_endpoints(opts),
             discovery=opts.pool_discovery, output_format=output_format(opts),

@@ -69,6 +69,8 @@ class SealbeamOptions(PipelineOptions):
         parser.add_argument("--pool_policy", default=None,
                             help="release policy (YAML) a pool worker's evidence must satisfy "
                                  "before it is sent data (the broker's policy.yaml)")
+        parser.add_argument("--pool_confidential_space_audience", default=None,
+                            help="token audience a Confidential Space pool worker must show")
         parser.add_argument("--pool_timeout_s", type=float, default=120.0,
                             help="seconds to wait for one pool request")
 

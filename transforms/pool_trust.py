@@ -30,6 +30,7 @@ from apache_beam.io.filesystems import FileSystems
 from enclave_workers.pool.channel import channel_binding
 from envelope import TEE_PUBLIC_KEY_LENGTH
 from keybroker.attestation.errors import AttestationError
+from keybroker.attestation.jwks import Getter
 from keybroker.attestation.verifier import Verifier
 from keybroker.policy import MAX_POLICY_BYTES, PolicyError, ReleasePolicy
 from keybroker.service.verifiers import TrustMaterial, verifiers_from_material
@@ -62,6 +63,7 @@ class PoolTrust:
 
     policy_yaml: str
     dev_tee_dir: str | None = None
+    confidential_space_audience: str | None = None
 
     def __post_init__(self) -> None:
         if not self.policy_yaml.strip():
@@ -70,7 +72,8 @@ class PoolTrust:
         self._policy()   # a bad policy fails when the pipeline is built, not on a worker
 
     @classmethod
-    def from_file(cls, policy_path: str, dev_tee_dir: str | None = None) -> PoolTrust:
+    def from_file(cls, policy_path: str, dev_tee_dir: str | None = None, *,
+                  confidential_space_audience: str | None = None) -> PoolTrust:
         """Read the policy (any Beam filesystem path) when the pipeline is built."""
         if not policy_path:
             raise TransformConfigError("remote mode needs the release policy the pool must "
@@ -83,7 +86,8 @@ class PoolTrust:
         if len(raw) > MAX_POLICY_BYTES:
             raise TransformConfigError(f"pool policy {policy_path} is over {MAX_POLICY_BYTES} "
                                        "bytes")
-        return cls(raw.decode("utf-8", errors="replace"), dev_tee_dir)
+        return cls(raw.decode("utf-8", errors="replace"), dev_tee_dir,
+                   confidential_space_audience or None)
 
     def _policy(self) -> ReleasePolicy:
         try:
@@ -91,13 +95,15 @@ class PoolTrust:
         except PolicyError as exc:
             raise TransformConfigError(f"pool policy: {exc}") from None
 
-    def verifier(self) -> PoolVerifier:
+    def verifier(self, *, jwks_getter: Getter | None = None) -> PoolVerifier:
+        """The verifier; ``jwks_getter`` fetches token keys (default: HTTPS, as the broker)."""
         policy = self._policy()
         dev_chain = (Path(self.dev_tee_dir) if self.dev_tee_dir and policy.allow_simulated
                      else None)
-        material = TrustMaterial(dev_chain_dir=dev_chain)
+        material = TrustMaterial(dev_chain_dir=dev_chain,
+                                 confidential_space_audience=self.confidential_space_audience)
         return PoolVerifier(policy, verifiers_from_material(
-            material, tees=policy.tees | {"sev-snp"}))
+            material, tees=policy.tees | {"sev-snp"}, jwks_getter=jwks_getter))
 
 
 def _b64(answer: Mapping[str, Any], name: str) -> bytes:

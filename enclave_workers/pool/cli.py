@@ -41,6 +41,8 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
                         help="the TEE this worker attests as")
     parser.add_argument("--dev_tee_dir", default=None,
                         help="dev SEV-SNP chain for the simulated TEE (STATE/dev-tee)")
+    parser.add_argument("--audience", default=None,
+                        help="Confidential Space: the token audience the broker expects")
     parser.add_argument("--feature_spec", default=None,
                         help="feature spec (YAML) this worker runs; default: the shipped spec")
     parser.add_argument("--output_format", default=SEALED_ARROW, choices=OUTPUT_FORMATS,
@@ -68,7 +70,7 @@ def serve_from_args(args: argparse.Namespace) -> int:
         worker = build_pool_worker(PoolSettings(
             broker_url=args.broker_url, tee=args.tee, dev_tee_dir=args.dev_tee_dir,
             spec=_spec(args.feature_spec), output_format=args.output_format,
-            key_ttl_s=args.key_ttl_s))
+            key_ttl_s=args.key_ttl_s, audience=args.audience))
         worker.start()
         server = PoolServer(worker, args.host, args.port, max_inflight=args.max_inflight,
                             max_request_bytes=args.max_request_bytes)

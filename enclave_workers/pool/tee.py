@@ -2,7 +2,9 @@
 
 The names are those of ``sealbeam run``'s ``--tee`` (``transforms.tee``), which the pool
 cannot import (transforms stand on Beam): ``simulated-sev-snp`` (with the dev chain made by
-``sealbeam keys init``), ``configfs-tsm``, ``configfs-tsm-tdx``, ``sev-guest``. Providers
+``sealbeam keys init``), ``configfs-tsm``, ``configfs-tsm-tdx``, ``sev-guest``, and
+``confidential-space`` (tokens from the launcher, for the ``audience`` the broker expects,
+which pool images on Confidential Space use). Providers
 are imported lazily, so a worker loads only its own TEE's code. It does not check that the
 hardware exists: a provider fails closed on its first ``collect``.
 """
@@ -13,15 +15,26 @@ from pathlib import Path
 
 from enclave_workers.evidence.base import EvidenceProvider
 
-__all__ = ["POOL_TEES", "SIMULATED_SEV_SNP", "make_provider"]
+__all__ = ["CONFIDENTIAL_SPACE", "POOL_TEES", "SIMULATED_SEV_SNP", "make_provider"]
 
 SIMULATED_SEV_SNP = "simulated-sev-snp"
-POOL_TEES = (SIMULATED_SEV_SNP, "configfs-tsm", "configfs-tsm-tdx", "sev-guest")
+CONFIDENTIAL_SPACE = "confidential-space"
+POOL_TEES = (SIMULATED_SEV_SNP, "configfs-tsm", "configfs-tsm-tdx", "sev-guest",
+             CONFIDENTIAL_SPACE)
 
 
-def make_provider(tee: str, dev_tee_dir: str | None) -> EvidenceProvider:
+def make_provider(tee: str, dev_tee_dir: str | None, *, audience: str | None = None,
+                  launcher_socket: str | None = None) -> EvidenceProvider:
     if tee not in POOL_TEES:
         raise ValueError(f"unknown TEE {tee!r}; supported: {', '.join(POOL_TEES)}")
+    if (tee == CONFIDENTIAL_SPACE) != bool(audience):
+        raise ValueError("--audience is for Confidential Space, and it needs one")
+    if tee == CONFIDENTIAL_SPACE:
+        from enclave_workers.evidence.confidential_space import ConfidentialSpaceProvider
+
+        if launcher_socket:
+            return ConfidentialSpaceProvider(str(audience), socket_path=launcher_socket)
+        return ConfidentialSpaceProvider(str(audience))
     if (tee == SIMULATED_SEV_SNP) != bool(dev_tee_dir):
         raise ValueError("--dev_tee_dir is for the simulated TEE, and it needs one")
     if tee == SIMULATED_SEV_SNP:

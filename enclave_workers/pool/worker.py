@@ -65,6 +65,8 @@ class PoolSettings:
     max_uses_per_key: int = 100_000
     max_cached_keys: int = 1024
     output_key_max_envelopes: int = 1024
+    audience: str | None = None            # Confidential Space: the token audience
+    launcher_socket: str | None = None     # Confidential Space: the launcher's socket
 
 
 class _SpecBoundBroker:
@@ -164,7 +166,8 @@ def build_pool_worker(settings: PoolSettings, *, channel: ChannelKeys | None = N
     if settings.output_format not in OUTPUT_FORMATS:
         raise PoolMismatchError(f"output format must be one of {', '.join(OUTPUT_FORMATS)}")
     compiled = compile_spec(settings.spec)
-    provider = make_provider(settings.tee, settings.dev_tee_dir)
+    provider = make_provider(settings.tee, settings.dev_tee_dir, audience=settings.audience,
+                             launcher_socket=settings.launcher_socket)
     session = KeySession(
         _SpecBoundBroker(BrokerClient(settings.broker_url), compiled.fingerprint),  # type: ignore[arg-type]
         provider,
