@@ -47,7 +47,8 @@ def confidential_step(opts: SealbeamOptions) -> beam.PTransform:
     try:
         trust = PoolTrust.from_file(
             required(opts, "pool_policy"), opts.dev_tee_dir,
-            confidential_space_audience=opts.pool_confidential_space_audience)
+            confidential_space_audience=opts.pool_confidential_space_audience,
+            dev_tdx_root=opts.pool_dev_tdx_root)
         return ConfidentialProcessRemote(
             trust=trust, spec=feature_spec(opts), endpoints=pool_endpoints(opts),
             discovery=opts.pool_discovery, output_format=output_format(opts),

@@ -71,6 +71,9 @@ class SealbeamOptions(PipelineOptions):
                                  "before it is sent data (the broker's policy.yaml)")
         parser.add_argument("--pool_confidential_space_audience", default=None,
                             help="token audience a Confidential Space pool worker must show")
+        parser.add_argument("--pool_dev_tdx_root", default=None,
+                            help="dev TDX root (root.pem) trusted for simulated TDX pools when "
+                                 "the pool policy allows simulation")
         parser.add_argument("--pool_timeout_s", type=float, default=120.0,
                             help="seconds to wait for one pool request")
 

@@ -33,7 +33,11 @@ from keybroker.attestation.errors import AttestationError
 from keybroker.attestation.jwks import Getter
 from keybroker.attestation.verifier import Verifier
 from keybroker.policy import MAX_POLICY_BYTES, PolicyError, ReleasePolicy
-from keybroker.service.verifiers import TrustMaterial, verifiers_from_material
+from keybroker.service.verifiers import (
+    TrustMaterial,
+    embedded_intel_root,
+    verifiers_from_material,
+)
 
 from .errors import TransformConfigError, TransformError
 
@@ -64,6 +68,7 @@ class PoolTrust:
     policy_yaml: str
     dev_tee_dir: str | None = None
     confidential_space_audience: str | None = None
+    dev_tdx_root: str | None = None     # the dev TDX root (root.pem) of simulated TDX pools
 
     def __post_init__(self) -> None:
         if not self.policy_yaml.strip():
@@ -73,7 +78,8 @@ class PoolTrust:
 
     @classmethod
     def from_file(cls, policy_path: str, dev_tee_dir: str | None = None, *,
-                  confidential_space_audience: str | None = None) -> PoolTrust:
+                  confidential_space_audience: str | None = None,
+                  dev_tdx_root: str | None = None) -> PoolTrust:
         """Read the policy (any Beam filesystem path) when the pipeline is built."""
         if not policy_path:
             raise TransformConfigError("remote mode needs the release policy the pool must "
@@ -87,7 +93,7 @@ class PoolTrust:
             raise TransformConfigError(f"pool policy {policy_path} is over {MAX_POLICY_BYTES} "
                                        "bytes")
         return cls(raw.decode("utf-8", errors="replace"), dev_tee_dir,
-                   confidential_space_audience or None)
+                   confidential_space_audience or None, dev_tdx_root or None)
 
     def _policy(self) -> ReleasePolicy:
         try:
@@ -98,10 +104,12 @@ class PoolTrust:
     def verifier(self, *, jwks_getter: Getter | None = None) -> PoolVerifier:
         """The verifier; ``jwks_getter`` fetches token keys (default: HTTPS, as the broker)."""
         policy = self._policy()
-        dev_chain = (Path(self.dev_tee_dir) if self.dev_tee_dir and policy.allow_simulated
-                     else None)
-        material = TrustMaterial(dev_chain_dir=dev_chain,
-                                 confidential_space_audience=self.confidential_space_audience)
+        simulated = policy.allow_simulated
+        material = TrustMaterial(
+            dev_chain_dir=Path(self.dev_tee_dir) if self.dev_tee_dir and simulated else None,
+            tdx_dev_root_file=(Path(self.dev_tdx_root) if self.dev_tdx_root and simulated
+                               else None),
+            confidential_space_audience=self.confidential_space_audience)
         return PoolVerifier(policy, verifiers_from_material(
             material, tees=policy.tees | {"sev-snp"}, jwks_getter=jwks_getter))
 
@@ -120,9 +128,26 @@ class PoolVerifier:
         self._policy = policy
         self._verifiers = dict(verifiers)
 
+    def _verifier_for(self, tee: object, evidence: bytes) -> Verifier | None:
+        """The verifier for ``tee``; for TDX without one, anchored at the pinned Intel SGX
+        Root CA that the quote's PCK chain carries (a root that is not the pin is refused)."""
+        if not isinstance(tee, str):
+            return None
+        verifier = self._verifiers.get(tee)
+        if verifier is None and tee == "tdx" and "tdx" in self._policy.tees:
+            try:
+                roots = embedded_intel_root(tee, evidence, required=False)
+            except AttestationError as exc:
+                raise PoolAttestationError(f"pool evidence refused: {exc}") from None
+            if roots:
+                verifier = verifiers_from_material(TrustMaterial(tdx_roots=roots),
+                                                   tees={"tdx"}).get("tdx")
+        return verifier
+
     def verify(self, answer: Mapping[str, Any], nonce: bytes) -> VerifiedPool:
         tee = answer.get("tee")
-        verifier = self._verifiers.get(tee) if isinstance(tee, str) else None
+        evidence = _b64(answer, "evidence")
+        verifier = self._verifier_for(tee, evidence)
         if verifier is None:
             raise PoolAttestationError(f"no verifier for the pool's TEE {tee!r}")
         channel_key = _b64(answer, "channel_public_key")
@@ -133,8 +158,7 @@ class PoolVerifier:
             raise PoolAttestationError("attestation answer has no endorsements mapping")
         endorsements = {str(name): _b64(raw_endorsements, name) for name in raw_endorsements}
         try:
-            claims = verifier.evaluate(_b64(answer, "evidence"),
-                                       channel_binding(nonce, channel_key),
+            claims = verifier.evaluate(evidence, channel_binding(nonce, channel_key),
                                        endorsements=endorsements)
         except AttestationError as exc:
             raise PoolAttestationError(f"pool evidence refused: {type(exc).__name__}: {exc}"

@@ -40,7 +40,8 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tee", default=POOL_TEES[0], choices=POOL_TEES,
                         help="the TEE this worker attests as")
     parser.add_argument("--dev_tee_dir", default=None,
-                        help="dev SEV-SNP chain for the simulated TEE (STATE/dev-tee)")
+                        help="dev chain of a simulated TEE (SEV-SNP: STATE/dev-tee; TDX: the "
+                             "directory made by create_dev_tdx_chain)")
     parser.add_argument("--audience", default=None,
                         help="Confidential Space: the token audience the broker expects")
     parser.add_argument("--feature_spec", default=None,
@@ -82,7 +83,7 @@ def serve_from_args(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, _interrupt)
     print(json.dumps({"url": server.url, "spec_fingerprint": worker.spec_fingerprint,
                       "output_format": worker.output_format,
-                      "simulated": args.tee == "simulated-sev-snp"}), flush=True)
+                      "simulated": args.tee.startswith("simulated-")}), flush=True)
     try:
         with contextlib.suppress(KeyboardInterrupt):
             server.serve_forever()
