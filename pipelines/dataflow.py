@@ -264,7 +264,13 @@ def launch(sealbeam_flags: Sequence[str], launch_settings_: DataflowLaunch, kind
     """Build (dry run: and write) or submit the job; a one-line summary as a dict."""
     import apache_beam as beam
     from apache_beam.options.pipeline_options import PipelineOptions, SetupOptions
-    from apache_beam.runners.dataflow.dataflow_runner import DataflowRunner
+
+    try:
+        from apache_beam.runners.dataflow.dataflow_runner import DataflowRunner
+        from apache_beam.runners.dataflow.internal import apiclient  # noqa: F401 (GCP extra)
+    except ImportError:
+        raise DataflowLaunchError("launching on Dataflow needs Beam's GCP extra: pip install "
+                                  "'sealbeam[dataflow]'") from None
 
     from .batch import build_batch_pipeline
     from .confidential_mode import remote_mode
