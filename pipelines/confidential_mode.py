@@ -37,13 +37,23 @@ def remote_mode(opts: SealbeamOptions) -> bool:
     return bool(pool_endpoints(opts) or opts.pool_discovery)
 
 
-def confidential_step(opts: SealbeamOptions) -> beam.PTransform:
-    """The confidential PTransform the options ask for (checked here, before anything runs)."""
+def confidential_step(opts: SealbeamOptions, *,
+                      batcher: beam.PTransform | None = None) -> beam.PTransform:
+    """The confidential PTransform the options ask for (checked here, before anything runs).
+
+    Both modes take ``SealedEnvelope`` elements, batch them alike (``BatchByDataKey`` from
+    ``--max_batch_size``, ``--max_batch_bytes``, ``--key_shards``, ``--key_spread``, or
+    ``batcher``) and name each output by its batch (``output_name_id``), so a retried or
+    re-run batch rewrites the same names in either mode.
+    """
+    batching = {"max_batch_size": opts.max_batch_size, "max_batch_bytes": opts.max_batch_bytes,
+                "key_shards": opts.key_shards, "key_spread": opts.key_spread,
+                "batcher": batcher}
     if not remote_mode(opts):
         return ConfidentialProcess(
             required(opts, "broker_url"), tee_settings(opts), feature_spec(opts),
             output_format=output_format(opts), limits=session_limits(opts),
-            min_batch_size=opts.min_batch_size, max_batch_size=opts.max_batch_size)
+            broker_retries=opts.broker_retries, **batching)
     try:
         trust = PoolTrust.from_file(
             required(opts, "pool_policy"), opts.dev_tee_dir,
@@ -52,7 +62,6 @@ def confidential_step(opts: SealbeamOptions) -> beam.PTransform:
         return ConfidentialProcessRemote(
             trust=trust, spec=feature_spec(opts), endpoints=pool_endpoints(opts),
             discovery=opts.pool_discovery, output_format=output_format(opts),
-            min_batch_size=opts.min_batch_size, max_batch_size=opts.max_batch_size,
-            timeout_s=opts.pool_timeout_s)
+            timeout_s=opts.pool_timeout_s, **batching)
     except TransformError as exc:
         raise PipelineError(str(exc)) from None

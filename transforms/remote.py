@@ -10,11 +10,15 @@ Usage::
     outputs = processed[ConfidentialProcessRemote.SEALED]        # SealedOutput
     dead = processed[ConfidentialProcessRemote.DEAD_LETTER]       # DeadLetter
 
-In the style of Beam's ``RunInference`` with a remote model handler: elements are batched
-exactly as ``ConfidentialProcess`` batches them (``beam.BatchElements``), and each batch goes
-whole to one pool worker, which runs the same ``BatchProcessor``: both modes produce the same
-outputs for the same batches (row for row; output keys and ids are fresh in either mode).
-Routing is by data key: the batch's most frequent wrapped-key id picks the endpoint by
+In the style of Beam's ``RunInference`` with a remote model handler. Input and batching are
+``ConfidentialProcess``'s: ``SealedEnvelope`` elements (or bare envelope bytes, whose headers
+are read here; one that does not parse is a dead letter), grouped by data key and cut
+deterministically by ``BatchByDataKey`` (or the ``batcher`` given), and each
+``EnvelopeBatch`` goes whole to one pool worker, which runs the same ``BatchProcessor``. Every
+output's ``output_id`` is ``output_name_id(batch_id, output)``, as in-process: a batch that is
+retried (on the same or another endpoint) or rerun is written under the same names, never a
+second time, and both modes produce the same outputs under the same names for the same input.
+Routing is by data key: the batch's most frequent data-key id picks the endpoint by
 rendezvous hashing (``endpoint_order``), so each DEK stays cached on few pool workers and a
 lost worker moves only its own keys. A failure (connection, timeout, 5xx, a cut or forged
 response, 429) moves the batch to the next endpoint in that order, with bounded exponential
@@ -31,6 +35,7 @@ read on the worker in ``setup``). Metrics (namespace ``sealbeam``): ``pool_reque
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import random
@@ -49,7 +54,13 @@ from enclave_workers.features import FeatureSpec
 from enclave_workers.pool.wire import PoolResponse
 from envelope import EnvelopeError, read_header
 
-from .confidential import _check_pme_assignment, compile_for_workers
+from .batching import DEFAULT_MAX_BATCH_BYTES, DEFAULT_SHARDS, BatchByDataKey, EnvelopeBatch
+from .confidential import (
+    _AsSealedEnvelopeFn,
+    _check_pme_assignment,
+    compile_for_workers,
+    output_name_id,
+)
 from .errors import TransformConfigError
 from .metrics import NAMESPACE, ROWS_SUPPRESSED
 from .pool_client import (
@@ -88,14 +99,17 @@ def load_endpoints(endpoints: Sequence[str] | None, discovery: str | None) -> li
     return sorted(set(urls))
 
 
-def route_key(batch: Sequence[bytes]) -> str:
+def route_key(batch: Sequence[bytes] | EnvelopeBatch) -> str:
     """The batch's most frequent wrapped-key id (headers only; ties: the smallest id)."""
     counts: Counter[str] = Counter()
-    for envelope in batch:
-        try:
-            counts[read_header(envelope)[0].wrapped_key.key_id] += 1
-        except EnvelopeError:
-            counts[""] += 1
+    if isinstance(batch, EnvelopeBatch):
+        counts.update(e.key_id for e in batch.envelopes)
+    else:
+        for envelope in batch:
+            try:
+                counts[read_header(envelope)[0].wrapped_key.key_id] += 1
+            except EnvelopeError:
+                counts[""] += 1
     return min(counts, key=lambda key: (-counts[key], key)) if counts else ""
 
 
@@ -145,8 +159,9 @@ class PoolRouter:
         with self._lock:
             self._refused[url] = str(exc)
 
-    def process(self, batch: Sequence[bytes]) -> PoolResponse:
-        key = route_key(batch)
+    def process(self, batch: Sequence[bytes], *, key: str | None = None) -> PoolResponse:
+        """``batch``'s response from the endpoint ``key`` (default: its data key) routes to."""
+        key = route_key(batch) if key is None else key
         last: Exception | None = None
         for attempt in range(self._max_attempts):
             usable = self._usable(key)
@@ -204,37 +219,42 @@ class _RemoteProcessFn(beam.DoFn):
         endpoints = self._router.endpoints
         return (sum(e.bytes_sent for e in endpoints), sum(e.bytes_received for e in endpoints))
 
-    def process(self, batch: Sequence[bytes]) -> Iterable[object]:
+    def process(self, batch: EnvelopeBatch) -> Iterable[object]:
         assert self._router is not None, "setup() creates the router"
-        self._batch_sizes.update(len(batch))
+        self._batch_sizes.update(len(batch.envelopes))
         sent, received = self._traffic()
-        response = self._router.process(list(batch))
+        response = self._router.process([e.data for e in batch.envelopes],
+                                        key=route_key(batch))
         sent_after, received_after = self._traffic()
         self._requests.inc()
         self._sent.inc(sent_after - sent)
         self._received.inc(received_after - received)
         self._rows_suppressed.inc(sum(o.rows_suppressed for o in response.outputs))
-        yield from response.outputs
+        for output in response.outputs:   # named by the batch, as in-process: retries rewrite
+            yield dataclasses.replace(output, output_id=output_name_id(batch.batch_id, output))
         for dead_letter in response.dead_letters:
             yield TaggedOutput(ConfidentialProcessRemote.DEAD_LETTER, dead_letter)
 
 
 class ConfidentialProcessRemote(beam.PTransform):
-    """Sealed envelopes -> ``SealedOutput`` and dead letters, computed by an attested pool."""
+    """``SealedEnvelope`` (or envelope bytes) -> ``SealedOutput`` (named by their inputs) and
+    dead letters, computed by an attested pool."""
 
     SEALED = "sealed"
     DEAD_LETTER = "dead_letter"
 
     def __init__(self, *, trust: PoolTrust, spec: FeatureSpec,
                  endpoints: Sequence[str] | None = None, discovery: str | None = None,
-                 output_format: str = SEALED_ARROW, min_batch_size: int = 1,
-                 max_batch_size: int = 2000, timeout_s: float = 120.0) -> None:
+                 output_format: str = SEALED_ARROW, max_batch_size: int = 2000,
+                 max_batch_bytes: int = DEFAULT_MAX_BATCH_BYTES,
+                 key_shards: int = DEFAULT_SHARDS, key_spread: int = 1,
+                 batcher: beam.PTransform | None = None, timeout_s: float = 120.0) -> None:
         super().__init__()
         if not endpoints and not discovery:
             raise TransformConfigError("remote mode needs pool endpoints or a discovery file")
-        if not 1 <= min_batch_size <= max_batch_size:
-            raise TransformConfigError(
-                "batch sizes must satisfy 1 <= min_batch_size <= max_batch_size")
+        if max_batch_size < 1 or max_batch_bytes < 1:
+            raise TransformConfigError("batch sizes must be at least 1 (max_batch_size, "
+                                       "max_batch_bytes)")
         if output_format not in OUTPUT_FORMATS:
             raise TransformConfigError(f"output format must be one of "
                                        f"{', '.join(OUTPUT_FORMATS)}, not {output_format!r}")
@@ -246,15 +266,19 @@ class ConfidentialProcessRemote(beam.PTransform):
         self.compiled = compiled
         self._fn = _RemoteProcessFn(list(endpoints or []), discovery, trust,
                                     compiled.fingerprint, output_format, timeout_s)
-        self._min_batch_size = min_batch_size
-        self._max_batch_size = max_batch_size
+        self._batcher = batcher or BatchByDataKey(
+            max_count=max_batch_size, max_bytes=max_batch_bytes, shards=key_shards,
+            spread=key_spread)
 
-    def expand(self, pcoll: beam.PCollection) -> beam.pvalue.DoOutputsTuple:
-        return (
-            pcoll
-            | "Batch" >> beam.BatchElements(min_batch_size=self._min_batch_size,
-                                            max_batch_size=self._max_batch_size)
+    def expand(self, pcoll: beam.PCollection) -> dict[str, beam.PCollection]:
+        keyed = pcoll | "HeaderFacts" >> beam.ParDo(_AsSealedEnvelopeFn()).with_outputs(
+            self.DEAD_LETTER, main=self.SEALED)
+        processed = (
+            keyed[self.SEALED]
+            | "Batch" >> self._batcher
             | "SendToPool" >> beam.ParDo(self._fn).with_outputs(
                 self.DEAD_LETTER, main=self.SEALED)
         )
-
+        dead = ((keyed[self.DEAD_LETTER], processed[self.DEAD_LETTER])
+                | "DeadLetters" >> beam.Flatten())
+        return {self.SEALED: processed[self.SEALED], self.DEAD_LETTER: dead}

@@ -54,6 +54,12 @@ def _counts(summary: RunSummary) -> tuple[int, ...]:
             summary.rows_suppressed)
 
 
+def _names(root: Path) -> list[str]:
+    """Every file the run committed (outputs and dead letters), relative to its root."""
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*")
+                  if p.is_file() and not p.name.startswith("."))
+
+
 def _health(url: str) -> dict[str, int]:
     return health_counts(url)
 
@@ -75,6 +81,8 @@ def test_remote_run_equals_the_in_process_run(broker: BrokerEnv, inputs,
     assert _counts(remote) == _counts(in_process)
     assert remote.broker_calls == 0                  # the Beam worker holds no key
     assert _rows(broker, work / "remote") == _rows(broker, work / "in-process")
+    # The same batches, named by their inputs: the same file names as in-process.
+    assert _names(work / "remote") == _names(work / "in-process")
     served = [_health(w.url)["envelopes"] for w in pool_pair]
     assert sum(served) >= RECORDS      # (other tests of the session use the same workers)
     assert assert_no_plaintext(work / "remote", plaintext_probes(files)) >= 2
@@ -120,3 +128,15 @@ def test_a_worker_killed_mid_run_loses_and_duplicates_nothing(broker: BrokerEnv,
     assert summary.reconciled
     assert _counts(summary) == _counts(in_process)
     assert _rows(broker, work / "killed") == _rows(broker, work / "in-process")
+    # The batch that failed over to the other worker was written under its own name, once.
+    assert _names(work / "killed") == _names(work / "in-process")
+
+
+def test_a_remote_rerun_over_the_in_process_outputs_rewrites_the_same_files(
+        broker: BrokerEnv, inputs, pool_pair: list[PoolProcess]) -> None:
+    work, _, in_process = inputs
+    before = _names(work / "in-process")
+    rerun = run_batch(_remote(broker, work, "in-process", [w.url for w in pool_pair]))
+    assert rerun.reconciled and _counts(rerun) == _counts(in_process)
+    assert _names(work / "in-process") == before          # nothing added beside them
+    assert len(_rows(broker, work / "in-process")) == in_process.rows_out
