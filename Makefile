@@ -12,7 +12,7 @@ $(PY):
 	$(PY) -m pip install --quiet --upgrade pip
 
 $(STAMP): $(PY) setup.py
-	$(PY) -m pip install --quiet -e '.[test,dataflow]'
+	$(PY) -m pip install --quiet -e '.[test,postgres,dataflow]'
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -40,6 +40,7 @@ setup(
         "test": ["pytest>=8", "hypothesis>=6.100", "ruff>=0.5"],
         # Launching on Dataflow (pipelines/dataflow.py): the DataflowRunner and its API client.
         "dataflow": ["apache-beam[gcp]>=2.60"],
+        "postgres": ["psycopg[binary]>=3.1"],
     },
     entry_points={"console_scripts": ["sealbeam=pipelines.cli:main"]},
 )

@@ -7,6 +7,15 @@ health) are retried once on a connection error; attest and generate are not (a r
 would burn the nonce or mint a second key). Sealed keys come back as bytes still sealed to
 the TEE key: this module never opens them and never sees a key in the clear.
 
+With the broker's public key pinned (``broker_identity``), every grant is checked before
+its key is handed on: the reply must carry the broker's signature over this operation, this
+exact request, this reply and this session, signed within ``max_clock_skew`` of now; the
+attest reply must also carry a signed attestation result naming the TEE key that was sent.
+Anything else raises ``BrokerReplyNotAuthenticError`` (docs/PROTOCOL.md, "Authenticated
+grants"), so a man in the middle cannot hand a worker keys of its own choosing. TLS: a CA
+bundle, a pinned server certificate and a client certificate are options; plain ``http://``
+is refused for any host but loopback unless ``allow_insecure_http``.
+
 It also fixes the HPKE ``info`` purposes of each route, shared with the service.
 """
 
@@ -14,16 +23,38 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
+import hmac
 import json
 import re
-from collections.abc import Mapping
+import ssl
+import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 
 from envelope.errors import EnvelopeError
 from envelope.keys import KeyReference, WrappedKey
+from keybroker.checkpoints import Checkpoint, CheckpointError, verify_checkpoint
+from keybroker.client_tls import (
+    ClientTlsError,
+    certificate_fingerprint,
+    is_loopback_host,
+    is_tls_failure,
+    tls_context,
+)
+from keybroker.grants import (
+    DEFAULT_MAX_CLOCK_SKEW_SECONDS,
+    GrantError,
+    session_handle,
+    verify_attest_reply,
+    verify_grant,
+)
+from keybroker.identity import BrokerPublicKey, canonical_json
 
 __all__ = [
     "GENERATE_PURPOSE",
@@ -35,9 +66,12 @@ __all__ = [
     "BrokerError",
     "BrokerNotFoundError",
     "BrokerProtocolError",
+    "BrokerReplyNotAuthenticError",
     "BrokerRequestError",
     "BrokerSession",
+    "BrokerTransportSecurityError",
     "BrokerUnavailableError",
+    "is_loopback_host",
 ]
 
 # HPKE info purposes: release_info(<purpose>, key_id or name) for each route's sealed key.
@@ -87,14 +121,31 @@ class BrokerRequestError(BrokerError):
     """A request could not be built: an argument is malformed (nothing was sent)."""
 
 
+class BrokerReplyNotAuthenticError(BrokerError):
+    """A reply is not the pinned broker's grant for this request and session: refuse it.
+
+    Not a subclass of ``BrokerAuthError``: re-attesting would not help against a man in
+    the middle, and a key from such a reply must never be used.
+    """
+
+
+class BrokerTransportSecurityError(BrokerRequestError):
+    """The URL or TLS settings are not acceptable (e.g. plain http:// to a remote host)."""
+
+
 @dataclass(frozen=True)
 class BrokerSession:
-    """An attested session: its bearer id, expiry (Unix seconds) and verified claims."""
+    """An attested session: its bearer id, expiry (Unix seconds) and verified claims.
+
+    ``attestation_result`` is the broker's signed attestation result (a DSSE envelope),
+    checked against the pinned key when the client has one; provenance statements embed it.
+    """
 
     id: str = field(repr=False)
     expires_at: float
     simulated: bool
     claims: Mapping[str, Any]
+    attestation_result: Mapping[str, Any] | None = field(default=None, repr=False)
 
 
 def _b64(data: bytes) -> str:
@@ -106,23 +157,74 @@ def _session_id(session: BrokerSession | str) -> str:
 
 
 class BrokerClient:
-    """A client for one broker. Thread-safe (one httpx.Client underneath)."""
+    """A client for one broker. Thread-safe (one httpx.Client underneath).
+
+    ``broker_identity`` is the broker's pinned public key: with it every grant is verified
+    (workers must pass it; without it replies are taken on trust, which only diagnostics
+    such as ``health`` should do). ``ca_bundle`` / ``pinned_certificate`` (a PEM path or its
+    bytes) and ``client_certificate`` configure TLS for ``https://`` URLs.
+    """
 
     def __init__(
         self,
         base_url: str,
         *,
+        broker_identity: BrokerPublicKey | None = None,
         timeout: float = DEFAULT_TIMEOUT_SECONDS,
         transport: httpx.BaseTransport | None = None,
+        ca_bundle: Path | bytes | None = None,
+        pinned_certificate: Path | bytes | None = None,
+        client_certificate: tuple[Path, Path] | None = None,
+        allow_insecure_http: bool = False,
+        max_clock_skew: float = DEFAULT_MAX_CLOCK_SKEW_SECONDS,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self._base_url = base_url.rstrip("/")
+        parts = urlsplit(self._base_url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise BrokerTransportSecurityError("broker URL: expected http(s)://host[:port]")
+        if parts.scheme == "http" and not allow_insecure_http and not is_loopback_host(
+            parts.hostname
+        ):
+            raise BrokerTransportSecurityError(
+                f"broker URL: plain http:// to {parts.hostname} is refused (session ids are "
+                "bearer tokens); use https:// or pass allow_insecure_http"
+            )
+        if broker_identity is not None and not isinstance(broker_identity, BrokerPublicKey):
+            raise BrokerRequestError("broker_identity: expected a BrokerPublicKey")
+        self._identity = broker_identity
+        self._max_clock_skew = float(max_clock_skew)
+        self._clock = clock
+        verify: ssl.SSLContext | bool = True
+        try:
+            self._pinned_fingerprint = (
+                certificate_fingerprint(pinned_certificate)
+                if pinned_certificate is not None
+                else None
+            )
+            if parts.scheme == "https":
+                verify = tls_context(
+                    ca_bundle=ca_bundle,
+                    pinned_certificate=pinned_certificate,
+                    client_certificate=client_certificate,
+                )
+        except ClientTlsError as error:
+            raise BrokerTransportSecurityError(str(error)) from None
         self._http = httpx.Client(
-            base_url=self._base_url, timeout=httpx.Timeout(timeout), transport=transport
+            base_url=self._base_url,
+            timeout=httpx.Timeout(timeout),
+            transport=transport,
+            verify=verify,
         )
 
     @property
     def base_url(self) -> str:
         return self._base_url
+
+    @property
+    def broker_identity(self) -> BrokerPublicKey | None:
+        """The pinned broker key, or None when replies are not authenticated."""
+        return self._identity
 
     def close(self) -> None:
         self._http.close()
@@ -152,41 +254,48 @@ class BrokerClient:
         tee_public_key: bytes,
     ) -> BrokerSession:
         """Present evidence bound to (nonce, TEE key); returns the session it opens."""
-        body = self._call(
-            "POST",
-            "/v1/attest",
-            {
-                "nonce": _b64(nonce),
-                "tee": tee,
-                "evidence": _b64(evidence),
-                "endorsements": {name: _b64(value) for name, value in endorsements.items()},
-                "tee_public_key": _b64(tee_public_key),
-            },
-            idempotent=False,
-        )
+        request = {
+            "nonce": _b64(nonce),
+            "tee": tee,
+            "evidence": _b64(evidence),
+            "endorsements": {name: _b64(value) for name, value in endorsements.items()},
+            "tee_public_key": _b64(tee_public_key),
+        }
+        body = self._call("POST", "/v1/attest", request, idempotent=False)
         session_id = _field(body, "session_id", str)
         expires_at = _field(body, "expires_at", (int, float))
         simulated = _field(body, "simulated", bool)
         claims = _field(body, "claims", dict)
-        return BrokerSession(session_id, float(expires_at), simulated, claims)
+        result = body.get("attestation_result")
+        if self._identity is not None:
+            try:
+                handle = session_handle(session_id)
+            except UnicodeEncodeError:
+                raise BrokerProtocolError("attest: session id is not ASCII") from None
+            self._verify("attest", request, body, handle)
+            self._check_attestation_result(result, handle, bytes(tee_public_key), nonce, body)
+        return BrokerSession(
+            session_id,
+            float(expires_at),
+            simulated,
+            claims,
+            attestation_result=result if isinstance(result, dict) else None,
+        )
 
     def release(
         self, session: BrokerSession | str, wrapped_key: WrappedKey, region: str, producer_id: str
     ) -> bytes:
         """The DEK behind ``wrapped_key``, HPKE-sealed to the session's TEE key."""
-        body = self._call(
-            "POST",
-            "/v1/keys/release",
-            {
-                "session_id": _session_id(session),
-                "kek_uri": wrapped_key.kek.uri,
-                "kek_version": wrapped_key.kek.version,
-                "wrapped_dek": _b64(wrapped_key.ciphertext),
-                "region": region,
-                "producer_id": producer_id,
-            },
-            idempotent=True,
-        )
+        request = {
+            "session_id": _session_id(session),
+            "kek_uri": wrapped_key.kek.uri,
+            "kek_version": wrapped_key.kek.version,
+            "wrapped_dek": _b64(wrapped_key.ciphertext),
+            "region": region,
+            "producer_id": producer_id,
+        }
+        body = self._call("POST", "/v1/keys/release", request, idempotent=True)
+        self._verify_session_grant("release", request, body)
         key_id = _field(body, "key_id", str)
         if key_id != wrapped_key.key_id:
             raise BrokerProtocolError("the broker released a key for another key_id")
@@ -222,6 +331,7 @@ class BrokerClient:
                 )
             payload["purpose"] = purpose
         body = self._call("POST", "/v1/keys/generate", payload, idempotent=False)
+        self._verify_session_grant("generate", payload, body)
         sealed = _decode(body, "sealed_dek", maximum=MAX_SEALED_KEY_BYTES)
         try:
             wrapped = WrappedKey(
@@ -236,13 +346,74 @@ class BrokerClient:
 
     def release_named(self, session: BrokerSession | str, name: str) -> bytes:
         """The named key ``name`` (e.g. ``pseudonym/acme``), HPKE-sealed to the TEE key."""
-        body = self._call(
-            "POST",
-            "/v1/keys/release-named",
-            {"session_id": _session_id(session), "name": name},
-            idempotent=True,
-        )
+        request = {"session_id": _session_id(session), "name": name}
+        body = self._call("POST", "/v1/keys/release-named", request, idempotent=True)
+        self._verify_session_grant("release-named", request, body)
+        if _field(body, "name", str) != name:
+            raise BrokerProtocolError("release-named: the broker released another name")
         return _decode(body, "sealed_key", maximum=MAX_SEALED_KEY_BYTES)
+
+    def ledger_head(self) -> Checkpoint:
+        """The broker's signed checkpoint of its ledger head, verified with the pinned key.
+
+        The run summary and output manifests carry it, so ``sealbeam audit verify --anchor``
+        can later catch a truncated or rewritten ledger.
+        """
+        if self._identity is None:
+            raise BrokerRequestError("ledger_head: needs the pinned broker identity")
+        body = self._call("GET", "/v1/ledger/head", None, idempotent=True)
+        try:
+            return verify_checkpoint(self._identity, body)
+        except CheckpointError as error:
+            raise BrokerReplyNotAuthenticError(f"ledger head: {error}") from None
+
+    # -- authentication ----------------------------------------------------------------------
+
+    def _verify(
+        self, operation: str, request: Mapping[str, Any], body: Mapping[str, Any], handle: str
+    ) -> None:
+        assert self._identity is not None
+        try:
+            verify_grant(
+                self._identity,
+                operation,
+                request,
+                body,
+                handle,
+                self._clock(),
+                self._max_clock_skew,
+            )
+        except GrantError as error:
+            raise BrokerReplyNotAuthenticError(str(error)) from None
+
+    def _verify_session_grant(
+        self, operation: str, request: Mapping[str, Any], body: Mapping[str, Any]
+    ) -> None:
+        if self._identity is None:
+            return
+        self._verify(operation, request, body, session_handle(str(request["session_id"])))
+
+    def _check_attestation_result(
+        self,
+        envelope: object,
+        handle: str,
+        tee_public_key: bytes,
+        nonce: bytes,
+        body: Mapping[str, Any],
+    ) -> None:
+        assert self._identity is not None
+        try:
+            verify_attest_reply(
+                self._identity,
+                envelope,
+                session=handle,
+                tee_public_key=tee_public_key,
+                nonce=nonce,
+                claims=body["claims"],
+                simulated=body["simulated"],
+            )
+        except GrantError as error:
+            raise BrokerReplyNotAuthenticError(str(error)) from None
 
     # -- transport ---------------------------------------------------------------------------
 
@@ -255,6 +426,12 @@ class BrokerClient:
                 status, content = self._send(method, path, payload)
                 break
             except httpx.TransportError as error:
+                if is_tls_failure(error):
+                    raise BrokerTransportSecurityError(
+                        f"{method} {path}: TLS handshake with the broker failed "
+                        "(certificate not trusted, not the pinned one, or a client "
+                        "certificate is required)"
+                    ) from None
                 if attempt + 1 == attempts:
                     raise BrokerUnavailableError(
                         f"{method} {path}: broker unreachable ({type(error).__name__})"
@@ -262,7 +439,10 @@ class BrokerClient:
         return _interpret(method, path, status, content)
 
     def _send(self, method: str, path: str, payload: Mapping[str, Any] | None) -> tuple[int, bytes]:
-        with self._http.stream(method, path, json=payload) as response:
+        content = canonical_json(dict(payload)) if payload is not None else None
+        headers = {"content-type": "application/json"} if content is not None else None
+        with self._http.stream(method, path, content=content, headers=headers) as response:
+            self._check_pinned_certificate(response)
             chunks = []
             size = 0
             for chunk in response.iter_bytes():
@@ -273,6 +453,18 @@ class BrokerClient:
                     )
                 chunks.append(chunk)
             return response.status_code, b"".join(chunks)
+
+
+    def _check_pinned_certificate(self, response: httpx.Response) -> None:
+        if self._pinned_fingerprint is None:
+            return
+        stream = response.extensions.get("network_stream")
+        ssl_object = stream.get_extra_info("ssl_object") if stream is not None else None
+        peer = ssl_object.getpeercert(True) if ssl_object is not None else None
+        if peer is None or not hmac.compare_digest(
+            hashlib.sha256(peer).digest(), self._pinned_fingerprint
+        ):
+            raise BrokerTransportSecurityError("the broker's TLS certificate is not the pinned one")
 
 
 _ERRORS_BY_STATUS: dict[int, type[BrokerError]] = {

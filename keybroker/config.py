@@ -9,7 +9,8 @@ material (``attestation``, ``keybroker.attestation.settings``). Relative paths i
 ``broker.yaml`` are resolved against the file's directory.
 
 ``init_state`` is what ``sealbeam keys init`` runs: a local keyring, per-tenant
-pseudonymization keys, a development SEV-SNP chain, a demo release policy and broker.yaml.
+pseudonymization keys, a development SEV-SNP chain, a demo release policy, the broker's
+identity key (``broker-identity.pem``, which signs grants and ledger checkpoints) and broker.yaml.
 It refuses to overwrite an existing state unless ``force``. It takes the measurement
 allow-list as a parameter, because keybroker must not import the enclave code that knows
 the simulated worker's measurement; the CLI passes it in.
@@ -31,6 +32,7 @@ from keybroker.attestation.dev_chain import create_dev_chain
 from keybroker.attestation.errors import TrustStoreError
 from keybroker.attestation.settings import AttestationSettings
 from keybroker.dek_cache import DekCacheSettings
+from keybroker.identity import IDENTITY_KEY_FILE, BrokerIdentity, IdentityError
 from keybroker.kms.backend_settings import KmsBackendSettings
 from keybroker.kms.base import KmsError
 from keybroker.kms.local import LocalKeyring, local_kek_uri
@@ -50,7 +52,14 @@ SETTINGS_VERSION = 1
 BROKER_SETTINGS_FILE = "broker.yaml"
 MAX_SETTINGS_BYTES = 64 * 1024
 NAMED_KEY_BYTES = 32
-_MANAGED_FILES = ("keyring.json", "named-keys.json", "policy.yaml", BROKER_SETTINGS_FILE)
+CHECKPOINTS_FILE = "ledger-checkpoints.jsonl"
+_MANAGED_FILES = (
+    "keyring.json",
+    "named-keys.json",
+    "policy.yaml",
+    BROKER_SETTINGS_FILE,
+    IDENTITY_KEY_FILE,
+)
 _DEV_CHAIN_DIR = "dev-tee"
 _TENANT = re.compile(r"^[a-z0-9][a-z0-9._-]{0,63}$")
 _SETTINGS_FIELDS = frozenset(
@@ -71,6 +80,10 @@ _SETTINGS_FIELDS = frozenset(
         "kms",
         "dek_cache",
         "attestation",
+        "identity_key",
+        "ledger_url",
+        "checkpoints",
+        "checkpoint_interval_seconds",
     }
 )
 
@@ -103,6 +116,21 @@ class BrokerSettings:
     kms: KmsBackendSettings = field(default_factory=KmsBackendSettings)
     dek_cache: DekCacheSettings = field(default_factory=DekCacheSettings)
     attestation: AttestationSettings = field(default_factory=AttestationSettings)
+    identity_key_path: Path | None = None
+    """The broker's identity key (default ``<state>/broker-identity.pem``)."""
+    ledger_url: str | None = None
+    """``postgresql://...``: a ledger shared by several brokers; None: SQLite at ledger_path."""
+    checkpoints_path: Path | None = None
+    """Signed ledger checkpoints, one JSON a line (default <state>/ledger-checkpoints.jsonl)."""
+    checkpoint_interval_seconds: float = 60.0
+
+    @property
+    def identity_path(self) -> Path:
+        return self.identity_key_path or Path(self.state_dir) / IDENTITY_KEY_FILE
+
+    @property
+    def checkpoint_file(self) -> Path:
+        return self.checkpoints_path or Path(self.state_dir) / CHECKPOINTS_FILE
 
     def __post_init__(self) -> None:
         if not isinstance(self.attestation, AttestationSettings):
@@ -121,6 +149,16 @@ class BrokerSettings:
                 or not 0 < value <= 86400
             ):
                 raise ConfigError(f"{name}: expected a number of seconds in (0, 86400]")
+        interval = self.checkpoint_interval_seconds
+        if not isinstance(interval, int | float) or isinstance(interval, bool) or not (
+            1 <= interval <= 86400
+        ):
+            raise ConfigError("checkpoint_interval_seconds: expected a number in [1, 86400]")
+        if self.ledger_url is not None and (
+            not isinstance(self.ledger_url, str)
+            or not self.ledger_url.startswith(("postgresql://", "postgres://"))
+        ):
+            raise ConfigError("ledger_url: expected a postgresql:// URL or null")
         for name in ("max_pending_nonces", "max_sessions"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= 1_000_000:
@@ -185,6 +223,8 @@ class BrokerSettings:
                 "max_pending_nonces",
                 "max_sessions",
                 "max_request_bytes",
+                "checkpoint_interval_seconds",
+                "ledger_url",
             )
             if key in document
         }
@@ -207,6 +247,8 @@ class BrokerSettings:
             kms=kms,
             dek_cache=dek_cache,
             attestation=attestation,
+            identity_key_path=optional_path("identity_key"),
+            checkpoints_path=optional_path("checkpoints"),
             **optional_numbers,
         )
 
@@ -238,6 +280,10 @@ class BrokerSettings:
             "kms": self.kms.to_mapping(relative),
             "dek_cache": self.dek_cache.to_mapping(),
             "attestation": self.attestation.to_mapping(relative),
+            "identity_key": relative(self.identity_path),
+            "ledger_url": self.ledger_url,
+            "checkpoints": relative(self.checkpoint_file),
+            "checkpoint_interval_seconds": self.checkpoint_interval_seconds,
         }
 
 
@@ -313,6 +359,10 @@ def init_state(
 
     dev_chain_dir = state_dir / _DEV_CHAIN_DIR
     create_dev_chain(dev_chain_dir, force=force)
+    try:
+        BrokerIdentity.create(state_dir / IDENTITY_KEY_FILE, overwrite=force)
+    except IdentityError as error:
+        raise ConfigError(str(error)) from None
 
     policy_document = demo_policy_document(regions, tenants, list(allowed_measurements))
     policy_text = _POLICY_HEADER + yaml.safe_dump(policy_document, sort_keys=False)

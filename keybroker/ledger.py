@@ -6,9 +6,11 @@ those (docs/PROTOCOL.md, "Audit ledger"). ``verify`` recomputes the chain and na
 first entry that was altered, removed or reordered. SQLite triggers refuse UPDATE and
 DELETE as a guard against mistakes; the chain, not the triggers, is what detects tampering.
 
-A chain cannot show that its newest entries were cut off: anchor the head hash that
-``verify`` reports somewhere else (a ticket, another system's log) and pass it back as
-``expect_head`` to prove the anchored entry is still there.
+A chain cannot show that its newest entries were cut off, or that it was recomputed after
+rows were deleted: the broker signs checkpoints of its head (``keybroker.checkpoints``),
+and ``check_anchor`` compares a ledger with one. A bare head hash kept elsewhere can still
+be passed back as ``expect_head``. ``keybroker.ledger_postgres`` holds the same chain in
+PostgreSQL for several brokers.
 
 Details must be plain JSON (str, numbers, booleans, null, lists, objects): bytes are
 refused so that key material cannot slip in. This module decides nothing; it records.
@@ -112,6 +114,22 @@ def canonical_details(details: Mapping[str, object]) -> str:
     return text
 
 
+def validate_event(event: object) -> None:
+    """Raise LedgerError unless ``event`` is a lowercase event name."""
+    if not isinstance(event, str) or not _EVENT.match(event):
+        raise LedgerError(f"event: expected a lowercase name, got {event!r}")
+
+
+def normalized_head(expect_head: str | None) -> str | None:
+    """An anchored head hash as 64 lowercase hex digits (LedgerError otherwise)."""
+    if expect_head is None:
+        return None
+    expect_head = expect_head.strip().lower()
+    if not _HEX_HASH.match(expect_head):
+        raise LedgerError("expect_head: expected 64 hex digits")
+    return expect_head
+
+
 def entry_hash(
     seq: int, time_text: str, event: str, decision: str, details: str, prev_hash: str
 ) -> str:
@@ -175,8 +193,7 @@ class AuditLedger:
 
     def append(self, event: str, decision: str, details: Mapping[str, object]) -> LedgerEntry:
         """Add one entry at the head of the chain and return it."""
-        if not isinstance(event, str) or not _EVENT.match(event):
-            raise LedgerError(f"event: expected a lowercase name, got {event!r}")
+        validate_event(event)
         if decision not in DECISIONS:
             raise LedgerError(f"decision: expected one of {', '.join(DECISIONS)}, got {decision!r}")
         details_text = canonical_details(details)
@@ -232,12 +249,15 @@ class AuditLedger:
             ).fetchone()
         return (0, GENESIS_HASH) if row is None else (int(row[0]), str(row[1]))
 
+    def first_hash(self) -> str:
+        """Hash of entry 1 (which names this chain in checkpoints); GENESIS_HASH when empty."""
+        with self._lock:
+            row = self._connection.execute("SELECT hash FROM ledger WHERE seq = 1").fetchone()
+        return GENESIS_HASH if row is None else str(row[0])
+
     def verify(self, expect_head: str | None = None) -> LedgerVerification:
         """Recompute the chain; with ``expect_head``, also require that anchored hash in it."""
-        if expect_head is not None:
-            expect_head = expect_head.strip().lower()
-            if not _HEX_HASH.match(expect_head):
-                raise LedgerError("expect_head: expected 64 hex digits")
+        expect_head = normalized_head(expect_head)
         with self._lock:
             try:
                 cursor = self._connection.execute(

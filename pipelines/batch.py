@@ -47,8 +47,9 @@ from transforms.dead_letters import DEAD_LETTER_DIR
 from transforms.dedupe import GROUPED, STATEFUL, DeduplicateEnvelopes
 from transforms.write import clean_temporary_files
 
-from .confidential_mode import confidential_step
+from .confidential_mode import confidential_step, remote_mode
 from .errors import ReconciliationError
+from .ledger_head import fetch_ledger_head
 from .options import (
     SealbeamOptions,
     allowed_regions,
@@ -85,6 +86,9 @@ class RunSummary:
     output_format: str = ""
     seconds: float = 0.0
     duplicates: int = 0
+    ledger_head: dict[str, object] | None = None
+    """The broker's signed checkpoint of its ledger after the run (an anchor for
+    ``sealbeam audit verify --anchor``)."""
 
     @property
     def reconciled(self) -> bool:
@@ -218,4 +222,7 @@ def summarize_run(result: beam.runners.runner.PipelineResult, opts: SealbeamOpti
         output_format=output_format(opts),
         seconds=round(time.monotonic() - started, 3),
         duplicates=totals.get(names.DUPLICATES, 0),
+        # Remote mode may run without --broker_url (the pool talks to the broker): no head then.
+        ledger_head=(fetch_ledger_head(opts) if opts.broker_url or not remote_mode(opts)
+                     else None),
     )

@@ -4,8 +4,9 @@
 it builds ``transforms.remote.ConfidentialProcessRemote`` (the Beam worker holds no key and
 needs no broker; ``--pool_policy`` names the policy a pool worker's evidence must satisfy,
 ``--dev_tee_dir`` the dev chain trusted for simulated pools when that policy allows it);
-otherwise ``ConfidentialProcess`` as before (``--broker_url``, ``--tee``). Both have the tags
-``SEALED`` and ``DEAD_LETTER`` and the same output types.
+otherwise ``ConfidentialProcess`` as before (``--broker_url``, ``--tee``, the pinned
+``--broker_identity``). Both have the tags ``SEALED`` and ``DEAD_LETTER`` and the same
+output types.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from transforms.remote import ConfidentialProcessRemote
 from .errors import PipelineError
 from .options import (
     SealbeamOptions,
+    broker_trust,
     feature_spec,
     output_format,
     required,
@@ -53,7 +55,7 @@ def confidential_step(opts: SealbeamOptions, *,
         return ConfidentialProcess(
             required(opts, "broker_url"), tee_settings(opts), feature_spec(opts),
             output_format=output_format(opts), limits=session_limits(opts),
-            broker_retries=opts.broker_retries, **batching)
+            broker_retries=opts.broker_retries, broker_trust=broker_trust(opts), **batching)
     try:
         trust = PoolTrust.from_file(
             required(opts, "pool_policy"), opts.dev_tee_dir,

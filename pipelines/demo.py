@@ -199,6 +199,7 @@ def run_demo(records: int = DEFAULT_RECORDS, workdir: Path = Path("demo-out"), *
         "broker_releases": releases,
         "ledger_verified": verification.ok,
         "ledger_entries": verification.entries,
+        "ledger_head": summary.ledger_head,
         "simulated_tee": all_simulated and releases > 0,
         "dead_letter_dir": str(paths["out"] / DEAD_LETTER_DIR),
         "seconds": round(time.monotonic() - started, 2),

@@ -16,6 +16,7 @@ from enclave_workers.batch_processor import OUTPUT_FORMATS, SEALED_ARROW, defaul
 from enclave_workers.features import FeatureError, FeatureSpec, compile_spec
 from transforms import SessionLimits, TeeSettings, TransformError
 from transforms.batching import DEFAULT_MAX_BATCH_BYTES, DEFAULT_SHARDS
+from transforms.broker_identity import BrokerTrust
 from transforms.confidential import BROKER_RETRIES_DEFAULT
 from transforms.dedupe import DEFAULT_HORIZON_S
 from transforms.read import DEFAULT_RANGE_BYTES
@@ -38,6 +39,15 @@ class SealbeamOptions(PipelineOptions):
         parser.add_argument("--output_root", help="root of the region-pinned outputs; "
                             "dead letters go to <output_root>/dead-letter/")
         parser.add_argument("--broker_url", help="base URL of the key broker")
+        parser.add_argument("--broker_identity", default=None,
+                            help="the broker's public identity key (PEM) that workers pin "
+                                 "and verify every grant with (default for the simulated TEE: "
+                                 "broker-identity.pub.pem beside --dev_tee_dir)")
+        parser.add_argument("--broker_ca_bundle", default=None,
+                            help="CA certificates (PEM) the broker's https:// certificate must "
+                                 "chain to (default: the system's)")
+        parser.add_argument("--broker_pinned_cert", default=None,
+                            help="the broker's own TLS certificate (PEM), trusted alone")
         parser.add_argument("--tee", default=SUPPORTED_TEES[0], choices=SUPPORTED_TEES,
                             help="the TEE the workers attest as")
         parser.add_argument("--dev_tee_dir", default=None,
@@ -105,6 +115,27 @@ def required(options: SealbeamOptions, name: str) -> str:
     if not value:
         raise PipelineError(f"--{name} is required")
     return str(value)
+
+
+def broker_trust(options: SealbeamOptions) -> BrokerTrust:
+    """The PEM texts of ``--broker_identity``, ``--broker_ca_bundle``, ``--broker_pinned_cert``
+    (each None when not given; the identity then defaults beside ``--dev_tee_dir``)."""
+    return BrokerTrust(
+        identity_pem=_pem_option(options, "broker_identity"),
+        ca_pem=_pem_option(options, "broker_ca_bundle"),
+        pinned_certificate_pem=_pem_option(options, "broker_pinned_cert"),
+    )
+
+
+def _pem_option(options: SealbeamOptions, name: str) -> str | None:
+    path = getattr(options, name, None)
+    if not path:
+        return None
+    try:
+        with open(path, "rb") as handle:
+            return handle.read(1 << 20).decode("ascii")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise PipelineError(f"--{name}: cannot read {path}: {exc}") from None
 
 
 def allowed_regions(options: SealbeamOptions) -> frozenset[str]:

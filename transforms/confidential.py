@@ -72,6 +72,7 @@ from envelope import EnvelopeError, read_header
 from keybroker.client import BrokerUnavailableError
 
 from .batching import DEFAULT_MAX_BATCH_BYTES, DEFAULT_SHARDS, BatchByDataKey, EnvelopeBatch
+from .broker_identity import BrokerTrust, resolve_broker_trust
 from .errors import TransformConfigError
 from .metrics import BROKER_CALLS, BROKER_RETRIES, NAMESPACE, ROWS_SUPPRESSED
 from .sealed import SealedEnvelope, sealed_envelope
@@ -121,8 +122,10 @@ def _check_pme_assignment(compiled: CompiledSpec) -> None:
 class _ConfidentialProcessFn(beam.DoFn):
     def __init__(self, broker_url: str, tee: TeeSettings, spec_document: dict[str, Any],
                  spec_source: str | None, fingerprint: str, output_format: str,
-                 limits: SessionLimits, broker_retries: int) -> None:
+                 limits: SessionLimits, broker_retries: int,
+                 broker_trust: BrokerTrust | None = None) -> None:
         self._broker_url = broker_url
+        self._broker_trust = broker_trust
         self._tee = tee
         self._spec_document = spec_document
         self._spec_source = spec_source
@@ -139,7 +142,7 @@ class _ConfidentialProcessFn(beam.DoFn):
 
     def _session_tag(self) -> str:
         return repr((self._broker_url, self._tee, self._limits, self._fingerprint,
-                     self._output_format))
+                     self._output_format, self._broker_trust))
 
     def _make_session(self) -> KeySession:
         counter = self._broker_calls
@@ -147,7 +150,7 @@ class _ConfidentialProcessFn(beam.DoFn):
             self._broker_url, self._tee, self._limits, spec_fingerprint=self._fingerprint,
             output_key_max_envelopes=(PME_OUTPUT_KEY_MAX_ENVELOPES
                                       if self._output_format == PARQUET_PME else None),
-            on_broker_call=lambda _kind: counter.inc())
+            on_broker_call=lambda _kind: counter.inc(), broker_trust=self._broker_trust)
 
     def setup(self) -> None:
         compiled = compile_spec(FeatureSpec.from_dict(self._spec_document,
@@ -223,7 +226,10 @@ class ConfidentialProcess(beam.PTransform):
                  max_batch_size: int = 2000, max_batch_bytes: int = DEFAULT_MAX_BATCH_BYTES,
                  key_shards: int = DEFAULT_SHARDS, key_spread: int = 1,
                  broker_retries: int = BROKER_RETRIES_DEFAULT,
-                 batcher: beam.PTransform | None = None) -> None:
+                 batcher: beam.PTransform | None = None,
+                 broker_trust: BrokerTrust | None = None) -> None:
+        """``broker_trust``: the broker's public identity key the workers pin (by default
+        ``broker-identity.pub.pem`` beside the simulated TEE's dev chain) and its TLS trust."""
         super().__init__()
         if not broker_url:
             raise TransformConfigError("ConfidentialProcess needs a broker_url")
@@ -243,7 +249,8 @@ class ConfidentialProcess(beam.PTransform):
         self.compiled = compiled
         self._fn = _ConfidentialProcessFn(broker_url, tee, document, spec.source,
                                           compiled.fingerprint, output_format,
-                                          limits or SessionLimits(), broker_retries)
+                                          limits or SessionLimits(), broker_retries,
+                                          resolve_broker_trust(broker_trust, tee))
         self._batcher = batcher or BatchByDataKey(
             max_count=max_batch_size, max_bytes=max_batch_bytes, shards=key_shards,
             spread=key_spread)

@@ -25,6 +25,7 @@ from enclave_workers.key_session import KeySession
 from envelope import WrappedKey
 from keybroker.client import BrokerClient
 
+from .broker_identity import BrokerTrust, pinned_broker_client, resolve_broker_trust
 from .tee import SessionLimits, TeeSettings, make_evidence_provider
 
 __all__ = ["SpecBoundBrokerClient", "acquire_session", "make_key_session", "release_session",
@@ -79,9 +80,15 @@ class SpecBoundBrokerClient:
 
 def make_key_session(broker_url: str, tee: TeeSettings, limits: SessionLimits, *,
                      spec_fingerprint: str, output_key_max_envelopes: int | None = None,
-                     on_broker_call: Callable[[str], None] | None = None) -> KeySession:
-    """A key session for one worker; ``output_key_max_envelopes`` overrides the limit."""
-    broker = SpecBoundBrokerClient(BrokerClient(broker_url), spec_fingerprint)
+                     on_broker_call: Callable[[str], None] | None = None,
+                     broker_trust: BrokerTrust | None = None) -> KeySession:
+    """A key session for one worker; ``output_key_max_envelopes`` overrides the limit.
+
+    Its client pins the broker identity of ``broker_trust`` (by default the one beside the
+    simulated TEE's dev chain) and refuses any grant that key did not sign.
+    """
+    trust = resolve_broker_trust(broker_trust, tee)
+    broker = SpecBoundBrokerClient(pinned_broker_client(broker_url, trust), spec_fingerprint)
     return KeySession(
         broker,   # type: ignore[arg-type]   (the same calls as BrokerClient)
         make_evidence_provider(tee),

@@ -42,6 +42,14 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dev_tee_dir", default=None,
                         help="dev chain of a simulated TEE (SEV-SNP: STATE/dev-tee; TDX: the "
                              "directory made by create_dev_tdx_chain)")
+    parser.add_argument("--broker_identity", default=None,
+                        help="the broker's public identity key (PEM) every grant is verified "
+                             "with (default for a simulated TEE: broker-identity.pub.pem beside "
+                             "--dev_tee_dir); the worker refuses to start without one")
+    parser.add_argument("--broker_ca_bundle", default=None,
+                        help="CA certificates (PEM) an https:// broker must chain to")
+    parser.add_argument("--broker_pinned_cert", default=None,
+                        help="the broker's own TLS certificate (PEM), trusted alone")
     parser.add_argument("--audience", default=None,
                         help="Confidential Space: the token audience the broker expects")
     parser.add_argument("--feature_spec", default=None,
@@ -71,7 +79,9 @@ def serve_from_args(args: argparse.Namespace) -> int:
         worker = build_pool_worker(PoolSettings(
             broker_url=args.broker_url, tee=args.tee, dev_tee_dir=args.dev_tee_dir,
             spec=_spec(args.feature_spec), output_format=args.output_format,
-            key_ttl_s=args.key_ttl_s, audience=args.audience))
+            key_ttl_s=args.key_ttl_s, audience=args.audience,
+            broker_identity=args.broker_identity, broker_ca_bundle=args.broker_ca_bundle,
+            broker_pinned_cert=args.broker_pinned_cert))
         worker.start()
         server = PoolServer(worker, args.host, args.port, max_inflight=args.max_inflight,
                             max_request_bytes=args.max_request_bytes)

@@ -5,7 +5,8 @@ refusal stops it: fail closed), answers a client's attestation request with fres
 whose report_data binds the client's nonce and the worker's channel key
 (``channel.channel_binding``), and processes an opened request with the same
 ``BatchProcessor`` the in-process confidential step uses, so both modes compute the same
-outputs. ``build_pool_worker`` assembles one from settings: a ``BrokerClient`` whose
+outputs. ``build_pool_worker`` assembles one from settings: a ``BrokerClient`` pinned to the
+broker's identity key (``broker_pin``: a grant the broker did not sign is refused) whose
 ``generate`` names the spec's fingerprint (recorded in the broker's ledger), the TEE's
 evidence provider, the compiled spec. The worker runs only the spec it was started with: a
 request for another fingerprint or output format is refused, not processed.
@@ -33,6 +34,7 @@ from enclave_workers.key_session import KeySession
 from envelope import WrappedKey
 from keybroker.client import BrokerClient
 
+from .broker_pin import pinned_broker_client
 from .channel import ChannelKeys, channel_binding
 from .tee import make_provider
 from .wire import PoolRequest
@@ -67,6 +69,9 @@ class PoolSettings:
     output_key_max_envelopes: int = 1024
     audience: str | None = None            # Confidential Space: the token audience
     launcher_socket: str | None = None     # Confidential Space: the launcher's socket
+    broker_identity: str | None = None     # the broker's public identity key (PEM) to pin
+    broker_ca_bundle: str | None = None    # CA bundle (PEM) of an https:// broker
+    broker_pinned_cert: str | None = None  # or the broker's own TLS certificate (PEM)
 
 
 class _SpecBoundBroker:
@@ -168,8 +173,12 @@ def build_pool_worker(settings: PoolSettings, *, channel: ChannelKeys | None = N
     compiled = compile_spec(settings.spec)
     provider = make_provider(settings.tee, settings.dev_tee_dir, audience=settings.audience,
                              launcher_socket=settings.launcher_socket)
+    client = pinned_broker_client(  # every grant checked with the pinned broker key
+        settings.broker_url, identity=settings.broker_identity,
+        dev_tee_dir=settings.dev_tee_dir, ca_bundle=settings.broker_ca_bundle,
+        pinned_cert=settings.broker_pinned_cert)
     session = KeySession(
-        _SpecBoundBroker(BrokerClient(settings.broker_url), compiled.fingerprint),  # type: ignore[arg-type]
+        _SpecBoundBroker(client, compiled.fingerprint),  # type: ignore[arg-type]
         provider,
         key_ttl_s=settings.key_ttl_s,
         max_uses_per_key=settings.max_uses_per_key,

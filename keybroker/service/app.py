@@ -35,6 +35,7 @@ from keybroker.service.schemas import (
     ReleaseNamedResponse,
     ReleaseRequest,
     ReleaseResponse,
+    SignedEnvelope,
 )
 from keybroker.service.service import KeyBrokerService
 
@@ -93,6 +94,11 @@ def create_app(
     @app.get("/v1/health", response_model=HealthResponse)
     def health() -> HealthResponse:
         return service.health()
+
+    @app.get("/v1/ledger/head", response_model=SignedEnvelope)
+    def ledger_head() -> dict[str, object]:
+        """The ledger head as a checkpoint signed by the broker's identity key."""
+        return service.ledger_head()
 
     @app.post("/v1/challenge", response_model=ChallengeResponse, responses=_ERROR_RESPONSES)
     def challenge() -> ChallengeResponse:

@@ -28,6 +28,7 @@ __all__ = [
     "ReleaseNamedResponse",
     "ReleaseRequest",
     "ReleaseResponse",
+    "SignedEnvelope",
     "base64_length",
 ]
 
@@ -74,6 +75,25 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+class EnvelopeSignature(_Strict):
+    keyid: Annotated[str, StringConstraints(max_length=128)]
+    sig: Annotated[str, StringConstraints(max_length=256)]
+
+
+class SignedEnvelope(_Strict):
+    """A DSSE envelope signed by the broker's identity key (docs/PROTOCOL.md)."""
+
+    payloadType: str
+    payload: str = Field(description="base64 of the canonical JSON document")
+    signatures: list[EnvelopeSignature]
+
+
+_GRANT_DESCRIPTION = (
+    "the broker's signed grant over (operation, request, this reply, session, time); "
+    "workers verify it with the pinned broker key before using a key"
+)
+
+
 class ChallengeResponse(_Strict):
     nonce: str = Field(description="base64 of 32 random bytes; single use")
     expires_at: float = Field(description="Unix time (seconds) after which the nonce is refused")
@@ -94,6 +114,10 @@ class AttestResponse(_Strict):
     expires_at: float
     simulated: bool
     claims: dict[str, object]
+    attestation_result: SignedEnvelope = Field(
+        description="the broker's signed attestation result (session, TEE keys, claims, rule)"
+    )
+    grant: SignedEnvelope = Field(description=_GRANT_DESCRIPTION)
 
 
 class ReleaseRequest(_Strict):
@@ -111,6 +135,7 @@ class ReleaseResponse(_Strict):
     )
     key_id: str
     simulated: bool
+    grant: SignedEnvelope = Field(description=_GRANT_DESCRIPTION)
 
 
 class GenerateRequest(_Strict):
@@ -136,6 +161,7 @@ class GenerateResponse(_Strict):
     wrapped_dek: str
     key_id: str
     simulated: bool
+    grant: SignedEnvelope = Field(description=_GRANT_DESCRIPTION)
 
 
 class ReleaseNamedRequest(_Strict):
@@ -147,6 +173,7 @@ class ReleaseNamedResponse(_Strict):
     sealed_key: str = Field(description='base64 of seal_to_tee(.., release_info("named", name))')
     name: str
     simulated: bool
+    grant: SignedEnvelope = Field(description=_GRANT_DESCRIPTION)
 
 
 class HealthResponse(_Strict):

@@ -3,8 +3,8 @@
 ``serve_in_thread`` binds the socket itself (port 0 picks a free port), starts uvicorn on
 it in a daemon thread, waits until the server accepts connections, and returns a
 ``RunningBroker`` with the real URL and a ``stop()`` that shuts it down and closes the
-ledger. It does not daemonize, reload or serve TLS (put the broker behind a TLS proxy or
-pass uvicorn's ssl options in ``serve_forever``).
+ledger. With ``tls`` (``keybroker.service.tls.ServerTls``) it serves HTTPS, optionally
+requiring client certificates. It does not daemonize or reload.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from keybroker.attestation.verifier import Verifier
 from keybroker.config import BrokerSettings
 from keybroker.kms.base import KeyManagementService
 from keybroker.service.app import create_app
+from keybroker.service.tls import ServerTls
 
 __all__ = ["BrokerStartError", "RunningBroker", "serve_forever", "serve_in_thread"]
 
@@ -79,15 +80,19 @@ def serve_in_thread(
     clock: Callable[[], float] = time.time,
     verifiers: Mapping[str, Verifier] | None = None,
     kms_backends: Mapping[str, KeyManagementService] | None = None,
+    tls: ServerTls | None = None,
 ) -> RunningBroker:
     """Start the broker in a background thread and return once it accepts connections.
 
     ``kms_backends`` injects KMS backend instances by scheme (tests bind them to fakes).
     """
+    tls_options = tls.uvicorn_options() if tls is not None else {}
     app = create_app(settings, clock=clock, verifiers=verifiers, kms_backends=kms_backends)
     sock = _bind(host, port)
     bound_host, bound_port = sock.getsockname()[:2]
-    config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="on")
+    config = uvicorn.Config(
+        app, log_level="warning", access_log=False, lifespan="on", **tls_options  # type: ignore[arg-type]
+    )
     server = uvicorn.Server(config)
     thread = threading.Thread(
         target=server.run, kwargs={"sockets": [sock]}, name="keybroker-uvicorn", daemon=True
@@ -103,7 +108,7 @@ def serve_in_thread(
         time.sleep(0.01)
     url_host = f"[{bound_host}]" if ":" in bound_host else bound_host
     return RunningBroker(
-        url=f"http://{url_host}:{bound_port}",
+        url=f"{'https' if tls is not None else 'http'}://{url_host}:{bound_port}",
         settings=settings,
         _server=server,
         _thread=thread,
@@ -111,7 +116,16 @@ def serve_in_thread(
     )
 
 
-def serve_forever(settings: BrokerSettings, host: str = "127.0.0.1", port: int = 8787) -> None:
+def serve_forever(
+    settings: BrokerSettings,
+    host: str = "127.0.0.1",
+    port: int = 8787,
+    *,
+    tls: ServerTls | None = None,
+) -> None:
     """Serve in the foreground until interrupted (``sealbeam broker serve``)."""
+    tls_options = tls.uvicorn_options() if tls is not None else {}
     app = create_app(settings)
-    uvicorn.run(app, host=host, port=port, log_level="info", access_log=True)
+    uvicorn.run(
+        app, host=host, port=port, log_level="info", access_log=True, **tls_options  # type: ignore[arg-type]
+    )

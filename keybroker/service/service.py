@@ -6,6 +6,9 @@ unwraps of one key) -> seal the key to the session's TEE key with HPKE. Every gr
 every denial, including malformed requests and bad evidence, is appended to the audit
 ledger with its reason; a grant that cannot be recorded is not given (fail closed). Keys
 and sessions of simulated TEEs are marked ``simulated`` in the response and the ledger.
+Every grant's reply is signed by the broker's identity key (``keybroker.grants``: the
+operation, the request, the reply, the session, the time), and ``attest`` also returns a
+signed attestation result; ``Checkpointer`` signs ledger checkpoints.
 
 This module knows nothing of HTTP: it raises typed errors that ``errors.error_status``
 maps to statuses, and its methods are blocking (run them off the event loop).
@@ -20,6 +23,9 @@ import logging
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING, TypeVar
+
+from pydantic import BaseModel
 
 from envelope.keys import DataKey, KeyReference, WrappedKey, dek_wrap_aad
 from envelope.transport import (
@@ -33,11 +39,19 @@ from keybroker.attestation.verifier import Verifier
 from keybroker.client import GENERATE_PURPOSE, NAMED_PURPOSE, RELEASE_PURPOSE
 from keybroker.config import BrokerSettings, ConfigError
 from keybroker.dek_cache import DekCache
+from keybroker.grants import (
+    ATTESTATION_RESULT_PAYLOAD_TYPE,
+    attestation_result_document,
+    sign_grant,
+)
+from keybroker.identity import BrokerIdentity, IdentityError
 from keybroker.kms.base import KeyManagementService, KeyNotFoundError, KmsError
 from keybroker.kms.named_keys import NamedKeyStore, named_key_aad, validate_key_name
 from keybroker.kms.registry import KmsRegistry
 from keybroker.ledger import AuditLedger
+from keybroker.ledger_backends import open_ledger
 from keybroker.policy import ReleasePolicy
+from keybroker.service.checkpointer import Checkpointer
 from keybroker.service.errors import (
     BadRequestError,
     PolicyDeniedError,
@@ -62,9 +76,26 @@ from keybroker.service.schemas import (
 from keybroker.service.sessions import NONCE_BYTES, NonceStore, Session, SessionStore
 from keybroker.service.verifiers import build_verifiers
 
+if TYPE_CHECKING:
+    from keybroker.ledger_postgres import PostgresLedger
+
 __all__ = ["KeyBrokerService", "decode_base64"]
 
 logger = logging.getLogger("keybroker.service")
+
+_SignedReply = TypeVar(
+    "_SignedReply", AttestResponse, ReleaseResponse, GenerateResponse, ReleaseNamedResponse
+)
+_UNSIGNED = {"payloadType": "", "payload": "", "signatures": []}
+
+
+def _load_identity(settings: BrokerSettings) -> BrokerIdentity:
+    try:
+        return BrokerIdentity.load(settings.identity_path)
+    except IdentityError as error:
+        raise ConfigError(
+            f"{error} (create one with `sealbeam keys identity --state DIR`)"
+        ) from None
 
 
 def decode_base64(field: str, value: str, exact: int | None = None, maximum: int = 0) -> bytes:
@@ -120,12 +151,16 @@ class KeyBrokerService:
         policy: ReleasePolicy,
         kms: KmsRegistry,
         verifiers: Mapping[str, Verifier],
-        ledger: AuditLedger,
+        ledger: AuditLedger | PostgresLedger,
         named_keys: NamedKeyStore,
         clock: Callable[[], float] = time.time,
         dek_cache: DekCache | None = None,
+        identity: BrokerIdentity | None = None,
     ) -> None:
+        """``identity`` signs every grant; by default the key at ``settings.identity_path``."""
         self._settings = settings
+        self._identity = identity if identity is not None else _load_identity(settings)
+        self._clock = clock
         self._policy = policy
         self._kms = kms
         self._dek_cache = dek_cache if dek_cache is not None else DekCache(settings.dek_cache)
@@ -134,6 +169,14 @@ class KeyBrokerService:
         self._named_keys = named_keys
         self._nonces = NonceStore(settings.nonce_ttl_seconds, settings.max_pending_nonces, clock)
         self._sessions = SessionStore(settings.session_ttl_seconds, settings.max_sessions, clock)
+        self._checkpointer = Checkpointer(
+            ledger,
+            self._identity,
+            settings.checkpoint_file,
+            settings.checkpoint_interval_seconds,
+            clock,
+        )
+        self._checkpointer.start()
 
     @classmethod
     def from_settings(
@@ -150,6 +193,7 @@ class KeyBrokerService:
         Cloud KMS, lives in a location its region does not allow. ``kms_backends`` injects
         backend instances by scheme (tests bind them to fake servers).
         """
+        identity = _load_identity(settings)  # before anything is opened: no key, no broker
         kms = KmsRegistry(settings, backends=kms_backends)
         try:
             kms.check_region_keks(settings.region_keks)
@@ -166,7 +210,7 @@ class KeyBrokerService:
             if verifiers is not None
             else build_verifiers(settings, policy, clock=clock)
         )
-        ledger = AuditLedger(settings.ledger_path, clock=clock)
+        ledger = open_ledger(settings, clock=clock)
         service = cls(
             settings=settings,
             policy=policy,
@@ -175,6 +219,7 @@ class KeyBrokerService:
             ledger=ledger,
             named_keys=named_keys,
             clock=clock,
+            identity=identity,
         )
         ledger.append(
             "broker-start",
@@ -187,13 +232,18 @@ class KeyBrokerService:
                 "regions": sorted(settings.region_keks),
                 "region_keks": dict(sorted(settings.region_keks.items())),
                 "dek_cache": settings.dek_cache.to_mapping(),
+                "broker_key_id": identity.key_id,
             },
         )
         return service
 
     @property
-    def ledger(self) -> AuditLedger:
+    def ledger(self) -> AuditLedger | PostgresLedger:
         return self._ledger
+
+    @property
+    def identity(self) -> BrokerIdentity:
+        return self._identity
 
     @property
     def policy(self) -> ReleasePolicy:
@@ -206,7 +256,16 @@ class KeyBrokerService:
     def close(self) -> None:
         self._dek_cache.clear()
         self._kms.close()
+        self._checkpointer.close()
         self._ledger.close()
+
+    def ledger_head(self) -> dict[str, object]:
+        """The ledger head now, signed by the broker's identity key (a checkpoint)."""
+        return self._checkpointer.current()
+
+    def write_checkpoint(self, reason: str = "request") -> dict[str, object] | None:
+        """Append a checkpoint to the checkpoints file now (None: the head did not move)."""
+        return self._checkpointer.write(reason)
 
     # -- operations ------------------------------------------------------------------------
 
@@ -257,11 +316,31 @@ class KeyBrokerService:
         except BaseException:
             self._sessions.discard(session.session_id)
             raise
-        return AttestResponse(
+        claims_json = claims.to_json()
+        result = self._identity.sign(
+            ATTESTATION_RESULT_PAYLOAD_TYPE,
+            attestation_result_document(
+                broker_key_id=self._identity.key_id,
+                session=session.audit_id,
+                tee_public_keys={"hpke": tee_public_key},
+                claims=claims_json,
+                policy_rule=decision.rule or "",
+                simulated=claims.simulated,
+                nonce=nonce,
+                issued_at=self._clock(),
+                expires_at=session.expires_at,
+            ),
+        )
+        return self._signed(
+            AttestResponse,
+            "attest",
+            request,
+            session.audit_id,
             session_id=session.session_id,
-            expires_at=session.expires_at,
+            expires_at=float(session.expires_at),
             simulated=claims.simulated,
-            claims=claims.to_json(),
+            claims=claims_json,
+            attestation_result=result,
         )
 
     def release(self, request: ReleaseRequest) -> ReleaseResponse:
@@ -299,8 +378,14 @@ class KeyBrokerService:
             self._record_denial("release", audit, error)
             raise
         self._ledger.append("release", "granted", {**audit, "rule": decision.rule})
-        return ReleaseResponse(
-            sealed_dek=_b64(sealed), key_id=wrapped.key_id, simulated=session.simulated
+        return self._signed(
+            ReleaseResponse,
+            "release",
+            request,
+            session.audit_id,
+            sealed_dek=_b64(sealed),
+            key_id=wrapped.key_id,
+            simulated=session.simulated,
         )
 
     def generate(self, request: GenerateRequest) -> GenerateResponse:
@@ -337,7 +422,11 @@ class KeyBrokerService:
             self._record_denial("generate", audit, error)
             raise
         self._ledger.append("generate", "granted", {**audit, "rule": decision.rule})
-        return GenerateResponse(
+        return self._signed(
+            GenerateResponse,
+            "generate",
+            request,
+            session.audit_id,
             sealed_dek=_b64(sealed),
             kek_uri=wrapped.kek.uri,
             kek_version=wrapped.kek.version,
@@ -367,7 +456,41 @@ class KeyBrokerService:
             self._record_denial("release-named", audit, error)
             raise
         self._ledger.append("release-named", "granted", {**audit, "rule": decision.rule})
-        return ReleaseNamedResponse(sealed_key=_b64(sealed), name=name, simulated=session.simulated)
+        return self._signed(
+            ReleaseNamedResponse,
+            "release-named",
+            request,
+            session.audit_id,
+            sealed_key=_b64(sealed),
+            name=name,
+            simulated=session.simulated,
+        )
+
+    # -- authentication ----------------------------------------------------------------------
+
+    def _signed(
+        self,
+        model: type[_SignedReply],
+        operation: str,
+        request: BaseModel,
+        session: str,
+        **fields: object,
+    ) -> _SignedReply:
+        """The reply ``model(**fields)`` with the broker's grant over (request, reply).
+
+        The reply is hashed in its JSON form (``model_dump(mode="json")``), which is what the
+        client receives and re-encodes, so types the model coerces cannot make them differ.
+        """
+        draft = model(**fields, grant=_UNSIGNED).model_dump(mode="json", exclude={"grant"})
+        grant = sign_grant(
+            self._identity,
+            operation,
+            request.model_dump(mode="json", exclude_unset=True),
+            draft,
+            session,
+            self._clock(),
+        )
+        return model(**fields, grant=grant)
 
     # -- audit -----------------------------------------------------------------------------
 

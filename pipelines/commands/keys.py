@@ -4,6 +4,7 @@
   It passes the simulated worker's launch measurement
   (``enclave_workers.evidence.simulated_snp.DEV_MEASUREMENT``) as the demo policy's
   allow-list, because keybroker itself must not import enclave code.
+- ``keys identity``: the broker's identity key (``keys_identity.py``).
 - ``keys rotate``: ``keybroker.shred.rotate_kek`` (a new primary KEK version, in the ledger).
 - ``keys rewrap``: ``keybroker.rewrap.rewrap_paths`` (DEKs under the new version, payload
   bytes unchanged, resumable with a journal); prints the JSON report.
@@ -30,6 +31,7 @@ from enclave_workers.evidence.simulated_snp import DEV_MEASUREMENT
 from envelope import EnvelopeError
 from keybroker.attestation.errors import AttestationError
 from keybroker.config import BrokerSettings, ConfigError, init_state
+from keybroker.identity import IDENTITY_PUBLIC_KEY_FILE
 from keybroker.kms.base import KeyManagementService, KmsError
 from keybroker.kms.local import LOCAL_SCHEME, LocalKeyring
 from keybroker.kms.registry import kms_for_uri, uri_scheme
@@ -43,6 +45,8 @@ from keybroker.shred import (
     shred_kek_version,
     shred_whole_kek,
 )
+
+from .keys_identity import register_identity
 
 __all__ = [
     "regions_served_by",
@@ -97,6 +101,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     _register_rotate(commands)
     _register_rewrap(commands)
     _register_shred(commands)
+    register_identity(commands)
 
 
 def _state_and_kek(parser: argparse.ArgumentParser) -> None:
@@ -289,5 +294,7 @@ def run_keys_init(args: argparse.Namespace) -> int:
     for tenant in args.tenants:
         print(f"named key: pseudonym/{tenant}")
     print(f"policy: {settings.policy_path} (allows the SIMULATED SEV-SNP worker only)")
+    print(f"broker identity: {settings.identity_path.with_name(IDENTITY_PUBLIC_KEY_FILE)} "
+          "(workers pin it)")
     print(f"settings: {settings.state_dir / SETTINGS_FILE}")
     return 0

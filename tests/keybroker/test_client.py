@@ -31,7 +31,7 @@ def b64(data: bytes) -> str:
 
 
 def client_for(handler: Callable[[httpx.Request], httpx.Response]) -> BrokerClient:
-    return BrokerClient("http://broker.test", transport=httpx.MockTransport(handler))
+    return BrokerClient("http://127.0.0.1:9", transport=httpx.MockTransport(handler))
 
 
 @pytest.mark.parametrize(

@@ -122,3 +122,18 @@ def _bad_spec(directory: Path) -> Path:
     path.write_text("version: 1\ninput: {columns: [{name: a, type: string}]}\n"
                     "features: [{name: a2, op: standardize, input: nowhere, mean: 0, std: 1}]\n")
     return path
+
+
+def test_the_run_summary_carries_the_signed_ledger_head_as_an_anchor(
+        corrupted_run, broker: BrokerEnv) -> None:
+    from keybroker.checkpoints import check_anchor, verify_checkpoint
+    from keybroker.identity import IDENTITY_PUBLIC_KEY_FILE, BrokerPublicKey
+    from keybroker.ledger import AuditLedger
+
+    _, _, summary, _ = corrupted_run
+    key = BrokerPublicKey.load(broker.state_dir / IDENTITY_PUBLIC_KEY_FILE)
+    head = verify_checkpoint(key, json.loads(json.dumps(summary.to_json()["ledger_head"])))
+    with AuditLedger(broker.settings.ledger_path, read_only=True) as ledger:
+        assert check_anchor(ledger, head).ok
+        generates = [e for e in ledger.entries() if e.event == "generate" and e.seq <= head.entries]
+    assert generates, "the head was taken after the run's grants"

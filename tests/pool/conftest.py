@@ -18,6 +18,8 @@ from urllib.parse import urlsplit
 
 import pytest
 
+from keybroker.identity import IDENTITY_PUBLIC_KEY_FILE
+from keybroker.service.server import RunningBroker
 from tests.enclave_workers.broker_env import BrokerEnv, broker_env
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -67,6 +69,11 @@ def pool_pair(broker: BrokerEnv) -> Iterator[list[PoolProcess]]:
     finally:
         for worker in workers:
             worker.kill()
+
+
+def broker_public_key(broker: RunningBroker | BrokerEnv) -> Path:
+    """The broker's public identity key (what ``sealbeam keys init`` wrote beside its state)."""
+    return Path(broker.settings.state_dir) / IDENTITY_PUBLIC_KEY_FILE
 
 
 def pool_call(url: str, path: str, body: bytes | None = None) -> dict:

@@ -24,6 +24,7 @@ from tests.attestation_e2e.cloud import FakeLauncher, issuer_getter
 from tests.attestation_e2e.support import release_rule, serve_broker
 from tests.attestation_e2e.test_confidential_space import token_claims
 from tests.enclave_workers.broker_env import person, seal_json
+from tests.pool.conftest import broker_public_key
 from transforms.pool_client import PoolEndpoint
 from transforms.pool_trust import PoolAttestationError, PoolTrust
 
@@ -62,7 +63,8 @@ def space_pool(space_broker: RunningBroker, tmp_path: Path) -> Iterator[PoolServ
     with FakeLauncher(tmp_path / "teeserver.sock", SIGNING_KEY, token_claims()) as launcher:
         worker: PoolWorker = build_pool_worker(PoolSettings(
             space_broker.url, "confidential-space", None, default_feature_spec(),
-            "sealed-arrow", audience=AUDIENCE, launcher_socket=str(launcher.socket_path)))
+            "sealed-arrow", audience=AUDIENCE, launcher_socket=str(launcher.socket_path),
+            broker_identity=str(broker_public_key(space_broker))))
         worker.start()                                 # the broker accepted the token
         server = PoolServer(worker)
         thread = threading.Thread(target=server.serve_forever, daemon=True)

@@ -57,7 +57,8 @@ def test_a_busy_worker_answers_429_with_retry_after_and_the_router_moves_on(
         broker: BrokerEnv, server: PoolServer, worker: PoolWorker) -> None:
     endpoint = _endpoint(server.url, broker, worker.spec_fingerprint)
     endpoint.attest()
-    assert server.slots.acquire(blocking=False)          # the one slot is taken
+    # Take the one slot (once the attest handler, which answers before it lets go, has).
+    assert server.slots.acquire(timeout=10)
     try:
         with pytest.raises(PoolBusyError) as busy:
             endpoint.process(_batch(broker))

@@ -20,6 +20,7 @@ from enclave_workers.pool.server import PoolServer
 from enclave_workers.pool.worker import PoolSettings, build_pool_worker
 from keybroker.service.server import RunningBroker
 from tests.attestation_e2e.support import release_rule, serve_broker
+from tests.pool.conftest import broker_public_key
 from tests.pool.test_confidential_space_pool import _sealed
 from transforms.pool_client import PoolEndpoint
 from transforms.pool_trust import PoolAttestationError, PoolTrust
@@ -44,8 +45,9 @@ def tdx_broker(tmp_path_factory: pytest.TempPathFactory,
 
 @pytest.fixture(scope="module")
 def tdx_pool(tdx_broker: RunningBroker, dev_tdx: Path) -> Iterator[PoolServer]:
-    worker = build_pool_worker(PoolSettings(tdx_broker.url, "simulated-tdx", str(dev_tdx),
-                                            default_feature_spec(), "sealed-arrow"))
+    worker = build_pool_worker(PoolSettings(
+        tdx_broker.url, "simulated-tdx", str(dev_tdx), default_feature_spec(), "sealed-arrow",
+        broker_identity=str(broker_public_key(tdx_broker))))
     worker.start()
     server = PoolServer(worker)
     threading.Thread(target=server.serve_forever, daemon=True).start()

@@ -1,0 +1,221 @@
+"""The audit ledger in PostgreSQL: one hash chain shared by several broker replicas.
+
+What it does: the same entries, hashes and checks as ``keybroker.ledger.AuditLedger`` (the
+SQLite default), in a PostgreSQL table, so brokers behind one address append to one chain.
+Each append is one transaction that first takes a transaction-level advisory lock, then
+reads the head and inserts the next entry: appends from every replica are serialized, and
+the primary key on ``seq`` refuses a second entry at a position even if the lock were
+bypassed, so the chain cannot fork. Triggers refuse UPDATE and DELETE as a guard against
+mistakes; the chain and the signed checkpoints, not the triggers, detect tampering.
+
+What it does not: it does not create the database or its roles, and it keeps no password:
+pass a ``postgresql://user@host:port/db`` URL and let libpq find the password (PGPASSWORD,
+~/.pgpass, a service file). Requires the ``postgres`` extra (psycopg 3).
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any
+
+from keybroker.ledger import (
+    DECISIONS,
+    GENESIS_HASH,
+    LedgerEntry,
+    LedgerError,
+    LedgerVerification,
+    _utc_timestamp,
+    _verify_rows,
+    canonical_details,
+    entry_hash,
+    normalized_head,
+    validate_event,
+)
+
+__all__ = ["ADVISORY_LOCK_KEY", "PostgresLedger"]
+
+ADVISORY_LOCK_KEY = 0x5EA1BEA0  # one lock for every broker appending to this database
+CONNECT_TIMEOUT_SECONDS = 10
+
+_SCHEMA = (
+    """
+    CREATE TABLE IF NOT EXISTS sealbeam_ledger (
+        seq BIGINT PRIMARY KEY,
+        time TEXT NOT NULL,
+        event TEXT NOT NULL,
+        decision TEXT NOT NULL,
+        details TEXT NOT NULL,
+        prev_hash TEXT NOT NULL,
+        hash TEXT NOT NULL
+    )
+    """,
+    """
+    CREATE OR REPLACE FUNCTION sealbeam_ledger_append_only() RETURNS trigger AS $$
+    BEGIN RAISE EXCEPTION 'the audit ledger is append-only'; END;
+    $$ LANGUAGE plpgsql
+    """,
+    "DROP TRIGGER IF EXISTS sealbeam_ledger_append_only ON sealbeam_ledger",
+    """
+    CREATE TRIGGER sealbeam_ledger_append_only BEFORE UPDATE OR DELETE ON sealbeam_ledger
+    FOR EACH ROW EXECUTE FUNCTION sealbeam_ledger_append_only()
+    """,
+)
+_SELECT_ALL = (
+    "SELECT seq, time, event, decision, details, prev_hash, hash FROM sealbeam_ledger ORDER BY seq"
+)
+
+
+def _psycopg() -> Any:
+    try:
+        import psycopg
+    except ImportError:
+        raise LedgerError(
+            "the PostgreSQL ledger needs psycopg: pip install 'sealbeam[postgres]'"
+        ) from None
+    return psycopg
+
+
+class PostgresLedger:
+    """A hash-chained ledger in PostgreSQL. Thread-safe (one connection, one lock)."""
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        read_only: bool = False,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        psycopg = _psycopg()
+        self._errors = psycopg.Error
+        self._url = url
+        self._clock = clock
+        self._read_only = read_only
+        self._lock = threading.Lock()
+        self._closed = False
+        self._connect = lambda: psycopg.connect(
+            url, autocommit=True, connect_timeout=CONNECT_TIMEOUT_SECONDS
+        )
+        try:
+            self._connection = self._connect()
+            if read_only:
+                self._connection.execute("SELECT seq FROM sealbeam_ledger LIMIT 1").fetchall()
+            else:
+                with self._connection.transaction():
+                    self._connection.execute(
+                        "SELECT pg_advisory_xact_lock(%s)", (ADVISORY_LOCK_KEY,)
+                    )
+                    for statement in _SCHEMA:
+                        self._connection.execute(statement)
+        except psycopg.Error as error:
+            raise LedgerError(f"cannot open the PostgreSQL ledger: {_reason(error)}") from None
+
+    @property
+    def path(self) -> None:
+        """No file: the ledger lives in PostgreSQL."""
+        return None
+
+    def append(self, event: str, decision: str, details: Mapping[str, object]) -> LedgerEntry:
+        """Add one entry at the head of the shared chain and return it."""
+        validate_event(event)
+        if decision not in DECISIONS:
+            raise LedgerError(f"decision: expected one of {', '.join(DECISIONS)}, got {decision!r}")
+        details_text = canonical_details(details)
+        if self._read_only:
+            raise LedgerError("the PostgreSQL ledger was opened read-only")
+        with self._lock:
+            try:
+                self._reconnect_if_broken()
+                with self._connection.transaction():
+                    self._connection.execute(
+                        "SELECT pg_advisory_xact_lock(%s)", (ADVISORY_LOCK_KEY,)
+                    )
+                    row = self._connection.execute(
+                        "SELECT seq, hash FROM sealbeam_ledger ORDER BY seq DESC LIMIT 1"
+                    ).fetchone()
+                    seq, prev_hash = (1, GENESIS_HASH) if row is None else (row[0] + 1, row[1])
+                    time_text = _utc_timestamp(self._clock)
+                    digest = entry_hash(seq, time_text, event, decision, details_text, prev_hash)
+                    self._connection.execute(
+                        "INSERT INTO sealbeam_ledger"
+                        " (seq, time, event, decision, details, prev_hash, hash)"
+                        " VALUES (%s, %s, %s, %s, %s, %s, %s)",
+                        (seq, time_text, event, decision, details_text, prev_hash, digest),
+                    )
+            except self._errors as error:
+                raise LedgerError(
+                    f"cannot append to the PostgreSQL ledger: {_reason(error)}"
+                ) from None
+        return LedgerEntry(
+            seq, time_text, event, decision, json.loads(details_text), prev_hash, digest
+        )
+
+    def _rows(self) -> list[tuple]:
+        with self._lock:
+            try:
+                self._reconnect_if_broken()
+                return [
+                    (int(row[0]), *row[1:])
+                    for row in self._connection.execute(_SELECT_ALL).fetchall()
+                ]
+            except self._errors as error:
+                raise LedgerError(
+                    f"cannot read the PostgreSQL ledger: {_reason(error)}"
+                ) from None
+
+    def entries(self) -> Iterator[LedgerEntry]:
+        for seq, time_text, event, decision, details, prev_hash, digest in self._rows():
+            try:
+                parsed = json.loads(details)
+            except (TypeError, json.JSONDecodeError):
+                raise LedgerError(f"entry {seq}: details are not JSON") from None
+            yield LedgerEntry(seq, time_text, event, decision, parsed, prev_hash, digest)
+
+    def head(self) -> tuple[int, str]:
+        row = self._one("SELECT seq, hash FROM sealbeam_ledger ORDER BY seq DESC LIMIT 1")
+        return (0, GENESIS_HASH) if row is None else (int(row[0]), str(row[1]))
+
+    def first_hash(self) -> str:
+        row = self._one("SELECT hash FROM sealbeam_ledger WHERE seq = 1")
+        return GENESIS_HASH if row is None else str(row[0])
+
+    def _one(self, query: str) -> tuple | None:
+        with self._lock:
+            try:
+                self._reconnect_if_broken()
+                return self._connection.execute(query).fetchone()
+            except self._errors as error:
+                raise LedgerError(
+                    f"cannot read the PostgreSQL ledger: {_reason(error)}"
+                ) from None
+
+    def verify(self, expect_head: str | None = None) -> LedgerVerification:
+        return _verify_rows(iter(self._rows()), normalized_head(expect_head))
+
+    def _reconnect_if_broken(self) -> None:
+        """A connection the server dropped (restart, failover) is replaced before use."""
+        if self._closed:
+            raise LedgerError("the PostgreSQL ledger was closed")
+        if self._connection.broken or self._connection.closed:
+            self._connection.close()
+            self._connection = self._connect()
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            self._connection.close()
+
+    def __enter__(self) -> PostgresLedger:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+def _reason(error: Exception) -> str:
+    """The server's message without the connection string (which may name a password)."""
+    diag = getattr(error, "diag", None)
+    primary = getattr(diag, "message_primary", None) if diag is not None else None
+    return primary or type(error).__name__
