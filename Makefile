@@ -12,7 +12,7 @@ $(PY):
 	$(PY) -m pip install --quiet --upgrade pip
 
 $(STAMP): $(PY) setup.py
-	$(PY) -m pip install --quiet -e '.[test,postgres,dataflow]'
+	$(PY) -m pip install --quiet -e '.[test,postgres,pubsub,dataflow]'
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -41,6 +41,8 @@ setup(
         # Launching on Dataflow (pipelines/dataflow.py): the DataflowRunner and its API client.
         "dataflow": ["apache-beam[gcp]>=2.60"],
         "postgres": ["psycopg[binary]>=3.1"],
+        # Pub/Sub streaming source and ``sealbeam feed`` (tests use the real emulator).
+        "pubsub": ["apache-beam[gcp]>=2.60", "google-cloud-pubsub>=2.20"],
     },
     entry_points={"console_scripts": ["sealbeam=pipelines.cli:main"]},
 )

@@ -18,8 +18,8 @@ import sys
 from collections.abc import Sequence
 
 # Fixed order, as ``sealbeam --help`` lists them.
-COMMAND_MODULES = ("keys", "broker", "audit", "attest", "features", "seal", "open", "run", "demo",
-                   "worker")
+COMMAND_MODULES = ("keys", "broker", "audit", "attest", "features", "seal", "open", "run", "feed",
+                   "demo", "worker")
 
 # Log lines that Beam and its optional GCP extras print on import: they describe packages the
 # local runner does not need, and would otherwise open every command's output.

@@ -51,12 +51,13 @@ def confidential_step(opts: SealbeamOptions, *,
     batching = {"max_batch_size": opts.max_batch_size, "max_batch_bytes": opts.max_batch_bytes,
                 "key_shards": opts.key_shards, "key_spread": opts.key_spread,
                 "batcher": batcher}
-    if not remote_mode(opts):
-        return ConfidentialProcess(
-            required(opts, "broker_url"), tee_settings(opts), feature_spec(opts),
-            output_format=output_format(opts), limits=session_limits(opts),
-            broker_retries=opts.broker_retries, broker_trust=broker_trust(opts), **batching)
     try:
+        if not remote_mode(opts):
+            return ConfidentialProcess(
+                required(opts, "broker_url"), tee_settings(opts), feature_spec(opts),
+                output_format=output_format(opts), limits=session_limits(opts),
+                broker_retries=opts.broker_retries, broker_trust=broker_trust(opts),
+                **batching)
         trust = PoolTrust.from_file(
             required(opts, "pool_policy"), opts.dev_tee_dir,
             confidential_space_audience=opts.pool_confidential_space_audience,
@@ -65,5 +66,5 @@ def confidential_step(opts: SealbeamOptions, *,
             trust=trust, spec=feature_spec(opts), endpoints=pool_endpoints(opts),
             discovery=opts.pool_discovery, output_format=output_format(opts),
             timeout_s=opts.pool_timeout_s, **batching)
-    except TransformError as exc:
+    except TransformError as exc:   # a bad setting: one line, before anything runs
         raise PipelineError(str(exc)) from None

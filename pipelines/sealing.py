@@ -18,6 +18,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +38,7 @@ from enclave_workers.records import (
 from envelope import DataKey, WrappedKey, dek_wrap_aad, seal_batch, seal_record
 from keybroker.kms.base import KmsError
 from keybroker.kms.local import LocalKeyring
+from transforms.event_time import EVENT_TIME_CONTEXT_KEY, format_event_time
 from transforms.read import iter_bounded_lines
 
 from .errors import InputFileError, PipelineError
@@ -168,8 +170,13 @@ def _write_atomically(output_path: Path, chunks: Iterator[bytes]) -> None:
 
 def seal_file(input_path: Path, output_path: Path, *, keyring: LocalKeyring, region: str,
               producer_id: str, output_kind: str = "records", records_per_key: int = 0,
-              input_format: str | None = None) -> SealReport:
-    """Seal a partner file; ``records_per_key=0`` means one DEK for the whole file."""
+              input_format: str | None = None, event_time: float | None = None
+              ) -> SealReport:
+    """Seal a partner file; ``records_per_key=0`` means one DEK for the whole file.
+
+    Every envelope states ``event_time`` (seconds since the epoch; default: now) in its
+    authenticated header (context ``sealbeam.event_time``, docs/FORMAT.md 2.1), which the
+    streaming pipeline windows by."""
     input_path, output_path = Path(input_path), Path(output_path)
     if output_kind not in OUTPUT_KINDS:
         raise PipelineError(f"output kind must be one of {', '.join(OUTPUT_KINDS)}")
@@ -181,6 +188,7 @@ def seal_file(input_path: Path, output_path: Path, *, keyring: LocalKeyring, reg
         raise PipelineError(f"input format must be one of {', '.join(INPUT_FORMATS)}")
     issuer = _KeyIssuer(keyring, region, producer_id, records_per_key)
     counts = {"records": 0}
+    stated_time = format_event_time(time.time() if event_time is None else event_time)
 
     if output_kind == "batch":
         table = load_partner_table(input_path, input_format)
@@ -188,7 +196,8 @@ def seal_file(input_path: Path, output_path: Path, *, keyring: LocalKeyring, reg
         envelope = seal_batch(
             table_to_ipc(table), data_key=data_key, wrapped_key=wrapped, region=region,
             producer_id=producer_id, schema_fingerprint=INPUT_SCHEMA_FINGERPRINT,
-            context={"sealbeam.kind": PARTNER_RECORDS_KIND, "sealbeam.rows": str(table.num_rows)},
+            context={"sealbeam.kind": PARTNER_RECORDS_KIND, "sealbeam.rows": str(table.num_rows),
+                     EVENT_TIME_CONTEXT_KEY: stated_time},
         )
         _write_atomically(output_path, iter([base64.b64encode(envelope) + b"\n"]))
         return SealReport(table.num_rows, 1, issuer.issued, str(output_path), output_kind)
@@ -199,7 +208,8 @@ def seal_file(input_path: Path, output_path: Path, *, keyring: LocalKeyring, reg
             envelope = seal_record(
                 record, data_key=data_key, wrapped_key=wrapped, region=region,
                 producer_id=producer_id, schema_fingerprint=INPUT_SCHEMA_FINGERPRINT,
-                context={"sealbeam.kind": PARTNER_RECORDS_KIND},
+                context={"sealbeam.kind": PARTNER_RECORDS_KIND,
+                         EVENT_TIME_CONTEXT_KEY: stated_time},
             )
             counts["records"] += 1
             yield base64.b64encode(envelope) + b"\n"

@@ -1,28 +1,42 @@
-"""The streaming pipeline: partner feeds -> per-window TEE featurization -> pinned outputs.
+"""The streaming pipeline: partner feeds -> event-time windows -> TEE featurization -> pinned
+outputs, with late records and duplicates set aside and counted.
 
 What it does: ``build_streaming_pipeline`` reads one feed — a file-drop directory watched
-for new files (``--source files``, ``file_drop.WatchFileDrop``, each file read as
-``ReadSealedRecords`` reads one), a Pub/Sub subscription (``--source pubsub``, one envelope
-per message, raw or base64: ``--message_format``), or, in tests, any PTransform such as a
-``TestStream`` — puts every element into fixed windows of ``--window_seconds`` and then runs
-the batch pipeline's transforms unchanged: ``ParseSealed``, ``ConfidentialProcess``,
-``RouteByRegion``, ``WriteRegionPinned``, ``WriteDeadLetters``. No step groups by key, so
-nothing waits for a window to close: windows bound which records share a confidential batch
-(and so an output file) and a dead-letter file.
+for new files (``--source files``, ``file_drop.WatchFileDrop``), a Pub/Sub subscription
+(``--source pubsub``, one envelope per message, raw or base64: ``--message_format``;
+``transforms.pubsub``), or, in tests, any PTransform such as a ``TestStream`` — and then:
+
+1. ``ParseSealed`` (headers only) and ``DeduplicateEnvelopes`` by envelope id, in the global
+   window so a copy is found across windows (Pub/Sub redeliveries are dropped by message id
+   first, in ``AcceptPubsubMessages``);
+2. ``StampEventTime``: each record's event time from its header (``sealbeam.event_time``,
+   docs/FORMAT.md 2.1); a record whose window had closed when it arrived (window end +
+   ``--allowed_lateness_seconds`` <= arrival) goes, still sealed, to ``<root>/late/``
+   (``WriteLateRecords``), counted in ``late``, never into a window;
+3. fixed windows of ``--window_seconds`` over event time, and ``HoldForBatches``: per window
+   and (region, producer), records are held until ``--max_batch_size`` records,
+   ``--max_batch_bytes`` or ``--max_batch_duration_seconds``, or the window's close;
+4. ``ConfidentialProcess`` (with ``HoldForBatches`` as its batcher; in remote mode
+   ``ConfidentialProcessRemote`` on an attested pool, ``confidential_mode``), ``RouteByRegion``,
+   ``WriteRegionPinned``, and dead letters per window (``WriteStreamDeadLetters``: per bundle,
+   no GroupByKey, so the dead letters of a batch released as its window closes are never
+   dropped as expired).
+
+Every run reconciles ``records_in = records_out + dead_letters + duplicates + late``
+(``StreamingRunSummary``).
 
 ``run_streaming`` runs it and, when the feed ends (``--stop_after_seconds``, ``--max_files``,
-the end of a test stream, or a cancelled job), returns the batch ``RunSummary`` from the
-job's metrics. Runners, as found offline with Beam 2.77: the file-drop feed runs on
-``FnApiRunner`` (the old bundle-based DirectRunner cannot run its splittable ``Watch``);
-``TestStream`` and ``ReadFromPubSub`` need the bundle-based DirectRunner in streaming mode
-(``FnApiRunner`` rejects ``beam:transform:teststream:v1``); ``--runner`` overrides both.
-That old runner loses the counters of a step's later bundles on a worker thread
+``--until_idle_s`` for Pub/Sub, the end of a test stream, or a cancelled job), returns the
+summary from the job's metrics. Runners, as found offline with Beam 2.77: the file-drop and
+the local Pub/Sub feeds run on ``FnApiRunner`` (both are ``Watch`` polls, which the old
+bundle-based DirectRunner cannot run); ``TestStream`` needs the bundle-based DirectRunner in
+streaming mode (``FnApiRunner`` rejects ``beam:transform:teststream:v1``); on Dataflow the
+Pub/Sub feed is Beam's ``ReadFromPubSub`` with ``id_label``. ``--runner`` overrides. The old
+runner loses the counters of a step's later bundles on a worker thread
 (``StateSampler.scoped_state`` keeps the first bundle's ``MetricsContainer``), so a summary
-from it can undercount and fail to reconcile though every output and dead letter was written;
-``run_streaming`` warns when it runs there.
+from it can undercount; ``run_streaming`` warns when it runs there.
 
-What it does not: the Pub/Sub source is option plumbing only — no emulator was available,
-so it has never read a message here. It never sees plaintext (``ConfidentialProcess`` does).
+What it does not: it never sees plaintext (``ConfidentialProcess`` does).
 """
 
 from __future__ import annotations
@@ -30,6 +44,8 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
 
 import apache_beam as beam
 from apache_beam.io import fileio
@@ -38,17 +54,32 @@ from apache_beam.runners.direct.direct_runner import BundleBasedDirectRunner
 from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 from apache_beam.runners.runner import PipelineRunner
 from apache_beam.transforms.window import FixedWindows
+from apache_beam.utils.timestamp import Duration
 
-from transforms import DecodeSealedLines
+from transforms import ConfidentialProcess, DecodeSealedLines, ParseSealed, RouteByRegion
+from transforms import metrics as names
+from transforms.dedupe import DeduplicateEnvelopes
+from transforms.errors import TransformConfigError
+from transforms.event_time import StampEventTime
+from transforms.late_output import WriteLateRecords
+from transforms.pubsub import (
+    AcceptPubsubMessages,
+    ReadPubsubUntilIdle,
+    ReadPubsubWithIdLabel,
+)
 from transforms.read import RawSealedMessages, ReadSealedFiles
+from transforms.stream_batches import HoldForBatches
+from transforms.stream_dead_letters import WriteStreamDeadLetters
+from transforms.write import WriteRegionPinned
 
-from .batch import BatchPipelineOutputs, RunSummary, add_processing_steps, summarize_run
+from .batch import BatchPipelineOutputs, RunSummary, _counter_totals, summarize_run
+from .confidential_mode import confidential_step
 from .errors import PipelineError
 from .file_drop import WatchFileDrop
-from .options import SealbeamOptions, required
+from .options import SealbeamOptions, allowed_regions, required
 
-__all__ = ["MESSAGE_FORMATS", "SOURCES", "StreamingOptions", "build_streaming_pipeline",
-           "default_streaming_runner", "run_streaming"]
+__all__ = ["MESSAGE_FORMATS", "SOURCES", "StreamingOptions", "StreamingRunSummary",
+           "build_streaming_pipeline", "default_streaming_runner", "run_streaming"]
 
 FILES = "files"
 PUBSUB = "pubsub"
@@ -57,7 +88,10 @@ RAW = "raw"
 BASE64 = "base64"
 MESSAGE_FORMATS = (RAW, BASE64)
 DEFAULT_WINDOW_SECONDS = 60.0
+DEFAULT_ALLOWED_LATENESS_SECONDS = 60.0
 DEFAULT_POLL_INTERVAL_SECONDS = 10.0
+DEFAULT_MAX_BATCH_DURATION_SECONDS = 30.0
+ID_LABEL_RUNNERS = ("DataflowRunner", "TestDataflowRunner")
 
 _LOG = logging.getLogger(__name__)
 
@@ -73,12 +107,25 @@ class StreamingOptions(PipelineOptions):
                                  "read --subscription, one envelope per message")
         parser.add_argument("--subscription", default=None,
                             help="Pub/Sub subscription (projects/P/subscriptions/S) for "
-                                 "--source pubsub")
+                                 "--source pubsub; PUBSUB_EMULATOR_HOST selects an emulator")
         parser.add_argument("--message_format", default=RAW, choices=MESSAGE_FORMATS,
                             help="a Pub/Sub message holds one envelope, raw bytes or base64")
         parser.add_argument("--window_seconds", type=float, default=DEFAULT_WINDOW_SECONDS,
-                            help="fixed windows: records of one window share batches, "
-                                 "outputs and dead-letter files")
+                            help="fixed event-time windows: records of one window share "
+                                 "batches, outputs and dead-letter files")
+        parser.add_argument("--allowed_lateness_seconds", type=float,
+                            default=DEFAULT_ALLOWED_LATENESS_SECONDS,
+                            help="a record arriving later than its window's end plus this "
+                                 "goes to <output_root>/late/, still sealed, and counts as late")
+        parser.add_argument("--max_batch_duration_seconds", type=float,
+                            default=DEFAULT_MAX_BATCH_DURATION_SECONDS,
+                            help="longest a streaming batch waits to fill before the "
+                                 "confidential step (also closed by --max_batch_size, "
+                                 "--max_batch_bytes, or its window's end)")
+        parser.add_argument("--until_idle_s", "--until-idle-s", dest="until_idle_s",
+                            type=float, default=None,
+                            help="end the Pub/Sub feed once no message arrived for this many "
+                                 "seconds (tests, demos, backfills; default: never)")
         parser.add_argument("--poll_interval_seconds", type=float,
                             default=DEFAULT_POLL_INTERVAL_SECONDS,
                             help="how often the file-drop feed lists --input")
@@ -90,77 +137,159 @@ class StreamingOptions(PipelineOptions):
                                  "(tests, demos; default: never)")
 
 
-def _window_seconds(stream: StreamingOptions) -> float:
-    if not stream.window_seconds or stream.window_seconds <= 0:
-        raise PipelineError(f"--window_seconds must be positive, not {stream.window_seconds}")
-    return float(stream.window_seconds)
+@dataclass(frozen=True)
+class StreamingRunSummary(RunSummary):
+    """A streaming run's counts: the batch counts plus duplicates and late records."""
+
+    duplicates: int = 0
+    late: int = 0
+
+    @property
+    def reconciled(self) -> bool:
+        return (self.records_in
+                == self.records_out + self.dead_letters + self.duplicates + self.late)
+
+
+def _positive(name: str, value: float | None) -> float:
+    if value is None or not value > 0:
+        raise PipelineError(f"--{name} must be positive, not {value}")
+    return float(value)
 
 
 def _read_messages(messages: beam.PCollection, message_format: str
-                   ) -> beam.pvalue.DoOutputsTuple:
+                   ) -> tuple[beam.PCollection, list[beam.PCollection]]:
     if message_format == BASE64:
-        return messages | "DecodeBase64" >> DecodeSealedLines()
-    if message_format == RAW:
-        return messages | "AcceptRaw" >> RawSealedMessages()
-    raise PipelineError(f"--message_format must be one of {', '.join(MESSAGE_FORMATS)}")
+        read = messages | "DecodeBase64" >> DecodeSealedLines()
+    elif message_format == RAW:
+        read = messages | "AcceptRaw" >> RawSealedMessages()
+    else:
+        raise PipelineError(f"--message_format must be one of {', '.join(MESSAGE_FORMATS)}")
+    return read[ReadSealedFiles.SEALED], [read[ReadSealedFiles.DEAD_LETTER]]
 
 
-def _read_feed(p: beam.Pipeline, opts: SealbeamOptions, stream: StreamingOptions,
-               source: beam.PTransform | None, window: FixedWindows
-               ) -> beam.pvalue.DoOutputsTuple:
-    """The feed's envelopes and framing dead letters, every element in its fixed window."""
+def runner_supports_id_label(options: PipelineOptions) -> bool:
+    runner = options.view_as(StandardOptions).runner
+    name = runner if isinstance(runner, str) else type(runner).__name__
+    return name in ID_LABEL_RUNNERS
+
+
+def _read_pubsub(p: beam.Pipeline, options: PipelineOptions, stream: StreamingOptions,
+                 opts: SealbeamOptions, subscriber_factory: Callable[[], Any] | None
+                 ) -> tuple[beam.PCollection, list[beam.PCollection]]:
+    if not stream.subscription:
+        raise PipelineError("--subscription is required for --source pubsub")
+    try:
+        if runner_supports_id_label(options):
+            deliveries = p | "ReadPubSub" >> ReadPubsubWithIdLabel(stream.subscription)
+        else:
+            deliveries = p | "ReadPubSub" >> ReadPubsubUntilIdle(
+                stream.subscription, until_idle_s=stream.until_idle_s,
+                max_messages=opts.max_batch_size, max_bytes=opts.max_batch_bytes,
+                max_wait_s=stream.max_batch_duration_seconds,
+                subscriber_factory=subscriber_factory)
+        accepted = deliveries | "AcceptMessages" >> AcceptPubsubMessages(
+            message_format=stream.message_format)
+    except TransformConfigError as exc:
+        raise PipelineError(str(exc)) from None
+    return (accepted[AcceptPubsubMessages.SEALED],
+            [accepted[AcceptPubsubMessages.DEAD_LETTER]])
+
+
+def _read_feed(p: beam.Pipeline, options: PipelineOptions, source: beam.PTransform | None,
+               subscriber_factory: Callable[[], Any] | None
+               ) -> tuple[beam.PCollection, list[beam.PCollection]]:
+    """The feed's envelopes (timestamped on arrival) and its framing dead letters."""
+    opts = options.view_as(SealbeamOptions)
+    stream = options.view_as(StreamingOptions)
     if source is not None:
-        messages = p | "Source" >> source | "Window" >> beam.WindowInto(window)
-        return _read_messages(messages, stream.message_format)
+        return _read_messages(p | "Source" >> source, stream.message_format)
     if stream.source == FILES:
-        files = (
-            p
-            | "WatchFileDrop" >> WatchFileDrop(
-                required(opts, "input"), poll_interval_s=stream.poll_interval_seconds,
-                stop_after_s=stream.stop_after_seconds, max_files=stream.max_files)
-            | "Window" >> beam.WindowInto(window)
-        )
-        return files | "Open" >> fileio.ReadMatches() | "SplitAndDecode" >> ReadSealedFiles()
+        files = p | "WatchFileDrop" >> WatchFileDrop(
+            required(opts, "input"), poll_interval_s=stream.poll_interval_seconds,
+            stop_after_s=stream.stop_after_seconds, max_files=stream.max_files)
+        read = files | "Open" >> fileio.ReadMatches() | "SplitAndDecode" >> ReadSealedFiles()
+        return read[ReadSealedFiles.SEALED], [read[ReadSealedFiles.DEAD_LETTER]]
     if stream.source == PUBSUB:
-        if not stream.subscription:
-            raise PipelineError("--subscription is required for --source pubsub")
-        messages = (
-            p
-            | "ReadPubSub" >> beam.io.ReadFromPubSub(subscription=stream.subscription,
-                                                     with_attributes=False)
-            | "Window" >> beam.WindowInto(window)
-        )
-        return _read_messages(messages, stream.message_format)
+        return _read_pubsub(p, options, stream, opts, subscriber_factory)
     raise PipelineError(f"--source must be one of {', '.join(SOURCES)}")
 
 
 def build_streaming_pipeline(p: beam.Pipeline, options: PipelineOptions, *,
-                             source: beam.PTransform | None = None) -> BatchPipelineOutputs:
+                             source: beam.PTransform | None = None,
+                             subscriber_factory: Callable[[], Any] | None = None
+                             ) -> BatchPipelineOutputs:
     """Add sealbeam's streaming steps to ``p``.
 
     ``source``, when given, replaces ``--source``: a PTransform from the pipeline's start to
-    message bytes (one envelope each, as ``--message_format`` says), e.g. a ``TestStream``.
+    message bytes (one envelope each, as ``--message_format`` says), each timestamped with
+    its arrival, e.g. a ``TestStream``. ``subscriber_factory`` makes the Pub/Sub client of
+    the local pull source (default: Google's ``SubscriberClient``).
     """
     opts = options.view_as(SealbeamOptions)
     stream = options.view_as(StreamingOptions)
-    window = FixedWindows(_window_seconds(stream))
-    read = _read_feed(p, opts, stream, source, window)
-    return add_processing_steps(
-        opts, read[ReadSealedFiles.SEALED], read[ReadSealedFiles.DEAD_LETTER])
+    window_s = _positive("window_seconds", stream.window_seconds)
+    if stream.allowed_lateness_seconds is None or stream.allowed_lateness_seconds < 0:
+        raise PipelineError(f"--allowed_lateness_seconds must not be negative, not "
+                            f"{stream.allowed_lateness_seconds}")
+    lateness_s = float(stream.allowed_lateness_seconds)
+    output_root = required(opts, "output_root")
+    try:
+        hold = HoldForBatches(max_records=opts.max_batch_size,
+                              max_bytes=opts.max_batch_bytes,
+                              max_duration_s=stream.max_batch_duration_seconds)
+        # In-process (pinned to the broker identity), or remote on an attested pool; both
+        # batch with ``hold`` and name outputs by their batch.
+        confidential = confidential_step(opts, batcher=hold)
+        dedupe = DeduplicateEnvelopes(horizon_s=opts.dedupe_horizon_s)
+    except TransformConfigError as exc:
+        raise PipelineError(str(exc)) from None
+    window = FixedWindows(window_s)
+    sealed, feed_dead_letters = _read_feed(p, options, source, subscriber_factory)
+
+    parsed = sealed | "ParseHeaders" >> ParseSealed()
+    unique = parsed[ParseSealed.SEALED] | "DedupeEnvelopes" >> dedupe
+    timed = unique[DeduplicateEnvelopes.UNIQUE] | "EventTime" >> StampEventTime(
+        window_s=window_s, allowed_lateness_s=lateness_s)
+    timed[StampEventTime.LATE] | "WriteLate" >> WriteLateRecords(output_root)
+    processed = (
+        timed[StampEventTime.ON_TIME]
+        | "Window" >> beam.WindowInto(window, allowed_lateness=Duration.of(lateness_s))
+        | "Confidential" >> confidential
+    )
+    written = (
+        processed[ConfidentialProcess.SEALED]
+        | "Route" >> RouteByRegion()
+        | "WritePinned" >> WriteRegionPinned(output_root, allowed_regions(opts))
+    )
+    arrival_dead_letters = (
+        (*feed_dead_letters, parsed[ParseSealed.DEAD_LETTER], timed[StampEventTime.DEAD_LETTER])
+        | "ArrivalDeadLetters" >> beam.Flatten()
+        | "WindowDeadLetters" >> beam.WindowInto(window,
+                                                  allowed_lateness=Duration.of(lateness_s))
+    )
+    dead_letters = (
+        (arrival_dead_letters, processed[ConfidentialProcess.DEAD_LETTER],
+         written[WriteRegionPinned.DEAD_LETTER])
+        | "AllDeadLetters" >> beam.Flatten()
+    )
+    dead_letter_paths = dead_letters | "WriteDeadLetters" >> WriteStreamDeadLetters(output_root)
+    return BatchPipelineOutputs(written[WriteRegionPinned.WRITTEN], dead_letters,
+                                confidential.compiled.fingerprint, dead_letter_paths)
 
 
 def default_streaming_runner(options: PipelineOptions, *, test_source: bool = False
                              ) -> PipelineRunner:
-    """``FnApiRunner`` for the file-drop feed; the bundle-based DirectRunner for a test
-    source or Pub/Sub, which ``FnApiRunner`` cannot run."""
-    if not test_source and options.view_as(StreamingOptions).source == FILES:
-        return FnApiRunner()
-    return BundleBasedDirectRunner()
+    """``FnApiRunner`` for the file-drop and Pub/Sub feeds (``Watch`` polls); the
+    bundle-based DirectRunner for a test source, which ``FnApiRunner`` cannot run."""
+    if test_source:
+        return BundleBasedDirectRunner()
+    return FnApiRunner()
 
 
 def run_streaming(options: PipelineOptions, *, source: beam.PTransform | None = None,
-                  extra_steps: Callable[[BatchPipelineOutputs], None] | None = None
-                  ) -> RunSummary:
+                  extra_steps: Callable[[BatchPipelineOutputs], None] | None = None,
+                  subscriber_factory: Callable[[], Any] | None = None
+                  ) -> StreamingRunSummary:
     """Run the streaming pipeline until its feed ends; summarize it from its metrics.
 
     The options are switched to streaming mode. ``source`` is as for
@@ -178,9 +307,14 @@ def run_streaming(options: PipelineOptions, *, source: beam.PTransform | None = 
                      "need not reconcile; its outputs and dead letters are complete")
     started = time.monotonic()
     pipeline = beam.Pipeline(runner=runner, options=options)
-    built = build_streaming_pipeline(pipeline, options, source=source)
+    built = build_streaming_pipeline(pipeline, options, source=source,
+                                     subscriber_factory=subscriber_factory)
     if extra_steps is not None:
         extra_steps(built)
     result = pipeline.run()
     result.wait_until_finish()
-    return summarize_run(result, opts, built, started)
+    summary = summarize_run(result, opts, built, started)
+    totals = _counter_totals(result)
+    return StreamingRunSummary(**{**summary.__dict__,
+                                  "duplicates": totals.get(names.DUPLICATES, 0),
+                                  "late": totals.get(names.LATE, 0)})

@@ -13,6 +13,7 @@ RECORDS_IN = "records_in"            # input envelopes (lines / messages) seen
 RECORDS_OUT = "records_out"          # input envelopes accounted for by written outputs
 DEAD_LETTERS = "dead_letters"        # input envelopes that ended as dead letters
 DUPLICATES = "duplicates"            # exact copies of an envelope already seen (dedupe.py)
+LATE = "late"                        # streaming: records whose window had closed (event_time.py)
 DEAD_LETTER_ROWS = "dead_letter_rows"  # rows resealed into dead letters from batch envelopes
 BROKER_CALLS = "broker_calls"        # calls from key sessions to the key broker
 BROKER_RETRIES = "broker_retries"    # confidential batches retried while the broker was down

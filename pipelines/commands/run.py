@@ -38,11 +38,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     streaming = pipelines.add_parser(
         "streaming", help="run the streaming pipeline over a partner feed",
         description="Watch a file-drop pattern (--input) for new sealed record files, or read "
-                    "a Pub/Sub subscription (one envelope per message), in fixed windows; run "
-                    "the feature spec in the (simulated) TEE as 'run batch' does; write "
-                    "region-pinned outputs and per-window dead letters. Runs until the feed "
-                    "ends (--stop_after_seconds, --max_files, a cancelled job), then prints one "
-                    "JSON line of counts. Further Beam flags may follow a '--'.")
+                    "a Pub/Sub subscription (one envelope per message), in fixed windows of "
+                    "the event time each header states; set late records aside (late/) and "
+                    "drop duplicates; run the feature spec in the (simulated) TEE as 'run "
+                    "batch' does; write region-pinned outputs and per-window dead letters. "
+                    "Runs until the feed ends (--stop_after_seconds, --max_files, "
+                    "--until-idle-s, a cancelled job), then prints one JSON line of counts "
+                    "(records_in = records_out + dead_letters + duplicates + late). Further "
+                    "Beam flags may follow a '--'.")
     SealbeamOptions._add_argparse_args(streaming)
     StreamingOptions._add_argparse_args(streaming)
     dataflow.add_launch_arguments(streaming)

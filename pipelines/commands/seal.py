@@ -8,7 +8,9 @@ from dataclasses import asdict
 from pathlib import Path
 
 from keybroker.kms.local import LocalKeyring
+from pipelines.errors import PipelineError
 from pipelines.sealing import INPUT_FORMATS, OUTPUT_KINDS, seal_file
+from transforms.event_time import EventTimeError, parse_event_time
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -28,13 +30,23 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="records per DEK; 0 = one DEK for the whole file")
     parser.add_argument("--input-format", choices=INPUT_FORMATS, default=None,
                         help="input format (default: from the file suffix)")
+    parser.add_argument("--event-time", default=None,
+                        help="when the records happened, stated in every header for streaming "
+                             "windows: YYYY-MM-DDTHH:MM:SS.mmmZ (UTC; default: now)")
     parser.set_defaults(func=run_seal)
 
 
 def run_seal(args: argparse.Namespace) -> int:
     keyring = LocalKeyring.open(args.state / "keyring.json")
+    event_time = None
+    if args.event_time is not None:
+        try:
+            event_time = float(parse_event_time(args.event_time))
+        except EventTimeError as exc:
+            raise PipelineError(f"--event-time: {exc}") from None
     report = seal_file(args.input, args.output, keyring=keyring, region=args.region,
                        producer_id=args.producer, output_kind=args.kind,
-                       records_per_key=args.records_per_key, input_format=args.input_format)
+                       records_per_key=args.records_per_key, input_format=args.input_format,
+                       event_time=event_time)
     print(json.dumps(asdict(report)))
     return 0

@@ -5,19 +5,28 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import yaml
+
+from enclave_workers.batch_processor import default_feature_spec
 from pipelines.sealing import seal_file
 from pipelines.synthetic import PartnerFile, write_partner_files
 from tests.enclave_workers.broker_env import BrokerEnv
 
 
-def sealed_partner_files(broker: BrokerEnv, directory: Path, records: int,
-                         ) -> tuple[list[PartnerFile], list[Path]]:
-    files = write_partner_files(directory / "partner", records, files_per_group=1, seed=11)
+def sealed_partner_files(broker: BrokerEnv, directory: Path, records: int, *,
+                         event_time: float | None = None, sealed_dir: str = "sealed",
+                         seed: int = 11) -> tuple[list[PartnerFile], list[Path]]:
+    """Synthetic partner files and their sealed records, every envelope stating
+    ``event_time`` (default: now) in its header; the same ``records`` and ``seed`` give the
+    same rows."""
+    files = write_partner_files(directory / f"partner-{seed}", records, files_per_group=1,
+                                seed=seed)
     sealed = []
     for partner_file in files:
-        target = directory / "sealed" / f"{partner_file.path.stem}.sealed"
+        target = directory / sealed_dir / f"{partner_file.path.stem}.sealed"
         seal_file(partner_file.path, target, keyring=broker.keyring, region=partner_file.region,
-                  producer_id=partner_file.producer_id, records_per_key=40)
+                  producer_id=partner_file.producer_id, records_per_key=40,
+                  event_time=event_time)
         sealed.append(target)
     return files, sealed
 
@@ -41,3 +50,12 @@ def assert_no_plaintext(root: Path, probes: set[bytes]) -> int:
             leaked = [p for p in probes if p in content]
             assert not leaked, f"{len(leaked)} input identifiers appear in {path}"
     return scanned
+
+
+def spec_without_k_anonymity(directory: Path) -> Path:
+    """The default spec minus k-anonymity, so every good record is exactly one output row."""
+    document = yaml.safe_load(Path(default_feature_spec().source).read_text("utf-8"))
+    assert document.pop("k_anonymity")
+    path = directory / "no-k.yaml"
+    path.write_text(yaml.safe_dump(document), "utf-8")
+    return path

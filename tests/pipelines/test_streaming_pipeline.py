@@ -25,6 +25,7 @@ import pytest
 import yaml
 from apache_beam.coders import BytesCoder
 from apache_beam.options.pipeline_options import PipelineOptions
+from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 from apache_beam.testing import test_stream
 from apache_beam.transforms.window import GlobalWindow, IntervalWindow, TimestampedValue
 from apache_beam.utils.timestamp import Timestamp
@@ -87,12 +88,20 @@ class _IndexByWindow(beam.DoFn):
 @pytest.fixture(scope="module")
 def test_stream_run(broker: BrokerEnv, tmp_path_factory: pytest.TempPathFactory):
     work = tmp_path_factory.mktemp("streaming")
-    files, sealed = sealed_partner_files(broker, work, RECORDS)
-    per_file = [(f.region, path.read_bytes().splitlines()) for f, path in
-                zip(files, sealed, strict=True)]
-    tagged = [(region, lines[i]) for i in range(max(len(ls) for _, ls in per_file))
-              for region, lines in per_file if i < len(lines)]           # regions interleaved
-    half = len(tagged) // 2
+
+    def interleaved(event_time: float, sealed_dir: str) -> tuple[list, list[tuple[str, bytes]]]:
+        files, sealed = sealed_partner_files(broker, work, RECORDS, event_time=event_time,
+                                             sealed_dir=sealed_dir)
+        per_file = [(f.region, path.read_bytes().splitlines()) for f, path in
+                    zip(files, sealed, strict=True)]
+        return files, [(region, lines[i]) for i in range(max(len(ls) for _, ls in per_file))
+                       for region, lines in per_file if i < len(lines)]   # regions interleaved
+
+    # The same records sealed twice, stating an event time in the first and the second window.
+    files, first_window = interleaved(10.0, "sealed-0")
+    _, second_window = interleaved(WINDOW_SECONDS + 10.0, "sealed-1")
+    half = len(first_window) // 2
+    tagged = first_window[:half] + second_window[half:]
     lines = [line for _, line in tagged]
     stages = _corrupt(lines, 5) + _corrupt(lines, half + 5)
     bad = {5, 6, 7, half + 5, half + 6, half + 7}
@@ -249,17 +258,21 @@ def test_a_file_drop_feed_ends_after_stop_after_seconds(broker: BrokerEnv,
     assert summary.reconciled
 
 
-def test_the_pubsub_source_is_built_from_its_options_but_not_run(broker: BrokerEnv,
-                                                                 tmp_path: Path) -> None:
-    options = PipelineOptions(flags=[*_flags(broker, tmp_path, source="pubsub",
-                                             subscription="projects/acme-feed/subscriptions/in"),
-                                     "--streaming"])
-    pipeline = beam.Pipeline(options=options)
+def _labels(options: PipelineOptions) -> set[str]:
+    pipeline = beam.Pipeline(runner=FnApiRunner(), options=options)   # built, never run
     build_streaming_pipeline(pipeline, options)
-    transforms = pipeline.to_runner_api().components.transforms.values()
-    labels = {t.unique_name for t in transforms}
-    assert "ReadPubSub" in labels and "AcceptRaw" in labels and "Window" in labels
-    assert "WatchFileDrop" not in labels
+    return {t.unique_name for t in pipeline.to_runner_api().components.transforms.values()}
+
+
+def test_the_pubsub_source_uses_id_label_only_where_the_runner_honours_it(
+        broker: BrokerEnv, tmp_path: Path) -> None:
+    flags = [*_flags(broker, tmp_path, source="pubsub",
+                     subscription="projects/acme-feed/subscriptions/in"), "--streaming"]
+    local = _labels(PipelineOptions(flags=flags))
+    assert {"ReadPubSub/Pull", "AcceptMessages/FirstDelivery", "EventTime", "Window"} <= local
+    assert "ReadPubSub/ReadFromPubSub" not in local and "WatchFileDrop" not in local
+    dataflow = _labels(PipelineOptions(flags=[*flags, "--runner=DataflowRunner"]))
+    assert "ReadPubSub/ReadFromPubSub" in dataflow and "ReadPubSub/Pull" not in dataflow
     with pytest.raises(PipelineError, match="--subscription"):
         build_streaming_pipeline(beam.Pipeline(), PipelineOptions(
             flags=_flags(broker, tmp_path, source="pubsub")))
