@@ -156,6 +156,9 @@ def add_processing_steps(
     if after_confidential is not None:
         outputs = after_confidential(outputs)
     if not streaming:
+        # The checkpoint: a retried write rewrites these outputs, not a re-run of the
+        # confidential step. Not in streaming runs: on FnApiRunner a Reshuffle there holds
+        # every output until the feed ends (the streaming pipeline's own concern).
         outputs = outputs | "Checkpoint" >> beam.Reshuffle()
     written = (
         outputs
