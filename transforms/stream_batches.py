@@ -37,7 +37,7 @@ from collections.abc import Iterable
 from typing import Any
 
 import apache_beam as beam
-from apache_beam.coders import PickleCoder, VarIntCoder
+from apache_beam.coders import PickleCoder, TupleCoder, VarIntCoder
 from apache_beam.metrics import Metrics
 from apache_beam.transforms.timeutil import TimeDomain
 from apache_beam.transforms.userstate import (
@@ -57,13 +57,13 @@ from .sealed import SealedEnvelope
 __all__ = ["HoldForBatches"]
 
 _HELD = BagStateSpec("held", PickleCoder())
-_COUNT = ReadModifyWriteStateSpec("count", VarIntCoder())
-_BYTES = ReadModifyWriteStateSpec("bytes", VarIntCoder())
+# (records, bytes) held: one state, since every state read and write has a cost of its own
+# on FnApiRunner (the state cache sizes each value with objsize).
+_HELD_SIZE = ReadModifyWriteStateSpec("held_size", TupleCoder([VarIntCoder(), VarIntCoder()]))
 _DEADLINE = TimerSpec("deadline", TimeDomain.REAL_TIME)
 _WINDOW_END = TimerSpec("window_end", TimeDomain.WATERMARK)
 _HELD_PARAM = beam.DoFn.StateParam(_HELD)
-_COUNT_PARAM = beam.DoFn.StateParam(_COUNT)
-_BYTES_PARAM = beam.DoFn.StateParam(_BYTES)
+_HELD_SIZE_PARAM = beam.DoFn.StateParam(_HELD_SIZE)
 _DEADLINE_PARAM = beam.DoFn.TimerParam(_DEADLINE)
 _WINDOW_END_PARAM = beam.DoFn.TimerParam(_WINDOW_END)
 
@@ -80,11 +80,10 @@ class _HoldFn(beam.DoFn):
         self._max_duration_s = max_duration_s
         self._sizes = Metrics.distribution(NAMESPACE, "stream_batch_size")
 
-    def _release(self, held: Any, count: Any, size: Any, window: Any) -> Iterable[object]:
+    def _release(self, held: Any, held_size: Any, window: Any) -> Iterable[object]:
         elements = list(held.read())
         held.clear()
-        count.clear()
-        size.clear()
+        held_size.clear()
         if elements:
             self._sizes.update(len(elements))
         end = window.max_timestamp()
@@ -93,37 +92,33 @@ class _HoldFn(beam.DoFn):
 
     def process(self, keyed: tuple[str, Any], window: Any = beam.DoFn.WindowParam,
                 held: Any = _HELD_PARAM,
-                count: Any = _COUNT_PARAM,
-                size: Any = _BYTES_PARAM,
+                held_size: Any = _HELD_SIZE_PARAM,
                 deadline: Any = _DEADLINE_PARAM,
                 window_end: Any = _WINDOW_END_PARAM) -> Iterable[object]:
         _, element = keyed
-        held_count = count.read() or 0
-        if held_count == 0:
+        records, size = held_size.read() or (0, 0)
+        if records == 0:
             deadline.set(Timestamp.now() + self._max_duration_s)
             window_end.set(window.max_timestamp())
         held.add(element)
-        held_count += 1
-        held_bytes = (size.read() or 0) + len(element.data)
-        count.write(held_count)
-        size.write(held_bytes)
-        if held_count >= self._max_records or held_bytes >= self._max_bytes:
+        records, size = records + 1, size + len(element.data)
+        if records >= self._max_records or size >= self._max_bytes:
             deadline.clear()
-            yield from self._release(held, count, size, window)
+            yield from self._release(held, held_size, window)
+        else:
+            held_size.write((records, size))
 
     @on_timer(_DEADLINE)
     def on_deadline(self, window: Any = beam.DoFn.WindowParam,
                     held: Any = _HELD_PARAM,
-                    count: Any = _COUNT_PARAM,
-                    size: Any = _BYTES_PARAM) -> Iterable[object]:
-        yield from self._release(held, count, size, window)
+                    held_size: Any = _HELD_SIZE_PARAM) -> Iterable[object]:
+        yield from self._release(held, held_size, window)
 
     @on_timer(_WINDOW_END)
     def on_window_end(self, window: Any = beam.DoFn.WindowParam,
                       held: Any = _HELD_PARAM,
-                      count: Any = _COUNT_PARAM,
-                      size: Any = _BYTES_PARAM) -> Iterable[object]:
-        yield from self._release(held, count, size, window)
+                      held_size: Any = _HELD_SIZE_PARAM) -> Iterable[object]:
+        yield from self._release(held, held_size, window)
 
 
 class HoldForBatches(beam.PTransform):
