@@ -188,7 +188,7 @@ def _read_pubsub(p: beam.Pipeline, options: PipelineOptions, stream: StreamingOp
                 max_wait_s=stream.max_batch_duration_seconds,
                 subscriber_factory=subscriber_factory)
         accepted = deliveries | "AcceptMessages" >> AcceptPubsubMessages(
-            message_format=stream.message_format)
+            message_format=stream.message_format, horizon_s=opts.dedupe_horizon_s)
     except TransformConfigError as exc:
         raise PipelineError(str(exc)) from None
     return (accepted[AcceptPubsubMessages.SEALED],

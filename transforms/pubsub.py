@@ -16,8 +16,9 @@ envelope's header; a message without it, or naming another partner, becomes a de
 (stage ``attribute``) with its sealed bytes. ``sealbeam feed`` publishes messages this way,
 with the envelope id in the attribute ``envelope_id`` (``ID_ATTRIBUTE``).
 
-Two sources give the same ``PubsubDelivery`` elements, timestamped with the publish time
-(their arrival; ``event_time.StampEventTime`` re-stamps them with the header's event time):
+Two sources give the same ``PubsubDelivery`` elements; ``AcceptPubsubMessages`` passes them
+on timestamped with the publish time (their arrival; ``event_time.StampEventTime`` then
+re-stamps them with the header's event time):
 
 - ``ReadPubsubWithIdLabel``: Beam's ``ReadFromPubSub`` with ``id_label=ID_ATTRIBUTE``, for
   runners that de-duplicate by it (Dataflow; the local runners refuse ``id_label``).
@@ -78,6 +79,7 @@ BASE64 = "base64"
 MESSAGE_FORMATS = (RAW, BASE64)
 DEFAULT_HORIZON_S = 3600.0
 _PULL_TIMEOUT_S = 2.0
+_CLOCK_STEP_S = 60.0       # Watch keeps the ack ids of the last minute of pull time, no more
 
 
 class PubsubDelivery(NamedTuple):
@@ -154,9 +156,11 @@ class _PullSubscription(PollFn):
 
     def __call__(self, subscription: str) -> PollResult[PubsubDelivery]:
         received = self._pull_round()
-        outputs = [TimestampedValue(_delivery(m), Timestamp.from_utc_datetime(
-            m.message.publish_time)) for m in received]
-        return PollResult.incomplete(outputs).with_watermark(Timestamp.now())
+        now = Timestamp.now()
+        # Stamped with the pull time, which only grows, so Watch can forget the keys of
+        # earlier rounds (timestamp_cursor); AcceptPubsubMessages re-stamps the publish time.
+        outputs = [TimestampedValue(_delivery(m), now) for m in received]
+        return PollResult.incomplete(outputs).with_watermark(now)
 
 
 class _AfterIdle(TerminationCondition):
@@ -226,15 +230,19 @@ class ReadPubsubUntilIdle(beam.PTransform):
             | "Pull" >> Watch(self._poll_fn, poll_interval=self._poll_interval_s,
                               termination=self._termination,
                               output_coder=FastPrimitivesCoder(),
-                              output_key_fn=_delivery_key)
+                              output_key_fn=_delivery_key, timestamp_cursor=True,
+                              allowed_lateness=_CLOCK_STEP_S)
             | "Delivery" >> beam.Map(lambda subscription_and_delivery:
                                      PubsubDelivery(*subscription_and_delivery[1]))
         )
 
 
-def _from_beam_message(message: Any) -> PubsubDelivery:
+def _from_beam_message(message: Any, timestamp: Timestamp) -> PubsubDelivery:
+    """A Beam ``PubsubMessage`` as a delivery; Beam stamps it with its publish time, which
+    stands in when the message does not carry one."""
     publish = message.publish_time
-    micros = Timestamp.from_utc_datetime(publish).micros if publish is not None else 0
+    micros = (Timestamp.from_utc_datetime(publish).micros if publish is not None
+              else timestamp.micros)
     return PubsubDelivery(message.message_id or "", bytes(message.data),
                           tuple(sorted((message.attributes or {}).items())), micros,
                           message.message_id or "")
@@ -255,7 +263,8 @@ class ReadPubsubWithIdLabel(beam.PTransform):
             pbegin
             | "ReadFromPubSub" >> beam.io.ReadFromPubSub(
                 subscription=self._subscription, with_attributes=True, id_label=ID_ATTRIBUTE)
-            | "Delivery" >> beam.Map(_from_beam_message)
+            | "Delivery" >> beam.Map(lambda message, timestamp=beam.DoFn.TimestampParam:
+                                     _from_beam_message(message, timestamp))
         )
 
 
@@ -266,7 +275,8 @@ _EXPIRY_PARAM = beam.DoFn.TimerParam(_EXPIRY)
 
 
 class _FirstDeliveryFn(beam.DoFn):
-    """Keyed by message id: passes the first delivery, counts and diverts the others."""
+    """Keyed by message id: passes the first delivery (timestamped with its publish time),
+    counts and diverts the others."""
 
     def __init__(self, horizon_s: float) -> None:
         self._horizon = Duration.of(horizon_s)
@@ -286,7 +296,7 @@ class _FirstDeliveryFn(beam.DoFn):
             return
         seen.write(b"1")
         expiry.set(min(timestamp + self._horizon, window.max_timestamp()))
-        yield TimestampedValue(delivery, timestamp)
+        yield TimestampedValue(delivery, Timestamp(micros=delivery.publish_micros))
 
     @on_timer(_EXPIRY)
     def expire(self, seen: Any = _SEEN_PARAM) -> None:

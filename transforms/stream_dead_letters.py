@@ -4,13 +4,14 @@ Usage::
 
     dead | WriteStreamDeadLetters("gs://features")        # paths of the files written
 
-Same files as ``dead_letters.WriteDeadLetters`` (lines, ``dead-letter/dl-<window>-<content
-id>.jsonl`` names from a digest of what a file holds, commit through a temporary name, the
-``dead_letters`` and ``dead_letter_rows`` metrics), but each bundle writes what it holds per
-window instead of grouping first. Why: in a stream, the confidential step releases a window's
-last batch when the window closes (``stream_batches.HoldForBatches``), so its dead letters are
-behind the watermark; when a stream is drained the watermark jumps to the end of time and a
-GroupByKey would drop them as expired, silently. Written per bundle, nothing waits for a
+Same files as ``dead_letters.WriteDeadLetters`` (lines, files bounded by lines and bytes,
+``dead-letter/dl-<window>-<content id>.jsonl`` names from a digest of what a file holds,
+commit through a temporary name, the ``dead_letters`` and ``dead_letter_rows`` metrics), but
+each bundle writes what it holds per window instead of grouping first. Why: in a stream, the
+confidential step releases a window's last batch when the window closes
+(``stream_batches.HoldForBatches``), so its dead letters are behind the watermark; when a
+stream is drained the watermark jumps to the end of time and a GroupByKey would drop them as
+expired, silently. Written per bundle, nothing waits for a
 window, so nothing is dropped; a retried bundle holds the same dead letters and rewrites the
 same name.
 
@@ -31,9 +32,9 @@ from enclave_workers.batch_processor import DeadLetter
 
 from .dead_letters import (
     DEAD_LETTER_DIR,
-    MAX_LINES_PER_FILE,
+    _file_chunks,
+    _sort_key,
     dead_letter_file_name,
-    dead_letter_to_json,
     dead_letters_content_id,
 )
 from .errors import TransformConfigError
@@ -41,10 +42,6 @@ from .metrics import DEAD_LETTER_ROWS, DEAD_LETTERS, NAMESPACE
 from .write import commit_file
 
 __all__ = ["WriteStreamDeadLetters"]
-
-
-def _order(dead_letter: DeadLetter) -> tuple[str, str, str]:
-    return (dead_letter.record_id, dead_letter.stage, dead_letter.reason)
 
 
 class _WritePerBundleFn(beam.DoFn):
@@ -65,14 +62,12 @@ class _WritePerBundleFn(beam.DoFn):
         held, self._held = self._held, {}
         directory = FileSystems.join(self._output_root, DEAD_LETTER_DIR)
         for window, letters in held.items():
-            ordered = sorted(letters, key=_order)
-            for start in range(0, len(ordered), MAX_LINES_PER_FILE):
-                chunk = ordered[start:start + MAX_LINES_PER_FILE]
-                name = dead_letter_file_name(window, dead_letters_content_id(chunk))
-                path = commit_file(directory, name, [dead_letter_to_json(d) for d in chunk],
+            for chunk in _file_chunks(sorted(letters, key=_sort_key)):
+                name = dead_letter_file_name(window, dead_letters_content_id(d for d, _ in chunk))
+                path = commit_file(directory, name, [line for _, line in chunk],
                                    "application/json")
-                self._dead_letters.inc(sum(d.records for d in chunk))
-                self._dead_letter_rows.inc(sum(d.rows for d in chunk))
+                self._dead_letters.inc(sum(d.records for d, _ in chunk))
+                self._dead_letter_rows.inc(sum(d.rows for d, _ in chunk))
                 yield WindowedValue(path, window.max_timestamp(), [window])
 
 
