@@ -44,7 +44,7 @@ from transforms import (
 from transforms import metrics as names
 from transforms.batching import BundleBatches
 from transforms.dead_letters import DEAD_LETTER_DIR
-from transforms.dedupe import GROUPED, STATEFUL, DeduplicateEnvelopes
+from transforms.dedupe import STATEFUL, DeduplicateEnvelopes
 from transforms.write import clean_temporary_files
 
 from .confidential_mode import confidential_step, remote_mode
@@ -145,13 +145,20 @@ def add_processing_steps(
     output_root = required(opts, "output_root")
     streaming = bool(opts.view_as(StandardOptions).streaming)
     parsed = sealed | "ParseHeaders" >> ParseSealed()
-    deduped = parsed[ParseSealed.SEALED] | "Deduplicate" >> DeduplicateEnvelopes(
-        horizon_s=opts.dedupe_horizon_s, strategy=STATEFUL if streaming else GROUPED)
-    # In-process, or remote on an attested pool: the same batcher and output names either way.
+    envelopes = parsed[ParseSealed.SEALED]
+    if streaming:
+        # Copies may arrive far apart: the stateful form, before batching per bundle.
+        deduped = envelopes | "Deduplicate" >> DeduplicateEnvelopes(
+            horizon_s=opts.dedupe_horizon_s, strategy=STATEFUL)
+        envelopes = deduped[DeduplicateEnvelopes.UNIQUE]
+    # Batch runs drop exact copies inside the data-key groups (copies share a group), which
+    # is DeduplicateEnvelopes' grouped form over the whole run without a shuffle of its own.
+    # In-process, or remote on an attested pool: the same batches and output names either way.
     confidential = confidential_step(
         opts, batcher=(BundleBatches(max_count=opts.max_batch_size,
-                                     max_bytes=opts.max_batch_bytes) if streaming else None))
-    processed = deduped[DeduplicateEnvelopes.UNIQUE] | "Confidential" >> confidential
+                                     max_bytes=opts.max_batch_bytes) if streaming else None),
+        drop_duplicates=not streaming)
+    processed = envelopes | "Confidential" >> confidential
     outputs = processed[ConfidentialProcess.SEALED]
     if after_confidential is not None:
         outputs = after_confidential(outputs)

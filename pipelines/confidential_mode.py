@@ -39,18 +39,19 @@ def remote_mode(opts: SealbeamOptions) -> bool:
     return bool(pool_endpoints(opts) or opts.pool_discovery)
 
 
-def confidential_step(opts: SealbeamOptions, *,
-                      batcher: beam.PTransform | None = None) -> beam.PTransform:
+def confidential_step(opts: SealbeamOptions, *, batcher: beam.PTransform | None = None,
+                      drop_duplicates: bool = False) -> beam.PTransform:
     """The confidential PTransform the options ask for (checked here, before anything runs).
 
     Both modes take ``SealedEnvelope`` elements, batch them alike (``BatchByDataKey`` from
     ``--max_batch_size``, ``--max_batch_bytes``, ``--key_shards``, ``--key_spread``, or
     ``batcher``) and name each output by its batch (``output_name_id``), so a retried or
-    re-run batch rewrites the same names in either mode.
+    re-run batch rewrites the same names in either mode. ``drop_duplicates`` drops exact
+    copies inside the data-key groups (a ``DUPLICATES`` output) in either mode.
     """
     batching = {"max_batch_size": opts.max_batch_size, "max_batch_bytes": opts.max_batch_bytes,
                 "key_shards": opts.key_shards, "key_spread": opts.key_spread,
-                "batcher": batcher}
+                "batcher": batcher, "drop_duplicates": drop_duplicates}
     try:
         if not remote_mode(opts):
             return ConfidentialProcess(

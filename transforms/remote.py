@@ -242,19 +242,23 @@ class ConfidentialProcessRemote(beam.PTransform):
 
     SEALED = "sealed"
     DEAD_LETTER = "dead_letter"
+    DUPLICATES = "duplicates"
 
     def __init__(self, *, trust: PoolTrust, spec: FeatureSpec,
                  endpoints: Sequence[str] | None = None, discovery: str | None = None,
                  output_format: str = SEALED_ARROW, max_batch_size: int = 2000,
                  max_batch_bytes: int = DEFAULT_MAX_BATCH_BYTES,
                  key_shards: int = DEFAULT_SHARDS, key_spread: int = 1,
-                 batcher: beam.PTransform | None = None, timeout_s: float = 120.0) -> None:
+                 batcher: beam.PTransform | None = None, drop_duplicates: bool = False,
+                 timeout_s: float = 120.0) -> None:
         super().__init__()
         if not endpoints and not discovery:
             raise TransformConfigError("remote mode needs pool endpoints or a discovery file")
         if max_batch_size < 1 or max_batch_bytes < 1:
             raise TransformConfigError("batch sizes must be at least 1 (max_batch_size, "
                                        "max_batch_bytes)")
+        if drop_duplicates and batcher is not None:
+            raise TransformConfigError("drop_duplicates works with the default batching only")
         if output_format not in OUTPUT_FORMATS:
             raise TransformConfigError(f"output format must be one of "
                                        f"{', '.join(OUTPUT_FORMATS)}, not {output_format!r}")
@@ -266,19 +270,21 @@ class ConfidentialProcessRemote(beam.PTransform):
         self.compiled = compiled
         self._fn = _RemoteProcessFn(list(endpoints or []), discovery, trust,
                                     compiled.fingerprint, output_format, timeout_s)
+        self._drop_duplicates = drop_duplicates
         self._batcher = batcher or BatchByDataKey(
             max_count=max_batch_size, max_bytes=max_batch_bytes, shards=key_shards,
-            spread=key_spread)
+            spread=key_spread, drop_duplicates=drop_duplicates)
 
     def expand(self, pcoll: beam.PCollection) -> dict[str, beam.PCollection]:
         keyed = pcoll | "HeaderFacts" >> beam.ParDo(_AsSealedEnvelopeFn()).with_outputs(
             self.DEAD_LETTER, main=self.SEALED)
-        processed = (
-            keyed[self.SEALED]
-            | "Batch" >> self._batcher
-            | "SendToPool" >> beam.ParDo(self._fn).with_outputs(
-                self.DEAD_LETTER, main=self.SEALED)
-        )
+        batched = keyed[self.SEALED] | "Batch" >> self._batcher
+        batches = batched[BatchByDataKey.BATCHES] if self._drop_duplicates else batched
+        processed = batches | "SendToPool" >> beam.ParDo(self._fn).with_outputs(
+            self.DEAD_LETTER, main=self.SEALED)
         dead = ((keyed[self.DEAD_LETTER], processed[self.DEAD_LETTER])
                 | "DeadLetters" >> beam.Flatten())
-        return {self.SEALED: processed[self.SEALED], self.DEAD_LETTER: dead}
+        outputs = {self.SEALED: processed[self.SEALED], self.DEAD_LETTER: dead}
+        if self._drop_duplicates:   # exact copies dropped in the data-key groups, as in-process
+            outputs[self.DUPLICATES] = batched[BatchByDataKey.DUPLICATES]
+        return outputs
