@@ -195,6 +195,28 @@ def _read_pubsub(p: beam.Pipeline, options: PipelineOptions, stream: StreamingOp
             [accepted[AcceptPubsubMessages.DEAD_LETTER]])
 
 
+def check_subscription(subscription: str) -> None:
+    """Fail with a ``PipelineError`` before the run when the local Pub/Sub source cannot read
+    ``subscription``: the client library is missing, or the subscription does not exist
+    (where ``PUBSUB_EMULATOR_HOST`` points, or on Pub/Sub)."""
+    try:
+        from google.api_core import exceptions
+        from google.cloud import pubsub_v1
+    except ImportError:
+        raise PipelineError("--source pubsub needs the pubsub extra: "
+                            "pip install 'sealbeam[pubsub]'") from None
+    client = pubsub_v1.SubscriberClient()
+    try:
+        client.get_subscription(request={"subscription": subscription}, timeout=30)
+    except exceptions.NotFound:
+        raise PipelineError(f"Pub/Sub subscription {subscription} does not exist") from None
+    except exceptions.GoogleAPIError as exc:
+        raise PipelineError(f"cannot read Pub/Sub subscription {subscription}: "
+                            f"{type(exc).__name__}") from None
+    finally:
+        client.close()
+
+
 def _read_feed(p: beam.Pipeline, options: PipelineOptions, source: beam.PTransform | None,
                subscriber_factory: Callable[[], Any] | None
                ) -> tuple[beam.PCollection, list[beam.PCollection]]:
@@ -305,6 +327,10 @@ def run_streaming(options: PipelineOptions, *, source: beam.PTransform | None = 
         _LOG.warning("the bundle-based DirectRunner (Beam 2.77) loses the metrics of a step's "
                      "later bundles on a worker thread: this run's counts can be too low and "
                      "need not reconcile; its outputs and dead letters are complete")
+    stream = options.view_as(StreamingOptions)
+    if (source is None and stream.source == PUBSUB and stream.subscription
+            and subscriber_factory is None and not runner_supports_id_label(options)):
+        check_subscription(stream.subscription)
     started = time.monotonic()
     pipeline = beam.Pipeline(runner=runner, options=options)
     built = build_streaming_pipeline(pipeline, options, source=source,

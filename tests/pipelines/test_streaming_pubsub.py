@@ -251,3 +251,14 @@ def test_an_idle_subscription_ends_the_run_after_until_idle_s(broker: BrokerEnv,
     assert 2 <= elapsed < 30
     assert summary.records_in == summary.records_out == summary.duplicates == 0
     assert summary.reconciled
+
+
+def test_a_missing_subscription_is_a_user_error(broker: BrokerEnv, emulator_env: PubsubEmulator,
+                                                tmp_path: Path,
+                                                capsys: pytest.CaptureFixture[str]) -> None:
+    missing = emulator_env.subscription("never-created")
+    code = cli.main(["run", "streaming", *_flags(broker, tmp_path / "out", missing, tmp_path),
+                     "--until-idle-s=2"])
+    assert code == cli.USAGE_EXIT
+    assert capsys.readouterr().err.strip() == (
+        f"sealbeam: error: Pub/Sub subscription {missing} does not exist")
