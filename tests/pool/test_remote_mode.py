@@ -4,6 +4,7 @@ pipeline; the same rows as the in-process run; a worker killed mid-run loses not
 from __future__ import annotations
 
 import json
+import shutil
 import threading
 import time
 from pathlib import Path
@@ -140,3 +141,25 @@ def test_a_remote_rerun_over_the_in_process_outputs_rewrites_the_same_files(
     assert rerun.reconciled and _counts(rerun) == _counts(in_process)
     assert _names(work / "in-process") == before          # nothing added beside them
     assert len(_rows(broker, work / "in-process")) == in_process.rows_out
+
+
+def test_remote_mode_drops_exact_copies_as_in_process(broker: BrokerEnv, inputs,
+                                                      pool_pair: list[PoolProcess],
+                                                      tmp_path: Path) -> None:
+    work, _, in_process = inputs
+    copies = tmp_path / "with-copies"
+    copies.mkdir()
+    sealed = sorted((work / "sealed").glob("*.sealed"))
+    for path in sealed:
+        shutil.copy(path, copies / path.name)
+    shutil.copy(sealed[0], copies / "replayed.sealed")          # a partner resends a file
+    replayed = sum(1 for line in sealed[0].read_bytes().splitlines() if line.strip())
+    options = _options(broker, work, "copies", input=str(copies / "*.sealed"),
+                       pool_endpoints=",".join(w.url for w in pool_pair),
+                       pool_policy=str(broker.settings.policy_path))
+    remote = run_batch(options)
+    assert remote.reconciled and remote.duplicates == replayed
+    assert remote.records_in == in_process.records_in + replayed
+    assert remote.records_out == in_process.records_out
+    assert _names(work / "copies") == _names(work / "in-process")   # each batch once
+    assert _rows(broker, work / "copies") == _rows(broker, work / "in-process")
