@@ -18,6 +18,8 @@ deterministically by ``BatchByDataKey`` (or the ``batcher`` given), and each
 output's ``output_id`` is ``output_name_id(batch_id, output)``, as in-process: a batch that is
 retried (on the same or another endpoint) or rerun is written under the same names, never a
 second time, and both modes produce the same outputs under the same names for the same input.
+With ``drop_duplicates=True`` exact copies are dropped inside the data-key groups (output
+``DUPLICATES``, counted in ``duplicates``), as ``ConfidentialProcess`` does for batch runs.
 Routing is by data key: the batch's most frequent data-key id picks the endpoint by
 rendezvous hashing (``endpoint_order``), so each DEK stays cached on few pool workers and a
 lost worker moves only its own keys. A failure (connection, timeout, 5xx, a cut or forged
