@@ -47,18 +47,15 @@ from transforms.dead_letters import DEAD_LETTER_DIR
 from transforms.dedupe import STATEFUL, DeduplicateEnvelopes
 from transforms.write import clean_temporary_files
 
+from .confidential_mode import confidential_step, remote_mode
 from .custody_run import write_run_statement
 from .errors import ReconciliationError
 from .ledger_head import fetch_ledger_head
 from .options import (
     SealbeamOptions,
     allowed_regions,
-    broker_trust,
-    feature_spec,
     output_format,
     required,
-    session_limits,
-    tee_settings,
 )
 
 _LOG = logging.getLogger(__name__)
@@ -147,7 +144,6 @@ def add_processing_steps(
     streaming run, which must not wait for windows to close), a checkpoint, routing,
     region-pinned writes and the dead-letter sink."""
     output_root = required(opts, "output_root")
-    broker_url = required(opts, "broker_url")
     streaming = bool(opts.view_as(StandardOptions).streaming)
     parsed = sealed | "ParseHeaders" >> ParseSealed()
     envelopes = parsed[ParseSealed.SEALED]
@@ -158,16 +154,11 @@ def add_processing_steps(
         envelopes = deduped[DeduplicateEnvelopes.UNIQUE]
     # Batch runs drop exact copies inside the data-key groups (copies share a group), which
     # is DeduplicateEnvelopes' grouped form over the whole run without a shuffle of its own.
-    confidential = ConfidentialProcess(
-        broker_url, tee_settings(opts), feature_spec(opts), output_format=output_format(opts),
-        limits=session_limits(opts), max_batch_size=opts.max_batch_size,
-        max_batch_bytes=opts.max_batch_bytes, key_shards=opts.key_shards,
-        key_spread=opts.key_spread, broker_retries=opts.broker_retries,
-        batcher=(BundleBatches(max_count=opts.max_batch_size, max_bytes=opts.max_batch_bytes)
-                 if streaming else None),
-        broker_trust=broker_trust(opts),
-        drop_duplicates=not streaming,
-    )
+    # In-process, or remote on an attested pool: the same batches and output names either way.
+    confidential = confidential_step(
+        opts, batcher=(BundleBatches(max_count=opts.max_batch_size,
+                                     max_bytes=opts.max_batch_bytes) if streaming else None),
+        drop_duplicates=not streaming)
     processed = envelopes | "Confidential" >> confidential
     outputs = processed[ConfidentialProcess.SEALED]
     if after_confidential is not None:
@@ -242,7 +233,9 @@ def summarize_run(result: beam.runners.runner.PipelineResult, opts: SealbeamOpti
         output_format=output_format(opts),
         seconds=round(time.monotonic() - started, 3),
         duplicates=totals.get(names.DUPLICATES, 0),
-        ledger_head=fetch_ledger_head(opts),
+        # Remote mode may run without --broker_url (the pool talks to the broker): no head then.
+        ledger_head=(fetch_ledger_head(opts) if opts.broker_url or not remote_mode(opts)
+                     else None),
     )
     if not opts.view_as(StandardOptions).streaming:
         # The run's custody index beside its outputs (docs/FORMAT.md, custody statements).

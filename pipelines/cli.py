@@ -26,7 +26,7 @@ from . import cli_env, progress
 
 # Fixed order, as ``sealbeam --help`` lists them.
 COMMAND_MODULES = ("keys", "broker", "audit", "attest", "features", "seal", "open", "unseal",
-                   "run", "feed", "demo", "completion", "custody")
+                   "run", "feed", "demo", "completion", "custody", "worker")
 
 USAGE_EXIT = 2
 _log = logging.getLogger("sealbeam.cli")

@@ -93,6 +93,23 @@ class SealbeamOptions(PipelineOptions):
         parser.add_argument("--output_key_max_envelopes", type=int, default=1024,
                             help="output envelopes sealed under one output key (parquet-pme "
                                  "uses a fresh key per master key)")
+        # Remote mode (pipelines/confidential_mode.py): the confidential step on an attested pool.
+        parser.add_argument("--pool_endpoints", default=None,
+                            help="comma-separated pool worker URLs (sealbeam worker serve): run "
+                                 "the confidential step there, not in the Beam worker")
+        parser.add_argument("--pool_discovery", default=None,
+                            help="file listing pool worker URLs (JSON {\"endpoints\": [...]} "
+                                 "or one per line; any Beam filesystem path)")
+        parser.add_argument("--pool_policy", default=None,
+                            help="release policy (YAML) a pool worker's evidence must satisfy "
+                                 "before it is sent data (the broker's policy.yaml)")
+        parser.add_argument("--pool_confidential_space_audience", default=None,
+                            help="token audience a Confidential Space pool worker must show")
+        parser.add_argument("--pool_dev_tdx_root", default=None,
+                            help="dev TDX root (root.pem) trusted for simulated TDX pools when "
+                                 "the pool policy allows simulation")
+        parser.add_argument("--pool_timeout_s", type=float, default=120.0,
+                            help="seconds to wait for one pool request")
 
 
 def required(options: SealbeamOptions, name: str) -> str:

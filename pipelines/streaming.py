@@ -16,7 +16,8 @@ for new files (``--source files``, ``file_drop.WatchFileDrop``), a Pub/Sub subsc
 3. fixed windows of ``--window_seconds`` over event time, and ``HoldForBatches``: per window
    and (region, producer), records are held until ``--max_batch_size`` records,
    ``--max_batch_bytes`` or ``--max_batch_duration_seconds``, or the window's close;
-4. ``ConfidentialProcess`` (with ``HoldForBatches`` as its batcher), ``RouteByRegion``,
+4. ``ConfidentialProcess`` (with ``HoldForBatches`` as its batcher; in remote mode
+   ``ConfidentialProcessRemote`` on an attested pool, ``confidential_mode``), ``RouteByRegion``,
    ``WriteRegionPinned``, and dead letters per window (``WriteStreamDeadLetters``: per bundle,
    no GroupByKey, so the dead letters of a batch released as its window closes are never
    dropped as expired).
@@ -72,17 +73,10 @@ from transforms.stream_dead_letters import WriteStreamDeadLetters
 from transforms.write import WriteRegionPinned
 
 from .batch import BatchPipelineOutputs, RunSummary, _counter_totals, summarize_run
+from .confidential_mode import confidential_step
 from .errors import PipelineError
 from .file_drop import WatchFileDrop
-from .options import (
-    SealbeamOptions,
-    allowed_regions,
-    feature_spec,
-    output_format,
-    required,
-    session_limits,
-    tee_settings,
-)
+from .options import SealbeamOptions, allowed_regions, required
 
 __all__ = ["MESSAGE_FORMATS", "SOURCES", "StreamingOptions", "StreamingRunSummary",
            "build_streaming_pipeline", "default_streaming_runner", "run_streaming"]
@@ -261,16 +255,13 @@ def build_streaming_pipeline(p: beam.Pipeline, options: PipelineOptions, *,
                             f"{stream.allowed_lateness_seconds}")
     lateness_s = float(stream.allowed_lateness_seconds)
     output_root = required(opts, "output_root")
-    broker_url = required(opts, "broker_url")
     try:
         hold = HoldForBatches(max_records=opts.max_batch_size,
                               max_bytes=opts.max_batch_bytes,
                               max_duration_s=stream.max_batch_duration_seconds)
-        confidential = ConfidentialProcess(
-            broker_url, tee_settings(opts), feature_spec(opts),
-            output_format=output_format(opts), limits=session_limits(opts),
-            max_batch_size=opts.max_batch_size, max_batch_bytes=opts.max_batch_bytes,
-            broker_retries=opts.broker_retries, batcher=hold)
+        # In-process (pinned to the broker identity), or remote on an attested pool; both
+        # batch with ``hold`` and name outputs by their batch.
+        confidential = confidential_step(opts, batcher=hold)
         dedupe = DeduplicateEnvelopes(horizon_s=opts.dedupe_horizon_s)
     except TransformConfigError as exc:
         raise PipelineError(str(exc)) from None

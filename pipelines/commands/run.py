@@ -16,14 +16,16 @@ from contextlib import contextmanager
 
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 
+from pipelines import dataflow
 from pipelines.batch import RunSummary, run_batch
+from pipelines.confidential_mode import remote_mode
 from pipelines.options import SealbeamOptions, required, tee_settings
 from pipelines.preflight import check_broker, check_tee, is_local_runner
 from pipelines.progress import with_heartbeat
 from pipelines.streaming import StreamingOptions, run_streaming
 
 _NOT_BEAM_FLAGS = frozenset({"command", "run_command", "func", "beam_args", "log_level",
-                             "log_format", "progress"})
+                             "log_format", "progress"}) | dataflow.LAUNCH_DESTS
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -38,6 +40,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "counts (with rows_suppressed). Further Beam flags (e.g. --runner) may "
                     "follow a '--'.")
     SealbeamOptions._add_argparse_args(batch)
+    dataflow.add_launch_arguments(batch)
     batch.add_argument("beam_args", nargs=argparse.REMAINDER,
                        help="further Beam pipeline flags, after '--'")
     batch.set_defaults(func=run_batch_command)
@@ -54,6 +57,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "Beam flags may follow a '--'.")
     SealbeamOptions._add_argparse_args(streaming)
     StreamingOptions._add_argparse_args(streaming)
+    dataflow.add_launch_arguments(streaming)
     streaming.add_argument("beam_args", nargs=argparse.REMAINDER,
                            help="further Beam pipeline flags, after '--'")
     streaming.set_defaults(func=run_streaming_command)
@@ -62,8 +66,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def pipeline_flags(args: argparse.Namespace) -> list[str]:
     flags = [f"--{name}={value}" for name, value in sorted(vars(args).items())
              if name not in _NOT_BEAM_FLAGS and value is not None]
+    if getattr(args, "runner", None) and not dataflow.is_dataflow(args):
+        flags.append(f"--runner={args.runner}")
     extra = [a for a in (args.beam_args or []) if a != "--"]
     return flags + extra
+
+
+def _launch_on_dataflow(args: argparse.Namespace, kind: str) -> int:
+    summary = dataflow.launch(pipeline_flags(args), dataflow.launch_settings(args), kind)
+    print(json.dumps(summary, sort_keys=True))
+    return 0
 
 
 def _report(summary: RunSummary) -> int:
@@ -74,6 +86,8 @@ def _report(summary: RunSummary) -> int:
 def preflight(options: PipelineOptions) -> None:
     """The broker answers and (local runs) the TEE exists, before anything is built."""
     opts = options.view_as(SealbeamOptions)
+    if remote_mode(opts):
+        return  # the attested pool holds the TEE and talks to the broker (checked by its client)
     check_tee(tee_settings(opts), local=is_local_runner(options.view_as(StandardOptions).runner))
     check_broker(required(opts, "broker_url"))
 
@@ -105,6 +119,8 @@ def _one_line_beam_failures() -> Iterator[None]:
 
 
 def run_batch_command(args: argparse.Namespace) -> int:
+    if dataflow.is_dataflow(args):
+        return _launch_on_dataflow(args, "batch")
     options = PipelineOptions(flags=pipeline_flags(args))
     preflight(options)
     with _one_line_beam_failures():
@@ -112,6 +128,8 @@ def run_batch_command(args: argparse.Namespace) -> int:
 
 
 def run_streaming_command(args: argparse.Namespace) -> int:
+    if dataflow.is_dataflow(args):
+        return _launch_on_dataflow(args, "streaming")
     options = PipelineOptions(flags=pipeline_flags(args))
     preflight(options)
     with _one_line_beam_failures():

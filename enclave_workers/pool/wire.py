@@ -1,0 +1,252 @@
+"""Frames of a pool request and response (length-prefixed, each sealed by ``channel``).
+
+A request body is ``MAGIC || u32 len || sealed request secret`` followed by frames; a
+response body is frames only. A frame on the wire is ``u32 BE len || AES-GCM(frame)``, and a
+frame is ``u8 kind || body``:
+
+request:  HEADER (JSON: spec_fingerprint, output_format, envelopes), ENVELOPE (the sealed
+          envelope's bytes) x n, END (JSON: envelopes)
+response: OUTPUT / DEAD_LETTER (``u32 len || JSON meta || sealed bytes``) x n,
+          END (JSON: outputs, dead_letters)
+
+Both sides count: an END whose counts differ from the frames seen, a missing END, or a frame
+after END is a ``WireError``, so a cut or spliced stream is never taken for a whole one. The
+reader pulls one frame at a time from a ``read(n)`` callable: a request is never held as one
+body, only as its envelopes.
+
+What it does not: no sockets, no HTTP, no retries; it never sees plaintext rows (what travels
+is sealed envelopes, sealed outputs and sealed dead letters).
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from enclave_workers.batch_processor import DeadLetter, SealedOutput
+
+from .channel import ChannelError, ChannelKeys, FrameCipher, RequestKeys
+
+__all__ = [
+    "MAGIC",
+    "MAX_ENVELOPES",
+    "MAX_FRAME_BYTES",
+    "PoolRequest",
+    "PoolResponse",
+    "WireError",
+    "encode_request",
+    "encode_response",
+    "read_request",
+    "read_response",
+]
+
+MAGIC = b"SBPOOL1\n"
+MAX_FRAME_BYTES = (64 << 20) + 4096
+MAX_JSON_BYTES = 64 << 10
+MAX_SEALED_SECRET = 4096
+MAX_ENVELOPES = 100_000
+
+KIND_HEADER, KIND_ENVELOPE, KIND_END = 0x01, 0x02, 0x03
+KIND_OUTPUT, KIND_DEAD_LETTER, KIND_RESPONSE_END = 0x11, 0x12, 0x13
+
+_U32 = struct.Struct(">I")
+Reader = Callable[[int], bytes]
+
+
+class WireError(Exception):
+    """A request or response that is not well formed (cut, spliced, over a bound)."""
+
+
+@dataclass(frozen=True)
+class PoolRequest:
+    keys: RequestKeys
+    spec_fingerprint: str
+    output_format: str
+    envelopes: list[bytes]
+
+
+@dataclass(frozen=True)
+class PoolResponse:
+    outputs: list[SealedOutput]
+    dead_letters: list[DeadLetter]
+
+
+# -- framing ----------------------------------------------------------------------------
+def _frame(cipher: FrameCipher, index: int, kind: int, body: bytes) -> bytes:
+    sealed = cipher.seal(index, bytes([kind]) + body)
+    return _U32.pack(len(sealed)) + sealed
+
+
+def _read_exact(read: Reader, count: int) -> bytes:
+    chunks, remaining = [], count
+    while remaining:
+        chunk = read(remaining)
+        if not chunk:
+            raise WireError(f"stream ended {remaining} bytes early")
+        chunks.append(chunk)
+        remaining -= len(chunk)
+    return b"".join(chunks)
+
+
+def _read_length(read: Reader, maximum: int, what: str) -> int:
+    (length,) = _U32.unpack(_read_exact(read, 4))
+    if not 1 <= length <= maximum:
+        raise WireError(f"{what} length {length} is outside 1..{maximum}")
+    return length
+
+
+def _read_frame(read: Reader, cipher: FrameCipher, index: int) -> tuple[int, bytes]:
+    sealed = _read_exact(read, _read_length(read, MAX_FRAME_BYTES, "frame"))
+    plain = cipher.open(index, sealed)
+    if not plain:
+        raise WireError("empty frame")
+    return plain[0], plain[1:]
+
+
+def _json(body: bytes, what: str) -> dict[str, Any]:
+    if len(body) > MAX_JSON_BYTES:
+        raise WireError(f"{what} is over {MAX_JSON_BYTES} bytes")
+    try:
+        document = json.loads(body)
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        raise WireError(f"{what} is not JSON") from None
+    if not isinstance(document, dict):
+        raise WireError(f"{what} is not a JSON object")
+    return document
+
+
+def _dump(document: Mapping[str, Any]) -> bytes:
+    return json.dumps(document, sort_keys=True, separators=(",", ":")).encode()
+
+
+def _meta_and_bytes(meta: Mapping[str, Any], payload: bytes) -> bytes:
+    encoded = _dump(meta)
+    return _U32.pack(len(encoded)) + encoded + payload
+
+
+def _split_meta(body: bytes, what: str) -> tuple[dict[str, Any], bytes]:
+    if len(body) < 4:
+        raise WireError(f"{what} frame is too short")
+    (length,) = _U32.unpack(body[:4])
+    if length > min(MAX_JSON_BYTES, len(body) - 4):
+        raise WireError(f"{what} metadata length {length} is out of bounds")
+    return _json(body[4:4 + length], f"{what} metadata"), body[4 + length:]
+
+
+# -- request ----------------------------------------------------------------------------
+def encode_request(sealed_secret: bytes, keys: RequestKeys, *, spec_fingerprint: str,
+                   output_format: str, envelopes: Sequence[bytes]) -> tuple[int, Iterator[bytes]]:
+    """The request body's length and its chunks (sealed one frame at a time, lazily)."""
+    if not 1 <= len(envelopes) <= MAX_ENVELOPES:
+        raise WireError(f"a request holds 1..{MAX_ENVELOPES} envelopes, not {len(envelopes)}")
+    header = _dump({"spec_fingerprint": spec_fingerprint, "output_format": output_format,
+                    "envelopes": len(envelopes)})
+    end = _dump({"envelopes": len(envelopes)})
+    bodies = [len(header), *(len(e) for e in envelopes), len(end)]
+    length = (len(MAGIC) + 4 + len(sealed_secret)
+              + sum(4 + FrameCipher.sealed_length(1 + n) for n in bodies))
+
+    def chunks() -> Iterator[bytes]:
+        cipher = keys.request
+        yield MAGIC + _U32.pack(len(sealed_secret)) + sealed_secret
+        yield _frame(cipher, 0, KIND_HEADER, header)
+        for index, envelope in enumerate(envelopes, start=1):
+            yield _frame(cipher, index, KIND_ENVELOPE, bytes(envelope))
+        yield _frame(cipher, len(envelopes) + 1, KIND_END, end)
+
+    return length, chunks()
+
+
+def read_request(read: Reader, channel: ChannelKeys) -> PoolRequest:
+    """Server side: open and check a request, one frame at a time."""
+    if _read_exact(read, len(MAGIC)) != MAGIC:
+        raise WireError("not a sealbeam pool request")
+    sealed_secret = _read_exact(read, _read_length(read, MAX_SEALED_SECRET, "request secret"))
+    keys = channel.open_request(sealed_secret)
+    kind, body = _read_frame(read, keys.request, 0)
+    if kind != KIND_HEADER:
+        raise WireError("the first frame is not a request header")
+    header = _json(body, "request header")
+    count = header.get("envelopes")
+    if not isinstance(count, int) or not 1 <= count <= MAX_ENVELOPES:
+        raise WireError(f"request header names {count!r} envelopes, not 1..{MAX_ENVELOPES}")
+    envelopes = []
+    for index in range(1, count + 1):
+        kind, body = _read_frame(read, keys.request, index)
+        if kind != KIND_ENVELOPE:
+            raise WireError(f"frame {index} is not an envelope")
+        envelopes.append(body)
+    kind, body = _read_frame(read, keys.request, count + 1)
+    if kind != KIND_END or _json(body, "request end").get("envelopes") != count:
+        raise WireError("the request does not end where its header says")
+    return PoolRequest(keys, str(header.get("spec_fingerprint", "")),
+                       str(header.get("output_format", "")), envelopes)
+
+
+# -- response ---------------------------------------------------------------------------
+def encode_response(keys: RequestKeys, outputs: Sequence[SealedOutput],
+                    dead_letters: Sequence[DeadLetter]) -> Iterator[bytes]:
+    """Server side: the response frames, sealed one at a time."""
+    cipher, index = keys.response, 0
+    for output in outputs:
+        meta = {"region": output.region, "producer_id": output.producer_id,
+                "row_count": output.row_count, "source_count": output.source_count,
+                "output_id": output.output_id.hex(), "output_format": output.output_format,
+                "rows_suppressed": output.rows_suppressed}
+        yield _frame(cipher, index, KIND_OUTPUT, _meta_and_bytes(meta, output.payload))
+        index += 1
+    for dead in dead_letters:
+        meta = {"record_id": dead.record_id, "reason": dead.reason, "stage": dead.stage,
+                "records": dead.records, "rows": dead.rows}
+        yield _frame(cipher, index, KIND_DEAD_LETTER, _meta_and_bytes(meta, dead.sealed))
+        index += 1
+    yield _frame(cipher, index, KIND_RESPONSE_END,
+                 _dump({"outputs": len(outputs), "dead_letters": len(dead_letters)}))
+
+
+def _output(meta: dict[str, Any], payload: bytes) -> SealedOutput:
+    try:
+        return SealedOutput(str(meta["region"]), str(meta["producer_id"]), payload,
+                            int(meta["row_count"]), int(meta["source_count"]),
+                            bytes.fromhex(str(meta["output_id"])), str(meta["output_format"]),
+                            int(meta["rows_suppressed"]))
+    except (KeyError, TypeError, ValueError) as exc:
+        raise WireError(f"output metadata is malformed: {type(exc).__name__}") from None
+
+
+def _dead_letter(meta: dict[str, Any], sealed: bytes) -> DeadLetter:
+    try:
+        return DeadLetter(str(meta["record_id"]), str(meta["reason"]), str(meta["stage"]),
+                          sealed, int(meta["records"]), int(meta["rows"]))
+    except (KeyError, TypeError, ValueError) as exc:
+        raise WireError(f"dead-letter metadata is malformed: {type(exc).__name__}") from None
+
+
+def read_response(read: Reader, keys: RequestKeys) -> PoolResponse:
+    """Client side: every frame authenticated, the END counts checked, nothing after END."""
+    outputs: list[SealedOutput] = []
+    dead_letters: list[DeadLetter] = []
+    index = 0
+    while True:
+        try:
+            kind, body = _read_frame(read, keys.response, index)
+        except ChannelError:
+            raise WireError("a response frame failed authentication") from None
+        index += 1
+        if kind == KIND_OUTPUT:
+            outputs.append(_output(*_split_meta(body, "output")))
+        elif kind == KIND_DEAD_LETTER:
+            dead_letters.append(_dead_letter(*_split_meta(body, "dead letter")))
+        elif kind == KIND_RESPONSE_END:
+            end = _json(body, "response end")
+            if end.get("outputs") != len(outputs) or end.get("dead_letters") != len(
+                    dead_letters):
+                raise WireError("the response's END does not count the frames it followed")
+            if read(1):
+                raise WireError("bytes after the response's END")
+            return PoolResponse(outputs, dead_letters)
+        else:
+            raise WireError(f"unknown response frame kind {kind}")

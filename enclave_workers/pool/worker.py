@@ -1,0 +1,190 @@
+"""One pool worker: its key session with the broker, its feature spec and its channel key.
+
+What it does: ``PoolWorker`` attests to the broker itself when it starts (``start``; a
+refusal stops it: fail closed), answers a client's attestation request with fresh evidence
+whose report_data binds the client's nonce and the worker's channel key
+(``channel.channel_binding``), and processes an opened request with the same
+``BatchProcessor`` the in-process confidential step uses, so both modes compute the same
+outputs. ``build_pool_worker`` assembles one from settings: a ``BrokerClient`` pinned to the
+broker's identity key (``broker_pin``: a grant the broker did not sign is refused) whose
+``generate`` names the spec's fingerprint (recorded in the broker's ledger), the TEE's
+evidence provider, the compiled spec. The worker runs only the spec it was started with: a
+request for another fingerprint or output format is refused, not processed.
+
+What it does not: no HTTP (``server``), no plaintext out: results are sealed outputs and
+sealed dead letters only.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from enclave_workers.batch_processor import (
+    OUTPUT_FORMATS,
+    PARQUET_PME,
+    BatchProcessor,
+    BatchResult,
+)
+from enclave_workers.evidence.base import EvidenceProvider
+from enclave_workers.features import FeatureSpec, compile_spec
+from enclave_workers.key_session import KeySession
+from envelope import WrappedKey
+from keybroker.client import BrokerClient
+
+from .broker_pin import pinned_broker_client
+from .channel import ChannelKeys, channel_binding
+from .tee import make_provider
+from .wire import PoolRequest
+
+__all__ = ["PoolMismatchError", "PoolRequestError", "PoolSettings", "PoolWorker",
+           "build_pool_worker"]
+
+MIN_CLIENT_NONCE = 16
+MAX_CLIENT_NONCE = 64
+
+
+class PoolMismatchError(Exception):
+    """A request for a spec or output format this worker was not started with."""
+
+
+class PoolRequestError(ValueError):
+    """A client request this worker cannot take as it is (e.g. a nonce of the wrong size)."""
+
+
+@dataclass(frozen=True)
+class PoolSettings:
+    """What a pool worker is started with (``sealbeam worker serve`` flags)."""
+
+    broker_url: str
+    tee: str
+    dev_tee_dir: str | None
+    spec: FeatureSpec
+    output_format: str
+    key_ttl_s: float = 300.0
+    max_uses_per_key: int = 100_000
+    max_cached_keys: int = 1024
+    output_key_max_envelopes: int = 1024
+    audience: str | None = None            # Confidential Space: the token audience
+    launcher_socket: str | None = None     # Confidential Space: the launcher's socket
+    broker_identity: str | None = None     # the broker's public identity key (PEM) to pin
+    broker_ca_bundle: str | None = None    # CA bundle (PEM) of an https:// broker
+    broker_pinned_cert: str | None = None  # or the broker's own TLS certificate (PEM)
+
+
+class _SpecBoundBroker:
+    """The broker client with every ``generate`` naming the spec (for the audit ledger)."""
+
+    def __init__(self, client: BrokerClient, spec_fingerprint: str) -> None:
+        self._client = client
+        self._fingerprint = spec_fingerprint
+
+    def challenge(self) -> bytes:
+        return self._client.challenge()
+
+    def attest(self, *args: Any, **kwargs: Any) -> Any:
+        return self._client.attest(*args, **kwargs)
+
+    def release(self, session: Any, wrapped_key: WrappedKey, region: str,
+                producer_id: str) -> bytes:
+        return self._client.release(session, wrapped_key, region, producer_id)
+
+    def generate(self, session: Any, region: str, producer_id: str) -> tuple[bytes, WrappedKey]:
+        return self._client.generate(session, region, producer_id,
+                                     spec_fingerprint=self._fingerprint)
+
+    def release_named(self, session: Any, name: str) -> bytes:
+        return self._client.release_named(session, name)
+
+    def close(self) -> None:
+        self._client.close()
+
+
+class PoolWorker:
+    """Attested key session + compiled spec + channel key; thread-safe."""
+
+    def __init__(self, session: KeySession, provider: EvidenceProvider,
+                 processor: BatchProcessor, output_format: str,
+                 channel: ChannelKeys | None = None) -> None:
+        self._session = session
+        self._provider = provider
+        self._processor = processor
+        self._output_format = output_format
+        self._channel = channel or ChannelKeys()
+        self._evidence_lock = threading.Lock()
+
+    @property
+    def channel(self) -> ChannelKeys:
+        return self._channel
+
+    @property
+    def spec_fingerprint(self) -> str:
+        return self._processor.compiled.fingerprint
+
+    @property
+    def output_format(self) -> str:
+        return self._output_format
+
+    @property
+    def broker_calls(self) -> Mapping[str, int]:
+        return self._session.broker_calls
+
+    def start(self) -> None:
+        """Attest to the broker now (raises the broker's error when it refuses)."""
+        _ = self._session.simulated
+
+    def evidence_for(self, nonce: bytes) -> dict[str, Any]:
+        """Fresh evidence binding ``nonce`` and the channel key, and what the worker runs."""
+        if not MIN_CLIENT_NONCE <= len(nonce) <= MAX_CLIENT_NONCE:
+            raise PoolRequestError(f"nonce must be {MIN_CLIENT_NONCE}..{MAX_CLIENT_NONCE} bytes")
+        public_key = self._channel.public_bytes()
+        with self._evidence_lock:
+            evidence = self._provider.collect(channel_binding(nonce, public_key))
+        return {
+            "tee": evidence.tee,
+            "evidence": evidence.evidence,
+            "endorsements": dict(evidence.endorsements),
+            "channel_public_key": public_key,
+            "spec_fingerprint": self.spec_fingerprint,
+            "output_format": self._output_format,
+            "simulated": bool(getattr(self._provider, "simulated", False)),
+        }
+
+    def process(self, request: PoolRequest) -> BatchResult:
+        if request.spec_fingerprint != self.spec_fingerprint:
+            raise PoolMismatchError("this pool worker runs another feature spec "
+                                    f"({self.spec_fingerprint[:16]}...)")
+        if request.output_format != self._output_format:
+            raise PoolMismatchError(f"this pool worker writes {self._output_format}, "
+                                    f"not {request.output_format}")
+        return self._processor.process(request.envelopes)
+
+    def close(self) -> None:
+        self._session.close()
+
+
+def build_pool_worker(settings: PoolSettings, *, channel: ChannelKeys | None = None
+                      ) -> PoolWorker:
+    """A worker for ``settings`` (not yet attested: call ``start``)."""
+    if settings.output_format not in OUTPUT_FORMATS:
+        raise PoolMismatchError(f"output format must be one of {', '.join(OUTPUT_FORMATS)}")
+    compiled = compile_spec(settings.spec)
+    provider = make_provider(settings.tee, settings.dev_tee_dir, audience=settings.audience,
+                             launcher_socket=settings.launcher_socket)
+    client = pinned_broker_client(  # every grant checked with the pinned broker key
+        settings.broker_url, identity=settings.broker_identity,
+        dev_tee_dir=settings.dev_tee_dir, ca_bundle=settings.broker_ca_bundle,
+        pinned_cert=settings.broker_pinned_cert)
+    session = KeySession(
+        _SpecBoundBroker(client, compiled.fingerprint),  # type: ignore[arg-type]
+        provider,
+        key_ttl_s=settings.key_ttl_s,
+        max_uses_per_key=settings.max_uses_per_key,
+        max_cached_keys=settings.max_cached_keys,
+        output_key_max_envelopes=(1 if settings.output_format == PARQUET_PME
+                                  else settings.output_key_max_envelopes),
+    )
+    processor = BatchProcessor(session, compiled, output_format=settings.output_format)
+    return PoolWorker(session, provider, processor, settings.output_format, channel)

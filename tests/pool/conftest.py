@@ -1,0 +1,91 @@
+"""A real broker, and pool workers as real processes on loopback (simulated SEV-SNP).
+
+``start_pool_worker`` runs ``python -m enclave_workers.pool`` (what ``sealbeam worker
+serve`` execs) on a free port, waits for its ready line, and is stopped by pid.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import pytest
+
+from keybroker.identity import IDENTITY_PUBLIC_KEY_FILE
+from keybroker.service.server import RunningBroker
+from tests.enclave_workers.broker_env import BrokerEnv, broker_env
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+READY_TIMEOUT_S = 60
+
+
+@dataclass
+class PoolProcess:
+    process: subprocess.Popen[str]
+    url: str
+    spec_fingerprint: str
+
+    def kill(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(timeout=10)
+
+
+def start_pool_worker(broker: BrokerEnv, *extra: str) -> PoolProcess:
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "enclave_workers.pool", "--broker_url", broker.url,
+         "--tee", "simulated-sev-snp", "--dev_tee_dir", str(broker.dev_tee_dir),
+         "--port", "0", *extra],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    assert process.stdout is not None
+    line = process.stdout.readline()
+    if not line:
+        process.wait(timeout=READY_TIMEOUT_S)
+        raise RuntimeError(f"pool worker did not start: {process.stderr.read()}")  # type: ignore[union-attr]
+    ready = json.loads(line)
+    return PoolProcess(process, ready["url"], ready["spec_fingerprint"])
+
+
+@pytest.fixture(scope="session")
+def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BrokerEnv]:
+    with broker_env(tmp_path_factory.mktemp("broker")) as env:
+        yield env
+
+
+@pytest.fixture(scope="session")
+def pool_pair(broker: BrokerEnv) -> Iterator[list[PoolProcess]]:
+    """Two pool workers for the session (tests that kill one start their own)."""
+    workers = [start_pool_worker(broker), start_pool_worker(broker)]
+    try:
+        yield workers
+    finally:
+        for worker in workers:
+            worker.kill()
+
+
+def broker_public_key(broker: RunningBroker | BrokerEnv) -> Path:
+    """The broker's public identity key (what ``sealbeam keys init`` wrote beside its state)."""
+    return Path(broker.settings.state_dir) / IDENTITY_PUBLIC_KEY_FILE
+
+
+def pool_call(url: str, path: str, body: bytes | None = None) -> dict:
+    """GET (no body) or POST ``path`` on a pool worker; its JSON answer."""
+    parts = urlsplit(url)
+    connection = http.client.HTTPConnection(parts.hostname, parts.port, timeout=10)
+    try:
+        connection.request("GET" if body is None else "POST", path, body=body)
+        return json.loads(connection.getresponse().read())
+    finally:
+        connection.close()
+
+
+def health_counts(url: str) -> dict[str, int]:
+    return pool_call(url, "/v1/pool/health")["counts"]

@@ -1,0 +1,40 @@
+"""The streaming pipeline (a file-drop feed on FnApiRunner) with its confidential step on the
+attested pool: the same steps as batch, so remote mode needs nothing of its own."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from pipelines import cli
+from pipelines.reading import open_outputs
+from pipelines.synthetic import REGIONS
+from tests.enclave_workers.broker_env import BrokerEnv
+from tests.pipelines.helpers import sealed_partner_files
+from tests.pool.conftest import PoolProcess
+
+
+def test_a_file_drop_feed_runs_on_the_pool(broker: BrokerEnv, pool_pair: list[PoolProcess],
+                                           tmp_path: Path,
+                                           capsys: pytest.CaptureFixture[str]) -> None:
+    _, sealed = sealed_partner_files(broker, tmp_path, 60)
+    drop, out = tmp_path / "drop", tmp_path / "out"
+    drop.mkdir()
+    for path in sealed:
+        shutil.copyfile(path, drop / path.name)
+    code = cli.main(["run", "streaming", "--input", str(drop / "*.sealed"),
+                     "--output_root", str(out), "--regions", ",".join(REGIONS),
+                     "--dev_tee_dir", str(broker.dev_tee_dir), "--window_seconds", "1",
+                     "--poll_interval_seconds", "0.2", "--max_files", str(len(sealed)),
+                     "--stop_after_seconds", "25",
+                     "--pool_endpoints", ",".join(w.url for w in pool_pair),
+                     "--pool_policy", str(broker.settings.policy_path)])
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert code == 0 and summary["reconciled"], summary
+    assert summary["records_in"] == 60 and summary["broker_calls"] == 0
+    rows = sum(open_outputs([out / region], keyring=broker.keyring, region=region).num_rows
+               for region in REGIONS if (out / region).is_dir())
+    assert rows == summary["rows_out"] > 0

@@ -1,0 +1,82 @@
+"""A pool worker on (simulated) Intel TDX: real-format quotes under a dev TDX root. The broker
+releases it keys; a client that trusts the dev root verifies it and sends a batch; a client
+that trusts only the pinned Intel root refuses it and sends nothing."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from enclave_workers.batch_processor import default_feature_spec
+from enclave_workers.evidence.simulated_tdx import (
+    DEV_MRTD,
+    DEV_TDX_ROOT_FILE,
+    create_dev_tdx_chain,
+)
+from enclave_workers.pool.server import PoolServer
+from enclave_workers.pool.worker import PoolSettings, build_pool_worker
+from keybroker.service.server import RunningBroker
+from tests.attestation_e2e.support import release_rule, serve_broker
+from tests.pool.conftest import broker_public_key
+from tests.pool.test_confidential_space_pool import _sealed
+from transforms.pool_client import PoolEndpoint
+from transforms.pool_trust import PoolAttestationError, PoolTrust
+
+
+@pytest.fixture(scope="module")
+def dev_tdx(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    directory = tmp_path_factory.mktemp("dev-tdx")
+    create_dev_tdx_chain(directory)
+    return directory
+
+
+@pytest.fixture(scope="module")
+def tdx_broker(tmp_path_factory: pytest.TempPathFactory,
+               dev_tdx: Path) -> Iterator[RunningBroker]:
+    rules = [release_rule("simulated-tdx-pool", ["tdx"], [DEV_MRTD], allow_simulated=True)]
+    with serve_broker(tmp_path_factory.mktemp("tdx-pool") / "state", rules,
+                      allow_simulated=True,
+                      attestation={"tdx_dev_root": dev_tdx / DEV_TDX_ROOT_FILE}) as broker:
+        yield broker
+
+
+@pytest.fixture(scope="module")
+def tdx_pool(tdx_broker: RunningBroker, dev_tdx: Path) -> Iterator[PoolServer]:
+    worker = build_pool_worker(PoolSettings(
+        tdx_broker.url, "simulated-tdx", str(dev_tdx), default_feature_spec(), "sealed-arrow",
+        broker_identity=str(broker_public_key(tdx_broker))))
+    worker.start()
+    server = PoolServer(worker)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield server
+    server.shutdown()
+    server.server_close()
+
+
+def _endpoint(server: PoolServer, broker: RunningBroker, dev_root: Path | None
+              ) -> PoolEndpoint:
+    trust = PoolTrust.from_file(str(broker.settings.policy_path),
+                                dev_tdx_root=str(dev_root) if dev_root else None)
+    return PoolEndpoint(server.url, trust.verifier(),
+                        spec_fingerprint=server.worker.spec_fingerprint,
+                        output_format="sealed-arrow", timeout_s=10)
+
+
+def test_a_simulated_tdx_pool_is_verified_then_processes(
+        tdx_pool: PoolServer, tdx_broker: RunningBroker, dev_tdx: Path) -> None:
+    endpoint = _endpoint(tdx_pool, tdx_broker, dev_tdx / DEV_TDX_ROOT_FILE)
+    verified = endpoint.attest()
+    assert (verified.tee, verified.rule, verified.simulated) == ("tdx", "simulated-tdx-pool",
+                                                                 True)
+    assert endpoint.process(_sealed(tdx_broker, 8)).outputs
+
+
+def test_without_the_dev_root_a_tdx_pool_is_refused(tdx_pool: PoolServer,
+                                                   tdx_broker: RunningBroker) -> None:
+    before = dict(tdx_pool.counts)
+    with pytest.raises(PoolAttestationError, match="no verifier for the pool's TEE 'tdx'"):
+        _endpoint(tdx_pool, tdx_broker, None).process(_sealed(tdx_broker, 3))
+    assert tdx_pool.counts["batches"] == before["batches"]

@@ -1,0 +1,75 @@
+"""Properties of the pool's wire format: any list of envelopes round-trips; any other bytes
+fail with a typed error (WireError or ChannelError), never another exception."""
+
+from __future__ import annotations
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from enclave_workers.batch_processor import DeadLetter, SealedOutput
+from enclave_workers.pool.channel import ChannelError, ChannelKeys, seal_request_secret
+from enclave_workers.pool.wire import (
+    MAGIC,
+    WireError,
+    encode_request,
+    encode_response,
+    read_request,
+    read_response,
+)
+
+CHANNEL = ChannelKeys()
+
+
+def _reader(data: bytes):
+    view, position = memoryview(data), 0
+
+    def read(count: int) -> bytes:
+        nonlocal position
+        chunk = bytes(view[position:position + count])
+        position += len(chunk)
+        return chunk
+
+    return read
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.binary(min_size=0, max_size=300), min_size=1, max_size=12))
+def test_any_envelopes_round_trip_and_the_declared_length_is_exact(envelopes) -> None:
+    sealed, keys = seal_request_secret(CHANNEL.public_bytes())
+    length, chunks = encode_request(sealed, keys, spec_fingerprint="ab" * 32,
+                                    output_format="sealed-arrow", envelopes=envelopes)
+    body = b"".join(chunks)
+    assert len(body) == length
+    request = read_request(_reader(body), CHANNEL)
+    assert request.envelopes == envelopes and request.spec_fingerprint == "ab" * 32
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.tuples(st.text(max_size=20), st.binary(max_size=200)), max_size=6),
+       st.lists(st.tuples(st.text(max_size=40), st.binary(max_size=200)), max_size=6))
+def test_any_response_round_trips(outputs, dead) -> None:
+    sealed, keys = seal_request_secret(CHANNEL.public_bytes())
+    opened = CHANNEL.open_request(sealed)
+    sealed_outputs = [SealedOutput("eu", producer or "p", payload, 1, 1, b"\x01" * 16)
+                      for producer, payload in outputs]
+    letters = [DeadLetter("id", reason, "open", payload) for reason, payload in dead]
+    body = b"".join(encode_response(opened, sealed_outputs, letters))
+    response = read_response(_reader(body), keys)
+    assert response.outputs == sealed_outputs and response.dead_letters == letters
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.binary(max_size=3000))
+def test_other_bytes_fail_with_a_typed_error(noise: bytes) -> None:
+    for body in (noise, MAGIC + noise):
+        try:
+            read_request(_reader(body), CHANNEL)
+        except (WireError, ChannelError):
+            continue
+        raise AssertionError("noise was read as a request")
+    _, keys = seal_request_secret(CHANNEL.public_bytes())
+    try:
+        read_response(_reader(noise), keys)
+    except WireError:
+        return
+    raise AssertionError("noise was read as a response")
