@@ -18,7 +18,8 @@ import sys
 from collections.abc import Sequence
 
 # Fixed order, as ``sealbeam --help`` lists them.
-COMMAND_MODULES = ("keys", "broker", "audit", "attest", "features", "seal", "open", "run", "demo")
+COMMAND_MODULES = ("keys", "broker", "audit", "attest", "features", "residency", "seal", "open",
+                   "run", "demo")
 
 # Log lines that Beam and its optional GCP extras print on import: they describe packages the
 # local runner does not need, and would otherwise open every command's output.
