@@ -19,6 +19,7 @@ setup(
         "keybroker": ["*.yaml", "*.json"],
         "enclave_workers": ["*.json", "*.yaml"],
         "enclave_workers.features": ["schema.json"],
+        "pipelines.residency": ["schema.json"],
     },
     install_requires=[
         "apache-beam>=2.60",
@@ -37,7 +38,14 @@ setup(
         "pyjwt>=2.8",
     ],
     extras_require={
-        "test": ["pytest>=8", "hypothesis>=6.100", "ruff>=0.5"],
+        "test": ["pytest>=8", "hypothesis>=6.100", "ruff>=0.5",
+                 # residency sinks: the stores' SDKs and the GCS emulator (Azurite is npm)
+                 "google-cloud-storage>=2.18.2,<4", "azure-storage-blob>=12.3.2,<13",
+                 "azure-mgmt-storage>=21", "gcp-storage-emulator>=2024.1"],
+        # sinks on Google Cloud Storage (Beam's gcsio) and preflight of their buckets
+        "gcp": ["google-cloud-storage>=2.18.2,<4"],
+        # sinks on Azure Blob Storage (Beam's azfs) and preflight through the management API
+        "azure": ["azure-storage-blob>=12.3.2,<13", "azure-mgmt-storage>=21"],
     },
     entry_points={"console_scripts": ["sealbeam=pipelines.cli:main"]},
 )

@@ -28,10 +28,10 @@ from transforms import (
     ParseSealed,
     ReadSealedRecords,
     RouteByRegion,
-    WriteDeadLetters,
     WriteRegionPinned,
 )
 from transforms import metrics as names
+from transforms.dead_letter_sinks import WriteDeadLettersBySink
 
 from .errors import ReconciliationError
 from .options import (
@@ -43,12 +43,14 @@ from .options import (
     session_limits,
     tee_settings,
 )
+from .preflight import PreflightClients, job_residency, preflight_job
 
 
 class BatchPipelineOutputs(NamedTuple):
     written_paths: beam.PCollection
     dead_letters: beam.PCollection
     spec_fingerprint: str
+    residency: dict[str, object] | None = None
 
 
 @dataclass(frozen=True)
@@ -67,6 +69,7 @@ class RunSummary:
     spec_fingerprint: str = ""
     output_format: str = ""
     seconds: float = 0.0
+    residency: dict[str, object] = field(default_factory=dict)
 
     @property
     def reconciled(self) -> bool:
@@ -76,20 +79,28 @@ class RunSummary:
         return {**asdict(self), "reconciled": self.reconciled}
 
 
-def build_batch_pipeline(p: beam.Pipeline, options: PipelineOptions) -> BatchPipelineOutputs:
+def build_batch_pipeline(p: beam.Pipeline, options: PipelineOptions,
+                         preflight_clients: PreflightClients | None = None
+                         ) -> BatchPipelineOutputs:
     """Add sealbeam's batch steps to ``p`` according to ``options``."""
     opts = options.view_as(SealbeamOptions)
     read = p | "ReadSealed" >> ReadSealedRecords(required(opts, "input"))
     return add_processing_steps(
-        opts, read[ReadSealedRecords.SEALED], read[ReadSealedRecords.DEAD_LETTER])
+        opts, read[ReadSealedRecords.SEALED], read[ReadSealedRecords.DEAD_LETTER],
+        preflight_clients=preflight_clients)
 
 
 def add_processing_steps(
-    opts: SealbeamOptions, sealed: beam.PCollection, reader_dead_letters: beam.PCollection
+    opts: SealbeamOptions, sealed: beam.PCollection, reader_dead_letters: beam.PCollection,
+    *, preflight_clients: PreflightClients | None = None,
 ) -> BatchPipelineOutputs:
     """Everything after the source, shared by the batch and streaming pipelines: parse headers,
-    the confidential step, routing, region-pinned writes and the dead-letter sink."""
-    output_root = required(opts, "output_root")
+    the confidential step, routing, region-pinned writes and the dead-letter sinks. Preflight
+    (``pipelines.preflight``) runs first: a sink or worker outside the residency map refuses
+    the job before any data moves."""
+    regions = allowed_regions(opts)
+    residency = job_residency(opts, regions)
+    report = preflight_job(opts, residency, regions, preflight_clients)
     broker_url = required(opts, "broker_url")
     parsed = sealed | "ParseHeaders" >> ParseSealed()
     confidential = ConfidentialProcess(
@@ -101,16 +112,18 @@ def add_processing_steps(
     written = (
         processed[ConfidentialProcess.SEALED]
         | "Route" >> RouteByRegion()
-        | "WritePinned" >> WriteRegionPinned(output_root, allowed_regions(opts))
+        | "WritePinned" >> WriteRegionPinned(residency.sinks(), regions, residency.keks())
     )
     dead_letters = (
         (reader_dead_letters, parsed[ParseSealed.DEAD_LETTER],
          processed[ConfidentialProcess.DEAD_LETTER], written[WriteRegionPinned.DEAD_LETTER])
         | "AllDeadLetters" >> beam.Flatten()
     )
-    dead_letters | "WriteDeadLetters" >> WriteDeadLetters(output_root)
+    dead_letters | "WriteDeadLetters" >> WriteDeadLettersBySink(
+        residency.dead_letter_roots(), residency.unrouted_dead_letter_sink.beam_path)
     return BatchPipelineOutputs(written[WriteRegionPinned.WRITTEN], dead_letters,
-                                confidential.compiled.fingerprint)
+                                confidential.compiled.fingerprint,
+                                {"map": residency.to_json(), "preflight": report.to_json()})
 
 
 def _counter_totals(result: beam.runners.runner.PipelineResult) -> dict[str, int]:
@@ -122,13 +135,16 @@ def _counter_totals(result: beam.runners.runner.PipelineResult) -> dict[str, int
     return totals
 
 
-def run_batch(options: PipelineOptions) -> RunSummary:
-    """Run the batch pipeline to completion and summarize it from its metrics."""
+def run_batch(options: PipelineOptions,
+              preflight_clients: PreflightClients | None = None) -> RunSummary:
+    """Run the batch pipeline to completion and summarize it from its metrics
+    (``preflight_clients``: the cloud clients preflight reads sinks with; default: the
+    clouds' own, with default credentials)."""
     opts = options.view_as(SealbeamOptions)
     runner = options.view_as(StandardOptions).runner or FnApiRunner()
     started = time.monotonic()
     pipeline = beam.Pipeline(runner=runner, options=options)
-    built = build_batch_pipeline(pipeline, options)
+    built = build_batch_pipeline(pipeline, options, preflight_clients)
     result = pipeline.run()
     result.wait_until_finish()
     return summarize_run(result, opts, built, started)
@@ -160,4 +176,5 @@ def summarize_run(result: beam.runners.runner.PipelineResult, opts: SealbeamOpti
         spec_fingerprint=built.spec_fingerprint,
         output_format=output_format(opts),
         seconds=round(time.monotonic() - started, 3),
+        residency=dict(built.residency or {}),
     )

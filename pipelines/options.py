@@ -33,6 +33,13 @@ class SealbeamOptions(PipelineOptions):
                             "(one base64 envelope per line)")
         parser.add_argument("--output_root", help="root of the region-pinned outputs; "
                             "dead letters go to <output_root>/dead-letter/")
+        parser.add_argument("--residency_map", default=None,
+                            help="residency map (YAML): each region's sink, dead-letter sink, "
+                                 "allowed locations, KEK and worker locations; checked by "
+                                 "preflight before any data moves (instead of --output_root)")
+        parser.add_argument("--worker_location", default="local",
+                            help="where this machine's workers are, checked against the map's "
+                                 "worker_locations (Dataflow: --region/--worker_region)")
         parser.add_argument("--broker_url", help="base URL of the key broker")
         parser.add_argument("--tee", default=SUPPORTED_TEES[0], choices=SUPPORTED_TEES,
                             help="the TEE the workers attest as")

@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
-# Installs the Debian packages the tests use (SoftHSM2 for PKCS#11), when missing.
+# Installs the Debian packages the tests use (SoftHSM2 for PKCS#11, Node.js for Azurite),
+# when missing.
 # Idempotent; needs root (CI and the developer machines run as root).
 set -euo pipefail
 need=()
 command -v softhsm2-util >/dev/null 2>&1 || need+=(softhsm2)
+command -v npm >/dev/null 2>&1 || need+=(nodejs npm)   # Azurite (scripts/install-test-servers.sh)
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" -ne 0 ]; then
     echo "missing Debian packages: ${need[*]} (run as root or install them)" >&2

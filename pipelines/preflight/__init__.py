@@ -13,6 +13,7 @@ What it does not: attest workers (the broker's release policy checks attested lo
 
 from __future__ import annotations
 
+from .job import job_residency, preflight_job, runs_on_dataflow
 from .report import PreflightRefused, PreflightReport, SinkCheck, WorkerCheck
 from .run import PreflightClients, run_preflight
 from .workers import check_dataflow_workers, check_local_workers, check_worker_location
@@ -26,5 +27,8 @@ __all__ = [
     "check_dataflow_workers",
     "check_local_workers",
     "check_worker_location",
+    "job_residency",
+    "preflight_job",
     "run_preflight",
+    "runs_on_dataflow",
 ]
