@@ -15,7 +15,7 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from enclave_workers.batch_processor import OUTPUT_FORMATS, SEALED_ARROW, default_feature_spec
 from enclave_workers.features import FeatureError, FeatureSpec, compile_spec
 from transforms import SessionLimits, TeeSettings, TransformError
-from transforms.tee import SUPPORTED_TEES
+from transforms.tee import SIMULATED_SEV_SNP, SUPPORTED_TEES
 from transforms.write import is_region_name
 
 from .errors import PipelineError
@@ -87,7 +87,9 @@ def allowed_regions(options: SealbeamOptions) -> frozenset[str]:
 
 def tee_settings(options: SealbeamOptions) -> TeeSettings:
     try:
-        return TeeSettings(tee=options.tee, dev_tee_dir=options.dev_tee_dir)
+        location = getattr(options, "worker_location", None)
+        return TeeSettings(tee=options.tee, dev_tee_dir=options.dev_tee_dir,
+                           location=location if options.tee == SIMULATED_SEV_SNP else None)
     except TransformError as exc:
         raise PipelineError(str(exc)) from None
 
