@@ -1,4 +1,4 @@
-"""Fixtures of the residency tests: one real broker per module, the object-store emulators."""
+"""Fixtures of the residency tests: one real broker per session, the object-store emulators."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from tests.enclave_workers.broker_env import BrokerEnv, broker_env
 from tests.support.object_stores import azurite, gcs_emulator  # noqa: F401  (fixtures)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BrokerEnv]:
     with broker_env(tmp_path_factory.mktemp("broker")) as env:
         yield env
