@@ -22,6 +22,11 @@ separately), starts the broker in this process on 127.0.0.1, and for each ``--ba
   process's peak so far, where that is unavailable) and, at the end, ``ru_maxrss``. Every
   Beam run comes before the runs outside Beam, which hold all envelopes in memory.
 
+With ``--workers N`` (N >= 2) the pipeline also runs on FnApiRunner in multi-processing
+mode (``--direct_running_mode=multi_processing``) with 1 and with N worker processes, at the
+first batch size: records/s, the speed-up over one worker process, broker calls per 1,000
+records and attestations (one per worker process that did confidential work).
+
 The ledger's hash chain is verified at the end. Arrow is pinned to one CPU thread, as in the
 other benchmarks. ``--json PATH`` also writes the numbers.
 
@@ -30,7 +35,8 @@ one run per batch size (no repeats: a 100,000-record run takes most of a minute)
 shares this process (and its GIL) with the runner, as in ``sealbeam demo``.
 
     .venv/bin/python benchmarks/pipeline.py [--records 100000] [--files 2]
-        [--batch-size 2000 ...] [--output-format sealed-arrow|parquet-pme] [--json PATH]
+        [--batch-size 2000 ...] [--output-format sealed-arrow|parquet-pme] [--workers N]
+        [--json PATH]
 """
 
 from __future__ import annotations
@@ -245,10 +251,13 @@ def per_thousand(calls: int, records: int) -> float:
 
 def run_pipeline(settings: BrokerSettings, broker: RunningBroker, sealed_dir: Path,
                  out_dir: Path, batch_size: int, output_format: str,
-                 inputs: dict[str, object]) -> dict[str, object]:
-    """One batch-pipeline run on FnApiRunner, timed, checked and counted."""
+                 inputs: dict[str, object], workers: int | None = None) -> dict[str, object]:
+    """One batch-pipeline run on FnApiRunner, timed, checked and counted; ``workers`` runs it
+    on that many worker processes (multi-processing) instead of in this process."""
     records = int(inputs["records"])
-    options = PipelineOptions(flags=[
+    processes = [] if workers is None else [f"--direct_num_workers={workers}",
+                                            "--direct_running_mode=multi_processing"]
+    options = PipelineOptions(flags=[*processes,
         f"--input={sealed_dir / '*.sealed'}",
         f"--output_root={out_dir}",
         f"--broker_url={broker.url}",
@@ -287,6 +296,41 @@ def run_pipeline(settings: BrokerSettings, broker: RunningBroker, sealed_dir: Pa
         "ledger_entries": calls["ledger_entries"],
         **memory,
     }
+
+
+def run_worker_scaling(settings: BrokerSettings, broker: RunningBroker, workdir: Path,
+                       batch_size: int, output_format: str, inputs: dict[str, object],
+                       workers: int) -> dict[str, object]:
+    """The pipeline on 1 and on ``workers`` worker processes: records/s and the speed-up."""
+    # Worker processes must import this checkout, as this process does.
+    root = str(Path(__file__).resolve().parent.parent)
+    os.environ["PYTHONPATH"] = os.pathsep.join(
+        [root, *filter(None, [os.environ.get("PYTHONPATH")])])
+    runs = {}
+    for count in (1, workers):
+        before = ledger_head(settings)
+        run = run_pipeline(settings, broker, workdir / "sealed", workdir / f"out-w{count}",
+                           batch_size, output_format, inputs, workers=count)
+        run["attestations"] = ledger_calls_since(settings, before)["attest"]
+        runs[str(count)] = run
+    one, many = runs["1"], runs[str(workers)]
+    return {"batch_size": batch_size, "workers": workers, "runs": runs,
+            "speed_up": round(one["seconds"] / many["seconds"], 3)}
+
+
+def print_worker_scaling(scaling: dict[str, object]) -> None:
+    print()
+    print(f"{'workers':>8}{'seconds':>9}{'rec/s':>10}{'speed-up':>10}{'attest':>8}"
+          f"{'release':>9}{'calls':>7}{'per 1k rec':>12}")
+    runs = scaling["runs"]
+    for count, run in runs.items():
+        kinds = run["broker_calls_by_kind"]
+        speed_up = runs["1"]["seconds"] / run["seconds"]
+        print(f"{count:>8}{run['seconds']:>9.2f}{run['records_per_second']:>10,}"
+              f"{speed_up:>9.2f}x{run['attestations']:>8}{kinds['release']:>9}"
+              f"{run['broker_calls']:>7}{run['broker_calls_per_1000_records']:>12.2f}")
+    print(f"(FnApiRunner multi_processing, batch size {scaling['batch_size']}; one "
+          f"attestation per worker process that did confidential work)")
 
 
 def run_standalone(settings: BrokerSettings, broker: RunningBroker, envelopes: list[bytes],
@@ -403,6 +447,9 @@ def parse_arguments(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--batch-size", type=int, nargs="+", default=list(DEFAULT_BATCH_SIZES),
                         help="records per confidential batch; several values make a sweep")
     parser.add_argument("--output-format", choices=OUTPUT_FORMATS, default=SEALED_ARROW)
+    parser.add_argument("--workers", type=int, default=1,
+                        help="N >= 2: also run on 1 and on N worker processes "
+                             "(multi-processing) and report the speed-up")
     parser.add_argument("--json", metavar="PATH", help="also write the results as JSON")
     args = parser.parse_args(argv)
     if not 1 <= args.records <= synthetic.MAX_RECORDS:
@@ -411,6 +458,8 @@ def parse_arguments(argv: Sequence[str] | None) -> argparse.Namespace:
         parser.error("--files and --records-per-key must be at least 1")
     if min(args.batch_size) < 1:
         parser.error("--batch-size must be at least 1")
+    if args.workers < 1:
+        parser.error("--workers must be at least 1")
     return args
 
 
@@ -425,6 +474,9 @@ def benchmark(args: argparse.Namespace, workdir: Path) -> dict[str, object]:
                                   workdir / f"out-{index}-{batch_size}", batch_size,
                                   args.output_format, inputs)
                      for index, batch_size in enumerate(args.batch_size)]
+        scaling = (run_worker_scaling(settings, broker, workdir, args.batch_size[0],
+                                      args.output_format, inputs, args.workers)
+                   if args.workers > 1 else None)
         envelopes, framing_dead = load_envelopes(sealed_paths)
         standalone_runs = [run_standalone(settings, broker, envelopes, len(framing_dead),
                                           batch_size, args.output_format, args.records)
@@ -444,6 +496,7 @@ def benchmark(args: argparse.Namespace, workdir: Path) -> dict[str, object]:
         "output_format": args.output_format,
         "inputs": inputs,
         "runs": runs,
+        **({"worker_scaling": scaling} if scaling is not None else {}),
         "ledger": {"entries": verification.entries, "verified": verification.ok},
         "process_peak_rss_bytes": process_peak_rss_bytes(),
     }
@@ -460,6 +513,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"pipeline benchmark: error: {error}", file=sys.stderr)
         return 1
     print_report(numbers)
+    if "worker_scaling" in numbers:
+        print_worker_scaling(numbers["worker_scaling"])
     if args.json:
         Path(args.json).write_text(json.dumps(numbers, indent=2) + "\n")
     return 0

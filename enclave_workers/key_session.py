@@ -6,12 +6,24 @@ provider and attests. Released keys arrive HPKE-sealed to the TEE key and are op
 Data keys are cached per (key id, region, producer) with a TTL, a use limit and an LRU bound
 (the AWS Encryption SDK's caching limits); output keys from ``generate`` are reused for at
 most N envelopes or T seconds; named keys (e.g. ``pseudonym/acme``) are cached with the TTL.
-The session re-attests when the broker session expires, and once when the broker says the
-session is no longer valid. Broker calls are counted.
+Broker calls are counted.
+
+Threads: one session serves every thread of a worker process, and no lock is held across a
+network call. The lock guards the caches only; a missing key is fetched single-flight: the
+first thread that misses a key (or the attestation) makes the broker call, and threads that
+want the same key meanwhile wait for that call's result (or its error) instead of calling
+again, while threads that want other keys go on. So one slow release stalls only the threads
+that need that very key.
+
+Attestation lifetime: the session re-attests ahead of expiry without stopping: once
+``REFRESH_FRACTION`` of the broker session's lifetime is left (at least
+``SESSION_EXPIRY_MARGIN_S``), one thread re-attests while the others keep using the current,
+still valid session; only past the margin must callers wait for the new one. It also
+re-attests once when the broker says the session is no longer valid (401).
 
 What it does not: it never writes a key to disk, never logs key bytes, and does not decide
-policy — a denial from the broker is raised to the caller as the broker's typed error.
-Thread-safe: one session serves every thread of a worker process.
+policy — a denial from the broker is raised to the caller as the broker's typed error. It
+does not retry an unavailable broker (the confidential step does, with backoff).
 """
 
 from __future__ import annotations
@@ -43,6 +55,7 @@ from keybroker.client import (
 from .evidence.base import EvidenceProvider
 
 SESSION_EXPIRY_MARGIN_S = 5.0
+REFRESH_FRACTION = 0.2      # re-attest, without stopping, when this part of the lifetime is left
 BROKER_CALL_KINDS = ("challenge", "attest", "release", "generate", "release_named")
 
 
@@ -78,6 +91,22 @@ class _Attested:
     broker_session: Any
     expires_at: float
     simulated: bool
+    refresh_at: float = 0.0
+
+
+class _Flight:
+    """One broker call in progress; threads that need its result wait for it."""
+
+    def __init__(self) -> None:
+        self.done = threading.Event()
+        self.result: Any = None
+        self.error: BaseException | None = None
+
+    def wait(self) -> Any:
+        self.done.wait()
+        if self.error is not None:
+            raise self.error
+        return self.result
 
 
 class KeySession:
@@ -94,6 +123,7 @@ class KeySession:
         output_key_max_envelopes: int = 1024,
         clock: Callable[[], float] = time.time,
         on_broker_call: Callable[[str], None] | None = None,
+        owns_broker: bool = False,
     ) -> None:
         if key_ttl_s <= 0:
             raise KeySessionError("key_ttl_s must be greater than 0")
@@ -107,7 +137,9 @@ class KeySession:
         self._output_max_envelopes = output_key_max_envelopes
         self._clock = clock
         self._on_broker_call = on_broker_call
-        self._lock = threading.RLock()
+        self._owns_broker = owns_broker
+        self._lock = threading.Lock()          # guards the state below; never held on a call
+        self._flights: dict[tuple[str, ...], _Flight] = {}
         self._attested: _Attested | None = None
         self._data_keys: OrderedDict[tuple[str, str, str], _CachedKey] = OrderedDict()
         self._output_keys: dict[tuple[str, str], _CachedKey] = {}
@@ -136,16 +168,43 @@ class KeySession:
     @property
     def simulated(self) -> bool:
         """Whether the current attestation is anchored at a dev root (attests if needed)."""
-        with self._lock:
-            return self._ensure_attested().simulated
+        return self._session().simulated
 
     def _count(self, kind: str) -> None:
-        self._calls[kind] += 1
+        with self._lock:
+            self._calls[kind] += 1
         if self._on_broker_call is not None:
             self._on_broker_call(kind)
 
+    # -- single flight --------------------------------------------------------------------
+    def _single_flight(self, flight_key: tuple[str, ...], call: Callable[[], Any]) -> Any:
+        """Run ``call`` unless a call for ``flight_key`` is in progress; then wait for it."""
+        with self._lock:
+            flight = self._flights.get(flight_key)
+            leader = flight is None
+            if leader:
+                flight = self._flights[flight_key] = _Flight()
+        assert flight is not None
+        if not leader:
+            return flight.wait()
+        try:
+            flight.result = call()
+        except BaseException as exc:
+            flight.error = exc
+            raise
+        finally:
+            with self._lock:
+                del self._flights[flight_key]
+            flight.done.set()
+        return flight.result
+
+    def _flight_running(self, flight_key: tuple[str, ...]) -> bool:
+        with self._lock:
+            return flight_key in self._flights
+
     # -- attestation ----------------------------------------------------------------------
     def _attest(self) -> _Attested:
+        """Attest anew (network calls, no lock held) and make it the current session."""
         tee_keys = TeeKeyPair.generate()
         public_key = tee_keys.public_bytes()
         self._count("challenge")
@@ -155,27 +214,55 @@ class KeySession:
         broker_session = self._broker.attest(
             nonce, evidence.tee, evidence.evidence, dict(evidence.endorsements), public_key
         )
-        self._attestations += 1
         simulated = bool(getattr(broker_session, "simulated", False)) or bool(
             getattr(self._provider, "simulated", False)
         )
+        now = self._clock()
         expires_at = _as_epoch_seconds(broker_session.expires_at)
-        return _Attested(tee_keys, broker_session, expires_at, simulated)
-
-    def _ensure_attested(self) -> _Attested:
-        attested = self._attested
-        if attested is None or self._clock() >= attested.expires_at - SESSION_EXPIRY_MARGIN_S:
-            self._attested = attested = self._attest()
+        lead = max(SESSION_EXPIRY_MARGIN_S, REFRESH_FRACTION * max(0.0, expires_at - now))
+        attested = _Attested(tee_keys, broker_session, expires_at, simulated,
+                             refresh_at=expires_at - lead)
+        with self._lock:
+            self._attestations += 1
+            self._attested = attested
         return attested
+
+    def _session(self) -> _Attested:
+        """A usable attestation: the current one, refreshed ahead of expiry by one thread."""
+        with self._lock:
+            attested = self._attested
+        now = self._clock()
+        if attested is None or now >= attested.expires_at - SESSION_EXPIRY_MARGIN_S:
+            return self._reattest_unless_replaced(attested)
+        if now >= attested.refresh_at and not self._flight_running(("attest",)):
+            # Ahead of expiry: this thread re-attests; the others keep the current session.
+            try:
+                return self._reattest_unless_replaced(attested)
+            except Exception:
+                if self._clock() < attested.expires_at - SESSION_EXPIRY_MARGIN_S:
+                    return attested            # still valid: try again on a later call
+                raise
+        return attested
+
+    def _reattest_unless_replaced(self, stale: _Attested | None) -> _Attested:
+        """Re-attest single-flight, unless another thread already replaced ``stale``."""
+        def call() -> _Attested:
+            with self._lock:
+                current = self._attested
+            if current is not None and current is not stale and \
+                    self._clock() < current.expires_at - SESSION_EXPIRY_MARGIN_S:
+                return current
+            return self._attest()
+
+        return self._single_flight(("attest",), call)
 
     def _with_session(self, call: Callable[[_Attested], Any]) -> Any:
         """Run a broker call; re-attest once if the broker no longer accepts the session."""
-        attested = self._ensure_attested()
+        attested = self._session()
         try:
             return call(attested)
         except BrokerAuthError:
-            self._attested = attested = self._attest()
-            return call(attested)
+            return call(self._reattest_unless_replaced(attested))
 
     def _open_sealed(self, attested: _Attested, sealed: bytes, purpose: str, key_id: str) -> bytes:
         try:
@@ -185,25 +272,42 @@ class KeySession:
                                  "session's TEE key") from None
 
     # -- data keys ------------------------------------------------------------------------
+    def _cached_data_key(self, cache_key: tuple[str, str, str]) -> DataKey | None:
+        """A fresh cached key, counting one use (call with the lock held)."""
+        cached = self._data_keys.get(cache_key)
+        if cached is None:
+            return None
+        if (self._clock() - cached.created_at >= self._key_ttl_s
+                or cached.uses >= self._max_uses):
+            del self._data_keys[cache_key]
+            return None
+        self._data_keys.move_to_end(cache_key)
+        cached.uses += 1
+        return cached.key
+
     def data_key(self, wrapped: WrappedKey, region: str, producer_id: str) -> DataKey:
         """The DEK behind ``wrapped``: from cache when fresh, else one broker release."""
         cache_key = (wrapped.key_id, region, producer_id)
         with self._lock:
-            now = self._clock()
-            cached = self._data_keys.get(cache_key)
-            if cached is not None and (now - cached.created_at >= self._key_ttl_s
-                                       or cached.uses >= self._max_uses):
-                del self._data_keys[cache_key]
-                cached = None
-            if cached is None:
-                cached = _CachedKey(self._release(wrapped, region, producer_id), wrapped, now)
-                self._data_keys[cache_key] = cached
+            key = self._cached_data_key(cache_key)
+        if key is not None:
+            return key
+
+        def fetch() -> DataKey:
+            released = self._release(wrapped, region, producer_id)
+            with self._lock:
+                self._data_keys[cache_key] = _CachedKey(released, wrapped, self._clock())
+                self._data_keys.move_to_end(cache_key)
                 while len(self._data_keys) > self._max_cached:
                     self._data_keys.popitem(last=False)
-            else:
-                self._data_keys.move_to_end(cache_key)
-            cached.uses += 1
-            return cached.key
+            return released
+
+        released = self._single_flight(("data", *cache_key), fetch)
+        with self._lock:
+            cached = self._data_keys.get(cache_key)
+            if cached is not None and cached.key is released:
+                cached.uses += 1
+        return released
 
     def _release(self, wrapped: WrappedKey, region: str, producer_id: str) -> DataKey:
         def call(attested: _Attested) -> DataKey:
@@ -218,20 +322,29 @@ class KeySession:
     def output_key(self, region: str, producer_id: str) -> tuple[DataKey, WrappedKey]:
         """A fresh output DEK for (region, producer), reused for N envelopes or T seconds.
 
-        Each call counts as one envelope sealed under the returned key.
+        Each call counts as one envelope sealed under the returned key. When the key is used
+        up, one thread generates the next; the others wait for it and then take their uses.
         """
         cache_key = (region, producer_id)
-        with self._lock:
-            now = self._clock()
-            cached = self._output_keys.get(cache_key)
-            if cached is None or (now - cached.created_at >= self._key_ttl_s
-                                  or cached.uses >= self._output_max_envelopes):
+        while True:
+            with self._lock:
+                cached = self._output_keys.get(cache_key)
+                if cached is not None and (self._clock() - cached.created_at < self._key_ttl_s
+                                           and cached.uses < self._output_max_envelopes):
+                    cached.uses += 1
+                    assert cached.wrapped is not None
+                    return cached.key, cached.wrapped
+                spent = cached
+
+            def refill(spent: _CachedKey | None = spent) -> None:
+                with self._lock:
+                    if self._output_keys.get(cache_key) is not spent:
+                        return                   # another flight refilled it meanwhile
                 key, wrapped = self._generate(region, producer_id)
-                cached = _CachedKey(key, wrapped, now)
-                self._output_keys[cache_key] = cached
-            cached.uses += 1
-            assert cached.wrapped is not None
-            return cached.key, cached.wrapped
+                with self._lock:
+                    self._output_keys[cache_key] = _CachedKey(key, wrapped, self._clock())
+
+            self._single_flight(("output", *cache_key), refill)
 
     def _generate(self, region: str, producer_id: str) -> tuple[DataKey, WrappedKey]:
         def call(attested: _Attested) -> tuple[DataKey, WrappedKey]:
@@ -246,24 +359,32 @@ class KeySession:
     def named_key(self, name: str) -> bytes:
         """A named secret (e.g. ``pseudonym/acme``), cached for the key TTL."""
         with self._lock:
-            now = self._clock()
             cached = self._named_keys.get(name)
-            if cached is not None and now - cached[1] < self._key_ttl_s:
+            if cached is not None and self._clock() - cached[1] < self._key_ttl_s:
                 return cached[0]
 
+        def fetch() -> bytes:
             def call(attested: _Attested) -> bytes:
                 self._count("release_named")
                 sealed = self._broker.release_named(attested.broker_session, name)
                 return self._open_sealed(attested, sealed, NAMED_PURPOSE, name)
 
             secret = self._with_session(call)
-            self._named_keys[name] = (secret, now)
+            with self._lock:
+                self._named_keys[name] = (secret, self._clock())
             return secret
 
+        return self._single_flight(("named", name), fetch)
+
     def close(self) -> None:
-        """Forget every key and the attestation (best effort; Python cannot wipe memory)."""
+        """Forget every key and the attestation (best effort; Python cannot wipe memory);
+        close the broker client too when this session owns it."""
         with self._lock:
             self._data_keys.clear()
             self._output_keys.clear()
             self._named_keys.clear()
             self._attested = None
+        if self._owns_broker:
+            close = getattr(self._broker, "close", None)
+            if callable(close):
+                close()

@@ -1,12 +1,19 @@
 """The batch pipeline: sealed record files -> TEE featurization -> region-pinned outputs.
 
-What it does: ``build_batch_pipeline`` wires the ``transforms`` into a Beam pipeline (read,
-parse headers, confidential processing with the feature spec, route by region, pinned write,
-dead letters); ``run_batch`` runs it — on ``FnApiRunner`` unless ``--runner`` names another,
-since Beam 2.77's default DirectRunner first tries to download the Prism binary — and
-returns a ``RunSummary`` from the job's metrics, reconciling
-``records_in == records_out + dead_letters`` (rows suppressed for k-anonymity and rows
-resealed into dead letters are reported beside it; docs/ARCHITECTURE.md has the rule).
+What it does: ``build_batch_pipeline`` wires the ``transforms`` into a Beam pipeline: read
+files in byte ranges spread over the workers (``Reshuffle``), parse headers, de-duplicate by
+envelope id, batch by data key (deterministic batches), the confidential step with the
+feature spec, a checkpoint (``Reshuffle``) so a retried write rewrites the same outputs, route
+by region, pinned writes named by their inputs, dead letters named the same way, and, once
+everything is written, removal of temporary files a killed worker left. ``run_batch`` runs it
+— on ``FnApiRunner`` unless ``--runner`` names another, since Beam 2.77's default DirectRunner
+first tries to download the Prism binary; ``--direct_num_workers=N
+--direct_running_mode=multi_processing`` spreads it over N worker processes — and returns a
+``RunSummary`` from the job's metrics, reconciling
+``records_in == records_out + dead_letters + duplicates`` (rows suppressed for k-anonymity and
+rows resealed into dead letters are reported beside it; docs/ARCHITECTURE.md has the rule).
+Running the same job again into the same output root rewrites the same file names, so every
+row is there once.
 
 What it does not: it does not start a broker or create keys (``demo`` and ``keys init`` do)
 and never sees plaintext: that only exists inside ``ConfidentialProcess``.
@@ -14,11 +21,14 @@ and never sees plaintext: that only exists inside ``ConfidentialProcess``.
 
 from __future__ import annotations
 
+import logging
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import NamedTuple
 
 import apache_beam as beam
+from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 from apache_beam.runners.portability.fn_api_runner import FnApiRunner
@@ -31,7 +41,11 @@ from transforms import (
     WriteRegionPinned,
 )
 from transforms import metrics as names
+from transforms.batching import BundleBatches
 from transforms.dead_letter_sinks import WriteDeadLettersBySink
+from transforms.dead_letters import DEAD_LETTER_DIR
+from transforms.dedupe import DeduplicateEnvelopes
+from transforms.write import clean_temporary_files
 
 from .errors import ReconciliationError
 from .options import (
@@ -44,13 +58,20 @@ from .options import (
     tee_settings,
 )
 from .preflight import PreflightClients, job_residency, preflight_job
+from .residency import ResidencyMap
+
+_LOG = logging.getLogger(__name__)
+
+OutputsStep = Callable[[beam.PCollection], beam.PCollection]
 
 
 class BatchPipelineOutputs(NamedTuple):
     written_paths: beam.PCollection
     dead_letters: beam.PCollection
     spec_fingerprint: str
+    dead_letter_paths: beam.PCollection | None = None
     residency: dict[str, object] | None = None
+    temporary_directories: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -69,48 +90,95 @@ class RunSummary:
     spec_fingerprint: str = ""
     output_format: str = ""
     seconds: float = 0.0
+    duplicates: int = 0
     residency: dict[str, object] = field(default_factory=dict)
 
     @property
     def reconciled(self) -> bool:
-        return self.records_in == self.records_out + self.dead_letters
+        return self.records_in == self.records_out + self.dead_letters + self.duplicates
 
     def to_json(self) -> dict[str, object]:
         return {**asdict(self), "reconciled": self.reconciled}
 
 
-def build_batch_pipeline(p: beam.Pipeline, options: PipelineOptions,
+def build_batch_pipeline(p: beam.Pipeline, options: PipelineOptions, *,
+                         after_confidential: OutputsStep | None = None,
                          preflight_clients: PreflightClients | None = None
                          ) -> BatchPipelineOutputs:
-    """Add sealbeam's batch steps to ``p`` according to ``options``."""
+    """Add sealbeam's batch steps to ``p`` according to ``options``.
+
+    ``after_confidential``, when given, is applied to the confidential step's outputs before
+    the checkpoint (an audit step, or a failure injected by a test). ``preflight_clients``:
+    the cloud clients preflight reads sinks with (default: the clouds' own).
+    """
     opts = options.view_as(SealbeamOptions)
-    read = p | "ReadSealed" >> ReadSealedRecords(required(opts, "input"))
-    return add_processing_steps(
+    read = p | "ReadSealed" >> ReadSealedRecords(required(opts, "input"),
+                                                 range_bytes=opts.range_bytes)
+    built = add_processing_steps(
         opts, read[ReadSealedRecords.SEALED], read[ReadSealedRecords.DEAD_LETTER],
-        preflight_clients=preflight_clients)
+        after_confidential=after_confidential, preflight_clients=preflight_clients)
+    (
+        (built.written_paths, built.dead_letter_paths)
+        | "AllWritten" >> beam.Flatten()
+        | "CountWritten" >> beam.combiners.Count.Globally()
+        | "CleanTemporaryFiles" >> beam.Map(_clean_after_writes,
+                                            list(built.temporary_directories))
+    )
+    return built
+
+
+def _clean_after_writes(files_written: int, directories: list[str]) -> int:
+    """Runs once every write of a batch run is done: removes temporary files left behind."""
+    removed = clean_temporary_files(directories)
+    if removed:
+        _LOG.warning("removed %d temporary files left by failed attempts (%d files written)",
+                     len(removed), files_written)
+    return len(removed)
+
+
+def _written_directories(residency: ResidencyMap, regions: frozenset[str]) -> tuple[str, ...]:
+    """Where the job writes: its regions' sinks and every dead-letter directory."""
+    sinks = [residency.regions[r].sink.beam_path for r in sorted(regions)
+             if r in residency.regions]
+    roots = sorted({*residency.dead_letter_roots().values(),
+                    residency.unrouted_dead_letter_sink.beam_path})
+    return (*sinks, *(FileSystems.join(root, DEAD_LETTER_DIR) for root in roots))
 
 
 def add_processing_steps(
-    opts: SealbeamOptions, sealed: beam.PCollection, reader_dead_letters: beam.PCollection,
-    *, preflight_clients: PreflightClients | None = None,
+    opts: SealbeamOptions, sealed: beam.PCollection, reader_dead_letters: beam.PCollection, *,
+    after_confidential: OutputsStep | None = None,
+    preflight_clients: PreflightClients | None = None,
 ) -> BatchPipelineOutputs:
     """Everything after the source, shared by the batch and streaming pipelines: parse headers,
-    the confidential step, routing, region-pinned writes and the dead-letter sinks. Preflight
-    (``pipelines.preflight``) runs first: a sink or worker outside the residency map refuses
-    the job before any data moves."""
+    de-duplicate, the confidential step (batched by data key; per bundle and window in a
+    streaming run, which must not wait for windows to close), a checkpoint, routing,
+    region-pinned writes and the dead-letter sinks. Preflight (``pipelines.preflight``) runs
+    first: a sink or worker outside the residency map refuses the job before any data moves."""
     regions = allowed_regions(opts)
     residency = job_residency(opts, regions)
     report = preflight_job(opts, residency, regions, preflight_clients)
     broker_url = required(opts, "broker_url")
     parsed = sealed | "ParseHeaders" >> ParseSealed()
+    deduped = parsed[ParseSealed.SEALED] | "Deduplicate" >> DeduplicateEnvelopes(
+        horizon_s=opts.dedupe_horizon_s)
+    streaming = bool(opts.view_as(StandardOptions).streaming)
     confidential = ConfidentialProcess(
         broker_url, tee_settings(opts), feature_spec(opts), output_format=output_format(opts),
-        limits=session_limits(opts), min_batch_size=opts.min_batch_size,
-        max_batch_size=opts.max_batch_size,
+        limits=session_limits(opts), max_batch_size=opts.max_batch_size,
+        max_batch_bytes=opts.max_batch_bytes, key_shards=opts.key_shards,
+        key_spread=opts.key_spread, broker_retries=opts.broker_retries,
+        batcher=(BundleBatches(max_count=opts.max_batch_size, max_bytes=opts.max_batch_bytes)
+                 if streaming else None),
     )
-    processed = parsed[ParseSealed.SEALED] | "Confidential" >> confidential
+    processed = deduped[DeduplicateEnvelopes.UNIQUE] | "Confidential" >> confidential
+    outputs = processed[ConfidentialProcess.SEALED]
+    if after_confidential is not None:
+        outputs = after_confidential(outputs)
+    if not streaming:
+        outputs = outputs | "Checkpoint" >> beam.Reshuffle()
     written = (
-        processed[ConfidentialProcess.SEALED]
+        outputs
         | "Route" >> RouteByRegion()
         | "WritePinned" >> WriteRegionPinned(residency.sinks(), regions, residency.keks())
     )
@@ -119,11 +187,12 @@ def add_processing_steps(
          processed[ConfidentialProcess.DEAD_LETTER], written[WriteRegionPinned.DEAD_LETTER])
         | "AllDeadLetters" >> beam.Flatten()
     )
-    dead_letters | "WriteDeadLetters" >> WriteDeadLettersBySink(
+    dead_letter_paths = dead_letters | "WriteDeadLetters" >> WriteDeadLettersBySink(
         residency.dead_letter_roots(), residency.unrouted_dead_letter_sink.beam_path)
     return BatchPipelineOutputs(written[WriteRegionPinned.WRITTEN], dead_letters,
-                                confidential.compiled.fingerprint,
-                                {"map": residency.to_json(), "preflight": report.to_json()})
+                                confidential.compiled.fingerprint, dead_letter_paths,
+                                {"map": residency.to_json(), "preflight": report.to_json()},
+                                _written_directories(residency, regions))
 
 
 def _counter_totals(result: beam.runners.runner.PipelineResult) -> dict[str, int]:
@@ -144,18 +213,20 @@ def run_batch(options: PipelineOptions,
     runner = options.view_as(StandardOptions).runner or FnApiRunner()
     started = time.monotonic()
     pipeline = beam.Pipeline(runner=runner, options=options)
-    built = build_batch_pipeline(pipeline, options, preflight_clients)
+    built = build_batch_pipeline(pipeline, options, preflight_clients=preflight_clients)
     result = pipeline.run()
     result.wait_until_finish()
     return summarize_run(result, opts, built, started)
 
 
 def check_reconciled(summary: RunSummary) -> None:
-    """Raise ``ReconciliationError`` unless records_in == records_out + dead_letters."""
+    """Raise ``ReconciliationError`` unless
+    records_in == records_out + dead_letters + duplicates."""
     if not summary.reconciled:
         raise ReconciliationError(
             f"run does not reconcile: records_in={summary.records_in} != records_out="
-            f"{summary.records_out} + dead_letters={summary.dead_letters}")
+            f"{summary.records_out} + dead_letters={summary.dead_letters} + duplicates="
+            f"{summary.duplicates}")
 
 
 def summarize_run(result: beam.runners.runner.PipelineResult, opts: SealbeamOptions,
@@ -176,5 +247,6 @@ def summarize_run(result: beam.runners.runner.PipelineResult, opts: SealbeamOpti
         spec_fingerprint=built.spec_fingerprint,
         output_format=output_format(opts),
         seconds=round(time.monotonic() - started, 3),
+        duplicates=totals.get(names.DUPLICATES, 0),
         residency=dict(built.residency or {}),
     )

@@ -15,6 +15,10 @@ from apache_beam.options.pipeline_options import PipelineOptions
 from enclave_workers.batch_processor import OUTPUT_FORMATS, SEALED_ARROW, default_feature_spec
 from enclave_workers.features import FeatureError, FeatureSpec, compile_spec
 from transforms import SessionLimits, TeeSettings, TransformError
+from transforms.batching import DEFAULT_MAX_BATCH_BYTES, DEFAULT_SHARDS
+from transforms.confidential import BROKER_RETRIES_DEFAULT
+from transforms.dedupe import DEFAULT_HORIZON_S
+from transforms.read import DEFAULT_RANGE_BYTES
 from transforms.tee import SIMULATED_SEV_SNP, SUPPORTED_TEES
 from transforms.write import is_region_name
 
@@ -59,6 +63,24 @@ class SealbeamOptions(PipelineOptions):
                                  "holds per output file, so small batches suppress more rows)")
         parser.add_argument("--max_batch_size", type=int, default=2000,
                             help="largest batch handed to the confidential step")
+        parser.add_argument("--max_batch_bytes", type=int, default=DEFAULT_MAX_BATCH_BYTES,
+                            help="bytes of sealed input in one confidential batch (an envelope "
+                                 "larger than this is a batch of its own)")
+        parser.add_argument("--key_shards", type=int, default=DEFAULT_SHARDS,
+                            help="groups (and so workers) one region and producer spread over; "
+                                 "every data key's envelopes share one group (--key_spread)")
+        parser.add_argument("--key_spread", type=int, default=1,
+                            help="groups one data key's envelopes may spread over (raise it "
+                                 "when one key seals a large part of the input)")
+        parser.add_argument("--range_bytes", type=int, default=DEFAULT_RANGE_BYTES,
+                            help="input files are read in byte ranges of this size, spread "
+                                 "over the workers")
+        parser.add_argument("--dedupe_horizon_s", type=float, default=DEFAULT_HORIZON_S,
+                            help="exact copies of an envelope within this many seconds (event "
+                                 "time) are dropped and counted as duplicates")
+        parser.add_argument("--broker_retries", type=int, default=BROKER_RETRIES_DEFAULT,
+                            help="retries, with backoff, of a batch while the broker is "
+                                 "unavailable, before the bundle fails and is retried")
         parser.add_argument("--key_ttl_s", type=float, default=300.0,
                             help="seconds a released key stays cached in a worker")
         parser.add_argument("--max_uses_per_key", type=int, default=100_000,

@@ -12,49 +12,89 @@ Usage::
     outputs = processed[ConfidentialProcess.SEALED]        # SealedOutput
     dead = processed[ConfidentialProcess.DEAD_LETTER]       # DeadLetter
 
+Input: ``SealedEnvelope`` elements (``ParseSealed``, then ``DeduplicateEnvelopes``) or bare
+envelope bytes (their headers are read here; one that does not parse is a dead letter).
+Batching is ``BatchByDataKey`` (``batching.py``): grouped by data key and cut
+deterministically by count and bytes, so each DEK goes to one worker and a rerun forms the
+same batches; ``batcher=`` may name another ``SealedEnvelope -> EnvelopeBatch`` transform
+(``BundleBatches`` for a stream that must not wait for its windows to close). Every output's
+``output_id`` is set to a digest of its batch's sorted envelope ids, region, producer and
+format (``output_name_id``), which ``WriteRegionPinned`` turns into the file name: a retried
+or rerun batch writes the same name again, never a second file.
+
 The spec is validated and compiled when the transform is built (a bad spec fails there, not
 on a worker), travels to the workers as its plain JSON document, and is compiled once per
 worker in ``setup``; the worker checks that its compiled fingerprint is the one the pipeline
-was built with. Elements are grouped with ``beam.BatchElements`` (not ``GroupIntoBatches``,
-which needs keyed state and forces the legacy runner). Each worker process holds one
-``KeySession`` per (broker, TEE, limits, spec, output format), shared by its threads through
-``apache_beam.utils.shared.Shared``: it attests once, fetches each data key once, and names
-the spec's fingerprint in every output-key request (``session.py``). For ``parquet-pme`` the
-session hands out a fresh output DEK per request, so each file's two master keys differ.
-``enclave_workers.batch_processor`` does the work. Metrics: ``broker_calls``,
-``rows_suppressed`` (k-anonymity), ``confidential_batch_size``.
+was built with. Each worker process holds one ``KeySession`` per (broker, TEE, limits, spec,
+output format), shared by its threads and DoFn instances (``session.acquire_session``): it
+attests once, fetches each data key once, and names the spec's fingerprint in every
+output-key request. ``teardown`` releases it; the last holder closes it (keys forgotten).
+For ``parquet-pme`` the session hands out a fresh output DEK per request, so each file's two
+master keys differ. ``enclave_workers.batch_processor`` does the work.
+
+A broker outage (``BrokerUnavailableError``) is retried here with bounded exponential backoff
+(``broker_retries`` attempts, ``BROKER_BACKOFF_S`` doubling up to ``BROKER_BACKOFF_CAP_S``);
+when it lasts longer the error is raised, so the runner retries the bundle (or the job fails)
+and no envelope is dead-lettered for it: nothing is lost. Metrics: ``broker_calls``,
+``broker_retries``, ``rows_suppressed`` (k-anonymity), ``confidential_batch_size``.
 
 What it does not: no file I/O, no routing; keys stay in the worker's memory.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+import dataclasses
+import hashlib
+import time
+from collections.abc import Iterable
 from typing import Any
 
 import apache_beam as beam
 from apache_beam.metrics import Metrics
 from apache_beam.pvalue import TaggedOutput
-from apache_beam.utils.shared import Shared
 
 from enclave_workers.batch_processor import (
+    MAX_ENVELOPE_BYTES,
     OUTPUT_FORMATS,
     PARQUET_PME,
     SEALED_ARROW,
+    STAGE_PARSE,
     BatchProcessor,
+    BatchResult,
+    DeadLetter,
+    SealedOutput,
+    unparsed_record_id,
 )
 from enclave_workers.features import CompiledSpec, FeatureError, FeatureSpec, compile_spec
 from enclave_workers.features.pme import check_column_keys, column_keys_for_spec
 from enclave_workers.key_session import KeySession
+from envelope import EnvelopeError, read_header
+from keybroker.client import BrokerUnavailableError
 
+from .batching import DEFAULT_MAX_BATCH_BYTES, DEFAULT_SHARDS, BatchByDataKey, EnvelopeBatch
 from .errors import TransformConfigError
-from .metrics import BROKER_CALLS, NAMESPACE, ROWS_SUPPRESSED
-from .session import make_key_session
+from .metrics import BROKER_CALLS, BROKER_RETRIES, NAMESPACE, ROWS_SUPPRESSED
+from .sealed import SealedEnvelope, sealed_envelope
+from .session import acquire_session, make_key_session, release_session
 from .tee import SessionLimits, TeeSettings
 
-__all__ = ["ConfidentialProcess", "compile_for_workers"]
+__all__ = ["BROKER_RETRIES_DEFAULT", "ConfidentialProcess", "compile_for_workers",
+           "output_name_id"]
 
 PME_OUTPUT_KEY_MAX_ENVELOPES = 1   # a fresh DEK per master key: each PME file's two differ
+BROKER_RETRIES_DEFAULT = 5         # attempts after the first while the broker is unavailable
+BROKER_BACKOFF_S = 0.5
+BROKER_BACKOFF_CAP_S = 8.0
+_OUTPUT_NAME_DOMAIN = b"sealbeam.output.v1\x00"
+
+
+def output_name_id(batch_id: bytes, output: SealedOutput) -> bytes:
+    """16 bytes naming an output by what went into it: its batch, region, producer, format."""
+    hasher = hashlib.sha256(_OUTPUT_NAME_DOMAIN + batch_id)
+    for part in (output.region, output.producer_id, output.output_format):
+        encoded = part.encode("utf-8")
+        hasher.update(len(encoded).to_bytes(4, "big") + encoded)
+    return hasher.digest()[:16]
 
 
 def compile_for_workers(spec: FeatureSpec) -> tuple[dict[str, Any], CompiledSpec]:
@@ -81,7 +121,7 @@ def _check_pme_assignment(compiled: CompiledSpec) -> None:
 class _ConfidentialProcessFn(beam.DoFn):
     def __init__(self, broker_url: str, tee: TeeSettings, spec_document: dict[str, Any],
                  spec_source: str | None, fingerprint: str, output_format: str,
-                 limits: SessionLimits) -> None:
+                 limits: SessionLimits, broker_retries: int) -> None:
         self._broker_url = broker_url
         self._tee = tee
         self._spec_document = spec_document
@@ -89,11 +129,13 @@ class _ConfidentialProcessFn(beam.DoFn):
         self._fingerprint = fingerprint
         self._output_format = output_format
         self._limits = limits
-        self._shared_session = Shared()
+        self._broker_retries = broker_retries
         self._broker_calls = Metrics.counter(NAMESPACE, BROKER_CALLS)
+        self._retries = Metrics.counter(NAMESPACE, BROKER_RETRIES)
         self._rows_suppressed = Metrics.counter(NAMESPACE, ROWS_SUPPRESSED)
         self._batch_sizes = Metrics.distribution(NAMESPACE, "confidential_batch_size")
         self._processor: BatchProcessor | None = None
+        self._session_tag_held: str | None = None
 
     def _session_tag(self) -> str:
         return repr((self._broker_url, self._tee, self._limits, self._fingerprint,
@@ -113,34 +155,83 @@ class _ConfidentialProcessFn(beam.DoFn):
         if compiled.fingerprint != self._fingerprint:
             raise TransformConfigError("the worker compiled the feature spec to another "
                                        "fingerprint than the pipeline was built with")
-        session = self._shared_session.acquire(self._make_session, tag=self._session_tag())
+        tag = self._session_tag()
+        session = acquire_session(tag, self._make_session)
+        self._session_tag_held = tag
         self._processor = BatchProcessor(session, compiled, output_format=self._output_format)
 
-    def process(self, batch: Sequence[bytes]) -> Iterable[object]:
+    def teardown(self) -> None:
+        """Give the worker's shared session back; the last holder closes it."""
+        tag, self._session_tag_held = self._session_tag_held, None
+        self._processor = None
+        if tag is not None:
+            release_session(tag)
+
+    def _process_with_backoff(self, envelopes: list[bytes]) -> BatchResult:
         assert self._processor is not None, "setup() creates the processor"
-        self._batch_sizes.update(len(batch))
-        result = self._processor.process(list(batch))
+        for attempt in range(self._broker_retries + 1):
+            try:
+                return self._processor.process(envelopes)
+            except BrokerUnavailableError:
+                if attempt == self._broker_retries:
+                    raise
+                self._retries.inc()
+                time.sleep(min(BROKER_BACKOFF_CAP_S, BROKER_BACKOFF_S * 2 ** attempt))
+        raise AssertionError("unreachable: the last attempt returns or raises")
+
+    def process(self, batch: EnvelopeBatch) -> Iterable[object]:
+        self._batch_sizes.update(len(batch.envelopes))
+        result = self._process_with_backoff([e.data for e in batch.envelopes])
         self._rows_suppressed.inc(result.rows_suppressed)
-        yield from result.outputs
+        for output in result.outputs:
+            yield dataclasses.replace(output, output_id=output_name_id(batch.batch_id, output))
         for dead_letter in result.dead_letters:
             yield TaggedOutput(ConfidentialProcess.DEAD_LETTER, dead_letter)
 
 
+class _AsSealedEnvelopeFn(beam.DoFn):
+    """``SealedEnvelope`` passes; bare bytes get their header read (else a dead letter)."""
+
+    def process(self, element: SealedEnvelope | bytes) -> Iterable[object]:
+        if isinstance(element, SealedEnvelope):
+            yield element
+            return
+        if len(element) > MAX_ENVELOPE_BYTES:
+            yield TaggedOutput(ConfidentialProcess.DEAD_LETTER, DeadLetter(
+                unparsed_record_id(element),
+                f"envelope is {len(element)} bytes, over {MAX_ENVELOPE_BYTES}", STAGE_PARSE,
+                b""))
+            return
+        try:
+            header, _ = read_header(element)
+        except EnvelopeError as exc:
+            yield TaggedOutput(ConfidentialProcess.DEAD_LETTER, DeadLetter(
+                unparsed_record_id(element), f"not a sealed envelope: {exc}", STAGE_PARSE, b""))
+            return
+        yield sealed_envelope(element, header)
+
+
 class ConfidentialProcess(beam.PTransform):
-    """Sealed envelopes -> feature outputs (``SealedOutput``) and dead letters."""
+    """``SealedEnvelope`` (or envelope bytes) -> feature outputs (``SealedOutput``, named by
+    their inputs) and dead letters."""
 
     SEALED = "sealed"
     DEAD_LETTER = "dead_letter"
 
     def __init__(self, broker_url: str, tee: TeeSettings, spec: FeatureSpec, *,
                  output_format: str = SEALED_ARROW, limits: SessionLimits | None = None,
-                 min_batch_size: int = 1, max_batch_size: int = 2000) -> None:
+                 max_batch_size: int = 2000, max_batch_bytes: int = DEFAULT_MAX_BATCH_BYTES,
+                 key_shards: int = DEFAULT_SHARDS, key_spread: int = 1,
+                 broker_retries: int = BROKER_RETRIES_DEFAULT,
+                 batcher: beam.PTransform | None = None) -> None:
         super().__init__()
         if not broker_url:
             raise TransformConfigError("ConfidentialProcess needs a broker_url")
-        if not 1 <= min_batch_size <= max_batch_size:
-            raise TransformConfigError(
-                "batch sizes must satisfy 1 <= min_batch_size <= max_batch_size")
+        if max_batch_size < 1 or max_batch_bytes < 1:
+            raise TransformConfigError("batch sizes must be at least 1 (max_batch_size, "
+                                       "max_batch_bytes)")
+        if broker_retries < 0:
+            raise TransformConfigError("broker_retries must be 0 or more")
         if output_format not in OUTPUT_FORMATS:
             raise TransformConfigError(f"output format must be one of "
                                        f"{', '.join(OUTPUT_FORMATS)}, not {output_format!r}")
@@ -152,15 +243,20 @@ class ConfidentialProcess(beam.PTransform):
         self.compiled = compiled
         self._fn = _ConfidentialProcessFn(broker_url, tee, document, spec.source,
                                           compiled.fingerprint, output_format,
-                                          limits or SessionLimits())
-        self._min_batch_size = min_batch_size
-        self._max_batch_size = max_batch_size
+                                          limits or SessionLimits(), broker_retries)
+        self._batcher = batcher or BatchByDataKey(
+            max_count=max_batch_size, max_bytes=max_batch_bytes, shards=key_shards,
+            spread=key_spread)
 
-    def expand(self, pcoll: beam.PCollection) -> beam.pvalue.DoOutputsTuple:
-        return (
-            pcoll
-            | "Batch" >> beam.BatchElements(min_batch_size=self._min_batch_size,
-                                            max_batch_size=self._max_batch_size)
+    def expand(self, pcoll: beam.PCollection) -> dict[str, beam.PCollection]:
+        keyed = pcoll | "HeaderFacts" >> beam.ParDo(_AsSealedEnvelopeFn()).with_outputs(
+            self.DEAD_LETTER, main=self.SEALED)
+        processed = (
+            keyed[self.SEALED]
+            | "Batch" >> self._batcher
             | "OpenFeaturizeReseal" >> beam.ParDo(self._fn).with_outputs(
                 self.DEAD_LETTER, main=self.SEALED)
         )
+        dead = ((keyed[self.DEAD_LETTER], processed[self.DEAD_LETTER])
+                | "DeadLetters" >> beam.Flatten())
+        return {self.SEALED: processed[self.SEALED], self.DEAD_LETTER: dead}

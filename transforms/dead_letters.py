@@ -8,12 +8,18 @@ Usage::
 Each line is ``{"record_id", "reason", "stage", "records", "rows", "sealed_b64"}``: sealed
 bytes only (the input as it arrived, or a batch envelope's violating rows resealed under an
 output key of its region; empty when the input was not an envelope at all), never plaintext
-or keys. Each bundle writes one file per window it holds (temporary name, then renamed), which
-works for bounded and unbounded input alike: ``dead-letter/dl-<uuid>.jsonl`` in the global
-window, ``dead-letter/dl-<window start>-<window end>-<uuid>.jsonl`` (UTC, e.g.
-``19700101T000100.000Z``) in a fixed window, so a streaming run's dead letters land per
-window. The ``dead_letters`` metric counts the input envelopes the dead letters stand for,
-``dead_letter_rows`` the rows of resealed parts.
+or keys.
+
+Files are named by what they hold, so a retried bundle or a rerun of the job rewrites the same
+names instead of adding files with the same dead letters: dead letters are keyed by a stable
+hash of their record id into ``DEAD_LETTER_SHARDS`` groups, grouped (per window), sorted, cut
+into files of at most ``MAX_LINES_PER_FILE`` lines, and each file is named by a digest of its
+sorted (record id, stage, reason) list: ``dead-letter/dl-<digest as uuid>.jsonl`` in the global
+window, ``dead-letter/dl-<window start>-<window end>-<digest as uuid>.jsonl`` (UTC, e.g.
+``19700101T000100.000Z``) in an interval window. Files are committed as outputs are
+(``write.commit_file``: temporary name, rename, no orphan on failure). The ``dead_letters``
+metric counts the input envelopes the dead letters stand for, ``dead_letter_rows`` the rows of
+resealed parts. ``WRITTEN`` is the written paths.
 
 What it does not: no retries or replays; a separate tool can re-submit the sealed bytes.
 """
@@ -21,24 +27,30 @@ What it does not: no retries or replays; a separate tool can re-submit the seale
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 import uuid
-from typing import Any
+from collections.abc import Iterable
 
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
-from apache_beam.transforms.window import BoundedWindow, IntervalWindow
-from apache_beam.utils.timestamp import Timestamp
+from apache_beam.transforms.window import BoundedWindow
 
 from enclave_workers.batch_processor import DeadLetter
 
 from .errors import TransformConfigError
 from .metrics import DEAD_LETTER_ROWS, DEAD_LETTERS, NAMESPACE
+from .windows import window_label
+from .write import commit_file
 
-__all__ = ["DEAD_LETTER_DIR", "WriteDeadLetters", "dead_letter_file_name", "dead_letter_to_json"]
+__all__ = ["DEAD_LETTER_DIR", "DEAD_LETTER_SHARDS", "MAX_LINES_PER_FILE", "WriteDeadLetters",
+           "dead_letter_file_name", "dead_letter_to_json", "dead_letters_content_id"]
 
 DEAD_LETTER_DIR = "dead-letter"
+DEAD_LETTER_SHARDS = 4
+MAX_LINES_PER_FILE = 10_000
+_CONTENT_DOMAIN = b"sealbeam.dead-letters.v1\x00"
 
 
 def dead_letter_to_json(dead_letter: DeadLetter) -> bytes:
@@ -53,62 +65,51 @@ def dead_letter_to_json(dead_letter: DeadLetter) -> bytes:
     }, sort_keys=True).encode("utf-8") + b"\n"
 
 
-def _utc_label(timestamp: Timestamp) -> str:
-    moment = timestamp.to_utc_datetime()
-    return moment.strftime("%Y%m%dT%H%M%S.") + f"{moment.microsecond // 1000:03d}Z"
+def _sort_key(dead_letter: DeadLetter) -> tuple[str, str, str, int, int]:
+    return (dead_letter.record_id, dead_letter.stage, dead_letter.reason, dead_letter.records,
+            dead_letter.rows)
 
 
-def dead_letter_file_name(window: BoundedWindow) -> str:
-    """``dl-<uuid>.jsonl``, with the window's UTC bounds before the uuid for an interval
-    window, so a streaming run's dead letters can be found per window."""
-    if isinstance(window, IntervalWindow):
-        return (f"dl-{_utc_label(window.start)}-{_utc_label(window.end)}-"
-                f"{uuid.uuid4()}.jsonl")
-    return f"dl-{uuid.uuid4()}.jsonl"
+def dead_letters_content_id(dead_letters: Iterable[DeadLetter]) -> bytes:
+    """16 bytes of SHA-256 over the sorted (record id, stage, reason, records, rows) list."""
+    hasher = hashlib.sha256(_CONTENT_DOMAIN)
+    for key in sorted(_sort_key(d) for d in dead_letters):
+        hasher.update(json.dumps(key).encode("utf-8") + b"\n")
+    return hasher.digest()[:16]
 
 
-class _OpenFile:
-    """One dead-letter file being written: its writer under the temporary name."""
+def dead_letter_file_name(window: BoundedWindow, content_id: bytes) -> str:
+    """``dl-[<window start>-<window end>-]<content id as uuid>.jsonl``."""
+    label = window_label(window)
+    return f"dl-{label + '-' if label else ''}{uuid.UUID(bytes=content_id)}.jsonl"
 
-    def __init__(self, output_root: str, window: BoundedWindow) -> None:
-        name = dead_letter_file_name(window)
-        self.final_path = FileSystems.join(output_root, DEAD_LETTER_DIR, name)
-        self.temp_path = FileSystems.join(output_root, DEAD_LETTER_DIR, f".{name}.tmp")
-        self.writer: Any = FileSystems.create(self.temp_path, mime_type="application/json",
-                                              compression_type="uncompressed")
 
-    def commit(self) -> None:
-        self.writer.close()
-        FileSystems.rename([self.temp_path], [self.final_path])
+def _shard(dead_letter: DeadLetter) -> int:
+    digest = hashlib.sha256(dead_letter.record_id.encode("utf-8", "surrogatepass")).digest()
+    return int.from_bytes(digest[:4], "big") % DEAD_LETTER_SHARDS
 
 
 class _WriteDeadLettersFn(beam.DoFn):
     def __init__(self, output_root: str) -> None:
-        self._output_root = output_root
+        self._directory = FileSystems.join(output_root, DEAD_LETTER_DIR)
         self._dead_letters = Metrics.counter(NAMESPACE, DEAD_LETTERS)
         self._dead_letter_rows = Metrics.counter(NAMESPACE, DEAD_LETTER_ROWS)
-        self._files: dict[BoundedWindow, _OpenFile] = {}
 
-    def start_bundle(self) -> None:
-        self._files = {}
-
-    def process(self, dead_letter: DeadLetter,
-                window: BoundedWindow = beam.DoFn.WindowParam) -> None:
-        open_file = self._files.get(window)
-        if open_file is None:
-            open_file = self._files[window] = _OpenFile(self._output_root, window)
-        open_file.writer.write(dead_letter_to_json(dead_letter))
-        self._dead_letters.inc(dead_letter.records)
-        self._dead_letter_rows.inc(dead_letter.rows)
-
-    def finish_bundle(self) -> None:
-        files, self._files = self._files, {}
-        for open_file in files.values():
-            open_file.commit()
+    def process(self, group: tuple[int, Iterable[DeadLetter]],
+                window: BoundedWindow = beam.DoFn.WindowParam) -> Iterable[str]:
+        _, letters = group
+        ordered = sorted(letters, key=_sort_key)
+        for start in range(0, len(ordered), MAX_LINES_PER_FILE):
+            chunk = ordered[start:start + MAX_LINES_PER_FILE]
+            name = dead_letter_file_name(window, dead_letters_content_id(chunk))
+            yield commit_file(self._directory, name, [dead_letter_to_json(d) for d in chunk],
+                              "application/json")
+            self._dead_letters.inc(sum(d.records for d in chunk))
+            self._dead_letter_rows.inc(sum(d.rows for d in chunk))
 
 
 class WriteDeadLetters(beam.PTransform):
-    """``DeadLetter`` elements -> JSONL files under ``<output_root>/dead-letter/``."""
+    """``DeadLetter`` elements -> JSONL files under ``<output_root>/dead-letter/`` (paths)."""
 
     def __init__(self, output_root: str) -> None:
         super().__init__()
@@ -117,4 +118,9 @@ class WriteDeadLetters(beam.PTransform):
         self._output_root = output_root
 
     def expand(self, pcoll: beam.PCollection) -> beam.PCollection:
-        return pcoll | "WriteJsonLines" >> beam.ParDo(_WriteDeadLettersFn(self._output_root))
+        return (
+            pcoll
+            | "KeyByRecordId" >> beam.Map(lambda d: (_shard(d), d))
+            | "GroupDeadLetters" >> beam.GroupByKey()
+            | "WriteJsonLines" >> beam.ParDo(_WriteDeadLettersFn(self._output_root))
+        )

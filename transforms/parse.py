@@ -3,19 +3,22 @@
 Usage::
 
     parsed = envelopes | ParseSealed()
-    sealed = parsed[ParseSealed.SEALED]          # the same bytes, header known to be well formed
+    sealed = parsed[ParseSealed.SEALED]          # SealedEnvelope: the bytes and header facts
     dead = parsed[ParseSealed.DEAD_LETTER]       # DeadLetter (stage "parse")
 
 It runs ``envelope.read_header`` only: structure, bounds, known kind and algorithm. No key is
 touched, so this runs anywhere (outside the TEE). Bytes that are not an envelope become a dead
 letter named by their digest, without the bytes (they could be anything).
 
+It forwards a ``SealedEnvelope`` (``sealed.py``): the envelope's bytes with the header facts
+that de-duplication and keyed batching need (envelope id, data-key id, region, producer,
+digest), so no step before the confidential one parses the header again.
+
 What it does not: it does not authenticate the header (that needs the data key, inside the
-TEE), and it does not reorder or batch. It forwards the envelope's bytes, not an
-``envelope.ParsedEnvelope``: this step may run outside the TEE, bytes are the cheapest element
-to encode between steps (a ``ParsedEnvelope`` pickles as its bytes and is parsed again when
-unpickled), and the confidential step parses each header exactly once itself
-(``BatchProcessor``), reusing that parse to open the envelope.
+TEE), and it does not reorder or batch. It does not forward an ``envelope.ParsedEnvelope``:
+that pickles as its bytes and is parsed again when unpickled, so between workers it would
+save nothing; the confidential step parses each header once itself (``BatchProcessor``),
+reusing that parse to open the envelope.
 """
 
 from __future__ import annotations
@@ -32,6 +35,8 @@ from enclave_workers.batch_processor import (
     unparsed_record_id,
 )
 from envelope import EnvelopeError, read_header
+
+from .sealed import sealed_envelope
 
 __all__ = ["ParseSealed"]
 
@@ -60,11 +65,11 @@ class _ParseHeaderFn(beam.DoFn):
                 header.envelope_id.hex(), f"unknown envelope kind {header.kind!r}", STAGE_PARSE,
                 envelope))
             return
-        yield envelope
+        yield sealed_envelope(envelope, header)
 
 
 class ParseSealed(beam.PTransform):
-    """Envelope bytes -> the same bytes when their header parses; else a dead letter."""
+    """Envelope bytes -> ``SealedEnvelope`` when their header parses; else a dead letter."""
 
     SEALED = "sealed"
     DEAD_LETTER = "dead_letter"

@@ -7,12 +7,17 @@ compiled spec's fingerprint, which the broker records in its audit ledger, when 
 client supports it (``BrokerClient.generate(..., spec_fingerprint=...)``, checked once with
 ``inspect.signature``); older clients are called without it.
 
+``acquire_session`` / ``release_session`` share one session per tag among the DoFn instances
+and threads of a worker process, counting holders: ``DoFn.setup`` acquires, ``teardown``
+releases, and the last release closes the session (its keys are forgotten).
+
 What it does not: no key handling of its own; the session opens and caches keys.
 """
 
 from __future__ import annotations
 
 import inspect
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -22,7 +27,8 @@ from keybroker.client import BrokerClient
 
 from .tee import SessionLimits, TeeSettings, make_evidence_provider
 
-__all__ = ["SpecBoundBrokerClient", "make_key_session", "supports_spec_fingerprint"]
+__all__ = ["SpecBoundBrokerClient", "acquire_session", "make_key_session", "release_session",
+           "supports_spec_fingerprint"]
 
 SPEC_FINGERPRINT_PARAMETER = "spec_fingerprint"
 
@@ -86,4 +92,36 @@ def make_key_session(broker_url: str, tee: TeeSettings, limits: SessionLimits, *
                                   if output_key_max_envelopes is not None
                                   else limits.output_key_max_envelopes),
         on_broker_call=on_broker_call,
+        owns_broker=True,
     )
+
+
+_POOL_LOCK = threading.Lock()
+_POOL: dict[str, list[Any]] = {}          # tag -> [session, holders]
+
+
+def acquire_session(tag: str, factory: Callable[[], KeySession]) -> KeySession:
+    """The process's session for ``tag``, made by ``factory`` on first use; one more holder.
+
+    ``factory`` makes no network call (a session attests on first use), so holding the pool
+    lock while it runs stalls nobody.
+    """
+    with _POOL_LOCK:
+        entry = _POOL.get(tag)
+        if entry is None:
+            entry = _POOL[tag] = [factory(), 0]
+        entry[1] += 1
+        return entry[0]
+
+
+def release_session(tag: str) -> None:
+    """One holder less; the last one closes the session and drops it from the pool."""
+    with _POOL_LOCK:
+        entry = _POOL.get(tag)
+        if entry is None:
+            return
+        entry[1] -= 1
+        if entry[1] > 0:
+            return
+        del _POOL[tag]
+    entry[0].close()

@@ -11,10 +11,21 @@ Usage::
 
 Each output goes to ``<output_root>/<region>/part-<output id as uuid><suffix>`` (``.sbatch``
 for a sealed batch envelope, ``.parquet`` for PME Parquet) -- or, given a mapping of region
-to sink root (the residency map's sinks), to ``<sink of its region>/part-...`` -- through
-``apache_beam.io.filesystems.FileSystems`` (local, GCS, Azure Blob ...), first under a hidden
-temporary name and then renamed, so a reader never sees half a file and a retried bundle
-rewrites the same name. An output is refused — becomes a dead letter that still carries the
+to sink root (the residency map's sinks), to ``<sink of its region>/part-...`` --, with the
+window's UTC bounds before the suffix in an interval window (``part-<uuid>-<start>-<end>.sbatch``),
+through ``apache_beam.io.filesystems.FileSystems`` (local, GCS, Azure Blob ...). The output id
+is a digest of what went into the output (``ConfidentialProcess``), so a retried bundle or a
+rerun of the job writes the same name again: exactly-once files over at-least-once execution.
+
+The commit (``commit_file``) writes a hidden temporary name derived from the final one
+(``.<name>.tmp``: a retry overwrites its own leftover), then renames it over the final name;
+when a filesystem's rename will not replace an existing file, the old file is deleted and the
+rename tried once more. It never asks ``FileSystems.exists`` first (on Azure Blob that raises
+for a missing blob). When writing or renaming fails, the temporary file is deleted before the
+error is raised, so a failed attempt leaves no orphan; ``clean_temporary_files`` removes what a
+killed worker left behind (the batch pipeline runs it after every write).
+
+An output is refused — becomes a dead letter that still carries the
 (encrypted) bytes — when its destination is not in ``allowed_regions``, is not the region
 whose key the output needs (its sealed header, or its PME footer key: ``output_region``), or
 is not a plain region name, has no sink in the mapping ("no sink in the residency map"), or
@@ -28,14 +39,17 @@ where each sink really is was checked before the run (``pipelines.preflight``).
 
 from __future__ import annotations
 
+import contextlib
 import re
 import uuid
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 
 import apache_beam as beam
+from apache_beam.io.filesystem import BeamIOError
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 from apache_beam.pvalue import TaggedOutput
+from apache_beam.transforms.window import BoundedWindow
 
 from enclave_workers.batch_processor import (
     PARQUET_PME,
@@ -48,9 +62,14 @@ from enclave_workers.batch_processor import (
 from .errors import TransformConfigError, TransformError
 from .metrics import NAMESPACE, OUTPUT_FILES, RECORDS_OUT, ROWS_OUT, outputs_in_region
 from .output_region import output_key
+from .windows import window_label
 
-__all__ = ["OUTPUT_SUFFIX", "OUTPUT_SUFFIXES", "PME_SUFFIX", "WriteRegionPinned",
-           "is_region_name", "output_file_name"]
+__all__ = ["OUTPUT_SUFFIX", "OUTPUT_SUFFIXES", "PME_SUFFIX", "TEMP_PREFIX", "TEMP_SUFFIX",
+           "WriteRegionPinned", "clean_temporary_files", "commit_file", "is_region_name",
+           "output_file_name"]
+
+TEMP_PREFIX = "."
+TEMP_SUFFIX = ".tmp"
 
 OUTPUT_SUFFIX = ".sbatch"
 PME_SUFFIX = ".parquet"
@@ -63,9 +82,59 @@ def is_region_name(region: str) -> bool:
     return bool(_REGION_NAME.fullmatch(region))
 
 
-def output_file_name(output: SealedOutput) -> str:
-    """``part-<output id as uuid><suffix of its format>``."""
-    return f"part-{uuid.UUID(bytes=output.output_id)}{OUTPUT_SUFFIXES[output.output_format]}"
+def output_file_name(output: SealedOutput, window: BoundedWindow | None = None) -> str:
+    """``part-<output id as uuid>[-<window start>-<window end>]<suffix of its format>``."""
+    label = window_label(window)
+    return (f"part-{uuid.UUID(bytes=output.output_id)}{'-' + label if label else ''}"
+            f"{OUTPUT_SUFFIXES[output.output_format]}")
+
+
+def _delete_quietly(path: str) -> None:
+    with contextlib.suppress(BeamIOError):   # not there (or already gone): nothing to clean
+        FileSystems.delete([path])
+
+
+def commit_file(directory: str, name: str, chunks: Sequence[bytes], mime_type: str) -> str:
+    """Write ``chunks`` to ``directory/name`` through a temporary name; returns the path.
+
+    The temporary name is derived from ``name``, so a retry reuses (overwrites) it; on any
+    failure it is deleted before the error propagates.
+    """
+    final_path = FileSystems.join(directory, name)
+    temp_path = FileSystems.join(directory, f"{TEMP_PREFIX}{name}{TEMP_SUFFIX}")
+    try:
+        writer = FileSystems.create(temp_path, mime_type=mime_type,
+                                    compression_type="uncompressed")
+        try:
+            for chunk in chunks:
+                writer.write(chunk)
+        finally:
+            writer.close()
+        try:
+            FileSystems.rename([temp_path], [final_path])
+        except BeamIOError:
+            # A filesystem whose rename does not replace: drop the earlier copy, try once more.
+            _delete_quietly(final_path)
+            FileSystems.rename([temp_path], [final_path])
+    except BaseException:
+        _delete_quietly(temp_path)
+        raise
+    return final_path
+
+
+def clean_temporary_files(directories: Iterable[str]) -> list[str]:
+    """Delete the temporary files (``.*.tmp``) a killed writer left in ``directories``."""
+    leftovers: list[str] = []
+    for directory in directories:
+        pattern = FileSystems.join(directory, f"{TEMP_PREFIX}*{TEMP_SUFFIX}")
+        try:
+            matched = FileSystems.match([pattern])[0].metadata_list
+        except BeamIOError:
+            continue                       # the directory does not exist: nothing left there
+        leftovers.extend(m.path for m in matched)
+    for path in leftovers:
+        _delete_quietly(path)
+    return leftovers
 
 
 class _WritePinnedFn(beam.DoFn):
@@ -107,7 +176,8 @@ class _WritePinnedFn(beam.DoFn):
             return "output id is not 16 bytes"
         return None
 
-    def process(self, element: tuple[str, SealedOutput]) -> Iterable[object]:
+    def process(self, element: tuple[str, SealedOutput],
+                window: BoundedWindow = beam.DoFn.WindowParam) -> Iterable[object]:
         destination, output = element
         refusal = self._refusal(destination, output)
         if refusal is not None:
@@ -115,20 +185,10 @@ class _WritePinnedFn(beam.DoFn):
                 _record_id(output), refusal, STAGE_REGION, output.payload,
                 records=output.source_count))
             return
-        name = output_file_name(output)
         root = self._sink_root(destination)
         assert root is not None  # _refusal checked it
-        final_path = FileSystems.join(root, name)
-        temp_path = FileSystems.join(root, f".{name}.tmp")
-        writer = FileSystems.create(temp_path, mime_type="application/octet-stream",
-                                    compression_type="uncompressed")
-        try:
-            writer.write(output.payload)
-        finally:
-            writer.close()
-        # rename replaces an existing final file on every Beam filesystem (local: os.rename;
-        # GCS and Azure: copy, then delete), so no exists() call, which raises on azfs.
-        FileSystems.rename([temp_path], [final_path])
+        final_path = commit_file(root, output_file_name(output, window), [output.payload],
+                                 "application/octet-stream")
         self._records_out.inc(output.source_count)
         self._rows_out.inc(output.row_count)
         self._files.inc()

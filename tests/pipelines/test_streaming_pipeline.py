@@ -284,8 +284,10 @@ def test_bad_streaming_options_are_user_errors(broker: BrokerEnv, tmp_path: Path
 
 def test_dead_letter_files_name_their_window() -> None:
     window = IntervalWindow(Timestamp(60), Timestamp(120.5))
-    name = dead_letter_file_name(window)
+    name = dead_letter_file_name(window, bytes(16))
     assert name.startswith("dl-19700101T000100.000Z-19700101T000200.500Z-")
     assert name.endswith(".jsonl")
-    assert dead_letter_file_name(window) != name                    # a uuid per file
-    assert re.fullmatch(r"dl-[0-9a-f-]{36}\.jsonl", dead_letter_file_name(GlobalWindow()))
+    assert dead_letter_file_name(window, bytes(16)) == name         # named by its contents
+    assert dead_letter_file_name(window, bytes(15) + b"\x01") != name
+    assert re.fullmatch(r"dl-[0-9a-f-]{36}\.jsonl",
+                        dead_letter_file_name(GlobalWindow(), bytes(16)))

@@ -39,7 +39,7 @@ def test_processes_batches_dead_letters_violations_and_counts_suppressions(
     bad = _sealed(broker, "acme", [-1.0], start=41)
     denied = _sealed(broker, DENIED_PRODUCER, [20.0] * 3, start=50)
     transform = ConfidentialProcess(broker.url, _tee(broker), default_feature_spec(),
-                                    min_batch_size=64, max_batch_size=64)
+                                    max_batch_size=64, key_shards=1)
     pipeline = beam.Pipeline(runner=FnApiRunner())
     processed = pipeline | beam.Create(good + bad + denied) | transform
     sources = (processed[ConfidentialProcess.SEALED]
@@ -62,8 +62,7 @@ def test_processes_batches_dead_letters_violations_and_counts_suppressions(
 
 def test_parquet_pme_outputs_get_fresh_master_keys_per_file(broker: BrokerEnv) -> None:
     transform = ConfidentialProcess(broker.url, _tee(broker), default_feature_spec(),
-                                    output_format=PARQUET_PME, min_batch_size=8,
-                                    max_batch_size=8)
+                                    output_format=PARQUET_PME, max_batch_size=8)
     with beam.Pipeline(runner=FnApiRunner()) as pipeline:
         outputs = (pipeline | beam.Create(_sealed(broker, "globex", [20.0] * 16))
                    | transform)
@@ -79,7 +78,9 @@ def test_settings_and_specs_are_checked_before_the_pipeline_runs(broker: BrokerE
     with pytest.raises(TransformConfigError, match="unknown TEE"):
         TeeSettings("sgx", str(broker.dev_tee_dir))
     with pytest.raises(TransformConfigError, match="batch sizes"):
-        ConfidentialProcess(broker.url, _tee(broker), spec, min_batch_size=5, max_batch_size=2)
+        ConfidentialProcess(broker.url, _tee(broker), spec, max_batch_size=0)
+    with pytest.raises(TransformConfigError, match="shards"):
+        ConfidentialProcess(broker.url, _tee(broker), spec, key_shards=0)
     with pytest.raises(TransformConfigError, match="output format"):
         ConfidentialProcess(broker.url, _tee(broker), spec, output_format="csv")
     with pytest.raises(TransformConfigError, match="FeatureSpec"):

@@ -42,8 +42,9 @@ def test_read_splits_files_and_dead_letters_bad_lines(tmp_path: Path) -> None:
         read = p | ReadSealedRecords(str(tmp_path / "*.sealed"))
         assert_that(read[ReadSealedRecords.SEALED], equal_to(good), label="sealed")
         dead = read[ReadSealedRecords.DEAD_LETTER] | beam.Map(
-            lambda d: (d.stage, d.record_id.rsplit(":", 1)[1], d.sealed, "base64" in d.reason))
-        assert_that(dead, equal_to([("framing", "3", b"", True)]), label="dead")
+            lambda d: (d.stage, d.record_id.rsplit("@", 1)[1], d.sealed, "base64" in d.reason))
+        offset = len(base64.b64encode(good[0])) + 2                # the line after a blank one
+        assert_that(dead, equal_to([("framing", str(offset), b"", True)]), label="dead")
 
 
 def test_decode_lines_and_parse_headers_for_message_elements() -> None:
