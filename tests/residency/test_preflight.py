@@ -265,3 +265,31 @@ def test_local_workers() -> None:
     assert check_local_workers("local", residency, ["eu"])[0].refusal == (
         "workers (this machine, --worker_location local) are in local; region eu allows "
         "workers in europe-west4, westeurope")
+
+
+def test_cli_preflight_through_default_gcs_client(server: MetadataServer, tmp_path,
+                                                  monkeypatch, capsys) -> None:
+    """``sealbeam residency check --preflight`` builds the default client, which follows
+    STORAGE_EMULATOR_HOST: here the metadata server."""
+    from pipelines.cli import main
+
+    monkeypatch.setenv("STORAGE_EMULATOR_HOST", server.url)
+    monkeypatch.setenv("GOOGLE_CLOUD_PROJECT", "preflight-test")
+    server.put_gcs_bucket("sb-eu-out", gcs_bucket("sb-eu-out", "EUR4", "dual-region"))
+    server.put_gcs_bucket("sb-eu-dl", gcs_bucket("sb-eu-dl", "EUROPE-WEST1", "region"))
+    path = tmp_path / "map.yaml"
+    path.write_text("""version: 1
+regions:
+  eu: {locations: [EU], kek: k, sink: gs://sb-eu-out/f, dead_letter_sink: gs://sb-eu-dl/dl,
+       worker_locations: [europe-west4]}
+unrouted_dead_letter_sink: gs://sb-quarantine/q
+""")
+    assert main(["residency", "check", str(path), "--preflight"]) == 0
+    out = capsys.readouterr().out
+    assert "preflight sink gs://sb-eu-out/f: EUR4 (dual-region), encryption google-managed: ok" \
+        in out
+    server.put_gcs_bucket("sb-eu-out", gcs_bucket("sb-eu-out", "NAM4", "dual-region"))
+    assert main(["residency", "check", str(path), "--preflight"]) == 2
+    assert capsys.readouterr().err.strip() == (
+        "sealbeam: error: preflight refused: sink gs://sb-eu-out/f of region eu is in NAM4 "
+        "(dual-region: us-central1, us-east1); allowed: EU")
