@@ -163,3 +163,13 @@ def test_cli_help(capsys: pytest.CaptureFixture[str]) -> None:
         main(["residency", "check", "--help"])
     assert exited.value.code == 0
     assert "--preflight" in capsys.readouterr().out
+
+
+@given(st.one_of(st.text(max_size=400),
+                 st.text(alphabet="{}[]:,-\n #&*!|>'\"?%@`abcv019.~=", max_size=200),
+                 st.sampled_from([GOOD]).map(lambda good: good[:len(good) // 2])))
+def test_any_text_is_a_map_or_a_map_error(text: str) -> None:
+    try:
+        ResidencyMap.from_yaml(text)
+    except ResidencyMapError as exc:
+        assert exc.problems
