@@ -173,3 +173,10 @@ def test_any_text_is_a_map_or_a_map_error(text: str) -> None:
         ResidencyMap.from_yaml(text)
     except ResidencyMapError as exc:
         assert exc.problems
+
+
+def test_the_example_map_is_valid(repo_root: Path) -> None:
+    residency = ResidencyMap.load(repo_root / "examples" / "residency" / "residency.yaml")
+    assert set(residency.regions) == {"eu", "us"}
+    assert residency.regions["us"].dead_letter_sink.beam_path == \
+        "azfs://acmesealbeamus/dead/features"
