@@ -6,8 +6,9 @@ dev SEV-SNP chain, demo policy), generates ``--records`` synthetic partner recor
 them as partners would (``seal_file``, a fresh DEK per ``--records-per-key`` records; timed
 separately), starts the broker in this process on 127.0.0.1, and for each ``--batch-size``:
 
-- runs the batch pipeline (``run_batch``) on FnApiRunner with batches of exactly that size
-  (``--min_batch_size`` = ``--max_batch_size``); records/s end to end and wall seconds;
+- runs the batch pipeline (``run_batch``) on FnApiRunner with batches of at most that size
+  (``--max_batch_size``; each data-key group is cut into near-equal batches); records/s end
+  to end and wall seconds;
 - checks that the run reconciles (records in = out + dead letters, every record read) and
   that the outputs, opened as each region's reader, hold the rows the run reported; a failed
   check exits 1 and no table is printed;

@@ -44,7 +44,7 @@ from transforms import metrics as names
 from transforms.batching import BundleBatches
 from transforms.dead_letter_sinks import WriteDeadLettersBySink
 from transforms.dead_letters import DEAD_LETTER_DIR
-from transforms.dedupe import DeduplicateEnvelopes
+from transforms.dedupe import GROUPED, STATEFUL, DeduplicateEnvelopes
 from transforms.write import clean_temporary_files
 
 from .errors import ReconciliationError
@@ -159,10 +159,10 @@ def add_processing_steps(
     residency = job_residency(opts, regions)
     report = preflight_job(opts, residency, regions, preflight_clients)
     broker_url = required(opts, "broker_url")
+    streaming = bool(opts.view_as(StandardOptions).streaming)
     parsed = sealed | "ParseHeaders" >> ParseSealed()
     deduped = parsed[ParseSealed.SEALED] | "Deduplicate" >> DeduplicateEnvelopes(
-        horizon_s=opts.dedupe_horizon_s)
-    streaming = bool(opts.view_as(StandardOptions).streaming)
+        horizon_s=opts.dedupe_horizon_s, strategy=STATEFUL if streaming else GROUPED)
     confidential = ConfidentialProcess(
         broker_url, tee_settings(opts), feature_spec(opts), output_format=output_format(opts),
         limits=session_limits(opts), max_batch_size=opts.max_batch_size,
@@ -176,6 +176,9 @@ def add_processing_steps(
     if after_confidential is not None:
         outputs = after_confidential(outputs)
     if not streaming:
+        # The checkpoint: a retried write rewrites these outputs, not a re-run of the
+        # confidential step. Not in streaming runs: on FnApiRunner a Reshuffle there holds
+        # every output until the feed ends (the streaming pipeline's own concern).
         outputs = outputs | "Checkpoint" >> beam.Reshuffle()
     written = (
         outputs

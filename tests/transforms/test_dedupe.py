@@ -14,7 +14,7 @@ from apache_beam.testing.test_stream import TestStream
 from apache_beam.testing.util import assert_that, equal_to
 from apache_beam.transforms.window import FixedWindows, TimestampedValue
 
-from transforms.dedupe import DeduplicateEnvelopes
+from transforms.dedupe import STRATEGIES, DeduplicateEnvelopes
 from transforms.errors import TransformConfigError
 from transforms.metrics import DUPLICATES, NAMESPACE
 from transforms.sealed import SealedEnvelope
@@ -31,13 +31,14 @@ def _duplicates(result) -> int:
     return sum(c.committed or c.attempted or 0 for c in counters)
 
 
-def test_exact_copies_are_dropped_counted_and_forgeries_pass_on() -> None:
+@pytest.mark.parametrize("strategy", STRATEGIES)
+def test_exact_copies_are_dropped_counted_and_forgeries_pass_on(strategy: str) -> None:
     originals = [_envelope(i, b"sealed-%d" % i) for i in range(30)]
     copies = [originals[3], originals[3], originals[17]]
     forged = _envelope(5, b"other bytes claiming id 5")      # same id, other bytes
     pipeline = beam.Pipeline(runner=FnApiRunner())
     deduped = (pipeline | beam.Create(originals + copies + [forged])
-               | DeduplicateEnvelopes(horizon_s=60))
+               | DeduplicateEnvelopes(horizon_s=60, strategy=strategy))
     assert_that(deduped[DeduplicateEnvelopes.UNIQUE] | "U" >> beam.Map(lambda e: e.data),
                 equal_to([e.data for e in originals] + [forged.data]), label="unique")
     assert_that(deduped[DeduplicateEnvelopes.DUPLICATES] | "D" >> beam.Map(lambda e: e.data),
@@ -82,3 +83,5 @@ def test_in_fixed_windows_copies_are_found_per_window() -> None:
 def test_the_horizon_must_be_positive() -> None:
     with pytest.raises(TransformConfigError, match="horizon"):
         DeduplicateEnvelopes(horizon_s=0)
+    with pytest.raises(TransformConfigError, match="strategy"):
+        DeduplicateEnvelopes(strategy="bloom")

@@ -107,6 +107,8 @@ def test_a_broker_outage_is_retried_with_backoff_and_nothing_is_lost(broker: Bro
         assert_that(processed[ConfidentialProcess.DEAD_LETTER], equal_to([]), label="no dead")
         result = pipeline.run()
         result.wait_until_finish()
+    # Every DoFn instance's teardown gave the worker's session back: the pool closed it.
+    assert not [tag for tag in session_pool._POOL if url in tag]
     counters = result.metrics().query(
         MetricsFilter().with_namespace(NAMESPACE).with_name(BROKER_RETRIES))["counters"]
     assert sum(c.committed for c in counters) >= 1
