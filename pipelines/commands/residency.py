@@ -6,7 +6,9 @@ prints, per region, its sink, dead-letter sink, allowed locations, worker locati
 account location, replication and encryption) with the default cloud credentials and prints
 one line per sink, exiting 2 with the first refusal; ``--dataflow_region``,
 ``--worker_region`` and ``--worker_zone`` check a Dataflow job's worker flags against the map;
-``--regions`` limits the checks to the regions of one job.
+``--regions`` limits the checks to the regions of one job. ``policy MAP`` prints the
+``worker_locations`` field of a broker release rule (docs/PROTOCOL.md, section 7.2) that
+grants each region's keys only to workers attested in that region's worker locations.
 
 What it does not: create buckets or accounts, or start a pipeline.
 """
@@ -14,6 +16,8 @@ What it does not: create buckets or accounts, or start a pipeline.
 from __future__ import annotations
 
 import argparse
+
+import yaml
 
 from pipelines.preflight import PreflightReport, check_dataflow_workers, run_preflight
 from pipelines.residency import ResidencyMap
@@ -37,6 +41,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     check.add_argument("--worker_region", default=None, help="Dataflow --worker_region")
     check.add_argument("--worker_zone", default=None, help="Dataflow --worker_zone")
     check.set_defaults(func=check_command)
+    policy = commands.add_parser(
+        "policy", help="print the release-rule worker_locations field for the map",
+        description="Print, as YAML, the worker_locations field to add to the broker's release "
+                    "rules, so that a region's keys go only to workers attested in its worker "
+                    "locations.")
+    policy.add_argument("map", metavar="MAP", help="residency map (YAML)")
+    policy.set_defaults(func=policy_command)
 
 
 def check_command(args: argparse.Namespace) -> int:
@@ -67,4 +78,13 @@ def check_command(args: argparse.Namespace) -> int:
         print(f"  preflight workers ({worker.source}): {worker.location}: "
               f"{'REFUSED' if worker.refusal else 'ok'}")
     report.raise_if_refused()
+    return 0
+
+
+def policy_command(args: argparse.Namespace) -> int:
+    residency = ResidencyMap.load(args.map)
+    field = {"worker_locations": {
+        name: sorted({location.lower() for location in region.worker_locations})
+        for name, region in sorted(residency.regions.items())}}
+    print(yaml.safe_dump(field, default_flow_style=None, sort_keys=True), end="")
     return 0

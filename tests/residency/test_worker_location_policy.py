@@ -151,3 +151,21 @@ def test_broker_refuses_an_eu_key_to_a_us_located_worker(located_broker: Running
     denials = [e for e in ledger_entries(settings) if e.event == "release"
                and e.decision == "denied"]
     assert denials and "worker location 'us-central1'" in str(denials[-1].details)
+
+
+def test_policy_snippet_from_a_residency_map(repo_root: Path, capsys) -> None:
+    import yaml
+
+    from pipelines.cli import main
+
+    assert main(["residency", "policy",
+                 str(repo_root / "examples" / "residency" / "residency.yaml")]) == 0
+    field = yaml.safe_load(capsys.readouterr().out)
+    assert field == {"worker_locations": {"eu": ["europe-west4"],
+                                          "us": ["eastus", "us-central1"]}}
+    rule = {"name": "workers", "tee": ["confidential-space"], "measurements": ["ab" * 48],
+            "regions": ["eu", "us"], "keks": ["*"], "producers": ["*"], **field}
+    policy = ReleasePolicy.from_mapping({"version": 1, "rules": [rule]})
+    us_worker = _claims("confidential-space", zone="us-central1-f")
+    assert not policy.evaluate_release(us_worker, "k", "eu", "acme").allowed
+    assert policy.evaluate_release(us_worker, "k", "us", "acme").allowed
