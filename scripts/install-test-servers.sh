@@ -8,5 +8,5 @@ if [ ! -x .test-servers/node_modules/.bin/azurite-blob ]; then
     echo "npm is missing: install Node.js (Debian: nodejs npm) to run the Azure Blob tests" >&2
     exit 1
   fi
-  npm install --silent --no-audit --no-fund --prefix .test-servers azurite >/dev/null
+  npm install --silent --no-audit --no-fund --prefix .test-servers "azurite@^3" >/dev/null
 fi
