@@ -66,7 +66,7 @@ class AccountFacts:
 def read_account(client: Any, where: AzureAccount, account: str, container: str
                  ) -> AccountFacts | str:
     """The account's and container's facts, or why they could not be read (one line)."""
-    from azure.core.exceptions import HttpResponseError, ResourceNotFoundError
+    from azure.core.exceptions import AzureError, HttpResponseError, ResourceNotFoundError
 
     group = where.resource_group
     try:
@@ -81,6 +81,9 @@ def read_account(client: Any, where: AzureAccount, account: str, container: str
         return f"not found in resource group {group} ({exc.reason or 'not found'})"
     except HttpResponseError as exc:
         return f"its properties could not be read ({exc.status_code}: {exc.reason})"
+    except AzureError as exc:                        # no credentials, no route to the API
+        message = (str(exc).splitlines() or [""])[0][:200]
+        return f"its properties could not be read ({type(exc).__name__}: {message})"
     encryption = found.encryption
     return AccountFacts(
         location=str(found.location or ""),

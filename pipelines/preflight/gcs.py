@@ -24,6 +24,8 @@ from .report import SinkCheck
 
 __all__ = ["BucketFacts", "check_gcs_sink", "read_bucket"]
 
+READ_TIMEOUT_S = 10.0
+READ_DEADLINE_S = 30.0
 _KMS_KEY = re.compile(r"^projects/[^/]+/locations/([^/]+)/keyRings/[^/]+/cryptoKeys/[^/]+$")
 
 
@@ -46,19 +48,28 @@ class BucketFacts:
 def read_bucket(client: Any, bucket: str) -> BucketFacts | str:
     """The bucket's facts, or why they could not be read (one line)."""
     from google.api_core import exceptions
+    from google.auth.exceptions import GoogleAuthError
+    from google.cloud.storage.retry import DEFAULT_RETRY
 
     try:
-        found = client.get_bucket(bucket)
+        found = client.get_bucket(bucket, timeout=READ_TIMEOUT_S,
+                                  retry=DEFAULT_RETRY.with_deadline(READ_DEADLINE_S))
     except exceptions.NotFound:
         return "the bucket does not exist"
     except exceptions.GoogleAPICallError as exc:
         return f"its metadata could not be read ({exc.code}: {exc.message})"
+    except (GoogleAuthError, OSError, exceptions.RetryError) as exc:  # no credentials, no route
+        return f"its metadata could not be read ({type(exc).__name__}: {_first_line(exc)})"
     return BucketFacts(
         location=str(found.location or ""),
         location_type=str(found.location_type or ""),
         data_locations=tuple(found.data_locations or ()),
         kms_key=found.default_kms_key_name or None,
     )
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).splitlines() or [""])[0][:200]
 
 
 def check_gcs_sink(sink: SinkUrl, role: str, region: RegionResidency, client: Any

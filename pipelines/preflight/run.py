@@ -26,7 +26,7 @@ from pipelines.residency.sinks import AZURE, FILE, GCS, SinkUrl
 from .azure import check_azure_sink
 from .gcs import check_gcs_sink
 from .local import check_local_sink
-from .report import PreflightReport, SinkCheck, WorkerCheck
+from .report import PreflightRefused, PreflightReport, SinkCheck, WorkerCheck
 
 __all__ = ["PreflightClients", "run_preflight"]
 
@@ -56,14 +56,25 @@ class PreflightClients:
 
     def gcs_client(self) -> Any:
         if "gcs" not in self._built:
-            self._built["gcs"] = self.gcs()
+            self._built["gcs"] = _built("Google Cloud Storage", self.gcs)
         return self._built["gcs"]
 
     def azure_client(self, subscription_id: str) -> Any:
         key = f"azure:{subscription_id}"
         if key not in self._built:
-            self._built[key] = self.azure(subscription_id)
+            self._built[key] = _built(f"Azure Storage management ({subscription_id})",
+                                      lambda: self.azure(subscription_id))
         return self._built[key]
+
+
+def _built(what: str, factory: Callable[[], Any]) -> Any:
+    """A client, or a one-line refusal: preflight fails closed when it cannot ask."""
+    try:
+        return factory()
+    except Exception as exc:  # a missing package, no credentials, a bad endpoint
+        message = (str(exc).splitlines() or [""])[0][:200]
+        raise PreflightRefused(f"preflight refused: no {what} client to check sinks with "
+                               f"({type(exc).__name__}: {message})") from None
 
 
 def run_preflight(residency: ResidencyMap, regions: Iterable[str],

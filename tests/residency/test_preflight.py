@@ -293,3 +293,22 @@ unrouted_dead_letter_sink: gs://sb-quarantine/q
     assert capsys.readouterr().err.strip() == (
         "sealbeam: error: preflight refused: sink gs://sb-eu-out/f of region eu is in NAM4 "
         "(dual-region: us-central1, us-east1); allowed: EU")
+
+
+def test_no_client_or_no_route_refuses(tmp_path) -> None:
+    def no_credentials():
+        raise RuntimeError("Your default credentials were not found.")
+
+    with pytest.raises(PreflightRefused, match=r"^preflight refused: no Google Cloud Storage "
+                       r"client to check sinks with \(RuntimeError: Your default credentials"):
+        run_preflight(_map("gs://sb-eu-out/f", "gs://sb-eu-dl/dl"), ["eu"],
+                      clients=PreflightClients(gcs=no_credentials)).raise_if_refused()
+    with metadata_server() as gone:
+        clients = PreflightClients(gcs=lambda: gcs_client(gone),
+                                   azure=lambda sub: azure_management_client(gone, sub))
+    # the server is stopped: nothing answers on its port
+    report = run_preflight(_map(*AZ_MAP, unrouted="azfs://sbeu/quarantine/q"), ["eu"],
+                           clients=clients)
+    assert report.refusals[0].startswith("sink azfs://sbeu/eu-out/features of region eu: "
+                                         "storage account sbeu: its properties could not be "
+                                         "read (ServiceRequestError")
