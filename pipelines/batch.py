@@ -44,7 +44,7 @@ from transforms import metrics as names
 from transforms.batching import BundleBatches
 from transforms.dead_letter_sinks import WriteDeadLettersBySink
 from transforms.dead_letters import DEAD_LETTER_DIR
-from transforms.dedupe import GROUPED, STATEFUL, DeduplicateEnvelopes
+from transforms.dedupe import STATEFUL, DeduplicateEnvelopes
 from transforms.write import clean_temporary_files
 
 from .errors import ReconciliationError
@@ -161,8 +161,13 @@ def add_processing_steps(
     broker_url = required(opts, "broker_url")
     streaming = bool(opts.view_as(StandardOptions).streaming)
     parsed = sealed | "ParseHeaders" >> ParseSealed()
-    deduped = parsed[ParseSealed.SEALED] | "Deduplicate" >> DeduplicateEnvelopes(
-        horizon_s=opts.dedupe_horizon_s, strategy=STATEFUL if streaming else GROUPED)
+    envelopes = parsed[ParseSealed.SEALED]
+    if streaming:
+        # Copies may arrive far apart: the stateful form, before batching per bundle.
+        envelopes = envelopes | "Deduplicate" >> DeduplicateEnvelopes(
+            horizon_s=opts.dedupe_horizon_s, strategy=STATEFUL)[DeduplicateEnvelopes.UNIQUE]
+    # Batch runs drop exact copies inside the data-key groups (copies share a group), which
+    # is DeduplicateEnvelopes' grouped form over the whole run without a shuffle of its own.
     confidential = ConfidentialProcess(
         broker_url, tee_settings(opts), feature_spec(opts), output_format=output_format(opts),
         limits=session_limits(opts), max_batch_size=opts.max_batch_size,
@@ -170,8 +175,9 @@ def add_processing_steps(
         key_spread=opts.key_spread, broker_retries=opts.broker_retries,
         batcher=(BundleBatches(max_count=opts.max_batch_size, max_bytes=opts.max_batch_bytes)
                  if streaming else None),
+        drop_duplicates=not streaming,
     )
-    processed = deduped[DeduplicateEnvelopes.UNIQUE] | "Confidential" >> confidential
+    processed = envelopes | "Confidential" >> confidential
     outputs = processed[ConfidentialProcess.SEALED]
     if after_confidential is not None:
         outputs = after_confidential(outputs)

@@ -19,7 +19,7 @@ class ReaderRegionError(PipelineError):
 
 
 class ReconciliationError(PipelineError):
-    """A run's counts do not reconcile: records_in != records_out + dead_letters."""
+    """A run's counts do not reconcile: records_in != records_out + dead_letters + duplicates."""
 
 
 class DemoCheckError(PipelineError):

@@ -59,8 +59,10 @@ class SealbeamOptions(PipelineOptions):
                                  "Parquet with modular encryption (.parquet), master keys from "
                                  "the broker")
         parser.add_argument("--min_batch_size", type=int, default=DEFAULT_MIN_BATCH_SIZE,
-                            help="smallest batch handed to the confidential step (k-anonymity "
-                                 "holds per output file, so small batches suppress more rows)")
+                            help="not used by the batching by data key (each group is cut into "
+                                 "near-equal batches of up to --max_batch_size) nor by the "
+                                 "per-bundle batching of streaming runs; kept so that existing "
+                                 "command lines still parse")
         parser.add_argument("--max_batch_size", type=int, default=2000,
                             help="largest batch handed to the confidential step")
         parser.add_argument("--max_batch_bytes", type=int, default=DEFAULT_MAX_BATCH_BYTES,

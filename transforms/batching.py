@@ -38,10 +38,13 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import apache_beam as beam
+from apache_beam.metrics import Metrics
+from apache_beam.pvalue import TaggedOutput
 from apache_beam.transforms.window import BoundedWindow
 from apache_beam.utils.windowed_value import WindowedValue
 
 from .errors import TransformConfigError
+from .metrics import DUPLICATES, NAMESPACE
 from .sealed import SealedEnvelope
 
 __all__ = ["DEFAULT_MAX_BATCH_BYTES", "DEFAULT_SHARDS", "BatchByDataKey", "BundleBatches",
@@ -112,21 +115,43 @@ def cut_batches(envelopes: Iterable[SealedEnvelope], max_count: int, max_bytes: 
 
 
 class _CutFn(beam.DoFn):
-    def __init__(self, max_count: int, max_bytes: int) -> None:
+    def __init__(self, max_count: int, max_bytes: int, drop_duplicates: bool) -> None:
         self._max_count = max_count
         self._max_bytes = max_bytes
+        self._drop_duplicates = drop_duplicates
+        self._duplicates = Metrics.counter(NAMESPACE, DUPLICATES)
 
-    def process(self, group: tuple[object, Iterable[SealedEnvelope]]
-                ) -> Iterable[EnvelopeBatch]:
+    def process(self, group: tuple[object, Iterable[SealedEnvelope]]) -> Iterable[object]:
         _, envelopes = group
-        yield from cut_batches(envelopes, self._max_count, self._max_bytes)
+        if not self._drop_duplicates:
+            yield from cut_batches(envelopes, self._max_count, self._max_bytes)
+            return
+        unique: dict[tuple[bytes, bytes], SealedEnvelope] = {}
+        for envelope in envelopes:
+            identity = (envelope.envelope_id, envelope.digest)
+            if identity in unique:
+                self._duplicates.inc()
+                yield TaggedOutput(BatchByDataKey.DUPLICATES, envelope)
+            else:
+                unique[identity] = envelope
+        yield from cut_batches(unique.values(), self._max_count, self._max_bytes)
 
 
 class BatchByDataKey(beam.PTransform):
-    """``SealedEnvelope`` -> ``EnvelopeBatch``: grouped by data key, cut deterministically."""
+    """``SealedEnvelope`` -> ``EnvelopeBatch``: grouped by data key, cut deterministically.
+
+    With ``drop_duplicates`` the result has two outputs, ``BATCHES`` (main) and
+    ``DUPLICATES``: exact copies of an envelope (same id and bytes, so same data key and
+    group) are dropped inside the group and counted in ``duplicates``, as
+    ``DeduplicateEnvelopes`` would over the whole window, without a shuffle of its own.
+    """
+
+    BATCHES = "batches"
+    DUPLICATES = "duplicates"
 
     def __init__(self, *, max_count: int = 2000, max_bytes: int = DEFAULT_MAX_BATCH_BYTES,
-                 shards: int = DEFAULT_SHARDS, spread: int = 1) -> None:
+                 shards: int = DEFAULT_SHARDS, spread: int = 1,
+                 drop_duplicates: bool = False) -> None:
         super().__init__()
         if max_count < 1 or max_bytes < 1:
             raise TransformConfigError("batch bounds (count, bytes) must be at least 1")
@@ -136,14 +161,18 @@ class BatchByDataKey(beam.PTransform):
         self._max_bytes = max_bytes
         self._shards = shards
         self._spread = spread
+        self._drop_duplicates = drop_duplicates
 
-    def expand(self, pcoll: beam.PCollection) -> beam.PCollection:
+    def expand(self, pcoll: beam.PCollection) -> beam.PCollection | beam.pvalue.DoOutputsTuple:
         shards, spread = self._shards, self._spread
+        cut = beam.ParDo(_CutFn(self._max_count, self._max_bytes, self._drop_duplicates))
+        if self._drop_duplicates:
+            cut = cut.with_outputs(self.DUPLICATES, main=self.BATCHES)
         return (
             pcoll
             | "KeyByDataKey" >> beam.Map(lambda e: (group_key(e, shards, spread), e))
             | "GroupByDataKey" >> beam.GroupByKey()
-            | "CutBatches" >> beam.ParDo(_CutFn(self._max_count, self._max_bytes))
+            | "CutBatches" >> cut
         )
 
 

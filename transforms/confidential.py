@@ -17,7 +17,10 @@ envelope bytes (their headers are read here; one that does not parse is a dead l
 Batching is ``BatchByDataKey`` (``batching.py``): grouped by data key and cut
 deterministically by count and bytes, so each DEK goes to one worker and a rerun forms the
 same batches; ``batcher=`` may name another ``SealedEnvelope -> EnvelopeBatch`` transform
-(``BundleBatches`` for a stream that must not wait for its windows to close). Every output's
+(``BundleBatches`` for a stream that must not wait for its windows to close). With
+``drop_duplicates=True`` exact copies of an envelope are dropped inside the data-key groups
+(a third output, ``DUPLICATES``, counted in ``duplicates``): the batch pipeline de-duplicates
+so, without a shuffle of its own. Every output's
 ``output_id`` is set to a digest of its batch's sorted envelope ids, region, producer and
 format (``output_name_id``), which ``WriteRegionPinned`` turns into the file name: a retried
 or rerun batch writes the same name again, never a second file.
@@ -217,13 +220,15 @@ class ConfidentialProcess(beam.PTransform):
 
     SEALED = "sealed"
     DEAD_LETTER = "dead_letter"
+    DUPLICATES = "duplicates"
 
     def __init__(self, broker_url: str, tee: TeeSettings, spec: FeatureSpec, *,
                  output_format: str = SEALED_ARROW, limits: SessionLimits | None = None,
                  max_batch_size: int = 2000, max_batch_bytes: int = DEFAULT_MAX_BATCH_BYTES,
                  key_shards: int = DEFAULT_SHARDS, key_spread: int = 1,
                  broker_retries: int = BROKER_RETRIES_DEFAULT,
-                 batcher: beam.PTransform | None = None) -> None:
+                 batcher: beam.PTransform | None = None,
+                 drop_duplicates: bool = False) -> None:
         super().__init__()
         if not broker_url:
             raise TransformConfigError("ConfidentialProcess needs a broker_url")
@@ -232,6 +237,8 @@ class ConfidentialProcess(beam.PTransform):
                                        "max_batch_bytes)")
         if broker_retries < 0:
             raise TransformConfigError("broker_retries must be 0 or more")
+        if drop_duplicates and batcher is not None:
+            raise TransformConfigError("drop_duplicates works with the default batching only")
         if output_format not in OUTPUT_FORMATS:
             raise TransformConfigError(f"output format must be one of "
                                        f"{', '.join(OUTPUT_FORMATS)}, not {output_format!r}")
@@ -244,19 +251,21 @@ class ConfidentialProcess(beam.PTransform):
         self._fn = _ConfidentialProcessFn(broker_url, tee, document, spec.source,
                                           compiled.fingerprint, output_format,
                                           limits or SessionLimits(), broker_retries)
+        self._drop_duplicates = drop_duplicates
         self._batcher = batcher or BatchByDataKey(
             max_count=max_batch_size, max_bytes=max_batch_bytes, shards=key_shards,
-            spread=key_spread)
+            spread=key_spread, drop_duplicates=drop_duplicates)
 
     def expand(self, pcoll: beam.PCollection) -> dict[str, beam.PCollection]:
         keyed = pcoll | "HeaderFacts" >> beam.ParDo(_AsSealedEnvelopeFn()).with_outputs(
             self.DEAD_LETTER, main=self.SEALED)
-        processed = (
-            keyed[self.SEALED]
-            | "Batch" >> self._batcher
-            | "OpenFeaturizeReseal" >> beam.ParDo(self._fn).with_outputs(
-                self.DEAD_LETTER, main=self.SEALED)
-        )
+        batched = keyed[self.SEALED] | "Batch" >> self._batcher
+        batches = batched[BatchByDataKey.BATCHES] if self._drop_duplicates else batched
+        processed = batches | "OpenFeaturizeReseal" >> beam.ParDo(self._fn).with_outputs(
+            self.DEAD_LETTER, main=self.SEALED)
         dead = ((keyed[self.DEAD_LETTER], processed[self.DEAD_LETTER])
                 | "DeadLetters" >> beam.Flatten())
-        return {self.SEALED: processed[self.SEALED], self.DEAD_LETTER: dead}
+        outputs = {self.SEALED: processed[self.SEALED], self.DEAD_LETTER: dead}
+        if self._drop_duplicates:
+            outputs[self.DUPLICATES] = batched[BatchByDataKey.DUPLICATES]
+        return outputs

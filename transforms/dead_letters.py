@@ -13,7 +13,8 @@ or keys.
 Files are named by what they hold, so a retried bundle or a rerun of the job rewrites the same
 names instead of adding files with the same dead letters: dead letters are keyed by a stable
 hash of their record id into ``DEAD_LETTER_SHARDS`` groups, grouped (per window), sorted, cut
-into files of at most ``MAX_LINES_PER_FILE`` lines, and each file is named by a digest of its
+into files of at most ``MAX_LINES_PER_FILE`` lines and ``MAX_FILE_BYTES`` bytes (a longer line
+is a file alone), and each file is named by a digest of its
 sorted (record id, stage, reason) list: ``dead-letter/dl-<digest as uuid>.jsonl`` in the global
 window, ``dead-letter/dl-<window start>-<window end>-<digest as uuid>.jsonl`` (UTC, e.g.
 ``19700101T000100.000Z``) in an interval window. Files are committed as outputs are
@@ -44,12 +45,14 @@ from .metrics import DEAD_LETTER_ROWS, DEAD_LETTERS, NAMESPACE
 from .windows import window_label
 from .write import commit_file
 
-__all__ = ["DEAD_LETTER_DIR", "DEAD_LETTER_SHARDS", "MAX_LINES_PER_FILE", "WriteDeadLetters",
+__all__ = ["DEAD_LETTER_DIR", "DEAD_LETTER_SHARDS", "MAX_FILE_BYTES", "MAX_LINES_PER_FILE",
+           "WriteDeadLetters",
            "dead_letter_file_name", "dead_letter_to_json", "dead_letters_content_id"]
 
 DEAD_LETTER_DIR = "dead-letter"
-DEAD_LETTER_SHARDS = 4
+DEAD_LETTER_SHARDS = 16
 MAX_LINES_PER_FILE = 10_000
+MAX_FILE_BYTES = 256 << 20      # a line may carry a 64 MiB envelope (base64: 4/3 of it)
 _CONTENT_DOMAIN = b"sealbeam.dead-letters.v1\x00"
 
 
@@ -98,14 +101,27 @@ class _WriteDeadLettersFn(beam.DoFn):
     def process(self, group: tuple[int, Iterable[DeadLetter]],
                 window: BoundedWindow = beam.DoFn.WindowParam) -> Iterable[str]:
         _, letters = group
-        ordered = sorted(letters, key=_sort_key)
-        for start in range(0, len(ordered), MAX_LINES_PER_FILE):
-            chunk = ordered[start:start + MAX_LINES_PER_FILE]
-            name = dead_letter_file_name(window, dead_letters_content_id(chunk))
-            yield commit_file(self._directory, name, [dead_letter_to_json(d) for d in chunk],
-                              "application/json")
-            self._dead_letters.inc(sum(d.records for d in chunk))
-            self._dead_letter_rows.inc(sum(d.rows for d in chunk))
+        for chunk in _file_chunks(sorted(letters, key=_sort_key)):
+            lines = [line for _, line in chunk]
+            name = dead_letter_file_name(window, dead_letters_content_id(d for d, _ in chunk))
+            yield commit_file(self._directory, name, lines, "application/json")
+            self._dead_letters.inc(sum(d.records for d, _ in chunk))
+            self._dead_letter_rows.inc(sum(d.rows for d, _ in chunk))
+
+
+def _file_chunks(ordered: list[DeadLetter]) -> Iterable[list[tuple[DeadLetter, bytes]]]:
+    """Consecutive runs of at most ``MAX_LINES_PER_FILE`` lines and ``MAX_FILE_BYTES``."""
+    chunk: list[tuple[DeadLetter, bytes]] = []
+    size = 0
+    for dead_letter in ordered:
+        line = dead_letter_to_json(dead_letter)
+        if chunk and (len(chunk) >= MAX_LINES_PER_FILE or size + len(line) > MAX_FILE_BYTES):
+            yield chunk
+            chunk, size = [], 0
+        chunk.append((dead_letter, line))
+        size += len(line)
+    if chunk:
+        yield chunk
 
 
 class WriteDeadLetters(beam.PTransform):

@@ -25,11 +25,13 @@ id (hex) keeps the digests seen for that id in a bag state and sets an event-tim
 ``first timestamp + horizon_s`` (clamped to the window's end) that clears it.
 
 How (``GROUPED``, for bounded input): a ``GroupByKey`` by envelope id, then the first copy of
-each digest passes. The horizon is then the window (the whole run in the global window). The
-batch pipeline uses it because ``FnApiRunner`` (Beam 2.77) sizes every user-state write for
-its state cache with ``objsize``, which walks every loaded module's globals: about 15 ms per
-state write on this machine, 80 s of a 5,000-record run; a ``GroupByKey`` costs nothing like
-it. Both strategies count the same ``duplicates`` and route to the same outputs.
+each digest passes. The horizon is then the window (the whole run in the global window). Use
+it for bounded input on ``FnApiRunner``: Beam 2.77 sizes every user-state write for its state
+cache with ``objsize``, which walks every loaded module's globals: about 15 ms per state write
+on this machine, 80 s of a 5,000-record run; a ``GroupByKey`` costs nothing like it. Both
+strategies count the same ``duplicates`` and route to the same outputs. (The batch pipeline
+goes one step further: exact copies share a data key, so ``BatchByDataKey(drop_duplicates=
+True)`` drops them inside its own groups, the same rule without a shuffle of its own.)
 
 State is per key and window: applied after ``WindowInto``,
 copies are found within one window; to catch a copy that lands in another window, apply it

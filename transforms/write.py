@@ -42,7 +42,7 @@ from __future__ import annotations
 import contextlib
 import re
 import uuid
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping
 
 import apache_beam as beam
 from apache_beam.io.filesystem import BeamIOError
@@ -94,7 +94,7 @@ def _delete_quietly(path: str) -> None:
         FileSystems.delete([path])
 
 
-def commit_file(directory: str, name: str, chunks: Sequence[bytes], mime_type: str) -> str:
+def commit_file(directory: str, name: str, chunks: Iterable[bytes], mime_type: str) -> str:
     """Write ``chunks`` to ``directory/name`` through a temporary name; returns the path.
 
     The temporary name is derived from ``name``, so a retry reuses (overwrites) it; on any

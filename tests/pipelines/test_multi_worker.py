@@ -58,7 +58,7 @@ def test_four_workers_share_the_work_and_write_what_one_worker_writes(
     working = {m.name.split("-")[0] for m in markers.iterdir()}
 
     assert many.reconciled and many.records_in == RECORDS and many.duplicates == 0
-    assert len(attests) >= 2, "only one worker process attested"
+    assert 2 <= len(attests) <= 4, "one attestation per worker process that did work"
     assert len(working) >= 2, "only one worker process produced outputs"
     # The bound (docs/ARCHITECTURE.md): with --key_spread=1 every data key is released once.
     assert len(releases) == data_keys

@@ -10,6 +10,7 @@ import random
 from pathlib import Path
 
 import apache_beam as beam
+from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 from apache_beam.testing.util import assert_that, equal_to
 from hypothesis import given, settings
@@ -17,6 +18,7 @@ from hypothesis import strategies as st
 
 from transforms import ReadSealedRecords
 from transforms.batching import BatchByDataKey, batch_id_of, cut_batches, group_key
+from transforms.metrics import DUPLICATES, NAMESPACE
 from transforms.read import file_ranges, iter_range_lines
 from transforms.sealed import SealedEnvelope
 
@@ -105,3 +107,21 @@ def test_batch_by_data_key_keeps_each_key_in_its_groups_batches() -> None:
             lambda b: (len(b.envelopes) <= 7, {group_key(e, 3, 1) for e in b.envelopes}))
         assert_that(keys_per_group | beam.Map(lambda t: t[0] and len(t[1]) == 1),
                     equal_to([True] * 15))
+
+
+def test_exact_copies_are_dropped_inside_the_groups_and_counted() -> None:
+    envelopes = [_envelope(i, f"key-{i % 4}") for i in range(30)]
+    forged = SealedEnvelope(envelopes[2].envelope_id, "key-2", "eu", "acme", bytes(32), b"x")
+    pipeline = beam.Pipeline(runner=FnApiRunner())
+    batched = (pipeline | beam.Create(envelopes + envelopes[:3] + [envelopes[7], forged])
+               | BatchByDataKey(max_count=8, shards=2, drop_duplicates=True))
+    assert_that(batched[BatchByDataKey.BATCHES]
+                | beam.FlatMap(lambda b: [e.data for e in b.envelopes]),
+                equal_to([e.data for e in envelopes] + [b"x"]), label="each once")
+    assert_that(batched[BatchByDataKey.DUPLICATES] | "D" >> beam.Map(lambda e: e.data),
+                equal_to([e.data for e in [*envelopes[:3], envelopes[7]]]), label="copies")
+    result = pipeline.run()
+    result.wait_until_finish()
+    counters = result.metrics().query(
+        MetricsFilter().with_namespace(NAMESPACE).with_name(DUPLICATES))["counters"]
+    assert sum(c.committed for c in counters) == 4
