@@ -164,8 +164,9 @@ def add_processing_steps(
     envelopes = parsed[ParseSealed.SEALED]
     if streaming:
         # Copies may arrive far apart: the stateful form, before batching per bundle.
-        envelopes = envelopes | "Deduplicate" >> DeduplicateEnvelopes(
-            horizon_s=opts.dedupe_horizon_s, strategy=STATEFUL)[DeduplicateEnvelopes.UNIQUE]
+        deduped = envelopes | "Deduplicate" >> DeduplicateEnvelopes(
+            horizon_s=opts.dedupe_horizon_s, strategy=STATEFUL)
+        envelopes = deduped[DeduplicateEnvelopes.UNIQUE]
     # Batch runs drop exact copies inside the data-key groups (copies share a group), which
     # is DeduplicateEnvelopes' grouped form over the whole run without a shuffle of its own.
     confidential = ConfidentialProcess(
