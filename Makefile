@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint install system-deps clean
+.PHONY: demo test lint install system-deps test-servers clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -28,7 +28,10 @@ system-deps:
 demo: install
 	$(VENV)/bin/sealbeam demo
 
-test: install system-deps
+test-servers: system-deps
+	bash scripts/install-test-servers.sh
+
+test: install system-deps test-servers
 	$(VENV)/bin/ruff check .
 	$(PY) -m pytest
 

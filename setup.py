@@ -15,10 +15,14 @@ EXTRAS = {
     # The key broker service (`sealbeam broker serve`).
     "broker": ["fastapi>=0.110", "uvicorn>=0.29", "prometheus-client>=0.20"],
     # Google Cloud: Cloud KMS backend (CRC32C integrity fields) and Dataflow.
-    "gcp": ["google-cloud-kms>=3", "google-crc32c>=1.5"],
+    # Google Cloud: Cloud KMS backend (CRC32C integrity fields), sinks on Cloud Storage (Beam's
+    # gcsio) and preflight of their buckets.
+    "gcp": ["google-cloud-kms>=3", "google-crc32c>=1.5", "google-cloud-storage>=2.18.2,<4"],
     "dataflow": ["apache-beam[gcp]>=2.60"],
     # Azure Key Vault / Managed HSM backend and Secure Key Release.
-    "azure": ["azure-keyvault-keys>=4.9", "azure-identity>=1.15"],
+    # Sinks on Azure Blob Storage (Beam's azfs) and preflight through the management API.
+    "azure": ["azure-keyvault-keys>=4.9", "azure-identity>=1.15",
+              "azure-storage-blob>=12.3.2,<13", "azure-mgmt-storage>=21"],
     # PKCS#11 HSM backend.
     "pkcs11": ["python-pkcs11>=0.7"],
     # A ledger shared by several broker replicas (PostgreSQL).
@@ -31,6 +35,7 @@ EXTRAS["test"] = sorted({requirement for role in EXTRAS.values() for requirement
     "hypothesis>=6.100",
     "ruff>=0.5",
     "schemathesis>=4.0",  # the broker API fuzzed from its OpenAPI document
+    "gcp-storage-emulator>=2024.1",  # GCS sinks tested on the emulator (Azurite is npm)
     # custody statements parse with maintained in-toto / DSSE libraries
     "in-toto-attestation>=0.9",
     "securesystemslib>=1.0",
@@ -51,6 +56,7 @@ setup(
         "keybroker.service": ["static/*.html", "static/*.js"],
         "enclave_workers": ["*.json", "*.yaml"],
         "enclave_workers.features": ["schema.json"],
+        "pipelines.residency": ["schema.json"],
     },
     # What every role imports: the sealed formats, the TEE side, the broker client, the CLI.
     install_requires=[

@@ -38,11 +38,11 @@ from transforms import (
     ParseSealed,
     ReadSealedRecords,
     RouteByRegion,
-    WriteDeadLetters,
     WriteRegionPinned,
 )
 from transforms import metrics as names
 from transforms.batching import BundleBatches
+from transforms.dead_letter_sinks import WriteDeadLettersBySink
 from transforms.dead_letters import DEAD_LETTER_DIR
 from transforms.dedupe import STATEFUL, DeduplicateEnvelopes
 from transforms.write import clean_temporary_files
@@ -57,6 +57,8 @@ from .options import (
     output_format,
     required,
 )
+from .preflight import PreflightClients, job_residency, preflight_job
+from .residency import ResidencyMap
 
 _LOG = logging.getLogger(__name__)
 
@@ -68,6 +70,8 @@ class BatchPipelineOutputs(NamedTuple):
     dead_letters: beam.PCollection
     spec_fingerprint: str
     dead_letter_paths: beam.PCollection | None = None
+    residency: dict[str, object] | None = None
+    temporary_directories: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -87,6 +91,7 @@ class RunSummary:
     output_format: str = ""
     seconds: float = 0.0
     duplicates: int = 0
+    residency: dict[str, object] = field(default_factory=dict)
     ledger_head: dict[str, object] | None = None
     """The broker's signed checkpoint of its ledger after the run (an anchor for
     ``sealbeam audit verify --anchor``)."""
@@ -100,28 +105,27 @@ class RunSummary:
 
 
 def build_batch_pipeline(p: beam.Pipeline, options: PipelineOptions, *,
-                         after_confidential: OutputsStep | None = None
+                         after_confidential: OutputsStep | None = None,
+                         preflight_clients: PreflightClients | None = None
                          ) -> BatchPipelineOutputs:
     """Add sealbeam's batch steps to ``p`` according to ``options``.
 
     ``after_confidential``, when given, is applied to the confidential step's outputs before
-    the checkpoint (an audit step, or a failure injected by a test).
+    the checkpoint (an audit step, or a failure injected by a test). ``preflight_clients``:
+    the cloud clients preflight reads sinks with (default: the clouds' own).
     """
     opts = options.view_as(SealbeamOptions)
     read = p | "ReadSealed" >> ReadSealedRecords(required(opts, "input"),
                                                  range_bytes=opts.range_bytes)
     built = add_processing_steps(
         opts, read[ReadSealedRecords.SEALED], read[ReadSealedRecords.DEAD_LETTER],
-        after_confidential=after_confidential)
-    output_root = required(opts, "output_root")
-    directories = [FileSystems.join(output_root, region)
-                   for region in sorted(allowed_regions(opts))]
-    directories.append(FileSystems.join(output_root, DEAD_LETTER_DIR))
+        after_confidential=after_confidential, preflight_clients=preflight_clients)
     (
         (built.written_paths, built.dead_letter_paths)
         | "AllWritten" >> beam.Flatten()
         | "CountWritten" >> beam.combiners.Count.Globally()
-        | "CleanTemporaryFiles" >> beam.Map(_clean_after_writes, directories)
+        | "CleanTemporaryFiles" >> beam.Map(_clean_after_writes,
+                                            list(built.temporary_directories))
     )
     return built
 
@@ -135,15 +139,28 @@ def _clean_after_writes(files_written: int, directories: list[str]) -> int:
     return len(removed)
 
 
+def _written_directories(residency: ResidencyMap, regions: frozenset[str]) -> tuple[str, ...]:
+    """Where the job writes: its regions' sinks and every dead-letter directory."""
+    sinks = [residency.regions[r].sink.beam_path for r in sorted(regions)
+             if r in residency.regions]
+    roots = sorted({*residency.dead_letter_roots().values(),
+                    residency.unrouted_dead_letter_sink.beam_path})
+    return (*sinks, *(FileSystems.join(root, DEAD_LETTER_DIR) for root in roots))
+
+
 def add_processing_steps(
     opts: SealbeamOptions, sealed: beam.PCollection, reader_dead_letters: beam.PCollection, *,
     after_confidential: OutputsStep | None = None,
+    preflight_clients: PreflightClients | None = None,
 ) -> BatchPipelineOutputs:
     """Everything after the source, shared by the batch and streaming pipelines: parse headers,
     de-duplicate, the confidential step (batched by data key; per bundle and window in a
     streaming run, which must not wait for windows to close), a checkpoint, routing,
-    region-pinned writes and the dead-letter sink."""
-    output_root = required(opts, "output_root")
+    region-pinned writes and the dead-letter sinks. Preflight (``pipelines.preflight``) runs
+    first: a sink or worker outside the residency map refuses the job before any data moves."""
+    regions = allowed_regions(opts)
+    residency = job_residency(opts, regions)
+    report = preflight_job(opts, residency, regions, preflight_clients)
     streaming = bool(opts.view_as(StandardOptions).streaming)
     parsed = sealed | "ParseHeaders" >> ParseSealed()
     envelopes = parsed[ParseSealed.SEALED]
@@ -171,16 +188,19 @@ def add_processing_steps(
     written = (
         outputs
         | "Route" >> RouteByRegion()
-        | "WritePinned" >> WriteRegionPinned(output_root, allowed_regions(opts))
+        | "WritePinned" >> WriteRegionPinned(residency.sinks(), regions, residency.keks())
     )
     dead_letters = (
         (reader_dead_letters, parsed[ParseSealed.DEAD_LETTER],
          processed[ConfidentialProcess.DEAD_LETTER], written[WriteRegionPinned.DEAD_LETTER])
         | "AllDeadLetters" >> beam.Flatten()
     )
-    dead_letter_paths = dead_letters | "WriteDeadLetters" >> WriteDeadLetters(output_root)
+    dead_letter_paths = dead_letters | "WriteDeadLetters" >> WriteDeadLettersBySink(
+        residency.dead_letter_roots(), residency.unrouted_dead_letter_sink.beam_path)
     return BatchPipelineOutputs(written[WriteRegionPinned.WRITTEN], dead_letters,
-                                confidential.compiled.fingerprint, dead_letter_paths)
+                                confidential.compiled.fingerprint, dead_letter_paths,
+                                {"map": residency.to_json(), "preflight": report.to_json()},
+                                _written_directories(residency, regions))
 
 
 def _counter_totals(result: beam.runners.runner.PipelineResult) -> dict[str, int]:
@@ -192,13 +212,16 @@ def _counter_totals(result: beam.runners.runner.PipelineResult) -> dict[str, int
     return totals
 
 
-def run_batch(options: PipelineOptions) -> RunSummary:
-    """Run the batch pipeline to completion and summarize it from its metrics."""
+def run_batch(options: PipelineOptions,
+              preflight_clients: PreflightClients | None = None) -> RunSummary:
+    """Run the batch pipeline to completion and summarize it from its metrics
+    (``preflight_clients``: the cloud clients preflight reads sinks with; default: the
+    clouds' own, with default credentials)."""
     opts = options.view_as(SealbeamOptions)
     runner = options.view_as(StandardOptions).runner or FnApiRunner()
     started = time.monotonic()
     pipeline = beam.Pipeline(runner=runner, options=options)
-    built = build_batch_pipeline(pipeline, options)
+    built = build_batch_pipeline(pipeline, options, preflight_clients=preflight_clients)
     result = pipeline.run()
     result.wait_until_finish()
     return summarize_run(result, opts, built, started)
@@ -236,9 +259,12 @@ def summarize_run(result: beam.runners.runner.PipelineResult, opts: SealbeamOpti
         # Remote mode may run without --broker_url (the pool talks to the broker): no head then.
         ledger_head=(fetch_ledger_head(opts) if opts.broker_url or not remote_mode(opts)
                      else None),
+        residency=dict(built.residency or {}),
     )
-    if not opts.view_as(StandardOptions).streaming:
-        # The run's custody index beside its outputs (docs/FORMAT.md, custody statements).
-        write_run_statement(required(opts, "output_root"), required(opts, "input"), regions,
+    if not opts.view_as(StandardOptions).streaming and opts.output_root \
+            and not opts.residency_map:
+        # The run's custody index beside its outputs (docs/FORMAT.md, custody statements);
+        # runs whose sinks a residency map places (other stores) have per-output statements only.
+        write_run_statement(opts.output_root, required(opts, "input"), regions,
                             summary.to_json())
     return summary

@@ -25,7 +25,8 @@ from keybroker.logs import LOG_FORMATS, LOG_LEVELS, configure_logging
 from . import cli_env, progress
 
 # Fixed order, as ``sealbeam --help`` lists them.
-COMMAND_MODULES = ("keys", "broker", "audit", "attest", "features", "seal", "open", "unseal",
+COMMAND_MODULES = ("keys", "broker", "audit", "attest", "features", "residency", "seal", "open",
+                   "unseal",
                    "run", "feed", "demo", "completion", "custody", "worker")
 
 USAGE_EXIT = 2

@@ -20,7 +20,7 @@ from transforms.broker_identity import BrokerTrust
 from transforms.confidential import BROKER_RETRIES_DEFAULT
 from transforms.dedupe import DEFAULT_HORIZON_S
 from transforms.read import DEFAULT_RANGE_BYTES
-from transforms.tee import SUPPORTED_TEES
+from transforms.tee import SIMULATED_SEV_SNP, SUPPORTED_TEES
 from transforms.write import is_region_name
 
 from .errors import PipelineError
@@ -38,6 +38,13 @@ class SealbeamOptions(PipelineOptions):
                             "(one base64 envelope per line)")
         parser.add_argument("--output_root", help="root of the region-pinned outputs; "
                             "dead letters go to <output_root>/dead-letter/")
+        parser.add_argument("--residency_map", default=None,
+                            help="residency map (YAML): each region's sink, dead-letter sink, "
+                                 "allowed locations, KEK and worker locations; checked by "
+                                 "preflight before any data moves (instead of --output_root)")
+        parser.add_argument("--worker_location", default="local",
+                            help="where this machine's workers are, checked against the map's "
+                                 "worker_locations (Dataflow: --region/--worker_region)")
         parser.add_argument("--broker_url", help="base URL of the key broker")
         parser.add_argument("--broker_identity", default=None,
                             help="the broker's public identity key (PEM) that workers pin "
@@ -152,7 +159,9 @@ def allowed_regions(options: SealbeamOptions) -> frozenset[str]:
 
 def tee_settings(options: SealbeamOptions) -> TeeSettings:
     try:
-        return TeeSettings(tee=options.tee, dev_tee_dir=options.dev_tee_dir)
+        location = getattr(options, "worker_location", None)
+        return TeeSettings(tee=options.tee, dev_tee_dir=options.dev_tee_dir,
+                           location=location if options.tee == SIMULATED_SEV_SNP else None)
     except TransformError as exc:
         raise PipelineError(str(exc)) from None
 

@@ -18,7 +18,7 @@ from envelope import EnvelopeError, read_header
 from .errors import TransformError
 from .pme_footer import footer_key_blob
 
-__all__ = ["OutputRegionError", "output_key_region"]
+__all__ = ["OutputRegionError", "output_key", "output_key_region", "sealed_bytes_region"]
 
 
 class OutputRegionError(TransformError):
@@ -27,12 +27,17 @@ class OutputRegionError(TransformError):
 
 def output_key_region(output: SealedOutput) -> str:
     """The region whose KEK wraps the key that opens ``output``."""
+    return output_key(output)[0]
+
+
+def output_key(output: SealedOutput) -> tuple[str, str]:
+    """``(region, KEK URI)`` of the key that opens ``output`` (header, or PME footer key)."""
     if output.output_format == SEALED_ARROW:
         try:
             header, _ = read_header(output.payload)
         except EnvelopeError as exc:
             raise OutputRegionError(f"output is not a sealed envelope: {exc}") from None
-        return header.region
+        return header.region, header.wrapped_key.kek.uri
     if output.output_format == PARQUET_PME:
         footer = footer_key_blob(output.payload)
         try:
@@ -42,5 +47,16 @@ def output_key_region(output: SealedOutput) -> str:
         if blob.master_key_id != footer.master_key_id:
             raise OutputRegionError("PME footer key blob names another master key than the "
                                     "footer")
-        return blob.region
+        return blob.region, blob.wrapped_dek.kek.uri
     raise OutputRegionError(f"unknown output format {output.output_format!r}")
+
+
+def sealed_bytes_region(sealed: bytes) -> str | None:
+    """The region of sealed bytes of either format (a dead letter's), or None when they say
+    none (not an envelope, not a PME file, empty)."""
+    for output_format in (SEALED_ARROW, PARQUET_PME):
+        try:
+            return output_key(SealedOutput("", "", sealed, 0, 0, b"", output_format))[0]
+        except TransformError:
+            continue
+    return None

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from enclave_workers.evidence.base import EvidenceProvider
+from keybroker.attestation.simulated_location import location_host_data
 
 from .errors import TransformConfigError
 
@@ -47,6 +48,9 @@ class TeeSettings:
 
     tee: str = SIMULATED_SEV_SNP
     dev_tee_dir: str | None = None
+    location: str | None = None
+    """The simulated TEE's location claim (``--worker_location``); hardware TEEs attest their
+    own, so it is ignored for them."""
 
     def __post_init__(self) -> None:
         if self.tee not in SUPPORTED_TEES:
@@ -55,6 +59,11 @@ class TeeSettings:
         if self.tee == SIMULATED_SEV_SNP and not self.dev_tee_dir:
             raise TransformConfigError("the simulated SEV-SNP TEE needs dev_tee_dir "
                                        "(the dev chain made by `sealbeam keys init`)")
+        if self.location is not None:
+            try:
+                location_host_data(self.location)
+            except ValueError as exc:
+                raise TransformConfigError(f"worker location: {exc}") from None
         if self.tee in HARDWARE_TEES and self.dev_tee_dir:
             raise TransformConfigError(f"dev_tee_dir is for the simulated TEE only; the "
                                        f"hardware TEE {self.tee!r} takes none")
@@ -81,7 +90,7 @@ def make_evidence_provider(settings: TeeSettings) -> EvidenceProvider:
     if settings.tee == SIMULATED_SEV_SNP:
         from enclave_workers.evidence.simulated_snp import SimulatedSnpProvider
 
-        return SimulatedSnpProvider(Path(str(settings.dev_tee_dir)))
+        return SimulatedSnpProvider(Path(str(settings.dev_tee_dir)), location=settings.location)
     if settings.tee == CONFIGFS_TSM:
         from enclave_workers.evidence.configfs_tsm import ConfigfsTsmProvider
 

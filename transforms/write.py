@@ -3,15 +3,19 @@
 Usage::
 
     written = routed | WriteRegionPinned("gs://features", allowed_regions={"eu", "us"})
+    written = routed | WriteRegionPinned({"eu": "gs://eu-bucket/f", "us": "azfs://acct/us/f"},
+                                         allowed_regions={"eu", "us"},
+                                         keks={"eu": "gcp-kms://...", "us": "azure-kv://..."})
     paths = written[WriteRegionPinned.WRITTEN]           # str, one per file
     refused = written[WriteRegionPinned.DEAD_LETTER]     # DeadLetter (stage "region")
 
 Each output goes to ``<output_root>/<region>/part-<output id as uuid><suffix>`` (``.sbatch``
-for a sealed batch envelope, ``.parquet`` for PME Parquet), with the window's UTC bounds
-before the suffix in an interval window (``part-<uuid>-<start>-<end>.sbatch``), through
-``apache_beam.io.filesystems.FileSystems`` (local, GCS, Azure Blob ...). The output id is a
-digest of what went into the output (``ConfidentialProcess``), so a retried bundle or a rerun
-of the job writes the same name again: exactly-once files over at-least-once execution.
+for a sealed batch envelope, ``.parquet`` for PME Parquet) -- or, given a mapping of region
+to sink root (the residency map's sinks), to ``<sink of its region>/part-...`` --, with the
+window's UTC bounds before the suffix in an interval window (``part-<uuid>-<start>-<end>.sbatch``),
+through ``apache_beam.io.filesystems.FileSystems`` (local, GCS, Azure Blob ...). The output id
+is a digest of what went into the output (``ConfidentialProcess``), so a retried bundle or a
+rerun of the job writes the same name again: exactly-once files over at-least-once execution.
 An output's signed custody statement (``SealedOutput.statement``) is committed beside it as
 ``<output name>.intoto.json`` the same way.
 
@@ -26,11 +30,13 @@ killed worker left behind (the batch pipeline runs it after every write).
 An output is refused — becomes a dead letter that still carries the
 (encrypted) bytes — when its destination is not in ``allowed_regions``, is not the region
 whose key the output needs (its sealed header, or its PME footer key: ``output_region``), or
-is not a plain region name. Metrics: ``records_out`` (input envelopes behind each written
-output), ``rows_out``, ``output_files`` and ``output_files.<region>``.
+is not a plain region name, has no sink in the mapping ("no sink in the residency map"), or
+its key is wrapped under another KEK than ``keks`` names for the region. Metrics:
+``records_out`` (input envelopes behind each written output), ``rows_out``, ``output_files``
+and ``output_files.<region>``.
 
-What it does not: it never opens envelopes; a per-region sink that must live in another
-bucket or account is a different ``output_root`` per pipeline.
+What it does not: it never opens envelopes, and never falls back to another region's sink;
+where each sink really is was checked before the run (``pipelines.preflight``).
 """
 
 from __future__ import annotations
@@ -38,7 +44,7 @@ from __future__ import annotations
 import contextlib
 import re
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 import apache_beam as beam
 from apache_beam.io.filesystem import BeamIOError
@@ -57,7 +63,7 @@ from enclave_workers.batch_processor import (
 
 from .errors import TransformConfigError, TransformError
 from .metrics import NAMESPACE, OUTPUT_FILES, RECORDS_OUT, ROWS_OUT, outputs_in_region
-from .output_region import output_key_region
+from .output_region import output_key
 from .windows import window_label
 
 __all__ = ["OUTPUT_SUFFIX", "OUTPUT_SUFFIXES", "PME_SUFFIX", "STATEMENT_SUFFIX", "TEMP_PREFIX",
@@ -140,27 +146,40 @@ def clean_temporary_files(directories: Iterable[str]) -> list[str]:
 
 
 class _WritePinnedFn(beam.DoFn):
-    def __init__(self, output_root: str, allowed_regions: frozenset[str]) -> None:
-        self._output_root = output_root
+    def __init__(self, output_root: str | Mapping[str, str], allowed_regions: frozenset[str],
+                 keks: Mapping[str, str]) -> None:
+        self._output_root = output_root if isinstance(output_root, str) else dict(output_root)
         self._allowed = allowed_regions
+        self._keks = dict(keks)
         self._records_out = Metrics.counter(NAMESPACE, RECORDS_OUT)
         self._rows_out = Metrics.counter(NAMESPACE, ROWS_OUT)
         self._files = Metrics.counter(NAMESPACE, OUTPUT_FILES)
         self._files_by_region = {r: Metrics.counter(NAMESPACE, outputs_in_region(r))
                                  for r in allowed_regions}
 
+    def _sink_root(self, destination: str) -> str | None:
+        if isinstance(self._output_root, str):
+            return FileSystems.join(self._output_root, destination)
+        return self._output_root.get(destination)
+
     def _refusal(self, destination: str, output: SealedOutput) -> str | None:
         if destination not in self._allowed:
             return f"destination region {destination!r} is not an allowed region"
+        if self._sink_root(destination) is None:
+            return f"region {destination!r} has no sink in the residency map"
         if output.output_format not in OUTPUT_SUFFIXES:
             return f"unknown output format {output.output_format!r}"
         try:
-            key_region = output_key_region(output)
+            key_region, kek_uri = output_key(output)
         except TransformError as exc:
             return str(exc)
         if key_region != destination:
             return (f"destination region {destination!r} differs from the sealed "
                     f"region {key_region!r}")
+        expected_kek = self._keks.get(destination)
+        if expected_kek is not None and kek_uri != expected_kek:
+            return (f"output key of region {destination!r} is wrapped under {kek_uri!r}, not "
+                    f"the region's KEK {expected_kek!r}")
         if len(output.output_id) != 16:
             return "output id is not 16 bytes"
         return None
@@ -174,13 +193,14 @@ class _WritePinnedFn(beam.DoFn):
                 _record_id(output), refusal, STAGE_REGION, output.payload,
                 records=output.source_count))
             return
-        directory = FileSystems.join(self._output_root, destination)
+        root = self._sink_root(destination)
+        assert root is not None  # _refusal checked it
         name = output_file_name(output, window)
-        final_path = commit_file(directory, name, [output.payload], "application/octet-stream")
+        final_path = commit_file(root, name, [output.payload], "application/octet-stream")
         if output.statement:
             # Beside the output, same commit (a retry rewrites both names); written second,
             # so a statement never stands beside a missing output.
-            commit_file(directory, statement_file_name(name), [output.statement],
+            commit_file(root, statement_file_name(name), [output.statement],
                         "application/json")
         self._records_out.inc(output.source_count)
         self._rows_out.inc(output.row_count)
@@ -199,7 +219,10 @@ class WriteRegionPinned(beam.PTransform):
     WRITTEN = "written"
     DEAD_LETTER = "dead_letter"
 
-    def __init__(self, output_root: str, allowed_regions: Iterable[str]) -> None:
+    def __init__(self, output_root: str | Mapping[str, str], allowed_regions: Iterable[str],
+                 keks: Mapping[str, str] | None = None) -> None:
+        """``output_root``: one root (``<root>/<region>/``) or a region -> sink root mapping;
+        ``keks``: region -> the KEK URI its outputs must be wrapped under (optional)."""
         super().__init__()
         allowed = frozenset(allowed_regions)
         if not allowed:
@@ -207,9 +230,11 @@ class WriteRegionPinned(beam.PTransform):
         bad = sorted(r for r in allowed if not is_region_name(r))
         if bad:
             raise TransformConfigError(f"not a region name: {', '.join(map(repr, bad))}")
-        if not output_root:
-            raise TransformConfigError("WriteRegionPinned needs an output_root")
-        self._fn = _WritePinnedFn(output_root, allowed)
+        if not output_root or (not isinstance(output_root, str)
+                               and not all(output_root.values())):
+            raise TransformConfigError("WriteRegionPinned needs an output_root or a sink per "
+                                       "mapped region")
+        self._fn = _WritePinnedFn(output_root, allowed, keks or {})
 
     def expand(self, pcoll: beam.PCollection) -> beam.pvalue.DoOutputsTuple:
         return pcoll | "WriteSealed" >> beam.ParDo(self._fn).with_outputs(

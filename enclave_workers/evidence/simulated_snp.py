@@ -22,6 +22,7 @@ from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 
 from enclave_workers.evidence.base import Evidence, EvidenceUnavailableError, check_report_data
 from keybroker.attestation.errors import AttestationError
+from keybroker.attestation.simulated_location import location_host_data
 from keybroker.attestation.snp import layout
 from keybroker.attestation.snp.amd_extensions import read_endorsement_extensions
 from keybroker.attestation.snp.cert_table import encode_cert_table
@@ -79,7 +80,10 @@ class SimulatedSnpProvider:
         host_data: bytes = bytes(32),
         vmpl: int = 0,
         extended: bool = False,
+        location: str | None = None,
     ) -> None:
+        """``location``: a simulated location claim, carried in HOST_DATA
+        (``keybroker.attestation.simulated_location``); not together with ``host_data``."""
         if version not in range(layout.MIN_VERSION, layout.MAX_VERSION + 1):
             raise ValueError(f"report version must be {layout.MIN_VERSION}..{layout.MAX_VERSION}")
         if signing_key not in ("vcek", "vlek"):
@@ -87,6 +91,10 @@ class SimulatedSnpProvider:
         measurement_bytes = bytes.fromhex(measurement)
         if len(measurement_bytes) != 48:
             raise ValueError("measurement must be 48 bytes of hex")
+        if location is not None:
+            if any(host_data):
+                raise ValueError("give host_data or a simulated location, not both")
+            host_data = location_host_data(location)
         if len(host_data) != 32:
             raise ValueError("host_data must be 32 bytes")
         if not 0 <= vmpl <= 3:

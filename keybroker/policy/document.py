@@ -128,7 +128,8 @@ class ReleasePolicy:
             return denial
         failures: list[str] = []
         for rule in passing:
-            rule_failures = rule.release_failures(kek_uri, region, producer_id)
+            rule_failures = (rule.release_failures(kek_uri, region, producer_id)
+                             + rule.location_failures(claims, region))
             if not rule_failures:
                 return Decision(True, f"release allowed by rule {rule.name}", rule.name)
             failures.extend(rule_failures)

@@ -35,6 +35,7 @@ from keybroker.policy.hardware import (
     parse_min_tcb,
     tcb_failures,
 )
+from keybroker.policy.location import WORKER_LOCATIONS, WorkerLocations
 
 if TYPE_CHECKING:
     from keybroker.attestation.claims import Claims
@@ -44,7 +45,8 @@ __all__ = ["ANY_MEASUREMENT", "HARDWARE_KINDS", "ReleaseRule", "parse_rule"]
 ANY_MEASUREMENT = "*"
 HARDWARE_KINDS = frozenset({"sev-snp", "tdx", "sev"})
 _COMMON_FIELDS = frozenset({"name", "tee", "allow_simulated", "debug", "measurements", "min_tcb",
-                            "hardware", "regions", "keks", "named_keys", "producers"})
+                            "hardware", "regions", "keks", "named_keys", "producers",
+                            WORKER_LOCATIONS})
 # Which TEE kinds each TEE-specific field applies to (docs/PROTOCOL.md, "Release policy").
 _APPLIES_TO: dict[str, frozenset[str]] = {
     **dict.fromkeys(SNP_FIELDS, frozenset({"sev-snp", "azure-cvm", "maa"})),
@@ -81,6 +83,7 @@ class ReleaseRule:
     azure: AzureRequirements = field(default_factory=AzureRequirements)
     confidential_space: ConfidentialSpaceRequirements = field(
         default_factory=ConfidentialSpaceRequirements)
+    worker_locations: WorkerLocations = field(default_factory=WorkerLocations)
 
     def attestation_failures(self, claims: Claims) -> list[str]:
         """Every check of this rule that the evidence fails (empty when it passes)."""
@@ -122,6 +125,10 @@ class ReleaseRule:
         if not _matches_any(producer_id, self.producers):
             failures.append(f"producer {producer_id!r} not allowed by rule {self.name}")
         return failures
+
+    def location_failures(self, claims: Claims, region: str) -> list[str]:
+        """The attested worker location against ``worker_locations`` for ``region``."""
+        return self.worker_locations.failures(claims, region, self.name)
 
     def named_key_failures(self, name: str) -> list[str]:
         if _matches_any(name, self.named_keys):
@@ -178,6 +185,7 @@ def parse_rule(where: str, raw: object) -> ReleaseRule:
         tdx=TdxRequirements.parse(where, raw),
         azure=AzureRequirements.parse(where, raw),
         confidential_space=ConfidentialSpaceRequirements.parse(where, raw),
+        worker_locations=WorkerLocations.parse(where, raw),
     )
 
 

@@ -41,6 +41,7 @@ from pipelines.synthetic import REGIONS
 from tests.enclave_workers.broker_env import BrokerEnv
 from tests.pipelines.helpers import assert_no_plaintext, plaintext_probes, sealed_partner_files
 from transforms.dead_letters import dead_letter_file_name
+from transforms.write import STATEMENT_SUFFIX, statement_file_name
 
 RECORDS = 160
 WINDOW_SECONDS = 60
@@ -176,9 +177,13 @@ def test_outputs_are_per_region_per_window_with_every_good_row(test_stream_run,
     rows = _rows_by_window_and_region(test_stream_run["index"], broker)
     assert rows == test_stream_run["expected_rows"]
     assert set(rows) == {(second, region) for second in (False, True) for region in REGIONS}
-    written = sorted(p for region in REGIONS for p in (test_stream_run["work"] / "out" / region)
-                     .iterdir() if not p.name.startswith("."))
+    files = [p for region in REGIONS for p in (test_stream_run["work"] / "out" / region)
+             .iterdir() if not p.name.startswith(".")]
+    written = sorted(p for p in files if not p.name.endswith(STATEMENT_SUFFIX))
     assert sorted(Path(str(e["path"])) for e in test_stream_run["index"]) == written
+    # every output has its signed custody statement beside it, and nothing else stands there
+    assert sorted(p for p in files if p.name.endswith(STATEMENT_SUFFIX)) == sorted(
+        p.with_name(statement_file_name(p.name)) for p in written)
 
 
 def test_dead_letters_are_sealed_and_written_per_window(test_stream_run) -> None:

@@ -1,0 +1,106 @@
+"""Policy on where the attested worker is: a region's keys only for workers in that region.
+
+What it does: ``attested_location(claims)`` reads the worker's location from verified claims
+— Confidential Space: ``submods.gce.zone`` (reduced to its region, ``europe-west4-a`` ->
+``europe-west4``), signed by Google; Azure CVM or MAA: a ``location`` the verifier put in the
+platform claims, when the evidence carries one; simulated SEV-SNP: the ``SBLOC:`` claim in
+HOST_DATA (``keybroker.attestation.simulated_location``), read from simulated evidence only.
+``WorkerLocations`` is the rule field ``worker_locations: {REGION: [PATTERN, ...]}``: a
+release or generate for REGION needs an attested location matching one of its patterns
+(fnmatch, lowercase); a region the field does not list, or evidence without a location, is
+denied. A rule without the field does not check locations.
+
+What it does not: know the residency map (the pipeline's preflight checks configured
+locations; this checks attested ones) or trust a location the worker merely asserts.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import TYPE_CHECKING
+
+from keybroker.attestation.simulated_location import host_data_location
+from keybroker.policy.errors import PolicyFormatError
+from keybroker.policy.fields import MAX_LIST_ITEMS, string_list
+
+if TYPE_CHECKING:
+    from keybroker.attestation.claims import Claims
+
+__all__ = ["WORKER_LOCATIONS", "WorkerLocations", "attested_location"]
+
+WORKER_LOCATIONS = "worker_locations"
+_REGION = re.compile(r"^[a-z0-9][a-z0-9-]{0,31}$")
+_PATTERN = re.compile(r"^[a-z0-9*?][a-z0-9*?-]{0,63}$")
+_ZONE = re.compile(r"^([a-z]+-[a-z]+[0-9]+)-[a-z]$")
+
+
+def attested_location(claims: Claims) -> str | None:
+    """Where the verified worker is, or None when its evidence does not say."""
+    platform = claims.platform
+    if claims.tee == "confidential-space":
+        zone = platform.get("zone")
+        if isinstance(zone, str) and zone:
+            match = _ZONE.match(zone.lower())
+            return match.group(1) if match else zone.lower()
+        return None
+    if claims.tee in ("azure-cvm", "maa"):
+        location = platform.get("location")
+        return location.lower() if isinstance(location, str) and location else None
+    if claims.tee == "sev-snp" and claims.simulated:
+        host_data = platform.get("host_data")
+        if isinstance(host_data, str):
+            try:
+                return host_data_location(bytes.fromhex(host_data))
+            except ValueError:
+                return None
+    return None
+
+
+@dataclass(frozen=True)
+class WorkerLocations:
+    """Region -> the worker-location patterns allowed to have that region's keys."""
+
+    by_region: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    required: bool = False
+
+    @classmethod
+    def parse(cls, where: str, raw: Mapping) -> WorkerLocations:
+        if WORKER_LOCATIONS not in raw:
+            return cls()
+        field_name = f"{where}.{WORKER_LOCATIONS}"
+        value = raw[WORKER_LOCATIONS]
+        if not isinstance(value, Mapping) or not value:
+            raise PolicyFormatError(f"{field_name}: expected a mapping of region -> locations")
+        if len(value) > MAX_LIST_ITEMS:
+            raise PolicyFormatError(f"{field_name}: more than {MAX_LIST_ITEMS} regions")
+        parsed = {}
+        for region, patterns in value.items():
+            if not isinstance(region, str) or not _REGION.match(region):
+                raise PolicyFormatError(f"{field_name}: not a region name: {region!r}")
+            where_region = f"{field_name}.{region}"
+            items = string_list({"p": patterns}, "p", where_region, required=True)
+            for index, pattern in enumerate(items):
+                if not _PATTERN.match(pattern):
+                    raise PolicyFormatError(f"{where_region}[{index}]: expected a lowercase "
+                                            f"location or pattern, got {pattern!r}")
+            parsed[region] = items
+        return cls(MappingProxyType(parsed), required=True)
+
+    def failures(self, claims: Claims, region: str, rule: str) -> list[str]:
+        if not self.required:
+            return []
+        allowed = self.by_region.get(region)
+        if allowed is None:
+            return [f"region {region!r} has no worker_locations in rule {rule}"]
+        location = attested_location(claims)
+        if location is None:
+            return [f"worker location not attested by the {claims.tee} evidence; rule {rule} "
+                    f"requires one of {', '.join(allowed)} for region {region!r}"]
+        if not any(fnmatch.fnmatchcase(location, pattern) for pattern in allowed):
+            return [f"worker location {location!r} not allowed for region {region!r} by rule "
+                    f"{rule} (allowed: {', '.join(allowed)})"]
+        return []

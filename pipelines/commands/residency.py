@@ -1,0 +1,90 @@
+"""``sealbeam residency check MAP``: validate a residency map, optionally preflight it.
+
+What it does: ``check MAP`` validates the map (every problem with its line and field) and
+prints, per region, its sink, dead-letter sink, allowed locations, worker locations and KEK;
+``--preflight`` also reads where every sink really is (GCS bucket location and KMS key, Azure
+account location, replication and encryption) with the default cloud credentials and prints
+one line per sink, exiting 2 with the first refusal; ``--dataflow_region``,
+``--worker_region`` and ``--worker_zone`` check a Dataflow job's worker flags against the map;
+``--regions`` limits the checks to the regions of one job. ``policy MAP`` prints the
+``worker_locations`` field of a broker release rule (docs/PROTOCOL.md, section 7.2) that
+grants each region's keys only to workers attested in that region's worker locations.
+
+What it does not: create buckets or accounts, or start a pipeline.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import yaml
+
+from pipelines.preflight import PreflightReport, check_dataflow_workers, run_preflight
+from pipelines.residency import ResidencyMap
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add the ``residency`` command group to ``sealbeam``."""
+    group = subparsers.add_parser("residency", help="check a residency map",
+                                  description=__doc__.split("\n\n")[1])
+    commands = group.add_subparsers(dest="residency_command", metavar="COMMAND", required=True)
+    check = commands.add_parser(
+        "check", help="validate a residency map; optionally preflight its sinks",
+        description="Validate a residency map (YAML) and print its regions. With --preflight, "
+                    "read where each sink really is and refuse with one line on a mismatch.")
+    check.add_argument("map", metavar="MAP", help="residency map (YAML)")
+    check.add_argument("--regions", default=None,
+                       help="comma-separated regions of one job (default: every region)")
+    check.add_argument("--preflight", action="store_true",
+                       help="read each sink's location and encryption from its cloud")
+    check.add_argument("--dataflow_region", default=None, help="Dataflow --region to check")
+    check.add_argument("--worker_region", default=None, help="Dataflow --worker_region")
+    check.add_argument("--worker_zone", default=None, help="Dataflow --worker_zone")
+    check.set_defaults(func=check_command)
+    policy = commands.add_parser(
+        "policy", help="print the release-rule worker_locations field for the map",
+        description="Print, as YAML, the worker_locations field to add to the broker's release "
+                    "rules, so that a region's keys go only to workers attested in its worker "
+                    "locations.")
+    policy.add_argument("map", metavar="MAP", help="residency map (YAML)")
+    policy.set_defaults(func=policy_command)
+
+
+def check_command(args: argparse.Namespace) -> int:
+    residency = ResidencyMap.load(args.map)
+    regions = (sorted(residency.regions) if not args.regions
+               else sorted(r.strip() for r in args.regions.split(",") if r.strip()))
+    print(f"{args.map}: ok, {len(residency.regions)} region(s)")
+    for name in sorted(residency.regions):
+        region = residency.regions[name]
+        print(f"  {name}: sink {region.sink.url}, dead letters {region.dead_letter_sink.url}")
+        print(f"    locations {', '.join(region.locations)}; workers "
+              f"{', '.join(region.worker_locations)}; kek {region.kek}"
+              f"{'; customer-managed key required' if region.require_cmk else ''}")
+    print(f"  unrouted dead letters: {residency.unrouted_dead_letter_sink.url}")
+    workers = ()
+    if args.dataflow_region or args.worker_region or args.worker_zone:
+        workers = check_dataflow_workers(args.dataflow_region, args.worker_region,
+                                         args.worker_zone, residency, regions)
+    if args.preflight:
+        report = run_preflight(residency, regions, workers)
+    else:
+        report = PreflightReport((), tuple(workers))
+    for sink in report.sinks:
+        print(f"  preflight {sink.role} {sink.url}: {sink.location} "
+              f"({sink.location_type or 'n/a'}), encryption {sink.encryption}: "
+              f"{'REFUSED' if sink.refusal else 'ok'}")
+    for worker in report.workers:
+        print(f"  preflight workers ({worker.source}): {worker.location}: "
+              f"{'REFUSED' if worker.refusal else 'ok'}")
+    report.raise_if_refused()
+    return 0
+
+
+def policy_command(args: argparse.Namespace) -> int:
+    residency = ResidencyMap.load(args.map)
+    field = {"worker_locations": {
+        name: sorted({location.lower() for location in region.worker_locations})
+        for name, region in sorted(residency.regions.items())}}
+    print(yaml.safe_dump(field, default_flow_style=None, sort_keys=True), end="")
+    return 0
