@@ -2,7 +2,7 @@
 
 The batch pipeline runs on FnApiRunner, the streaming one on the runner its feed needs
 (``pipelines.streaming.default_streaming_runner``), unless --runner says otherwise. Before the
-pipeline is built, ``pipelines.preflight`` checks that the broker answers ``/v1/health`` and,
+pipeline is built, ``pipelines.run_checks`` checks that the broker answers ``/v1/health`` and,
 for local runners, that the TEE's interface exists, so such mistakes end in one line.
 """
 
@@ -20,8 +20,8 @@ from pipelines import dataflow
 from pipelines.batch import RunSummary, run_batch
 from pipelines.confidential_mode import remote_mode
 from pipelines.options import SealbeamOptions, required, tee_settings
-from pipelines.preflight import check_broker, check_tee, is_local_runner
 from pipelines.progress import with_heartbeat
+from pipelines.run_checks import check_broker, check_tee, is_local_runner
 from pipelines.streaming import StreamingOptions, run_streaming
 
 _NOT_BEAM_FLAGS = frozenset({"command", "run_command", "func", "beam_args", "log_level",

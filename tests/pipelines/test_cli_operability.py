@@ -18,7 +18,7 @@ import pytest
 
 from keybroker.logs import configure_logging
 from pipelines import cli
-from pipelines.preflight import DEFAULT_TSM_ROOT
+from pipelines.run_checks import DEFAULT_TSM_ROOT
 from pipelines.synthetic import write_partner_files
 
 REPO = Path(__file__).resolve().parents[2]
