@@ -49,7 +49,6 @@ What it does not: no file I/O, no routing; keys stay in the worker's memory.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import time
 from collections.abc import Iterable
 from typing import Any
@@ -68,12 +67,12 @@ from enclave_workers.batch_processor import (
     BatchProcessor,
     BatchResult,
     DeadLetter,
-    SealedOutput,
     unparsed_record_id,
 )
 from enclave_workers.features import CompiledSpec, FeatureError, FeatureSpec, compile_spec
 from enclave_workers.features.pme import check_column_keys, column_keys_for_spec
 from enclave_workers.key_session import KeySession
+from enclave_workers.output_names import output_name_id
 from envelope import EnvelopeError, read_header
 from keybroker.client import BrokerUnavailableError
 
@@ -93,16 +92,6 @@ PME_OUTPUT_KEY_MAX_ENVELOPES = 1   # a fresh DEK per master key: each PME file's
 BROKER_RETRIES_DEFAULT = 5         # attempts after the first while the broker is unavailable
 BROKER_BACKOFF_S = 0.5
 BROKER_BACKOFF_CAP_S = 8.0
-_OUTPUT_NAME_DOMAIN = b"sealbeam.output.v1\x00"
-
-
-def output_name_id(batch_id: bytes, output: SealedOutput) -> bytes:
-    """16 bytes naming an output by what went into it: its batch, region, producer, format."""
-    hasher = hashlib.sha256(_OUTPUT_NAME_DOMAIN + batch_id)
-    for part in (output.region, output.producer_id, output.output_format):
-        encoded = part.encode("utf-8")
-        hasher.update(len(encoded).to_bytes(4, "big") + encoded)
-    return hasher.digest()[:16]
 
 
 def compile_for_workers(spec: FeatureSpec) -> tuple[dict[str, Any], CompiledSpec]:

@@ -6,7 +6,10 @@ cached for ``handshake_ttl_s``), and only then seals a request to the channel ke
 evidence binds and streams it (``enclave_workers.pool.wire``: one frame per envelope, sealed
 lazily as the socket takes them). The response is read frame by frame and every frame must
 open under the request's response key: a reply not written by that attested worker is
-refused. Typed errors say what to do next: ``PoolBusyError`` (429, with its Retry-After),
+refused. The request carries the batch id and window label, so the worker names each output
+as the in-process step would and signs its custody statement in its TEE; an output that
+comes back under another name, or without a statement, is refused.
+Typed errors say what to do next: ``PoolBusyError`` (429, with its Retry-After),
 ``PoolUnavailableError`` (connection, timeout, 5xx, a cut or forged response: try another
 endpoint), ``PoolAttestationError`` (never send this endpoint data), ``PoolRejectedError``
 (the endpoint runs another spec or output format).
@@ -27,6 +30,7 @@ import time
 from collections.abc import Callable, Sequence
 from urllib.parse import urlsplit
 
+from enclave_workers.output_names import output_name_id
 from enclave_workers.pool.channel import seal_request_secret
 from enclave_workers.pool.wire import PoolResponse, WireError, encode_request, read_response
 
@@ -142,12 +146,19 @@ class PoolEndpoint:
             self.bytes_received += received
 
     # -- processing -------------------------------------------------------------------------
-    def process(self, envelopes: Sequence[bytes]) -> PoolResponse:
-        """Sealed envelopes in, sealed outputs and dead letters out (attests first)."""
+    def process(self, envelopes: Sequence[bytes], *, batch_id: bytes,
+                window: str = "") -> PoolResponse:
+        """Sealed envelopes in, sealed outputs (named by ``batch_id`` and ``window``, each
+        with its custody statement) and dead letters out (attests first)."""
         verified = self.attest()
         sealed_secret, keys = seal_request_secret(verified.channel_public_key)
-        length, chunks = encode_request(sealed_secret, keys, spec_fingerprint=self._fingerprint,
-                                        output_format=self._output_format, envelopes=envelopes)
+        try:
+            length, chunks = encode_request(
+                sealed_secret, keys, spec_fingerprint=self._fingerprint,
+                output_format=self._output_format, envelopes=envelopes, batch_id=batch_id,
+                window=window)
+        except WireError as exc:
+            raise PoolError(f"cannot send this batch: {exc}") from None
         connection = self._connection()
         counted = _CountingReader()
         try:
@@ -162,7 +173,7 @@ class PoolEndpoint:
                 self._raise_for(response, detail)
             counted.source = response.read
             try:
-                return read_response(counted.read, keys)
+                return _named_and_signed(read_response(counted.read, keys), batch_id)
             except WireError as exc:
                 self.forget()
                 raise PoolUnavailableError(f"{self.url}: bad response: {exc}") from None
@@ -185,6 +196,16 @@ class PoolEndpoint:
         if response.status == 400:
             self.forget()   # e.g. a restarted worker with a new channel key
         raise PoolUnavailableError(f"{self.url}: process answered {response.status} {message}")
+
+
+def _named_and_signed(response: PoolResponse, batch_id: bytes) -> PoolResponse:
+    """``response`` if every output is named by ``batch_id`` and has its statement."""
+    for output in response.outputs:
+        if output.output_id != output_name_id(batch_id, output):
+            raise WireError("an output is not named by its batch")
+        if not output.statement:
+            raise WireError("an output has no custody statement")
+    return response
 
 
 class _CountingReader:

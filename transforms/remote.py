@@ -15,7 +15,9 @@ In the style of Beam's ``RunInference`` with a remote model handler. Input and b
 are read here; one that does not parse is a dead letter), grouped by data key and cut
 deterministically by ``BatchByDataKey`` (or the ``batcher`` given), and each
 ``EnvelopeBatch`` goes whole to one pool worker, which runs the same ``BatchProcessor``. Every
-output's ``output_id`` is ``output_name_id(batch_id, output)``, as in-process: a batch that is
+output's ``output_id`` is ``output_name_id(batch_id, output)``, as in-process (the pool
+worker names it from the batch id and window label sent with the batch, and signs its custody
+statement in its TEE for that file name; the client checks the name): a batch that is
 retried (on the same or another endpoint) or rerun is written under the same names, never a
 second time, and both modes produce the same outputs under the same names for the same input.
 With ``drop_duplicates=True`` exact copies are dropped inside the data-key groups (output
@@ -37,7 +39,6 @@ read on the worker in ``setup``). Metrics (namespace ``sealbeam``): ``pool_reque
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import random
@@ -50,6 +51,7 @@ import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.metrics import Metrics
 from apache_beam.pvalue import TaggedOutput
+from apache_beam.transforms.window import BoundedWindow
 
 from enclave_workers.batch_processor import OUTPUT_FORMATS, PARQUET_PME, SEALED_ARROW
 from enclave_workers.features import FeatureSpec
@@ -57,12 +59,7 @@ from enclave_workers.pool.wire import PoolResponse
 from envelope import EnvelopeError, read_header
 
 from .batching import DEFAULT_MAX_BATCH_BYTES, DEFAULT_SHARDS, BatchByDataKey, EnvelopeBatch
-from .confidential import (
-    _AsSealedEnvelopeFn,
-    _check_pme_assignment,
-    compile_for_workers,
-    output_name_id,
-)
+from .confidential import _AsSealedEnvelopeFn, _check_pme_assignment, compile_for_workers
 from .errors import TransformConfigError
 from .metrics import NAMESPACE, ROWS_SUPPRESSED
 from .pool_client import (
@@ -72,6 +69,7 @@ from .pool_client import (
     PoolUnavailableError,
 )
 from .pool_trust import PoolAttestationError, PoolTrust, PoolVerifier
+from .windows import window_label
 
 __all__ = ["ConfidentialProcessRemote", "PoolRouter", "endpoint_order", "load_endpoints",
            "route_key"]
@@ -161,8 +159,10 @@ class PoolRouter:
         with self._lock:
             self._refused[url] = str(exc)
 
-    def process(self, batch: Sequence[bytes], *, key: str | None = None) -> PoolResponse:
-        """``batch``'s response from the endpoint ``key`` (default: its data key) routes to."""
+    def process(self, batch: Sequence[bytes], *, batch_id: bytes, window: str = "",
+                key: str | None = None) -> PoolResponse:
+        """``batch``'s response from the endpoint ``key`` (default: its data key) routes to;
+        its outputs named by ``batch_id`` and ``window`` (a window label) and signed."""
         key = route_key(batch) if key is None else key
         last: Exception | None = None
         for attempt in range(self._max_attempts):
@@ -171,7 +171,7 @@ class PoolRouter:
                 break
             endpoint = usable[attempt % len(usable)]
             try:
-                return endpoint.process(batch)
+                return endpoint.process(batch, batch_id=batch_id, window=window)
             except (PoolAttestationError, PoolRejectedError) as exc:
                 self._refuse(endpoint.url, exc)
                 last = exc
@@ -221,19 +221,22 @@ class _RemoteProcessFn(beam.DoFn):
         endpoints = self._router.endpoints
         return (sum(e.bytes_sent for e in endpoints), sum(e.bytes_received for e in endpoints))
 
-    def process(self, batch: EnvelopeBatch) -> Iterable[object]:
+    def process(self, batch: EnvelopeBatch,
+                window: BoundedWindow = beam.DoFn.WindowParam) -> Iterable[object]:
         assert self._router is not None, "setup() creates the router"
         self._batch_sizes.update(len(batch.envelopes))
         sent, received = self._traffic()
         response = self._router.process([e.data for e in batch.envelopes],
+                                        batch_id=batch.batch_id, window=window_label(window),
                                         key=route_key(batch))
         sent_after, received_after = self._traffic()
         self._requests.inc()
         self._sent.inc(sent_after - sent)
         self._received.inc(received_after - received)
         self._rows_suppressed.inc(sum(o.rows_suppressed for o in response.outputs))
-        for output in response.outputs:   # named by the batch, as in-process: retries rewrite
-            yield dataclasses.replace(output, output_id=output_name_id(batch.batch_id, output))
+        # Named by the batch and signed in the pool's TEE (checked by the endpoint), as
+        # in-process: retries rewrite the same files and their statements.
+        yield from response.outputs
         for dead_letter in response.dead_letters:
             yield TaggedOutput(ConfidentialProcessRemote.DEAD_LETTER, dead_letter)
 

@@ -43,7 +43,6 @@ from __future__ import annotations
 
 import contextlib
 import re
-import uuid
 from collections.abc import Iterable, Mapping
 
 import apache_beam as beam
@@ -54,12 +53,12 @@ from apache_beam.pvalue import TaggedOutput
 from apache_beam.transforms.window import BoundedWindow
 
 from enclave_workers.batch_processor import (
-    PARQUET_PME,
-    SEALED_ARROW,
     STAGE_REGION,
     DeadLetter,
     SealedOutput,
 )
+from enclave_workers.output_names import OUTPUT_SUFFIX, OUTPUT_SUFFIXES, PME_SUFFIX
+from enclave_workers.output_names import output_file_name as _labelled_file_name
 
 from .errors import TransformConfigError, TransformError
 from .metrics import NAMESPACE, OUTPUT_FILES, RECORDS_OUT, ROWS_OUT, outputs_in_region
@@ -73,10 +72,7 @@ __all__ = ["OUTPUT_SUFFIX", "OUTPUT_SUFFIXES", "PME_SUFFIX", "STATEMENT_SUFFIX",
 TEMP_PREFIX = "."
 TEMP_SUFFIX = ".tmp"
 
-OUTPUT_SUFFIX = ".sbatch"
-PME_SUFFIX = ".parquet"
 STATEMENT_SUFFIX = ".intoto.json"
-OUTPUT_SUFFIXES = {SEALED_ARROW: OUTPUT_SUFFIX, PARQUET_PME: PME_SUFFIX}
 _REGION_NAME = re.compile(r"[a-z0-9](?:[a-z0-9-]{0,62})")
 
 
@@ -87,9 +83,7 @@ def is_region_name(region: str) -> bool:
 
 def output_file_name(output: SealedOutput, window: BoundedWindow | None = None) -> str:
     """``part-<output id as uuid>[-<window start>-<window end>]<suffix of its format>``."""
-    label = window_label(window)
-    return (f"part-{uuid.UUID(bytes=output.output_id)}{'-' + label if label else ''}"
-            f"{OUTPUT_SUFFIXES[output.output_format]}")
+    return _labelled_file_name(output, window_label(window))
 
 
 def statement_file_name(output_name: str) -> str:

@@ -4,10 +4,15 @@ A request body is ``MAGIC || u32 len || sealed request secret`` followed by fram
 response body is frames only. A frame on the wire is ``u32 BE len || AES-GCM(frame)``, and a
 frame is ``u8 kind || body``:
 
-request:  HEADER (JSON: spec_fingerprint, output_format, envelopes), ENVELOPE (the sealed
-          envelope's bytes) x n, END (JSON: envelopes)
+request:  HEADER (JSON: spec_fingerprint, output_format, envelopes, batch_id (hex), window
+          (the window label, "" for none)), ENVELOPE (the sealed envelope's bytes) x n,
+          END (JSON: envelopes)
 response: OUTPUT / DEAD_LETTER (``u32 len || JSON meta || sealed bytes``) x n,
-          END (JSON: outputs, dead_letters)
+          END (JSON: outputs, dead_letters); an OUTPUT's sealed bytes are followed by its
+          signed custody statement (``statement_bytes`` long, named in its meta)
+
+The batch id and window label let the pool worker name each output (``output_names``) and
+sign its custody statement in the TEE for the file name Beam will write.
 
 Both sides count: an END whose counts differ from the frames seen, a missing END, or a frame
 after END is a ``WireError``, so a cut or spliced stream is never taken for a whole one. The
@@ -27,6 +32,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from enclave_workers.batch_processor import DeadLetter, SealedOutput
+from enclave_workers.output_names import OutputNameError, check_batch_id, check_window_label
 
 from .channel import ChannelError, ChannelKeys, FrameCipher, RequestKeys
 
@@ -66,6 +72,8 @@ class PoolRequest:
     spec_fingerprint: str
     output_format: str
     envelopes: list[bytes]
+    batch_id: bytes | None = None   # names the outputs; None: an old client's request
+    window: str = ""                 # the window label in the outputs' file names
 
 
 @dataclass(frozen=True)
@@ -138,12 +146,20 @@ def _split_meta(body: bytes, what: str) -> tuple[dict[str, Any], bytes]:
 
 # -- request ----------------------------------------------------------------------------
 def encode_request(sealed_secret: bytes, keys: RequestKeys, *, spec_fingerprint: str,
-                   output_format: str, envelopes: Sequence[bytes]) -> tuple[int, Iterator[bytes]]:
+                   output_format: str, envelopes: Sequence[bytes], batch_id: bytes | None = None,
+                   window: str = "") -> tuple[int, Iterator[bytes]]:
     """The request body's length and its chunks (sealed one frame at a time, lazily)."""
     if not 1 <= len(envelopes) <= MAX_ENVELOPES:
         raise WireError(f"a request holds 1..{MAX_ENVELOPES} envelopes, not {len(envelopes)}")
-    header = _dump({"spec_fingerprint": spec_fingerprint, "output_format": output_format,
-                    "envelopes": len(envelopes)})
+    fields: dict[str, Any] = {"spec_fingerprint": spec_fingerprint,
+                              "output_format": output_format, "envelopes": len(envelopes)}
+    try:
+        if batch_id is not None:
+            fields["batch_id"] = check_batch_id(batch_id).hex()
+            fields["window"] = check_window_label(window)
+    except OutputNameError as exc:
+        raise WireError(str(exc)) from None
+    header = _dump(fields)
     end = _dump({"envelopes": len(envelopes)})
     bodies = [len(header), *(len(e) for e in envelopes), len(end)]
     length = (len(MAGIC) + 4 + len(sealed_secret)
@@ -182,8 +198,22 @@ def read_request(read: Reader, channel: ChannelKeys) -> PoolRequest:
     kind, body = _read_frame(read, keys.request, count + 1)
     if kind != KIND_END or _json(body, "request end").get("envelopes") != count:
         raise WireError("the request does not end where its header says")
+    batch_id, window = _naming(header)
     return PoolRequest(keys, str(header.get("spec_fingerprint", "")),
-                       str(header.get("output_format", "")), envelopes)
+                       str(header.get("output_format", "")), envelopes, batch_id, window)
+
+
+def _naming(header: Mapping[str, Any]) -> tuple[bytes | None, str]:
+    """The request header's batch id (None when absent) and window label, checked."""
+    raw_id, window = header.get("batch_id"), header.get("window", "")
+    if raw_id is None:
+        return None, ""
+    try:
+        if not isinstance(raw_id, str) or not isinstance(window, str):
+            raise OutputNameError("batch_id and window are strings")
+        return check_batch_id(bytes.fromhex(raw_id)), check_window_label(window)
+    except (OutputNameError, ValueError) as exc:
+        raise WireError(f"request header: {exc}") from None
 
 
 # -- response ---------------------------------------------------------------------------
@@ -195,8 +225,10 @@ def encode_response(keys: RequestKeys, outputs: Sequence[SealedOutput],
         meta = {"region": output.region, "producer_id": output.producer_id,
                 "row_count": output.row_count, "source_count": output.source_count,
                 "output_id": output.output_id.hex(), "output_format": output.output_format,
-                "rows_suppressed": output.rows_suppressed}
-        yield _frame(cipher, index, KIND_OUTPUT, _meta_and_bytes(meta, output.payload))
+                "rows_suppressed": output.rows_suppressed,
+                "statement_bytes": len(output.statement)}
+        yield _frame(cipher, index, KIND_OUTPUT,
+                     _meta_and_bytes(meta, output.payload + output.statement))
         index += 1
     for dead in dead_letters:
         meta = {"record_id": dead.record_id, "reason": dead.reason, "stage": dead.stage,
@@ -207,12 +239,16 @@ def encode_response(keys: RequestKeys, outputs: Sequence[SealedOutput],
                  _dump({"outputs": len(outputs), "dead_letters": len(dead_letters)}))
 
 
-def _output(meta: dict[str, Any], payload: bytes) -> SealedOutput:
+def _output(meta: dict[str, Any], body: bytes) -> SealedOutput:
     try:
-        return SealedOutput(str(meta["region"]), str(meta["producer_id"]), payload,
+        statement_bytes = int(meta.get("statement_bytes", 0))
+        if not 0 <= statement_bytes <= len(body):
+            raise ValueError("statement length out of bounds")
+        cut = len(body) - statement_bytes
+        return SealedOutput(str(meta["region"]), str(meta["producer_id"]), body[:cut],
                             int(meta["row_count"]), int(meta["source_count"]),
                             bytes.fromhex(str(meta["output_id"])), str(meta["output_format"]),
-                            int(meta["rows_suppressed"]))
+                            int(meta["rows_suppressed"]), statement=body[cut:])
     except (KeyError, TypeError, ValueError) as exc:
         raise WireError(f"output metadata is malformed: {type(exc).__name__}") from None
 

@@ -5,7 +5,11 @@ refusal stops it: fail closed), answers a client's attestation request with fres
 whose report_data binds the client's nonce and the worker's channel key
 (``channel.channel_binding``), and processes an opened request with the same
 ``BatchProcessor`` the in-process confidential step uses, so both modes compute the same
-outputs. ``build_pool_worker`` assembles one from settings: a ``BrokerClient`` pinned to the
+outputs. It names each output by the request's batch id and window label
+(``output_names``, as in-process) and signs its custody statement here, in the TEE, with the
+statement key its attestation bound (``BatchProcessor.sign_custody``); a request without a
+batch id is refused, since its outputs could not be named or vouched for.
+``build_pool_worker`` assembles one from settings: a ``BrokerClient`` pinned to the
 broker's identity key (``broker_pin``: a grant the broker did not sign is refused) whose
 ``generate`` names the spec's fingerprint (recorded in the broker's ledger), the TEE's
 evidence provider, the compiled spec. The worker runs only the spec it was started with: a
@@ -19,7 +23,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from enclave_workers.batch_processor import (
@@ -31,6 +35,7 @@ from enclave_workers.batch_processor import (
 from enclave_workers.evidence.base import EvidenceProvider
 from enclave_workers.features import FeatureSpec, compile_spec
 from enclave_workers.key_session import KeySession
+from enclave_workers.output_names import output_file_name, output_name_id
 from envelope import WrappedKey
 from keybroker.client import BrokerClient
 
@@ -98,6 +103,10 @@ class _SpecBoundBroker:
     def release_named(self, session: Any, name: str) -> bytes:
         return self._client.release_named(session, name)
 
+    def ledger_head(self) -> Any:
+        """The broker's signed ledger head (each custody statement embeds one)."""
+        return self._client.ledger_head()
+
     def close(self) -> None:
         self._client.close()
 
@@ -159,7 +168,16 @@ class PoolWorker:
         if request.output_format != self._output_format:
             raise PoolMismatchError(f"this pool worker writes {self._output_format}, "
                                     f"not {request.output_format}")
-        return self._processor.process(request.envelopes)
+        if request.batch_id is None:
+            raise PoolRequestError("a request needs its batch id: outputs are named by it "
+                                   "and their custody statements signed for that name")
+        result = self._processor.process(request.envelopes)
+        signed = []
+        for output in result.outputs:   # named as in-process, then signed here in the TEE
+            named = replace(output, output_id=output_name_id(request.batch_id, output))
+            signed.append(self._processor.sign_custody(
+                named, output_file_name(named, request.window)))
+        return replace(result, outputs=signed)
 
     def close(self) -> None:
         self._session.close()

@@ -111,14 +111,15 @@ def test_a_plain_server_answering_the_pool_api_receives_no_batch(
     }[answer_kind]()
     endpoint = _endpoint(plain_pool.url, broker, fingerprint)
     with pytest.raises(PoolAttestationError):
-        endpoint.process(_batch(broker))
+        endpoint.process(_batch(broker), batch_id=b"\x01" * 16)
     router = PoolRouter([endpoint, _endpoint(pool_pair[1].url, broker, fingerprint)],
                         sleep=lambda _s: None)
     first_choices = set()
     while plain_pool.url not in first_choices:   # until a data key routes to the plain server
         batch = _batch(broker)
         first_choices.add(endpoint_order(route_key(batch), [plain_pool.url, pool_pair[1].url])[0])
-        assert router.process(batch).outputs      # ... and still goes to the attested worker
+        # ... and still goes to the attested worker
+        assert router.process(batch, batch_id=b"\x01" * 16).outputs
     assert plain_pool.process_requests == 0
     assert set(router.refused) == {plain_pool.url}
 
@@ -134,7 +135,7 @@ def test_a_pool_worker_whose_evidence_the_policy_refuses_receives_nothing(
     endpoint = _endpoint(pool_pair[0].url, broker, pool_pair[0].spec_fingerprint, strict)
     router = PoolRouter([endpoint], sleep=lambda _s: None)
     with pytest.raises(PoolAttestationError, match="policy refuses"):
-        router.process(_batch(broker))
+        router.process(_batch(broker), batch_id=b"\x01" * 16)
     after = _health(pool_pair[0].url)
     assert after["attested"] == before["attested"] + 1
     assert (after["batches"], after["envelopes"]) == (before["batches"], before["envelopes"])

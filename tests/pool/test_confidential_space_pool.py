@@ -98,7 +98,7 @@ def test_a_confidential_space_pool_is_verified_then_processes(
     endpoint = _endpoint(space_pool, space_broker, google, AUDIENCE)
     verified = endpoint.attest()
     assert verified.tee == "confidential-space" and verified.rule == "space-pool"
-    response = endpoint.process(_sealed(space_broker, 12))
+    response = endpoint.process(_sealed(space_broker, 12), batch_id=b"\x01" * 16)
     assert sum(o.source_count for o in response.outputs) + sum(
         d.records for d in response.dead_letters) == 12
     assert response.outputs
@@ -108,5 +108,5 @@ def test_a_token_for_another_audience_is_refused(
         space_pool: PoolServer, space_broker: RunningBroker, google: DocumentServer) -> None:
     endpoint = _endpoint(space_pool, space_broker, google, "https://someone-else.test")
     with pytest.raises(PoolAttestationError, match="token audience"):
-        endpoint.process(_sealed(space_broker, 3))
+        endpoint.process(_sealed(space_broker, 3), batch_id=b"\x01" * 16)
     assert space_pool.counts["batches"] == 0

@@ -1,5 +1,6 @@
 """Remote mode end to end: two pool workers (processes, simulated SEV-SNP) behind the batch
-pipeline; the same rows as the in-process run; a worker killed mid-run loses nothing."""
+pipeline; the same rows as the in-process run; a worker killed mid-run loses nothing; every
+output carries a custody statement its pool worker signed, which verifies offline."""
 
 from __future__ import annotations
 
@@ -16,14 +17,18 @@ from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import PipelineOptions
 from apache_beam.runners.portability.fn_api_runner import FnApiRunner
 
+from keybroker.identity import BrokerPublicKey
 from pipelines.batch import RunSummary, build_batch_pipeline, run_batch, summarize_run
+from pipelines.custody import verify_output
+from pipelines.custody_run import verify_run
 from pipelines.options import SealbeamOptions
 from pipelines.reading import open_outputs
 from pipelines.synthetic import REGIONS
 from tests.enclave_workers.broker_env import BrokerEnv
 from tests.pipelines.helpers import assert_no_plaintext, plaintext_probes, sealed_partner_files
-from tests.pool.conftest import PoolProcess, health_counts, start_pool_worker
+from tests.pool.conftest import PoolProcess, broker_public_key, health_counts, start_pool_worker
 from transforms.metrics import NAMESPACE
+from transforms.write import STATEMENT_SUFFIX
 
 RECORDS = 240
 BATCH = 8
@@ -87,6 +92,31 @@ def test_remote_run_equals_the_in_process_run(broker: BrokerEnv, inputs,
     served = [_health(w.url)["envelopes"] for w in pool_pair]
     assert sum(served) >= RECORDS      # (other tests of the session use the same workers)
     assert assert_no_plaintext(work / "remote", plaintext_probes(files)) >= 2
+
+
+def test_remote_outputs_carry_statements_that_verify_with_the_broker_key_alone(
+        broker: BrokerEnv, inputs, pool_pair: list[PoolProcess]) -> None:
+    work, _, in_process = inputs
+    before = [_health(w.url)["batches"] for w in pool_pair]
+    remote = run_batch(_remote(broker, work, "remote-custody", [w.url for w in pool_pair]))
+    served = sum(_health(w.url)["batches"] > n for w, n in zip(pool_pair, before, strict=True))
+    assert remote.reconciled and _counts(remote) == _counts(in_process)
+    out = work / "remote-custody"
+    outputs = sorted(p for p in out.glob("*/part-*") if not p.name.endswith(STATEMENT_SUFFIX))
+    assert outputs
+    key = BrokerPublicKey.load(broker_public_key(broker))
+    sessions = set()
+    for output in outputs:   # signed in the pool's TEE for the name Beam gave the file
+        assert output.with_name(output.name + STATEMENT_SUFFIX).is_file(), output.name
+        verdict = verify_output(output, broker_key=key)
+        assert verdict.ok, verdict.reasons
+        assert verdict.checks == {"digest": True, "chain": True, "inputs": True,
+                                  "ledger": True, "policy": None}
+        sessions.add(verdict.facts["session"])
+    assert len(sessions) >= served >= 1      # each serving worker signs with its own session
+    run = verify_run(out, broker_key=key)
+    assert run.ok, run.reasons
+    assert run.facts["envelopes_out"] == remote.records_out
 
 
 def _killer(workers: list[PoolProcess], killed: list[PoolProcess], stop: threading.Event

@@ -71,12 +71,12 @@ def test_a_simulated_tdx_pool_is_verified_then_processes(
     verified = endpoint.attest()
     assert (verified.tee, verified.rule, verified.simulated) == ("tdx", "simulated-tdx-pool",
                                                                  True)
-    assert endpoint.process(_sealed(tdx_broker, 8)).outputs
+    assert endpoint.process(_sealed(tdx_broker, 8), batch_id=b"\x01" * 16).outputs
 
 
 def test_without_the_dev_root_a_tdx_pool_is_refused(tdx_pool: PoolServer,
                                                    tdx_broker: RunningBroker) -> None:
     before = dict(tdx_pool.counts)
     with pytest.raises(PoolAttestationError, match="no verifier for the pool's TEE 'tdx'"):
-        _endpoint(tdx_pool, tdx_broker, None).process(_sealed(tdx_broker, 3))
+        _endpoint(tdx_pool, tdx_broker, None).process(_sealed(tdx_broker, 3), batch_id=b"\x01" * 16)
     assert tdx_pool.counts["batches"] == before["batches"]

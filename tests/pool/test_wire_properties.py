@@ -45,13 +45,38 @@ def test_any_envelopes_round_trip_and_the_declared_length_is_exact(envelopes) ->
 
 
 @settings(max_examples=40, deadline=None)
-@given(st.lists(st.tuples(st.text(max_size=20), st.binary(max_size=200)), max_size=6),
+@given(st.lists(st.binary(min_size=1, max_size=64), min_size=1, max_size=4),
+       st.binary(min_size=1, max_size=64), st.from_regex(r"[0-9A-Za-z.:_-]{0,96}",
+                                                         fullmatch=True))
+def test_the_batch_id_and_window_label_round_trip(envelopes, batch_id, window) -> None:
+    sealed, keys = seal_request_secret(CHANNEL.public_bytes())
+    _, chunks = encode_request(sealed, keys, spec_fingerprint="f", output_format="sealed-arrow",
+                               envelopes=envelopes, batch_id=batch_id, window=window)
+    request = read_request(_reader(b"".join(chunks)), CHANNEL)
+    assert (request.batch_id, request.window) == (batch_id, window)
+
+
+def test_a_window_label_unfit_for_a_file_name_is_not_sent() -> None:
+    sealed, keys = seal_request_secret(CHANNEL.public_bytes())
+    for batch_id, window in ((b"\x01", "../eu"), (b"", ""), (b"\x01" * 65, "")):
+        try:
+            encode_request(sealed, keys, spec_fingerprint="f", output_format="sealed-arrow",
+                           envelopes=[b"e"], batch_id=batch_id, window=window)
+        except WireError:
+            continue
+        raise AssertionError(f"{batch_id!r} / {window!r} was encoded")
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.tuples(st.text(max_size=20), st.binary(max_size=200),
+                          st.binary(max_size=100)), max_size=6),
        st.lists(st.tuples(st.text(max_size=40), st.binary(max_size=200)), max_size=6))
 def test_any_response_round_trips(outputs, dead) -> None:
     sealed, keys = seal_request_secret(CHANNEL.public_bytes())
     opened = CHANNEL.open_request(sealed)
-    sealed_outputs = [SealedOutput("eu", producer or "p", payload, 1, 1, b"\x01" * 16)
-                      for producer, payload in outputs]
+    sealed_outputs = [SealedOutput("eu", producer or "p", payload, 1, 1, b"\x01" * 16,
+                                   statement=statement)
+                      for producer, payload, statement in outputs]
     letters = [DeadLetter("id", reason, "open", payload) for reason, payload in dead]
     body = b"".join(encode_response(opened, sealed_outputs, letters))
     response = read_response(_reader(body), keys)
