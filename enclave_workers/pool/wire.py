@@ -50,7 +50,8 @@ __all__ = [
 ]
 
 MAGIC = b"SBPOOL1\n"
-MAX_FRAME_BYTES = (64 << 20) + 4096
+STATEMENT_ALLOWANCE = 8 << 20     # an output frame also carries its custody statement
+MAX_FRAME_BYTES = (64 << 20) + STATEMENT_ALLOWANCE + 4096
 MAX_JSON_BYTES = 64 << 10
 MAX_SEALED_SECRET = 4096
 MAX_ENVELOPES = 100_000

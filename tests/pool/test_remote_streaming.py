@@ -1,5 +1,6 @@
 """The streaming pipeline (a file-drop feed on FnApiRunner) with its confidential step on the
-attested pool: the same steps as batch, so remote mode needs nothing of its own."""
+attested pool: the same steps as batch, so remote mode needs nothing of its own; each
+windowed output's custody statement, signed in the pool, names the file with its window."""
 
 from __future__ import annotations
 
@@ -9,12 +10,15 @@ from pathlib import Path
 
 import pytest
 
+from keybroker.identity import BrokerPublicKey
 from pipelines import cli
+from pipelines.custody import verify_output
 from pipelines.reading import open_outputs
 from pipelines.synthetic import REGIONS
 from tests.enclave_workers.broker_env import BrokerEnv
 from tests.pipelines.helpers import sealed_partner_files
-from tests.pool.conftest import PoolProcess
+from tests.pool.conftest import PoolProcess, broker_public_key
+from transforms.write import STATEMENT_SUFFIX
 
 
 def test_a_file_drop_feed_runs_on_the_pool(broker: BrokerEnv, pool_pair: list[PoolProcess],
@@ -38,3 +42,10 @@ def test_a_file_drop_feed_runs_on_the_pool(broker: BrokerEnv, pool_pair: list[Po
     rows = sum(open_outputs([out / region], keyring=broker.keyring, region=region).num_rows
                for region in REGIONS if (out / region).is_dir())
     assert rows == summary["rows_out"] > 0
+    outputs = [p for p in out.glob("*/part-*") if not p.name.endswith(STATEMENT_SUFFIX)]
+    key = BrokerPublicKey.load(broker_public_key(broker))
+    assert outputs
+    for output in outputs:   # part-<id>-<window start>-<window end>.sbatch, signed as named
+        assert output.name.count("-") >= 7 and output.name.endswith("Z.sbatch"), output.name
+        verdict = verify_output(output, broker_key=key)
+        assert verdict.ok, verdict.reasons
