@@ -24,7 +24,7 @@ from tests.enclave_workers.broker_env import BrokerEnv
 from tests.pipelines.helpers import sealed_partner_files
 from tests.support.broker import attest_simulated_worker, ledger_entries
 from transforms import TransformConfigError
-from transforms.session import output_destinations
+from transforms.session import SpecBoundBrokerClient, output_destinations
 
 RECORDS = 24
 REGIONS = ("eu", "us")
@@ -161,3 +161,41 @@ def test_a_malformed_destination_is_refused_before_the_ledger(broker: BrokerEnv)
     assert len(after) == len(BAD_DESTINATIONS)
     assert all(e.decision == "denied" and e.details["status"] == 400
                and "destination" not in e.details for e in after)
+
+
+class _OldClient:
+    """A broker client from before ``destination``: it must be called without it."""
+
+    def __init__(self) -> None:
+        self.calls: list[dict[str, object]] = []
+
+    def generate(self, session: object, region: str, producer_id: str, *,
+                 spec_fingerprint: str | None = None) -> tuple[bytes, object]:
+        self.calls.append({"region": region, "spec_fingerprint": spec_fingerprint})
+        return b"", None
+
+
+class _NewClient(_OldClient):
+    def generate(self, session: object, region: str, producer_id: str, *,   # type: ignore[override]
+                 spec_fingerprint: str | None = None,
+                 destination: dict[str, object] | None = None) -> tuple[bytes, object]:
+        self.calls.append({"region": region, "destination": destination})
+        return b"", None
+
+
+def test_the_worker_sends_a_destination_only_for_its_region_and_to_clients_that_take_it(
+) -> None:
+    destinations = output_destinations(
+        {"eu": {"sink": "gs://sb-eu-out/f", "location": "EU", "verified": True}})
+    new = _NewClient()
+    bound = SpecBoundBrokerClient(new, "ab" * 32, destinations)   # type: ignore[arg-type]
+    bound.generate("s", "eu", "acme")
+    bound.generate("s", "us", "acme")
+    assert new.calls == [
+        {"region": "eu", "destination": {"sink": "gs://sb-eu-out/f", "location": "EU",
+                                         "verified": True}},
+        {"region": "us", "destination": None}]
+    old = _OldClient()
+    SpecBoundBrokerClient(old, "ab" * 32, destinations).generate(  # type: ignore[arg-type]
+        "s", "eu", "acme")
+    assert old.calls == [{"region": "eu", "spec_fingerprint": "ab" * 32}]
