@@ -47,6 +47,7 @@ from keybroker.client_tls import (
     is_tls_failure,
     tls_context,
 )
+from keybroker.destinations import DestinationError, destination_record
 from keybroker.grants import (
     DEFAULT_MAX_CLOCK_SKEW_SECONDS,
     GrantError,
@@ -318,12 +319,14 @@ class BrokerClient:
         *,
         spec_fingerprint: bytes | str | None = None,
         purpose: str | None = None,
+        destination: Mapping[str, object] | None = None,
     ) -> tuple[bytes, WrappedKey]:
         """A fresh DEK for ``region``: sealed to the TEE, and wrapped under the region's KEK.
 
         ``spec_fingerprint`` (32 bytes, or their 64 hex digits) and ``purpose`` say what the
-        key is for; the broker records both in its audit ledger. Omitted, the request is
-        the one older brokers know.
+        key is for; ``destination`` (``sink``, ``location``, ``verified``: the region's sink
+        and where preflight found it) where its outputs go. The broker records them in its
+        audit ledger. Omitted, the request is the one older brokers know.
         """
         payload: dict[str, Any] = {
             "session_id": _session_id(session),
@@ -339,6 +342,13 @@ class BrokerClient:
                     "starting with a letter or digit"
                 )
             payload["purpose"] = purpose
+        if destination is not None:
+            try:
+                payload["destination"] = destination_record(
+                    destination.get("sink"), destination.get("location"),
+                    destination.get("verified"))
+            except DestinationError as error:
+                raise BrokerRequestError(str(error)) from None
         body = self._call("POST", "/v1/keys/generate", payload, idempotent=False)
         self._verify_session_grant("generate", payload, body)
         sealed = _decode(body, "sealed_dek", maximum=MAX_SEALED_KEY_BYTES)

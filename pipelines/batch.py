@@ -175,7 +175,7 @@ def add_processing_steps(
     confidential = confidential_step(
         opts, batcher=(BundleBatches(max_count=opts.max_batch_size,
                                      max_bytes=opts.max_batch_bytes) if streaming else None),
-        drop_duplicates=not streaming)
+        drop_duplicates=not streaming, destinations=report.destinations())
     processed = envelopes | "Confidential" >> confidential
     outputs = processed[ConfidentialProcess.SEALED]
     if after_confidential is not None:

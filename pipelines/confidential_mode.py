@@ -11,6 +11,8 @@ output types.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import apache_beam as beam
 
 from transforms import ConfidentialProcess, TransformError
@@ -40,7 +42,9 @@ def remote_mode(opts: SealbeamOptions) -> bool:
 
 
 def confidential_step(opts: SealbeamOptions, *, batcher: beam.PTransform | None = None,
-                      drop_duplicates: bool = False) -> beam.PTransform:
+                      drop_duplicates: bool = False,
+                      destinations: Mapping[str, Mapping[str, object]] | None = None
+                      ) -> beam.PTransform:
     """The confidential PTransform the options ask for (checked here, before anything runs).
 
     Both modes take ``SealedEnvelope`` elements, batch them alike (``BatchByDataKey`` from
@@ -48,6 +52,8 @@ def confidential_step(opts: SealbeamOptions, *, batcher: beam.PTransform | None 
     ``batcher``) and name each output by its batch (``output_name_id``), so a retried or
     re-run batch rewrites the same names in either mode. ``drop_duplicates`` drops exact
     copies inside the data-key groups (a ``DUPLICATES`` output) in either mode.
+    ``destinations`` (preflight's per-region sink facts) go into the broker's ledger with each
+    output key in-process; a pool's workers do not send them yet.
     """
     batching = {"max_batch_size": opts.max_batch_size, "max_batch_bytes": opts.max_batch_bytes,
                 "key_shards": opts.key_shards, "key_spread": opts.key_spread,
@@ -58,7 +64,7 @@ def confidential_step(opts: SealbeamOptions, *, batcher: beam.PTransform | None 
                 required(opts, "broker_url"), tee_settings(opts), feature_spec(opts),
                 output_format=output_format(opts), limits=session_limits(opts),
                 broker_retries=opts.broker_retries, broker_trust=broker_trust(opts),
-                **batching)
+                destinations=destinations, **batching)
         trust = PoolTrust.from_file(
             required(opts, "pool_policy"), opts.dev_tee_dir,
             confidential_space_audience=opts.pool_confidential_space_audience,

@@ -50,7 +50,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Any
 
 import apache_beam as beam
@@ -81,7 +81,13 @@ from .broker_identity import BrokerTrust, resolve_broker_trust
 from .errors import TransformConfigError
 from .metrics import BROKER_CALLS, BROKER_RETRIES, NAMESPACE, ROWS_SUPPRESSED
 from .sealed import SealedEnvelope, sealed_envelope
-from .session import acquire_session, make_key_session, release_session
+from .session import (
+    OutputDestinations,
+    acquire_session,
+    make_key_session,
+    output_destinations,
+    release_session,
+)
 from .tee import SessionLimits, TeeSettings
 from .write import output_file_name
 
@@ -119,8 +125,10 @@ class _ConfidentialProcessFn(beam.DoFn):
     def __init__(self, broker_url: str, tee: TeeSettings, spec_document: dict[str, Any],
                  spec_source: str | None, fingerprint: str, output_format: str,
                  limits: SessionLimits, broker_retries: int,
-                 broker_trust: BrokerTrust | None = None) -> None:
+                 broker_trust: BrokerTrust | None = None,
+                 destinations: OutputDestinations = ()) -> None:
         self._broker_url = broker_url
+        self._destinations = destinations
         self._broker_trust = broker_trust
         self._tee = tee
         self._spec_document = spec_document
@@ -138,7 +146,7 @@ class _ConfidentialProcessFn(beam.DoFn):
 
     def _session_tag(self) -> str:
         return repr((self._broker_url, self._tee, self._limits, self._fingerprint,
-                     self._output_format, self._broker_trust))
+                     self._output_format, self._broker_trust, self._destinations))
 
     def _make_session(self) -> KeySession:
         counter = self._broker_calls
@@ -146,7 +154,8 @@ class _ConfidentialProcessFn(beam.DoFn):
             self._broker_url, self._tee, self._limits, spec_fingerprint=self._fingerprint,
             output_key_max_envelopes=(PME_OUTPUT_KEY_MAX_ENVELOPES
                                       if self._output_format == PARQUET_PME else None),
-            on_broker_call=lambda _kind: counter.inc(), broker_trust=self._broker_trust)
+            on_broker_call=lambda _kind: counter.inc(), broker_trust=self._broker_trust,
+            destinations=self._destinations)
 
     def setup(self) -> None:
         compiled = compile_spec(FeatureSpec.from_dict(self._spec_document,
@@ -229,9 +238,12 @@ class ConfidentialProcess(beam.PTransform):
                  broker_retries: int = BROKER_RETRIES_DEFAULT,
                  batcher: beam.PTransform | None = None,
                  drop_duplicates: bool = False,
-                 broker_trust: BrokerTrust | None = None) -> None:
+                 broker_trust: BrokerTrust | None = None,
+                 destinations: Mapping[str, Mapping[str, object]] | None = None) -> None:
         """``broker_trust``: the broker's public identity key the workers pin (by default
-        ``broker-identity.pub.pem`` beside the simulated TEE's dev chain) and its TLS trust."""
+        ``broker-identity.pub.pem`` beside the simulated TEE's dev chain) and its TLS trust.
+        ``destinations``: per region, ``{"sink", "location", "verified"}`` from preflight; each
+        output key's ``generate`` carries its region's into the broker's ledger."""
         super().__init__()
         if not broker_url:
             raise TransformConfigError("ConfidentialProcess needs a broker_url")
@@ -254,7 +266,8 @@ class ConfidentialProcess(beam.PTransform):
         self._fn = _ConfidentialProcessFn(broker_url, tee, document, spec.source,
                                           compiled.fingerprint, output_format,
                                           limits or SessionLimits(), broker_retries,
-                                          resolve_broker_trust(broker_trust, tee))
+                                          resolve_broker_trust(broker_trust, tee),
+                                          output_destinations(destinations))
         self._drop_duplicates = drop_duplicates
         self._batcher = batcher or BatchByDataKey(
             max_count=max_batch_size, max_bytes=max_batch_bytes, shards=key_shards,

@@ -5,7 +5,10 @@ uses (broker client, evidence provider, caching limits, a broker-call counter). 
 client is a ``SpecBoundBrokerClient``: every ``generate`` (a fresh output DEK) carries the
 compiled spec's fingerprint, which the broker records in its audit ledger, when the broker
 client supports it (``BrokerClient.generate(..., spec_fingerprint=...)``, checked once with
-``inspect.signature``); older clients are called without it.
+``inspect.signature``); older clients are called without it. Given the run's output
+destinations (per region: its sink, the location preflight verified, whether it was read from
+the store), each ``generate`` for a region also carries that region's ``destination``, which
+the broker writes into the ledger entry of the key, when the client takes the keyword.
 
 ``acquire_session`` / ``release_session`` share one session per tag among the DoFn instances
 and threads of a worker process, counting holders: ``DoFn.setup`` acquires, ``teardown``
@@ -18,38 +21,69 @@ from __future__ import annotations
 
 import inspect
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from enclave_workers.key_session import KeySession
 from envelope import WrappedKey
 from keybroker.client import BrokerClient
+from keybroker.destinations import DestinationError, destination_record
 
 from .broker_identity import BrokerTrust, pinned_broker_client, resolve_broker_trust
+from .errors import TransformConfigError
 from .tee import SessionLimits, TeeSettings, make_evidence_provider
 
-__all__ = ["SpecBoundBrokerClient", "acquire_session", "make_key_session", "release_session",
-           "supports_spec_fingerprint"]
+__all__ = ["OutputDestinations", "SpecBoundBrokerClient", "acquire_session", "make_key_session",
+           "output_destinations", "release_session", "supports_spec_fingerprint"]
 
 SPEC_FINGERPRINT_PARAMETER = "spec_fingerprint"
+DESTINATION_PARAMETER = "destination"
+
+OutputDestinations = tuple[tuple[str, str, str, bool], ...]
+"""(region, sink URL, verified location, verified) per region, sorted: hashable, picklable."""
 
 
-def supports_spec_fingerprint(client: object) -> bool:
-    """Whether ``client.generate`` takes a ``spec_fingerprint`` keyword."""
+def output_destinations(facts: Mapping[str, Mapping[str, object]] | None) -> OutputDestinations:
+    """``{region: {"sink", "location", "verified"}}`` as ``OutputDestinations``, each checked
+    as the broker will (``TransformConfigError`` naming the region if one is malformed)."""
+    rows = []
+    for region, fact in sorted((facts or {}).items()):
+        try:
+            record = destination_record(fact.get("sink"), fact.get("location"),
+                                        fact.get("verified"))
+        except DestinationError as error:
+            raise TransformConfigError(f"output destination of region {region!r}: {error}"
+                                       ) from None
+        rows.append((region, str(record["sink"]), str(record["location"]),
+                     bool(record["verified"])))
+    return tuple(rows)
+
+
+def _takes_keyword(client: object, name: str) -> bool:
     try:
         parameters = inspect.signature(client.generate).parameters   # type: ignore[attr-defined]
     except (AttributeError, TypeError, ValueError):
         return False
-    return SPEC_FINGERPRINT_PARAMETER in parameters
+    return name in parameters
+
+
+def supports_spec_fingerprint(client: object) -> bool:
+    """Whether ``client.generate`` takes a ``spec_fingerprint`` keyword."""
+    return _takes_keyword(client, SPEC_FINGERPRINT_PARAMETER)
 
 
 class SpecBoundBrokerClient:
-    """A ``BrokerClient`` whose ``generate`` names the feature spec the keys are made for."""
+    """A ``BrokerClient`` whose ``generate`` names the feature spec the keys are made for
+    and, when known, the destination of the region's outputs."""
 
-    def __init__(self, client: BrokerClient, spec_fingerprint: str) -> None:
+    def __init__(self, client: BrokerClient, spec_fingerprint: str,
+                 destinations: OutputDestinations = ()) -> None:
         self._client = client
         self._spec_fingerprint = spec_fingerprint
         self._passes_fingerprint = supports_spec_fingerprint(client)
+        self._destinations = ({region: {"sink": sink, "location": location, "verified": verified}
+                               for region, sink, location, verified in destinations}
+                              if _takes_keyword(client, DESTINATION_PARAMETER) else {})
 
     @property
     def records_spec_fingerprint(self) -> bool:
@@ -66,10 +100,13 @@ class SpecBoundBrokerClient:
         return self._client.release(session, wrapped_key, region, producer_id)
 
     def generate(self, session: Any, region: str, producer_id: str) -> tuple[bytes, WrappedKey]:
+        extra: dict[str, Any] = {}
         if self._passes_fingerprint:
-            return self._client.generate(session, region, producer_id,
-                                         spec_fingerprint=self._spec_fingerprint)
-        return self._client.generate(session, region, producer_id)
+            extra[SPEC_FINGERPRINT_PARAMETER] = self._spec_fingerprint
+        destination = self._destinations.get(region)
+        if destination is not None:
+            extra[DESTINATION_PARAMETER] = destination
+        return self._client.generate(session, region, producer_id, **extra)
 
     def release_named(self, session: Any, name: str) -> bytes:
         return self._client.release_named(session, name)
@@ -85,14 +122,17 @@ class SpecBoundBrokerClient:
 def make_key_session(broker_url: str, tee: TeeSettings, limits: SessionLimits, *,
                      spec_fingerprint: str, output_key_max_envelopes: int | None = None,
                      on_broker_call: Callable[[str], None] | None = None,
-                     broker_trust: BrokerTrust | None = None) -> KeySession:
+                     broker_trust: BrokerTrust | None = None,
+                     destinations: OutputDestinations = ()) -> KeySession:
     """A key session for one worker; ``output_key_max_envelopes`` overrides the limit.
 
     Its client pins the broker identity of ``broker_trust`` (by default the one beside the
-    simulated TEE's dev chain) and refuses any grant that key did not sign.
+    simulated TEE's dev chain) and refuses any grant that key did not sign; ``destinations``
+    go with each region's ``generate`` into the broker's ledger.
     """
     trust = resolve_broker_trust(broker_trust, tee)
-    broker = SpecBoundBrokerClient(pinned_broker_client(broker_url, trust), spec_fingerprint)
+    broker = SpecBoundBrokerClient(pinned_broker_client(broker_url, trust), spec_fingerprint,
+                                   destinations)
     return KeySession(
         broker,   # type: ignore[arg-type]   (the same calls as BrokerClient)
         make_evidence_provider(tee),

@@ -25,6 +25,7 @@ __all__ = [
     "GenerateRequest",
     "GenerateResponse",
     "HealthResponse",
+    "OutputDestination",
     "ReleaseNamedRequest",
     "ReleaseNamedResponse",
     "ReleaseRequest",
@@ -148,6 +149,19 @@ class ReleaseResponse(_Strict):
     grant: SignedEnvelope = Field(description=_GRANT_DESCRIPTION)
 
 
+class OutputDestination(_Strict):
+    """Where the outputs sealed under a generated key go: recorded in the ledger entry.
+
+    The service checks the sink's scheme and the location's characters (400 otherwise)."""
+
+    sink: Annotated[str, StringConstraints(min_length=1, max_length=1024)] = Field(
+        description="URL of the region's output sink (file://, gs://, azfs:// or abfs://)")
+    location: Annotated[str, StringConstraints(min_length=1, max_length=64)] = Field(
+        description='where preflight found the sink (e.g. "EU", "westeurope", "local"), or '
+        '"unverified"')
+    verified: bool = Field(description="whether preflight read the location from the store")
+
+
 class GenerateRequest(_Strict):
     session_id: SessionId
     region: Region
@@ -159,6 +173,10 @@ class GenerateRequest(_Strict):
     )
     purpose: KeyPurpose | None = Field(
         default=None, description="what the key is for (e.g. features/v1); recorded in the ledger"
+    )
+    destination: OutputDestination | None = Field(
+        default=None, description="the region's sink and its verified location; recorded in "
+        "the ledger"
     )
 
 

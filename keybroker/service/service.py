@@ -39,6 +39,7 @@ from keybroker.attestation.verifier import Verifier
 from keybroker.client import GENERATE_PURPOSE, NAMED_PURPOSE, RELEASE_PURPOSE
 from keybroker.config import BrokerSettings, ConfigError
 from keybroker.dek_cache import DekCache
+from keybroker.destinations import DestinationError, destination_record
 from keybroker.grants import (
     ATTESTATION_RESULT_PAYLOAD_TYPE,
     attestation_result_document,
@@ -71,6 +72,7 @@ from keybroker.service.schemas import (
     GenerateRequest,
     GenerateResponse,
     HealthResponse,
+    OutputDestination,
     ReleaseNamedRequest,
     ReleaseNamedResponse,
     ReleaseRequest,
@@ -158,6 +160,14 @@ def _session_audit(session: Session) -> dict[str, object]:
         "tee": session.claims.tee,
         "measurement": session.claims.measurement,
     }
+
+
+def _destination(destination: OutputDestination) -> dict[str, object]:
+    """The ledger's record of where a generated key's outputs go (400 when malformed)."""
+    try:
+        return destination_record(destination.sink, destination.location, destination.verified)
+    except DestinationError as error:
+        raise BadRequestError(str(error)) from None
 
 
 class KeyBrokerService:
@@ -447,6 +457,8 @@ class KeyBrokerService:
         try:
             session = self._sessions.get(request.session_id)
             audit.update(_session_audit(session))
+            if request.destination is not None:
+                audit["destination"] = _destination(request.destination)
             kek_uri = self._settings.region_keks.get(request.region)
             if kek_uri is None:
                 raise KeyNotFoundError(f"no KEK configured for region {request.region!r}")

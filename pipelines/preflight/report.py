@@ -69,6 +69,14 @@ class PreflightReport:
             more = f" (and {len(refusals) - 1} more refusal(s))" if len(refusals) > 1 else ""
             raise PreflightRefused(f"preflight refused: {refusals[0]}{more}")
 
+    def destinations(self) -> dict[str, dict[str, object]]:
+        """Per region, its output sink, where preflight found it and whether that was read
+        from the store (``unverified`` for a map derived from ``--output_root``): what each
+        output key's ledger entry records."""
+        return {check.region: {"sink": check.url, "location": check.location,
+                               "verified": self.verified and check.location != "unverified"}
+                for check in self.sinks if check.role == "sink"}
+
     def to_json(self) -> dict[str, object]:
         return {"verified": self.verified, "notes": list(self.notes),
                 "sinks": [c.to_json() for c in self.sinks],

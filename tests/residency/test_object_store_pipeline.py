@@ -4,8 +4,9 @@ Data goes through Beam's real filesystems to ``gcp-storage-emulator`` (gcsio) an
 (azfs); preflight reads the sinks' locations through the real SDKs from a local metadata
 server (neither emulator reports a location). Two runs put each region on each store: eu on
 GCS and us on Azure, then eu on Azure and us on GCS. Afterwards every bucket and container
-holds exactly the outputs and dead letters of its own region, and nothing else (no temporary
-objects).
+holds exactly the outputs (each with its custody statement beside it) and dead letters of its
+own region, and nothing else (no temporary objects); the broker's ledger records each output
+key's sink and the location preflight read from the store.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from pipelines.batch import run_batch
 from pipelines.preflight import PreflightClients, PreflightRefused
 from tests.enclave_workers.broker_env import BrokerEnv
 from tests.pipelines.helpers import sealed_partner_files
+from tests.support.broker import ledger_entries
 from tests.support.metadata_servers import (
     MetadataServer,
     azure_account,
@@ -34,6 +36,7 @@ from tests.support.metadata_servers import (
     metadata_server,
 )
 from tests.support.object_stores import AzuriteServer
+from transforms.write import STATEMENT_SUFFIX, statement_file_name
 
 RECORDS = 40
 SUB = "00000000-0000-0000-0000-0000000000aa"
@@ -168,9 +171,21 @@ def test_each_region_lands_in_its_own_store(tmp_path: Path, broker: BrokerEnv,
                                             sealed_input: str, placement: dict[str, str]
                                             ) -> None:
     _clear(stores)
+    ledger_before = len(ledger_entries(broker.settings))
     with metadata_server() as server:
         _metadata(server, azurite.account, placement)
         summary = _run(tmp_path, broker, azurite, sealed_input, placement, server)
+    # Each output key's ledger entry names its region's sink and where preflight found it.
+    destinations = {(str(e.details["region"]),
+                     json.dumps(e.details["destination"], sort_keys=True))
+                    for e in ledger_entries(broker.settings, "generate")
+                    if e.seq > ledger_before and e.decision == "granted"}
+    assert sorted(destinations) == sorted(
+        (region, json.dumps({"sink": _sinks(region, store, azurite.account)["sink"],
+                             "location": (GCS_LOCATION if store == "gcs"
+                                          else AZURE_LOCATION)[region], "verified": True},
+                            sort_keys=True))
+        for region, store in placement.items())
     assert summary.reconciled and summary.records_in == RECORDS
     assert summary.dead_letters == 2 and summary.outputs_by_region["eu"] > 0
     assert summary.outputs_by_region["us"] > 0
@@ -179,8 +194,12 @@ def test_each_region_lands_in_its_own_store(tmp_path: Path, broker: BrokerEnv,
     assert not [name for name in everything if name.endswith(".tmp") or "/." in name]
     for region, store in placement.items():
         other = "us" if region == "eu" else "eu"
-        out = objects[f"gs://sb-{region}-out" if store == "gcs" else f"azure:{region}-out"]
+        stored = objects[f"gs://sb-{region}-out" if store == "gcs" else f"azure:{region}-out"]
+        out = [(n, p) for n, p in stored if not n.endswith(STATEMENT_SUFFIX)]
         assert len(out) == summary.outputs_by_region[region]
+        # every output has its signed custody statement beside it, and nothing else stands there
+        assert sorted(n for n, _ in stored if n.endswith(STATEMENT_SUFFIX)) == sorted(
+            statement_file_name(n) for n, _ in out)
         for name, payload in out:
             assert name.startswith("features/part-") and name.endswith(".sbatch")
             header, _ = read_header(payload)
