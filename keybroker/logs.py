@@ -59,7 +59,7 @@ def configure_logging(level: str = "warning", fmt: str = "text", *,
         raise ValueError(f"log level must be one of {', '.join(LOG_LEVELS)}")
     if fmt not in LOG_FORMATS:
         raise ValueError(f"log format must be one of {', '.join(LOG_FORMATS)}")
-    handler = logging.StreamHandler(stream if stream is not None else sys.stderr)
+    handler = logging.StreamHandler(stream) if stream is not None else _StderrHandler()
     handler.set_name(_HANDLER_NAME)
     handler.setFormatter(JsonLineFormatter() if fmt == "json" else logging.Formatter(
         "sealbeam: %(levelname)s: %(name)s: %(message)s"))
@@ -70,4 +70,25 @@ def configure_logging(level: str = "warning", fmt: str = "text", *,
             root.removeHandler(existing)
     root.addHandler(handler)
     root.setLevel(getattr(logging, level.upper()))
+    # A fresh configuration starts from the root's level: levels a command set on our own
+    # loggers before (e.g. ``broker serve``'s access log) do not outlive it.
+    for name, logger in list(logging.root.manager.loggerDict.items()):
+        if name.startswith("sealbeam.") and isinstance(logger, logging.Logger):
+            logger.setLevel(logging.NOTSET)
     return handler
+
+
+class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Writes to whatever ``sys.stderr`` is at each record, not the stream of the moment it
+    was made (which a caller, a test harness or a daemon, may since have replaced and closed)."""
+
+    def __init__(self) -> None:
+        super().__init__(sys.stderr)
+
+    @property  # type: ignore[override]
+    def stream(self) -> TextIO:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value: TextIO) -> None:
+        """The stream is always the current ``sys.stderr``."""
