@@ -25,7 +25,6 @@ import base64
 import binascii
 import hashlib
 import hmac
-import json
 import re
 import ssl
 import time
@@ -39,6 +38,7 @@ import httpx
 
 from envelope.errors import EnvelopeError
 from envelope.keys import KeyReference, WrappedKey
+from keybroker.attestation.json_bounded import JsonBoundsError, load_bounded_json
 from keybroker.checkpoints import Checkpoint, CheckpointError, verify_checkpoint
 from keybroker.client_tls import (
     ClientTlsError,
@@ -497,8 +497,10 @@ _ERRORS_BY_STATUS: dict[int, type[BrokerError]] = {
 
 def _interpret(method: str, path: str, status: int, content: bytes) -> dict[str, Any]:
     try:
-        body = json.loads(content) if content else {}
-    except (UnicodeDecodeError, json.JSONDecodeError):
+        # Replies are untrusted until their grant verifies: bounded in size and depth.
+        body = load_bounded_json(content, what=f"{method} {path} reply",
+                                 max_bytes=MAX_RESPONSE_BYTES) if content else {}
+    except (UnicodeDecodeError, JsonBoundsError):
         body = None
     if 200 <= status < 300:
         if not isinstance(body, dict):

@@ -168,6 +168,8 @@ def test_generate_refuses_malformed_spec_arguments_before_sending(
         json.dumps({"session_id": "s", "expires_at": True, "simulated": True, "claims": {}}),
         json.dumps({"session_id": 1, "expires_at": 1.0, "simulated": True, "claims": {}}),
         json.dumps({"session_id": "s", "expires_at": 1.0, "simulated": "yes", "claims": {}}),
+        b'{"claims": ' + b"[" * 100_000 + b"]" * 100_000 + b"}",   # deep: no RecursionError
+        b'{"session_id": "a", "session_id": "b"}',                  # duplicate keys
     ],
 )
 def test_malformed_replies_are_protocol_errors(reply: bytes | str) -> None:
