@@ -274,15 +274,25 @@ class ConfidentialProcess(beam.PTransform):
             spread=key_spread, drop_duplicates=drop_duplicates)
 
     def expand(self, pcoll: beam.PCollection) -> dict[str, beam.PCollection]:
-        keyed = pcoll | "HeaderFacts" >> beam.ParDo(_AsSealedEnvelopeFn()).with_outputs(
-            self.DEAD_LETTER, main=self.SEALED)
-        batched = keyed[self.SEALED] | "Batch" >> self._batcher
-        batches = batched[BatchByDataKey.BATCHES] if self._drop_duplicates else batched
-        processed = batches | "OpenFeaturizeReseal" >> beam.ParDo(self._fn).with_outputs(
-            self.DEAD_LETTER, main=self.SEALED)
-        dead = ((keyed[self.DEAD_LETTER], processed[self.DEAD_LETTER])
-                | "DeadLetters" >> beam.Flatten())
-        outputs = {self.SEALED: processed[self.SEALED], self.DEAD_LETTER: dead}
-        if self._drop_duplicates:
-            outputs[self.DUPLICATES] = batched[BatchByDataKey.DUPLICATES]
-        return outputs
+        return batch_and_process(pcoll, self._batcher, self._drop_duplicates,
+                                 "OpenFeaturizeReseal", self._fn)
+
+
+def batch_and_process(pcoll: beam.PCollection, batcher: beam.PTransform, drop_duplicates: bool,
+                      step: str, fn: beam.DoFn) -> dict[str, beam.PCollection]:
+    """Header facts -> batches -> ``fn`` per batch, with the tags of ``ConfidentialProcess``.
+
+    One body for the in-process step and the remote one (``transforms.remote``), so both
+    batch, drop copies and collect dead letters alike (same inputs, same output names).
+    """
+    sealed, dead_letter = ConfidentialProcess.SEALED, ConfidentialProcess.DEAD_LETTER
+    keyed = pcoll | "HeaderFacts" >> beam.ParDo(_AsSealedEnvelopeFn()).with_outputs(
+        dead_letter, main=sealed)
+    batched = keyed[sealed] | "Batch" >> batcher
+    batches = batched[BatchByDataKey.BATCHES] if drop_duplicates else batched
+    processed = batches | step >> beam.ParDo(fn).with_outputs(dead_letter, main=sealed)
+    dead = (keyed[dead_letter], processed[dead_letter]) | "DeadLetters" >> beam.Flatten()
+    outputs = {sealed: processed[sealed], dead_letter: dead}
+    if drop_duplicates:   # exact copies dropped in the data-key groups
+        outputs[ConfidentialProcess.DUPLICATES] = batched[BatchByDataKey.DUPLICATES]
+    return outputs

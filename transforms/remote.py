@@ -59,7 +59,7 @@ from enclave_workers.pool.wire import PoolResponse
 from envelope import EnvelopeError, read_header
 
 from .batching import DEFAULT_MAX_BATCH_BYTES, DEFAULT_SHARDS, BatchByDataKey, EnvelopeBatch
-from .confidential import _AsSealedEnvelopeFn, _check_pme_assignment, compile_for_workers
+from .confidential import _check_pme_assignment, batch_and_process, compile_for_workers
 from .errors import TransformConfigError
 from .metrics import NAMESPACE, ROWS_SUPPRESSED
 from .pool_client import (
@@ -281,15 +281,6 @@ class ConfidentialProcessRemote(beam.PTransform):
             spread=key_spread, drop_duplicates=drop_duplicates)
 
     def expand(self, pcoll: beam.PCollection) -> dict[str, beam.PCollection]:
-        keyed = pcoll | "HeaderFacts" >> beam.ParDo(_AsSealedEnvelopeFn()).with_outputs(
-            self.DEAD_LETTER, main=self.SEALED)
-        batched = keyed[self.SEALED] | "Batch" >> self._batcher
-        batches = batched[BatchByDataKey.BATCHES] if self._drop_duplicates else batched
-        processed = batches | "SendToPool" >> beam.ParDo(self._fn).with_outputs(
-            self.DEAD_LETTER, main=self.SEALED)
-        dead = ((keyed[self.DEAD_LETTER], processed[self.DEAD_LETTER])
-                | "DeadLetters" >> beam.Flatten())
-        outputs = {self.SEALED: processed[self.SEALED], self.DEAD_LETTER: dead}
-        if self._drop_duplicates:   # exact copies dropped in the data-key groups, as in-process
-            outputs[self.DUPLICATES] = batched[BatchByDataKey.DUPLICATES]
-        return outputs
+        # The same header facts, batching, copy dropping and dead letters as in-process.
+        return batch_and_process(pcoll, self._batcher, self._drop_duplicates, "SendToPool",
+                                 self._fn)
