@@ -484,11 +484,11 @@ def _parse_excerpt(data: bytes | memoryview
         raise EnvelopeFormatError(
             f"record ciphertext truncated: needs {length} bytes, "
             f"{remaining - FRAME_HEAD_LENGTH} remain")
+    if event_time > MAX_EVENT_TIME_MS:
+        raise EnvelopeFormatError(f"record event time {event_time} exceeds {MAX_EVENT_TIME_MS}")
     if remaining - FRAME_HEAD_LENGTH > length:
         raise EnvelopeFormatError(
             f"{remaining - FRAME_HEAD_LENGTH - length} trailing bytes after the record")
-    if event_time > MAX_EVENT_TIME_MS:
-        raise EnvelopeFormatError(f"record event time {event_time} exceeds {MAX_EVENT_TIME_MS}")
     return stream, header, layout, index, record_id, event_time
 
 
