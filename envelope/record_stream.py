@@ -71,7 +71,6 @@ from envelope.header import (
 )
 from envelope.keys import DataKey, WrappedKey
 from envelope.limits import (
-    ENVELOPE_ID_LENGTH,
     MAX_EVENT_TIME_MS,
     MAX_STREAM_LENGTH,
     MAX_STREAM_RECORD_PLAINTEXT,
@@ -407,8 +406,6 @@ def _seal_stream(
             raise EnvelopeFormatError(f"record ids must be {count} x {RECORD_ID_LENGTH} bytes")
         if len(set(ids)) != count:
             raise EnvelopeFormatError("record ids repeat")
-    if envelope_id is not None and len(envelope_id) != ENVELOPE_ID_LENGTH:
-        raise EnvelopeFormatError(f"envelope id length {len(envelope_id)}")
     started = start_envelope(request, kind=KIND_RECORD_STREAM, segment_size=count, salt=salt,
                              envelope_id=envelope_id)
     wire = started.sealed_header.wire
