@@ -213,6 +213,9 @@ def _walk_frames(
         if length < TAG_LENGTH:
             raise EnvelopeFormatError(f"record {index} length {length} is below {TAG_LENGTH}")
         end = position + FRAME_HEAD_LENGTH + length
+        if end > MAX_STREAM_LENGTH:  # inside a larger buffer (envelope_length): stop here
+            raise EnvelopeLimitError(
+                f"record stream length {end} exceeds {MAX_STREAM_LENGTH} at record {index}")
         if end > size:
             raise EnvelopeFormatError(
                 f"record {index} ciphertext truncated: needs {length} bytes, "
@@ -238,8 +241,6 @@ def _stream_layout(view: memoryview, header: EnvelopeHeader, layout: HeaderLayou
         raise EnvelopeLimitError(
             f"record stream length {len(view)} exceeds {MAX_STREAM_LENGTH}")
     ids, times, offsets, end = _walk_frames(view, layout.end, header.segment_size)
-    if end > MAX_STREAM_LENGTH:
-        raise EnvelopeLimitError(f"record stream length {end} exceeds {MAX_STREAM_LENGTH}")
     if whole and end != len(view):
         raise EnvelopeFormatError(f"{len(view) - end} trailing bytes after the record stream")
     return RecordStreamLayout(header=header, header_length=layout.end, record_ids=ids,
