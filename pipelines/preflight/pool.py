@@ -1,0 +1,101 @@
+"""Preflight of a remote-mode job's pool: where each pool worker is attested to be.
+
+What it does: ``check_pool_workers(endpoints, residency, regions)`` attests every pool
+endpoint now, with the verifier the Beam workers use (``transforms.pool_trust``: the broker's
+verifier code and the pool policy), and holds each worker's *attested* location (verified
+claims: the Confidential Space zone, the MAA claim the rule names, the simulated TEE's
+HOST_DATA) against the ``worker_locations`` of every region of the job. An endpoint attested
+elsewhere, with no attested location, or that cannot be attested at all is refused, one line
+naming the endpoint, where it is and what is allowed. ``pool_worker_checks(options, ...)``
+builds the endpoints from the run's options (``--pool_endpoints``/``--pool_discovery``,
+``--pool_policy``, the feature spec and output format).
+
+What it does not: replace the broker's check (each pool worker's own key requests are
+judged by ``worker_locations`` rules) or the per-handshake check of ``PoolTrust``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Protocol
+
+from pipelines.residency.residency_map import ResidencyMap
+
+from .report import WorkerCheck
+from .workers import check_worker_location
+
+__all__ = ["check_pool_workers", "pool_worker_checks"]
+
+ATTEST_TIMEOUT_S = 30.0
+
+
+class AttestableEndpoint(Protocol):
+    url: str
+
+    def attest(self) -> object: ...
+
+
+def check_pool_workers(endpoints: Sequence[AttestableEndpoint], residency: ResidencyMap,
+                       regions: Iterable[str]) -> tuple[WorkerCheck, ...]:
+    """One ``WorkerCheck`` per endpoint (see the module docstring)."""
+    from transforms.pool_client import PoolError
+    from transforms.pool_trust import PoolAttestationError
+
+    regions = tuple(sorted(r for r in regions if r in residency.regions))
+    allowed = "; ".join(f"region {name} allows workers in "
+                        f"{', '.join(residency.regions[name].worker_locations)}"
+                        for name in regions)
+    checks = []
+    for endpoint in endpoints:
+        source = f"pool worker {endpoint.url}"
+        try:
+            verified = endpoint.attest()
+        except (PoolError, PoolAttestationError) as exc:
+            checks.append(WorkerCheck("unknown", source, (
+                f"{source} could not be attested ({_first_line(exc)}), so where it runs is "
+                f"unknown; {allowed}")))
+            continue
+        location = getattr(verified, "location", None)
+        if location is None:
+            tee = getattr(verified, "tee", "its")
+            checks.append(WorkerCheck("unattested", source, (
+                f"{source} has no attested location (its {tee} evidence does not say where it "
+                f"runs); {allowed}")))
+            continue
+        checks.append(check_worker_location(location, f"{source}, attested", residency,
+                                            regions))
+    return tuple(checks)
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).splitlines() or [type(exc).__name__])[0][:200]
+
+
+def pool_worker_checks(options: object, residency: ResidencyMap, regions: Iterable[str]
+                       ) -> tuple[WorkerCheck, ...]:
+    """The pool endpoints of a remote-mode run, attested and checked (one line on a bad
+    setting, as the confidential step would say it)."""
+    from pipelines.confidential_mode import pool_endpoints
+    from pipelines.errors import PipelineError
+    from pipelines.options import SealbeamOptions, feature_spec, output_format, required
+    from transforms.confidential import compile_for_workers
+    from transforms.errors import TransformError
+    from transforms.pool_client import PoolEndpoint
+    from transforms.pool_trust import PoolTrust
+    from transforms.remote import load_endpoints
+
+    opts = options.view_as(SealbeamOptions)  # type: ignore[attr-defined]
+    try:
+        trust = PoolTrust.from_file(
+            required(opts, "pool_policy"), opts.dev_tee_dir,
+            confidential_space_audience=opts.pool_confidential_space_audience,
+            dev_tdx_root=opts.pool_dev_tdx_root)
+        verifier = trust.verifier()
+        _, compiled = compile_for_workers(feature_spec(opts))
+        urls = load_endpoints(pool_endpoints(opts), opts.pool_discovery)
+        endpoints = [PoolEndpoint(url, verifier, spec_fingerprint=compiled.fingerprint,
+                                  output_format=output_format(opts),
+                                  timeout_s=ATTEST_TIMEOUT_S) for url in urls]
+    except TransformError as exc:
+        raise PipelineError(str(exc)) from None
+    return check_pool_workers(endpoints, residency, regions)
