@@ -22,7 +22,8 @@ EXTRAS = {
     # Azure Key Vault / Managed HSM backend and Secure Key Release.
     # Sinks on Azure Blob Storage (Beam's azfs) and preflight through the management API.
     "azure": ["azure-keyvault-keys>=4.9", "azure-identity>=1.15",
-              "azure-storage-blob>=12.3.2,<13", "azure-mgmt-storage>=21"],
+              "azure-storage-blob>=12.3.2,<13", "azure-mgmt-storage>=21",
+              "azure-mgmt-keyvault>=10"],
     # PKCS#11 HSM backend.
     "pkcs11": ["python-pkcs11>=0.7"],
     # A ledger shared by several broker replicas (PostgreSQL).

@@ -60,7 +60,8 @@ def check_command(args: argparse.Namespace) -> int:
         print(f"  {name}: sink {region.sink.url}, dead letters {region.dead_letter_sink.url}")
         print(f"    locations {', '.join(region.locations)}; workers "
               f"{', '.join(region.worker_locations)}; kek {region.kek}"
-              f"{'; customer-managed key required' if region.require_cmk else ''}")
+              f"{'; customer-managed key required' if region.require_cmk else ''}"
+              f"{'; local KEK accepted' if region.local_kek else ''}")
     print(f"  unrouted dead letters: {residency.unrouted_dead_letter_sink.url}")
     workers = ()
     if args.dataflow_region or args.worker_region or args.worker_zone:
@@ -74,6 +75,9 @@ def check_command(args: argparse.Namespace) -> int:
         print(f"  preflight {sink.role} {sink.url}: {sink.location} "
               f"({sink.location_type or 'n/a'}), encryption {sink.encryption}: "
               f"{'REFUSED' if sink.refusal else 'ok'}")
+    for kek in report.keks:
+        print(f"  preflight kek {kek.kek} of {kek.region}: {kek.location} ({kek.source}): "
+              f"{'REFUSED' if kek.refusal else 'ok'}")
     for worker in report.workers:
         print(f"  preflight workers ({worker.source}): {worker.location}: "
               f"{'REFUSED' if worker.refusal else 'ok'}")

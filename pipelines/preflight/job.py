@@ -68,6 +68,8 @@ def _worker_checks(options: PipelineOptions, residency: ResidencyMap,
             options.view_as(WorkerOptions).worker_region,
             options.view_as(WorkerOptions).worker_zone, residency, regions)
             if runs_on_dataflow(options) else ())
+        if any(check.refusal for check in runner):   # refused already: ask no pool
+            return runner
         return (*runner, *pool_worker_checks(options, residency, regions))
     if runs_on_dataflow(options):
         workers = options.view_as(WorkerOptions)
