@@ -8,7 +8,10 @@ HOST_DATA) against the ``worker_locations`` of every region of the job. An endpo
 elsewhere, with no attested location, or that cannot be attested at all is refused, one line
 naming the endpoint, where it is and what is allowed. ``pool_worker_checks(options, ...)``
 builds the endpoints from the run's options (``--pool_endpoints``/``--pool_discovery``,
-``--pool_policy``, the feature spec and output format).
+``--pool_policy``, the feature spec and output format). ``pool_location_patterns`` is what
+the Beam workers hold every later handshake to (``PoolTrust.worker_locations``): the regions a
+pool worker may be attested in to serve all of the job's regions, so an endpoint that changes
+after preflight is refused too.
 
 What it does not: replace the broker's check (each pool worker's own key requests are
 judged by ``worker_locations`` rules) or the per-handshake check of ``PoolTrust``.
@@ -24,7 +27,7 @@ from pipelines.residency.residency_map import ResidencyMap
 from .report import WorkerCheck
 from .workers import check_worker_location
 
-__all__ = ["check_pool_workers", "pool_worker_checks"]
+__all__ = ["check_pool_workers", "pool_location_patterns", "pool_worker_checks"]
 
 ATTEST_TIMEOUT_S = 30.0
 
@@ -65,6 +68,24 @@ def check_pool_workers(endpoints: Sequence[AttestableEndpoint], residency: Resid
         checks.append(check_worker_location(location, f"{source}, attested", residency,
                                             regions))
     return tuple(checks)
+
+
+def pool_location_patterns(residency: ResidencyMap, regions: Iterable[str]
+                           ) -> tuple[str, ...] | None:
+    """The locations (member regions, lowercase) allowed for workers by every region of the
+    job; None for a map derived from ``--output_root`` (it pins no worker)."""
+    from pipelines.residency.locations import member_regions
+
+    if residency.derived:
+        return None
+    allowed: frozenset[str] | None = None
+    for name in sorted(regions):
+        region = residency.regions.get(name)
+        if region is None:
+            continue
+        members = frozenset().union(*(member_regions(loc) for loc in region.worker_locations))
+        allowed = members if allowed is None else allowed & members
+    return tuple(sorted(allowed or ()))
 
 
 def _first_line(exc: BaseException) -> str:

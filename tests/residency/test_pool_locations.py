@@ -4,6 +4,7 @@ location in HOST_DATA via ``--worker_location``) of a real broker on loopback.""
 
 from __future__ import annotations
 
+import json
 import socket
 from collections.abc import Iterator
 from dataclasses import replace
@@ -14,7 +15,9 @@ import pytest
 from apache_beam.options.pipeline_options import PipelineOptions
 
 from keybroker.kms.local import LocalKeyring
+from pipelines.batch import check_reconciled, run_batch
 from pipelines.preflight import PreflightRefused, preflight_job
+from pipelines.preflight.pool import pool_location_patterns
 from pipelines.residency import ResidencyMap
 from tests.enclave_workers.broker_env import (
     ALLOWED_PRODUCERS,
@@ -24,6 +27,7 @@ from tests.enclave_workers.broker_env import (
     person,
     seal_json,
 )
+from tests.pipelines.helpers import sealed_partner_files
 from tests.pool.conftest import PoolProcess, start_pool_worker
 from tests.support.broker import ledger_entries, start_broker
 from transforms.pool_client import PoolEndpoint
@@ -160,3 +164,39 @@ def test_a_pool_trust_with_worker_locations_refuses_other_workers_per_handshake(
         _endpoint(located, pools["us"], worker_locations=("europe-*",)).attest()
     with pytest.raises(PoolAttestationError, match="attested in no location"):
         _endpoint(located, pools["none"], worker_locations=("europe-*",)).attest()
+
+
+def test_pool_location_patterns_are_what_every_region_allows(tmp_path: Path) -> None:
+    residency = _map(tmp_path)
+    assert pool_location_patterns(residency, ["eu"]) == ("europe-west4",)
+    assert pool_location_patterns(residency, ["eu", "us"]) == ()     # no pool serves both
+    derived = ResidencyMap.from_output_root(str(tmp_path), frozenset({"eu"}))
+    assert pool_location_patterns(derived, ["eu"]) is None
+
+
+def test_a_remote_run_on_a_pool_in_the_region(located: BrokerEnv, pools: dict[str, PoolProcess],
+                                              tmp_path: Path) -> None:
+    """End to end: preflight attests the eu pool worker, the run's handshakes hold it to
+    europe-west4, and its outputs land in the eu sink; the us records are dead letters."""
+    sealed_partner_files(located, tmp_path / "in", 24)
+    residency = tmp_path / "residency.yaml"
+    residency.write_text(json.dumps({
+        "version": 1,
+        "regions": {name: {"locations": ["local"], "kek": located.settings.region_keks[name],
+                           "local_kek": True, "sink": f"file://{tmp_path}/{name}-out",
+                           "dead_letter_sink": f"file://{tmp_path}/{name}-dl",
+                           "worker_locations": WORKER_LOCATIONS[name]}
+                    for name in ("eu", "us")},
+        "unrouted_dead_letter_sink": f"file://{tmp_path}/q"}))
+    flags = {"input": str(tmp_path / "in" / "sealed" / "*.sealed"),
+             "residency_map": str(residency), "regions": "eu",
+             "pool_endpoints": pools["eu"].url,
+             "pool_policy": str(located.settings.policy_path),
+             "dev_tee_dir": str(located.dev_tee_dir)}
+    summary = run_batch(PipelineOptions(flags=[f"--{k}={v}" for k, v in flags.items()]))
+    check_reconciled(summary)
+    assert list(summary.outputs_by_region) == ["eu"] and summary.records_out > 0
+    workers = summary.residency["preflight"]["workers"]          # type: ignore[index]
+    assert workers == [{"location": "europe-west4", "refusal": None,
+                        "source": f"pool worker {pools['eu'].url}, attested"}]
+    assert any((tmp_path / "eu-out").rglob("part-*"))
