@@ -290,6 +290,7 @@ unrouted_dead_letter_sink: gs://sb-quarantine/q
     out = capsys.readouterr().out
     assert "preflight sink gs://sb-eu-out/f: EUR4 (dual-region), encryption google-managed: ok" \
         in out
+    assert "preflight kek local://eu of eu: local (local (not verifiable)): ok" in out
     server.put_gcs_bucket("sb-eu-out", gcs_bucket("sb-eu-out", "NAM4", "dual-region"))
     assert main(["residency", "check", str(path), "--preflight"]) == 2
     assert capsys.readouterr().err.strip() == (
