@@ -11,9 +11,11 @@ import grpc
 import pytest
 from google.cloud import kms_v1
 from google.cloud.kms_v1.services.key_management_service import transports
+from hypothesis import given
+from hypothesis import strategies as st
 
 from pipelines.preflight import PreflightClients, PreflightRefused, run_preflight
-from pipelines.preflight.keks import check_kek
+from pipelines.preflight.keks import _HSM_SUFFIXES, _VAULT_SUFFIXES, _vault, check_kek
 from pipelines.residency import ResidencyMap
 from tests.keybroker.kms.fake_gcp_kms import FakeKeyManagementService
 from tests.support.metadata_servers import (
@@ -200,3 +202,14 @@ def test_no_kms_client_is_a_refusal(server) -> None:
     with pytest.raises(PreflightRefused, match=r"^preflight refused: no Cloud KMS client to "
                        r"check with \(RuntimeError: Your default credentials"):
         run_preflight(_map(f"gcp-kms://{EU_KEY}"), ["eu"], clients=clients)
+
+
+@given(host=st.text(max_size=80) | st.from_regex(
+    r"[a-z0-9-]{0,10}\.(vault|managedhsm)\.azure\.(net|cn)(:[0-9]{1,5})?", fullmatch=True))
+def test_only_key_vault_hosts_name_a_vault(host: str) -> None:
+    found = _vault(host)
+    if found is None:
+        return
+    kind, name = found
+    suffixes = _VAULT_SUFFIXES if kind == "vault" else _HSM_SUFFIXES
+    assert name and any(host == name + suffix for suffix in suffixes)

@@ -200,3 +200,10 @@ def test_a_remote_run_on_a_pool_in_the_region(located: BrokerEnv, pools: dict[st
     assert workers == [{"location": "europe-west4", "refusal": None,
                         "source": f"pool worker {pools['eu'].url}, attested"}]
     assert any((tmp_path / "eu-out").rglob("part-*"))
+
+
+def test_only_the_simulated_tee_takes_a_worker_location() -> None:
+    from enclave_workers.pool.tee import make_provider
+
+    with pytest.raises(ValueError, match="--worker_location is for simulated-sev-snp"):
+        make_provider("configfs-tsm", None, location="europe-west4")
