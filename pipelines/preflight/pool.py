@@ -22,7 +22,18 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from typing import Protocol
 
+from apache_beam.options.pipeline_options import PipelineOptions
+
+from pipelines.confidential_mode import pool_endpoints
+from pipelines.errors import PipelineError
+from pipelines.options import SealbeamOptions, feature_spec, output_format, required
+from pipelines.residency.locations import member_regions
 from pipelines.residency.residency_map import ResidencyMap
+from transforms.confidential import compile_for_workers
+from transforms.errors import TransformError
+from transforms.pool_client import PoolEndpoint, PoolError
+from transforms.pool_trust import PoolAttestationError, PoolTrust
+from transforms.remote import load_endpoints
 
 from .report import WorkerCheck
 from .workers import check_worker_location
@@ -41,9 +52,6 @@ class AttestableEndpoint(Protocol):
 def check_pool_workers(endpoints: Sequence[AttestableEndpoint], residency: ResidencyMap,
                        regions: Iterable[str]) -> tuple[WorkerCheck, ...]:
     """One ``WorkerCheck`` per endpoint (see the module docstring)."""
-    from transforms.pool_client import PoolError
-    from transforms.pool_trust import PoolAttestationError
-
     regions = tuple(sorted(r for r in regions if r in residency.regions))
     allowed = "; ".join(f"region {name} allows workers in "
                         f"{', '.join(residency.regions[name].worker_locations)}"
@@ -74,8 +82,6 @@ def pool_location_patterns(residency: ResidencyMap, regions: Iterable[str]
                            ) -> tuple[str, ...] | None:
     """The locations (member regions, lowercase) allowed for workers by every region of the
     job; None for a map derived from ``--output_root`` (it pins no worker)."""
-    from pipelines.residency.locations import member_regions
-
     if residency.derived:
         return None
     allowed: frozenset[str] | None = None
@@ -92,20 +98,11 @@ def _first_line(exc: BaseException) -> str:
     return (str(exc).splitlines() or [type(exc).__name__])[0][:200]
 
 
-def pool_worker_checks(options: object, residency: ResidencyMap, regions: Iterable[str]
-                       ) -> tuple[WorkerCheck, ...]:
+def pool_worker_checks(options: PipelineOptions, residency: ResidencyMap,
+                       regions: Iterable[str]) -> tuple[WorkerCheck, ...]:
     """The pool endpoints of a remote-mode run, attested and checked (one line on a bad
     setting, as the confidential step would say it)."""
-    from pipelines.confidential_mode import pool_endpoints
-    from pipelines.errors import PipelineError
-    from pipelines.options import SealbeamOptions, feature_spec, output_format, required
-    from transforms.confidential import compile_for_workers
-    from transforms.errors import TransformError
-    from transforms.pool_client import PoolEndpoint
-    from transforms.pool_trust import PoolTrust
-    from transforms.remote import load_endpoints
-
-    opts = options.view_as(SealbeamOptions)  # type: ignore[attr-defined]
+    opts = options.view_as(SealbeamOptions)
     try:
         trust = PoolTrust.from_file(
             required(opts, "pool_policy"), opts.dev_tee_dir,
@@ -117,6 +114,6 @@ def pool_worker_checks(options: object, residency: ResidencyMap, regions: Iterab
         endpoints = [PoolEndpoint(url, verifier, spec_fingerprint=compiled.fingerprint,
                                   output_format=output_format(opts),
                                   timeout_s=ATTEST_TIMEOUT_S) for url in urls]
-    except TransformError as exc:
-        raise PipelineError(str(exc)) from None
+    except (TransformError, ValueError, OSError) as exc:   # a bad policy, spec, discovery file
+        raise PipelineError(_first_line(exc)) from None
     return check_pool_workers(endpoints, residency, regions)

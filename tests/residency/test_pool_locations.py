@@ -207,3 +207,18 @@ def test_only_the_simulated_tee_takes_a_worker_location() -> None:
 
     with pytest.raises(ValueError, match="--worker_location is for simulated-sev-snp"):
         make_provider("configfs-tsm", None, location="europe-west4")
+
+
+def test_a_bad_pool_setting_is_one_line_before_anything_is_attested(
+        located: BrokerEnv, tmp_path: Path) -> None:
+    from pipelines.errors import PipelineError
+
+    discovery = tmp_path / "pool.json"
+    discovery.write_text("{not json")
+    options = PipelineOptions(flags=[f"--pool_discovery={discovery}",
+                                     f"--pool_policy={located.settings.policy_path}"])
+    with pytest.raises(PipelineError, match="Expecting property name"):
+        preflight_job(options, _map(tmp_path), frozenset({"eu"}))
+    no_policy = PipelineOptions(flags=["--pool_endpoints=http://127.0.0.1:9"])
+    with pytest.raises(PipelineError, match="--pool_policy"):
+        preflight_job(no_policy, _map(tmp_path), frozenset({"eu"}))
