@@ -20,9 +20,11 @@ EXTRAS = {
     "gcp": ["google-cloud-kms>=3", "google-crc32c>=1.5", "google-cloud-storage>=2.18.2,<4"],
     "dataflow": ["apache-beam[gcp]>=2.60"],
     # Azure Key Vault / Managed HSM backend and Secure Key Release.
-    # Sinks on Azure Blob Storage (Beam's azfs) and preflight through the management API.
+    # Sinks on Azure Blob Storage (Beam's azfs) and preflight through the management APIs
+    # (storage accounts; Key Vault vaults and managed HSMs of azure-kv:// KEKs).
     "azure": ["azure-keyvault-keys>=4.9", "azure-identity>=1.15",
-              "azure-storage-blob>=12.3.2,<13", "azure-mgmt-storage>=21"],
+              "azure-storage-blob>=12.3.2,<13", "azure-mgmt-storage>=21",
+              "azure-mgmt-keyvault>=10"],
     # PKCS#11 HSM backend.
     "pkcs11": ["python-pkcs11>=0.7"],
     # A ledger shared by several broker replicas (PostgreSQL).

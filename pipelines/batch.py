@@ -58,6 +58,7 @@ from .options import (
     required,
 )
 from .preflight import PreflightClients, job_residency, preflight_job
+from .preflight.pool import pool_location_patterns
 from .residency import ResidencyMap
 
 _LOG = logging.getLogger(__name__)
@@ -175,7 +176,8 @@ def add_processing_steps(
     confidential = confidential_step(
         opts, batcher=(BundleBatches(max_count=opts.max_batch_size,
                                      max_bytes=opts.max_batch_bytes) if streaming else None),
-        drop_duplicates=not streaming, destinations=report.destinations())
+        drop_duplicates=not streaming, destinations=report.destinations(),
+        pool_locations=pool_location_patterns(residency, regions))
     processed = envelopes | "Confidential" >> confidential
     outputs = processed[ConfidentialProcess.SEALED]
     if after_confidential is not None:

@@ -12,6 +12,7 @@ output types.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import replace
 
 import apache_beam as beam
 
@@ -43,8 +44,8 @@ def remote_mode(opts: SealbeamOptions) -> bool:
 
 def confidential_step(opts: SealbeamOptions, *, batcher: beam.PTransform | None = None,
                       drop_duplicates: bool = False,
-                      destinations: Mapping[str, Mapping[str, object]] | None = None
-                      ) -> beam.PTransform:
+                      destinations: Mapping[str, Mapping[str, object]] | None = None,
+                      pool_locations: tuple[str, ...] | None = None) -> beam.PTransform:
     """The confidential PTransform the options ask for (checked here, before anything runs).
 
     Both modes take ``SealedEnvelope`` elements, batch them alike (``BatchByDataKey`` from
@@ -53,7 +54,9 @@ def confidential_step(opts: SealbeamOptions, *, batcher: beam.PTransform | None 
     re-run batch rewrites the same names in either mode. ``drop_duplicates`` drops exact
     copies inside the data-key groups (a ``DUPLICATES`` output) in either mode.
     ``destinations`` (preflight's per-region sink facts) go into the broker's ledger with each
-    output key in-process; a pool's workers do not send them yet.
+    output key in-process; a pool's workers do not send them yet. ``pool_locations`` (from the
+    residency map) are where a pool worker must be attested to be sent anything, checked on
+    every handshake (``PoolTrust.worker_locations``); None checks no location.
     """
     batching = {"max_batch_size": opts.max_batch_size, "max_batch_bytes": opts.max_batch_bytes,
                 "key_shards": opts.key_shards, "key_spread": opts.key_spread,
@@ -69,6 +72,8 @@ def confidential_step(opts: SealbeamOptions, *, batcher: beam.PTransform | None 
             required(opts, "pool_policy"), opts.dev_tee_dir,
             confidential_space_audience=opts.pool_confidential_space_audience,
             dev_tdx_root=opts.pool_dev_tdx_root)
+        if pool_locations is not None:
+            trust = replace(trust, worker_locations=pool_locations)
         return ConfidentialProcessRemote(
             trust=trust, spec=feature_spec(opts), endpoints=pool_endpoints(opts),
             discovery=opts.pool_discovery, output_format=output_format(opts),

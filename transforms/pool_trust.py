@@ -9,7 +9,10 @@ drew: the evidence is verified with the broker's own verifier code
 worker's channel key (``enclave_workers.pool.channel``), and the verified claims must pass
 the policy's ``evaluate_attestation`` (the question the broker asks before it opens a
 session). Anything else raises ``PoolAttestationError``, and the caller sends that endpoint
-nothing.
+nothing. The verdict carries the worker's attested location, read from the verified claims as
+the matching rule's ``worker_locations`` reads it (``keybroker.policy.location``), so residency
+preflight can hold it against the map; with ``PoolTrust.worker_locations`` set, a worker
+attested elsewhere (or nowhere) is refused here too, on every handshake.
 
 What it does not: no network (``pool_client`` asks), no key release; it does not consult
 the broker (a signed attestation result from the broker could replace this check).
@@ -19,7 +22,8 @@ from __future__ import annotations
 
 import base64
 import binascii
-from collections.abc import Mapping
+import fnmatch
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,10 +33,12 @@ from apache_beam.io.filesystems import FileSystems
 
 from enclave_workers.pool.channel import channel_binding
 from envelope import TEE_PUBLIC_KEY_LENGTH
+from keybroker.attestation.claims import Claims
 from keybroker.attestation.errors import AttestationError
 from keybroker.attestation.jwks import Getter
 from keybroker.attestation.verifier import Verifier
 from keybroker.policy import MAX_POLICY_BYTES, PolicyError, ReleasePolicy
+from keybroker.policy.location import attested_location
 from keybroker.service.verifiers import (
     TrustMaterial,
     embedded_intel_root,
@@ -58,6 +64,7 @@ class VerifiedPool:
     tee: str
     rule: str | None
     simulated: bool
+    location: str | None = None     # attested (None: the evidence does not say)
 
 
 @dataclass(frozen=True)
@@ -69,6 +76,8 @@ class PoolTrust:
     dev_tee_dir: str | None = None
     confidential_space_audience: str | None = None
     dev_tdx_root: str | None = None     # the dev TDX root (root.pem) of simulated TDX pools
+    # Where a pool worker must be attested to be (fnmatch patterns, lowercase); None: anywhere.
+    worker_locations: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
         if not self.policy_yaml.strip():
@@ -111,7 +120,8 @@ class PoolTrust:
                                else None),
             confidential_space_audience=self.confidential_space_audience)
         return PoolVerifier(policy, verifiers_from_material(
-            material, tees=policy.tees | {"sev-snp"}, jwks_getter=jwks_getter))
+            material, tees=policy.tees | {"sev-snp"}, jwks_getter=jwks_getter),
+            worker_locations=self.worker_locations)
 
 
 def _b64(answer: Mapping[str, Any], name: str) -> bytes:
@@ -124,9 +134,12 @@ def _b64(answer: Mapping[str, Any], name: str) -> bytes:
 class PoolVerifier:
     """Verifies pool workers' attestation answers against one policy and its verifiers."""
 
-    def __init__(self, policy: ReleasePolicy, verifiers: Mapping[str, Verifier]) -> None:
+    def __init__(self, policy: ReleasePolicy, verifiers: Mapping[str, Verifier], *,
+                 worker_locations: Sequence[str] | None = None) -> None:
         self._policy = policy
         self._verifiers = dict(verifiers)
+        self._locations = (None if worker_locations is None
+                           else tuple(p.lower() for p in worker_locations))
 
     def _verifier_for(self, tee: object, evidence: bytes) -> Verifier | None:
         """The verifier for ``tee``; for TDX without one, anchored at the pinned Intel SGX
@@ -166,6 +179,19 @@ class PoolVerifier:
         decision = self._policy.evaluate_attestation(claims)
         if not decision.allowed:
             raise PoolAttestationError(f"the policy refuses the pool worker: {decision.reason}")
+        location = self._location(claims, decision.rule)
+        if self._locations is not None and (location is None or not any(
+                fnmatch.fnmatchcase(location, pattern) for pattern in self._locations)):
+            raise PoolAttestationError(
+                f"the pool worker is attested in {location or 'no location'}; allowed: "
+                f"{', '.join(self._locations)}")
         return VerifiedPool(channel_key, str(answer.get("spec_fingerprint", "")),
                             str(answer.get("output_format", "")), tee, decision.rule,
-                            bool(getattr(claims, "simulated", False)))
+                            bool(getattr(claims, "simulated", False)), location)
+
+    def _location(self, claims: Claims, rule_name: str | None) -> str | None:
+        """Where the worker is, as the rule that admitted it reads it (its MAA claim)."""
+        for rule in self._policy.rules:
+            if rule.name == rule_name:
+                return rule.worker_locations.location_of(claims)
+        return attested_location(claims)

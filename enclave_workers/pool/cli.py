@@ -42,6 +42,9 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dev_tee_dir", default=None,
                         help="dev chain of a simulated TEE (SEV-SNP: STATE/dev-tee; TDX: the "
                              "directory made by create_dev_tdx_chain)")
+    parser.add_argument("--worker_location", default=None,
+                        help="simulated-sev-snp only: the location its evidence claims "
+                             "(HOST_DATA), for worker_locations rules and residency preflight")
     parser.add_argument("--broker_identity", default=None,
                         help="the broker's public identity key (PEM) every grant is verified "
                              "with (default for a simulated TEE: broker-identity.pub.pem beside "
@@ -81,7 +84,7 @@ def serve_from_args(args: argparse.Namespace) -> int:
             spec=_spec(args.feature_spec), output_format=args.output_format,
             key_ttl_s=args.key_ttl_s, audience=args.audience,
             broker_identity=args.broker_identity, broker_ca_bundle=args.broker_ca_bundle,
-            broker_pinned_cert=args.broker_pinned_cert))
+            broker_pinned_cert=args.broker_pinned_cert, location=args.worker_location))
         worker.start()
         server = PoolServer(worker, args.host, args.port, max_inflight=args.max_inflight,
                             max_request_bytes=args.max_request_bytes)

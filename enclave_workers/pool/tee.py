@@ -28,9 +28,13 @@ POOL_TEES = (SIMULATED_SEV_SNP, "configfs-tsm", "configfs-tsm-tdx", "sev-guest",
 
 
 def make_provider(tee: str, dev_tee_dir: str | None, *, audience: str | None = None,
-                  launcher_socket: str | None = None) -> EvidenceProvider:
+                  launcher_socket: str | None = None,
+                  location: str | None = None) -> EvidenceProvider:
     if tee not in POOL_TEES:
         raise ValueError(f"unknown TEE {tee!r}; supported: {', '.join(POOL_TEES)}")
+    if location is not None and tee != SIMULATED_SEV_SNP:
+        raise ValueError("--worker_location is for simulated-sev-snp; hardware TEEs attest "
+                         "their own location (or none)")
     if (tee == CONFIDENTIAL_SPACE) != bool(audience):
         raise ValueError("--audience is for Confidential Space, and it needs one")
     if tee == CONFIDENTIAL_SPACE:
@@ -44,7 +48,7 @@ def make_provider(tee: str, dev_tee_dir: str | None, *, audience: str | None = N
     if tee == SIMULATED_SEV_SNP:
         from enclave_workers.evidence.simulated_snp import SimulatedSnpProvider
 
-        return SimulatedSnpProvider(Path(str(dev_tee_dir)))
+        return SimulatedSnpProvider(Path(str(dev_tee_dir)), location=location)
     if tee == SIMULATED_TDX:
         from enclave_workers.evidence.simulated_tdx import SimulatedTdxProvider
 

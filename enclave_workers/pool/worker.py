@@ -77,6 +77,7 @@ class PoolSettings:
     broker_identity: str | None = None     # the broker's public identity key (PEM) to pin
     broker_ca_bundle: str | None = None    # CA bundle (PEM) of an https:// broker
     broker_pinned_cert: str | None = None  # or the broker's own TLS certificate (PEM)
+    location: str | None = None            # simulated SEV-SNP: the HOST_DATA location claim
 
 
 class _SpecBoundBroker:
@@ -190,7 +191,8 @@ def build_pool_worker(settings: PoolSettings, *, channel: ChannelKeys | None = N
         raise PoolMismatchError(f"output format must be one of {', '.join(OUTPUT_FORMATS)}")
     compiled = compile_spec(settings.spec)
     provider = make_provider(settings.tee, settings.dev_tee_dir, audience=settings.audience,
-                             launcher_socket=settings.launcher_socket)
+                             launcher_socket=settings.launcher_socket,
+                             location=settings.location)
     client = pinned_broker_client(  # every grant checked with the pinned broker key
         settings.broker_url, identity=settings.broker_identity,
         dev_tee_dir=settings.dev_tee_dir, ca_bundle=settings.broker_ca_bundle,

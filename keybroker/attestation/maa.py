@@ -14,7 +14,10 @@ into ``x-ms-runtime``, and ``x-ms-runtime["user-data"]`` must decode to exactly
 
 What it does not: check ``x-ms-compliance-status``, debug, measurements or TCB — they are
 in the claims (``platform["compliance_status"]``...) for the policy; verify the hardware
-evidence itself (MAA did; we trust MAA's signature).
+evidence itself (MAA did; we trust MAA's signature); read a location: MAA's own claims name
+no VM region (its instance's region is not the VM's), so the policy reads one only from a
+top-level claim the operator's MAA policy issues, named by a rule's ``maa_location_claim``
+(``keybroker.policy.location``; the whole payload is in ``Claims.raw``).
 """
 
 from __future__ import annotations

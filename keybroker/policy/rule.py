@@ -35,7 +35,7 @@ from keybroker.policy.hardware import (
     parse_min_tcb,
     tcb_failures,
 )
-from keybroker.policy.location import WORKER_LOCATIONS, WorkerLocations
+from keybroker.policy.location import MAA_LOCATION_CLAIM, WORKER_LOCATIONS, WorkerLocations
 
 if TYPE_CHECKING:
     from keybroker.attestation.claims import Claims
@@ -53,7 +53,7 @@ _APPLIES_TO: dict[str, frozenset[str]] = {
     **dict.fromkeys(("rtmrs", "mrconfigid", "mrowner"), frozenset({"tdx", "azure-cvm", "maa"})),
     **dict.fromkeys(("tcb_status", "allow_unknown_tcb"), frozenset({"tdx", "azure-cvm"})),
     **dict.fromkeys(AZURE_FIELDS, frozenset({"azure-cvm", "maa"})),
-    **dict.fromkeys(MAA_FIELDS, frozenset({"maa"})),
+    **dict.fromkeys((*MAA_FIELDS, MAA_LOCATION_CLAIM), frozenset({"maa"})),
     **dict.fromkeys(CONFIDENTIAL_SPACE_FIELDS, frozenset({"confidential-space"})),
 }
 _RULE_FIELDS = _COMMON_FIELDS | frozenset(_APPLIES_TO)

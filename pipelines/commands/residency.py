@@ -3,8 +3,9 @@
 What it does: ``check MAP`` validates the map (every problem with its line and field) and
 prints, per region, its sink, dead-letter sink, allowed locations, worker locations and KEK;
 ``--preflight`` also reads where every sink really is (GCS bucket location and KMS key, Azure
-account location, replication and encryption) with the default cloud credentials and prints
-one line per sink, exiting 2 with the first refusal; ``--dataflow_region``,
+account location, replication and encryption) and where each region's KEK is (Cloud KMS, Key
+Vault) with the default cloud credentials and prints one line per sink and KEK, exiting 2 with
+the first refusal; ``--dataflow_region``,
 ``--worker_region`` and ``--worker_zone`` check a Dataflow job's worker flags against the map;
 ``--regions`` limits the checks to the regions of one job. ``policy MAP`` prints the
 ``worker_locations`` field of a broker release rule (docs/PROTOCOL.md, section 7.2) that
@@ -31,12 +32,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     check = commands.add_parser(
         "check", help="validate a residency map; optionally preflight its sinks",
         description="Validate a residency map (YAML) and print its regions. With --preflight, "
-                    "read where each sink really is and refuse with one line on a mismatch.")
+                    "read where each sink and KEK really is and refuse with one line on a "
+                    "mismatch.")
     check.add_argument("map", metavar="MAP", help="residency map (YAML)")
     check.add_argument("--regions", default=None,
                        help="comma-separated regions of one job (default: every region)")
     check.add_argument("--preflight", action="store_true",
-                       help="read each sink's location and encryption from its cloud")
+                       help="read each sink's location and encryption, and each KEK's "
+                            "location, from its cloud")
     check.add_argument("--dataflow_region", default=None, help="Dataflow --region to check")
     check.add_argument("--worker_region", default=None, help="Dataflow --worker_region")
     check.add_argument("--worker_zone", default=None, help="Dataflow --worker_zone")
@@ -60,7 +63,8 @@ def check_command(args: argparse.Namespace) -> int:
         print(f"  {name}: sink {region.sink.url}, dead letters {region.dead_letter_sink.url}")
         print(f"    locations {', '.join(region.locations)}; workers "
               f"{', '.join(region.worker_locations)}; kek {region.kek}"
-              f"{'; customer-managed key required' if region.require_cmk else ''}")
+              f"{'; customer-managed key required' if region.require_cmk else ''}"
+              f"{'; local KEK accepted' if region.local_kek else ''}")
     print(f"  unrouted dead letters: {residency.unrouted_dead_letter_sink.url}")
     workers = ()
     if args.dataflow_region or args.worker_region or args.worker_zone:
@@ -74,6 +78,9 @@ def check_command(args: argparse.Namespace) -> int:
         print(f"  preflight {sink.role} {sink.url}: {sink.location} "
               f"({sink.location_type or 'n/a'}), encryption {sink.encryption}: "
               f"{'REFUSED' if sink.refusal else 'ok'}")
+    for kek in report.keks:
+        print(f"  preflight kek {kek.kek} of {kek.region}: {kek.location} ({kek.source}): "
+              f"{'REFUSED' if kek.refusal else 'ok'}")
     for worker in report.workers:
         print(f"  preflight workers ({worker.source}): {worker.location}: "
               f"{'REFUSED' if worker.refusal else 'ok'}")

@@ -4,7 +4,9 @@ What it does: ``job_residency(options)`` loads ``--residency_map``, or derives t
 default's map from ``--output_root`` (one of the two, not both); ``preflight_job(options,
 clients)`` runs ``run_preflight`` for the job's regions (``--regions``) with the worker
 check of its runner — Dataflow's ``--region``/``--worker_region``/``--worker_zone`` when
-``--runner`` names Dataflow, else this machine at ``--worker_location`` — and raises
+``--runner`` names Dataflow, else this machine at ``--worker_location``; in remote mode
+(``--pool_endpoints``/``--pool_discovery``) every pool worker's attested location
+(``pool``) instead of this machine's — and raises
 ``PreflightRefused`` (one line) on any mismatch. Pipelines call it while they are built,
 before any data moves.
 
@@ -24,10 +26,13 @@ from apache_beam.options.pipeline_options import (
     WorkerOptions,
 )
 
+from pipelines.confidential_mode import remote_mode
 from pipelines.errors import PipelineError
+from pipelines.options import SealbeamOptions
 from pipelines.residency.locations import LOCAL
 from pipelines.residency.residency_map import ResidencyMap
 
+from .pool import pool_worker_checks
 from .report import PreflightRefused, PreflightReport, WorkerCheck
 from .run import PreflightClients, run_preflight
 from .workers import check_dataflow_workers, check_local_workers
@@ -57,6 +62,15 @@ def runs_on_dataflow(options: PipelineOptions) -> bool:
 
 def _worker_checks(options: PipelineOptions, residency: ResidencyMap,
                    regions: frozenset[str]) -> tuple[WorkerCheck, ...]:
+    if remote_mode(options.view_as(SealbeamOptions)):   # the pool decrypts: its attested
+        runner = (check_dataflow_workers(             # locations, and Dataflow's flags
+            options.view_as(GoogleCloudOptions).region,
+            options.view_as(WorkerOptions).worker_region,
+            options.view_as(WorkerOptions).worker_zone, residency, regions)
+            if runs_on_dataflow(options) else ())
+        if any(check.refusal for check in runner):   # refused already: ask no pool
+            return runner
+        return (*runner, *pool_worker_checks(options, residency, regions))
     if runs_on_dataflow(options):
         workers = options.view_as(WorkerOptions)
         return check_dataflow_workers(options.view_as(GoogleCloudOptions).region,

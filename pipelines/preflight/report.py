@@ -1,9 +1,10 @@
 """What preflight found: one ``SinkCheck`` per sink, one ``WorkerCheck`` per worker location.
 
-What it does: holds the verified facts (where a sink is, how it encrypts at rest, where the
-workers are) and the refusal, if any, as the one line a user sees; ``PreflightRefused`` is
-raised with the first refusal before any data moves; ``PreflightReport.to_json`` is what the
-run summary records for every region (its sink, dead-letter sink and verified locations).
+What it does: holds the verified facts (where a sink is, how it encrypts at rest, where each
+region's KEK is, where the workers are) and the refusal, if any, as the one line a user
+sees; ``PreflightRefused`` is raised with the first refusal before any data moves;
+``PreflightReport.to_json`` is what the run summary records for every region (its sink,
+dead-letter sink, KEK and verified locations).
 
 What it does not: read anything from a cloud (``gcs``, ``azure``, ``local``, ``workers``).
 """
@@ -11,8 +12,12 @@ What it does not: read anything from a cloud (``gcs``, ``azure``, ``local``, ``w
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING
 
 from pipelines.errors import PipelineError
+
+if TYPE_CHECKING:
+    from .keks import KekCheck
 
 __all__ = ["PreflightRefused", "PreflightReport", "SinkCheck", "WorkerCheck"]
 
@@ -58,10 +63,11 @@ class PreflightReport:
     workers: tuple[WorkerCheck, ...] = ()
     verified: bool = True
     notes: tuple[str, ...] = field(default_factory=tuple)
+    keks: tuple[KekCheck, ...] = ()
 
     @property
     def refusals(self) -> tuple[str, ...]:
-        return tuple(c.refusal for c in (*self.sinks, *self.workers) if c.refusal)
+        return tuple(c.refusal for c in (*self.sinks, *self.keks, *self.workers) if c.refusal)
 
     def raise_if_refused(self) -> None:
         refusals = self.refusals
@@ -80,4 +86,5 @@ class PreflightReport:
     def to_json(self) -> dict[str, object]:
         return {"verified": self.verified, "notes": list(self.notes),
                 "sinks": [c.to_json() for c in self.sinks],
+                "keks": [c.to_json() for c in self.keks],
                 "workers": [c.to_json() for c in self.workers]}

@@ -2,11 +2,14 @@
 
 What it does: ``run_preflight(residency, regions, workers, clients)`` checks each region's
 output sink and dead-letter sink with the check of its kind (``local``, ``gcs``, ``azure``)
-and the unrouted dead-letter sink (it must be where some region of the job allows data), adds
-the worker checks, and returns a ``PreflightReport``; ``raise_if_refused`` turns the first
-refusal into one line. ``PreflightClients`` builds the cloud clients lazily — by default
+and the unrouted dead-letter sink (it must be where some region of the job allows data), each
+region's KEK (``keks``), adds the worker checks, and returns a ``PreflightReport``;
+``raise_if_refused`` turns the first refusal into one line. ``PreflightClients`` builds
+the cloud clients lazily — by default
 ``google.cloud.storage.Client()`` (Application Default Credentials) and
-``azure.mgmt.storage.StorageManagementClient(DefaultAzureCredential(), subscription)`` — so
+``azure.mgmt.storage.StorageManagementClient(DefaultAzureCredential(), subscription)``,
+``google.cloud.kms_v1.KeyManagementServiceClient()`` and
+``azure.mgmt.keyvault.KeyVaultManagementClient(DefaultAzureCredential(), subscription)`` — so
 tests pass clients pointed at local servers, and a map with only ``file://`` sinks needs no
 cloud package at all. A map derived from ``--output_root`` is not checked: its report says
 ``verified: false``.
@@ -25,6 +28,7 @@ from pipelines.residency.sinks import AZURE, FILE, GCS, SinkUrl
 
 from .azure import check_azure_sink
 from .gcs import check_gcs_sink
+from .keks import check_kek
 from .local import check_local_sink
 from .report import PreflightRefused, PreflightReport, SinkCheck, WorkerCheck
 
@@ -37,6 +41,19 @@ def default_gcs_client() -> Any:
     from google.cloud import storage
 
     return storage.Client()
+
+
+def default_kms_client() -> Any:
+    from google.cloud import kms_v1
+
+    return kms_v1.KeyManagementServiceClient()
+
+
+def default_key_vault_client(subscription_id: str) -> Any:
+    from azure.identity import DefaultAzureCredential
+    from azure.mgmt.keyvault import KeyVaultManagementClient
+
+    return KeyVaultManagementClient(DefaultAzureCredential(), subscription_id)
 
 
 def default_azure_client(subscription_id: str) -> Any:
@@ -52,7 +69,21 @@ class PreflightClients:
 
     gcs: Callable[[], Any] = default_gcs_client
     azure: Callable[[str], Any] = default_azure_client
+    kms: Callable[[], Any] = default_kms_client
+    key_vault: Callable[[str], Any] = default_key_vault_client
     _built: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    def kms_client(self) -> Any:
+        if "kms" not in self._built:
+            self._built["kms"] = _built("Cloud KMS", self.kms)
+        return self._built["kms"]
+
+    def key_vault_client(self, subscription_id: str) -> Any:
+        key = f"keyvault:{subscription_id}"
+        if key not in self._built:
+            self._built[key] = _built(f"Azure Key Vault management ({subscription_id})",
+                                      lambda: self.key_vault(subscription_id))
+        return self._built[key]
 
     def gcs_client(self) -> Any:
         if "gcs" not in self._built:
@@ -73,7 +104,7 @@ def _built(what: str, factory: Callable[[], Any]) -> Any:
         return factory()
     except Exception as exc:  # a missing package, no credentials, a bad endpoint
         message = (str(exc).splitlines() or [""])[0][:200]
-        raise PreflightRefused(f"preflight refused: no {what} client to check sinks with "
+        raise PreflightRefused(f"preflight refused: no {what} client to check with "
                                f"({type(exc).__name__}: {message})") from None
 
 
@@ -104,7 +135,10 @@ def run_preflight(residency: ResidencyMap, regions: Iterable[str],
             require_cmk=any(r.require_cmk for r in job_regions))
         checks.append(_check(quarantine.sink, "unrouted_dead_letter_sink", quarantine,
                              residency, clients))
-    return PreflightReport(tuple(checks), tuple(workers))
+    keks = tuple(found for region in job_regions
+                 if (found := check_kek(region, residency, clients.kms_client,
+                                        clients.key_vault_client)) is not None)
+    return PreflightReport(tuple(checks), tuple(workers), keks=keks)
 
 
 def _check(sink: SinkUrl, role: str, region: RegionResidency, residency: ResidencyMap,

@@ -6,7 +6,9 @@ and field (``line 7: regions.eu.sink: ...``). Per region the map names the cloud
 its sinks may be in (``EU``, ``EUROPE-WEST4``, ``westeurope`` ...), the KEK its outputs are
 sealed under, the output sink and the dead-letter sink (``file://``, ``gs://``, ``azfs://``,
 ``abfs://``), the worker locations that may process it, and whether a customer-managed key
-is required at rest. Sinks of different regions may not share a bucket, account or
+is required at rest, and whether a KEK without a location (a local keyring, a PKCS#11 module:
+``local_kek``) is accepted; ``azure_key_vaults`` says where the management API finds the
+vaults of ``azure-kv://`` KEKs. Sinks of different regions may not share a bucket, account or
 directory, and no sink may lie inside another. ``unrouted_dead_letter_sink`` takes dead
 letters whose region cannot be read or has no sink in the map (still sealed).
 
@@ -43,7 +45,8 @@ MAX_MAP_BYTES = 256 * 1024
 MAX_REPORTED = 50
 _NAME_MESSAGES = {"regions": "not a region name (lowercase letters, digits, '-')",
                   "azure_accounts": "not a storage account name (3-24 lowercase letters, "
-                                    "digits)"}
+                                    "digits)",
+                  "azure_key_vaults": "not a key vault name (3-24 letters, digits, '-')"}
 
 
 @dataclass(frozen=True)
@@ -92,12 +95,13 @@ class RegionResidency:
     dead_letter_sink: SinkUrl
     worker_locations: tuple[str, ...]
     require_cmk: bool = False
+    local_kek: bool = False     # a local keyring / PKCS#11 KEK (no location) is accepted
 
     def to_json(self) -> dict[str, object]:
         return {"region": self.region, "locations": list(self.locations), "kek": self.kek,
                 "sink": self.sink.url, "dead_letter_sink": self.dead_letter_sink.url,
                 "worker_locations": list(self.worker_locations),
-                "require_cmk": self.require_cmk}
+                "require_cmk": self.require_cmk, "local_kek": self.local_kek}
 
 
 @dataclass(frozen=True)
@@ -108,6 +112,7 @@ class ResidencyMap:
     unrouted_dead_letter_sink: SinkUrl
     azure_accounts: Mapping[str, AzureAccount] = field(default_factory=dict)
     derived: bool = False
+    azure_key_vaults: Mapping[str, AzureAccount] = field(default_factory=dict)
     source: str | None = None
 
     @classmethod
@@ -157,10 +162,12 @@ class ResidencyMap:
         if not problems and unrouted is not None:
             problems.extend(_shared_roots(list(regions.values()), unrouted, lines))
             problems.extend(_unknown_accounts(list(regions.values()), unrouted, accounts, lines))
+        vaults = {name.lower(): AzureAccount(raw["subscription_id"], raw["resource_group"])
+                  for name, raw in document.get("azure_key_vaults", {}).items()}
         if problems:
             raise ResidencyMapError(problems[:MAX_REPORTED], source=source)
         assert unrouted is not None
-        return cls(regions, unrouted, accounts, source=source)
+        return cls(regions, unrouted, accounts, source=source, azure_key_vaults=vaults)
 
     @classmethod
     def from_output_root(cls, output_root: str, regions: Iterable[str]) -> ResidencyMap:
@@ -274,7 +281,8 @@ def _region(name: str, raw: Mapping[str, Any], lines: Mapping[FieldPath, int],
     return RegionResidency(
         region=name, locations=tuple(raw["locations"]), kek=raw["kek"], sink=sink,
         dead_letter_sink=dead, worker_locations=tuple(raw["worker_locations"]),
-        require_cmk=bool(raw.get("require_cmk", False)))
+        require_cmk=bool(raw.get("require_cmk", False)),
+        local_kek=bool(raw.get("local_kek", False)))
 
 
 def _shared_roots(regions: list[RegionResidency], unrouted: SinkUrl,

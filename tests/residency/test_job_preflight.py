@@ -21,9 +21,9 @@ def _map(tmp_path: Path, eu_sink: str, us_sink: str) -> Path:
     path.write_text(f"""
 version: 1
 regions:
-  eu: {{locations: [local], kek: k1, sink: "{eu_sink}", dead_letter_sink: "file://{tmp_path}/eu-dl",
+  eu: {{locations: [local], kek: local://eu, local_kek: true, sink: "{eu_sink}", dead_letter_sink: "file://{tmp_path}/eu-dl",
        worker_locations: [europe-west4]}}
-  us: {{locations: [local], kek: k2, sink: "{us_sink}", dead_letter_sink: "file://{tmp_path}/us-dl",
+  us: {{locations: [local], kek: local://us, local_kek: true, sink: "{us_sink}", dead_letter_sink: "file://{tmp_path}/us-dl",
        worker_locations: [us-central1]}}
 unrouted_dead_letter_sink: "file://{tmp_path}/q"
 azure_accounts:

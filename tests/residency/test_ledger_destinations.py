@@ -65,7 +65,7 @@ def test_a_mapped_run_records_each_region_sink_and_its_verified_location(
         broker: BrokerEnv, sealed_input: str, tmp_path: Path) -> None:
     sinks = {r: f"file://{tmp_path}/{r}-out" for r in REGIONS}
     regions = {r: {"locations": ["local"], "kek": broker.settings.region_keks[r],
-                   "sink": sinks[r], "dead_letter_sink": f"file://{tmp_path}/{r}-dl",
+                   "local_kek": True, "sink": sinks[r], "dead_letter_sink": f"file://{tmp_path}/{r}-dl",
                    "worker_locations": ["local"]} for r in REGIONS}
     residency = tmp_path / "residency.yaml"
     residency.write_text(json.dumps({"version": 1, "regions": regions,

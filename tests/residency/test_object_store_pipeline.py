@@ -105,7 +105,7 @@ def _sinks(region: str, store: str, account: str) -> dict[str, str]:
 def _write_map(path: Path, broker: BrokerEnv, account: str, placement: dict[str, str]) -> Path:
     regions = {
         region: {"locations": [GCS_LOCATION[region], AZURE_LOCATION[region]],
-                 "kek": broker.settings.region_keks[region],
+                 "kek": broker.settings.region_keks[region], "local_kek": True,
                  "worker_locations": ["local"], **_sinks(region, store, account)}
         for region, store in placement.items()}
     regions["eu"]["locations"].append("EU")

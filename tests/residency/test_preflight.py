@@ -35,11 +35,12 @@ def _map(eu_sink: str, eu_dl: str, *, require_cmk: bool = False,
         "version": 1,
         "regions": {
             "eu": {"locations": ["EU", "westeurope", "northeurope"], "kek": "local://eu",
-                   "sink": eu_sink, "dead_letter_sink": eu_dl,
+                   "local_kek": True, "sink": eu_sink, "dead_letter_sink": eu_dl,
                    "worker_locations": ["europe-west4", "westeurope"],
                    "require_cmk": require_cmk},
             "us": {"locations": ["US", "eastus"], "kek": "local://us",
-                   "sink": "gs://sb-us-out/features", "dead_letter_sink": "gs://sb-us-dl/dl",
+                   "local_kek": True, "sink": "gs://sb-us-out/features",
+                   "dead_letter_sink": "gs://sb-us-dl/dl",
                    "worker_locations": ["us-central1"]},
         },
         "unrouted_dead_letter_sink": unrouted,
@@ -210,9 +211,10 @@ def test_local_sinks(tmp_path, server: MetadataServer) -> None:
     local = ResidencyMap.from_document({
         "version": 1,
         "regions": {"eu": {"locations": ["local", "EU"], "kek": "local://eu",
+                           "local_kek": True,
                            "sink": f"file://{tmp_path}/eu", "dead_letter_sink":
                            f"file://{tmp_path}/eu-dl", "worker_locations": ["local"]},
-                    "us": {"locations": ["US"], "kek": "local://us",
+                    "us": {"locations": ["US"], "kek": "local://us", "local_kek": True,
                            "sink": f"file://{tmp_path}/us", "dead_letter_sink":
                            f"file://{tmp_path}/us-dl", "worker_locations": ["local"]}},
         "unrouted_dead_letter_sink": f"file://{tmp_path}/q"})
@@ -280,14 +282,15 @@ def test_cli_preflight_through_default_gcs_client(server: MetadataServer, tmp_pa
     path = tmp_path / "map.yaml"
     path.write_text("""version: 1
 regions:
-  eu: {locations: [EU], kek: k, sink: gs://sb-eu-out/f, dead_letter_sink: gs://sb-eu-dl/dl,
-       worker_locations: [europe-west4]}
+  eu: {locations: [EU], kek: local://eu, local_kek: true, sink: gs://sb-eu-out/f,
+       dead_letter_sink: gs://sb-eu-dl/dl, worker_locations: [europe-west4]}
 unrouted_dead_letter_sink: gs://sb-quarantine/q
 """)
     assert main(["residency", "check", str(path), "--preflight"]) == 0
     out = capsys.readouterr().out
     assert "preflight sink gs://sb-eu-out/f: EUR4 (dual-region), encryption google-managed: ok" \
         in out
+    assert "preflight kek local://eu of eu: local (local (not verifiable)): ok" in out
     server.put_gcs_bucket("sb-eu-out", gcs_bucket("sb-eu-out", "NAM4", "dual-region"))
     assert main(["residency", "check", str(path), "--preflight"]) == 2
     assert capsys.readouterr().err.strip() == (
@@ -300,7 +303,7 @@ def test_no_client_or_no_route_refuses(tmp_path) -> None:
         raise RuntimeError("Your default credentials were not found.")
 
     with pytest.raises(PreflightRefused, match=r"^preflight refused: no Google Cloud Storage "
-                       r"client to check sinks with \(RuntimeError: Your default credentials"):
+                       r"client to check with \(RuntimeError: Your default credentials"):
         run_preflight(_map("gs://sb-eu-out/f", "gs://sb-eu-dl/dl"), ["eu"],
                       clients=PreflightClients(gcs=no_credentials)).raise_if_refused()
     with metadata_server() as gone:

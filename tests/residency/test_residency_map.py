@@ -180,3 +180,18 @@ def test_the_example_map_is_valid(repo_root: Path) -> None:
     assert set(residency.regions) == {"eu", "us"}
     assert residency.regions["us"].dead_letter_sink.beam_path == \
         "azfs://acmesealbeamus/dead/features"
+
+
+def test_local_kek_and_key_vaults() -> None:
+    text = (GOOD.replace("    require_cmk: true\n", "    require_cmk: true\n    local_kek: true\n")
+            + "azure_key_vaults:\n  Acme-EU: {subscription_id: s1, resource_group: rg-eu}\n")
+    residency = ResidencyMap.from_yaml(text)
+    assert residency.regions["eu"].local_kek and not residency.regions["us"].local_kek
+    assert residency.azure_key_vaults["acme-eu"].resource_group == "rg-eu"
+    assert residency.regions["eu"].to_json()["local_kek"] is True
+    bad = (GOOD.replace("    require_cmk: true\n", "    require_cmk: true\n    local_kek: 1\n")
+           + "azure_key_vaults:\n  a_b: {subscription_id: s1, resource_group: rg}\n")
+    assert _problems(bad) == [
+        "line 10: regions.eu.local_kek: 1 is not of type 'boolean'",
+        "line 22: azure_key_vaults.a_b: not a key vault name (3-24 letters, digits, '-')",
+    ]

@@ -3,11 +3,13 @@
 ``gcp-storage-emulator`` reports every bucket in ``US`` and knows no KMS key; Azurite has no
 management API at all. ``MetadataServer`` serves prepared JSON documents by path on
 127.0.0.1 (a free port), so preflight reads locations through the real SDKs:
-``gcs_client(server)`` is a ``google.cloud.storage.Client`` whose endpoint is the server, and
-``azure_management_client(server, subscription)`` an ``azure.mgmt.storage`` client whose
+``gcs_client(server)`` is a ``google.cloud.storage.Client`` whose endpoint is the server,
+``azure_management_client(server, subscription)`` an ``azure.mgmt.storage`` client and
+``key_vault_management_client(server, subscription)`` an ``azure.mgmt.keyvault`` client whose
 ``base_url`` is the server, with a fake bearer credential (the server checks the header).
 Prepared documents: ``gcs_bucket(...)``, ``azure_account(...)``, ``azure_container(...)``,
-``azure_scope(...)``. Unknown paths answer 404 in each API's error format.
+``azure_scope(...)``, ``key_vault(...)`` (``put_key_vault``). Unknown paths answer 404 in each
+API's error format.
 """
 
 from __future__ import annotations
@@ -28,11 +30,15 @@ __all__ = [
     "azure_scope",
     "gcs_bucket",
     "gcs_client",
+    "key_vault",
+    "key_vault_management_client",
     "metadata_server",
 ]
 
 ARM_PREFIX = "/subscriptions/{sub}/resourceGroups/{group}/providers/Microsoft.Storage/" \
              "storageAccounts/{account}"
+VAULT_PREFIX = "/subscriptions/{sub}/resourceGroups/{group}/providers/Microsoft.KeyVault/" \
+               "{kind}/{name}"
 FAKE_TOKEN = "preflight-test-token"
 
 
@@ -57,6 +63,13 @@ class MetadataServer:
             self.documents[f"{prefix}/blobServices/default/containers/{name}"] = doc
         for name, doc in (scopes or {}).items():
             self.documents[f"{prefix}/encryptionScopes/{name}"] = doc
+
+
+    def put_key_vault(self, subscription: str, group: str, document: dict[str, Any]) -> None:
+        """A vault or managed HSM document (``key_vault``), at its management API path."""
+        kind = "managedHSMs" if document["type"].endswith("managedHSMs") else "vaults"
+        self.documents[VAULT_PREFIX.format(sub=subscription, group=group, kind=kind,
+                                           name=document["name"])] = document
 
 
 def _handler(server: MetadataServer) -> type[BaseHTTPRequestHandler]:
@@ -138,6 +151,18 @@ def azure_scope(name: str, source: str) -> dict[str, Any]:
             "properties": {"source": source, "state": "Enabled"}}
 
 
+def key_vault(name: str, location: str, *, managed_hsm: bool = False) -> dict[str, Any]:
+    """A Key Vault (or Managed HSM) resource as ``vaults.get`` (``managed_hsms.get``) reads
+    it."""
+    kind = "managedHSMs" if managed_hsm else "vaults"
+    properties: dict[str, Any] = {"tenantId": "00000000-0000-0000-0000-00000000000a",
+                                  "sku": {"family": "A", "name": "premium"}}
+    if not managed_hsm:
+        properties["vaultUri"] = f"https://{name}.vault.azure.net/"
+    return {"id": f"/vaults/{name}", "name": name, "type": f"Microsoft.KeyVault/{kind}",
+            "location": location, "properties": properties}
+
+
 def gcs_client(server: MetadataServer) -> Any:
     """A real ``google.cloud.storage.Client`` whose API endpoint is ``server``."""
     from google.auth.credentials import AnonymousCredentials
@@ -168,3 +193,16 @@ def azure_management_client(server: MetadataServer, subscription: str) -> Any:
 
     return StorageManagementClient(_FakeCredential(), subscription, base_url=server.url,
                                    authentication_policy=_Bearer(), retry_total=0)
+
+
+def key_vault_management_client(server: MetadataServer, subscription: str) -> Any:
+    """A real ``KeyVaultManagementClient`` whose ``base_url`` is ``server`` (as above)."""
+    from azure.core.pipeline.policies import SansIOHTTPPolicy
+    from azure.mgmt.keyvault import KeyVaultManagementClient
+
+    class _Bearer(SansIOHTTPPolicy):
+        def on_request(self, request: Any) -> None:
+            request.http_request.headers["Authorization"] = f"Bearer {FAKE_TOKEN}"
+
+    return KeyVaultManagementClient(_FakeCredential(), subscription, base_url=server.url,
+                                    authentication_policy=_Bearer(), retry_total=0)

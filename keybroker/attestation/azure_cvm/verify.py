@@ -17,7 +17,10 @@ The binding (how ``expected_report_data``, 64 bytes, appears in the evidence): b
 * the vTPM quote's qualifying data (``extraData``) equals ``SHA-256(expected_report_data)``
   (`tpm_qualifying_data`; 32 bytes, because a TPM2B_DATA holds at most one digest).
 
-What it does not: judge measurements, PCR values, debug or TCB (policy reads the claims).
+What it does not: judge measurements, PCR values, debug or TCB (policy reads the claims), or
+report a location: nothing in this evidence names the VM's region (the HCL runtime data holds
+keys, ``vm-configuration`` and ``user-data``; the vTPM quote covers PCRs), so
+``worker_locations`` rules deny ``azure-cvm`` workers (docs/PROTOCOL.md, section 7.2).
 """
 
 from __future__ import annotations
