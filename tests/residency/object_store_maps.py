@@ -53,11 +53,13 @@ def emulator_stores(gcs_emulator: str, azurite: AzuriteServer, credentials: Path
         from google.cloud import storage
 
         gcs = storage.Client(project="sealbeam-test", credentials=AnonymousCredentials())
-        for name in BUCKETS:
-            gcs.create_bucket(name)
+        for name in BUCKETS:        # the emulators live for the session: made once
+            if gcs.lookup_bucket(name) is None:
+                gcs.create_bucket(name)
         blobs = BlobServiceClient.from_connection_string(azurite.connection_string)
         for name in CONTAINERS:
-            blobs.create_container(name)
+            if not blobs.get_container_client(name).exists():
+                blobs.create_container(name)
         yield gcs, blobs
 
 

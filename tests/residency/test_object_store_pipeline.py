@@ -128,10 +128,10 @@ def test_each_region_lands_in_its_own_store(tmp_path: Path, broker: BrokerEnv,
     assert name.startswith("unrouted/dead-letter/dl-")
     [unrouted] = [json.loads(line) for line in payload.splitlines()]
     assert unrouted["stage"] == "parse" and unrouted["sealed_b64"] == ""
-    sinks = {(c["region"], c["role"]): c for c in summary.residency["preflight"]["sinks"]}
+    checks = {(c["region"], c["role"]): c for c in summary.residency["preflight"]["sinks"]}
     eu_location = GCS_LOCATION["eu"] if placement["eu"] == "gcs" else AZURE_LOCATION["eu"]
-    assert sinks[("eu", "sink")]["location"] == eu_location
-    assert sinks[("eu", "sink")]["refusal"] is None
+    assert checks[("eu", "sink")]["location"] == eu_location
+    assert checks[("eu", "sink")]["refusal"] is None
     assert summary.residency["map"]["derived"] is False
 
 
