@@ -8,7 +8,8 @@ ledger carries its region's sink and the location preflight found — once with 
 sinks, once with eu on ``gcp-storage-emulator`` and us on Azurite (locations read through the
 real SDKs from the metadata server). A sink outside the map refuses ``sealbeam run
 streaming`` with the same one line and exit code as ``sealbeam run batch``, before any data
-moves: no file, no object, no ledger entry.
+moves: no file, no object, no ledger entry; a streaming Dataflow dry run is refused the same
+way, before its job is written.
 """
 
 from __future__ import annotations
@@ -251,3 +252,27 @@ def test_a_bucket_in_the_wrong_place_refuses_the_stream(
                                          "of region eu is in US (multi-region: ")
     assert all(listed == [] for listed in stored_objects(stores).values())
     assert _head(broker) == before
+
+
+def test_a_streaming_dataflow_dry_run_runs_preflight(
+        broker: BrokerEnv, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    residency = tmp_path / "map.json"
+    regions = {"eu": {"locations": ["EUROPE-WEST4"], "kek": broker.settings.region_keks["eu"],
+                      "sink": f"file://{tmp_path}/eu-out",
+                      "dead_letter_sink": f"file://{tmp_path}/eu-dl",
+                      "worker_locations": ["europe-west4"]}}
+    residency.write_text(json.dumps({"version": 1, "regions": regions,
+                                     "unrouted_dead_letter_sink": f"file://{tmp_path}/q"}))
+    argv = ["run", "streaming", "--source", "pubsub",
+            "--subscription", "projects/sealbeam-test/subscriptions/feed",
+            "--residency_map", str(residency), "--regions", "eu",
+            "--pool_endpoints", "http://10.0.0.5:8700",
+            "--pool_policy", str(broker.settings.policy_path), "--runner", "DataflowRunner",
+            "--project", "sealbeam-test", "--region", "europe-west4",
+            "--temp_location", "gs://sealbeam-tmp/tmp", "--waive_dataflow_kms_key",
+            "--setup_file", "./setup.py", "--dry_run", "--job-json", str(tmp_path / "job.json")]
+    assert cli.main(argv) == cli.USAGE_EXIT
+    assert capsys.readouterr().err.strip() == (
+        f"sealbeam: error: preflight refused: sink file://{tmp_path}/eu-out of region eu is on "
+        "this machine (local); allowed: EUROPE-WEST4 (and 2 more refusal(s))")
+    assert not (tmp_path / "job.json").exists()
