@@ -13,7 +13,8 @@ carry its batch's destination (region, sink, location, verified: what the pipeli
 found); the worker refuses it unless every envelope of the batch is of that region
 (``destination_refusal``), and otherwise generates the batch's output keys with it, so the
 broker's ledger records where their outputs go, as in-process runs do. Output keys are
-cached per destination.
+cached per destination. Started with ``require_destination``, it refuses a request that
+names none.
 ``build_pool_worker`` assembles one from settings: a ``BrokerClient`` pinned to the
 broker's identity key (``broker_pin``: a grant the broker did not sign is refused) whose
 ``generate`` names the spec's fingerprint (recorded in the broker's ledger), the TEE's
@@ -82,6 +83,7 @@ class PoolSettings:
     broker_identity: str | None = None     # the broker's public identity key (PEM) to pin
     broker_ca_bundle: str | None = None    # CA bundle (PEM) of an https:// broker
     broker_pinned_cert: str | None = None  # or the broker's own TLS certificate (PEM)
+    require_destination: bool = False      # refuse a batch that names no destination
 
 
 class _SpecBoundBroker:
@@ -157,8 +159,10 @@ class PoolWorker:
 
     def __init__(self, session: KeySession, provider: EvidenceProvider,
                  processor: BatchProcessor, output_format: str,
-                 channel: ChannelKeys | None = None) -> None:
+                 channel: ChannelKeys | None = None, *,
+                 require_destination: bool = False) -> None:
         self._session = session
+        self._require_destination = require_destination
         self._provider = provider
         self._processor = processor
         self._output_format = output_format
@@ -213,6 +217,10 @@ class PoolWorker:
             raise PoolRequestError("a request needs its batch id: outputs are named by it "
                                    "and their custody statements signed for that name")
         processor = self._processor
+        if request.destination is None and self._require_destination:
+            raise PoolRequestError("this pool worker requires each batch's destination "
+                                   "(--require_destination): run the pipeline with a "
+                                   "residency map or --output_root")
         if request.destination is not None:
             refusal = destination_refusal(request.destination, request.envelopes)
             if refusal is not None:
@@ -255,4 +263,5 @@ def build_pool_worker(settings: PoolSettings, *, channel: ChannelKeys | None = N
                                   else settings.output_key_max_envelopes),
     )
     processor = BatchProcessor(session, compiled, output_format=settings.output_format)
-    return PoolWorker(session, provider, processor, settings.output_format, channel)
+    return PoolWorker(session, provider, processor, settings.output_format, channel,
+                      require_destination=settings.require_destination)

@@ -5,14 +5,18 @@ A batch run with a residency map on two pool workers (processes, simulated SEV-S
 location preflight found, exactly as the in-process run's entries do. The pool worker checks
 what the Beam side sends: a destination of another region than the batch's envelopes, or a
 malformed one, is refused (400) before any key is generated; output keys are cached per
-destination, so a batch bound for another sink gets a key whose ledger entry names that sink.
-The request header's destination round-trips through the wire format (hypothesis).
+destination, so a batch bound for another sink gets a key whose ledger entry names that sink;
+a worker started with ``--require_destination`` refuses a batch that names none. The request
+header's destination round-trips through the wire format (hypothesis).
 """
 
 from __future__ import annotations
 
 import json
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -26,7 +30,7 @@ from pipelines.batch import RunSummary, run_batch
 from pipelines.synthetic import REGIONS
 from tests.enclave_workers.broker_env import BrokerEnv, person, seal_json
 from tests.pipelines.helpers import sealed_partner_files
-from tests.pool.conftest import PoolProcess
+from tests.pool.conftest import REPO_ROOT, PoolProcess
 from tests.support.broker import ledger_entries
 from transforms.pool_client import PoolEndpoint, PoolError, PoolUnavailableError
 from transforms.pool_trust import PoolTrust
@@ -176,3 +180,28 @@ def test_a_request_destination_round_trips(region: str, scheme: str, path: str, 
 
     request = wire.read_request(read, channel)
     assert request.destination == destination and request.envelopes == [b"x"]
+
+
+def test_a_pool_started_with_require_destination_refuses_a_batch_without_one(
+        broker: BrokerEnv, tmp_path: Path) -> None:
+    # through ``sealbeam worker serve``, which passes the on/off flag on to the pool module
+    process = subprocess.Popen(
+        [sys.executable, "-m", "pipelines.cli", "worker", "serve", "--broker_url", broker.url,
+         "--dev_tee_dir", str(broker.dev_tee_dir), "--port", "0", "--require_destination"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO_ROOT,
+        env={**os.environ, "PYTHONPATH": str(REPO_ROOT)})
+    try:
+        assert process.stdout is not None
+        ready = json.loads(process.stdout.readline())
+        pool = PoolProcess(process, ready["url"], ready["spec_fingerprint"])
+        endpoint = _endpoint(broker, pool)
+        with pytest.raises(PoolUnavailableError, match=r"process answered 400 this pool worker "
+                           r"requires each batch's destination \(--require_destination\)"):
+            endpoint.process(_eu_batch(broker), batch_id=b"\x06" * 16)
+        response = endpoint.process(
+            _eu_batch(broker), batch_id=b"\x06" * 16,
+            destination=_destination("eu", f"file://{tmp_path}/eu", "local"))
+        assert response.outputs
+    finally:
+        process.kill()
+        process.wait(timeout=10)
