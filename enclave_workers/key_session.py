@@ -34,6 +34,7 @@ does not retry an unavailable broker (the confidential step does, with backoff).
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from collections import OrderedDict
@@ -152,7 +153,7 @@ class KeySession:
         self._flights: dict[tuple[str, ...], _Flight] = {}
         self._attested: _Attested | None = None
         self._data_keys: OrderedDict[tuple[str, str, str], _CachedKey] = OrderedDict()
-        self._output_keys: dict[tuple[str, str], _CachedKey] = {}
+        self._output_keys: dict[tuple[str, str, str], _CachedKey] = {}
         self._named_keys: dict[str, tuple[bytes, float]] = {}
         self._calls = dict.fromkeys(BROKER_CALL_KINDS, 0)
         self._attestations = 0
@@ -338,13 +339,19 @@ class KeySession:
         return self._with_session(call)
 
     # -- output keys ----------------------------------------------------------------------
-    def output_key(self, region: str, producer_id: str) -> tuple[DataKey, WrappedKey]:
+    def output_key(self, region: str, producer_id: str,
+                   destination: Mapping[str, object] | None = None
+                   ) -> tuple[DataKey, WrappedKey]:
         """A fresh output DEK for (region, producer), reused for N envelopes or T seconds.
 
         Each call counts as one envelope sealed under the returned key. When the key is used
         up, one thread generates the next; the others wait for it and then take their uses.
+        ``destination`` (the outputs' sink and its location, for the broker's ledger) goes
+        with the ``generate`` call, and keys are cached per destination: a key whose ledger
+        entry names one sink never seals an output bound for another.
         """
-        cache_key = (region, producer_id)
+        where = "" if destination is None else json.dumps(dict(destination), sort_keys=True)
+        cache_key = (region, producer_id, where)
         while True:
             with self._lock:
                 cached = self._output_keys.get(cache_key)
@@ -359,16 +366,23 @@ class KeySession:
                 with self._lock:
                     if self._output_keys.get(cache_key) is not spent:
                         return                   # another flight refilled it meanwhile
-                key, wrapped = self._generate(region, producer_id)
+                key, wrapped = self._generate(region, producer_id, destination)
                 with self._lock:
                     self._output_keys[cache_key] = _CachedKey(key, wrapped, self._clock())
 
             self._single_flight(("output", *cache_key), refill)
 
-    def _generate(self, region: str, producer_id: str) -> tuple[DataKey, WrappedKey]:
+    def _generate(self, region: str, producer_id: str,
+                  destination: Mapping[str, object] | None = None
+                  ) -> tuple[DataKey, WrappedKey]:
         def call(attested: _Attested) -> tuple[DataKey, WrappedKey]:
             self._count("generate")
-            sealed, wrapped = self._broker.generate(attested.broker_session, region, producer_id)
+            if destination is None:
+                sealed, wrapped = self._broker.generate(attested.broker_session, region,
+                                                        producer_id)
+            else:
+                sealed, wrapped = self._broker.generate(
+                    attested.broker_session, region, producer_id, destination=destination)
             secret = self._open_sealed(attested, sealed, GENERATE_PURPOSE, wrapped.key_id)
             return DataKey(secret, simulated=attested.simulated), wrapped
 

@@ -54,9 +54,10 @@ def confidential_step(opts: SealbeamOptions, *, batcher: beam.PTransform | None 
     re-run batch rewrites the same names in either mode. ``drop_duplicates`` drops exact
     copies inside the data-key groups (a ``DUPLICATES`` output) in either mode.
     ``destinations`` (preflight's per-region sink facts) go into the broker's ledger with each
-    output key in-process; a pool's workers do not send them yet. ``pool_locations`` (from the
-    residency map) are where a pool worker must be attested to be sent anything, checked on
-    every handshake (``PoolTrust.worker_locations``); None checks no location.
+    output key: in-process from the Beam worker, in remote mode from the pool worker, to which
+    each batch carries its region's. ``pool_locations`` (from the residency map) are where a
+    pool worker must be attested to be sent anything, checked on every handshake
+    (``PoolTrust.worker_locations``); None checks no location.
     """
     batching = {"max_batch_size": opts.max_batch_size, "max_batch_bytes": opts.max_batch_bytes,
                 "key_shards": opts.key_shards, "key_spread": opts.key_spread,
@@ -77,6 +78,6 @@ def confidential_step(opts: SealbeamOptions, *, batcher: beam.PTransform | None 
         return ConfidentialProcessRemote(
             trust=trust, spec=feature_spec(opts), endpoints=pool_endpoints(opts),
             discovery=opts.pool_discovery, output_format=output_format(opts),
-            timeout_s=opts.pool_timeout_s, **batching)
+            timeout_s=opts.pool_timeout_s, destinations=destinations, **batching)
     except TransformError as exc:   # a bad setting: one line, before anything runs
         raise PipelineError(str(exc)) from None

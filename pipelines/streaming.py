@@ -1,7 +1,10 @@
 """The streaming pipeline: partner feeds -> event-time windows -> TEE featurization -> pinned
 outputs, with late records and duplicates set aside and counted.
 
-What it does: ``build_streaming_pipeline`` reads one feed — a file-drop directory watched
+What it does: ``build_streaming_pipeline`` first runs the batch pipeline's preflight
+(``pipelines.preflight``: the job's residency map, ``--residency_map`` or one derived from
+``--output_root``; every sink and worker location checked before any data moves, a refusal
+is one line), then reads one feed — a file-drop directory watched
 for new files (``--source files``, ``file_drop.WatchFileDrop``), a Pub/Sub subscription
 (``--source pubsub``, one envelope per message, raw or base64: ``--message_format``;
 ``transforms.pubsub``), or, in tests, any PTransform such as a ``TestStream`` — and then:
@@ -11,16 +14,19 @@ for new files (``--source files``, ``file_drop.WatchFileDrop``), a Pub/Sub subsc
    first, in ``AcceptPubsubMessages``);
 2. ``StampEventTime``: each record's event time from its header (``sealbeam.event_time``,
    docs/FORMAT.md 2.1); a record whose window had closed when it arrived (window end +
-   ``--allowed_lateness_seconds`` <= arrival) goes, still sealed, to ``<root>/late/``
-   (``WriteLateRecords``), counted in ``late``, never into a window;
+   ``--allowed_lateness_seconds`` <= arrival) goes, still sealed, to ``<root>/late/`` under
+   the dead-letter sink of its region (the unrouted sink when its bytes name none;
+   ``WriteLateRecords``), counted in ``late``, never into a window;
 3. fixed windows of ``--window_seconds`` over event time, and ``HoldForBatches``: per window
    and (region, producer), records are held until ``--max_batch_size`` records,
    ``--max_batch_bytes`` or ``--max_batch_duration_seconds``, or the window's close;
 4. ``ConfidentialProcess`` (with ``HoldForBatches`` as its batcher; in remote mode
-   ``ConfidentialProcessRemote`` on an attested pool, ``confidential_mode``), ``RouteByRegion``,
-   ``WriteRegionPinned``, and dead letters per window (``WriteStreamDeadLetters``: per bundle,
-   no GroupByKey, so the dead letters of a batch released as its window closes are never
-   dropped as expired).
+   ``ConfidentialProcessRemote`` on an attested pool, ``confidential_mode``; either way each
+   output key's ``generate`` carries its region's destination, as preflight found it, into
+   the broker's ledger), ``RouteByRegion``, ``WriteRegionPinned`` into the map's sinks, and
+   dead letters per window to the dead-letter sink of their region (``WriteStreamDeadLetters``:
+   per bundle, no GroupByKey, so the dead letters of a batch released as its window closes
+   are never dropped as expired).
 
 Every run reconciles ``records_in = records_out + dead_letters + duplicates + late``
 (``StreamingRunSummary``).
@@ -58,6 +64,7 @@ from apache_beam.utils.timestamp import Duration
 
 from transforms import ConfidentialProcess, DecodeSealedLines, ParseSealed, RouteByRegion
 from transforms import metrics as names
+from transforms.dead_letter_sinks import WriteDeadLettersBySink
 from transforms.dedupe import DeduplicateEnvelopes
 from transforms.errors import TransformConfigError
 from transforms.event_time import StampEventTime
@@ -77,6 +84,7 @@ from .confidential_mode import confidential_step
 from .errors import PipelineError
 from .file_drop import WatchFileDrop
 from .options import SealbeamOptions, allowed_regions, required
+from .preflight import PreflightClients, job_residency, preflight_job
 
 __all__ = ["MESSAGE_FORMATS", "SOURCES", "StreamingOptions", "StreamingRunSummary",
            "build_streaming_pipeline", "default_streaming_runner", "run_streaming"]
@@ -116,7 +124,8 @@ class StreamingOptions(PipelineOptions):
         parser.add_argument("--allowed_lateness_seconds", type=float,
                             default=DEFAULT_ALLOWED_LATENESS_SECONDS,
                             help="a record arriving later than its window's end plus this "
-                                 "goes to <output_root>/late/, still sealed, and counts as late")
+                                 "goes, still sealed, to late/ under its region's dead-letter "
+                                 "sink (<output_root>/late/) and counts as late")
         parser.add_argument("--max_batch_duration_seconds", type=float,
                             default=DEFAULT_MAX_BATCH_DURATION_SECONDS,
                             help="longest a streaming batch waits to fill before the "
@@ -238,14 +247,18 @@ def _read_feed(p: beam.Pipeline, options: PipelineOptions, source: beam.PTransfo
 
 def build_streaming_pipeline(p: beam.Pipeline, options: PipelineOptions, *,
                              source: beam.PTransform | None = None,
-                             subscriber_factory: Callable[[], Any] | None = None
+                             subscriber_factory: Callable[[], Any] | None = None,
+                             preflight_clients: PreflightClients | None = None
                              ) -> BatchPipelineOutputs:
     """Add sealbeam's streaming steps to ``p``.
 
     ``source``, when given, replaces ``--source``: a PTransform from the pipeline's start to
     message bytes (one envelope each, as ``--message_format`` says), each timestamped with
     its arrival, e.g. a ``TestStream``. ``subscriber_factory`` makes the Pub/Sub client of
-    the local pull source (default: Google's ``SubscriberClient``).
+    the local pull source (default: Google's ``SubscriberClient``). ``preflight_clients``:
+    the cloud clients preflight reads sinks with (default: the clouds' own). Preflight runs
+    first, as in batch runs: a sink or worker outside the residency map refuses the job
+    (``PreflightRefused``) before any step is added or any data moves.
     """
     opts = options.view_as(SealbeamOptions)
     stream = options.view_as(StreamingOptions)
@@ -254,25 +267,33 @@ def build_streaming_pipeline(p: beam.Pipeline, options: PipelineOptions, *,
         raise PipelineError(f"--allowed_lateness_seconds must not be negative, not "
                             f"{stream.allowed_lateness_seconds}")
     lateness_s = float(stream.allowed_lateness_seconds)
-    output_root = required(opts, "output_root")
+    regions = allowed_regions(opts)
+    residency = job_residency(opts, regions)
+    report = preflight_job(opts, residency, regions, preflight_clients)
     try:
         hold = HoldForBatches(max_records=opts.max_batch_size,
                               max_bytes=opts.max_batch_bytes,
                               max_duration_s=stream.max_batch_duration_seconds)
         # In-process (pinned to the broker identity), or remote on an attested pool; both
-        # batch with ``hold`` and name outputs by their batch.
-        confidential = confidential_step(opts, batcher=hold)
+        # batch with ``hold``, name outputs by their batch, and send each output key's
+        # destination (preflight's sink facts) with its ``generate`` to the ledger.
+        confidential = confidential_step(opts, batcher=hold,
+                                         destinations=report.destinations())
         dedupe = DeduplicateEnvelopes(horizon_s=opts.dedupe_horizon_s)
     except TransformConfigError as exc:
         raise PipelineError(str(exc)) from None
     window = FixedWindows(window_s)
     sealed, feed_dead_letters = _read_feed(p, options, source, subscriber_factory)
+    dead_letter_roots = residency.dead_letter_roots()
+    unrouted_root = residency.unrouted_dead_letter_sink.beam_path
 
     parsed = sealed | "ParseHeaders" >> ParseSealed()
     unique = parsed[ParseSealed.SEALED] | "DedupeEnvelopes" >> dedupe
     timed = unique[DeduplicateEnvelopes.UNIQUE] | "EventTime" >> StampEventTime(
         window_s=window_s, allowed_lateness_s=lateness_s)
-    timed[StampEventTime.LATE] | "WriteLate" >> WriteLateRecords(output_root)
+    # Late records, still sealed, beside their region's dead letters (<root>/late/).
+    timed[StampEventTime.LATE] | "WriteLate" >> WriteDeadLettersBySink(
+        dead_letter_roots, unrouted_root, writer=WriteLateRecords)
     processed = (
         timed[StampEventTime.ON_TIME]
         | "Window" >> beam.WindowInto(window, allowed_lateness=Duration.of(lateness_s))
@@ -281,7 +302,7 @@ def build_streaming_pipeline(p: beam.Pipeline, options: PipelineOptions, *,
     written = (
         processed[ConfidentialProcess.SEALED]
         | "Route" >> RouteByRegion()
-        | "WritePinned" >> WriteRegionPinned(output_root, allowed_regions(opts))
+        | "WritePinned" >> WriteRegionPinned(residency.sinks(), regions, residency.keks())
     )
     arrival_dead_letters = (
         (*feed_dead_letters, parsed[ParseSealed.DEAD_LETTER], timed[StampEventTime.DEAD_LETTER])
@@ -294,9 +315,11 @@ def build_streaming_pipeline(p: beam.Pipeline, options: PipelineOptions, *,
          written[WriteRegionPinned.DEAD_LETTER])
         | "AllDeadLetters" >> beam.Flatten()
     )
-    dead_letter_paths = dead_letters | "WriteDeadLetters" >> WriteStreamDeadLetters(output_root)
+    dead_letter_paths = dead_letters | "WriteDeadLetters" >> WriteDeadLettersBySink(
+        dead_letter_roots, unrouted_root, writer=WriteStreamDeadLetters)
     return BatchPipelineOutputs(written[WriteRegionPinned.WRITTEN], dead_letters,
-                                confidential.compiled.fingerprint, dead_letter_paths)
+                                confidential.compiled.fingerprint, dead_letter_paths,
+                                {"map": residency.to_json(), "preflight": report.to_json()})
 
 
 def default_streaming_runner(options: PipelineOptions, *, test_source: bool = False
@@ -310,13 +333,16 @@ def default_streaming_runner(options: PipelineOptions, *, test_source: bool = Fa
 
 def run_streaming(options: PipelineOptions, *, source: beam.PTransform | None = None,
                   extra_steps: Callable[[BatchPipelineOutputs], None] | None = None,
-                  subscriber_factory: Callable[[], Any] | None = None
+                  subscriber_factory: Callable[[], Any] | None = None,
+                  preflight_clients: PreflightClients | None = None
                   ) -> StreamingRunSummary:
     """Run the streaming pipeline until its feed ends; summarize it from its metrics.
 
     The options are switched to streaming mode. ``source`` is as for
     ``build_streaming_pipeline``; ``extra_steps`` may attach steps to the built outputs
     (written paths, dead letters) before the run, e.g. a notification per written file.
+    ``preflight_clients``: the cloud clients preflight reads sinks with (default: the clouds'
+    own, with default credentials).
     """
     opts = options.view_as(SealbeamOptions)
     standard = options.view_as(StandardOptions)
@@ -334,7 +360,8 @@ def run_streaming(options: PipelineOptions, *, source: beam.PTransform | None = 
     started = time.monotonic()
     pipeline = beam.Pipeline(runner=runner, options=options)
     built = build_streaming_pipeline(pipeline, options, source=source,
-                                     subscriber_factory=subscriber_factory)
+                                     subscriber_factory=subscriber_factory,
+                                     preflight_clients=preflight_clients)
     if extra_steps is not None:
         extra_steps(built)
     result = pipeline.run()

@@ -8,7 +8,9 @@ lazily as the socket takes them). The response is read frame by frame and every 
 open under the request's response key: a reply not written by that attested worker is
 refused. The request carries the batch id and window label, so the worker names each output
 as the in-process step would and signs its custody statement in its TEE; an output that
-comes back under another name, or without a statement, is refused.
+comes back under another name, or without a statement, is refused. It may carry the batch's
+destination (its region's sink and where preflight found it), which the worker sends with
+each output key's ``generate`` to the broker's ledger.
 Typed errors say what to do next: ``PoolBusyError`` (429, with its Retry-After),
 ``PoolUnavailableError`` (connection, timeout, 5xx, a cut or forged response: try another
 endpoint), ``PoolAttestationError`` (never send this endpoint data), ``PoolRejectedError``
@@ -27,7 +29,7 @@ import json
 import os
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from urllib.parse import urlsplit
 
 from enclave_workers.output_names import output_name_id
@@ -147,16 +149,19 @@ class PoolEndpoint:
 
     # -- processing -------------------------------------------------------------------------
     def process(self, envelopes: Sequence[bytes], *, batch_id: bytes,
-                window: str = "") -> PoolResponse:
+                window: str = "", destination: Mapping[str, object] | None = None
+                ) -> PoolResponse:
         """Sealed envelopes in, sealed outputs (named by ``batch_id`` and ``window``, each
-        with its custody statement) and dead letters out (attests first)."""
+        with its custody statement) and dead letters out (attests first). ``destination``
+        (region, sink, location, verified) travels with the batch: the worker checks it
+        against the batch and sends it with each output key's ``generate``."""
         verified = self.attest()
         sealed_secret, keys = seal_request_secret(verified.channel_public_key)
         try:
             length, chunks = encode_request(
                 sealed_secret, keys, spec_fingerprint=self._fingerprint,
                 output_format=self._output_format, envelopes=envelopes, batch_id=batch_id,
-                window=window)
+                window=window, destination=destination)
         except WireError as exc:
             raise PoolError(f"cannot send this batch: {exc}") from None
         connection = self._connection()

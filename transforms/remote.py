@@ -30,6 +30,10 @@ backoff (and the endpoint's Retry-After, capped); after ``max_attempts`` the bun
 and the runner retries it. A batch's outputs are emitted only once its whole response has
 been authenticated, so a worker killed mid-request loses nothing and duplicates nothing.
 An endpoint that fails attestation, or whose claims the policy refuses, is sent no data.
+Given the run's ``destinations`` (preflight's sink facts per region), each batch carries its
+region's (``batch_destination``) to the pool worker, which checks it against the batch's
+envelopes and sends it with each output key's ``generate``: the broker's ledger records the
+same destinations as for in-process runs.
 
 The Beam worker holds no key and sees no plaintext. Endpoints come from a list or a
 discovery file (JSON ``{"endpoints": [...]}`` or one URL per line; any Beam filesystem path,
@@ -45,7 +49,7 @@ import random
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 
 import apache_beam as beam
 from apache_beam.io.filesystems import FileSystems
@@ -69,10 +73,11 @@ from .pool_client import (
     PoolUnavailableError,
 )
 from .pool_trust import PoolAttestationError, PoolTrust, PoolVerifier
+from .session import OutputDestinations, output_destinations
 from .windows import window_label
 
-__all__ = ["ConfidentialProcessRemote", "PoolRouter", "endpoint_order", "load_endpoints",
-           "route_key"]
+__all__ = ["ConfidentialProcessRemote", "PoolRouter", "batch_destination", "endpoint_order",
+           "load_endpoints", "route_key"]
 
 MAX_DISCOVERY_BYTES = 1 << 20
 DEFAULT_BACKOFF_S = 0.05
@@ -160,9 +165,11 @@ class PoolRouter:
             self._refused[url] = str(exc)
 
     def process(self, batch: Sequence[bytes], *, batch_id: bytes, window: str = "",
-                key: str | None = None) -> PoolResponse:
+                key: str | None = None, destination: Mapping[str, object] | None = None
+                ) -> PoolResponse:
         """``batch``'s response from the endpoint ``key`` (default: its data key) routes to;
-        its outputs named by ``batch_id`` and ``window`` (a window label) and signed."""
+        its outputs named by ``batch_id`` and ``window`` (a window label) and signed, their
+        keys generated with ``destination`` (region, sink, location, verified)."""
         key = route_key(batch) if key is None else key
         last: Exception | None = None
         for attempt in range(self._max_attempts):
@@ -171,7 +178,8 @@ class PoolRouter:
                 break
             endpoint = usable[attempt % len(usable)]
             try:
-                return endpoint.process(batch, batch_id=batch_id, window=window)
+                return endpoint.process(batch, batch_id=batch_id, window=window,
+                                        destination=destination)
             except (PoolAttestationError, PoolRejectedError) as exc:
                 self._refuse(endpoint.url, exc)
                 last = exc
@@ -190,10 +198,27 @@ class PoolRouter:
                                    f"{self._max_attempts} attempts: {last}")
 
 
+def batch_destination(batch: EnvelopeBatch, destinations: OutputDestinations
+                      ) -> dict[str, object] | None:
+    """The destination of the batch's region (``{region, sink, location, verified}``), or
+    None when the map has none for it or the batch spans regions (its batcher groups by
+    region, so it does not)."""
+    regions = {e.region for e in batch.envelopes}
+    if len(regions) != 1:
+        return None
+    [region] = regions
+    for name, sink, location, verified in destinations:
+        if name == region:
+            return {"region": region, "sink": sink, "location": location, "verified": verified}
+    return None
+
+
 class _RemoteProcessFn(beam.DoFn):
     def __init__(self, endpoints: Sequence[str], discovery: str | None, trust: PoolTrust,
-                 fingerprint: str, output_format: str, timeout_s: float) -> None:
+                 fingerprint: str, output_format: str, timeout_s: float,
+                 destinations: OutputDestinations = ()) -> None:
         self._endpoint_urls = list(endpoints)
+        self._destinations = destinations
         self._discovery = discovery
         self._trust = trust
         self._fingerprint = fingerprint
@@ -228,7 +253,8 @@ class _RemoteProcessFn(beam.DoFn):
         sent, received = self._traffic()
         response = self._router.process([e.data for e in batch.envelopes],
                                         batch_id=batch.batch_id, window=window_label(window),
-                                        key=route_key(batch))
+                                        key=route_key(batch),
+                                        destination=batch_destination(batch, self._destinations))
         sent_after, received_after = self._traffic()
         self._requests.inc()
         self._sent.inc(sent_after - sent)
@@ -255,7 +281,11 @@ class ConfidentialProcessRemote(beam.PTransform):
                  max_batch_bytes: int = DEFAULT_MAX_BATCH_BYTES,
                  key_shards: int = DEFAULT_SHARDS, key_spread: int = 1,
                  batcher: beam.PTransform | None = None, drop_duplicates: bool = False,
-                 timeout_s: float = 120.0) -> None:
+                 timeout_s: float = 120.0,
+                 destinations: Mapping[str, Mapping[str, object]] | None = None) -> None:
+        """``destinations``: per region, ``{"sink", "location", "verified"}`` from preflight;
+        each batch carries its region's to the pool worker, which sends it with each output
+        key's ``generate`` to the broker's ledger (as ``ConfidentialProcess`` does)."""
         super().__init__()
         if not endpoints and not discovery:
             raise TransformConfigError("remote mode needs pool endpoints or a discovery file")
@@ -274,7 +304,8 @@ class ConfidentialProcessRemote(beam.PTransform):
             _check_pme_assignment(compiled)
         self.compiled = compiled
         self._fn = _RemoteProcessFn(list(endpoints or []), discovery, trust,
-                                    compiled.fingerprint, output_format, timeout_s)
+                                    compiled.fingerprint, output_format, timeout_s,
+                                    output_destinations(destinations))
         self._drop_duplicates = drop_duplicates
         self._batcher = batcher or BatchByDataKey(
             max_count=max_batch_size, max_bytes=max_batch_bytes, shards=key_shards,

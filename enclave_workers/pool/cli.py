@@ -67,6 +67,10 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
                         help="largest request body accepted (413 above)")
     parser.add_argument("--key_ttl_s", type=float, default=300.0,
                         help="seconds a released key stays cached")
+    parser.add_argument("--require_destination", action="store_true",
+                        help="refuse a batch that does not name its destination (region, "
+                             "sink, location), so every output key's ledger entry says where "
+                             "its outputs go; default: such a batch's keys record none")
 
 
 def _spec(path: str | None) -> FeatureSpec:
@@ -84,7 +88,8 @@ def serve_from_args(args: argparse.Namespace) -> int:
             spec=_spec(args.feature_spec), output_format=args.output_format,
             key_ttl_s=args.key_ttl_s, audience=args.audience,
             broker_identity=args.broker_identity, broker_ca_bundle=args.broker_ca_bundle,
-            broker_pinned_cert=args.broker_pinned_cert, location=args.worker_location))
+            broker_pinned_cert=args.broker_pinned_cert, location=args.worker_location,
+            require_destination=args.require_destination))
         worker.start()
         server = PoolServer(worker, args.host, args.port, max_inflight=args.max_inflight,
                             max_request_bytes=args.max_request_bytes)

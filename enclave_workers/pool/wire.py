@@ -5,14 +5,17 @@ response body is frames only. A frame on the wire is ``u32 BE len || AES-GCM(fra
 frame is ``u8 kind || body``:
 
 request:  HEADER (JSON: spec_fingerprint, output_format, envelopes, batch_id (hex), window
-          (the window label, "" for none)), ENVELOPE (the sealed envelope's bytes) x n,
-          END (JSON: envelopes)
+          (the window label, "" for none), optional destination: {region, sink, location,
+          verified}), ENVELOPE (the sealed envelope's bytes) x n, END (JSON: envelopes)
 response: OUTPUT / DEAD_LETTER (``u32 len || JSON meta || sealed bytes``) x n,
           END (JSON: outputs, dead_letters); an OUTPUT's sealed bytes are followed by its
           signed custody statement (``statement_bytes`` long, named in its meta)
 
 The batch id and window label let the pool worker name each output (``output_names``) and
-sign its custody statement in the TEE for the file name Beam will write.
+sign its custody statement in the TEE for the file name Beam will write. The destination is
+where the batch's outputs go, as the pipeline's preflight found it; it is checked here for
+form (``keybroker.destinations``, a region name) and by the worker against the batch's
+envelopes (``worker``), then sent with each output key's ``generate`` to the broker's ledger.
 
 Both sides count: an END whose counts differ from the frames seen, a missing END, or a frame
 after END is a ``WireError``, so a cut or spliced stream is never taken for a whole one. The
@@ -26,6 +29,7 @@ is sealed envelopes, sealed outputs and sealed dead letters).
 from __future__ import annotations
 
 import json
+import re
 import struct
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -33,6 +37,7 @@ from typing import Any
 
 from enclave_workers.batch_processor import DeadLetter, SealedOutput
 from enclave_workers.output_names import OutputNameError, check_batch_id, check_window_label
+from keybroker.destinations import DestinationError, destination_record
 
 from .channel import ChannelError, ChannelKeys, FrameCipher, RequestKeys
 
@@ -43,6 +48,7 @@ __all__ = [
     "PoolRequest",
     "PoolResponse",
     "WireError",
+    "check_destination",
     "encode_request",
     "encode_response",
     "read_request",
@@ -60,6 +66,8 @@ KIND_HEADER, KIND_ENVELOPE, KIND_END = 0x01, 0x02, 0x03
 KIND_OUTPUT, KIND_DEAD_LETTER, KIND_RESPONSE_END = 0x11, 0x12, 0x13
 
 _U32 = struct.Struct(">I")
+_REGION = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")
+DESTINATION_FIELDS = frozenset({"region", "sink", "location", "verified"})
 Reader = Callable[[int], bytes]
 
 
@@ -75,6 +83,23 @@ class PoolRequest:
     envelopes: list[bytes]
     batch_id: bytes | None = None   # names the outputs; None: an old client's request
     window: str = ""                 # the window label in the outputs' file names
+    destination: Mapping[str, Any] | None = None   # region, sink, location, verified
+
+
+def check_destination(destination: object) -> dict[str, Any]:
+    """``{"region", "sink", "location", "verified"}`` checked (a region name, then
+    ``keybroker.destinations.destination_record``); ``WireError`` naming the field if not."""
+    if not isinstance(destination, Mapping) or set(destination) != DESTINATION_FIELDS:
+        raise WireError("destination: expected exactly region, sink, location, verified")
+    region = destination["region"]
+    if not isinstance(region, str) or not _REGION.fullmatch(region):
+        raise WireError("destination.region: expected a region name (a-z, 0-9, -)")
+    try:
+        record = destination_record(destination["sink"], destination["location"],
+                                    destination["verified"])
+    except DestinationError as exc:
+        raise WireError(str(exc)) from None
+    return {"region": region, **record}
 
 
 @dataclass(frozen=True)
@@ -148,8 +173,10 @@ def _split_meta(body: bytes, what: str) -> tuple[dict[str, Any], bytes]:
 # -- request ----------------------------------------------------------------------------
 def encode_request(sealed_secret: bytes, keys: RequestKeys, *, spec_fingerprint: str,
                    output_format: str, envelopes: Sequence[bytes], batch_id: bytes | None = None,
-                   window: str = "") -> tuple[int, Iterator[bytes]]:
-    """The request body's length and its chunks (sealed one frame at a time, lazily)."""
+                   window: str = "", destination: Mapping[str, Any] | None = None
+                   ) -> tuple[int, Iterator[bytes]]:
+    """The request body's length and its chunks (sealed one frame at a time, lazily);
+    ``destination`` (region, sink, location, verified) where the batch's outputs go."""
     if not 1 <= len(envelopes) <= MAX_ENVELOPES:
         raise WireError(f"a request holds 1..{MAX_ENVELOPES} envelopes, not {len(envelopes)}")
     fields: dict[str, Any] = {"spec_fingerprint": spec_fingerprint,
@@ -160,6 +187,8 @@ def encode_request(sealed_secret: bytes, keys: RequestKeys, *, spec_fingerprint:
             fields["window"] = check_window_label(window)
     except OutputNameError as exc:
         raise WireError(str(exc)) from None
+    if destination is not None:
+        fields["destination"] = check_destination(destination)
     header = _dump(fields)
     end = _dump({"envelopes": len(envelopes)})
     bodies = [len(header), *(len(e) for e in envelopes), len(end)]
@@ -200,8 +229,11 @@ def read_request(read: Reader, channel: ChannelKeys) -> PoolRequest:
     if kind != KIND_END or _json(body, "request end").get("envelopes") != count:
         raise WireError("the request does not end where its header says")
     batch_id, window = _naming(header)
+    raw_destination = header.get("destination")
+    destination = None if raw_destination is None else check_destination(raw_destination)
     return PoolRequest(keys, str(header.get("spec_fingerprint", "")),
-                       str(header.get("output_format", "")), envelopes, batch_id, window)
+                       str(header.get("output_format", "")), envelopes, batch_id, window,
+                       destination)
 
 
 def _naming(header: Mapping[str, Any]) -> tuple[bytes | None, str]:

@@ -8,7 +8,13 @@ whose report_data binds the client's nonce and the worker's channel key
 outputs. It names each output by the request's batch id and window label
 (``output_names``, as in-process) and signs its custody statement here, in the TEE, with the
 statement key its attestation bound (``BatchProcessor.sign_custody``); a request without a
-batch id is refused, since its outputs could not be named or vouched for.
+batch id is refused, since its outputs could not be named or vouched for. A request may
+carry its batch's destination (region, sink, location, verified: what the pipeline's preflight
+found); the worker refuses it unless every envelope of the batch is of that region
+(``destination_refusal``), and otherwise generates the batch's output keys with it, so the
+broker's ledger records where their outputs go, as in-process runs do. Output keys are
+cached per destination. Started with ``require_destination``, it refuses a request that
+names none.
 ``build_pool_worker`` assembles one from settings: a ``BrokerClient`` pinned to the
 broker's identity key (``broker_pin``: a grant the broker did not sign is refused) whose
 ``generate`` names the spec's fingerprint (recorded in the broker's ledger), the TEE's
@@ -22,7 +28,7 @@ sealed dead letters only.
 from __future__ import annotations
 
 import threading
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -36,7 +42,7 @@ from enclave_workers.evidence.base import EvidenceProvider
 from enclave_workers.features import FeatureSpec, compile_spec
 from enclave_workers.key_session import KeySession
 from enclave_workers.output_names import output_file_name, output_name_id
-from envelope import WrappedKey
+from envelope import EnvelopeError, WrappedKey, read_header
 from keybroker.client import BrokerClient
 
 from .broker_pin import pinned_broker_client
@@ -45,7 +51,7 @@ from .tee import make_provider
 from .wire import PoolRequest
 
 __all__ = ["PoolMismatchError", "PoolRequestError", "PoolSettings", "PoolWorker",
-           "build_pool_worker"]
+           "build_pool_worker", "destination_refusal"]
 
 MIN_CLIENT_NONCE = 16
 MAX_CLIENT_NONCE = 64
@@ -78,6 +84,7 @@ class PoolSettings:
     broker_ca_bundle: str | None = None    # CA bundle (PEM) of an https:// broker
     broker_pinned_cert: str | None = None  # or the broker's own TLS certificate (PEM)
     location: str | None = None            # simulated SEV-SNP: the HOST_DATA location claim
+    require_destination: bool = False      # refuse a batch that names no destination
 
 
 class _SpecBoundBroker:
@@ -97,9 +104,11 @@ class _SpecBoundBroker:
                 producer_id: str) -> bytes:
         return self._client.release(session, wrapped_key, region, producer_id)
 
-    def generate(self, session: Any, region: str, producer_id: str) -> tuple[bytes, WrappedKey]:
+    def generate(self, session: Any, region: str, producer_id: str,
+                 destination: Mapping[str, object] | None = None) -> tuple[bytes, WrappedKey]:
         return self._client.generate(session, region, producer_id,
-                                     spec_fingerprint=self._fingerprint)
+                                     spec_fingerprint=self._fingerprint,
+                                     destination=destination)
 
     def release_named(self, session: Any, name: str) -> bytes:
         return self._client.release_named(session, name)
@@ -112,13 +121,49 @@ class _SpecBoundBroker:
         self._client.close()
 
 
+class _DestinedSession:
+    """The worker's key session for one request: its output keys are generated with (and
+    cached per) the request's destination, so the broker's ledger names where their outputs
+    go. Everything else is the shared session's."""
+
+    def __init__(self, session: KeySession, destination: Mapping[str, object]) -> None:
+        self._session = session
+        self._destination = dict(destination)
+
+    def output_key(self, region: str, producer_id: str) -> tuple[Any, WrappedKey]:
+        return self._session.output_key(region, producer_id, self._destination)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._session, name)
+
+
+def destination_refusal(destination: Mapping[str, object], envelopes: Sequence[bytes]
+                        ) -> str | None:
+    """Why a request's destination cannot be the batch's, or None: every envelope whose
+    header parses must be of the destination's region (others become dead letters
+    anyway and need no output key)."""
+    regions = set()
+    for envelope in envelopes:
+        try:
+            regions.add(read_header(envelope)[0].region)
+        except EnvelopeError:
+            continue
+    others = sorted(regions - {destination["region"]})
+    if others:
+        return (f"the destination is of region {destination['region']!r}, but the batch "
+                f"holds envelopes of region {', '.join(map(repr, others))}")
+    return None
+
+
 class PoolWorker:
     """Attested key session + compiled spec + channel key; thread-safe."""
 
     def __init__(self, session: KeySession, provider: EvidenceProvider,
                  processor: BatchProcessor, output_format: str,
-                 channel: ChannelKeys | None = None) -> None:
+                 channel: ChannelKeys | None = None, *,
+                 require_destination: bool = False) -> None:
         self._session = session
+        self._require_destination = require_destination
         self._provider = provider
         self._processor = processor
         self._output_format = output_format
@@ -172,11 +217,24 @@ class PoolWorker:
         if request.batch_id is None:
             raise PoolRequestError("a request needs its batch id: outputs are named by it "
                                    "and their custody statements signed for that name")
-        result = self._processor.process(request.envelopes)
+        processor = self._processor
+        if request.destination is None and self._require_destination:
+            raise PoolRequestError("this pool worker requires each batch's destination "
+                                   "(--require_destination): run the pipeline with a "
+                                   "residency map or --output_root")
+        if request.destination is not None:
+            refusal = destination_refusal(request.destination, request.envelopes)
+            if refusal is not None:
+                raise PoolRequestError(refusal)
+            destination = {k: v for k, v in request.destination.items() if k != "region"}
+            processor = BatchProcessor(
+                _DestinedSession(self._session, destination),  # type: ignore[arg-type]
+                processor.compiled, output_format=self._output_format)
+        result = processor.process(request.envelopes)
         signed = []
         for output in result.outputs:   # named as in-process, then signed here in the TEE
             named = replace(output, output_id=output_name_id(request.batch_id, output))
-            signed.append(self._processor.sign_custody(
+            signed.append(processor.sign_custody(
                 named, output_file_name(named, request.window)))
         return replace(result, outputs=signed)
 
@@ -207,4 +265,5 @@ def build_pool_worker(settings: PoolSettings, *, channel: ChannelKeys | None = N
                                   else settings.output_key_max_envelopes),
     )
     processor = BatchProcessor(session, compiled, output_format=settings.output_format)
-    return PoolWorker(session, provider, processor, settings.output_format, channel)
+    return PoolWorker(session, provider, processor, settings.output_format, channel,
+                      require_destination=settings.require_destination)

@@ -35,8 +35,10 @@ def pool_argv(args: argparse.Namespace) -> list[str]:
     probe = argparse.ArgumentParser(add_help=False)
     add_serve_arguments(probe)
     names = [action.dest for action in probe._actions]
-    flags = [f"--{name}={getattr(args, name)}" for name in names
-             if getattr(args, name, None) is not None]
+    values = [(name, getattr(args, name, None)) for name in names]
+    # An on/off flag (store_true) is passed bare when on, left out when off.
+    flags = [f"--{name}" if value is True else f"--{name}={value}" for name, value in values
+             if value is not None and value is not False]
     return [sys.executable, "-m", "enclave_workers.pool", *flags]
 
 

@@ -1,6 +1,7 @@
 """The streaming pipeline (a file-drop feed on FnApiRunner) with its confidential step on the
 attested pool: the same steps as batch, so remote mode needs nothing of its own; each
-windowed output's custody statement, signed in the pool, names the file with its window."""
+windowed output's custody statement, signed in the pool, names the file with its window;
+with a residency map, the pool's ``generate`` entries carry each region's destination."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from pipelines.synthetic import REGIONS
 from tests.enclave_workers.broker_env import BrokerEnv
 from tests.pipelines.helpers import sealed_partner_files
 from tests.pool.conftest import PoolProcess, broker_public_key
+from tests.support.broker import ledger_entries
 from transforms.write import STATEMENT_SUFFIX
 
 
@@ -49,3 +51,42 @@ def test_a_file_drop_feed_runs_on_the_pool(broker: BrokerEnv, pool_pair: list[Po
         assert output.name.count("-") >= 7 and output.name.endswith("Z.sbatch"), output.name
         verdict = verify_output(output, broker_key=key)
         assert verdict.ok, verdict.reasons
+
+
+def test_a_mapped_feed_on_the_pool_records_destinations(
+        broker: BrokerEnv, pool_pair: list[PoolProcess], tmp_path: Path,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """Streaming and remote together: preflight on the launching side, the destinations
+    carried with each batch to the pool, which sends them with its ``generate`` calls."""
+    _, sealed = sealed_partner_files(broker, tmp_path, 40)
+    drop = tmp_path / "drop"
+    drop.mkdir()
+    for path in sealed:
+        shutil.copyfile(path, drop / path.name)
+    regions = {r: {"locations": ["local"], "kek": broker.settings.region_keks[r],
+                   "sink": f"file://{tmp_path}/{r}-out", "dead_letter_sink":
+                   f"file://{tmp_path}/{r}-dl", "worker_locations": ["local"]} for r in REGIONS}
+    residency = tmp_path / "map.json"
+    residency.write_text(json.dumps({"version": 1, "regions": regions,
+                                     "unrouted_dead_letter_sink": f"file://{tmp_path}/q"}))
+    before = max((e.seq for e in ledger_entries(broker.settings)), default=0)
+    code = cli.main(["run", "streaming", "--input", str(drop / "*.sealed"),
+                     "--residency_map", str(residency), "--regions", ",".join(REGIONS),
+                     "--dev_tee_dir", str(broker.dev_tee_dir), "--window_seconds", "1",
+                     "--poll_interval_seconds", "0.2", "--max_files", str(len(sealed)),
+                     "--stop_after_seconds", "25",
+                     "--pool_endpoints", ",".join(w.url for w in pool_pair),
+                     "--pool_policy", str(broker.settings.policy_path)])
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert code == 0 and summary["reconciled"] and summary["broker_calls"] == 0, summary
+    recorded: dict[str, set[str]] = {}
+    for entry in ledger_entries(broker.settings, "generate"):
+        if entry.seq > before and entry.decision == "granted":
+            recorded.setdefault(str(entry.details["region"]), set()).add(
+                json.dumps(entry.details.get("destination"), sort_keys=True))
+    written = sorted(r for r in REGIONS if any((tmp_path / f"{r}-out").glob("part-*")))
+    assert written and sorted(recorded) == written
+    for region in written:
+        assert recorded[region] == {json.dumps(
+            {"sink": f"file://{tmp_path}/{region}-out", "location": "local", "verified": True},
+            sort_keys=True)}

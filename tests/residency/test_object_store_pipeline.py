@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import base64
 import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,57 +21,25 @@ from apache_beam.options.pipeline_options import PipelineOptions
 
 from envelope import read_header
 from pipelines.batch import run_batch
-from pipelines.preflight import PreflightClients, PreflightRefused
+from pipelines.preflight import PreflightRefused
 from tests.enclave_workers.broker_env import BrokerEnv
 from tests.pipelines.helpers import sealed_partner_files
-from tests.support.broker import ledger_entries
-from tests.support.metadata_servers import (
-    MetadataServer,
-    azure_account,
-    azure_container,
-    azure_management_client,
-    gcs_bucket,
-    gcs_client,
-    metadata_server,
+from tests.residency.object_store_maps import (
+    AZURE_LOCATION,
+    GCS_LOCATION,
+    clear_stores,
+    preflight_clients,
+    put_metadata,
+    sinks,
+    stored_objects,
+    write_map,
 )
+from tests.support.broker import ledger_entries
+from tests.support.metadata_servers import MetadataServer, gcs_bucket, metadata_server
 from tests.support.object_stores import AzuriteServer
 from transforms.write import STATEMENT_SUFFIX, statement_file_name
 
 RECORDS = 40
-SUB = "00000000-0000-0000-0000-0000000000aa"
-BUCKETS = ("sb-eu-out", "sb-eu-dl", "sb-us-out", "sb-us-dl", "sb-quarantine")
-CONTAINERS = ("eu-out", "eu-dl", "us-out", "us-dl")
-GCS_LOCATION = {"eu": "EUROPE-WEST4", "us": "US-CENTRAL1"}
-AZURE_LOCATION = {"eu": "westeurope", "us": "eastus"}
-
-
-@pytest.fixture(scope="module")
-def stores(gcs_emulator: str, azurite: AzuriteServer, tmp_path_factory: pytest.TempPathFactory
-           ) -> Iterator[tuple[Any, Any]]:
-    """Emulator buckets and containers; the GCS client environment for Beam's gcsio."""
-    credentials = tmp_path_factory.mktemp("gcp") / "adc.json"
-    # An authorized-user credential with a token valid until 2099: Beam's gcsio finds it as
-    # Application Default Credentials without any network call (the emulator ignores it).
-    credentials.write_text(json.dumps({
-        "type": "authorized_user", "client_id": "test", "client_secret": "test",
-        "refresh_token": "test", "token": "emulator", "expiry": "2099-01-01T00:00:00Z"}))
-    with pytest.MonkeyPatch.context() as env:
-        env.setenv("STORAGE_EMULATOR_HOST", f"http://{gcs_emulator}")
-        env.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(credentials))
-        env.setenv("GOOGLE_CLOUD_PROJECT", "sealbeam-test")
-        from azure.storage.blob import BlobServiceClient
-        from google.auth.credentials import AnonymousCredentials
-        from google.cloud import storage
-
-        gcs = storage.Client(project="sealbeam-test", credentials=AnonymousCredentials())
-        for name in BUCKETS:
-            gcs.create_bucket(name)
-        blobs = BlobServiceClient.from_connection_string(azurite.connection_string)
-        for name in CONTAINERS:
-            blobs.create_container(name)
-        yield gcs, blobs
-
-
 def _corrupt(path: Path) -> None:
     """Line 0: a ciphertext byte flipped (a dead letter of its region, still sealed);
     line 1: not an envelope at all (a dead letter of no region)."""
@@ -94,73 +61,15 @@ def sealed_input(broker: BrokerEnv, tmp_path_factory: pytest.TempPathFactory) ->
     return str(work / "sealed" / "*.sealed")
 
 
-def _sinks(region: str, store: str, account: str) -> dict[str, str]:
-    if store == "gcs":
-        return {"sink": f"gs://sb-{region}-out/features", "dead_letter_sink":
-                f"gs://sb-{region}-dl/dl"}
-    return {"sink": f"azfs://{account}/{region}-out/features",
-            "dead_letter_sink": f"abfs://{region}-dl@{account}.dfs.core.windows.net/dl"}
-
-
-def _write_map(path: Path, broker: BrokerEnv, account: str, placement: dict[str, str]) -> Path:
-    regions = {
-        region: {"locations": [GCS_LOCATION[region], AZURE_LOCATION[region]],
-                 "kek": broker.settings.region_keks[region], "local_kek": True,
-                 "worker_locations": ["local"], **_sinks(region, store, account)}
-        for region, store in placement.items()}
-    regions["eu"]["locations"].append("EU")
-    path.write_text(json.dumps({"version": 1, "regions": regions,
-                                "unrouted_dead_letter_sink": "gs://sb-quarantine/unrouted",
-                                "azure_accounts": {account: {"subscription_id": SUB,
-                                                             "resource_group": "rg"}}}))
-    return path
-
-
-def _metadata(server: MetadataServer, account: str, placement: dict[str, str]) -> None:
-    for region in ("eu", "us"):
-        for bucket in (f"sb-{region}-out", f"sb-{region}-dl"):
-            server.put_gcs_bucket(bucket, gcs_bucket(bucket, GCS_LOCATION[region], "region"))
-    server.put_gcs_bucket("sb-quarantine", gcs_bucket("sb-quarantine", "EU", "multi-region"))
-    [azure_region] = [r for r, store in placement.items() if store == "azure"]
-    server.put_azure(SUB, "rg", account,
-                     azure_account(account, AZURE_LOCATION[azure_region], "Standard_LRS"),
-                     {name: azure_container(name) for name in CONTAINERS})
-
-
 def _run(tmp_path: Path, broker: BrokerEnv, azurite: AzuriteServer, sealed_input: str,
          placement: dict[str, str], server: MetadataServer):
-    residency = _write_map(tmp_path / "residency.yaml", broker, azurite.account, placement)
+    residency = write_map(tmp_path / "residency.yaml", broker, azurite.account, placement)
     flags = {"input": sealed_input, "residency_map": str(residency), "broker_url": broker.url,
              "tee": "simulated-sev-snp", "dev_tee_dir": str(broker.dev_tee_dir),
              "regions": "eu,us", "min_batch_size": "16",
              "azure_connection_string": azurite.connection_string}
     options = PipelineOptions(flags=[f"--{k}={v}" for k, v in flags.items()])
-    clients = PreflightClients(gcs=lambda: gcs_client(server),
-                               azure=lambda sub: azure_management_client(server, sub))
-    return run_batch(options, preflight_clients=clients)
-
-
-def _objects(stores: tuple[Any, Any]) -> dict[str, list[tuple[str, bytes]]]:
-    gcs, blobs = stores
-    found: dict[str, list[tuple[str, bytes]]] = {}
-    for name in BUCKETS:
-        found[f"gs://{name}"] = [(b.name, b.download_as_bytes()) for b in gcs.list_blobs(name)]
-    for name in CONTAINERS:
-        container = blobs.get_container_client(name)
-        found[f"azure:{name}"] = [(b.name, container.download_blob(b.name).readall())
-                                  for b in container.list_blobs()]
-    return found
-
-
-def _clear(stores: tuple[Any, Any]) -> None:
-    gcs, blobs = stores
-    for name in BUCKETS:
-        for blob in gcs.list_blobs(name):
-            blob.delete()
-    for name in CONTAINERS:
-        container = blobs.get_container_client(name)
-        for blob in container.list_blobs():
-            container.delete_blob(blob.name)
+    return run_batch(options, preflight_clients=preflight_clients(server))
 
 
 @pytest.mark.parametrize("placement", [{"eu": "gcs", "us": "azure"},
@@ -170,10 +79,10 @@ def test_each_region_lands_in_its_own_store(tmp_path: Path, broker: BrokerEnv,
                                             azurite: AzuriteServer, stores: tuple[Any, Any],
                                             sealed_input: str, placement: dict[str, str]
                                             ) -> None:
-    _clear(stores)
+    clear_stores(stores)
     ledger_before = len(ledger_entries(broker.settings))
     with metadata_server() as server:
-        _metadata(server, azurite.account, placement)
+        put_metadata(server, azurite.account, placement)
         summary = _run(tmp_path, broker, azurite, sealed_input, placement, server)
     # Each output key's ledger entry names its region's sink and where preflight found it.
     destinations = {(str(e.details["region"]),
@@ -181,7 +90,7 @@ def test_each_region_lands_in_its_own_store(tmp_path: Path, broker: BrokerEnv,
                     for e in ledger_entries(broker.settings, "generate")
                     if e.seq > ledger_before and e.decision == "granted"}
     assert sorted(destinations) == sorted(
-        (region, json.dumps({"sink": _sinks(region, store, azurite.account)["sink"],
+        (region, json.dumps({"sink": sinks(region, store, azurite.account)["sink"],
                              "location": (GCS_LOCATION if store == "gcs"
                                           else AZURE_LOCATION)[region], "verified": True},
                             sort_keys=True))
@@ -189,7 +98,7 @@ def test_each_region_lands_in_its_own_store(tmp_path: Path, broker: BrokerEnv,
     assert summary.reconciled and summary.records_in == RECORDS
     assert summary.dead_letters == 2 and summary.outputs_by_region["eu"] > 0
     assert summary.outputs_by_region["us"] > 0
-    objects = _objects(stores)
+    objects = stored_objects(stores)
     everything = [name for listed in objects.values() for name, _ in listed]
     assert not [name for name in everything if name.endswith(".tmp") or "/." in name]
     for region, store in placement.items():
@@ -219,23 +128,23 @@ def test_each_region_lands_in_its_own_store(tmp_path: Path, broker: BrokerEnv,
     assert name.startswith("unrouted/dead-letter/dl-")
     [unrouted] = [json.loads(line) for line in payload.splitlines()]
     assert unrouted["stage"] == "parse" and unrouted["sealed_b64"] == ""
-    sinks = {(c["region"], c["role"]): c for c in summary.residency["preflight"]["sinks"]}
+    checks = {(c["region"], c["role"]): c for c in summary.residency["preflight"]["sinks"]}
     eu_location = GCS_LOCATION["eu"] if placement["eu"] == "gcs" else AZURE_LOCATION["eu"]
-    assert sinks[("eu", "sink")]["location"] == eu_location
-    assert sinks[("eu", "sink")]["refusal"] is None
+    assert checks[("eu", "sink")]["location"] == eu_location
+    assert checks[("eu", "sink")]["refusal"] is None
     assert summary.residency["map"]["derived"] is False
 
 
 def test_a_sink_in_the_wrong_place_refuses_before_any_data_moves(
         tmp_path: Path, broker: BrokerEnv, azurite: AzuriteServer, stores: tuple[Any, Any],
         sealed_input: str) -> None:
-    _clear(stores)
+    clear_stores(stores)
     placement = {"eu": "gcs", "us": "azure"}
     with metadata_server() as server:
-        _metadata(server, azurite.account, placement)
+        put_metadata(server, azurite.account, placement)
         server.put_gcs_bucket("sb-eu-out", gcs_bucket("sb-eu-out", "US", "multi-region"))
         with pytest.raises(PreflightRefused) as refused:
             _run(tmp_path, broker, azurite, sealed_input, placement, server)
     assert str(refused.value).startswith(
         "preflight refused: sink gs://sb-eu-out/features of region eu is in US (multi-region: ")
-    assert all(listed == [] for listed in _objects(stores).values())
+    assert all(listed == [] for listed in stored_objects(stores).values())
