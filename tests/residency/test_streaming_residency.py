@@ -257,7 +257,8 @@ def test_a_bucket_in_the_wrong_place_refuses_the_stream(
 def test_a_streaming_dataflow_dry_run_runs_preflight(
         broker: BrokerEnv, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     residency = tmp_path / "map.json"
-    regions = {"eu": {"locations": ["EUROPE-WEST4"], "kek": broker.settings.region_keks["eu"], "local_kek": True,
+    regions = {"eu": {"locations": ["EUROPE-WEST4"], "kek": broker.settings.region_keks["eu"],
+                      "local_kek": True,
                       "sink": f"file://{tmp_path}/eu-out",
                       "dead_letter_sink": f"file://{tmp_path}/eu-dl",
                       "worker_locations": ["europe-west4"]}}
@@ -274,5 +275,5 @@ def test_a_streaming_dataflow_dry_run_runs_preflight(
     assert cli.main(argv) == cli.USAGE_EXIT
     assert capsys.readouterr().err.strip() == (
         f"sealbeam: error: preflight refused: sink file://{tmp_path}/eu-out of region eu is on "
-        "this machine (local); allowed: EUROPE-WEST4 (and 2 more refusal(s))")
+        "this machine (local); allowed: EUROPE-WEST4 (and 3 more refusal(s))")
     assert not (tmp_path / "job.json").exists()
