@@ -71,6 +71,18 @@ def pool_pair(broker: BrokerEnv) -> Iterator[list[PoolProcess]]:
             worker.kill()
 
 
+@pytest.fixture(scope="session")
+def located_pool_pair(broker: BrokerEnv) -> Iterator[list[PoolProcess]]:
+    """Two pool workers attesting the location ``local`` (simulated SEV-SNP HOST_DATA), for
+    runs whose residency map requires worker locations."""
+    workers = [start_pool_worker(broker, "--worker_location", "local") for _ in range(2)]
+    try:
+        yield workers
+    finally:
+        for worker in workers:
+            worker.kill()
+
+
 def broker_public_key(broker: RunningBroker | BrokerEnv) -> Path:
     """The broker's public identity key (what ``sealbeam keys init`` wrote beside its state)."""
     return Path(broker.settings.state_dir) / IDENTITY_PUBLIC_KEY_FILE

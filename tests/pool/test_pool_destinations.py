@@ -54,7 +54,7 @@ def _destinations_after(broker: BrokerEnv, seq: int) -> dict[str, set[str]]:
 
 
 def _map(path: Path, broker: BrokerEnv, root: Path) -> Path:
-    regions = {r: {"locations": ["local"], "kek": broker.settings.region_keks[r],
+    regions = {r: {"locations": ["local"], "kek": broker.settings.region_keks[r], "local_kek": True,
                    "sink": f"file://{root}/{r}-out", "dead_letter_sink": f"file://{root}/{r}-dl",
                    "worker_locations": ["local"]} for r in REGIONS}
     path.write_text(json.dumps({"version": 1, "regions": regions,
@@ -73,12 +73,12 @@ def _run(broker: BrokerEnv, sealed: str, residency: Path, **extra: str) -> RunSu
 
 
 def test_a_remote_run_records_the_same_destinations_as_an_in_process_run(
-        broker: BrokerEnv, pool_pair: list[PoolProcess], tmp_path: Path) -> None:
+        broker: BrokerEnv, located_pool_pair: list[PoolProcess], tmp_path: Path) -> None:
     sealed_partner_files(broker, tmp_path, RECORDS)
     sealed = str(tmp_path / "sealed" / "*.sealed")
     found = {}
     for mode, extra in (("in-process", {}),
-                        ("remote", {"pool_endpoints": ",".join(w.url for w in pool_pair),
+                        ("remote", {"pool_endpoints": ",".join(w.url for w in located_pool_pair),
                                     "pool_policy": str(broker.settings.policy_path)})):
         root = tmp_path / mode
         before = _head(broker)

@@ -54,7 +54,7 @@ def test_a_file_drop_feed_runs_on_the_pool(broker: BrokerEnv, pool_pair: list[Po
 
 
 def test_a_mapped_feed_on_the_pool_records_destinations(
-        broker: BrokerEnv, pool_pair: list[PoolProcess], tmp_path: Path,
+        broker: BrokerEnv, located_pool_pair: list[PoolProcess], tmp_path: Path,
         capsys: pytest.CaptureFixture[str]) -> None:
     """Streaming and remote together: preflight on the launching side, the destinations
     carried with each batch to the pool, which sends them with its ``generate`` calls."""
@@ -63,7 +63,7 @@ def test_a_mapped_feed_on_the_pool_records_destinations(
     drop.mkdir()
     for path in sealed:
         shutil.copyfile(path, drop / path.name)
-    regions = {r: {"locations": ["local"], "kek": broker.settings.region_keks[r],
+    regions = {r: {"locations": ["local"], "kek": broker.settings.region_keks[r], "local_kek": True,
                    "sink": f"file://{tmp_path}/{r}-out", "dead_letter_sink":
                    f"file://{tmp_path}/{r}-dl", "worker_locations": ["local"]} for r in REGIONS}
     residency = tmp_path / "map.json"
@@ -75,7 +75,7 @@ def test_a_mapped_feed_on_the_pool_records_destinations(
                      "--dev_tee_dir", str(broker.dev_tee_dir), "--window_seconds", "1",
                      "--poll_interval_seconds", "0.2", "--max_files", str(len(sealed)),
                      "--stop_after_seconds", "25",
-                     "--pool_endpoints", ",".join(w.url for w in pool_pair),
+                     "--pool_endpoints", ",".join(w.url for w in located_pool_pair),
                      "--pool_policy", str(broker.settings.policy_path)])
     summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert code == 0 and summary["reconciled"] and summary["broker_calls"] == 0, summary
