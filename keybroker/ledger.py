@@ -12,15 +12,25 @@ and ``check_anchor`` compares a ledger with one. A bare head hash kept elsewhere
 be passed back as ``expect_head``. ``keybroker.ledger_postgres`` holds the same chain in
 PostgreSQL for several brokers.
 
+Several broker processes may append to one ledger file (``broker serve --workers N``): an
+append holds an exclusive ``flock`` on ``<ledger>.lock`` while it reads the tail and writes
+the next entry (inside one SQLite ``BEGIN IMMEDIATE`` transaction), so each append sees
+every other process's last entry and the file holds one chain, never a fork. The lock
+wakes the next writer as soon as it is released (SQLite's own busy wait sleeps in steps of
+milliseconds, which the lock avoids).
+
 Details must be plain JSON (str, numbers, booleans, null, lists, objects): bytes are
 refused so that key material cannot slip in. This module decides nothing; it records.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import hmac
 import json
+import os
 import re
 import sqlite3
 import struct
@@ -186,6 +196,18 @@ class AuditLedger:
                 self._connection.executescript(_SCHEMA)
         except sqlite3.Error as error:
             raise LedgerError(f"cannot open ledger {self._path}: {error}") from None
+        self._append_lock: int | None = None
+        if not read_only:
+            lock_path = self._path.with_name(self._path.name + ".lock")
+            try:
+                self._append_lock = os.open(
+                    lock_path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600
+                )
+            except OSError as error:
+                self._connection.close()
+                raise LedgerError(
+                    f"cannot open the ledger's lock file {lock_path}: {error.strerror}"
+                ) from None
 
     @property
     def path(self) -> Path:
@@ -199,7 +221,7 @@ class AuditLedger:
         details_text = canonical_details(details)
         if self._read_only:
             raise LedgerError(f"ledger {self._path} was opened read-only")
-        with self._lock:
+        with self._lock, self._exclusive():
             try:
                 self._connection.execute("BEGIN IMMEDIATE")
                 try:
@@ -223,6 +245,20 @@ class AuditLedger:
         return LedgerEntry(
             seq, time_text, event, decision, json.loads(details_text), prev_hash, digest
         )
+
+    @contextlib.contextmanager
+    def _exclusive(self) -> Iterator[None]:
+        """The inter-process append lock (flock on ``<ledger>.lock``), held for one append."""
+        if self._append_lock is None:
+            raise LedgerError(f"ledger {self._path} was opened read-only")
+        try:
+            fcntl.flock(self._append_lock, fcntl.LOCK_EX)
+        except OSError as error:
+            raise LedgerError(f"cannot lock ledger {self._path}: {error.strerror}") from None
+        try:
+            yield
+        finally:
+            fcntl.flock(self._append_lock, fcntl.LOCK_UN)
 
     def entries(self) -> Iterator[LedgerEntry]:
         """Every entry in sequence order (a snapshot per call)."""
@@ -271,6 +307,9 @@ class AuditLedger:
     def close(self) -> None:
         with self._lock:
             self._connection.close()
+            if self._append_lock is not None:
+                os.close(self._append_lock)
+                self._append_lock = None
 
     def __enter__(self) -> AuditLedger:
         return self
