@@ -78,7 +78,7 @@ CHALLENGE_SECRET_BYTES = 32
 CHALLENGE_KEY_FILE = "challenge.key"
 SESSION_KEY_FILE = "session.key"
 SESSION_ID_BYTES = 16
-SESSION_TOKEN_PREFIX = "sb1."
+SESSION_TOKEN_PREFIX = "sb1."  # noqa: S105 (a format tag, not a secret)
 SESSION_IV_BYTES = 12
 # A token carries the verified claims (without the raw report), so its size follows the
 # TEE's claims: ~1.2 KiB for SEV-SNP, ~2 KiB for TDX. The bound is checked before decoding.
