@@ -6,7 +6,8 @@ loop), return its model. Errors become ``{"error", "reason"}`` bodies with the s
 ``errors.error_status``; request bodies over ``settings.max_request_bytes`` are refused
 with 413 before they are read in full, and bodies slower than the body timeout with 408.
 FastAPI's own errors (validation, unknown path, wrong method) use the same shape, never
-``{"detail": ...}``. The unauthenticated routes are rate limited per client address
+``{"detail": ...}``; a field over its length bound is 400 ``bad_request``, as the bounds the
+service checks itself are, other invalid bodies 422. The unauthenticated routes are rate limited per client address
 (rate_limit.py). OpenAPI is served at ``/openapi.json``.
 """
 
@@ -52,13 +53,13 @@ API_VERSION = "1"
 _ERROR_RESPONSES: dict[int | str, dict[str, object]] = {
     status: {"model": ErrorResponse, "description": description}
     for status, description in {
-        400: "malformed field",
+        400: "malformed field, or a field over its length bound",
         401: "bad nonce, session or evidence",
         403: "denied by the release policy",
         404: "unknown key",
         408: "request body too slow",
         413: "request too large",
-        422: "invalid request body",
+        422: "invalid request body (missing or unknown field, wrong type or form)",
         429: "rate limited (Retry-After says when to come back)",
         503: "KMS, ledger or endorsement temporarily unavailable",
     }.items()
@@ -163,15 +164,25 @@ async def _broker_error(_request: Request, error: Exception) -> JSONResponse:
     return JSONResponse(status_code=status, content=body)
 
 
+_TOO_LONG = frozenset({"string_too_long", "too_long", "bytes_too_long"})
+
+
 async def _validation_error(_request: Request, error: Exception) -> JSONResponse:
-    """422 naming the fields; never echoes the submitted values."""
+    """400 for a field over its length bound, 422 for any other invalid body; the reason
+    names the fields and never echoes the submitted values."""
     problems = []
+    status = 422
+    code = "invalid_request"
     if isinstance(error, RequestValidationError):
-        for problem in error.errors()[:8]:
+        errors = error.errors()
+        if any(problem.get("type") in _TOO_LONG for problem in errors):
+            status, code = 400, "bad_request"  # like every other bound the service checks
+            errors = [problem for problem in errors if problem.get("type") in _TOO_LONG]
+        for problem in errors[:8]:
             location = ".".join(str(part) for part in problem.get("loc", ()) if part != "body")
             problems.append(f"{location or 'body'}: {problem.get('msg', 'invalid')}")
     reason = "; ".join(problems) or "invalid request"
-    return JSONResponse(status_code=422, content={"error": "invalid_request", "reason": reason})
+    return JSONResponse(status_code=status, content={"error": code, "reason": reason})
 
 
 class BodySizeLimit:

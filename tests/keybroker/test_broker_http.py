@@ -313,11 +313,26 @@ def test_generate_records_the_spec_fingerprint_and_purpose(
     assert last_entry(broker, "generate").details["spec_fingerprint"] == fingerprint.hex()
     entries_before = len(ledger_entries(broker))
     for bad in ({"spec_fingerprint": "ab" * 31}, {"spec_fingerprint": "g" * 64},
-                {"purpose": "new\nline"}, {"purpose": "p" * 65}):
+                {"purpose": "new\nline"}):
         refused = httpx.post(f"{broker.url}/v1/keys/generate", json={**body, **bad})
         assert refused.status_code == 422, bad
         assert refused.json()["error"] == "invalid_request"
         assert next(iter(bad)) in refused.json()["reason"]
+    over_long = (
+        {"purpose": "p" * 65},
+        {"destination": {"sink": "file:///" + "d" * 1024, "location": "local", "verified": True}},
+        {"destination": {"sink": "file:///out", "location": "L" * 65, "verified": True}},
+        {"region": "r" * 65},
+        {"producer_id": "p" * 257},
+        {"session_id": "s" * 9000},
+    )
+    for bad in over_long:  # a field over its bound: 400 in the broker's shape, not 422
+        refused = httpx.post(f"{broker.url}/v1/keys/generate", json={**body, **bad})
+        assert refused.status_code == 400, bad
+        assert set(refused.json()) == {"error", "reason"}
+        assert refused.json()["error"] == "bad_request"
+        assert next(iter(bad)) in refused.json()["reason"]
+        assert "ppp" not in refused.json()["reason"]  # the value is not echoed
     assert len(ledger_entries(broker)) == entries_before  # refused before the service
 
 
