@@ -7,8 +7,8 @@ loop), return its model. Errors become ``{"error", "reason"}`` bodies with the s
 with 413 before they are read in full, and bodies slower than the body timeout with 408.
 FastAPI's own errors (validation, unknown path, wrong method) use the same shape, never
 ``{"detail": ...}``; a field over its length bound is 400 ``bad_request``, as the bounds the
-service checks itself are, other invalid bodies 422. The unauthenticated routes are rate limited per client address
-(rate_limit.py). OpenAPI is served at ``/openapi.json``.
+service checks itself are, other invalid bodies 422. The unauthenticated routes are rate
+limited per client address (rate_limit.py). OpenAPI is served at ``/openapi.json``.
 """
 
 from __future__ import annotations
