@@ -2,13 +2,16 @@
 
 Routes are thin: parse the body (schemas), call ``KeyBrokerService`` (blocking work, so
 the routes are plain ``def`` and FastAPI runs them in its thread pool, off the event
-loop), return its model. Errors become ``{"error", "reason"}`` bodies with the status from
-``errors.error_status``; request bodies over ``settings.max_request_bytes`` are refused
-with 413 before they are read in full, and bodies slower than the body timeout with 408.
-FastAPI's own errors (validation, unknown path, wrong method) use the same shape, never
-``{"detail": ...}``; a field over its length bound is 400 ``bad_request``, as the bounds the
-service checks itself are, other invalid bodies 422. The unauthenticated routes are rate
-limited per client address (rate_limit.py). OpenAPI is served at ``/openapi.json``.
+loop), return its model. The hot routes' well-formed requests are answered by
+``hot_routes.HotRoutes`` from the same models and service without FastAPI's router (the
+OpenAPI document still describes them: the routes below stay declared). Errors become
+``{"error", "reason"}`` bodies with the status from ``errors.error_status``; request
+bodies over ``settings.max_request_bytes`` are refused with 413 before they are read in
+full, and bodies slower than the body timeout with 408. FastAPI's own errors (validation,
+unknown path, wrong method) use the same shape, never ``{"detail": ...}``; a field over
+its length bound is 400 ``bad_request``, as the bounds the service checks itself are,
+other invalid bodies 422. The unauthenticated routes are rate limited per client address
+(rate_limit.py). OpenAPI is served at ``/openapi.json``.
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from keybroker.attestation.verifier import Verifier
 from keybroker.config import BrokerSettings
 from keybroker.kms.base import KeyManagementService
 from keybroker.service.errors import HANDLED_ERROR_TYPES, error_body, http_error_body
+from keybroker.service.hot_routes import HotRoutes
 from keybroker.service.observability import install_observability
 from keybroker.service.rate_limit import RateLimiter, RateLimitMiddleware
 from keybroker.service.schemas import (
@@ -82,11 +86,15 @@ def create_app(
         settings, clock=clock, verifiers=verifiers, kms_backends=kms_backends
     )
 
+    hot_routes: list[HotRoutes] = []
+
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         try:
             yield
         finally:
+            for layer in hot_routes:
+                layer.close()
             service.close()
 
     app = FastAPI(
@@ -97,6 +105,13 @@ def create_app(
     )
     app.state.service = service
     limits = settings.limits
+
+    def hot_routes_layer(inner: ASGIApp) -> HotRoutes:
+        layer = HotRoutes(inner, service)
+        hot_routes.append(layer)
+        return layer
+
+    app.add_middleware(hot_routes_layer)  # innermost: inside the limits and the access log
     app.add_middleware(
         BodySizeLimit,
         max_bytes=settings.max_request_bytes,

@@ -109,6 +109,7 @@ def serve_in_thread(
         log_level="warning",
         access_log=False,
         lifespan="on",
+        proxy_headers=False,
         **uvicorn_limit_options(settings.limits),
         **tls_options,  # type: ignore[arg-type]
     )
@@ -155,6 +156,7 @@ def run_uvicorn(
         access_log=False,
         log_config=None,
         lifespan="on",
+        proxy_headers=False,  # the caller's address is the socket's: no header overrides it
         **uvicorn_limit_options(settings.limits),
         **tls_options,  # type: ignore[arg-type]
     )

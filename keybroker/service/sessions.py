@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import hashlib
 import hmac
 import json
@@ -118,7 +119,7 @@ class Session:
     def simulated(self) -> bool:
         return self.claims.simulated
 
-    @property
+    @functools.cached_property
     def audit_id(self) -> str:
         """A non-secret handle for the ledger: the session id itself is a bearer token."""
         return _digest(self.session_id.encode("ascii"))[:16]
