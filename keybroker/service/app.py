@@ -222,24 +222,25 @@ class BodySizeLimit:
             await self._refuse(send)
             return
         body = bytearray()
-        more_body = True
-        deadline = asyncio.get_running_loop().time() + self._timeout
-        while more_body:
-            remaining = deadline - asyncio.get_running_loop().time()
-            try:
-                message = await asyncio.wait_for(receive(), timeout=max(remaining, 0.0))
-            except TimeoutError:
-                await _send_error(
-                    send, 408, "request_timeout", f"request body not received in {self._timeout} s"
-                )
-                return
-            if message["type"] != "http.request":
-                return  # the client went away; nothing to answer
-            body.extend(message.get("body", b""))
-            if len(body) > self._max_bytes:
-                await self._refuse(send)
-                return
-            more_body = bool(message.get("more_body", False))
+        # One deadline for the whole body (asyncio.timeout: no task per receive, as
+        # asyncio.wait_for would create).
+        try:
+            async with asyncio.timeout(self._timeout):
+                while True:
+                    message = await receive()
+                    if message["type"] != "http.request":
+                        return  # the client went away; nothing to answer
+                    body.extend(message.get("body", b""))
+                    if len(body) > self._max_bytes:
+                        await self._refuse(send)
+                        return
+                    if not message.get("more_body", False):
+                        break
+        except TimeoutError:
+            await _send_error(
+                send, 408, "request_timeout", f"request body not received in {self._timeout} s"
+            )
+            return
         replayed = False
 
         async def replay_receive() -> Message:
