@@ -92,6 +92,7 @@ def header_timeout_httptools_protocol(
         _header_bytes = 0
         _begun = False
         _headers_done = False
+        _parsed_bytes = 0
 
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
             super().connection_made(transport)
@@ -102,9 +103,10 @@ def header_timeout_httptools_protocol(
             super().connection_lost(exc)
 
         def data_received(self, data: bytes) -> None:
-            # A chunk is counted only when all of it is header bytes: it neither began a
-            # request nor completed one's headers (so pipelined requests are not miscounted).
-            # A request's line and headers are then bounded by the cap plus two chunks.
+            # The parser's callbacks count a request's line and headers exactly, but a single
+            # header still arriving is buffered inside the parser, uncounted: so also count
+            # each chunk that is all header bytes (it neither began a request nor completed
+            # one's headers), which bounds that buffer by the cap plus two chunks.
             self._begun = self._headers_done = False
             super().data_received(data)
             if self._in_headers and not (self._begun or self._headers_done):
@@ -117,6 +119,21 @@ def header_timeout_httptools_protocol(
             self._begun = True
             self._in_headers = True  # a pipelined request's headers count from here
             self._header_bytes = 0
+            self._parsed_bytes = 0
+
+        # Exact count of what the parser hands over (line and headers); raising here makes
+        # httptools fail the parse, which uvicorn answers with 400 and a close.
+        def on_url(self, url: bytes) -> None:
+            self._parsed_bytes += len(url)
+            if self._parsed_bytes > self.header_limit:
+                raise ValueError("request line too long")
+            super().on_url(url)
+
+        def on_header(self, name: bytes, value: bytes) -> None:
+            self._parsed_bytes += len(name) + len(value) + 4
+            if self._parsed_bytes > self.header_limit:
+                raise ValueError("request headers too large")
+            super().on_header(name, value)
 
         def on_headers_complete(self) -> None:
             self._headers_done = True
