@@ -9,6 +9,7 @@ evidence. Every denial is checked for its status and for its entry in the audit 
 from __future__ import annotations
 
 import base64
+import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -201,6 +202,57 @@ def test_expired_nonce_is_refused(
         clock.offset = 0.0
     entry = last_entry(broker, "attest")
     assert entry.decision == "denied" and "expired" in entry.details["reason"]
+
+
+def test_expired_session_is_refused(
+    broker: RunningBroker, client: BrokerClient, clock: AdjustableClock
+) -> None:
+    session = attest(client, provider(broker), TeeKeyPair.generate())
+    assert client.release_named(session, "pseudonym/acme")  # live: served (and cached)
+    clock.offset += broker.settings.session_ttl_seconds + 1
+    try:
+        with pytest.raises(BrokerAuthError, match="expired") as caught:
+            client.release_named(session, "pseudonym/acme")
+    finally:
+        clock.offset = 0.0
+    assert caught.value.error == "bad_session"
+
+
+def test_hot_routes_answer_as_the_framework_does(
+    broker: RunningBroker, client: BrokerClient
+) -> None:
+    """The same request through the lean route layer (``application/json``) and through
+    FastAPI's router (a ``+json`` type: JSON to the framework, left to it by the layer)."""
+    other_json = {"content-type": "application/sealbeam-test+json"}
+    session = attest(client, provider(broker), TeeKeyPair.generate())
+    cases = [
+        ("/v1/keys/release-named", {"session_id": session.id, "name": "pseudonym/nobody"}),
+        ("/v1/keys/release-named", {"session_id": session.id[:-4] + "AAAA",
+                                    "name": "pseudonym/acme"}),
+        ("/v1/keys/generate", {"session_id": session.id, "region": "us",
+                               "producer_id": "acme"}),
+        ("/v1/keys/release", {"session_id": session.id, "kek_uri": "local://keyring/eu/kek",
+                              "kek_version": "9", "wrapped_dek": "***", "region": "eu",
+                              "producer_id": "acme"}),
+        ("/v1/attest", {"nonce": "AAAA", "tee": "sev-snp", "evidence": "AAAA",
+                        "tee_public_key": "AAAA"}),
+    ]
+    for path, body in cases:
+        content = json.dumps(body).encode()
+        hot = httpx.post(f"{broker.url}{path}", content=content,
+                         headers={"content-type": "application/json"})
+        framework = httpx.post(f"{broker.url}{path}", content=content, headers=other_json)
+        assert hot.status_code == framework.status_code != 200, (path, hot.text)
+        assert hot.json() == framework.json(), path
+        assert set(hot.json()) == {"error", "reason"}
+        assert hot.headers["content-type"] == "application/json"
+    granted = [httpx.post(f"{broker.url}/v1/keys/release-named", headers=headers,
+                          content=json.dumps({"session_id": session.id,
+                                              "name": "pseudonym/acme"}).encode())
+               for headers in ({"content-type": "application/json"}, other_json)]
+    assert [reply.status_code for reply in granted] == [200, 200]
+    assert set(granted[0].json()) == set(granted[1].json())
+    assert granted[0].json()["name"] == granted[1].json()["name"] == "pseudonym/acme"
 
 
 def test_unknown_nonce_is_refused(broker: RunningBroker, client: BrokerClient) -> None:
