@@ -138,6 +138,8 @@ def serve_workers(
             workers.append(_Worker(context, arguments, index))
         for worker in workers:
             problem = worker.wait_ready(deadline, stopping)
+            if stopping.is_set():
+                return  # asked to stop while starting: the workers are stopped below
             if problem is not None:
                 raise WorkerStartError(problem)
         logger.info("broker serving with %d worker processes", count)
