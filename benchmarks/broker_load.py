@@ -13,22 +13,34 @@ checks that the key the broker releases is the one it generated (HPKE-opened wit
 key). For ``attest``, each timed call is preceded by an untimed ``challenge`` and evidence
 collection, as a worker does; only the attest call is timed.
 
-Reported per (operation, K): calls/s over the phase (all clients), p50/p95/p99 latency in
-ms, failed calls, and the CPU the broker process used (utime + stime from /proc, in % of
-one core) and the CPU of the client processes, so a figure can be read against what the
-load generator itself took from the same cores. ``--json PATH`` also writes the numbers.
+The timed calls of ``challenge``, ``release`` and ``generate`` are made, by default
+(``--client lean``), by a lean client: one ``http.client`` keep-alive connection per client
+posting the request body it built once, checking the status and the reply's fields (the
+released key's ``key_id``, a ``sealed_dek``); before and after its timed calls each client
+checks a full ``BrokerClient`` release (grant signature verified against the pinned broker
+key, key HPKE-opened and compared). ``--client full`` times ``BrokerClient`` calls instead
+(httpx, grant verification and HPKE open on every call: several times the client CPU).
 
-What it does not: no TLS, no KMS other than the local keyring, no multi-process broker (the
-broker is run exactly as ``sealbeam broker serve`` runs it); the clients share the
-machine's cores with the broker, which is what a one-machine test can do.
+Reported per (operation, K): calls/s over the phase (all clients), p50/p95/p99 latency in
+ms, failed calls, and the CPU the broker used (utime + stime from /proc of the ``broker
+serve`` process and all its worker processes, in % of one core) and the CPU of the client
+processes, so a figure can be read against what the load generator itself took from the
+same cores. ``--json PATH`` also writes the numbers.
+
+What it does not: no TLS, no KMS other than the local keyring; the broker runs exactly as
+``sealbeam broker serve --workers N`` runs it (``--broker-workers``, default 1); the clients
+share the machine's cores with the broker, which is what a one-machine test can do.
 
     .venv/bin/python benchmarks/broker_load.py [--clients 8 64] [--seconds 5]
-        [--processes 4] [--operations challenge attest release generate] [--json PATH]
+        [--processes 4] [--broker-workers 1] [--client lean|full]
+        [--operations challenge attest release generate] [--json PATH]
 """
 
 from __future__ import annotations
 
 import argparse
+import base64
+import http.client
 import json
 import math
 import multiprocessing
@@ -74,14 +86,15 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-def start_broker(state_dir: Path, port: int) -> subprocess.Popen[bytes]:
-    """``sealbeam broker serve`` on ``state_dir``; returns once /v1/health answers."""
+def start_broker(state_dir: Path, port: int, workers: int = 1) -> subprocess.Popen[bytes]:
+    """``sealbeam broker serve --workers N`` on ``state_dir``; returns once every worker
+    answers /v1/health (the parent reports ready only after all workers loaded)."""
     root = Path(__file__).resolve().parent.parent
     environment = {**os.environ, "PYTHONPATH": os.pathsep.join(
         filter(None, [str(root), os.environ.get("PYTHONPATH")]))}
     process = subprocess.Popen(
         [sys.executable, "-m", "pipelines.cli", "broker", "serve", "--state", str(state_dir),
-         "--port", str(port)],
+         "--port", str(port), "--workers", str(workers), "--log-level", "warning"],
         cwd=root, env=environment, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + STARTUP_TIMEOUT_SECONDS
     with BrokerClient(f"http://127.0.0.1:{port}", timeout=2) as client:
@@ -100,12 +113,76 @@ def start_broker(state_dir: Path, port: int) -> subprocess.Popen[bytes]:
 
 
 def cpu_seconds(pid: int) -> float:
-    """utime + stime of process ``pid`` (all its threads), from /proc/<pid>/stat."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+    """utime + stime of process ``pid`` (all its threads) and of its live descendants (the
+    broker's worker processes), from /proc."""
+    total = 0.0
+    pending = [pid]
+    while pending:
+        current = pending.pop()
+        try:
+            fields = Path(f"/proc/{current}/stat").read_text().rsplit(")", 1)[1].split()
+            total += (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
+            for task in Path(f"/proc/{current}/task").iterdir():
+                pending.extend(int(child) for child in
+                               (task / "children").read_text().split())
+        except (FileNotFoundError, ProcessLookupError):
+            continue  # exited meanwhile
+    return total
 
 
 # -- one client thread -------------------------------------------------------------------
+
+
+class LeanClient:
+    """One keep-alive HTTP connection posting request bodies built once (the timed calls).
+
+    It checks the status and the fields that show the broker did the work (``sealed_dek``,
+    the expected ``key_id``); grants and keys are checked by the full client around it.
+    """
+
+    def __init__(self, url: str, session_id: str, wrapped: object) -> None:
+        host, port = url.removeprefix("http://").rsplit(":", 1)
+        self._connection = http.client.HTTPConnection(host, int(port), timeout=30)
+        self._headers = {"content-type": "application/json"}
+        self.key_id = wrapped.key_id  # type: ignore[attr-defined]
+        self.bodies = {
+            "challenge": b"",
+            "release": json.dumps({
+                "session_id": session_id,
+                "kek_uri": wrapped.kek.uri,  # type: ignore[attr-defined]
+                "kek_version": wrapped.kek.version,  # type: ignore[attr-defined]
+                "wrapped_dek": base64.b64encode(
+                    wrapped.ciphertext).decode("ascii"),  # type: ignore[attr-defined]
+                "region": REGION, "producer_id": PRODUCER}).encode(),
+            "generate": json.dumps({"session_id": session_id, "region": REGION,
+                                    "producer_id": PRODUCER}).encode(),
+        }
+        self.paths = {"challenge": "/v1/challenge", "release": "/v1/keys/release",
+                      "generate": "/v1/keys/generate"}
+
+    def call(self, operation: str) -> None:
+        self._connection.request("POST", self.paths[operation], self.bodies[operation],
+                                 self._headers)
+        response = self._connection.getresponse()
+        body = response.read()
+        if response.status != 200:
+            raise BrokerError(f"{operation}: HTTP {response.status}")
+        reply = json.loads(body)
+        if operation == "challenge":
+            if not reply.get("nonce"):
+                raise BrokerError("challenge: no nonce")
+        elif not reply.get("sealed_dek") or not reply.get("grant"):
+            raise BrokerError(f"{operation}: no sealed key or grant")
+        elif operation == "release" and reply.get("key_id") != self.key_id:
+            raise BrokerError("release: another key")
+
+    def reconnect(self) -> None:
+        """A fresh connection before a phase (the broker closes idle keep-alive ones)."""
+        self._connection.close()
+        self._connection.connect()
+
+    def close(self) -> None:
+        self._connection.close()
 
 
 class AttestedClient(NamedTuple):
@@ -114,6 +191,7 @@ class AttestedClient(NamedTuple):
     tee_keys: TeeKeyPair
     session: object
     wrapped: object
+    lean: LeanClient
 
 
 def attest(client: BrokerClient, provider: SimulatedSnpProvider
@@ -135,18 +213,30 @@ def set_up_client(url: str, chain_dir: Path) -> AttestedClient:
     tee_keys, session, _ = attest(client, provider)
     sealed, wrapped = client.generate(session, REGION, PRODUCER)
     generated = tee_keys.open(sealed, release_info(GENERATE_PURPOSE, wrapped.key_id))
-    released = tee_keys.open(client.release(session, wrapped, REGION, PRODUCER),
-                             release_info(RELEASE_PURPOSE, wrapped.key_id))
-    if released != generated or len(released) != 32:
+    state = AttestedClient(client, provider, tee_keys, session, wrapped,
+                           LeanClient(url, session.id, wrapped))  # type: ignore[attr-defined]
+    check_release(state, generated)
+    return state
+
+
+def check_release(state: AttestedClient, expected: bytes | None = None) -> None:
+    """A full client's release: grant verified, key opened, and (at set-up) compared."""
+    released = state.tee_keys.open(
+        state.client.release(state.session, state.wrapped, REGION, PRODUCER),
+        release_info(RELEASE_PURPOSE, state.wrapped.key_id))  # type: ignore[attr-defined]
+    if len(released) != 32 or (expected is not None and released != expected):
         raise BenchmarkCheckError("the released key is not the generated one")
-    return AttestedClient(client, provider, tee_keys, session, wrapped)
 
 
-def one_call(state: AttestedClient, operation: str) -> float:
+def one_call(state: AttestedClient, operation: str, lean: bool = True) -> float:
     """Run ``operation`` once; the seconds the timed broker call took."""
     if operation == "attest":  # challenge and evidence first, untimed, as a worker does
         _, _, seconds = attest(state.client, state.provider)
         return seconds
+    if lean:
+        started = time.perf_counter()
+        state.lean.call(operation)
+        return time.perf_counter() - started
     started = time.perf_counter()
     if operation == "challenge":
         state.client.challenge()
@@ -161,7 +251,7 @@ def one_call(state: AttestedClient, operation: str) -> float:
 
 def client_process(url: str, chain_dir: str, slots: int, plan: list[tuple[str, int, float]],
                    ready: object, go: object, start: object,
-                   results: multiprocessing.Queue) -> None:
+                   results: multiprocessing.Queue, lean: bool = True) -> None:
     """One client process for the whole run: ``slots`` attested clients, then every phase.
 
     For each ``(operation, threads, seconds)`` of ``plan`` it waits at ``ready`` (a barrier
@@ -181,28 +271,37 @@ def client_process(url: str, chain_dir: str, slots: int, plan: list[tuple[str, i
             results.put(([], 0, 0.0, error))
             continue
         results.put(run_threads(states[:threads], operation,
-                                start.value, seconds))  # type: ignore[attr-defined]
+                                start.value, seconds, lean))  # type: ignore[attr-defined]
     for state in states:
         state.client.close()
+        state.lean.close()
 
 
 def run_threads(states: list[AttestedClient], operation: str, start_at: float,
-                seconds: float) -> tuple[list[float], int, float, str | None]:
+                seconds: float, lean: bool = True) -> tuple[list[float], int, float, str | None]:
     latencies: list[float] = []
     failures = [0]
     lock = threading.Lock()
+    checks: list[str] = []
 
     def loop(state: AttestedClient) -> None:
         mine: list[float] = []
         failed = 0
+        if lean and operation != "attest":
+            state.lean.reconnect()
         while time.time() < start_at:
             time.sleep(0.001)
         end = start_at + seconds
         while time.time() < end:
             try:
-                mine.append(one_call(state, operation))
-            except BrokerError:
+                mine.append(one_call(state, operation, lean))
+            except (BrokerError, OSError, http.client.HTTPException):
                 failed += 1
+        try:  # after the timed calls: the full client still gets its key (untimed)
+            check_release(state)
+        except (BrokerError, BenchmarkCheckError) as error:
+            with lock:
+                checks.append(f"check after {operation}: {error}")
         with lock:
             latencies.extend(mine)
             failures[0] += failed
@@ -213,7 +312,8 @@ def run_threads(states: list[AttestedClient], operation: str, start_at: float,
         worker.start()
     for worker in workers:
         worker.join()
-    return latencies, failures[0], time.process_time() - cpu_before, None
+    return (latencies, failures[0], time.process_time() - cpu_before,
+            checks[0] if checks else None)
 
 
 # -- the run: persistent client processes, one phase per (operation, client count) --------
@@ -232,7 +332,8 @@ def shares(clients: int, processes: int) -> list[int]:
 
 
 def run_all(url: str, chain_dir: Path, broker_pid: int, operations: list[str],
-            client_counts: list[int], processes: int, seconds: float) -> list[dict[str, object]]:
+            client_counts: list[int], processes: int, seconds: float,
+            lean: bool = True) -> list[dict[str, object]]:
     """Start the client processes once (every client attests once), then run each phase."""
     context = multiprocessing.get_context("spawn")
     processes = max(1, min(processes, max(client_counts)))
@@ -245,7 +346,7 @@ def run_all(url: str, chain_dir: Path, broker_pid: int, operations: list[str],
     start = context.Value("d", 0.0)
     children = [context.Process(target=client_process,
                                 args=(url, str(chain_dir), slots[i], plans[i], ready, go, start,
-                                      results), daemon=True)
+                                      results, lean), daemon=True)
                 for i in range(processes)]
     for child in children:
         child.start()
@@ -316,7 +417,8 @@ def print_report(numbers: dict[str, object]) -> None:
               f"{row['broker_cpu_ms_per_call']:>13.2f}"
               f"{row['client_cpu_percent']:>11.0f}%")
     environment = numbers["environment"]
-    print(f"broker: one `sealbeam broker serve` process; clients: threads over "
+    print(f"broker: `sealbeam broker serve --workers {environment['broker_workers']}`; "
+          f"clients ({environment['client']}): threads over "
           f"{environment['processes']} processes; {environment['seconds']} s per phase; "
           f"{environment['cpu_count']} CPUs; CPU in % of one core")
 
@@ -341,10 +443,16 @@ def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
                         help="client processes the clients are spread over (default 4)")
     parser.add_argument("--operations", nargs="+", choices=OPERATIONS, default=list(OPERATIONS),
                         help="operations to drive (default: all four)")
+    parser.add_argument("--broker-workers", type=int, default=1, metavar="N",
+                        help="broker processes (`broker serve --workers N`; default 1)")
+    parser.add_argument("--client", choices=("lean", "full"), default="lean",
+                        help="timed calls by a lean HTTP client (default) or BrokerClient")
     parser.add_argument("--json", metavar="PATH", help="also write the results as JSON")
     args = parser.parse_args(argv)
-    if min(args.clients) < 1 or args.processes < 1 or args.seconds <= 0:
-        parser.error("--clients and --processes must be at least 1, --seconds positive")
+    if (min(args.clients) < 1 or args.processes < 1 or args.seconds <= 0
+            or args.broker_workers < 1):
+        parser.error("--clients, --processes and --broker-workers must be at least 1, "
+                     "--seconds positive")
     return args
 
 
@@ -353,6 +461,7 @@ def main(argv: list[str] | None = None) -> int:
     numbers: dict[str, object] = {"environment": {
         "python": platform.python_version(), "cpu_count": os.cpu_count(),
         "processes": args.processes, "seconds": args.seconds, "clients": args.clients,
+        "broker_workers": args.broker_workers, "client": args.client,
     }}
     with tempfile.TemporaryDirectory(prefix="sealbeam-broker-load-") as workdir:
         state_dir = Path(workdir) / "state"
@@ -365,13 +474,14 @@ def main(argv: list[str] | None = None) -> int:
         port = free_port()
         url = f"http://127.0.0.1:{port}"
         try:
-            broker = start_broker(state_dir, port)
+            broker = start_broker(state_dir, port, args.broker_workers)
         except BenchmarkCheckError as error:
             print(f"broker load: error: {error}", file=sys.stderr)
             return 1
         try:
             phases = run_all(url, settings.dev_chain_dir, broker.pid, args.operations,
-                             args.clients, args.processes, args.seconds)
+                             args.clients, args.processes, args.seconds,
+                             args.client == "lean")
         except BenchmarkCheckError as error:
             print(f"broker load: error: {error}", file=sys.stderr)
             return 1

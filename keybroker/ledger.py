@@ -12,15 +12,29 @@ and ``check_anchor`` compares a ledger with one. A bare head hash kept elsewhere
 be passed back as ``expect_head``. ``keybroker.ledger_postgres`` holds the same chain in
 PostgreSQL for several brokers.
 
+Concurrent appends in one process share a transaction and its sync (group commit): an
+append returns once the transaction holding its entry committed, so a grant still waits
+for its record, but a burst of N grants costs one sync, not N.
+
+Several broker processes may append to one ledger file (``broker serve --workers N``): an
+append holds an exclusive ``flock`` on ``<ledger>.lock`` while it reads the tail and writes
+the next entry (inside one SQLite ``BEGIN IMMEDIATE`` transaction), so each append sees
+every other process's last entry and the file holds one chain, never a fork. The lock
+wakes the next writer as soon as it is released (SQLite's own busy wait sleeps in steps of
+milliseconds, which the lock avoids).
+
 Details must be plain JSON (str, numbers, booleans, null, lists, objects): bytes are
 refused so that key material cannot slip in. This module decides nothing; it records.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import hmac
 import json
+import os
 import re
 import sqlite3
 import struct
@@ -168,6 +182,9 @@ class AuditLedger:
         self._clock = clock
         self._read_only = read_only
         self._lock = threading.Lock()
+        self._queue_changed = threading.Condition()
+        self._queue: list[_PendingEntry] = []
+        self._writing = False
         if (read_only or not create) and not self._path.is_file():
             raise LedgerError(f"ledger {self._path} does not exist")
         try:
@@ -186,43 +203,109 @@ class AuditLedger:
                 self._connection.executescript(_SCHEMA)
         except sqlite3.Error as error:
             raise LedgerError(f"cannot open ledger {self._path}: {error}") from None
+        self._append_lock: int | None = None
+        if not read_only:
+            lock_path = self._path.with_name(self._path.name + ".lock")
+            try:
+                self._append_lock = os.open(
+                    lock_path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600
+                )
+            except OSError as error:
+                self._connection.close()
+                raise LedgerError(
+                    f"cannot open the ledger's lock file {lock_path}: {error.strerror}"
+                ) from None
 
     @property
     def path(self) -> Path:
         return self._path
 
     def append(self, event: str, decision: str, details: Mapping[str, object]) -> LedgerEntry:
-        """Add one entry at the head of the chain and return it."""
+        """Add one entry at the head of the chain and return it once it is durable.
+
+        Concurrent appends of this process are committed together (group commit): the
+        first caller writes every entry queued so far in one transaction and one sync while
+        the others wait for their entry's outcome. Each caller returns only after the
+        transaction holding its entry committed, or gets the LedgerError that undid it.
+        """
         validate_event(event)
         if decision not in DECISIONS:
             raise LedgerError(f"decision: expected one of {', '.join(DECISIONS)}, got {decision!r}")
         details_text = canonical_details(details)
         if self._read_only:
             raise LedgerError(f"ledger {self._path} was opened read-only")
-        with self._lock:
-            try:
-                self._connection.execute("BEGIN IMMEDIATE")
+        pending = _PendingEntry(event, decision, details_text)
+        with self._queue_changed:
+            self._queue.append(pending)
+            while not pending.finished:
+                if not self._writing:
+                    self._writing = True
+                    batch, self._queue = self._queue, []
+                    break
+                self._queue_changed.wait()
+            else:
+                return pending.outcome()
+        try:
+            self._write_batch(batch)
+        finally:
+            with self._queue_changed:
+                self._writing = False
+                self._queue_changed.notify_all()
+        return pending.outcome()
+
+    def _write_batch(self, batch: list[_PendingEntry]) -> None:
+        """Chain and commit ``batch`` in one transaction; set each entry's outcome."""
+        try:
+            with self._lock, self._exclusive():
                 try:
-                    row = self._connection.execute(
-                        "SELECT seq, hash FROM ledger ORDER BY seq DESC LIMIT 1"
-                    ).fetchone()
-                    seq, prev_hash = (1, GENESIS_HASH) if row is None else (row[0] + 1, row[1])
-                    time_text = _utc_timestamp(self._clock)
-                    digest = entry_hash(seq, time_text, event, decision, details_text, prev_hash)
-                    self._connection.execute(
-                        "INSERT INTO ledger (seq, time, event, decision, details, prev_hash, hash)"
-                        " VALUES (?, ?, ?, ?, ?, ?, ?)",
-                        (seq, time_text, event, decision, details_text, prev_hash, digest),
-                    )
-                    self._connection.execute("COMMIT")
-                except BaseException:
-                    self._connection.execute("ROLLBACK")
-                    raise
-            except sqlite3.Error as error:
-                raise LedgerError(f"cannot append to ledger {self._path}: {error}") from None
-        return LedgerEntry(
-            seq, time_text, event, decision, json.loads(details_text), prev_hash, digest
-        )
+                    self._connection.execute("BEGIN IMMEDIATE")
+                    try:
+                        row = self._connection.execute(
+                            "SELECT seq, hash FROM ledger ORDER BY seq DESC LIMIT 1"
+                        ).fetchone()
+                        seq, prev_hash = (0, GENESIS_HASH) if row is None else (row[0], row[1])
+                        entries = []
+                        for pending in batch:
+                            seq += 1
+                            time_text = _utc_timestamp(self._clock)
+                            digest = entry_hash(seq, time_text, pending.event, pending.decision,
+                                                pending.details, prev_hash)
+                            entries.append((seq, time_text, pending.event, pending.decision,
+                                            pending.details, prev_hash, digest))
+                            prev_hash = digest
+                        self._connection.executemany(
+                            "INSERT INTO ledger (seq, time, event, decision, details, prev_hash,"
+                            " hash) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                            entries,
+                        )
+                        self._connection.execute("COMMIT")
+                    except BaseException:
+                        self._connection.execute("ROLLBACK")
+                        raise
+                except sqlite3.Error as error:
+                    raise LedgerError(f"cannot append to ledger {self._path}: {error}") from None
+        except BaseException as error:
+            failure = error if isinstance(error, LedgerError) else LedgerError(
+                f"cannot append to ledger {self._path}: {type(error).__name__}")
+            for pending in batch:
+                pending.fail(failure)
+            raise
+        for pending, row in zip(batch, entries, strict=True):
+            pending.succeed(row)
+
+    @contextlib.contextmanager
+    def _exclusive(self) -> Iterator[None]:
+        """The inter-process append lock (flock on ``<ledger>.lock``), held for one append."""
+        if self._append_lock is None:
+            raise LedgerError(f"ledger {self._path} was opened read-only")
+        try:
+            fcntl.flock(self._append_lock, fcntl.LOCK_EX)
+        except OSError as error:
+            raise LedgerError(f"cannot lock ledger {self._path}: {error.strerror}") from None
+        try:
+            yield
+        finally:
+            fcntl.flock(self._append_lock, fcntl.LOCK_UN)
 
     def entries(self) -> Iterator[LedgerEntry]:
         """Every entry in sequence order (a snapshot per call)."""
@@ -271,12 +354,46 @@ class AuditLedger:
     def close(self) -> None:
         with self._lock:
             self._connection.close()
+            if self._append_lock is not None:
+                os.close(self._append_lock)
+                self._append_lock = None
 
     def __enter__(self) -> AuditLedger:
         return self
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
+
+
+class _PendingEntry:
+    """An entry waiting for the group commit that will write it, and what became of it."""
+
+    __slots__ = ("decision", "details", "entry", "error", "event", "finished")
+
+    def __init__(self, event: str, decision: str, details: str) -> None:
+        self.event = event
+        self.decision = decision
+        self.details = details
+        self.entry: LedgerEntry | None = None
+        self.error: BaseException | None = None
+        self.finished = False
+
+    def succeed(self, row: tuple[int, str, str, str, str, str, str]) -> None:
+        seq, time_text, event, decision, details, prev_hash, digest = row
+        self.entry = LedgerEntry(
+            seq, time_text, event, decision, json.loads(details), prev_hash, digest
+        )
+        self.finished = True
+
+    def fail(self, error: BaseException) -> None:
+        self.error = error
+        self.finished = True
+
+    def outcome(self) -> LedgerEntry:
+        if self.error is not None:
+            raise self.error
+        assert self.entry is not None
+        return self.entry
 
 
 def _verify_rows(rows: Iterator[tuple], expect_head: str | None) -> LedgerVerification:

@@ -2,11 +2,15 @@
 
 Routes are thin: parse the body (schemas), call ``KeyBrokerService`` (blocking work, so
 the routes are plain ``def`` and FastAPI runs them in its thread pool, off the event
-loop), return its model. Errors become ``{"error", "reason"}`` bodies with the status from
-``errors.error_status``; request bodies over ``settings.max_request_bytes`` are refused
-with 413 before they are read in full, and bodies slower than the body timeout with 408.
-FastAPI's own errors (validation, unknown path, wrong method) use the same shape, never
-``{"detail": ...}``. The unauthenticated routes are rate limited per client address
+loop), return its model. The hot routes' well-formed requests are answered by
+``hot_routes.HotRoutes`` from the same models and service without FastAPI's router (the
+OpenAPI document still describes them: the routes below stay declared). Errors become
+``{"error", "reason"}`` bodies with the status from ``errors.error_status``; request
+bodies over ``settings.max_request_bytes`` are refused with 413 before they are read in
+full, and bodies slower than the body timeout with 408. FastAPI's own errors (validation,
+unknown path, wrong method) use the same shape, never ``{"detail": ...}``; a field over
+its length bound is 400 ``bad_request``, as the bounds the service checks itself are,
+other invalid bodies 422. The unauthenticated routes are rate limited per client address
 (rate_limit.py). OpenAPI is served at ``/openapi.json``.
 """
 
@@ -28,6 +32,7 @@ from keybroker.attestation.verifier import Verifier
 from keybroker.config import BrokerSettings
 from keybroker.kms.base import KeyManagementService
 from keybroker.service.errors import HANDLED_ERROR_TYPES, error_body, http_error_body
+from keybroker.service.hot_routes import HotRoutes
 from keybroker.service.observability import install_observability
 from keybroker.service.rate_limit import RateLimiter, RateLimitMiddleware
 from keybroker.service.schemas import (
@@ -52,13 +57,13 @@ API_VERSION = "1"
 _ERROR_RESPONSES: dict[int | str, dict[str, object]] = {
     status: {"model": ErrorResponse, "description": description}
     for status, description in {
-        400: "malformed field",
+        400: "malformed field, or a field over its length bound",
         401: "bad nonce, session or evidence",
         403: "denied by the release policy",
         404: "unknown key",
         408: "request body too slow",
         413: "request too large",
-        422: "invalid request body",
+        422: "invalid request body (missing or unknown field, wrong type or form)",
         429: "rate limited (Retry-After says when to come back)",
         503: "KMS, ledger or endorsement temporarily unavailable",
     }.items()
@@ -81,11 +86,15 @@ def create_app(
         settings, clock=clock, verifiers=verifiers, kms_backends=kms_backends
     )
 
+    hot_routes: list[HotRoutes] = []
+
     @contextlib.asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         try:
             yield
         finally:
+            for layer in hot_routes:
+                layer.close()
             service.close()
 
     app = FastAPI(
@@ -96,6 +105,13 @@ def create_app(
     )
     app.state.service = service
     limits = settings.limits
+
+    def hot_routes_layer(inner: ASGIApp) -> HotRoutes:
+        layer = HotRoutes(inner, service)
+        hot_routes.append(layer)
+        return layer
+
+    app.add_middleware(hot_routes_layer)  # innermost: inside the limits and the access log
     app.add_middleware(
         BodySizeLimit,
         max_bytes=settings.max_request_bytes,
@@ -163,15 +179,25 @@ async def _broker_error(_request: Request, error: Exception) -> JSONResponse:
     return JSONResponse(status_code=status, content=body)
 
 
+_TOO_LONG = frozenset({"string_too_long", "too_long", "bytes_too_long"})
+
+
 async def _validation_error(_request: Request, error: Exception) -> JSONResponse:
-    """422 naming the fields; never echoes the submitted values."""
+    """400 for a field over its length bound, 422 for any other invalid body; the reason
+    names the fields and never echoes the submitted values."""
     problems = []
+    status = 422
+    code = "invalid_request"
     if isinstance(error, RequestValidationError):
-        for problem in error.errors()[:8]:
+        errors = error.errors()
+        if any(problem.get("type") in _TOO_LONG for problem in errors):
+            status, code = 400, "bad_request"  # like every other bound the service checks
+            errors = [problem for problem in errors if problem.get("type") in _TOO_LONG]
+        for problem in errors[:8]:
             location = ".".join(str(part) for part in problem.get("loc", ()) if part != "body")
             problems.append(f"{location or 'body'}: {problem.get('msg', 'invalid')}")
     reason = "; ".join(problems) or "invalid request"
-    return JSONResponse(status_code=422, content={"error": "invalid_request", "reason": reason})
+    return JSONResponse(status_code=status, content={"error": code, "reason": reason})
 
 
 class BodySizeLimit:
@@ -196,24 +222,25 @@ class BodySizeLimit:
             await self._refuse(send)
             return
         body = bytearray()
-        more_body = True
-        deadline = asyncio.get_running_loop().time() + self._timeout
-        while more_body:
-            remaining = deadline - asyncio.get_running_loop().time()
-            try:
-                message = await asyncio.wait_for(receive(), timeout=max(remaining, 0.0))
-            except TimeoutError:
-                await _send_error(
-                    send, 408, "request_timeout", f"request body not received in {self._timeout} s"
-                )
-                return
-            if message["type"] != "http.request":
-                return  # the client went away; nothing to answer
-            body.extend(message.get("body", b""))
-            if len(body) > self._max_bytes:
-                await self._refuse(send)
-                return
-            more_body = bool(message.get("more_body", False))
+        # One deadline for the whole body (asyncio.timeout: no task per receive, as
+        # asyncio.wait_for would create).
+        try:
+            async with asyncio.timeout(self._timeout):
+                while True:
+                    message = await receive()
+                    if message["type"] != "http.request":
+                        return  # the client went away; nothing to answer
+                    body.extend(message.get("body", b""))
+                    if len(body) > self._max_bytes:
+                        await self._refuse(send)
+                        return
+                    if not message.get("more_body", False):
+                        break
+        except TimeoutError:
+            await _send_error(
+                send, 408, "request_timeout", f"request body not received in {self._timeout} s"
+            )
+            return
         replayed = False
 
         async def replay_receive() -> Message:

@@ -32,7 +32,12 @@ from keybroker.kms.base import (
 )
 from keybroker.kms.registry import KekLocationError
 from keybroker.ledger import LedgerError
-from keybroker.service.sessions import CapacityError, NonceError, SessionError
+from keybroker.service.sessions import (
+    CapacityError,
+    NonceError,
+    NonceStoreError,
+    SessionError,
+)
 
 __all__ = [
     "HANDLED_ERROR_TYPES",
@@ -91,6 +96,7 @@ _STATUS_TABLE: dict[type[BaseException], ErrorStatus] = {
     KmsTransientError: ErrorStatus(503, "kms_unavailable"),
     KmsError: ErrorStatus(500, "kms_error", expose_reason=False),
     CapacityError: ErrorStatus(503, "busy"),
+    NonceStoreError: ErrorStatus(503, "nonce_store_unavailable"),
     LedgerError: ErrorStatus(503, "ledger_unavailable"),
     BadRequestError: ErrorStatus(400, "bad_request"),
     UnsupportedTeeError: ErrorStatus(400, "unsupported_tee"),

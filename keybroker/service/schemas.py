@@ -11,6 +11,8 @@ from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints
 
+from keybroker.service.sessions import MAX_SESSION_TOKEN_LENGTH
+
 __all__ = [
     "MAX_BOUND_KEY_BYTES",
     "MAX_ENDORSEMENTS",
@@ -58,7 +60,9 @@ Region = Annotated[str, StringConstraints(min_length=1, max_length=64)]
 ProducerId = Annotated[str, StringConstraints(min_length=1, max_length=256)]
 KekUri = Annotated[str, StringConstraints(min_length=1, max_length=1024)]
 KekVersion = Annotated[str, StringConstraints(min_length=1, max_length=128)]
-SessionId = Annotated[str, StringConstraints(min_length=1, max_length=128)]
+SessionId = Annotated[
+    str, StringConstraints(min_length=1, max_length=MAX_SESSION_TOKEN_LENGTH)
+]  # a sealed token (sessions.py)
 KeyName = Annotated[str, StringConstraints(min_length=1, max_length=128)]
 SpecFingerprint = Annotated[
     str, StringConstraints(min_length=64, max_length=64, pattern=r"^[0-9a-fA-F]{64}$")

@@ -5,8 +5,11 @@ it in a daemon thread, waits until the server accepts connections, and returns a
 ``RunningBroker`` with the real URL and a ``stop()`` that shuts it down and closes the
 ledger. With ``tls`` (``keybroker.service.tls.ServerTls``) it serves HTTPS, optionally
 requiring client certificates. Both apply the server bounds of ``settings.limits``
-(http_limits.py: concurrency, header size and timeout, keep-alive). It does not daemonize or
-reload.
+(http_limits.py: concurrency, header size and timeout, keep-alive). ``serve_forever`` binds
+the socket itself too (``_bind``: TCP_NODELAY on accepted connections) and, with
+``workers`` over 1, serves it from several processes (workers.py). uvicorn runs on uvloop
+and httptools when they are installed (the ``broker`` extra), else on asyncio and h11. It
+does not daemonize or reload.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 import uvicorn
+from starlette.types import ASGIApp
 
 from keybroker.attestation.verifier import Verifier
 from keybroker.config import BrokerSettings
@@ -25,8 +29,9 @@ from keybroker.kms.base import KeyManagementService
 from keybroker.service.app import create_app
 from keybroker.service.http_limits import uvicorn_limit_options
 from keybroker.service.tls import ServerTls
+from keybroker.service.workers import serve_workers
 
-__all__ = ["BrokerStartError", "RunningBroker", "serve_forever", "serve_in_thread"]
+__all__ = ["BrokerStartError", "RunningBroker", "run_uvicorn", "serve_forever", "serve_in_thread"]
 
 STARTUP_TIMEOUT_SECONDS = 15.0
 SHUTDOWN_TIMEOUT_SECONDS = 10.0
@@ -77,7 +82,7 @@ def _bind(host: str, port: int) -> socket.socket:
     except OSError as error:
         sock.close()
         raise BrokerStartError(f"cannot listen on {host}:{port}: {error.strerror}") from None
-    sock.listen(128)
+    sock.listen(2048)
     return sock
 
 
@@ -104,6 +109,7 @@ def serve_in_thread(
         log_level="warning",
         access_log=False,
         lifespan="on",
+        proxy_headers=False,
         **uvicorn_limit_options(settings.limits),
         **tls_options,  # type: ignore[arg-type]
     )
@@ -130,25 +136,52 @@ def serve_in_thread(
     )
 
 
+def run_uvicorn(
+    app: ASGIApp,
+    sock: socket.socket,
+    settings: BrokerSettings,
+    tls: ServerTls | None,
+    *,
+    log_level: str = "info",
+) -> None:
+    """Serve ``app`` on the bound ``sock`` in the foreground until SIGTERM/SIGINT.
+
+    Access lines come from keybroker.service.observability (structured, one per request);
+    log_config=None leaves uvicorn's own records to the root handler (text or JSON).
+    """
+    tls_options = tls.uvicorn_options() if tls is not None else {}
+    config = uvicorn.Config(
+        app,
+        log_level=log_level,
+        access_log=False,
+        log_config=None,
+        lifespan="on",
+        proxy_headers=False,  # the caller's address is the socket's: no header overrides it
+        **uvicorn_limit_options(settings.limits),
+        **tls_options,  # type: ignore[arg-type]
+    )
+    uvicorn.Server(config).run(sockets=[sock])
+
+
 def serve_forever(
     settings: BrokerSettings,
     host: str = "127.0.0.1",
     port: int = 8787,
     *,
     tls: ServerTls | None = None,
+    workers: int = 1,
+    log_setup: Callable[[], None] | None = None,
 ) -> None:
-    """Serve in the foreground until interrupted (``sealbeam broker serve``)."""
-    tls_options = tls.uvicorn_options() if tls is not None else {}
-    app = create_app(settings)
-    # Access lines come from keybroker.service.observability (structured, one per request);
-    # log_config=None leaves uvicorn's own records to the root handler (text or JSON).
-    uvicorn.run(
-        app,
-        host=host,
-        port=port,
-        log_level="info",
-        access_log=False,
-        log_config=None,
-        **uvicorn_limit_options(settings.limits),
-        **tls_options,  # type: ignore[arg-type]
-    )
+    """Serve in the foreground until interrupted (``sealbeam broker serve``).
+
+    ``workers`` > 1 serves from that many processes (workers.py); ``log_setup`` configures
+    logging in each of them (a picklable callable: they start afresh).
+    """
+    sock = _bind(host, port)
+    try:
+        if workers == 1:
+            run_uvicorn(create_app(settings), sock, settings, tls)
+        else:
+            serve_workers(settings, sock, workers, tls=tls, log_setup=log_setup)
+    finally:
+        sock.close()

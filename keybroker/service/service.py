@@ -20,6 +20,7 @@ import base64
 import binascii
 import hashlib
 import logging
+import os
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -79,11 +80,15 @@ from keybroker.service.schemas import (
     ReleaseResponse,
 )
 from keybroker.service.sessions import (
+    NONCES_FILE,
     ChallengeIssuer,
     ChallengeSecretError,
+    NonceStoreError,
     Session,
-    SessionStore,
+    SessionTokens,
+    SpentNonces,
     load_challenge_secret,
+    load_session_key,
 )
 from keybroker.service.verifiers import build_verifiers
 
@@ -198,11 +203,14 @@ class KeyBrokerService:
         self._named_keys = named_keys
         try:
             challenge_secret = load_challenge_secret(settings.state_dir)
-        except ChallengeSecretError as error:
+            session_key = load_session_key(settings.state_dir)
+            spent = SpentNonces(
+                Path(settings.state_dir) / NONCES_FILE, settings.max_pending_nonces, clock
+            )
+        except (ChallengeSecretError, NonceStoreError) as error:
             raise ConfigError(f"broker state refused: {error}") from None
-        self._nonces = ChallengeIssuer(
-            challenge_secret, settings.nonce_ttl_seconds, settings.max_pending_nonces, clock
-        )
+        self._spent_nonces = spent
+        self._nonces = ChallengeIssuer(challenge_secret, settings.nonce_ttl_seconds, spent, clock)
         limits = settings.limits
         self._anonymous_denials = DenialAggregator(
             ledger.append,
@@ -213,7 +221,9 @@ class KeyBrokerService:
             clock=clock,
         )
         self._anonymous_denials.start()
-        self._sessions = SessionStore(settings.session_ttl_seconds, settings.max_sessions, clock)
+        self._sessions = SessionTokens(
+            session_key, settings.session_ttl_seconds, settings.max_sessions, clock
+        )
         self._checkpointer = Checkpointer(
             ledger,
             self._identity,
@@ -278,6 +288,7 @@ class KeyBrokerService:
                 "region_keks": dict(sorted(settings.region_keks.items())),
                 "dek_cache": settings.dek_cache.to_mapping(),
                 "broker_key_id": identity.key_id,
+                "pid": os.getpid(),
             },
         )
         return service
@@ -304,6 +315,7 @@ class KeyBrokerService:
         self._kms.close()
         self._checkpointer.close()
         self._ledger.close()
+        self._spent_nonces.close()
 
     def ledger_head(self) -> dict[str, object]:
         """The ledger head now, signed by the broker's identity key (a checkpoint)."""

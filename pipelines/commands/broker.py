@@ -6,12 +6,15 @@ also requires client certificates). Plain HTTP is served on loopback only, unles
 ``--allow-insecure-http`` says otherwise: keys leave the broker HPKE-sealed and signed, but
 session ids are bearer tokens. Logs (uvicorn's and one structured access record per request) go to
 stderr as text or, with ``--log-format json``, JSON lines; ``/metrics`` serves Prometheus
-metrics and ``/docs`` the API page from packaged files.
+metrics and ``/docs`` the API page from packaged files. ``--workers N`` serves from N
+processes on one socket (all state they must share is in the state directory; rate limits,
+metrics and the DEK cache are per process: docs/OPERATIONS.md).
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import ipaddress
 import sys
 from pathlib import Path
@@ -50,7 +53,23 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                        help="require client certificates issued by this CA (mutual TLS)")
     serve.add_argument("--allow-insecure-http", action="store_true",
                        help="serve plain HTTP on a non-loopback address (not recommended)")
+    serve.add_argument("--workers", type=_worker_count, default=1, metavar="N",
+                       help="serve from N processes on one port (default 1; raise it to the "
+                       "number of cores the broker may use when one process is CPU-bound: "
+                       "docs/OPERATIONS.md)")
     serve.set_defaults(func=run_broker_serve)
+
+
+def _worker_count(text: str) -> int:
+    from keybroker.service.workers import MAX_WORKERS
+
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if not 1 <= value <= MAX_WORKERS:
+        raise argparse.ArgumentTypeError(f"expected 1 to {MAX_WORKERS}, got {value}")
+    return value
 
 
 def _is_loopback(host: str) -> bool:
@@ -80,6 +99,14 @@ def server_tls(args: argparse.Namespace) -> ServerTls | None:
     return tls
 
 
+def _worker_logging(level: str | None, log_format: str | None) -> None:
+    """Logging in a worker process as the command line set it up in the parent."""
+    from keybroker.logs import configure_logging
+
+    configure_logging(level or "warning", log_format or "text")
+    _show_access_log()
+
+
 def _show_access_log() -> None:
     """One access record per request at INFO, unless --log-level asks for errors only."""
     import logging
@@ -91,7 +118,8 @@ def _show_access_log() -> None:
 
 
 def run_broker_serve(args: argparse.Namespace) -> int:
-    from keybroker.service.server import serve_forever
+    from keybroker.service.server import BrokerStartError, serve_forever
+    from keybroker.service.workers import WorkerStartError
 
     _show_access_log()
     try:
@@ -99,9 +127,13 @@ def run_broker_serve(args: argparse.Namespace) -> int:
         settings = BrokerSettings.load(args.state / BROKER_SETTINGS_FILE)
         if tls is None and not _is_loopback(args.host):
             print(f"sealbeam: warning: serving plain HTTP on {args.host}", file=sys.stderr)
-        serve_forever(settings, host=args.host, port=args.port, tls=tls)
+        log_setup = functools.partial(
+            _worker_logging, getattr(args, "log_level", None), getattr(args, "log_format", None)
+        )
+        serve_forever(settings, host=args.host, port=args.port, tls=tls, workers=args.workers,
+                      log_setup=log_setup)
     except (ConfigError, PolicyError, KmsError, LedgerError, AttestationError,
-            TlsConfigError) as error:
+            TlsConfigError, BrokerStartError, WorkerStartError) as error:
         print(f"sealbeam: error: {error}", file=sys.stderr)
         return USER_ERROR_EXIT
     return 0

@@ -9,6 +9,7 @@ evidence. Every denial is checked for its status and for its entry in the audit 
 from __future__ import annotations
 
 import base64
+import json
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -203,6 +204,57 @@ def test_expired_nonce_is_refused(
     assert entry.decision == "denied" and "expired" in entry.details["reason"]
 
 
+def test_expired_session_is_refused(
+    broker: RunningBroker, client: BrokerClient, clock: AdjustableClock
+) -> None:
+    session = attest(client, provider(broker), TeeKeyPair.generate())
+    assert client.release_named(session, "pseudonym/acme")  # live: served (and cached)
+    clock.offset += broker.settings.session_ttl_seconds + 1
+    try:
+        with pytest.raises(BrokerAuthError, match="expired") as caught:
+            client.release_named(session, "pseudonym/acme")
+    finally:
+        clock.offset = 0.0
+    assert caught.value.error == "bad_session"
+
+
+def test_hot_routes_answer_as_the_framework_does(
+    broker: RunningBroker, client: BrokerClient
+) -> None:
+    """The same request through the lean route layer (``application/json``) and through
+    FastAPI's router (a ``+json`` type: JSON to the framework, left to it by the layer)."""
+    other_json = {"content-type": "application/sealbeam-test+json"}
+    session = attest(client, provider(broker), TeeKeyPair.generate())
+    cases = [
+        ("/v1/keys/release-named", {"session_id": session.id, "name": "pseudonym/nobody"}),
+        ("/v1/keys/release-named", {"session_id": session.id[:-4] + "AAAA",
+                                    "name": "pseudonym/acme"}),
+        ("/v1/keys/generate", {"session_id": session.id, "region": "us",
+                               "producer_id": "acme"}),
+        ("/v1/keys/release", {"session_id": session.id, "kek_uri": "local://keyring/eu/kek",
+                              "kek_version": "9", "wrapped_dek": "***", "region": "eu",
+                              "producer_id": "acme"}),
+        ("/v1/attest", {"nonce": "AAAA", "tee": "sev-snp", "evidence": "AAAA",
+                        "tee_public_key": "AAAA"}),
+    ]
+    for path, body in cases:
+        content = json.dumps(body).encode()
+        hot = httpx.post(f"{broker.url}{path}", content=content,
+                         headers={"content-type": "application/json"})
+        framework = httpx.post(f"{broker.url}{path}", content=content, headers=other_json)
+        assert hot.status_code == framework.status_code != 200, (path, hot.text)
+        assert hot.json() == framework.json(), path
+        assert set(hot.json()) == {"error", "reason"}
+        assert hot.headers["content-type"] == "application/json"
+    granted = [httpx.post(f"{broker.url}/v1/keys/release-named", headers=headers,
+                          content=json.dumps({"session_id": session.id,
+                                              "name": "pseudonym/acme"}).encode())
+               for headers in ({"content-type": "application/json"}, other_json)]
+    assert [reply.status_code for reply in granted] == [200, 200]
+    assert set(granted[0].json()) == set(granted[1].json())
+    assert granted[0].json()["name"] == granted[1].json()["name"] == "pseudonym/acme"
+
+
 def test_unknown_nonce_is_refused(broker: RunningBroker, client: BrokerClient) -> None:
     with pytest.raises(BrokerAuthError, match="unknown"):
         attest(client, provider(broker), TeeKeyPair.generate(), nonce=bytes(32))
@@ -313,11 +365,26 @@ def test_generate_records_the_spec_fingerprint_and_purpose(
     assert last_entry(broker, "generate").details["spec_fingerprint"] == fingerprint.hex()
     entries_before = len(ledger_entries(broker))
     for bad in ({"spec_fingerprint": "ab" * 31}, {"spec_fingerprint": "g" * 64},
-                {"purpose": "new\nline"}, {"purpose": "p" * 65}):
+                {"purpose": "new\nline"}):
         refused = httpx.post(f"{broker.url}/v1/keys/generate", json={**body, **bad})
         assert refused.status_code == 422, bad
         assert refused.json()["error"] == "invalid_request"
         assert next(iter(bad)) in refused.json()["reason"]
+    over_long = (
+        {"purpose": "p" * 65},
+        {"destination": {"sink": "file:///" + "d" * 1024, "location": "local", "verified": True}},
+        {"destination": {"sink": "file:///out", "location": "L" * 65, "verified": True}},
+        {"region": "r" * 65},
+        {"producer_id": "p" * 257},
+        {"session_id": "s" * 9000},
+    )
+    for bad in over_long:  # a field over its bound: 400 in the broker's shape, not 422
+        refused = httpx.post(f"{broker.url}/v1/keys/generate", json={**body, **bad})
+        assert refused.status_code == 400, bad
+        assert set(refused.json()) == {"error", "reason"}
+        assert refused.json()["error"] == "bad_request"
+        assert next(iter(bad)) in refused.json()["reason"]
+        assert "ppp" not in refused.json()["reason"]  # the value is not echoed
     assert len(ledger_entries(broker)) == entries_before  # refused before the service
 
 

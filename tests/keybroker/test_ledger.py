@@ -186,6 +186,63 @@ def test_concurrent_appends_keep_one_chain(tmp_path: Path) -> None:
     assert result.ok and result.entries == 100
 
 
+def test_group_commit_returns_each_caller_its_own_stored_entry(tmp_path: Path) -> None:
+    """16 threads at once: appends share transactions, each caller gets its entry back."""
+    returned: dict[tuple[int, int], object] = {}
+    lock = threading.Lock()
+    with AuditLedger(tmp_path / "ledger.sqlite") as ledger:
+        start = threading.Barrier(16)
+
+        def append_many(worker: int) -> None:
+            start.wait()
+            for index in range(30):
+                entry = ledger.append("release", "granted", {"worker": worker, "index": index})
+                with lock:
+                    returned[(worker, index)] = entry
+
+        threads = [threading.Thread(target=append_many, args=(n,)) for n in range(16)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        stored = {entry.seq: entry for entry in ledger.entries()}
+        assert ledger.verify().ok
+    assert len(stored) == len(returned) == 480
+    for (worker, index), entry in returned.items():
+        assert stored[entry.seq] == entry  # what the caller was told is what is stored
+        assert entry.details == {"worker": worker, "index": index}
+    for worker in range(16):  # a caller's appends stay in its order
+        seqs = [returned[(worker, index)].seq for index in range(30)]
+        assert seqs == sorted(seqs)
+
+
+def test_a_failed_group_commit_fails_every_caller_in_it(tmp_path: Path) -> None:
+    path = tmp_path / "ledger.sqlite"
+    with AuditLedger(path) as ledger:
+        ledger.append("broker-start", "info", {})
+        blocker = sqlite3.connect(path, isolation_level=None, timeout=0)
+        blocker.execute("BEGIN IMMEDIATE")  # another writer holds SQLite's write lock
+        ledger._connection.execute("PRAGMA busy_timeout = 50")
+        failures: list[Exception] = []
+
+        def append_one(worker: int) -> None:
+            try:
+                ledger.append("release", "granted", {"worker": worker})
+            except LedgerError as error:
+                failures.append(error)
+
+        threads = [threading.Thread(target=append_one, args=(n,)) for n in range(6)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert len(failures) == 6  # none was told it was recorded
+        blocker.execute("ROLLBACK")
+        blocker.close()
+        assert ledger.append("release", "granted", {"after": True}).seq == 2
+        assert ledger.verify().entries == 2
+
+
 def run_cli(*argv: str) -> int:
     parser = argparse.ArgumentParser(prog="sealbeam")
     audit.register(parser.add_subparsers(dest="command", required=True))
