@@ -54,8 +54,11 @@ def attested_location(claims: Claims, maa_location_claim: str | None = None) -> 
     if claims.tee == "confidential-space":
         zone = platform.get("zone")
         if isinstance(zone, str) and zone:
-            match = _ZONE.match(zone.lower())
-            return match.group(1) if match else zone.lower()
+            lowered = zone.lower()
+            match = _ZONE.match(lowered)
+            if match:
+                return match.group(1)
+            return lowered if _LOCATION.match(lowered) else None
         return None
     if claims.tee == "maa" and maa_location_claim:
         location = claims.raw.get(maa_location_claim)   # top level: issued by MAA's policy
