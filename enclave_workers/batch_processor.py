@@ -1,21 +1,30 @@
 """Open a batch of sealed envelopes, run the feature spec over the rows, and reseal per region.
 
-What it does: given sealed record or batch envelopes (possibly for several keys, regions and
-producers), it groups them by (wrapped key, region, producer), obtains each data key once
-from the ``KeySession``, opens every envelope, reads all record plaintexts of a (region,
-producer) with one ``pyarrow.json.read_json`` (the columns the spec declares), applies the
-compiled feature spec (``features.CompiledSpec.apply``) with the named keys it asks for, and
-writes one output per (region, producer): a sealed batch envelope (Arrow IPC, format
-``sealed-arrow``) or a Parquet file with Parquet Modular Encryption (``parquet-pme``, master
-keys from ``pme_keys``), both under output keys the broker generated for that region. The
-spec's fingerprint is in every output (the envelope's ``schema_fingerprint`` and context
-``sealbeam.spec``; the Parquet schema metadata).
+What it does: given sealed record, record-stream (profile 2) or batch envelopes (possibly
+for several keys, regions and producers), it groups them by (wrapped key, region, producer),
+obtains each data key once from the ``KeySession``, opens every envelope, reads all record
+plaintexts of a (region, producer) with one ``pyarrow.json.read_json`` (the columns the spec
+declares), applies the compiled feature spec (``features.CompiledSpec.apply``) with the
+named keys it asks for, and writes one output per (region, producer): a sealed batch
+envelope (Arrow IPC, format ``sealed-arrow``) or a Parquet file with Parquet Modular
+Encryption (``parquet-pme``, master keys from ``pme_keys``), both under output keys the
+broker generated for that region. The spec's fingerprint is in every output (the envelope's
+``schema_fingerprint`` and context ``sealbeam.spec``; the Parquet schema metadata).
 
 Row outcomes (``row_outcomes``): a row that breaks the spec's input schema (or a limit every
 spec shares) is a violation; a record envelope with a violating row is dead-lettered whole
 (its original sealed bytes, reason ``column X: ...``); a batch envelope's violating rows are
 resealed into a dead-letter batch envelope under an output key of the batch's region, and
 the rest of the batch proceeds. Rows suppressed for k-anonymity are counted per output.
+
+Record streams (record profile 2): one ``open_record_stream`` call opens a stream (one HKDF
+and commitment check for all of its records); its records join the v1 records' plaintexts,
+so one ``read_json`` parses them all. Each record's fate is its own: a record that fails
+authentication, JSON parsing or the spec is a dead letter, and a stream's failed records of
+one stage are folded into one dead letter carrying the whole stream (still sealed), named
+``<envelope id>#<index ranges>``, ``records`` = how many (``row_outcomes``). A failure of the
+whole stream (header authentication, a wrong count, the data key) dead-letters all of its
+records at once (``records`` = its count).
 
 What it does not: no Beam, no I/O, no logging, and nothing in a dead letter is plaintext.
 Transient broker failures (``BrokerUnavailableError``) and a session the broker keeps
@@ -34,8 +43,10 @@ import pyarrow as pa
 
 from envelope import (
     BatchSealer,
+    DataKey,
     EnvelopeAuthenticationError,
     EnvelopeError,
+    EnvelopeFormatError,
     ParsedEnvelope,
     RecordOpener,
     open_batch_into,
@@ -65,6 +76,7 @@ from .row_outcomes import (
     Source,
     dead_letter,
     decide_region_outcome,
+    merge_stream_dead_letters,
     unparsed_record_id,
 )
 
@@ -113,6 +125,7 @@ STAGE_FEATURIZE = "featurize"
 STAGE_RESEAL = "reseal"
 STAGE_REGION = "region"
 
+KIND_RECORD_STREAM = "record-stream"
 _KEY_ERRORS = (BrokerDeniedError, BrokerNotFoundError, KeyUnsealError)
 
 
@@ -143,8 +156,10 @@ class SealedOutput:
     """One output of a (region, producer): a sealed batch envelope or a PME Parquet file.
 
     ``output_id`` (16 bytes) names the file; for ``sealed-arrow`` it is the envelope id.
-    ``source_count`` is how many input envelopes this output accounts for (see
-    ``row_outcomes``); ``rows_suppressed`` how many rows k-anonymity left out of it.
+    ``source_count`` is how many input records this output accounts for (see
+    ``row_outcomes``: a v1 record or a sealed batch counts one, each kept record of a record
+    stream one; ``source_ids`` lists each envelope once); ``rows_suppressed`` how many rows
+    k-anonymity left out of it.
     """
 
     region: str
@@ -224,6 +239,7 @@ class BatchProcessor:
                              result)
         for (region, producer_id), region_work in sorted(work.items()):
             self._featurize_and_write(region, producer_id, region_work, result)
+        result.dead_letters = merge_stream_dead_letters(result.dead_letters)
         return result
 
     # -- parse headers (once per envelope: opening reuses the parse), group by key ----------
@@ -236,7 +252,11 @@ class BatchProcessor:
                 continue
             header = parsed.header
             key = (header.wrapped_key.key_id, header.region, header.producer_id)
-            groups.setdefault(key, []).append(Source(parsed))
+            # A record stream stands for the records its header commits to (read here, in
+            # the TEE; the tag authenticates that count when the stream is opened).
+            groups.setdefault(key, []).append(Source(parsed, header.record_count or 1)
+                                              if header.kind == KIND_RECORD_STREAM
+                                              else Source(parsed))
         return groups
 
     def _parse_once(self, envelope: bytes | ParsedEnvelope,
@@ -276,6 +296,8 @@ class BatchProcessor:
                 if source.header.kind == "record":
                     work.record_plaintexts.append(records.open(source.parsed))
                     work.record_sources.append(source)
+                elif source.header.kind == KIND_RECORD_STREAM:
+                    self._open_stream(source, data_key, work, result)
                 elif source.header.kind == "batch":
                     # Decrypted in place into an Arrow (mimalloc) buffer that the table's
                     # columns then use directly: no per-segment bytes, no join, no copy.
@@ -292,6 +314,27 @@ class BatchProcessor:
                 result.dead_letters.append(dead_letter(source, STAGE_OPEN, f"envelope: {exc}"))
             except RecordError as exc:
                 result.dead_letters.append(dead_letter(source, STAGE_DECODE, str(exc)))
+
+    @staticmethod
+    def _open_stream(source: Source, data_key: DataKey, work: _RegionWork,
+                     result: BatchResult) -> None:
+        """One call opens the whole stream; each record becomes a source of its own (one
+        row), each record that fails authentication a dead letter of its own (merged per
+        stream at the end). A stream-level failure raises (the caller dead-letters all of
+        its records)."""
+        from envelope import open_record_stream
+        opened = open_record_stream(source.envelope, data_key)
+        if len(opened.records) + len(opened.failures) != source.records:
+            raise EnvelopeFormatError("the opened stream's records differ from its count")
+        for record in opened.records:
+            work.record_plaintexts.append(record.plaintext)
+            work.record_sources.append(Source(source.parsed, index=record.index))
+        for failure in opened.failures:
+            reason = ("record failed authentication"
+                      if isinstance(failure.error, EnvelopeAuthenticationError)
+                      else f"record: {failure.error}")
+            result.dead_letters.append(dead_letter(Source(source.parsed, index=failure.index),
+                                                   STAGE_OPEN, reason))
 
     # -- rows of one (region, producer) as parts that share a schema ------------------------
     def _row_parts(self, work: _RegionWork, result: BatchResult) -> list[RowPart]:
@@ -369,7 +412,7 @@ class BatchProcessor:
             context = {
                 "sealbeam.kind": FEATURES_KIND,
                 "sealbeam.rows": str(table.num_rows),
-                "sealbeam.source_count": str(len(outcome.kept_sources)),
+                "sealbeam.source_count": str(sum(s.records for s in outcome.kept_sources)),
                 SPEC_CONTEXT_KEY: self._compiled.fingerprint,
             }
             sealer = BatchSealer(
@@ -381,10 +424,10 @@ class BatchProcessor:
             output_id = sealer.header.envelope_id  # the sealer knows it: no parse of the output
             kek_refs = ((wrapped.kek.uri, wrapped.kek.version),)
         return SealedOutput(region, producer_id, payload, table.num_rows,
-                            len(outcome.kept_sources), output_id, self._output_format,
-                            outcome.rows_suppressed,
-                            source_ids=tuple(sorted(s.header.envelope_id.hex()
-                                                    for s in outcome.kept_sources)),
+                            sum(s.records for s in outcome.kept_sources), output_id,
+                            self._output_format, outcome.rows_suppressed,
+                            source_ids=tuple(sorted({s.header.envelope_id.hex()
+                                                     for s in outcome.kept_sources})),
                             kek_refs=kek_refs,
                             dead_letter_rows=sum(p.rows.num_rows for p in outcome.partial))
 
@@ -403,7 +446,8 @@ class BatchProcessor:
             producer_id=output.producer_id, output_format=output.output_format,
             source_ids=output.source_ids, spec_fingerprint=self._compiled.fingerprint,
             kek_refs=output.kek_refs,
-            counts={"envelopes_in": output.source_count,
+            counts={"envelopes_in": len(output.source_ids),
+                    "records_in": output.source_count,
                     "rows_in": output.row_count + output.rows_suppressed
                     + output.dead_letter_rows,
                     "rows_out": output.row_count, "rows_suppressed": output.rows_suppressed,

@@ -268,7 +268,8 @@ def build_streaming_pipeline(p: beam.Pipeline, options: PipelineOptions, *,
     window = FixedWindows(window_s)
     sealed, feed_dead_letters = _read_feed(p, options, source, subscriber_factory)
 
-    parsed = sealed | "ParseHeaders" >> ParseSealed()
+    # Record streams (profile 2) are dead letters here: late data is counted per envelope.
+    parsed = sealed | "ParseHeaders" >> ParseSealed(record_streams=False)
     unique = parsed[ParseSealed.SEALED] | "DedupeEnvelopes" >> dedupe
     timed = unique[DeduplicateEnvelopes.UNIQUE] | "EventTime" >> StampEventTime(
         window_s=window_s, allowed_lateness_s=lateness_s)

@@ -63,24 +63,21 @@ from enclave_workers.batch_processor import (
     OUTPUT_FORMATS,
     PARQUET_PME,
     SEALED_ARROW,
-    STAGE_PARSE,
     BatchProcessor,
     BatchResult,
-    DeadLetter,
-    unparsed_record_id,
 )
 from enclave_workers.features import CompiledSpec, FeatureError, FeatureSpec, compile_spec
 from enclave_workers.features.pme import check_column_keys, column_keys_for_spec
 from enclave_workers.key_session import KeySession
 from enclave_workers.output_names import output_name_id
-from envelope import EnvelopeError, read_header
 from keybroker.client import BrokerUnavailableError
 
 from .batching import DEFAULT_MAX_BATCH_BYTES, DEFAULT_SHARDS, BatchByDataKey, EnvelopeBatch
 from .broker_identity import BrokerTrust, resolve_broker_trust
 from .errors import TransformConfigError
 from .metrics import BROKER_CALLS, BROKER_RETRIES, NAMESPACE, ROWS_SUPPRESSED
-from .sealed import SealedEnvelope, sealed_envelope
+from .parse import read_sealed
+from .sealed import SealedEnvelope
 from .session import (
     OutputDestinations,
     acquire_session,
@@ -208,19 +205,11 @@ class _AsSealedEnvelopeFn(beam.DoFn):
         if isinstance(element, SealedEnvelope):
             yield element
             return
-        if len(element) > MAX_ENVELOPE_BYTES:
-            yield TaggedOutput(ConfidentialProcess.DEAD_LETTER, DeadLetter(
-                unparsed_record_id(element),
-                f"envelope is {len(element)} bytes, over {MAX_ENVELOPE_BYTES}", STAGE_PARSE,
-                b""))
-            return
-        try:
-            header, _ = read_header(element)
-        except EnvelopeError as exc:
-            yield TaggedOutput(ConfidentialProcess.DEAD_LETTER, DeadLetter(
-                unparsed_record_id(element), f"not a sealed envelope: {exc}", STAGE_PARSE, b""))
-            return
-        yield sealed_envelope(element, header)
+        read = read_sealed(element, MAX_ENVELOPE_BYTES)
+        if isinstance(read, SealedEnvelope):
+            yield read
+        else:
+            yield TaggedOutput(ConfidentialProcess.DEAD_LETTER, read)
 
 
 class ConfidentialProcess(beam.PTransform):
