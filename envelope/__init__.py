@@ -7,6 +7,10 @@ The byte layout is specified in docs/FORMAT.md.
 
 - Records: :func:`seal_record` / :func:`open_record` (one small message); many under one
   DEK in one call: :func:`seal_records` / :func:`open_records` (:class:`RecordOpener`).
+- Record streams (record profile 2, FORMAT.md section 13: many records under one
+  per-stream key): :func:`seal_record_stream`, :func:`open_record_stream`,
+  :func:`read_record_stream` (structure, no key), :func:`extract_stream_record` /
+  :func:`open_stream_record` (one record kept sealed, e.g. in a dead letter).
 - Batches: :func:`seal_batch`, the streaming :class:`BatchSealer`, :func:`iter_open_batch`
   (segment by segment), :func:`open_batch` and :func:`open_batch_into` (into a buffer the
   caller allocates).
@@ -49,9 +53,29 @@ from envelope.header import (
     read_header,
 )
 from envelope.keys import DataKey, KeyReference, WrappedKey, dek_wrap_aad
-from envelope.limits import DEFAULT_SEGMENT_SIZE, MAX_HEADER_LENGTH
+from envelope.limits import (
+    DEFAULT_SEGMENT_SIZE,
+    MAX_HEADER_LENGTH,
+    MAX_STREAM_LENGTH,
+    MAX_STREAM_RECORD_PLAINTEXT,
+    MAX_STREAM_RECORDS,
+)
 from envelope.record import open_record, seal_record
 from envelope.record_batch import RecordOpener, open_records, seal_records
+from envelope.record_stream import (
+    KIND_RECORD_STREAM,
+    OpenedRecordStream,
+    RecordStreamLayout,
+    StreamRecord,
+    StreamRecordExcerpt,
+    StreamRecordFailure,
+    extract_stream_record,
+    open_record_stream,
+    open_stream_record,
+    read_record_stream,
+    read_stream_record,
+    seal_record_stream,
+)
 from envelope.rewrap import rewrap_envelope, rewrap_header
 from envelope.transport import (
     TEE_KEY_ALGORITHM,
@@ -66,8 +90,12 @@ __all__ = [
     "ALGORITHM_AES256GCM_HKDF_SHA512",
     "DEFAULT_SEGMENT_SIZE",
     "FORMAT_VERSION",
+    "KIND_RECORD_STREAM",
     "MAGIC",
     "MAX_HEADER_LENGTH",
+    "MAX_STREAM_LENGTH",
+    "MAX_STREAM_RECORDS",
+    "MAX_STREAM_RECORD_PLAINTEXT",
     "TEE_KEY_ALGORITHM",
     "TEE_PUBLIC_KEY_LENGTH",
     "BatchSealer",
@@ -79,25 +107,36 @@ __all__ = [
     "EnvelopeLimitError",
     "KeyReference",
     "KeyTransportError",
+    "OpenedRecordStream",
     "ParsedEnvelope",
     "RecordOpener",
+    "RecordStreamLayout",
+    "StreamRecord",
+    "StreamRecordExcerpt",
+    "StreamRecordFailure",
     "TeeKeyPair",
     "WrappedKey",
     "dek_wrap_aad",
     "envelope_length",
+    "extract_stream_record",
     "iter_open_batch",
     "open_batch",
     "open_batch_into",
     "open_record",
+    "open_record_stream",
     "open_records",
+    "open_stream_record",
     "parse_envelope",
     "read_header",
+    "read_record_stream",
+    "read_stream_record",
     "release_info",
     "report_data_binding",
     "rewrap_envelope",
     "rewrap_header",
     "seal_batch",
     "seal_record",
+    "seal_record_stream",
     "seal_records",
     "seal_to_tee",
 ]

@@ -39,6 +39,7 @@ from envelope.limits import (
     MAX_PRODUCER_ID,
     MAX_REGION,
     MAX_SEGMENT_SIZE,
+    MAX_STREAM_RECORDS,
     MAX_WRAPPED_KEY,
     MIN_SEGMENT_SIZE,
     SALT_LENGTH,
@@ -54,7 +55,8 @@ ALGORITHM_AES256GCM_HKDF_SHA512 = 1  # AES-256-GCM, HKDF-SHA-512 key derivation,
 SUPPORTED_ALGORITHMS = frozenset({ALGORITHM_AES256GCM_HKDF_SHA512})
 KIND_RECORD = "record"
 KIND_BATCH = "batch"
-KIND_CODES = {KIND_RECORD: 1, KIND_BATCH: 2}
+KIND_RECORD_STREAM = "record-stream"  # record profile 2 (FORMAT.md section 13)
+KIND_CODES = {KIND_RECORD: 1, KIND_BATCH: 2, KIND_RECORD_STREAM: 3}
 _KIND_NAMES = {code: name for name, code in KIND_CODES.items()}
 
 # magic, version, kind, algorithm, envelope_id, schema_fingerprint, salt, commitment, segment_size
@@ -146,13 +148,21 @@ def encode_context(context: Mapping[str, str]) -> bytes:
 
 
 def check_segment_size(kind: str, segment_size: int) -> None:
-    """Record: exactly 0; batch: an int in [MIN_SEGMENT_SIZE, MAX_SEGMENT_SIZE]."""
+    """Record: exactly 0; batch: an int in [MIN_SEGMENT_SIZE, MAX_SEGMENT_SIZE]; record
+    stream: the slot holds the record count, 1..MAX_STREAM_RECORDS."""
     if kind == KIND_RECORD:
         if segment_size != 0:
             raise EnvelopeFormatError(f"segment size {segment_size} must be 0 for a record")
         return
     if not isinstance(segment_size, int) or isinstance(segment_size, bool):
         raise EnvelopeFormatError("segment size must be an int")
+    if kind == KIND_RECORD_STREAM:
+        if segment_size > MAX_STREAM_RECORDS:
+            raise EnvelopeLimitError(
+                f"record count {segment_size} exceeds {MAX_STREAM_RECORDS}")
+        if segment_size < 1:
+            raise EnvelopeFormatError(f"record count {segment_size} is below 1")
+        return
     if segment_size > MAX_SEGMENT_SIZE:
         raise EnvelopeLimitError(f"segment size {segment_size} exceeds {MAX_SEGMENT_SIZE}")
     if segment_size < MIN_SEGMENT_SIZE:
@@ -286,7 +296,8 @@ def _check_version(version: int) -> None:
 
 def _kind_name(kind_code: int) -> str:
     if kind_code not in _KIND_NAMES:
-        raise EnvelopeFormatError(f"kind {kind_code} is not 1 (record) or 2 (batch)")
+        raise EnvelopeFormatError(
+            f"kind {kind_code} is not 1 (record), 2 (batch) or 3 (record-stream)")
     return _KIND_NAMES[kind_code]
 
 

@@ -2,10 +2,11 @@
 
 A record body is ``u32 BE length || ciphertext``; a batch body is a run of segment frames
 ``u8 final || u32 BE length || ciphertext`` ending with the one frame whose flag is 1
-(docs/FORMAT.md section 3). These walkers bound every length before they step over it and
-report where each ciphertext starts, so openers can decrypt memoryview slices in place and
-:func:`envelope_length` can tell where an envelope ends inside a larger buffer. They never
-decrypt and never judge trailing bytes; the openers do.
+(docs/FORMAT.md section 3); a record stream's frames are walked by
+``envelope.record_stream`` (section 13). These walkers bound every length before they step
+over it and report where each ciphertext starts, so openers can decrypt memoryview slices
+in place and :func:`envelope_length` can tell where an envelope ends inside a larger
+buffer. They never decrypt and never judge trailing bytes; the openers do.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from dataclasses import dataclass
 
 from envelope._wire import BoundedReader
 from envelope.errors import EnvelopeFormatError, EnvelopeLimitError
-from envelope.header import KIND_RECORD, ParsedEnvelope, view_and_header
+from envelope.header import KIND_RECORD, KIND_RECORD_STREAM, ParsedEnvelope, view_and_header
 from envelope.limits import MAX_RECORD_PLAINTEXT, MAX_SEGMENT_COUNT, TAG_LENGTH
 
 __all__ = ["SegmentFrame", "envelope_length", "iter_batch_frames", "record_frame"]
@@ -108,6 +109,10 @@ def envelope_length(data: bytes | bytearray | memoryview | ParsedEnvelope) -> in
     header_length = layout.end
     if header.kind == KIND_RECORD:
         return record_frame(view, header_length).end
+    if header.kind == KIND_RECORD_STREAM:
+        from envelope.record_stream import record_stream_end  # the stream's own walker
+
+        return record_stream_end(view, header, layout)
     end = header_length
     for frame in iter_batch_frames(view, header_length, header.segment_size):
         end = frame.end

@@ -38,6 +38,7 @@ from envelope._header_codec import (
     KIND_BATCH,
     KIND_CODES,
     KIND_RECORD,
+    KIND_RECORD_STREAM,
     MAGIC,
     SUPPORTED_ALGORITHMS,
     decode_fixed_part,
@@ -56,6 +57,7 @@ __all__ = [
     "FORMAT_VERSION",
     "KIND_BATCH",
     "KIND_RECORD",
+    "KIND_RECORD_STREAM",
     "MAGIC",
     "SUPPORTED_ALGORITHMS",
     "EnvelopeHeader",
@@ -89,7 +91,8 @@ class EnvelopeHeader:
 
     def __post_init__(self) -> None:
         if self.kind not in KIND_CODES:
-            raise EnvelopeFormatError(f"kind {self.kind!r} is not 'record' or 'batch'")
+            raise EnvelopeFormatError(
+                f"kind {self.kind!r} is not 'record', 'batch' or 'record-stream'")
         if not isinstance(self.context, Mapping):
             raise EnvelopeFormatError(
                 f"context must be a mapping, not {type(self.context).__name__}"
@@ -109,6 +112,11 @@ class EnvelopeHeader:
         header = object.__new__(cls)
         object.__setattr__(header, "__dict__", fields)
         return header
+
+    @property
+    def record_count(self) -> int | None:
+        """A record stream's committed record count (its ``segment_size`` slot); else None."""
+        return self.segment_size if self.kind == KIND_RECORD_STREAM else None
 
     @property
     def record_id(self) -> str:

@@ -15,6 +15,7 @@ __all__ = [
     "MAX_CONTEXT_ENTRIES",
     "MAX_CONTEXT_KEY",
     "MAX_CONTEXT_VALUE",
+    "MAX_EVENT_TIME_MS",
     "MAX_HEADER_LENGTH",
     "MAX_KEK_URI",
     "MAX_KEK_VERSION",
@@ -23,6 +24,9 @@ __all__ = [
     "MAX_REGION",
     "MAX_SEGMENT_COUNT",
     "MAX_SEGMENT_SIZE",
+    "MAX_STREAM_LENGTH",
+    "MAX_STREAM_RECORDS",
+    "MAX_STREAM_RECORD_PLAINTEXT",
     "MAX_WRAPPED_KEY",
     "MIN_SEGMENT_SIZE",
     "SALT_LENGTH",
@@ -69,3 +73,11 @@ MIN_SEGMENT_SIZE = 16
 MAX_SEGMENT_SIZE = 1 << 24  # 16 MiB
 DEFAULT_SEGMENT_SIZE = 1 << 20  # 1 MiB
 MAX_SEGMENT_COUNT = 1 << 32  # indices 0 .. 2**32 - 1 fit the 4-byte nonce/AAD counter
+
+# Record streams (record profile 2, docs/FORMAT.md section 13).
+MAX_STREAM_RECORDS = 1 << 16  # 65 536 records a stream (the header's count slot)
+MAX_STREAM_RECORD_PLAINTEXT = 1 << 20  # 1 MiB a record (a partner record is at most 1 MiB)
+# The whole envelope, header included: 48 MiB, so that its base64 line (64 MiB) fits a
+# sealed record file (section 8).
+MAX_STREAM_LENGTH = 48 << 20
+MAX_EVENT_TIME_MS = 253_402_300_799_999  # 9999-12-31T23:59:59.999Z; 0 means "none"

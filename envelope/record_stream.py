@@ -1,0 +1,515 @@
+"""Record profile 2: many small records in one envelope under one per-stream key.
+
+A v1 record envelope pays for its own salt, HKDF, key commitment, AES key setup and header
+tag, and carries a ~300-byte header, per record. A **record stream** (kind ``03``,
+docs/FORMAT.md section 13) pays for them once per stream: the same v1 header (the
+``segment_size`` slot holds the committed record count), the same HKDF, commitment and
+header tag, then one frame per record::
+
+    u32 ciphertext_length || record_id (16) || u64 event_time_ms (0 = none) || ciphertext||tag
+
+Record ``i`` is AES-256-GCM under the stream key with ``nonce_i = 8 zero bytes || u32 i``
+and ``aad_i = stream_digest || record_id || u64 event_time_ms || u32 i``, where
+``stream_digest = SHA-256("sealbeam/record-stream/v1" 00 || core header)``. So a frame
+cannot move to another stream or another index, and its id and event time cannot change,
+unnoticed; the key block is outside every AAD, so rewrap works as for v1.
+
+Errors: structure first, for the whole stream (header, total length, each frame in order,
+the committed count, no trailing bytes, no duplicate record id) as
+:class:`EnvelopeFormatError` / :class:`EnvelopeLimitError`; then commitment and header tag
+(:class:`EnvelopeAuthenticationError`, the whole stream); then each record's GCM tag, whose
+failure is reported in that record's place (:class:`StreamRecordFailure`) while its
+siblings open.
+
+Final API (stable; additive changes only)::
+
+    KIND_RECORD_STREAM = "record-stream"
+    seal_record_stream(plaintexts, *, data_key, wrapped_key, region, producer_id,
+                       schema_fingerprint, context, event_times_ms=None) -> bytes
+    open_record_stream(envelope, data_key) -> OpenedRecordStream       # raises stream-level
+    OpenedRecordStream(header, records: list[StreamRecord], failures: list[StreamRecordFailure])
+    StreamRecord(index, record_id: bytes, event_time_ms: int | None, plaintext: bytes)
+    StreamRecordFailure(index, record_id: bytes, error: EnvelopeError)
+    read_record_stream(envelope) -> RecordStreamLayout                   # structure, no key
+    RecordStreamLayout(header, header_length, record_ids, event_times_ms, frame_offsets,
+                       core_end, length)
+    extract_stream_record(envelope, index) -> bytes      # a sealed one-record excerpt (SBRX)
+    read_stream_record(excerpt) -> StreamRecordExcerpt   # its structure, no key
+    open_stream_record(excerpt, data_key) -> StreamRecord  # raises
+
+``envelope`` may be bytes, a memoryview or a :class:`ParsedEnvelope`. An excerpt is how a
+dead letter keeps one record of a stream sealed without the key: ``"SBRX" || 01 || u32
+index || the stream's header || the record's frame``; only the DEK holder can open it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import struct
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+from cryptography.exceptions import InvalidTag
+
+from envelope._sealed_header import authenticate_parsed_header
+from envelope._sealing import SealingRequest, start_envelope
+from envelope._wire import as_byte_view
+from envelope.errors import (
+    EnvelopeAuthenticationError,
+    EnvelopeError,
+    EnvelopeFormatError,
+    EnvelopeLimitError,
+)
+from envelope.header import (
+    KIND_RECORD_STREAM,
+    EnvelopeHeader,
+    HeaderLayout,
+    ParsedEnvelope,
+    parse_header,
+    view_and_header,
+)
+from envelope.keys import DataKey, WrappedKey
+from envelope.limits import (
+    ENVELOPE_ID_LENGTH,
+    MAX_EVENT_TIME_MS,
+    MAX_STREAM_LENGTH,
+    MAX_STREAM_RECORD_PLAINTEXT,
+    MAX_STREAM_RECORDS,
+    TAG_LENGTH,
+)
+
+__all__ = [
+    "EXCERPT_MAGIC",
+    "KIND_RECORD_STREAM",
+    "OpenedRecordStream",
+    "RecordStreamLayout",
+    "StreamRecord",
+    "StreamRecordExcerpt",
+    "StreamRecordFailure",
+    "extract_stream_record",
+    "open_record_stream",
+    "open_stream_record",
+    "read_record_stream",
+    "read_stream_record",
+    "seal_record_stream",
+    "stream_digest",
+]
+
+STREAM_DIGEST_LABEL = b"sealbeam/record-stream/v1\x00"
+RECORD_ID_LENGTH = 16
+FRAME_HEAD = struct.Struct(">I16sQ")  # ciphertext length, record id, event time: 28 bytes
+FRAME_HEAD_LENGTH = FRAME_HEAD.size
+FRAME_OVERHEAD = FRAME_HEAD_LENGTH + TAG_LENGTH  # 44 bytes a record besides its plaintext
+MAX_STREAM_CIPHERTEXT = MAX_STREAM_RECORD_PLAINTEXT + TAG_LENGTH
+EXCERPT_MAGIC = b"SBRX"
+EXCERPT_VERSION = 1
+_EXCERPT_PREFIX = struct.Struct(">4sBI")  # magic, version, index: 9 bytes
+_NONCE_PREFIX = bytes(8)
+
+
+@dataclass(frozen=True, slots=True)
+class StreamRecord:
+    """One opened record: its index in the stream, id, event time (None if 0) and plaintext."""
+
+    index: int
+    record_id: bytes
+    event_time_ms: int | None
+    plaintext: bytes
+
+
+# The slot descriptors of StreamRecord, for building one in the opener's loop (see there).
+_RECORD_SETTERS = tuple(
+    getattr(StreamRecord, name).__set__
+    for name in ("index", "record_id", "event_time_ms", "plaintext"))
+
+
+@dataclass(frozen=True, slots=True)
+class StreamRecordFailure:
+    """A record whose frame is well formed but did not authenticate (its GCM tag failed)."""
+
+    index: int
+    record_id: bytes
+    error: EnvelopeError
+
+
+@dataclass(frozen=True, slots=True)
+class OpenedRecordStream:
+    """Every record of an authenticated stream: opened ones and, in index order, failures."""
+
+    header: EnvelopeHeader
+    records: list[StreamRecord]
+    failures: list[StreamRecordFailure]
+
+
+@dataclass(frozen=True, slots=True)
+class RecordStreamLayout:
+    """A stream's structure, read without a key: what a pipeline sees outside the TEE.
+
+    Frame ``i`` is ``envelope[frame_offsets[i] : frame_offsets[i + 1]]`` (the last one ends
+    at ``length``); its ciphertext starts ``FRAME_HEAD_LENGTH`` (28) bytes in. The core
+    header (what the stream digest covers) is ``envelope[:core_end]``.
+    """
+
+    header: EnvelopeHeader
+    header_length: int
+    record_ids: tuple[bytes, ...]
+    event_times_ms: tuple[int | None, ...]
+    frame_offsets: tuple[int, ...]
+    core_end: int
+    length: int
+
+    @property
+    def record_count(self) -> int:
+        return len(self.record_ids)
+
+    def frame_end(self, index: int) -> int:
+        offsets = self.frame_offsets
+        return offsets[index + 1] if index + 1 < len(offsets) else self.length
+
+
+@dataclass(frozen=True, slots=True)
+class StreamRecordExcerpt:
+    """The structure of a one-record excerpt (``SBRX``), read without a key."""
+
+    header: EnvelopeHeader
+    index: int
+    record_id: bytes
+    event_time_ms: int | None
+
+
+def stream_digest(core_header: bytes | memoryview) -> bytes:
+    """``SHA-256("sealbeam/record-stream/v1" 00 || core header)``: every record's AAD binds it."""
+    return hashlib.sha256(STREAM_DIGEST_LABEL + bytes(core_header)).digest()
+
+
+# -- structure -----------------------------------------------------------------------------
+
+
+def _walk_frames(
+    view: memoryview, start: int, count: int
+) -> tuple[tuple[bytes, ...], tuple[int | None, ...], tuple[int, ...], int]:
+    """Record ids, event times and frame offsets of ``count`` frames from ``start``, checked
+    in order (frame head, ciphertext length bound, ciphertext present, event time bound,
+    record id not seen before); and where the last frame ends."""
+    size = len(view)
+    unpack = FRAME_HEAD.unpack_from
+    ids: list[bytes] = []
+    times: list[int | None] = []
+    offsets: list[int] = []
+    seen: set[bytes] = set()
+    position = start
+    for index in range(count):
+        if size - position < FRAME_HEAD_LENGTH:
+            if position == size:
+                raise EnvelopeFormatError(
+                    f"record stream truncated: {count} records committed, {index} present")
+            raise EnvelopeFormatError(
+                f"record {index} frame head truncated: needs {FRAME_HEAD_LENGTH} bytes, "
+                f"{size - position} remain")
+        length, record_id, event_time = unpack(view, position)
+        if length > MAX_STREAM_CIPHERTEXT:
+            raise EnvelopeLimitError(
+                f"record {index} length {length} exceeds {MAX_STREAM_CIPHERTEXT}")
+        if length < TAG_LENGTH:
+            raise EnvelopeFormatError(f"record {index} length {length} is below {TAG_LENGTH}")
+        end = position + FRAME_HEAD_LENGTH + length
+        if end > size:
+            raise EnvelopeFormatError(
+                f"record {index} ciphertext truncated: needs {length} bytes, "
+                f"{size - position - FRAME_HEAD_LENGTH} remain")
+        if event_time > MAX_EVENT_TIME_MS:
+            raise EnvelopeFormatError(
+                f"record {index} event time {event_time} exceeds {MAX_EVENT_TIME_MS}")
+        if record_id in seen:
+            raise EnvelopeFormatError(f"record {index} repeats record id {record_id.hex()}")
+        seen.add(record_id)
+        ids.append(record_id)
+        times.append(event_time or None)
+        offsets.append(position)
+        position = end
+    return tuple(ids), tuple(times), tuple(offsets), position
+
+
+def _stream_layout(view: memoryview, header: EnvelopeHeader, layout: HeaderLayout,
+                   *, whole: bool) -> RecordStreamLayout:
+    if header.kind != KIND_RECORD_STREAM:
+        raise EnvelopeFormatError(f"kind is {header.kind!r}, expected 'record-stream'")
+    if whole and len(view) > MAX_STREAM_LENGTH:
+        raise EnvelopeLimitError(
+            f"record stream length {len(view)} exceeds {MAX_STREAM_LENGTH}")
+    ids, times, offsets, end = _walk_frames(view, layout.end, header.segment_size)
+    if end > MAX_STREAM_LENGTH:
+        raise EnvelopeLimitError(f"record stream length {end} exceeds {MAX_STREAM_LENGTH}")
+    if whole and end != len(view):
+        raise EnvelopeFormatError(f"{len(view) - end} trailing bytes after the record stream")
+    return RecordStreamLayout(header=header, header_length=layout.end, record_ids=ids,
+                              event_times_ms=times, frame_offsets=offsets,
+                              core_end=layout.core_end, length=end)
+
+
+def read_record_stream(envelope: bytes | memoryview | ParsedEnvelope) -> RecordStreamLayout:
+    """The structure of a whole record stream (no key): header, ids, event times, offsets.
+
+    Raises :class:`EnvelopeFormatError` / :class:`EnvelopeLimitError` for anything that
+    :func:`open_record_stream` would reject before it needs the key.
+    """
+    view, header, layout = view_and_header(envelope)
+    return _stream_layout(view, header, layout, whole=True)
+
+
+def record_stream_end(view: memoryview, header: EnvelopeHeader, layout: HeaderLayout) -> int:
+    """Where the stream that starts ``view`` ends (bytes after it are not judged)."""
+    return _stream_layout(view, header, layout, whole=False).length
+
+
+# -- opening -------------------------------------------------------------------------------
+
+
+def open_record_stream(envelope: bytes | memoryview | ParsedEnvelope,
+                       data_key: DataKey) -> OpenedRecordStream:
+    """Every record of a stream, each opened or failed; stream-level failures raise.
+
+    Raises :class:`EnvelopeFormatError` for any structural fault (the whole stream), then
+    the uniform :class:`EnvelopeAuthenticationError` for a wrong DEK or a changed header.
+    A record whose GCM tag fails is a :class:`StreamRecordFailure` in ``failures``.
+    """
+    view, header, layout = view_and_header(envelope)
+    shape = _stream_layout(view, header, layout, whole=True)
+    keys = authenticate_parsed_header(view, header, layout, data_key)
+    decrypt = keys.cipher.decrypt
+    digest = stream_digest(view[: layout.core_end])
+    records: list[StreamRecord] = []
+    failures: list[StreamRecordFailure] = []
+    ids, times = shape.record_ids, shape.event_times_ms
+    offsets = shape.frame_offsets
+    last = len(offsets) - 1
+    nonce_prefix = _NONCE_PREFIX
+    append = records.append
+    new = object.__new__
+    set_index, set_id, set_time, set_plaintext = _RECORD_SETTERS
+    for index, start in enumerate(offsets):
+        stop = offsets[index + 1] if index < last else shape.length
+        counter = index.to_bytes(4, "big")
+        head_end = start + FRAME_HEAD_LENGTH
+        try:
+            plaintext = decrypt(nonce_prefix + counter, view[head_end:stop],
+                                digest + view[start + 4 : head_end] + counter)
+        except InvalidTag:
+            failures.append(StreamRecordFailure(index, ids[index], EnvelopeAuthenticationError()))
+            continue
+        # StreamRecord(index, ...) without the frozen __init__'s four object.__setattr__
+        # calls: the slots' own descriptors, half the cost of a record's Python overhead.
+        record = new(StreamRecord)
+        set_index(record, index)
+        set_id(record, ids[index])
+        set_time(record, times[index])
+        set_plaintext(record, plaintext)
+        append(record)
+    return OpenedRecordStream(header=header, records=records, failures=failures)
+
+
+# -- sealing -------------------------------------------------------------------------------
+
+
+def seal_record_stream(
+    plaintexts: Sequence[bytes | bytearray | memoryview],
+    *,
+    data_key: DataKey,
+    wrapped_key: WrappedKey,
+    region: str,
+    producer_id: str,
+    schema_fingerprint: bytes,
+    context: Mapping[str, str],
+    event_times_ms: Sequence[int | None] | None = None,
+) -> bytes:
+    """One record-stream envelope holding ``plaintexts`` in order (1..65,536 of them).
+
+    ``event_times_ms`` (optional, same length) gives each record's event time in
+    milliseconds since the epoch, 1..MAX_EVENT_TIME_MS; ``0`` or ``None`` means none. A
+    fresh random salt, envelope id and record ids; raises before sealing anything if a
+    count, length or time is out of bounds.
+    """
+    request = SealingRequest(data_key, wrapped_key, region, producer_id, schema_fingerprint,
+                             context)
+    return _seal_stream(plaintexts, event_times_ms, request)
+
+
+def _seal_record_stream_with(
+    plaintexts: Sequence[bytes], *, salt: bytes, envelope_id: bytes,
+    record_ids: Sequence[bytes], event_times_ms: Sequence[int | None] | None = None,
+    **arguments: object,
+) -> bytes:
+    """Deterministic sealing for known-answer vectors only: a reused salt reuses the key."""
+    request = SealingRequest(**arguments)  # type: ignore[arg-type]
+    return _seal_stream(plaintexts, event_times_ms, request, salt=salt,
+                        envelope_id=envelope_id, record_ids=record_ids)
+
+
+def _checked_times(event_times_ms: Sequence[int | None] | None, count: int) -> list[int]:
+    if event_times_ms is None:
+        return [0] * count
+    if len(event_times_ms) != count:
+        raise EnvelopeFormatError(
+            f"{len(event_times_ms)} event times for {count} records")
+    times = []
+    for index, value in enumerate(event_times_ms):
+        if value is None:
+            value = 0
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise EnvelopeFormatError(
+                f"record {index} event time must be int, not {type(value).__name__}")
+        if value < 0:
+            raise EnvelopeFormatError(f"record {index} event time {value} is negative")
+        if value > MAX_EVENT_TIME_MS:
+            raise EnvelopeFormatError(
+                f"record {index} event time {value} exceeds {MAX_EVENT_TIME_MS}")
+        times.append(value)
+    return times
+
+
+def _fresh_record_ids(count: int) -> list[bytes]:
+    """``count`` distinct random 16-byte ids (a repeat is drawn again; it never happens)."""
+    while True:
+        pool = os.urandom(RECORD_ID_LENGTH * count)
+        ids = [pool[i : i + RECORD_ID_LENGTH] for i in range(0, len(pool), RECORD_ID_LENGTH)]
+        if len(set(ids)) == count:
+            return ids
+
+
+def _seal_stream(
+    plaintexts: Sequence[bytes | bytearray | memoryview],
+    event_times_ms: Sequence[int | None] | None,
+    request: SealingRequest,
+    *,
+    salt: bytes | None = None,
+    envelope_id: bytes | None = None,
+    record_ids: Sequence[bytes] | None = None,
+) -> bytes:
+    count = len(plaintexts)
+    if count > MAX_STREAM_RECORDS:
+        raise EnvelopeLimitError(f"record count {count} exceeds {MAX_STREAM_RECORDS}")
+    if count < 1:
+        raise EnvelopeFormatError("a record stream holds at least one record")
+    bodies = [as_byte_view(plaintext) for plaintext in plaintexts]
+    body_bytes = 0
+    for index, body in enumerate(bodies):
+        if len(body) > MAX_STREAM_RECORD_PLAINTEXT:
+            raise EnvelopeLimitError(f"record {index} plaintext length {len(body)} exceeds "
+                                     f"{MAX_STREAM_RECORD_PLAINTEXT}")
+        body_bytes += len(body) + FRAME_OVERHEAD
+    times = _checked_times(event_times_ms, count)
+    if record_ids is None:
+        ids = _fresh_record_ids(count)
+    else:
+        ids = [bytes(record_id) for record_id in record_ids]
+        if len(ids) != count or any(len(i) != RECORD_ID_LENGTH for i in ids):
+            raise EnvelopeFormatError(f"record ids must be {count} x {RECORD_ID_LENGTH} bytes")
+        if len(set(ids)) != count:
+            raise EnvelopeFormatError("record ids repeat")
+    if envelope_id is not None and len(envelope_id) != ENVELOPE_ID_LENGTH:
+        raise EnvelopeFormatError(f"envelope id length {len(envelope_id)}")
+    started = start_envelope(request, kind=KIND_RECORD_STREAM, segment_size=count, salt=salt,
+                             envelope_id=envelope_id)
+    wire = started.sealed_header.wire
+    total = len(wire) + body_bytes
+    if total > MAX_STREAM_LENGTH:
+        raise EnvelopeLimitError(f"record stream length {total} exceeds {MAX_STREAM_LENGTH}")
+    encrypt = started.keys.cipher.encrypt
+    digest = stream_digest(started.sealed_header.core)
+    parts = [wire]
+    append = parts.append
+    for index, body in enumerate(bodies):
+        counter = index.to_bytes(4, "big")
+        id_and_time = ids[index] + times[index].to_bytes(8, "big")
+        ciphertext = encrypt(_NONCE_PREFIX + counter, body, digest + id_and_time + counter)
+        append(len(ciphertext).to_bytes(4, "big"))
+        append(id_and_time)
+        append(ciphertext)
+    return b"".join(parts)
+
+
+# -- one record on its own: the dead-letter excerpt ------------------------------------------
+
+
+def extract_stream_record(envelope: bytes | memoryview | ParsedEnvelope, index: int) -> bytes:
+    """Record ``index`` of a stream as a self-contained, still sealed excerpt (no key needed).
+
+    ``"SBRX" || 01 || u32 index || the stream's header || frame index``: the header keeps
+    its tag and the frame its GCM tag, so :func:`open_stream_record` authenticates it with
+    the DEK exactly as :func:`open_record_stream` would that record. The whole stream is
+    checked structurally first.
+    """
+    view, header, layout = view_and_header(envelope)
+    shape = _stream_layout(view, header, layout, whole=True)
+    if not isinstance(index, int) or not 0 <= index < shape.record_count:
+        raise EnvelopeFormatError(
+            f"record index {index} out of range for {shape.record_count} records")
+    frame = view[shape.frame_offsets[index] : shape.frame_end(index)]
+    return b"".join((_EXCERPT_PREFIX.pack(EXCERPT_MAGIC, EXCERPT_VERSION, index),
+                     view[: layout.end], frame))
+
+
+def _parse_excerpt(data: bytes | memoryview
+                   ) -> tuple[memoryview, EnvelopeHeader, HeaderLayout, int, bytes, int]:
+    """(view of the stream part, header, layout, index, record id, event time)."""
+    view = as_byte_view(data)
+    prefix = _EXCERPT_PREFIX.size
+    if len(view) < prefix:
+        raise EnvelopeFormatError(
+            f"record excerpt truncated: needs {prefix} bytes, {len(view)} remain")
+    magic, version, index = _EXCERPT_PREFIX.unpack_from(view)
+    if magic != EXCERPT_MAGIC:
+        raise EnvelopeFormatError(f"bad magic {magic.hex()}, expected {EXCERPT_MAGIC.hex()}")
+    if version != EXCERPT_VERSION:
+        raise EnvelopeFormatError(
+            f"unsupported excerpt version {version}, expected {EXCERPT_VERSION}")
+    stream = view[prefix:]
+    header, layout = parse_header(stream)
+    if header.kind != KIND_RECORD_STREAM:
+        raise EnvelopeFormatError(f"kind is {header.kind!r}, expected 'record-stream'")
+    if index >= header.segment_size:
+        raise EnvelopeFormatError(
+            f"record index {index} out of range for {header.segment_size} records")
+    remaining = len(stream) - layout.end
+    if remaining < FRAME_HEAD_LENGTH:
+        raise EnvelopeFormatError(
+            f"record frame head truncated: needs {FRAME_HEAD_LENGTH} bytes, {remaining} remain")
+    length, record_id, event_time = FRAME_HEAD.unpack_from(stream, layout.end)
+    if length > MAX_STREAM_CIPHERTEXT:
+        raise EnvelopeLimitError(f"record length {length} exceeds {MAX_STREAM_CIPHERTEXT}")
+    if length < TAG_LENGTH:
+        raise EnvelopeFormatError(f"record length {length} is below {TAG_LENGTH}")
+    if remaining - FRAME_HEAD_LENGTH < length:
+        raise EnvelopeFormatError(
+            f"record ciphertext truncated: needs {length} bytes, "
+            f"{remaining - FRAME_HEAD_LENGTH} remain")
+    if remaining - FRAME_HEAD_LENGTH > length:
+        raise EnvelopeFormatError(
+            f"{remaining - FRAME_HEAD_LENGTH - length} trailing bytes after the record")
+    if event_time > MAX_EVENT_TIME_MS:
+        raise EnvelopeFormatError(f"record event time {event_time} exceeds {MAX_EVENT_TIME_MS}")
+    return stream, header, layout, index, record_id, event_time
+
+
+def read_stream_record(excerpt: bytes | memoryview) -> StreamRecordExcerpt:
+    """The structure of an excerpt (header, index, record id, event time), no key."""
+    _, header, _, index, record_id, event_time = _parse_excerpt(excerpt)
+    return StreamRecordExcerpt(header, index, record_id, event_time or None)
+
+
+def open_stream_record(excerpt: bytes | memoryview, data_key: DataKey) -> StreamRecord:
+    """The record inside an excerpt; structure, then commitment and header tag, then GCM.
+
+    Raises :class:`EnvelopeFormatError` or the uniform :class:`EnvelopeAuthenticationError`.
+    """
+    stream, header, layout, index, record_id, event_time = _parse_excerpt(excerpt)
+    keys = authenticate_parsed_header(stream, header, layout, data_key)
+    counter = index.to_bytes(4, "big")
+    head_end = layout.end + FRAME_HEAD_LENGTH
+    aad = stream_digest(stream[: layout.core_end]) + stream[layout.end + 4 : head_end] + counter
+    try:
+        plaintext = keys.cipher.decrypt(_NONCE_PREFIX + counter, stream[head_end:], aad)
+    except InvalidTag:
+        raise EnvelopeAuthenticationError() from None
+    return StreamRecord(index, record_id, event_time or None, plaintext)
