@@ -20,11 +20,11 @@ the rest of the batch proceeds. Rows suppressed for k-anonymity are counted per 
 Record streams (record profile 2): one ``open_record_stream`` call opens a stream (one HKDF
 and commitment check for all of its records); its records join the v1 records' plaintexts,
 so one ``read_json`` parses them all. Each record's fate is its own: a record that fails
-authentication, JSON parsing or the spec is a dead letter, and a stream's failed records of
-one stage are folded into one dead letter carrying the whole stream (still sealed), named
-``<envelope id>#<index ranges>``, ``records`` = how many (``row_outcomes``). A failure of the
-whole stream (header authentication, a wrong count, the data key) dead-letters all of its
-records at once (``records`` = its count).
+authentication, JSON parsing or the spec is a dead letter of its own named ``<envelope
+id>#<index>``, carrying that record still sealed (the stream's header and the record's
+frame, ``envelope.extract_stream_record``; ``row_outcomes``). A failure of the whole stream
+(header authentication, a wrong count, the data key) dead-letters all of its records at once
+(``records`` = its count).
 
 What it does not: no Beam, no I/O, no logging, and nothing in a dead letter is plaintext.
 Transient broker failures (``BrokerUnavailableError``) and a session the broker keeps
@@ -42,6 +42,7 @@ from importlib import resources
 import pyarrow as pa
 
 from envelope import (
+    KIND_RECORD_STREAM,
     BatchSealer,
     DataKey,
     EnvelopeAuthenticationError,
@@ -50,6 +51,7 @@ from envelope import (
     ParsedEnvelope,
     RecordOpener,
     open_batch_into,
+    open_record_stream,
     parse_envelope,
     seal_batch,
 )
@@ -76,7 +78,6 @@ from .row_outcomes import (
     Source,
     dead_letter,
     decide_region_outcome,
-    merge_stream_dead_letters,
     unparsed_record_id,
 )
 
@@ -125,7 +126,6 @@ STAGE_FEATURIZE = "featurize"
 STAGE_RESEAL = "reseal"
 STAGE_REGION = "region"
 
-KIND_RECORD_STREAM = "record-stream"
 _KEY_ERRORS = (BrokerDeniedError, BrokerNotFoundError, KeyUnsealError)
 
 
@@ -239,7 +239,6 @@ class BatchProcessor:
                              result)
         for (region, producer_id), region_work in sorted(work.items()):
             self._featurize_and_write(region, producer_id, region_work, result)
-        result.dead_letters = merge_stream_dead_letters(result.dead_letters)
         return result
 
     # -- parse headers (once per envelope: opening reuses the parse), group by key ----------
@@ -319,11 +318,10 @@ class BatchProcessor:
     def _open_stream(source: Source, data_key: DataKey, work: _RegionWork,
                      result: BatchResult) -> None:
         """One call opens the whole stream; each record becomes a source of its own (one
-        row), each record that fails authentication a dead letter of its own (merged per
-        stream at the end). A stream-level failure raises (the caller dead-letters all of
-        its records)."""
-        from envelope import open_record_stream
-        opened = open_record_stream(source.envelope, data_key)
+        row), each record that fails authentication a dead letter of its own (its sealed
+        excerpt). A stream-level failure raises (the caller dead-letters all of its
+        records)."""
+        opened = open_record_stream(source.parsed, data_key)
         if len(opened.records) + len(opened.failures) != source.records:
             raise EnvelopeFormatError("the opened stream's records differ from its count")
         for record in opened.records:

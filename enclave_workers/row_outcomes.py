@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pyarrow as pa
 
-from envelope import EnvelopeHeader, ParsedEnvelope
+from envelope import EnvelopeHeader, ParsedEnvelope, extract_stream_record
 
 from .features import CompiledSpec
 from .records import row_limit_problems
@@ -89,64 +89,22 @@ def unparsed_record_id(envelope: bytes) -> str:
     return "sha256:" + hashlib.sha256(envelope).hexdigest()[:32]
 
 
-_STREAM_RECORD_MARK = "#"
+STREAM_RECORD_MARK = "#"
 
 
 def dead_letter(source: Source, stage: str, reason: str) -> DeadLetter:
     """The whole input envelope as a dead letter (its original sealed bytes).
 
-    A record of a stream is named ``<envelope id>#<index>`` (one record);
-    ``merge_stream_dead_letters`` folds a stream's records into one dead letter.
+    A record of a stream is a dead letter of its own, named ``<envelope id>#<index>``,
+    carrying the record's sealed excerpt (``envelope.extract_stream_record``: the stream's
+    header and that record's frame, openable only with the DEK), not the whole stream.
     """
     envelope_id = source.header.envelope_id.hex()
     if source.index is not None:
-        return DeadLetter(f"{envelope_id}{_STREAM_RECORD_MARK}{source.index}", _bounded(reason),
-                          stage, source.envelope)
+        return DeadLetter(f"{envelope_id}{STREAM_RECORD_MARK}{source.index}", _bounded(reason),
+                          stage, extract_stream_record(source.parsed, source.index))
     return DeadLetter(envelope_id, _bounded(reason), stage, source.envelope,
                       records=source.records)
-
-
-def index_ranges(indices: Sequence[int]) -> str:
-    """Sorted record indices as ranges: ``0-3,7,9-10``."""
-    parts: list[str] = []
-    ordered = sorted(indices)
-    start = previous = ordered[0]
-    for index in [*ordered[1:], None]:
-        if index is not None and index == previous + 1:
-            previous = index
-            continue
-        parts.append(str(start) if start == previous else f"{start}-{previous}")
-        if index is not None:
-            start = previous = index
-    return ",".join(parts)
-
-
-def merge_stream_dead_letters(dead_letters: Sequence[DeadLetter]) -> list[DeadLetter]:
-    """One dead letter per (record stream, stage) for its failed records.
-
-    It carries the whole stream (still sealed) once, ``records`` = how many of its records
-    failed, the record id ``<envelope id>#<index ranges>`` (e.g. ``...#0-3,7``) saying which,
-    and the reasons per record (bounded). Other dead letters pass unchanged.
-    """
-    merged: dict[tuple[str, str], list[tuple[int, DeadLetter]]] = {}
-    kept: list[DeadLetter] = []
-    for letter in dead_letters:
-        envelope_id, mark, index = letter.record_id.partition(_STREAM_RECORD_MARK)
-        if not mark or not index.isdigit():
-            kept.append(letter)
-            continue
-        merged.setdefault((envelope_id, letter.stage), []).append((int(index), letter))
-    for (envelope_id, stage), letters in merged.items():
-        letters.sort(key=lambda item: item[0])
-        listed = letters[:MAX_LISTED_ROWS]
-        text = " | ".join(f"record {index}: {letter.reason}" for index, letter in listed)
-        if len(letters) > len(listed):
-            text += f" | ... and {len(letters) - len(listed)} more records"
-        reason = f"{len(letters)} record(s) of the stream failed: {text}"
-        kept.append(DeadLetter(
-            f"{envelope_id}{_STREAM_RECORD_MARK}{index_ranges([i for i, _ in letters])}",
-            _bounded(reason), stage, letters[0][1].sealed, records=len(letters)))
-    return kept
 
 
 @dataclass

@@ -19,8 +19,10 @@ structure is read without a key (``envelope.read_record_stream``: every frame's 
 record count the header commits to, unique record ids), so a truncated or malformed stream is
 a parse dead letter here. A stream stands for its records in the run's accounting: its line
 counted once in ``records_in`` when it was read, and its other ``count - 1`` records are
-counted here, where the count becomes known. A stream whose structure does not read counts
-as the one line it is (its record count is not known), and so does its dead letter. With
+counted here, where the count becomes known: the count its header commits to. A stream whose
+header parses but whose frames do not (truncated, a bad frame, a duplicate record id) is one
+dead letter for all of those records; bytes whose header does not parse are one line, one
+record, as for any other envelope. With
 ``record_streams=False`` (the streaming pipeline, whose late-data accounting counts
 envelopes) a well-formed stream is a dead letter for all of its records instead.
 
@@ -45,14 +47,19 @@ from enclave_workers.batch_processor import (
     DeadLetter,
     unparsed_record_id,
 )
-from envelope import EnvelopeError, read_header
+from envelope import (
+    KIND_RECORD_STREAM,
+    EnvelopeError,
+    EnvelopeHeader,
+    read_header,
+    read_record_stream,
+)
 
 from .metrics import NAMESPACE, RECORDS_IN
 from .sealed import SealedEnvelope, sealed_envelope
 
 __all__ = ["ENVELOPE_KINDS", "KIND_RECORD_STREAM", "ParseSealed", "read_sealed"]
 
-KIND_RECORD_STREAM = "record-stream"
 ENVELOPE_KINDS = ("record", "batch", KIND_RECORD_STREAM)
 
 
@@ -76,15 +83,14 @@ def read_sealed(envelope: bytes, max_envelope_bytes: int = MAX_ENVELOPE_BYTES, *
     return _read_stream(envelope, header, record_streams)
 
 
-def _read_stream(envelope: bytes, header: object, record_streams: bool
+def _read_stream(envelope: bytes, header: EnvelopeHeader, record_streams: bool
                  ) -> SealedEnvelope | DeadLetter:
-    from envelope import read_record_stream  # record profile 2
-
     try:
         layout = read_record_stream(envelope)
     except EnvelopeError as exc:
-        return DeadLetter(header.envelope_id.hex(),  # type: ignore[attr-defined]
-                          f"not a readable record stream: {exc}", STAGE_PARSE, envelope)
+        return DeadLetter(header.envelope_id.hex(),
+                          f"not a readable record stream: {exc}", STAGE_PARSE, envelope,
+                          records=header.record_count or 1)
     count = len(layout.record_ids)
     if not record_streams:
         return DeadLetter(layout.header.envelope_id.hex(),
