@@ -395,6 +395,7 @@ def run_standalone(settings: BrokerSettings, broker: RunningBroker, envelopes: l
         memory = peak_rss_since(window)
         calls = dict(session.broker_calls)
     finally:
+        processor.close()
         session.close()
     ledger_calls_since(settings, before)   # raises on a denial
     if accounted + dead + framing_dead != records:

@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from importlib import resources
 
@@ -126,6 +127,7 @@ STAGE_FEATURIZE = "featurize"
 STAGE_RESEAL = "reseal"
 STAGE_REGION = "region"
 
+MAX_PARALLEL_RELEASES = 4         # DEK releases of one batch in flight together
 _KEY_ERRORS = (BrokerDeniedError, BrokerNotFoundError, KeyUnsealError)
 
 
@@ -219,11 +221,18 @@ class BatchProcessor:
         self._output_format = output_format
         self._max_envelope_bytes = max_envelope_bytes
         self._declared = tuple(c.name for c in compiled.spec.columns)
+        self._releaser: ThreadPoolExecutor | None = None
         self._read_schema = json_read_schema((c.name, c.type) for c in compiled.spec.columns)
 
     @property
     def compiled(self) -> CompiledSpec:
         return self._compiled
+
+    def close(self) -> None:
+        """Stop the threads that release a batch's data keys (idle between batches)."""
+        releaser, self._releaser = self._releaser, None
+        if releaser is not None:
+            releaser.shutdown(wait=True)
 
     def process(self, envelopes: Sequence[bytes | ParsedEnvelope]) -> BatchResult:
         """Open, featurize and reseal ``envelopes``; each header is parsed exactly once.
@@ -234,9 +243,11 @@ class BatchProcessor:
         result = BatchResult()
         groups = self._parse_and_group(envelopes, result)
         work: dict[tuple[str, str], _RegionWork] = {}
-        for (_, region, producer_id), sources in groups.items():
-            self._open_group(sources, work.setdefault((region, producer_id), _RegionWork()),
-                             result)
+        released = self._release_data_keys(list(groups.values()))
+        for ((_, region, producer_id), sources), data_key in zip(groups.items(), released,
+                                                                 strict=True):
+            self._open_group(sources, data_key,
+                             work.setdefault((region, producer_id), _RegionWork()), result)
         for (region, producer_id), region_work in sorted(work.items()):
             self._featurize_and_write(region, producer_id, region_work, result)
         return result
@@ -279,13 +290,31 @@ class BatchProcessor:
             return None
 
     # -- one data key per group; open every envelope --------------------------------------
-    def _open_group(self, sources: list[Source], work: _RegionWork,
-                    result: BatchResult) -> None:
-        first = sources[0].header
-        try:
-            data_key = self._session.data_key(first.wrapped_key, first.region,
-                                              first.producer_id)
-        except _KEY_ERRORS as exc:
+    def _release_data_keys(self, groups: list[list[Source]]) -> list[DataKey | Exception]:
+        """Each group's data key (or the key error refusing it), the releases of a batch's
+        DEKs in flight together: a release is mostly waiting on the broker (its KMS unwrap,
+        ledger append, HPKE seal), so a batch of many DEKs (e.g. record streams, a DEK per
+        few hundred records) waits for them once, not one after another. The session is
+        shared by threads (single flight per key); other errors (broker unavailable) raise."""
+        def release(sources: list[Source]) -> DataKey | Exception:
+            header = sources[0].header
+            try:
+                return self._session.data_key(header.wrapped_key, header.region,
+                                              header.producer_id)
+            except _KEY_ERRORS as exc:
+                return exc
+
+        if len(groups) <= 1:
+            return [release(sources) for sources in groups]
+        if self._releaser is None:
+            self._releaser = ThreadPoolExecutor(max_workers=MAX_PARALLEL_RELEASES,
+                                                thread_name_prefix="dek-release")
+        return list(self._releaser.map(release, groups))
+
+    def _open_group(self, sources: list[Source], data_key: DataKey | Exception,
+                    work: _RegionWork, result: BatchResult) -> None:
+        if isinstance(data_key, Exception):
+            exc = data_key
             reason = f"data key not released: {type(exc).__name__}: {exc}"
             result.dead_letters.extend(dead_letter(s, STAGE_KEY, reason) for s in sources)
             return
