@@ -6,7 +6,10 @@ What it does, on one thread (Arrow pinned to one CPU thread):
 - records (100 B, 200 B, 1 KiB, 16 KiB payloads): records/s and µs per record of
   ``seal_record`` / ``open_record`` (one call per record), of the batch calls
   ``seal_records`` / ``open_records`` (all the run's records under one DEK in one call, from
-  bytes and from ``ParsedEnvelope``s) and of ``parse_envelope``;
+  bytes and from ``ParsedEnvelope``s) and of ``parse_envelope``; and of **record profile 2**
+  (docs/FORMAT.md section 13): ``seal_record_stream`` / ``open_record_stream`` /
+  ``read_record_stream`` over the same records in streams of 1,000 (``STREAM_RECORDS``), with
+  the bytes a record costs beside its payload in a stream (``stream_overhead_per_record``);
 - batches (1, 64, 256 MiB x segments of 64 KiB, 1 MiB, 4 MiB): MiB/s of ``seal_batch``
   (envelope in memory), ``BatchSealer`` writing to a file object, ``iter_open_batch`` (segment
   by segment, each dropped after use), ``open_batch`` (whole plaintext) and
@@ -71,10 +74,13 @@ from envelope import (
     open_batch,
     open_batch_into,
     open_record,
+    open_record_stream,
     open_records,
     parse_envelope,
+    read_record_stream,
     seal_batch,
     seal_record,
+    seal_record_stream,
     seal_records,
 )
 
@@ -107,6 +113,7 @@ BATCH_OPERATIONS = ("seal_batch", "BatchSealer->file", "iter_open_batch", "open_
                     "open_batch_into")
 RAW = "raw AES-GCM"  # the reference: bare AESGCM.decrypt of the same bytes, same segment size
 SECTIONS = ("records", "arrow", "batches", "memory")
+STREAM_RECORDS = 1_000  # records a record stream holds in the stream rows (the last may hold fewer)
 
 
 class BenchmarkCheckError(Exception):
@@ -175,11 +182,37 @@ def bench_records(sizes: list[int], count: int, repeat: int) -> list[dict[str, f
             for envelope in many:
                 parse_envelope(envelope)
 
-        row: dict[str, float] = {"payload_bytes": size, "envelope_bytes": len(sealed),
-                                 "records_per_run": count}
+        # Record profile 2: the same payloads in streams of STREAM_RECORDS under one DEK.
+        chunks = [payloads[i:i + STREAM_RECORDS] for i in range(0, count, STREAM_RECORDS)]
+        streams = [seal_record_stream(chunk, **SEAL_ARGUMENTS) for chunk in chunks]
+        for chunk, stream in zip(chunks, streams, strict=True):
+            opened = open_record_stream(stream, DATA_KEY)
+            if opened.failures or [r.plaintext for r in opened.records] != chunk:
+                raise BenchmarkCheckError(f"records {size} B: open_record_stream changed bytes")
+
+        def seal_streams(chunks: list[list[bytes]] = chunks) -> None:
+            for chunk in chunks:
+                seal_record_stream(chunk, **SEAL_ARGUMENTS)
+
+        def open_streams(streams: list[bytes] = streams) -> None:
+            for stream in streams:
+                open_record_stream(stream, DATA_KEY)
+
+        def read_streams(streams: list[bytes] = streams) -> None:
+            for stream in streams:
+                read_record_stream(stream)
+
+        row: dict[str, float] = {
+            "payload_bytes": size, "envelope_bytes": len(sealed), "records_per_run": count,
+            "stream_records": len(chunks[0]),
+            "stream_overhead_per_record": (len(streams[0]) - size * len(chunks[0]))
+            / len(chunks[0]),
+        }
         for name, run in (("seal", seal_all), ("open", open_all), ("seal_records", seal_many),
                           ("open_records", open_many), ("open_records_parsed", open_many_parsed),
-                          ("parse_envelope", parse_many)):
+                          ("parse_envelope", parse_many), ("seal_record_stream", seal_streams),
+                          ("open_record_stream", open_streams),
+                          ("read_record_stream", read_streams)):
             timing = timed_runs(repeat, run)
             row[f"{name}_records_per_second"] = count / timing["median_seconds"]
             row[f"{name}_best_records_per_second"] = count / timing["min_seconds"]
@@ -504,6 +537,9 @@ RECORD_COLUMNS = (("seal", "seal_record"), ("open", "open_record"),
                   ("seal_records", "seal_records"), ("open_records", "open_records"),
                   ("open_records_parsed", "open_records(parsed)"),
                   ("parse_envelope", "parse_envelope"))
+STREAM_COLUMNS = (("seal_record_stream", "seal_record_stream"),
+                  ("open_record_stream", "open_record_stream"),
+                  ("read_record_stream", "read_record_stream"))
 
 
 def print_records(rows: list[dict[str, float]]) -> None:
@@ -517,6 +553,17 @@ def print_records(rows: list[dict[str, float]]) -> None:
             .rjust(22) for name, _ in RECORD_COLUMNS)
         print(f"{human_size(row['payload_bytes']):10}"
               f"{row['envelope_bytes'] - row['payload_bytes']:>7} B{cells}")
+    print()
+    print(f"record streams (record profile 2, {rows[0]['stream_records']:,} records a stream): "
+          "records/s, median (µs per record)")
+    print(f"{'payload':10}{'overhead':>11}" + "".join(f"{title:>22}" for _, title in
+                                                     STREAM_COLUMNS))
+    for row in rows:
+        cells = "".join(
+            f"{row[f'{name}_records_per_second']:,.0f} ({row[f'{name}_us_per_record']:.1f})"
+            .rjust(22) for name, _ in STREAM_COLUMNS)
+        print(f"{human_size(row['payload_bytes']):10}"
+              f"{row['stream_overhead_per_record']:>9.1f} B{cells}")
     print()
 
 

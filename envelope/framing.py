@@ -102,7 +102,8 @@ def envelope_length(data: bytes | bytearray | memoryview | ParsedEnvelope) -> in
     """The length of the envelope at the start of ``data``; the rest of ``data`` is ignored.
 
     Structural only (no key): proves the envelope is well formed and complete, not that it
-    is authentic. A batch cut at a segment boundary raises :class:`EnvelopeFormatError`.
+    is authentic. A batch cut at a segment boundary raises :class:`EnvelopeFormatError`, as
+    does a record stream with fewer frames than its header's record count.
     A :class:`ParsedEnvelope` is not parsed again.
     """
     view, header, layout = view_and_header(data)

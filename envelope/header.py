@@ -1,6 +1,7 @@
 """The authenticated header of envelope format v1: its dataclass, layout and parse entry points.
 
-The header is the same for records and batches (docs/FORMAT.md section 2) and has three
+The header is the same for records, batches and record streams (docs/FORMAT.md section 2;
+a record stream's ``segment_size`` slot holds its record count, section 13) and has three
 parts: the **core header** (fixed fields, region, producer, context), the **key block**
 (KEK URI, KEK version, wrapped DEK) and the 32-byte **header tag**. It is parsed without any
 key: magic and version first, every length bounded before it is read, text strict UTF-8, the

@@ -71,7 +71,6 @@ from envelope.header import (
 )
 from envelope.keys import DataKey, WrappedKey
 from envelope.limits import (
-    ENVELOPE_ID_LENGTH,
     MAX_EVENT_TIME_MS,
     MAX_STREAM_LENGTH,
     MAX_STREAM_RECORD_PLAINTEXT,
@@ -214,6 +213,9 @@ def _walk_frames(
         if length < TAG_LENGTH:
             raise EnvelopeFormatError(f"record {index} length {length} is below {TAG_LENGTH}")
         end = position + FRAME_HEAD_LENGTH + length
+        if end > MAX_STREAM_LENGTH:  # inside a larger buffer (envelope_length): stop here
+            raise EnvelopeLimitError(
+                f"record stream length {end} exceeds {MAX_STREAM_LENGTH} at record {index}")
         if end > size:
             raise EnvelopeFormatError(
                 f"record {index} ciphertext truncated: needs {length} bytes, "
@@ -239,8 +241,6 @@ def _stream_layout(view: memoryview, header: EnvelopeHeader, layout: HeaderLayou
         raise EnvelopeLimitError(
             f"record stream length {len(view)} exceeds {MAX_STREAM_LENGTH}")
     ids, times, offsets, end = _walk_frames(view, layout.end, header.segment_size)
-    if end > MAX_STREAM_LENGTH:
-        raise EnvelopeLimitError(f"record stream length {end} exceeds {MAX_STREAM_LENGTH}")
     if whole and end != len(view):
         raise EnvelopeFormatError(f"{len(view) - end} trailing bytes after the record stream")
     return RecordStreamLayout(header=header, header_length=layout.end, record_ids=ids,
@@ -407,8 +407,6 @@ def _seal_stream(
             raise EnvelopeFormatError(f"record ids must be {count} x {RECORD_ID_LENGTH} bytes")
         if len(set(ids)) != count:
             raise EnvelopeFormatError("record ids repeat")
-    if envelope_id is not None and len(envelope_id) != ENVELOPE_ID_LENGTH:
-        raise EnvelopeFormatError(f"envelope id length {len(envelope_id)}")
     started = start_envelope(request, kind=KIND_RECORD_STREAM, segment_size=count, salt=salt,
                              envelope_id=envelope_id)
     wire = started.sealed_header.wire
@@ -484,11 +482,11 @@ def _parse_excerpt(data: bytes | memoryview
         raise EnvelopeFormatError(
             f"record ciphertext truncated: needs {length} bytes, "
             f"{remaining - FRAME_HEAD_LENGTH} remain")
+    if event_time > MAX_EVENT_TIME_MS:
+        raise EnvelopeFormatError(f"record event time {event_time} exceeds {MAX_EVENT_TIME_MS}")
     if remaining - FRAME_HEAD_LENGTH > length:
         raise EnvelopeFormatError(
             f"{remaining - FRAME_HEAD_LENGTH - length} trailing bytes after the record")
-    if event_time > MAX_EVENT_TIME_MS:
-        raise EnvelopeFormatError(f"record event time {event_time} exceeds {MAX_EVENT_TIME_MS}")
     return stream, header, layout, index, record_id, event_time
 
 

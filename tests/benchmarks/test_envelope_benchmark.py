@@ -41,10 +41,23 @@ def test_record_rows_are_positive(quick_results) -> None:
         assert row["envelope_bytes"] > row["payload_bytes"]
         assert_positive(row, tuple(
             f"{op}_{measure}" for op in ("seal", "open", "seal_records", "open_records",
-                                         "open_records_parsed", "parse_envelope")
+                                         "open_records_parsed", "parse_envelope",
+                                         "seal_record_stream", "open_record_stream",
+                                         "read_record_stream")
             for measure in (
                 "records_per_second", "best_records_per_second", "us_per_record",
                 "min_us_per_record")))
+
+
+def test_record_stream_rows_report_the_exact_overhead(quick_results) -> None:
+    """Quick runs hold 200 records, all in one stream: 44 bytes a record plus the header's
+    share (docs/FORMAT.md section 13.1), the header being the v1 record's (same fields)."""
+    stdout, numbers = quick_results
+    assert "record streams (record profile 2" in stdout
+    for row in numbers["records"]:
+        assert row["stream_records"] == 200
+        header = row["envelope_bytes"] - row["payload_bytes"] - 4 - 16  # v1: length and tag
+        assert row["stream_overhead_per_record"] == pytest.approx(44 + header / 200)
 
 
 def test_batch_rows_cover_every_operation_size_and_segment(quick_results) -> None:

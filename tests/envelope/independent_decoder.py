@@ -6,10 +6,12 @@ It deliberately imports nothing of sealbeam (no ``envelope``, ``keybroker``,
 and ``AuthFailed`` for cryptography, in the order of section 3.5: the whole envelope's
 structure first, then the commitment, the header tag and the segments.
 
-Besides the envelope (sections 2-4) it follows section 5.1 (DEK wrap AAD), section 7
-(payloads and context keys), section 8 (file layouts), section 9 (the local keyring's
-``SBLW`` wrap) and section 10 (fingerprints). Used by tests/envelope/test_vectors.py,
-tests/envelope/test_format_vectors.py and tests/envelope/test_second_implementation.py.
+Besides the envelope (sections 2-4) and the record stream of record profile 2 (section 13:
+``parse``/``decode`` handle kind 3 too, ``decode_excerpt`` opens an ``SBRX`` excerpt) it
+follows section 5.1 (DEK wrap AAD), section 7 (payloads and context keys), section 8 (file
+layouts), section 9 (the local keyring's ``SBLW`` wrap) and section 10 (fingerprints). Used by
+tests/envelope/test_vectors.py, tests/envelope/test_format_vectors.py,
+tests/envelope/test_record_stream_vectors.py and tests/envelope/test_second_implementation.py.
 """
 
 from __future__ import annotations
@@ -54,6 +56,10 @@ class Decoded:
     header_length: int
     frames: list[tuple[bool, bytes]] = field(default_factory=list)  # (final, ciphertext)
     segments: list[bytes] = field(default_factory=list)
+    # Kind 3 (section 13): (index, record_id, event_time_ms, ciphertext)
+    record_frames: list[tuple[int, bytes, int, bytes]] = field(default_factory=list)
+    # Kind 3, once opened: (index, record_id, event_time_ms, plaintext or None if it failed)
+    records: list[tuple[int, bytes, int, bytes | None]] = field(default_factory=list)
 
     @property
     def plaintext(self) -> bytes:
@@ -93,16 +99,34 @@ def _text(raw: bytes) -> str:
 
 def parse(envelope: bytes) -> Decoded:
     """Section 3.5 step 1: the whole structure (header and body), no key needed."""
+    decoded = parse_header(envelope)
+    offset = decoded.header_length
+    if decoded.kind == 3:
+        if len(envelope) > 48 * 1024 * 1024:
+            raise ValueError("record stream too long")
+        decoded.record_frames = _stream_frames(envelope, offset, range(decoded.segment_size))
+        if offset + sum(28 + len(frame[3]) for frame in decoded.record_frames) != len(envelope):
+            raise ValueError("trailing bytes")
+    else:
+        decoded.frames = _record_frames(envelope, offset) if decoded.kind == 1 else \
+            _batch_frames(envelope, offset, decoded.segment_size)
+    return decoded
+
+
+def parse_header(envelope: bytes) -> Decoded:
+    """Section 2: the header only (its length is ``header_length``)."""
     if len(envelope) < 124 or envelope[:4] != b"SBEV" or envelope[4] != 1:
         raise ValueError("magic/version")
     kind, algorithm = envelope[5], struct.unpack_from(">H", envelope, 6)[0]
     envelope_id, schema, salt, commitment, segment_size = struct.unpack_from(
         ">16s32s32s32sI", envelope, 8
     )
-    if kind not in (1, 2) or algorithm != 1:
+    if kind not in (1, 2, 3) or algorithm != 1:
         raise ValueError("kind/algorithm")
     if (kind == 1 and segment_size != 0) or (kind == 2 and not 16 <= segment_size <= 1 << 24):
         raise ValueError("segment size")
+    if kind == 3 and not 1 <= segment_size <= 65536:
+        raise ValueError("record count")
     offset = 124
     values = {}
     for name in ("region", "producer_id"):
@@ -142,9 +166,30 @@ def parse(envelope: bytes) -> Decoded:
         wrapped_key=values["wrapped_key"], context=context, core_length=core_length,
         header_tag=tag, header_length=offset,
     )
-    decoded.frames = _record_frames(envelope, offset) if kind == 1 else _batch_frames(
-        envelope, offset, segment_size)
     return decoded
+
+
+def _stream_frames(envelope: bytes, offset: int, indices: range
+                   ) -> list[tuple[int, bytes, int, bytes]]:
+    """Section 13.1 and 13.5 step 1: one frame per index, bounded, ids unique."""
+    frames, ids = [], set()
+    for index in indices:
+        if offset + 28 > len(envelope):
+            raise ValueError("record stream truncated")
+        length, record_id, event_time = struct.unpack_from(">I16sQ", envelope, offset)
+        if not 16 <= length <= (1 << 20) + 16:
+            raise ValueError("record length")
+        ciphertext = envelope[offset + 28 : offset + 28 + length]
+        if len(ciphertext) != length:
+            raise ValueError("record ciphertext truncated")
+        if event_time > 253402300799999:
+            raise ValueError("event time")
+        if record_id in ids:
+            raise ValueError("duplicate record id")
+        ids.add(record_id)
+        frames.append((index, record_id, event_time, ciphertext))
+        offset += 28 + length
+    return frames
 
 
 def _record_frames(envelope: bytes, offset: int) -> list[tuple[bool, bytes]]:
@@ -197,6 +242,8 @@ def open_parsed(envelope: bytes, decoded: Decoded, dek: bytes) -> Decoded:
         raise AuthFailed()
     if not hmac.compare_digest(expected_tag, decoded.header_tag):
         raise AuthFailed()
+    if decoded.kind == 3:
+        return _open_stream(envelope, decoded, AESGCM(okm[:32]))
     if not decoded.frames or not decoded.frames[-1][0]:
         raise AuthFailed()  # truncated before the final segment
     aead = AESGCM(okm[:32])
@@ -214,6 +261,41 @@ def open_parsed(envelope: bytes, decoded: Decoded, dek: bytes) -> Decoded:
 
 def decode(envelope: bytes, dek: bytes) -> Decoded:
     return open_parsed(envelope, parse(envelope), dek)
+
+
+def _open_stream(envelope: bytes, decoded: Decoded, aead: AESGCM) -> Decoded:
+    """Section 13.3 and 13.5 step 4: each record on its own; a failure is that record's."""
+    digest = hashlib.sha256(b"sealbeam/record-stream/v1\x00"
+                            + envelope[: decoded.core_length]).digest()
+    decoded.records = []
+    for index, record_id, event_time, ciphertext in decoded.record_frames:
+        nonce = bytes(8) + struct.pack(">I", index)
+        aad = digest + record_id + struct.pack(">QI", event_time, index)
+        try:
+            plaintext = aead.decrypt(nonce, ciphertext, aad)
+        except InvalidTag:
+            plaintext = None
+        decoded.records.append((index, record_id, event_time, plaintext))
+    return decoded
+
+
+def decode_excerpt(excerpt: bytes, dek: bytes) -> tuple[int, bytes, int, bytes]:
+    """Section 13.4: ``SBRX`` 01 u32 index, a stream header, one frame; (index, record id,
+    event time, plaintext). ValueError for structure, AuthFailed for cryptography."""
+    if len(excerpt) < 9 or excerpt[:4] != b"SBRX" or excerpt[4] != 1:
+        raise ValueError("excerpt magic/version")
+    (index,) = struct.unpack_from(">I", excerpt, 5)
+    body = excerpt[9:]
+    decoded = parse_header(body)
+    if decoded.kind != 3 or index >= decoded.segment_size:
+        raise ValueError("excerpt kind/index")
+    decoded.record_frames = _stream_frames(body, decoded.header_length, range(index, index + 1))
+    if decoded.header_length + 28 + len(decoded.record_frames[0][3]) != len(body):
+        raise ValueError("trailing bytes")
+    [(_, record_id, event_time, plaintext)] = open_parsed(body, decoded, dek).records
+    if plaintext is None:
+        raise AuthFailed()
+    return index, record_id, event_time, plaintext
 
 
 # -- section 5.1 -----------------------------------------------------------------------------

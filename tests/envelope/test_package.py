@@ -15,6 +15,10 @@ CONTRACT_NAMES = {
     "EnvelopeHeader", "read_header", "seal_record", "open_record", "seal_batch", "open_batch",
     "iter_open_batch", "BatchSealer", "TEE_KEY_ALGORITHM", "TeeKeyPair", "seal_to_tee",
     "report_data_binding", "release_info", "rewrap_envelope",
+    # record profile 2 (FORMAT.md section 13), the API the pipeline is wired against
+    "KIND_RECORD_STREAM", "seal_record_stream", "open_record_stream", "read_record_stream",
+    "extract_stream_record", "open_stream_record", "read_stream_record", "StreamRecord",
+    "StreamRecordFailure", "OpenedRecordStream", "RecordStreamLayout",
 }
 
 

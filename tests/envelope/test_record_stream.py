@@ -282,3 +282,20 @@ def test_errors_are_envelope_errors() -> None:
     for data in (b"", b"SBEV", _stream()[:200]):
         with pytest.raises(EnvelopeError):
             open_record_stream(data, DEK)
+
+
+def test_envelope_length_stops_at_the_stream_length_bound() -> None:
+    """Inside a larger buffer the walk refuses a stream that would pass 48 MiB."""
+    from envelope import MAX_STREAM_LENGTH
+
+    head = raw_header(kind=3, segment_size=60)
+    frame = struct.pack(">I16sQ", MAX_STREAM_RECORD_PLAINTEXT + 16, b"\x00" * 16, 0)
+    big = bytearray(head)
+    for index in range(60):
+        big += frame[:4] + index.to_bytes(16, "big") + frame[20:]
+        big += bytes(MAX_STREAM_RECORD_PLAINTEXT + 16)
+    assert len(big) > MAX_STREAM_LENGTH
+    with pytest.raises(EnvelopeLimitError, match="exceeds 50331648 at record 47"):
+        envelope_length(bytes(big))
+    with pytest.raises(EnvelopeLimitError, match="record stream length"):
+        read_record_stream(bytes(big))
