@@ -189,3 +189,42 @@ def test_a_stream_whose_header_fails_authentication_dead_letters_all_of_its_reco
     assert letter["stage"] == "open" and letter["records"] == layout.record_count
     assert letter["record_id"] == layout.header.envelope_id.hex()
     assert base64.b64decode(letter["sealed_b64"]) == bytes(forged)
+
+
+def test_a_record_stream_in_a_streaming_run_is_a_dead_letter_not_a_crash(
+        broker: BrokerEnv, tmp_path: Path) -> None:
+    """Streaming runs take v1 records and batches; a record stream arriving there (a Pub/Sub
+    message, a line of a dropped file) is one dead letter for all of its records, with the
+    reason, still sealed, and the v1 records beside it are processed."""
+    from apache_beam.coders import BytesCoder
+    from apache_beam.options.pipeline_options import PipelineOptions
+    from apache_beam.testing import test_stream
+    from apache_beam.transforms.window import TimestampedValue
+    from apache_beam.utils.timestamp import Timestamp
+
+    from pipelines.streaming import run_streaming
+
+    _, v1 = sealed_partner_files(broker, tmp_path, 20, event_time=10.0, sealed_dir="v1")
+    _, v2 = sealed_partner_files(broker, tmp_path, 20, event_time=10.0, sealed_dir="v2",
+                                 profile=2, records_per_stream=5)
+    stream_line = v2[0].read_bytes().splitlines()[0]
+    stream_records = read_record_stream(base64.b64decode(stream_line)).record_count
+    lines = [line for path in v1 for line in path.read_bytes().splitlines() if line]
+    elements = [TimestampedValue(line, 1 + i) for i, line in enumerate([*lines, stream_line])]
+    source = (test_stream.TestStream(coder=BytesCoder())
+              .advance_watermark_to(Timestamp(0))
+              .add_elements(elements)
+              .advance_watermark_to_infinity())
+    flags = {"output_root": str(tmp_path / "out"), "broker_url": broker.url,
+             "tee": "simulated-sev-snp", "dev_tee_dir": str(broker.dev_tee_dir),
+             "regions": ",".join(REGIONS), "message_format": "base64",
+             "window_seconds": 60, "min_batch_size": 500,
+             "feature_spec": str(spec_without_k_anonymity(tmp_path))}
+    run_streaming(PipelineOptions(flags=[f"--{k}={v}" for k, v in flags.items()]),
+                  source=source)
+    letters = _dead_letters(tmp_path / "out")
+    [refused] = [d for d in letters if "record-stream" in d["reason"]]
+    assert refused["records"] == stream_records and refused["stage"] == "parse"
+    assert base64.b64decode(refused["sealed_b64"]) == base64.b64decode(stream_line)
+    rows = sum(len(output_rows(broker, tmp_path / "out", region)) for region in REGIONS)
+    assert rows + sum(d["records"] for d in letters) == len(lines) + stream_records
