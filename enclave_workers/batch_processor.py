@@ -51,6 +51,7 @@ from envelope import (
     EnvelopeFormatError,
     ParsedEnvelope,
     RecordOpener,
+    WrappedKey,
     open_batch_into,
     open_record_stream,
     parse_envelope,
@@ -254,14 +255,16 @@ class BatchProcessor:
 
     # -- parse headers (once per envelope: opening reuses the parse), group by key ----------
     def _parse_and_group(self, envelopes: Sequence[bytes | ParsedEnvelope], result: BatchResult
-                         ) -> dict[tuple[str, str, str], list[Source]]:
-        groups: dict[tuple[str, str, str], list[Source]] = {}
+                         ) -> dict[tuple[WrappedKey, str, str], list[Source]]:
+        # Grouped by the wrapped DEK itself (KEK reference and ciphertext: what its key_id
+        # digests), which hashes without a SHA-256 per envelope.
+        groups: dict[tuple[WrappedKey, str, str], list[Source]] = {}
         for envelope in envelopes:
             parsed = self._parse_once(envelope, result)
             if parsed is None:
                 continue
             header = parsed.header
-            key = (header.wrapped_key.key_id, header.region, header.producer_id)
+            key = (header.wrapped_key, header.region, header.producer_id)
             # A record stream stands for the records its header commits to (read here, in
             # the TEE; the tag authenticates that count when the stream is opened).
             groups.setdefault(key, []).append(Source(parsed, header.record_count or 1)

@@ -77,9 +77,32 @@ def _stable_hash(*parts: bytes) -> int:
 
 def group_key(envelope: SealedEnvelope, shards: int, spread: int) -> tuple[str, str, int]:
     """``(region, producer, shard)``: all of a DEK's envelopes share ``spread`` groups at most."""
-    bucket = _stable_hash(envelope.envelope_id) % spread
+    bucket = _stable_hash(envelope.envelope_id) % spread if spread > 1 else 0
     shard = _stable_hash(envelope.key_id.encode(), str(bucket).encode()) % shards
     return envelope.region, envelope.producer_id, shard
+
+
+class _GroupKeyFn:
+    """``group_key`` with the shard of each DEK remembered when ``spread`` is 1 (the shard
+    is then a function of the DEK alone): no hashing per envelope, the same keys."""
+
+    _MAX_REMEMBERED = 4096
+
+    def __init__(self, shards: int, spread: int) -> None:
+        self._shards = shards
+        self._spread = spread
+        self._shards_by_key: dict[str, int] = {}
+
+    def __call__(self, envelope: SealedEnvelope) -> tuple[tuple[str, str, int], SealedEnvelope]:
+        if self._spread > 1:
+            return group_key(envelope, self._shards, self._spread), envelope
+        shard = self._shards_by_key.get(envelope.key_id)
+        if shard is None:
+            if len(self._shards_by_key) >= self._MAX_REMEMBERED:
+                self._shards_by_key.clear()
+            shard = group_key(envelope, self._shards, 1)[2]
+            self._shards_by_key[envelope.key_id] = shard
+        return (envelope.region, envelope.producer_id, shard), envelope
 
 
 def batch_id_of(envelopes: Sequence[SealedEnvelope]) -> bytes:
@@ -177,7 +200,7 @@ class BatchByDataKey(beam.PTransform):
             cut = cut.with_outputs(self.DUPLICATES, main=self.BATCHES)
         return (
             pcoll
-            | "KeyByDataKey" >> beam.Map(lambda e: (group_key(e, shards, spread), e))
+            | "KeyByDataKey" >> beam.Map(_GroupKeyFn(shards, spread))
             | "GroupByDataKey" >> beam.GroupByKey()
             | "CutBatches" >> cut
         )

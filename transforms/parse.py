@@ -51,6 +51,7 @@ from envelope import (
     KIND_RECORD_STREAM,
     EnvelopeError,
     EnvelopeHeader,
+    WrappedKey,
     read_header,
     read_record_stream,
 )
@@ -79,8 +80,23 @@ def read_sealed(envelope: bytes, max_envelope_bytes: int = MAX_ENVELOPE_BYTES, *
         return DeadLetter(header.envelope_id.hex(), f"unknown envelope kind {header.kind!r}",
                           STAGE_PARSE, envelope)
     if header.kind != KIND_RECORD_STREAM:
-        return sealed_envelope(envelope, header)
+        return sealed_envelope(envelope, header, key_id=_key_id(header.wrapped_key))
     return _read_stream(envelope, header, record_streams)
+
+
+_KEY_IDS: dict[WrappedKey, str] = {}
+_MAX_KEY_IDS = 1024
+
+
+def _key_id(wrapped: WrappedKey) -> str:
+    """``wrapped.key_id`` (a SHA-256), computed once per distinct wrapped DEK: envelopes
+    sealed under one DEK carry equal key blocks, so most lookups are one dict hit."""
+    key_id = _KEY_IDS.get(wrapped)
+    if key_id is None:
+        if len(_KEY_IDS) >= _MAX_KEY_IDS:
+            _KEY_IDS.clear()
+        key_id = _KEY_IDS[wrapped] = wrapped.key_id
+    return key_id
 
 
 def _read_stream(envelope: bytes, header: EnvelopeHeader, record_streams: bool

@@ -43,7 +43,10 @@ class SealedEnvelope:
         return self.envelope_id.hex()
 
 
-def sealed_envelope(data: bytes, header: EnvelopeHeader, records: int = 1) -> SealedEnvelope:
-    """The pipeline record of ``data`` whose header is ``header`` (``records``: see above)."""
-    return SealedEnvelope(header.envelope_id, header.wrapped_key.key_id, header.region,
-                          header.producer_id, hashlib.sha256(data).digest(), data, records)
+def sealed_envelope(data: bytes, header: EnvelopeHeader, records: int = 1, *,
+                    key_id: str | None = None) -> SealedEnvelope:
+    """The pipeline record of ``data`` whose header is ``header`` (``records``: see above;
+    ``key_id``: ``header.wrapped_key.key_id`` when the caller already has it)."""
+    return SealedEnvelope(header.envelope_id, key_id or header.wrapped_key.key_id,
+                          header.region, header.producer_id, hashlib.sha256(data).digest(),
+                          data, records)
