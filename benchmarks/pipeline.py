@@ -23,9 +23,11 @@ separately), starts the broker in this process on 127.0.0.1, and for each ``--ba
   process's peak so far, where that is unavailable) and, at the end, ``ru_maxrss``. Every
   Beam run comes before the runs outside Beam, which hold all envelopes in memory.
 
-With ``--baseline plaintext`` each batch size also gets two more FnApiRunner runs, after the
-others: the same pipeline on **sealed-batch** input (each partner file sealed as one batch
-envelope, ``seal_file(..., output_kind="batch")``) and the **plaintext baseline**
+With ``--baseline plaintext`` each batch size also gets three more FnApiRunner runs, after the
+others: the same pipeline on **record-stream** input (record profile 2: the partner files
+sealed with ``seal_file(..., profile=2)``, ``--records-per-stream`` records a stream and the
+same DEKs per ``--records-per-key``), on **sealed-batch** input (each partner file sealed as
+one batch envelope, ``seal_file(..., output_kind="batch")``) and the **plaintext baseline**
 (``benchmarks/plaintext_baseline.py``: the same graph, spec, batching and output format on
 the partners' plaintext JSONL, with the cryptography taken out); the report prints each
 sealed run's records/s as a fraction of the baseline's.
@@ -44,7 +46,7 @@ shares this process (and its GIL) with the runner, as in ``sealbeam demo``.
 
     .venv/bin/python benchmarks/pipeline.py [--records 100000] [--files 2]
         [--batch-size 2000 ...] [--output-format sealed-arrow|parquet-pme]
-        [--baseline plaintext] [--workers N] [--json PATH]
+        [--baseline plaintext] [--records-per-stream 1000] [--workers N] [--json PATH]
 """
 
 from __future__ import annotations
@@ -87,7 +89,7 @@ from pipelines import synthetic
 from pipelines.batch import RunSummary, run_batch
 from pipelines.errors import PipelineError
 from pipelines.reading import open_outputs
-from pipelines.sealing import seal_file
+from pipelines.sealing import DEFAULT_RECORDS_PER_STREAM, seal_file
 from transforms.confidential import PME_OUTPUT_KEY_MAX_ENVELOPES
 from transforms.read import MAX_LINE_BYTES, decode_line, iter_bounded_lines
 from transforms.session import make_key_session
@@ -393,6 +395,7 @@ def run_standalone(settings: BrokerSettings, broker: RunningBroker, envelopes: l
         memory = peak_rss_since(window)
         calls = dict(session.broker_calls)
     finally:
+        processor.close()
         session.close()
     ledger_calls_since(settings, before)   # raises on a denial
     if accounted + dead + framing_dead != records:
@@ -467,13 +470,46 @@ def run_baseline(workdir: Path, out_dir: Path, batch_size: int, output_format: s
             "output_files": summary.output_files, **memory}
 
 
+def seal_stream_inputs(settings: BrokerSettings, workdir: Path, records_per_key: int,
+                       records_per_stream: int) -> dict[str, object]:
+    """The partner files sealed as record streams (profile 2) into ``workdir/sealed-stream``;
+    the sealing figures, with the bytes of overhead per record in the envelopes."""
+    keyring = LocalKeyring.open(settings.keyring_path)
+    envelopes = data_keys = records = 0
+    started = time.perf_counter()
+    for path, (region, producer) in partner_origins(workdir).items():
+        report = seal_file(workdir / "partner" / path, workdir / "sealed-stream" /
+                           f"{Path(path).stem}.sealed", keyring=keyring, region=region,
+                           producer_id=producer, records_per_key=records_per_key, profile=2,
+                           records_per_stream=records_per_stream)
+        envelopes += report.envelopes
+        data_keys += report.data_keys
+        records += report.input_records
+    seconds = time.perf_counter() - started
+    plaintext = sum(len(line.strip()) for path in (workdir / "partner").glob("*.jsonl")
+                    for line in path.read_bytes().splitlines() if line.strip())
+    sealed, _ = load_envelopes(sorted((workdir / "sealed-stream").glob("*.sealed")))
+    return {"records": records, "envelopes": envelopes, "data_keys": data_keys,
+            "records_per_stream": records_per_stream, "seal_seconds": round(seconds, 3),
+            "seal_records_per_second": round(records / seconds),
+            "overhead_bytes_per_record": round((sum(map(len, sealed)) - plaintext) / records,
+                                               1)}
+
+
 def add_baseline_runs(runs: list[dict[str, object]], settings: BrokerSettings,
                       broker: RunningBroker, workdir: Path, args: argparse.Namespace) -> None:
-    """Per batch size: the sealed-batch run, the plaintext run, and the ratios."""
+    """Per batch size: the record-stream and sealed-batch runs, the plaintext run, and the
+    ratios."""
+    stream_inputs = seal_stream_inputs(settings, workdir, args.records_per_key,
+                                       args.records_per_stream)
     batch_envelopes = seal_batch_inputs(settings, workdir)
     batch_inputs = {"records": args.records, "data_keys": batch_envelopes}
     for run in runs:
         size = int(run["batch_size"])
+        run["stream_inputs"] = stream_inputs
+        run["record_stream_beam"] = run_pipeline(
+            settings, broker, workdir / "sealed-stream", workdir / f"out-stream-{size}", size,
+            args.output_format, stream_inputs)
         run["sealed_batch_beam"] = run_pipeline(
             settings, broker, workdir / "sealed-batch", workdir / f"out-batch-{size}", size,
             args.output_format, batch_inputs, envelopes=batch_envelopes)
@@ -481,19 +517,29 @@ def add_baseline_runs(runs: list[dict[str, object]], settings: BrokerSettings,
                                         args.output_format, args.records)
         plain = run["plaintext"]["records_per_second"]
         run["sealed_record_over_plaintext"] = round(run["beam"]["records_per_second"] / plain, 3)
+        run["record_stream_over_plaintext"] = round(
+            run["record_stream_beam"]["records_per_second"] / plain, 3)
         run["sealed_batch_over_plaintext"] = round(
             run["sealed_batch_beam"]["records_per_second"] / plain, 3)
 
 
 def print_baseline(numbers: dict[str, object]) -> None:
-    print(f"{'batch':>6}{'plaintext rec/s':>17}{'sealed-record rec/s':>21}{'x plain':>9}"
+    print(f"{'batch':>6}{'plaintext rec/s':>17}{'v1 record rec/s':>17}{'x plain':>9}"
+          f"{'record-stream rec/s':>21}{'x plain':>9}"
           f"{'sealed-batch rec/s':>20}{'x plain':>9}   (Beam, FnApiRunner, one run each)")
     for run in numbers["runs"]:
         print(f"{run['batch_size']:>6}{run['plaintext']['records_per_second']:>17,}"
-              f"{run['beam']['records_per_second']:>21,}"
+              f"{run['beam']['records_per_second']:>17,}"
               f"{run['sealed_record_over_plaintext']:>9.2f}"
+              f"{run['record_stream_beam']['records_per_second']:>21,}"
+              f"{run['record_stream_over_plaintext']:>9.2f}"
               f"{run['sealed_batch_beam']['records_per_second']:>20,}"
               f"{run['sealed_batch_over_plaintext']:>9.2f}")
+    streams = numbers["runs"][0]["stream_inputs"]
+    print(f"(record streams: {streams['envelopes']:,} streams of up to "
+          f"{streams['records_per_stream']:,} records, {streams['data_keys']} DEKs, "
+          f"{streams['overhead_bytes_per_record']} B of envelope overhead per record; "
+          f"sealed at {streams['seal_records_per_second']:,} records/s)")
 
 
 # -- report --------------------------------------------------------------------------------
@@ -563,8 +609,12 @@ def parse_arguments(argv: Sequence[str] | None) -> argparse.Namespace:
                         help="records per confidential batch; several values make a sweep")
     parser.add_argument("--output-format", choices=OUTPUT_FORMATS, default=SEALED_ARROW)
     parser.add_argument("--baseline", choices=("plaintext",),
-                        help="also run the pipeline on sealed-batch input and the same graph "
-                             "on the plaintext JSONL, and print the ratios")
+                        help="also run the pipeline on record-stream (profile 2) and "
+                             "sealed-batch input and the same graph on the plaintext JSONL, "
+                             "and print the ratios")
+    parser.add_argument("--records-per-stream", type=int, default=DEFAULT_RECORDS_PER_STREAM,
+                        help="records per record stream (profile 2) for the --baseline runs "
+                             f"(default {DEFAULT_RECORDS_PER_STREAM})")
     parser.add_argument("--workers", type=int, default=1,
                         help="N >= 2: also run on 1 and on N worker processes "
                              "(multi-processing) and report the speed-up")
@@ -572,8 +622,8 @@ def parse_arguments(argv: Sequence[str] | None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if not 1 <= args.records <= synthetic.MAX_RECORDS:
         parser.error(f"--records must be between 1 and {synthetic.MAX_RECORDS:,}")
-    if args.files < 1 or args.records_per_key < 1:
-        parser.error("--files and --records-per-key must be at least 1")
+    if args.files < 1 or args.records_per_key < 1 or args.records_per_stream < 1:
+        parser.error("--files, --records-per-key and --records-per-stream must be at least 1")
     if min(args.batch_size) < 1:
         parser.error("--batch-size must be at least 1")
     if args.workers < 1:

@@ -1,21 +1,30 @@
 """Open a batch of sealed envelopes, run the feature spec over the rows, and reseal per region.
 
-What it does: given sealed record or batch envelopes (possibly for several keys, regions and
-producers), it groups them by (wrapped key, region, producer), obtains each data key once
-from the ``KeySession``, opens every envelope, reads all record plaintexts of a (region,
-producer) with one ``pyarrow.json.read_json`` (the columns the spec declares), applies the
-compiled feature spec (``features.CompiledSpec.apply``) with the named keys it asks for, and
-writes one output per (region, producer): a sealed batch envelope (Arrow IPC, format
-``sealed-arrow``) or a Parquet file with Parquet Modular Encryption (``parquet-pme``, master
-keys from ``pme_keys``), both under output keys the broker generated for that region. The
-spec's fingerprint is in every output (the envelope's ``schema_fingerprint`` and context
-``sealbeam.spec``; the Parquet schema metadata).
+What it does: given sealed record, record-stream (profile 2) or batch envelopes (possibly
+for several keys, regions and producers), it groups them by (wrapped key, region, producer),
+obtains each data key once from the ``KeySession``, opens every envelope, reads all record
+plaintexts of a (region, producer) with one ``pyarrow.json.read_json`` (the columns the spec
+declares), applies the compiled feature spec (``features.CompiledSpec.apply``) with the
+named keys it asks for, and writes one output per (region, producer): a sealed batch
+envelope (Arrow IPC, format ``sealed-arrow``) or a Parquet file with Parquet Modular
+Encryption (``parquet-pme``, master keys from ``pme_keys``), both under output keys the
+broker generated for that region. The spec's fingerprint is in every output (the envelope's
+``schema_fingerprint`` and context ``sealbeam.spec``; the Parquet schema metadata).
 
 Row outcomes (``row_outcomes``): a row that breaks the spec's input schema (or a limit every
 spec shares) is a violation; a record envelope with a violating row is dead-lettered whole
 (its original sealed bytes, reason ``column X: ...``); a batch envelope's violating rows are
 resealed into a dead-letter batch envelope under an output key of the batch's region, and
 the rest of the batch proceeds. Rows suppressed for k-anonymity are counted per output.
+
+Record streams (record profile 2): one ``open_record_stream`` call opens a stream (one HKDF
+and commitment check for all of its records); its records join the v1 records' plaintexts,
+so one ``read_json`` parses them all. Each record's fate is its own: a record that fails
+authentication, JSON parsing or the spec is a dead letter of its own named ``<envelope
+id>#<index>``, carrying that record still sealed (the stream's header and the record's
+frame, ``envelope.extract_stream_record``; ``row_outcomes``). A failure of the whole stream
+(header authentication, a wrong count, the data key) dead-letters all of its records at once
+(``records`` = its count).
 
 What it does not: no Beam, no I/O, no logging, and nothing in a dead letter is plaintext.
 Transient broker failures (``BrokerUnavailableError``) and a session the broker keeps
@@ -27,18 +36,24 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from importlib import resources
 
 import pyarrow as pa
 
 from envelope import (
+    KIND_RECORD_STREAM,
     BatchSealer,
+    DataKey,
     EnvelopeAuthenticationError,
     EnvelopeError,
+    EnvelopeFormatError,
     ParsedEnvelope,
     RecordOpener,
+    WrappedKey,
     open_batch_into,
+    open_record_stream,
     parse_envelope,
     seal_batch,
 )
@@ -113,6 +128,7 @@ STAGE_FEATURIZE = "featurize"
 STAGE_RESEAL = "reseal"
 STAGE_REGION = "region"
 
+MAX_PARALLEL_RELEASES = 4         # DEK releases of one batch in flight together
 _KEY_ERRORS = (BrokerDeniedError, BrokerNotFoundError, KeyUnsealError)
 
 
@@ -143,8 +159,10 @@ class SealedOutput:
     """One output of a (region, producer): a sealed batch envelope or a PME Parquet file.
 
     ``output_id`` (16 bytes) names the file; for ``sealed-arrow`` it is the envelope id.
-    ``source_count`` is how many input envelopes this output accounts for (see
-    ``row_outcomes``); ``rows_suppressed`` how many rows k-anonymity left out of it.
+    ``source_count`` is how many input records this output accounts for (see
+    ``row_outcomes``: a v1 record or a sealed batch counts one, each kept record of a record
+    stream one; ``source_ids`` lists each envelope once); ``rows_suppressed`` how many rows
+    k-anonymity left out of it.
     """
 
     region: str
@@ -204,11 +222,18 @@ class BatchProcessor:
         self._output_format = output_format
         self._max_envelope_bytes = max_envelope_bytes
         self._declared = tuple(c.name for c in compiled.spec.columns)
+        self._releaser: ThreadPoolExecutor | None = None
         self._read_schema = json_read_schema((c.name, c.type) for c in compiled.spec.columns)
 
     @property
     def compiled(self) -> CompiledSpec:
         return self._compiled
+
+    def close(self) -> None:
+        """Stop the threads that release a batch's data keys (idle between batches)."""
+        releaser, self._releaser = self._releaser, None
+        if releaser is not None:
+            releaser.shutdown(wait=True)
 
     def process(self, envelopes: Sequence[bytes | ParsedEnvelope]) -> BatchResult:
         """Open, featurize and reseal ``envelopes``; each header is parsed exactly once.
@@ -219,24 +244,32 @@ class BatchProcessor:
         result = BatchResult()
         groups = self._parse_and_group(envelopes, result)
         work: dict[tuple[str, str], _RegionWork] = {}
-        for (_, region, producer_id), sources in groups.items():
-            self._open_group(sources, work.setdefault((region, producer_id), _RegionWork()),
-                             result)
+        released = self._release_data_keys(list(groups.values()))
+        for ((_, region, producer_id), sources), data_key in zip(groups.items(), released,
+                                                                 strict=True):
+            self._open_group(sources, data_key,
+                             work.setdefault((region, producer_id), _RegionWork()), result)
         for (region, producer_id), region_work in sorted(work.items()):
             self._featurize_and_write(region, producer_id, region_work, result)
         return result
 
     # -- parse headers (once per envelope: opening reuses the parse), group by key ----------
     def _parse_and_group(self, envelopes: Sequence[bytes | ParsedEnvelope], result: BatchResult
-                         ) -> dict[tuple[str, str, str], list[Source]]:
-        groups: dict[tuple[str, str, str], list[Source]] = {}
+                         ) -> dict[tuple[WrappedKey, str, str], list[Source]]:
+        # Grouped by the wrapped DEK itself (KEK reference and ciphertext: what its key_id
+        # digests), which hashes without a SHA-256 per envelope.
+        groups: dict[tuple[WrappedKey, str, str], list[Source]] = {}
         for envelope in envelopes:
             parsed = self._parse_once(envelope, result)
             if parsed is None:
                 continue
             header = parsed.header
-            key = (header.wrapped_key.key_id, header.region, header.producer_id)
-            groups.setdefault(key, []).append(Source(parsed))
+            key = (header.wrapped_key, header.region, header.producer_id)
+            # A record stream stands for the records its header commits to (read here, in
+            # the TEE; the tag authenticates that count when the stream is opened).
+            groups.setdefault(key, []).append(Source(parsed, header.record_count or 1)
+                                              if header.kind == KIND_RECORD_STREAM
+                                              else Source(parsed))
         return groups
 
     def _parse_once(self, envelope: bytes | ParsedEnvelope,
@@ -260,13 +293,31 @@ class BatchProcessor:
             return None
 
     # -- one data key per group; open every envelope --------------------------------------
-    def _open_group(self, sources: list[Source], work: _RegionWork,
-                    result: BatchResult) -> None:
-        first = sources[0].header
-        try:
-            data_key = self._session.data_key(first.wrapped_key, first.region,
-                                              first.producer_id)
-        except _KEY_ERRORS as exc:
+    def _release_data_keys(self, groups: list[list[Source]]) -> list[DataKey | Exception]:
+        """Each group's data key (or the key error refusing it), the releases of a batch's
+        DEKs in flight together: a release is mostly waiting on the broker (its KMS unwrap,
+        ledger append, HPKE seal), so a batch of many DEKs (e.g. record streams, a DEK per
+        few hundred records) waits for them once, not one after another. The session is
+        shared by threads (single flight per key); other errors (broker unavailable) raise."""
+        def release(sources: list[Source]) -> DataKey | Exception:
+            header = sources[0].header
+            try:
+                return self._session.data_key(header.wrapped_key, header.region,
+                                              header.producer_id)
+            except _KEY_ERRORS as exc:
+                return exc
+
+        if len(groups) <= 1:
+            return [release(sources) for sources in groups]
+        if self._releaser is None:
+            self._releaser = ThreadPoolExecutor(max_workers=MAX_PARALLEL_RELEASES,
+                                                thread_name_prefix="dek-release")
+        return list(self._releaser.map(release, groups))
+
+    def _open_group(self, sources: list[Source], data_key: DataKey | Exception,
+                    work: _RegionWork, result: BatchResult) -> None:
+        if isinstance(data_key, Exception):
+            exc = data_key
             reason = f"data key not released: {type(exc).__name__}: {exc}"
             result.dead_letters.extend(dead_letter(s, STAGE_KEY, reason) for s in sources)
             return
@@ -276,6 +327,8 @@ class BatchProcessor:
                 if source.header.kind == "record":
                     work.record_plaintexts.append(records.open(source.parsed))
                     work.record_sources.append(source)
+                elif source.header.kind == KIND_RECORD_STREAM:
+                    self._open_stream(source, data_key, work, result)
                 elif source.header.kind == "batch":
                     # Decrypted in place into an Arrow (mimalloc) buffer that the table's
                     # columns then use directly: no per-segment bytes, no join, no copy.
@@ -292,6 +345,26 @@ class BatchProcessor:
                 result.dead_letters.append(dead_letter(source, STAGE_OPEN, f"envelope: {exc}"))
             except RecordError as exc:
                 result.dead_letters.append(dead_letter(source, STAGE_DECODE, str(exc)))
+
+    @staticmethod
+    def _open_stream(source: Source, data_key: DataKey, work: _RegionWork,
+                     result: BatchResult) -> None:
+        """One call opens the whole stream; each record becomes a source of its own (one
+        row), each record that fails authentication a dead letter of its own (its sealed
+        excerpt). A stream-level failure raises (the caller dead-letters all of its
+        records)."""
+        opened = open_record_stream(source.parsed, data_key)
+        if len(opened.records) + len(opened.failures) != source.records:
+            raise EnvelopeFormatError("the opened stream's records differ from its count")
+        for record in opened.records:
+            work.record_plaintexts.append(record.plaintext)
+            work.record_sources.append(Source(source.parsed, index=record.index))
+        for failure in opened.failures:
+            reason = ("record failed authentication"
+                      if isinstance(failure.error, EnvelopeAuthenticationError)
+                      else f"record: {failure.error}")
+            result.dead_letters.append(dead_letter(Source(source.parsed, index=failure.index),
+                                                   STAGE_OPEN, reason))
 
     # -- rows of one (region, producer) as parts that share a schema ------------------------
     def _row_parts(self, work: _RegionWork, result: BatchResult) -> list[RowPart]:
@@ -369,7 +442,7 @@ class BatchProcessor:
             context = {
                 "sealbeam.kind": FEATURES_KIND,
                 "sealbeam.rows": str(table.num_rows),
-                "sealbeam.source_count": str(len(outcome.kept_sources)),
+                "sealbeam.source_count": str(sum(s.records for s in outcome.kept_sources)),
                 SPEC_CONTEXT_KEY: self._compiled.fingerprint,
             }
             sealer = BatchSealer(
@@ -381,10 +454,10 @@ class BatchProcessor:
             output_id = sealer.header.envelope_id  # the sealer knows it: no parse of the output
             kek_refs = ((wrapped.kek.uri, wrapped.kek.version),)
         return SealedOutput(region, producer_id, payload, table.num_rows,
-                            len(outcome.kept_sources), output_id, self._output_format,
-                            outcome.rows_suppressed,
-                            source_ids=tuple(sorted(s.header.envelope_id.hex()
-                                                    for s in outcome.kept_sources)),
+                            sum(s.records for s in outcome.kept_sources), output_id,
+                            self._output_format, outcome.rows_suppressed,
+                            source_ids=tuple(sorted({s.header.envelope_id.hex()
+                                                     for s in outcome.kept_sources})),
                             kek_refs=kek_refs,
                             dead_letter_rows=sum(p.rows.num_rows for p in outcome.partial))
 
@@ -403,7 +476,8 @@ class BatchProcessor:
             producer_id=output.producer_id, output_format=output.output_format,
             source_ids=output.source_ids, spec_fingerprint=self._compiled.fingerprint,
             kek_refs=output.kek_refs,
-            counts={"envelopes_in": output.source_count,
+            counts={"envelopes_in": len(output.source_ids),
+                    "records_in": output.source_count,
                     "rows_in": output.row_count + output.rows_suppressed
                     + output.dead_letter_rows,
                     "rows_out": output.row_count, "rows_suppressed": output.rows_suppressed,

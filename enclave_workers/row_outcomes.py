@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pyarrow as pa
 
-from envelope import EnvelopeHeader, ParsedEnvelope
+from envelope import EnvelopeHeader, ParsedEnvelope, extract_stream_record
 
 from .features import CompiledSpec
 from .records import row_limit_problems
@@ -62,13 +62,18 @@ class DeadLetter:
 
 @dataclass(eq=False)
 class Source:
-    """One input envelope, parsed once (compared by identity).
+    """One input envelope, parsed once (compared by identity) — or one record of a record
+    stream (``index`` set): each of a stream's records is a source of its own, one row, so
+    its fate is decided per record.
 
     It holds the ``ParsedEnvelope`` so that opening does not parse the header again; the
-    header and the original sealed bytes (for dead letters) come from it.
+    header and the original sealed bytes (for dead letters) come from it. ``records`` is how
+    many input records it stands for: 1, or a whole record stream's count.
     """
 
     parsed: ParsedEnvelope
+    records: int = 1
+    index: int | None = None
 
     @property
     def header(self) -> EnvelopeHeader:
@@ -84,9 +89,22 @@ def unparsed_record_id(envelope: bytes) -> str:
     return "sha256:" + hashlib.sha256(envelope).hexdigest()[:32]
 
 
+STREAM_RECORD_MARK = "#"
+
+
 def dead_letter(source: Source, stage: str, reason: str) -> DeadLetter:
-    """The whole input envelope as a dead letter (its original sealed bytes)."""
-    return DeadLetter(source.header.envelope_id.hex(), _bounded(reason), stage, source.envelope)
+    """The whole input envelope as a dead letter (its original sealed bytes).
+
+    A record of a stream is a dead letter of its own, named ``<envelope id>#<index>``,
+    carrying the record's sealed excerpt (``envelope.extract_stream_record``: the stream's
+    header and that record's frame, openable only with the DEK), not the whole stream.
+    """
+    envelope_id = source.header.envelope_id.hex()
+    if source.index is not None:
+        return DeadLetter(f"{envelope_id}{STREAM_RECORD_MARK}{source.index}", _bounded(reason),
+                          stage, extract_stream_record(source.parsed, source.index))
+    return DeadLetter(envelope_id, _bounded(reason), stage, source.envelope,
+                      records=source.records)
 
 
 @dataclass

@@ -13,8 +13,12 @@ every claim in it from the files and from the signed per-output statements:
 - every output verifies (``custody.verify_output``);
 - **nothing lost**: the distinct envelope ids of the input files equal the union of the
   outputs' signed input ids and the dead letters' record ids, no input is claimed twice, and
-  ``input lines = outputs' envelopes + dead-letter records + duplicates`` (a line that is not
-  an envelope counts against the dead letters that are not named by an envelope id).
+  ``input records = outputs' records + dead-letter records + duplicates`` (a line that is not
+  an envelope counts against the dead letters that are not named by an envelope id). Records
+  are what the run counts: a v1 record or a batch envelope is one, a record stream (profile
+  2) the count its header commits to; a statement's ``counts.records_in`` says how many
+  records an output accounts for (its ``inputs.count`` when absent). A stream some of whose
+  records failed is in an output and in a dead letter named ``<envelope id>#<indices>``.
 
 What it does not: it cannot check an output whose statement lists only a Merkle root (over
 ``MAX_LISTED_INPUTS`` inputs); such a run is refused with that reason.
@@ -35,7 +39,7 @@ from apache_beam.io.filesystem import BeamIOError
 from apache_beam.io.filesystems import FileSystems
 
 from enclave_workers.provenance import STATEMENT_TYPE
-from envelope import EnvelopeError, read_header
+from envelope import KIND_RECORD_STREAM, EnvelopeError, EnvelopeHeader, read_header
 from keybroker.identity import BrokerPublicKey, canonical_json
 from transforms.dead_letters import DEAD_LETTER_DIR
 from transforms.write import STATEMENT_SUFFIX, commit_file
@@ -168,7 +172,7 @@ def verify_run(run_dir: Path, *, broker_key: BrokerPublicKey, policy: CustodyPol
                                    f"{'; '.join(result.reasons)}")
             continue
         ids, count = _signed_input_ids(output)
-        envelopes_out += count
+        envelopes_out += _signed_records(output, count)
         if ids is None:
             verdict.reasons.append(f"output {output.name} lists only a Merkle root of its "
                                    f"inputs: coverage cannot be checked")
@@ -178,17 +182,17 @@ def verify_run(run_dir: Path, *, broker_key: BrokerPublicKey, policy: CustodyPol
                 verdict.reasons.append(f"input {envelope_id} is claimed by both "
                                        f"{claimed[envelope_id]} and {output.name}")
             claimed[envelope_id] = output.name
-    dead_ids, dead_unnamed, dead_records = _dead_letter_ids(dead_letter_files)
+    dead_ids, dead_unnamed, dead_records, partial_ids = _dead_letter_ids(dead_letter_files)
     for envelope_id in sorted(dead_ids & set(claimed)):
         verdict.reasons.append(f"input {envelope_id} is both in {claimed[envelope_id]} and a "
                                "dead letter")
     input_paths = list(inputs) if inputs is not None else _stated_inputs(verdict, predicate)
     lines, input_ids, not_envelopes = _input_envelopes(input_paths)
-    distinct = set(input_ids)
-    duplicates = len(input_ids) - len(distinct)
-    covered = set(claimed) | dead_ids
-    missing = sorted(distinct - covered)
-    extra = sorted(covered - distinct)
+    distinct = dict(input_ids)
+    duplicates = sum(records for _, records in input_ids) - sum(distinct.values())
+    covered = set(claimed) | dead_ids | partial_ids
+    missing = sorted(set(distinct) - covered)
+    extra = sorted(covered - set(distinct))
     if missing:
         verdict.reasons.append(f"{len(missing)} input envelope(s) are in no output statement "
                                f"and no dead letter (first: {missing[0]})")
@@ -199,7 +203,7 @@ def verify_run(run_dir: Path, *, broker_key: BrokerPublicKey, policy: CustodyPol
         verdict.reasons.append(f"{not_envelopes} input line(s) are not envelopes but "
                                f"{dead_unnamed} dead letter(s) stand for such lines")
     if lines != envelopes_out + dead_records + duplicates:
-        verdict.reasons.append(f"input lines {lines} != outputs' envelopes {envelopes_out} + "
+        verdict.reasons.append(f"input records {lines} != outputs' records {envelopes_out} + "
                                f"dead-letter records {dead_records} + duplicates {duplicates}")
     stated = predicate.get("counts") or {}
     for name, value in (("records_in", lines), ("duplicates", duplicates),
@@ -207,7 +211,8 @@ def verify_run(run_dir: Path, *, broker_key: BrokerPublicKey, policy: CustodyPol
         if stated.get(name) != value:
             verdict.reasons.append(f"the run statement says {name}={stated.get(name)}, the "
                                    f"files give {value}")
-    verdict.facts = {"input_lines": lines, "distinct_envelopes": len(distinct),
+    verdict.facts = {"input_lines": len(input_ids) + not_envelopes, "input_records": lines,
+                     "distinct_envelopes": len(distinct),
                      "duplicates": duplicates, "outputs": len(outputs),
                      "envelopes_out": envelopes_out, "dead_letter_files": len(dead_letter_files),
                      "dead_letter_records": dead_records}
@@ -255,10 +260,20 @@ def _signed_input_ids(output: Path) -> tuple[list[str] | None, int]:
     return inputs.get("envelope_ids"), int(inputs["count"])
 
 
-def _dead_letter_ids(files: Iterable[Path]) -> tuple[set[str], int, int]:
-    """(envelope ids of dead letters that stand for inputs, how many stand for lines that
-    were not envelopes, records in all)."""
+def _signed_records(output: Path, count: int) -> int:
+    """The records an output accounts for: its statement's ``counts.records_in``, else its
+    input count (statements before record streams)."""
+    _, _, statement = load_statement(output.with_name(output.name + STATEMENT_SUFFIX))
+    records = (statement["predicate"].get("counts") or {}).get("records_in")
+    return int(records) if isinstance(records, int) else count
+
+
+def _dead_letter_ids(files: Iterable[Path]) -> tuple[set[str], int, int, set[str]]:
+    """(envelope ids of dead letters that stand for whole inputs, how many stand for lines
+    that were not envelopes, records in all, ids of streams some records of which are dead
+    letters)."""
     ids: set[str] = set()
+    partial: set[str] = set()
     unnamed = 0
     records = 0
     for path in files:
@@ -276,11 +291,19 @@ def _dead_letter_ids(files: Iterable[Path]) -> tuple[set[str], int, int]:
                 records += count
                 if count < 1:
                     continue
-                if _is_envelope_id(record_id):
+                envelope_id, mark, indices = record_id.partition("#")
+                if mark and _is_envelope_id(envelope_id) and indices:
+                    partial.add(envelope_id)
+                elif _is_envelope_id(record_id):
                     ids.add(record_id)
                 else:
                     unnamed += count
-    return ids, unnamed, records
+    return ids, unnamed, records, partial
+
+
+def _line_records(header: EnvelopeHeader) -> int:
+    """Records one envelope stands for: a record stream's committed count, else 1."""
+    return header.record_count or 1 if header.kind == KIND_RECORD_STREAM else 1
 
 
 def _is_envelope_id(record_id: str) -> bool:
@@ -303,21 +326,24 @@ def _stated_inputs(verdict: RunVerdict, predicate: Mapping[str, Any]) -> list[Pa
     return paths
 
 
-def _input_envelopes(paths: Iterable[Path]) -> tuple[int, list[str], int]:
-    """(non-blank lines, envelope id per line that is an envelope, lines that are not)."""
+def _input_envelopes(paths: Iterable[Path]) -> tuple[int, list[tuple[str, int]], int]:
+    """(records of the non-blank lines, (envelope id, records) per line that is an envelope,
+    lines that are not); a line is one record unless it is a record stream."""
     lines = 0
-    ids: list[str] = []
+    ids: list[tuple[str, int]] = []
     others = 0
     for path in paths:
         with Path(path).open("rb") as handle:
             for line in handle:
                 if not line.strip():
                     continue
-                lines += 1
                 try:
                     header, _ = read_header(base64.b64decode(line.strip(), validate=True))
                 except (binascii.Error, ValueError, EnvelopeError):
+                    lines += 1
                     others += 1
                     continue
-                ids.append(header.envelope_id.hex())
+                records = _line_records(header)
+                lines += records
+                ids.append((header.envelope_id.hex(), records))
     return lines, ids, others

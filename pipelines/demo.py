@@ -3,13 +3,14 @@
 What it does, in order: generates synthetic partner records (two producers, regions ``eu``
 and ``us``), creates the state (``init_state``: keyring, named keys, dev SEV-SNP chain,
 policy), seals the partner files as partners would (several files, a fresh DEK per 500
-records), starts the key broker on loopback, runs the batch pipeline on FnApiRunner with the
-simulated SEV-SNP worker and the shipped default feature spec (sealed batches or PME Parquet),
-opens the outputs as each region's authorized reader and checks them (the spec's columns,
-identifiers gone, pseudonyms hex, the spec's fingerprint, row counts, no plaintext identifier
-in any output or dead-letter byte), verifies the audit ledger's hash chain and the run's
-chain of custody offline (``custody_verified``), and returns one summary (with the rows
-suppressed for k-anonymity).
+records; record streams, record profile 2, by default, or v1 records with ``profile=1``),
+starts the key broker on loopback, runs the batch pipeline on FnApiRunner with the simulated
+SEV-SNP worker and the shipped default feature spec (sealed batches or PME Parquet), opens
+the outputs as each region's authorized reader and checks them (the spec's columns,
+identifiers gone, pseudonyms hex, the spec's fingerprint, row counts, no plaintext
+identifier in any output or dead-letter byte), verifies the audit ledger's hash chain and
+the run's chain of custody offline (``custody_verified``), and returns one summary (with the
+rows suppressed for k-anonymity).
 
 What it does not: no network beyond loopback, and nothing outside ``workdir``. The TEE is
 simulated and says so (``simulated_tee``); its keys are marked simulated in the ledger.
@@ -48,6 +49,7 @@ from .sealing import seal_file
 
 DEFAULT_RECORDS = 10_000
 RECORDS_PER_KEY = 500
+DEMO_PROFILE = 2                 # partners seal record streams (docs/FORMAT.md section 13)
 PLAINTEXT_PROBES = 200
 _PSEUDONYM = re.compile(r"[0-9a-f]{64}")
 _WORK_SUBDIRS = ("partner", "sealed", "out", "state")
@@ -65,14 +67,15 @@ def _fresh_workdir(workdir: Path) -> dict[str, Path]:
 
 
 def _seal_partner_files(files: Iterable[synthetic.PartnerFile], sealed_dir: Path,
-                        keyring: LocalKeyring) -> int:
+                        keyring: LocalKeyring, profile: int) -> int:
+    """Seal every partner file; returns the records sealed."""
     sealed = 0
     for partner_file in files:
         report = seal_file(partner_file.path, sealed_dir / f"{partner_file.path.stem}.sealed",
                            keyring=keyring, region=partner_file.region,
                            producer_id=partner_file.producer_id,
-                           records_per_key=RECORDS_PER_KEY)
-        sealed += report.envelopes
+                           records_per_key=RECORDS_PER_KEY, profile=profile)
+        sealed += report.input_records
     return sealed
 
 
@@ -158,7 +161,8 @@ def _broker_releases(ledger: AuditLedger) -> tuple[int, bool]:
 
 
 def run_demo(records: int = DEFAULT_RECORDS, workdir: Path = Path("demo-out"), *,
-             output_format: str = SEALED_ARROW) -> dict[str, object]:
+             output_format: str = SEALED_ARROW,
+             profile: int = DEMO_PROFILE) -> dict[str, object]:
     """Run the demo; return the summary; raise ``PipelineError`` if any check fails."""
     started = time.monotonic()
     compiled = compile_spec(default_feature_spec())
@@ -168,7 +172,7 @@ def run_demo(records: int = DEFAULT_RECORDS, workdir: Path = Path("demo-out"), *
                           tenants=synthetic.PRODUCERS, force=True,
                           allowed_measurements=(DEV_MEASUREMENT,))
     keyring = LocalKeyring.open(settings.keyring_path)
-    sealed = _seal_partner_files(files, paths["sealed"], keyring)
+    sealed = _seal_partner_files(files, paths["sealed"], keyring, profile)
     if sealed != records:
         raise DemoCheckError(f"sealed {sealed} records, expected {records}")
 
@@ -216,6 +220,7 @@ def run_demo(records: int = DEFAULT_RECORDS, workdir: Path = Path("demo-out"), *
         "rows_out": summary.rows_out,
         "rows_suppressed": summary.rows_suppressed,
         "output_format": summary.output_format,
+        "record_profile": profile,
         "spec_fingerprint": summary.spec_fingerprint,
         "outputs_by_region": summary.outputs_by_region,
         "broker_calls": summary.broker_calls,

@@ -1,9 +1,13 @@
 """What a partner runs before sending data: seal JSONL or Parquet into envelopes.
 
 What it does: reads a partner file (JSONL, one JSON object per line, or Parquet), and writes
-either sealed records (one base64 record envelope per line) or one sealed batch (an Arrow
-IPC stream of the rows, also written as one base64 line, so that ``sealbeam run batch`` reads
-both the same way). Each file (or
+either sealed records or one sealed batch (an Arrow IPC stream of the rows, also written as
+one base64 line, so that ``sealbeam run batch`` reads both the same way). Sealed records come
+in two profiles (docs/FORMAT.md): profile 1, one base64 v1 record envelope per line, and
+profile 2, one base64 ``record-stream`` envelope per line holding up to
+``records_per_stream`` records (default ``DEFAULT_RECORDS_PER_STREAM``) under one DEK, with
+one key derivation and commitment per stream and a nonce and tag per record, so the
+per-record overhead is a frame instead of a whole header. Each file (or
 each N records) gets a fresh DEK, wrapped under the region's KEK from the local keyring with
 ``aad = dek_wrap_aad(region, producer_id)``. Outputs are written to a temporary name and
 renamed, so a partial file never looks finished.
@@ -35,7 +39,15 @@ from enclave_workers.records import (
     table_to_ipc,
     table_to_json_records,
 )
-from envelope import DataKey, WrappedKey, dek_wrap_aad, seal_batch, seal_record
+from envelope import (
+    DataKey,
+    WrappedKey,
+    dek_wrap_aad,
+    seal_batch,
+    seal_record,
+    seal_record_stream,
+)
+from envelope.limits import MAX_STREAM_RECORDS
 from keybroker.kms.base import KmsError
 from keybroker.kms.local import LocalKeyring
 from transforms.event_time import EVENT_TIME_CONTEXT_KEY, format_event_time
@@ -45,8 +57,12 @@ from .errors import InputFileError, PipelineError
 
 INPUT_FORMATS = ("jsonl", "parquet")
 OUTPUT_KINDS = ("records", "batch")
+RECORD_PROFILES = (1, 2)
+DEFAULT_RECORD_PROFILE = 1         # what ``sealbeam seal`` writes unless --profile says 2
+DEFAULT_RECORDS_PER_STREAM = 1000
 MAX_INPUT_BYTES = 4 << 30
 PARTNER_RECORDS_KIND = "partner-records"
+MAX_RECORDS_PER_STREAM = MAX_STREAM_RECORDS
 
 
 @dataclass(frozen=True)
@@ -58,6 +74,7 @@ class SealReport:
     data_keys: int
     output_path: str
     kind: str
+    profile: int = 1
 
 
 def detect_input_format(path: Path) -> str:
@@ -171,8 +188,15 @@ def _write_atomically(output_path: Path, chunks: Iterator[bytes]) -> None:
 def seal_file(input_path: Path, output_path: Path, *, keyring: LocalKeyring, region: str,
               producer_id: str, output_kind: str = "records", records_per_key: int = 0,
               input_format: str | None = None, event_time: float | None = None,
-              on_sealed: Callable[[int], None] | None = None) -> SealReport:
+              on_sealed: Callable[[int], None] | None = None,
+              profile: int = DEFAULT_RECORD_PROFILE,
+              records_per_stream: int = DEFAULT_RECORDS_PER_STREAM) -> SealReport:
     """Seal a partner file; ``records_per_key=0`` means one DEK for the whole file.
+
+    ``profile`` (sealed records only): 1 writes a v1 record envelope per record, 2 a
+    ``record-stream`` envelope per ``records_per_stream`` records (a stream never spans two
+    DEKs, so ``records_per_key`` also ends a stream); ``SealReport.envelopes`` counts the
+    envelopes (lines) written, ``input_records`` the records.
 
     Every envelope states ``event_time`` (seconds since the epoch; default: now) in its
     authenticated header (context ``sealbeam.event_time``, docs/FORMAT.md 2.1), which the
@@ -183,6 +207,12 @@ def seal_file(input_path: Path, output_path: Path, *, keyring: LocalKeyring, reg
         raise PipelineError(f"output kind must be one of {', '.join(OUTPUT_KINDS)}")
     if records_per_key < 0:
         raise PipelineError("records per key must be 0 (one key per file) or more")
+    if profile not in RECORD_PROFILES:
+        raise PipelineError(f"record profile must be one of "
+                            f"{', '.join(map(str, RECORD_PROFILES))}, not {profile}")
+    if not 1 <= records_per_stream <= MAX_RECORDS_PER_STREAM:
+        raise PipelineError(f"records per stream must be between 1 and "
+                            f"{MAX_RECORDS_PER_STREAM}")
     _check_input_file(input_path)
     input_format = input_format or detect_input_format(input_path)
     if input_format not in INPUT_FORMATS:
@@ -205,6 +235,13 @@ def seal_file(input_path: Path, output_path: Path, *, keyring: LocalKeyring, reg
             on_sealed(table.num_rows)
         return SealReport(table.num_rows, 1, issuer.issued, str(output_path), output_kind)
 
+    context = {"sealbeam.kind": PARTNER_RECORDS_KIND, EVENT_TIME_CONTEXT_KEY: stated_time}
+    if profile == 2:
+        envelopes = _write_streams(input_path, output_path, input_format, issuer, region,
+                                   producer_id, context, records_per_stream, counts, on_sealed)
+        return SealReport(counts["records"], envelopes, issuer.issued, str(output_path),
+                          output_kind, profile)
+
     def sealed_lines() -> Iterator[bytes]:
         for record in iter_partner_records(input_path, input_format):
             data_key, wrapped = issuer.next_key()
@@ -222,3 +259,41 @@ def seal_file(input_path: Path, output_path: Path, *, keyring: LocalKeyring, reg
     _write_atomically(output_path, sealed_lines())
     return SealReport(counts["records"], counts["records"], issuer.issued, str(output_path),
                       output_kind)
+
+
+def _write_streams(input_path: Path, output_path: Path, input_format: str, issuer: _KeyIssuer,
+                   region: str, producer_id: str, context: dict[str, str],
+                   records_per_stream: int, counts: dict[str, int],
+                   on_sealed: Callable[[int], None] | None) -> int:
+    """Profile 2: one base64 ``record-stream`` line per ``records_per_stream`` records (or
+    fewer where the DEK changes); returns the envelopes written."""
+    streams = {"written": 0}
+
+    def seal(records: list[bytes], key: tuple[DataKey, WrappedKey]) -> bytes:
+        data_key, wrapped = key
+        envelope = seal_record_stream(
+            records, data_key=data_key, wrapped_key=wrapped, region=region,
+            producer_id=producer_id, schema_fingerprint=INPUT_SCHEMA_FINGERPRINT,
+            context=context)
+        streams["written"] += 1
+        counts["records"] += len(records)
+        if on_sealed is not None:
+            on_sealed(len(records))
+        return base64.b64encode(envelope) + b"\n"
+
+    def sealed_lines() -> Iterator[bytes]:
+        pending: list[bytes] = []
+        current: tuple[DataKey, WrappedKey] | None = None
+        for record in iter_partner_records(input_path, input_format):
+            key = issuer.next_key()
+            if current is not None and (key is not current
+                                        or len(pending) >= records_per_stream):
+                yield seal(pending, current)
+                pending = []
+            current = key
+            pending.append(record)
+        if pending and current is not None:
+            yield seal(pending, current)
+
+    _write_atomically(output_path, sealed_lines())
+    return streams["written"]

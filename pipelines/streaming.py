@@ -287,7 +287,8 @@ def build_streaming_pipeline(p: beam.Pipeline, options: PipelineOptions, *,
     dead_letter_roots = residency.dead_letter_roots()
     unrouted_root = residency.unrouted_dead_letter_sink.beam_path
 
-    parsed = sealed | "ParseHeaders" >> ParseSealed()
+    # Record streams (profile 2) are dead letters here: late data is counted per envelope.
+    parsed = sealed | "ParseHeaders" >> ParseSealed(record_streams=False)
     unique = parsed[ParseSealed.SEALED] | "DedupeEnvelopes" >> dedupe
     timed = unique[DeduplicateEnvelopes.UNIQUE] | "EventTime" >> StampEventTime(
         window_s=window_s, allowed_lateness_s=lateness_s)

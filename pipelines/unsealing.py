@@ -6,8 +6,9 @@ first pass reads every header and unwraps each distinct data key once through th
 serves its KEK (``pipelines.state_keys.kms_for_kek``: the local keyring, or the cloud/HSM
 backend that broker.yaml configures), with ``aad = dek_wrap_aad(region, producer_id)``; records
 the decision in the audit ledger (``unseal``, granted or denied); and only then, in a second
-pass, opens the envelopes: a record's plaintext is one JSON object, a batch's plaintext an
-Arrow IPC stream (section 7). Rows go out as JSON lines, an Arrow IPC stream or Parquet.
+pass, opens the envelopes: a record's plaintext is one JSON object, a record stream's (profile
+2) each of its records one, a batch's plaintext an Arrow IPC stream (section 7). Rows go out as
+JSON lines, an Arrow IPC stream or Parquet.
 
 What it does not: it never asks the key broker (no attestation; the caller *is* a key holder,
 e.g. the partner who sealed, or a region's reader with KMS rights), never logs keys or rows,
@@ -35,6 +36,7 @@ import pyarrow.parquet as pq
 
 from enclave_workers.records import MAX_IPC_BYTES, RecordError, table_from_ipc
 from envelope import (
+    KIND_RECORD_STREAM,
     MAGIC,
     DataKey,
     EnvelopeAuthenticationError,
@@ -44,6 +46,7 @@ from envelope import (
     dek_wrap_aad,
     open_batch,
     open_record,
+    open_record_stream,
     read_header,
 )
 from keybroker.config import ConfigError
@@ -319,6 +322,9 @@ def _open_all(files: list[tuple[str, Path]], keys: _KeyHolder, writer: _RowWrite
                         pending.append(_record_plaintext(
                             open_record(located.envelope, data_key), located.where))
                         report.records += 1
+                    elif header.kind == KIND_RECORD_STREAM:
+                        pending.extend(_stream_plaintexts(located, data_key))
+                        report.records += header.record_count or 0
                     else:
                         writer.records(pending)
                         pending = []
@@ -335,6 +341,18 @@ def _open_all(files: list[tuple[str, Path]], keys: _KeyHolder, writer: _RowWrite
                     writer.records(pending)
                     pending = []
             writer.records(pending)
+
+
+def _stream_plaintexts(located: _Located, data_key: DataKey) -> list[bytes]:
+    """Every record of a record stream (profile 2), in order; a record that fails
+    authentication fails the unseal, as a failed v1 record does."""
+    opened = open_record_stream(located.envelope, data_key)
+    if opened.failures:
+        failure = opened.failures[0]
+        raise UnsealError(f"{located.where}: record {failure.index} of the stream failed "
+                          f"authentication")
+    return [_record_plaintext(record.plaintext, f"{located.where} record {record.index}")
+            for record in opened.records]
 
 
 def _header(located: _Located) -> EnvelopeHeader:

@@ -12,8 +12,11 @@ DEK is released by one worker per run (and per key-cache lifetime); ``shards`` b
 groups, and so workers, one (region, producer) spreads over; ``spread`` lets one very large
 DEK spread over that many groups. A ``GroupByKey`` collects each group (per window, so a
 stream's window closes a group), and its envelopes are sorted by (data key, envelope id,
-digest) and cut into batches of near-equal count, at most ``max_count`` envelopes and at most
-``max_bytes`` bytes (an envelope larger than ``max_bytes`` is a batch of its own). Batches are
+digest) and cut into batches of near-equal count, at most ``max_count`` records and at most
+``max_bytes`` bytes (an envelope larger than ``max_bytes`` is a batch of its own). Records are
+counted by ``SealedEnvelope.records``: a v1 record or a sealed batch is one, a record stream
+(profile 2) its record count, and an envelope is never split (a stream of more than
+``max_count`` records is a batch of its own). Batches are
 therefore a function of the group's contents alone, not of bundles or arrival order: a rerun
 over the same input forms the same batches, and ``batch_id`` — a digest of the sorted
 envelope ids — names what the confidential step writes from them.
@@ -74,9 +77,32 @@ def _stable_hash(*parts: bytes) -> int:
 
 def group_key(envelope: SealedEnvelope, shards: int, spread: int) -> tuple[str, str, int]:
     """``(region, producer, shard)``: all of a DEK's envelopes share ``spread`` groups at most."""
-    bucket = _stable_hash(envelope.envelope_id) % spread
+    bucket = _stable_hash(envelope.envelope_id) % spread if spread > 1 else 0
     shard = _stable_hash(envelope.key_id.encode(), str(bucket).encode()) % shards
     return envelope.region, envelope.producer_id, shard
+
+
+class _GroupKeyFn:
+    """``group_key`` with the shard of each DEK remembered when ``spread`` is 1 (the shard
+    is then a function of the DEK alone): no hashing per envelope, the same keys."""
+
+    _MAX_REMEMBERED = 4096
+
+    def __init__(self, shards: int, spread: int) -> None:
+        self._shards = shards
+        self._spread = spread
+        self._shards_by_key: dict[str, int] = {}
+
+    def __call__(self, envelope: SealedEnvelope) -> tuple[tuple[str, str, int], SealedEnvelope]:
+        if self._spread > 1:
+            return group_key(envelope, self._shards, self._spread), envelope
+        shard = self._shards_by_key.get(envelope.key_id)
+        if shard is None:
+            if len(self._shards_by_key) >= self._MAX_REMEMBERED:
+                self._shards_by_key.clear()
+            shard = group_key(envelope, self._shards, 1)[2]
+            self._shards_by_key[envelope.key_id] = shard
+        return (envelope.region, envelope.producer_id, shard), envelope
 
 
 def batch_id_of(envelopes: Sequence[SealedEnvelope]) -> bytes:
@@ -90,26 +116,30 @@ def batch_id_of(envelopes: Sequence[SealedEnvelope]) -> bytes:
 
 def cut_batches(envelopes: Iterable[SealedEnvelope], max_count: int, max_bytes: int
                 ) -> list[EnvelopeBatch]:
-    """Sort ``envelopes`` and cut them into batches bounded by count and bytes.
+    """Sort ``envelopes`` and cut them into batches bounded by records and bytes.
 
-    The count bound is spread evenly (``n`` envelopes -> ``ceil(n / max_count)`` batches of
+    The count bound is spread evenly (``n`` records -> ``ceil(n / max_count)`` batches of
     near-equal size), so no batch is a small remainder that k-anonymity would mostly suppress.
+    A record stream counts its records and is never split.
     """
     ordered = sorted(envelopes, key=lambda e: (e.key_id, e.envelope_id, e.digest))
     if not ordered:
         return []
-    pieces = -(-len(ordered) // max_count)
-    target = -(-len(ordered) // pieces)
+    total = sum(e.records for e in ordered)
+    pieces = -(-total // max_count)
+    target = -(-total // pieces)
     batches: list[EnvelopeBatch] = []
     current: list[SealedEnvelope] = []
-    current_bytes = 0
+    current_bytes = current_records = 0
     for envelope in ordered:
         size = len(envelope.data)
-        if current and (len(current) >= target or current_bytes + size > max_bytes):
+        if current and (current_records >= target or current_records + envelope.records
+                        > max_count or current_bytes + size > max_bytes):
             batches.append(EnvelopeBatch(batch_id_of(current), tuple(current)))
-            current, current_bytes = [], 0
+            current, current_bytes, current_records = [], 0, 0
         current.append(envelope)
         current_bytes += size
+        current_records += envelope.records
     batches.append(EnvelopeBatch(batch_id_of(current), tuple(current)))
     return batches
 
@@ -130,7 +160,7 @@ class _CutFn(beam.DoFn):
         for envelope in envelopes:
             identity = (envelope.envelope_id, envelope.digest)
             if identity in unique:
-                self._duplicates.inc()
+                self._duplicates.inc(envelope.records)
                 yield TaggedOutput(BatchByDataKey.DUPLICATES, envelope)
             else:
                 unique[identity] = envelope
@@ -170,7 +200,7 @@ class BatchByDataKey(beam.PTransform):
             cut = cut.with_outputs(self.DUPLICATES, main=self.BATCHES)
         return (
             pcoll
-            | "KeyByDataKey" >> beam.Map(lambda e: (group_key(e, shards, spread), e))
+            | "KeyByDataKey" >> beam.Map(_GroupKeyFn(shards, spread))
             | "GroupByDataKey" >> beam.GroupByKey()
             | "CutBatches" >> cut
         )
@@ -182,6 +212,7 @@ class _BundleBatchFn(beam.DoFn):
     def __init__(self, max_count: int, max_bytes: int) -> None:
         self._max_count = max_count
         self._max_bytes = max_bytes
+        # per window: (envelopes, [bytes, records])
         self._buffers: dict[BoundedWindow, tuple[list[SealedEnvelope], list[int]]] = {}
 
     def start_bundle(self) -> None:
@@ -189,14 +220,15 @@ class _BundleBatchFn(beam.DoFn):
 
     def process(self, envelope: SealedEnvelope,
                 window: BoundedWindow = beam.DoFn.WindowParam) -> Iterable[EnvelopeBatch]:
-        envelopes, size = self._buffers.setdefault(window, ([], [0]))
-        if envelopes and (len(envelopes) >= self._max_count
+        envelopes, size = self._buffers.setdefault(window, ([], [0, 0]))
+        if envelopes and (size[1] + envelope.records > self._max_count
                           or size[0] + len(envelope.data) > self._max_bytes):
             yield from cut_batches(envelopes, self._max_count, self._max_bytes)
             envelopes.clear()
-            size[0] = 0
+            size[0] = size[1] = 0
         envelopes.append(envelope)
         size[0] += len(envelope.data)
+        size[1] += envelope.records
 
     def finish_bundle(self) -> Iterable[WindowedValue]:
         buffers, self._buffers = self._buffers, {}

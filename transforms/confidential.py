@@ -49,6 +49,7 @@ What it does not: no file I/O, no routing; keys stay in the worker's memory.
 from __future__ import annotations
 
 import dataclasses
+import threading
 import time
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -63,24 +64,21 @@ from enclave_workers.batch_processor import (
     OUTPUT_FORMATS,
     PARQUET_PME,
     SEALED_ARROW,
-    STAGE_PARSE,
     BatchProcessor,
     BatchResult,
-    DeadLetter,
-    unparsed_record_id,
 )
 from enclave_workers.features import CompiledSpec, FeatureError, FeatureSpec, compile_spec
 from enclave_workers.features.pme import check_column_keys, column_keys_for_spec
 from enclave_workers.key_session import KeySession
 from enclave_workers.output_names import output_name_id
-from envelope import EnvelopeError, read_header
 from keybroker.client import BrokerUnavailableError
 
 from .batching import DEFAULT_MAX_BATCH_BYTES, DEFAULT_SHARDS, BatchByDataKey, EnvelopeBatch
 from .broker_identity import BrokerTrust, resolve_broker_trust
 from .errors import TransformConfigError
 from .metrics import BROKER_CALLS, BROKER_RETRIES, NAMESPACE, ROWS_SUPPRESSED
-from .sealed import SealedEnvelope, sealed_envelope
+from .parse import read_sealed
+from .sealed import SealedEnvelope
 from .session import (
     OutputDestinations,
     acquire_session,
@@ -121,6 +119,33 @@ def _check_pme_assignment(compiled: CompiledSpec) -> None:
                                    ) from None
 
 
+class _CallCount:
+    """Broker calls of one worker's shared session, counted on whatever thread made them and
+    handed to the Beam counter by the DoFn thread that takes them (each call once)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._count = 0
+
+    def add(self, _kind: str) -> None:
+        with self._lock:
+            self._count += 1
+
+    def take(self) -> int:
+        with self._lock:
+            count, self._count = self._count, 0
+        return count
+
+
+_PENDING_CALLS: dict[str, _CallCount] = {}
+_PENDING_LOCK = threading.Lock()
+
+
+def _pending_broker_calls(session_tag: str) -> _CallCount:
+    with _PENDING_LOCK:
+        return _PENDING_CALLS.setdefault(session_tag, _CallCount())
+
+
 class _ConfidentialProcessFn(beam.DoFn):
     def __init__(self, broker_url: str, tee: TeeSettings, spec_document: dict[str, Any],
                  spec_source: str | None, fingerprint: str, output_format: str,
@@ -149,12 +174,12 @@ class _ConfidentialProcessFn(beam.DoFn):
                      self._output_format, self._broker_trust, self._destinations))
 
     def _make_session(self) -> KeySession:
-        counter = self._broker_calls
+        counter = _pending_broker_calls(self._session_tag())
         return make_key_session(
             self._broker_url, self._tee, self._limits, spec_fingerprint=self._fingerprint,
             output_key_max_envelopes=(PME_OUTPUT_KEY_MAX_ENVELOPES
                                       if self._output_format == PARQUET_PME else None),
-            on_broker_call=lambda _kind: counter.inc(), broker_trust=self._broker_trust,
+            on_broker_call=counter.add, broker_trust=self._broker_trust,
             destinations=self._destinations)
 
     def setup(self) -> None:
@@ -171,7 +196,9 @@ class _ConfidentialProcessFn(beam.DoFn):
     def teardown(self) -> None:
         """Give the worker's shared session back; the last holder closes it."""
         tag, self._session_tag_held = self._session_tag_held, None
-        self._processor = None
+        processor, self._processor = self._processor, None
+        if processor is not None:
+            processor.close()
         if tag is not None:
             release_session(tag)
 
@@ -199,6 +226,9 @@ class _ConfidentialProcessFn(beam.DoFn):
             yield self._processor.sign_custody(named, output_file_name(named, window))
         for dead_letter in result.dead_letters:
             yield TaggedOutput(ConfidentialProcess.DEAD_LETTER, dead_letter)
+        # Calls made on any thread of the session (a batch's DEK releases run in parallel
+        # threads, where Beam metrics are not recorded) are counted here, once.
+        self._broker_calls.inc(_pending_broker_calls(self._session_tag()).take())
 
 
 class _AsSealedEnvelopeFn(beam.DoFn):
@@ -208,19 +238,11 @@ class _AsSealedEnvelopeFn(beam.DoFn):
         if isinstance(element, SealedEnvelope):
             yield element
             return
-        if len(element) > MAX_ENVELOPE_BYTES:
-            yield TaggedOutput(ConfidentialProcess.DEAD_LETTER, DeadLetter(
-                unparsed_record_id(element),
-                f"envelope is {len(element)} bytes, over {MAX_ENVELOPE_BYTES}", STAGE_PARSE,
-                b""))
-            return
-        try:
-            header, _ = read_header(element)
-        except EnvelopeError as exc:
-            yield TaggedOutput(ConfidentialProcess.DEAD_LETTER, DeadLetter(
-                unparsed_record_id(element), f"not a sealed envelope: {exc}", STAGE_PARSE, b""))
-            return
-        yield sealed_envelope(element, header)
+        read = read_sealed(element, MAX_ENVELOPE_BYTES)
+        if isinstance(read, SealedEnvelope):
+            yield read
+        else:
+            yield TaggedOutput(ConfidentialProcess.DEAD_LETTER, read)
 
 
 class ConfidentialProcess(beam.PTransform):

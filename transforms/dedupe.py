@@ -10,7 +10,8 @@ Usage::
 Input: ``SealedEnvelope`` elements (``ParseSealed``'s main output), bounded or unbounded, in
 any windowing. Outputs: ``UNIQUE`` (the main output) passes the first copy of each envelope
 on with its timestamp and window; ``DUPLICATES`` gets every later copy, and each one counts
-once in the ``duplicates`` metric, so a run reconciles as
+its records (``SealedEnvelope.records``: 1, or a record stream's count) in the
+``duplicates`` metric, so a run reconciles as
 ``records_in == records_out + dead_letters + duplicates``.
 
 What a duplicate is: an element whose envelope id AND bytes (SHA-256 ``digest``) equal those
@@ -94,7 +95,7 @@ class _DedupeFn(beam.DoFn):
         _, envelope = element
         digests = set(seen.read())
         if envelope.digest in digests:
-            self._duplicates.inc()
+            self._duplicates.inc(envelope.records)
             yield TaggedOutput(DeduplicateEnvelopes.DUPLICATES, envelope)
             return
         if not digests:
@@ -116,7 +117,7 @@ class _FirstOfGroupFn(beam.DoFn):
         digests: set[bytes] = set()
         for envelope in copies:
             if envelope.digest in digests:
-                self._duplicates.inc()
+                self._duplicates.inc(envelope.records)
                 yield TaggedOutput(DeduplicateEnvelopes.DUPLICATES, envelope)
             else:
                 digests.add(envelope.digest)

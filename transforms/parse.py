@@ -12,7 +12,19 @@ letter named by their digest, without the bytes (they could be anything).
 
 It forwards a ``SealedEnvelope`` (``sealed.py``): the envelope's bytes with the header facts
 that de-duplication and keyed batching need (envelope id, data-key id, region, producer,
-digest), so no step before the confidential one parses the header again.
+digest, records), so no step before the confidential one parses the header again.
+
+Record streams (kind ``record-stream``, record profile 2, docs/FORMAT.md): the whole
+structure is read without a key (``envelope.read_record_stream``: every frame's bounds, the
+record count the header commits to, unique record ids), so a truncated or malformed stream is
+a parse dead letter here. A stream stands for its records in the run's accounting: its line
+counted once in ``records_in`` when it was read, and its other ``count - 1`` records are
+counted here, where the count becomes known: the count its header commits to. A stream whose
+header parses but whose frames do not (truncated, a bad frame, a duplicate record id) is one
+dead letter for all of those records; bytes whose header does not parse are one line, one
+record, as for any other envelope. With
+``record_streams=False`` (the streaming pipeline, whose late-data accounting counts
+envelopes) a well-formed stream is a dead letter for all of its records instead.
 
 What it does not: it does not authenticate the header (that needs the data key, inside the
 TEE), and it does not reorder or batch. It does not forward an ``envelope.ParsedEnvelope``:
@@ -26,6 +38,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 import apache_beam as beam
+from apache_beam.metrics import Metrics
 from apache_beam.pvalue import TaggedOutput
 
 from enclave_workers.batch_processor import (
@@ -34,38 +47,90 @@ from enclave_workers.batch_processor import (
     DeadLetter,
     unparsed_record_id,
 )
-from envelope import EnvelopeError, read_header
+from envelope import (
+    KIND_RECORD_STREAM,
+    EnvelopeError,
+    EnvelopeHeader,
+    WrappedKey,
+    read_header,
+    read_record_stream,
+)
 
-from .sealed import sealed_envelope
+from .metrics import NAMESPACE, RECORDS_IN
+from .sealed import SealedEnvelope, sealed_envelope
 
-__all__ = ["ParseSealed"]
+__all__ = ["ENVELOPE_KINDS", "KIND_RECORD_STREAM", "ParseSealed", "read_sealed"]
 
-ENVELOPE_KINDS = ("record", "batch")
+ENVELOPE_KINDS = ("record", "batch", KIND_RECORD_STREAM)
+
+
+def read_sealed(envelope: bytes, max_envelope_bytes: int = MAX_ENVELOPE_BYTES, *,
+                record_streams: bool = True) -> SealedEnvelope | DeadLetter:
+    """The header facts of ``envelope``, or the parse dead letter it is (module docstring)."""
+    if len(envelope) > max_envelope_bytes:
+        return DeadLetter(unparsed_record_id(envelope),
+                          f"envelope is {len(envelope)} bytes, over {max_envelope_bytes}",
+                          STAGE_PARSE, b"")
+    try:
+        header, _ = read_header(envelope)
+    except EnvelopeError as exc:
+        return DeadLetter(unparsed_record_id(envelope), f"not a sealed envelope: {exc}",
+                          STAGE_PARSE, b"")
+    if header.kind not in ENVELOPE_KINDS:
+        return DeadLetter(header.envelope_id.hex(), f"unknown envelope kind {header.kind!r}",
+                          STAGE_PARSE, envelope)
+    if header.kind != KIND_RECORD_STREAM:
+        return sealed_envelope(envelope, header, key_id=_key_id(header.wrapped_key))
+    return _read_stream(envelope, header, record_streams)
+
+
+_KEY_IDS: dict[WrappedKey, str] = {}
+_MAX_KEY_IDS = 1024
+
+
+def _key_id(wrapped: WrappedKey) -> str:
+    """``wrapped.key_id`` (a SHA-256), computed once per distinct wrapped DEK: envelopes
+    sealed under one DEK carry equal key blocks, so most lookups are one dict hit."""
+    key_id = _KEY_IDS.get(wrapped)
+    if key_id is None:
+        if len(_KEY_IDS) >= _MAX_KEY_IDS:
+            _KEY_IDS.clear()
+        key_id = _KEY_IDS[wrapped] = wrapped.key_id
+    return key_id
+
+
+def _read_stream(envelope: bytes, header: EnvelopeHeader, record_streams: bool
+                 ) -> SealedEnvelope | DeadLetter:
+    try:
+        layout = read_record_stream(envelope)
+    except EnvelopeError as exc:
+        return DeadLetter(header.envelope_id.hex(),
+                          f"not a readable record stream: {exc}", STAGE_PARSE, envelope,
+                          records=header.record_count or 1)
+    count = len(layout.record_ids)
+    if not record_streams:
+        return DeadLetter(layout.header.envelope_id.hex(),
+                          "record-stream envelopes (record profile 2) are not accepted by "
+                          "this pipeline (streaming runs take v1 records and batches)",
+                          STAGE_PARSE, envelope, records=count)
+    return sealed_envelope(envelope, layout.header, count)
 
 
 class _ParseHeaderFn(beam.DoFn):
-    def __init__(self, max_envelope_bytes: int) -> None:
+    def __init__(self, max_envelope_bytes: int, record_streams: bool) -> None:
         self._max_envelope_bytes = max_envelope_bytes
+        self._record_streams = record_streams
+        self._records_in = Metrics.counter(NAMESPACE, RECORDS_IN)
 
     def process(self, envelope: bytes) -> Iterable[object]:
-        if len(envelope) > self._max_envelope_bytes:
-            yield TaggedOutput(ParseSealed.DEAD_LETTER, DeadLetter(
-                unparsed_record_id(envelope),
-                f"envelope is {len(envelope)} bytes, over {self._max_envelope_bytes}",
-                STAGE_PARSE, b""))
-            return
-        try:
-            header, _ = read_header(envelope)
-        except EnvelopeError as exc:
-            yield TaggedOutput(ParseSealed.DEAD_LETTER, DeadLetter(
-                unparsed_record_id(envelope), f"not a sealed envelope: {exc}", STAGE_PARSE, b""))
-            return
-        if header.kind not in ENVELOPE_KINDS:
-            yield TaggedOutput(ParseSealed.DEAD_LETTER, DeadLetter(
-                header.envelope_id.hex(), f"unknown envelope kind {header.kind!r}", STAGE_PARSE,
-                envelope))
-            return
-        yield sealed_envelope(envelope, header)
+        read = read_sealed(envelope, self._max_envelope_bytes,
+                           record_streams=self._record_streams)
+        if read.records > 1:        # a record stream's other records (module docstring)
+            self._records_in.inc(read.records - 1)
+        if isinstance(read, SealedEnvelope):
+            yield read
+        else:
+            yield TaggedOutput(ParseSealed.DEAD_LETTER, read)
 
 
 class ParseSealed(beam.PTransform):
@@ -74,11 +139,13 @@ class ParseSealed(beam.PTransform):
     SEALED = "sealed"
     DEAD_LETTER = "dead_letter"
 
-    def __init__(self, *, max_envelope_bytes: int = MAX_ENVELOPE_BYTES) -> None:
+    def __init__(self, *, max_envelope_bytes: int = MAX_ENVELOPE_BYTES,
+                 record_streams: bool = True) -> None:
         super().__init__()
         self._max_envelope_bytes = max_envelope_bytes
+        self._record_streams = record_streams
 
     def expand(self, pcoll: beam.PCollection) -> beam.pvalue.DoOutputsTuple:
         return pcoll | "ReadHeader" >> beam.ParDo(
-            _ParseHeaderFn(self._max_envelope_bytes)).with_outputs(
+            _ParseHeaderFn(self._max_envelope_bytes, self._record_streams)).with_outputs(
             self.DEAD_LETTER, main=self.SEALED)

@@ -4,7 +4,10 @@ What it does: ``ParseSealed`` reads each header once, outside the TEE, and sends
 record on instead of bare bytes, so the steps between the parse and the confidential step —
 de-duplication (``dedupe``) by envelope id and keyed batching (``batching``) by data key —
 use the header without parsing it again. ``digest`` (SHA-256 of the bytes) tells an exact
-copy (a replay or redelivery) from another envelope that claims the same id.
+copy (a replay or redelivery) from another envelope that claims the same id. ``records`` is
+how many partner records the envelope stands for in a run's accounting: 1 for a v1 record
+or a sealed batch (a batch counts as one input), the record count of a ``record-stream``
+(record profile 2), so that batching bounds and the ``duplicates`` metric count records.
 
 What it does not: none of these facts is authenticated here (that needs the data key, inside
 the TEE). They only decide where an envelope goes and which envelopes share a batch; the
@@ -32,6 +35,7 @@ class SealedEnvelope:
     producer_id: str
     digest: bytes
     data: bytes
+    records: int = 1
 
     @property
     def record_id(self) -> str:
@@ -39,7 +43,10 @@ class SealedEnvelope:
         return self.envelope_id.hex()
 
 
-def sealed_envelope(data: bytes, header: EnvelopeHeader) -> SealedEnvelope:
-    """The pipeline record of ``data`` whose header is ``header``."""
-    return SealedEnvelope(header.envelope_id, header.wrapped_key.key_id, header.region,
-                          header.producer_id, hashlib.sha256(data).digest(), data)
+def sealed_envelope(data: bytes, header: EnvelopeHeader, records: int = 1, *,
+                    key_id: str | None = None) -> SealedEnvelope:
+    """The pipeline record of ``data`` whose header is ``header`` (``records``: see above;
+    ``key_id``: ``header.wrapped_key.key_id`` when the caller already has it)."""
+    return SealedEnvelope(header.envelope_id, key_id or header.wrapped_key.key_id,
+                          header.region, header.producer_id, hashlib.sha256(data).digest(),
+                          data, records)

@@ -7,8 +7,9 @@ import json
 from pathlib import Path
 
 from enclave_workers.batch_processor import OUTPUT_FORMATS, SEALED_ARROW
-from pipelines.demo import DEFAULT_RECORDS, run_demo
+from pipelines.demo import DEFAULT_RECORDS, DEMO_PROFILE, run_demo
 from pipelines.progress import with_heartbeat
+from pipelines.sealing import RECORD_PROFILES
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -25,12 +26,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--output-format", dest="output_format", choices=OUTPUT_FORMATS,
                         default=SEALED_ARROW,
                         help=f"output files to write and check (default {SEALED_ARROW})")
+    parser.add_argument("--profile", type=int, choices=RECORD_PROFILES, default=DEMO_PROFILE,
+                        help="sealed-record profile the partners use: 1 = a v1 record "
+                             "envelope per line, 2 = record streams "
+                             f"(default {DEMO_PROFILE})")
     parser.set_defaults(func=run_demo_command)
 
 
 def run_demo_command(args: argparse.Namespace) -> int:
     summary = with_heartbeat("demo", lambda: run_demo(
-        records=args.records, workdir=args.workdir, output_format=args.output_format))
+        records=args.records, workdir=args.workdir, output_format=args.output_format,
+        profile=args.profile))
     print(json.dumps(summary, sort_keys=True))
     reconciled = summary["records_in"] == summary["records_out"] + summary["dead_letters"]
     return 0 if reconciled and summary["ledger_verified"] else 1

@@ -1,5 +1,9 @@
 """``sealbeam seal``: a partner seals a JSONL or Parquet file into sealed records or a batch.
 
+Sealed records come in two profiles: ``--profile 1`` (a v1 record envelope per line) and
+``--profile 2`` (a ``record-stream`` envelope per ``--records-per-stream`` records, one line
+each; docs/FORMAT.md).
+
 ``--input -`` reads standard input (JSONL unless --input-format says parquet); ``--output -``
 writes the sealed lines to standard output, and the JSON report then goes to stderr.
 """
@@ -15,7 +19,15 @@ from pathlib import Path
 from keybroker.kms.local import LocalKeyring
 from pipelines.errors import PipelineError
 from pipelines.progress import track
-from pipelines.sealing import INPUT_FORMATS, OUTPUT_KINDS, seal_file
+from pipelines.sealing import (
+    DEFAULT_RECORD_PROFILE,
+    DEFAULT_RECORDS_PER_STREAM,
+    INPUT_FORMATS,
+    MAX_RECORDS_PER_STREAM,
+    OUTPUT_KINDS,
+    RECORD_PROFILES,
+    seal_file,
+)
 from pipelines.stdio import STDIO, input_path, output_path
 from transforms.event_time import EventTimeError, parse_event_time
 
@@ -38,6 +50,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="sealed records (default) or one sealed Arrow batch")
     parser.add_argument("--records-per-key", type=int, default=0,
                         help="records per DEK; 0 = one DEK for the whole file")
+    parser.add_argument("--profile", type=int, choices=RECORD_PROFILES,
+                        default=DEFAULT_RECORD_PROFILE,
+                        help="sealed-record profile (--kind records): 1 = one v1 record "
+                             "envelope per line; 2 = record streams, one envelope per "
+                             "--records-per-stream records with a per-record nonce and tag "
+                             f"(default {DEFAULT_RECORD_PROFILE})")
+    parser.add_argument("--records-per-stream", type=int, default=DEFAULT_RECORDS_PER_STREAM,
+                        help=f"records per record stream with --profile 2 (1 to "
+                             f"{MAX_RECORDS_PER_STREAM}; a new DEK also starts a stream; "
+                             f"default {DEFAULT_RECORDS_PER_STREAM})")
     parser.add_argument("--input-format", choices=INPUT_FORMATS, default=None,
                         help="input format (default: from the file suffix; jsonl for '-')")
     parser.add_argument("--event-time", default=None,
@@ -60,7 +82,8 @@ def run_seal(args: argparse.Namespace) -> int:
         report = seal_file(source, target, keyring=keyring, region=args.region,
                            producer_id=args.producer, output_kind=args.kind,
                            records_per_key=args.records_per_key, input_format=input_format,
-                           event_time=event_time, on_sealed=progress.update)
+                           event_time=event_time, on_sealed=progress.update,
+                           profile=args.profile, records_per_stream=args.records_per_stream)
     document = asdict(report)
     if args.output == STDIO:
         document["output_path"] = STDIO

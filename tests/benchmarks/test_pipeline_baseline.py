@@ -28,14 +28,23 @@ def baseline_results(repo_root: Path, tmp_path_factory: pytest.TempPathFactory):
     return run_benchmark(
         repo_root, "pipeline.py",
         ["--records", str(RECORDS), "--files", "1", "--batch-size", "60",
-         "--baseline", "plaintext"], json_path)
+         "--baseline", "plaintext", "--records-per-stream", "10"], json_path)
 
 
 def test_baseline_runs_reconcile_and_ratios_follow(baseline_results) -> None:
     stdout, numbers = baseline_results
     assert "sealed-batch rec/s" in stdout and "plaintext rec/s" in stdout
+    assert "record-stream rec/s" in stdout
     (run,) = numbers["runs"]
     plain, batch = run["plaintext"], run["sealed_batch_beam"]
+    stream, stream_inputs = run["record_stream_beam"], run["stream_inputs"]
+    # Record streams count records, not envelopes; every record is a row out or suppressed.
+    assert stream["records_in"] == RECORDS and stream["reconciled"] is True
+    assert stream["dead_letters"] == 0
+    assert stream["rows_out"] + stream["rows_suppressed"] == stream["records_out"] == RECORDS
+    assert stream_inputs["records"] == RECORDS
+    assert stream_inputs["envelopes"] >= RECORDS // 10
+    assert 0 < stream_inputs["overhead_bytes_per_record"] < 213
     assert plain["records_in"] == RECORDS
     assert plain["records_out"] + plain["dead_letters"] == RECORDS
     assert plain["output_files"] >= 1 and plain["rows_out"] >= 1
@@ -44,6 +53,7 @@ def test_baseline_runs_reconcile_and_ratios_follow(baseline_results) -> None:
     assert batch["reconciled"] is True and batch["dead_letters"] == 0
     assert batch["rows_out"] + batch["rows_suppressed"] == RECORDS
     for name, sealed in (("sealed_record_over_plaintext", run["beam"]),
+                         ("record_stream_over_plaintext", stream),
                          ("sealed_batch_over_plaintext", batch)):
         assert run[name] == pytest.approx(
             sealed["records_per_second"] / plain["records_per_second"], rel=1e-2)

@@ -15,10 +15,11 @@ from tests.enclave_workers.broker_env import BrokerEnv
 
 def sealed_partner_files(broker: BrokerEnv, directory: Path, records: int, *,
                          event_time: float | None = None, sealed_dir: str = "sealed",
-                         seed: int = 11) -> tuple[list[PartnerFile], list[Path]]:
+                         seed: int = 11, profile: int = 1, records_per_stream: int = 1000
+                         ) -> tuple[list[PartnerFile], list[Path]]:
     """Synthetic partner files and their sealed records, every envelope stating
     ``event_time`` (default: now) in its header; the same ``records`` and ``seed`` give the
-    same rows."""
+    same rows. ``profile=2`` seals record streams of ``records_per_stream`` records."""
     files = write_partner_files(directory / f"partner-{seed}", records, files_per_group=1,
                                 seed=seed)
     sealed = []
@@ -26,7 +27,7 @@ def sealed_partner_files(broker: BrokerEnv, directory: Path, records: int, *,
         target = directory / sealed_dir / f"{partner_file.path.stem}.sealed"
         seal_file(partner_file.path, target, keyring=broker.keyring, region=partner_file.region,
                   producer_id=partner_file.producer_id, records_per_key=40,
-                  event_time=event_time)
+                  event_time=event_time, profile=profile, records_per_stream=records_per_stream)
         sealed.append(target)
     return files, sealed
 

@@ -10,7 +10,16 @@ import pyarrow.parquet as pq
 import pytest
 
 from enclave_workers.records import parse_records, table_from_ipc, table_to_ipc
-from envelope import DataKey, dek_wrap_aad, open_batch, open_record, read_header, seal_batch
+from envelope import (
+    DataKey,
+    dek_wrap_aad,
+    open_batch,
+    open_record,
+    open_record_stream,
+    read_header,
+    read_record_stream,
+    seal_batch,
+)
 from pipelines.errors import InputFileError, PipelineError, ReaderRegionError
 from pipelines.reading import open_output
 from pipelines.sealing import seal_file
@@ -45,6 +54,52 @@ def test_seal_records_one_key_per_n_records(broker: BrokerEnv, tmp_path: Path) -
     assert {(h.kind, h.region, h.producer_id) for h in headers} == {("record", "eu", "acme")}
     assert json.loads(_open_with_keyring(broker, envelopes[7])) == person(7, "eu")
     assert b"cust-secret" not in (tmp_path / "out.sealed").read_bytes()
+
+
+def test_seal_profile_2_writes_record_streams_cut_by_count_and_by_key(
+        broker: BrokerEnv, tmp_path: Path) -> None:
+    source = _jsonl(tmp_path / "in.jsonl", 25)
+    report = seal_file(source, tmp_path / "out.sealed", keyring=broker.keyring, region="eu",
+                       producer_id="acme", records_per_key=10, profile=2,
+                       records_per_stream=4)
+    # Streams of 4, and a new DEK every 10 records also ends a stream: 4+4+2 per key, 4+1.
+    assert (report.input_records, report.envelopes, report.data_keys, report.profile) == (
+        25, 8, 3, 2)
+    streams = _envelopes(tmp_path / "out.sealed")
+    counts = [read_record_stream(e).record_count for e in streams]
+    assert counts == [4, 4, 2, 4, 4, 2, 4, 1]
+    plaintexts = []
+    for envelope in streams:
+        header, _ = read_header(envelope)
+        assert (header.kind, header.region, header.producer_id) == (
+            "record-stream", "eu", "acme")
+        secret = broker.keyring.unwrap(header.wrapped_key, dek_wrap_aad("eu", "acme"))
+        opened = open_record_stream(envelope, DataKey(secret))
+        assert not opened.failures
+        plaintexts.extend(json.loads(r.plaintext) for r in opened.records)
+    assert plaintexts == [person(i, "eu") for i in range(25)]
+    with pytest.raises(PipelineError, match="record profile"):
+        seal_file(source, tmp_path / "o", keyring=broker.keyring, region="eu",
+                  producer_id="acme", profile=3)
+    with pytest.raises(PipelineError, match="records per stream"):
+        seal_file(source, tmp_path / "o", keyring=broker.keyring, region="eu",
+                  producer_id="acme", profile=2, records_per_stream=0)
+
+
+def test_the_seal_command_takes_the_profile_and_documents_it(
+        broker: BrokerEnv, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from pipelines import cli
+    with pytest.raises(SystemExit):
+        cli.main(["seal", "--help"])
+    usage = capsys.readouterr().out
+    assert "--profile" in usage and "--records-per-stream" in usage
+    source = _jsonl(tmp_path / "in.jsonl", 7)
+    assert cli.main(["seal", "--input", str(source), "--output", str(tmp_path / "s.sealed"),
+                     "--region", "eu", "--producer", "acme", "--state",
+                     str(broker.state_dir), "--profile", "2",
+                     "--records-per-stream", "3"]) == 0
+    report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert (report["input_records"], report["envelopes"], report["profile"]) == (7, 3, 2)
 
 
 def test_seal_parquet_into_one_batch(broker: BrokerEnv, tmp_path: Path) -> None:

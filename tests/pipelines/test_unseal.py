@@ -57,6 +57,24 @@ def test_records_to_jsonl_on_stdout(sealed: tuple, state: Path,
     assert entry.decision == "granted" and entry.details["envelopes"] == len(rows)
 
 
+def test_record_streams_to_jsonl(state: Path, tmp_path: Path,
+                                 capsys: pytest.CaptureFixture[str]) -> None:
+    files = write_partner_files(tmp_path / "partner", 40, files_per_group=1, seed=8)
+    partner = max(files, key=lambda f: len(f.path.read_bytes().splitlines()))
+    rows = [json.loads(line) for line in partner.path.read_bytes().splitlines() if line]
+    streams = tmp_path / "streams.sealed"
+    assert cli.main(["seal", "--input", str(partner.path), "--output", str(streams),
+                     "--region", partner.region, "--producer", partner.producer_id,
+                     "--state", str(state), "--profile", "2",
+                     "--records-per-stream", "3"]) == 0
+    capsys.readouterr()
+    assert cli.main(["unseal", str(streams), "--state", str(state)]) == 0
+    captured = capsys.readouterr()
+    assert [json.loads(line) for line in captured.out.splitlines()] == rows
+    report = json.loads(captured.err.strip().splitlines()[-1])
+    assert (report["envelopes"], report["records"]) == (-(-len(rows) // 3), len(rows))
+
+
 def test_batch_to_parquet_and_arrow(sealed: tuple, state: Path, tmp_path: Path,
                                     capsys: pytest.CaptureFixture[str]) -> None:
     _, batch, rows = sealed

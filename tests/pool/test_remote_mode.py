@@ -193,3 +193,21 @@ def test_remote_mode_drops_exact_copies_as_in_process(broker: BrokerEnv, inputs,
     assert remote.records_out == in_process.records_out
     assert _names(work / "copies") == _names(work / "in-process")   # each batch once
     assert _rows(broker, work / "copies") == _rows(broker, work / "in-process")
+
+
+def test_record_streams_in_remote_mode_equal_the_in_process_run(
+        broker: BrokerEnv, pool_pair: list[PoolProcess], tmp_path: Path) -> None:
+    """Record profile 2 through the pool: the same counts (in records), rows and file names
+    as in-process, and the run's custody verifies."""
+    sealed_partner_files(broker, tmp_path, RECORDS, profile=2, records_per_stream=12)
+    in_process = run_batch(_options(broker, tmp_path, "in-process"))
+    remote = run_batch(_remote(broker, tmp_path, "remote", [w.url for w in pool_pair]))
+    assert in_process.reconciled and remote.reconciled
+    assert in_process.records_in == RECORDS and in_process.dead_letters == 0
+    assert _counts(remote) == _counts(in_process)
+    assert _rows(broker, tmp_path / "remote") == _rows(broker, tmp_path / "in-process")
+    assert _names(tmp_path / "remote") == _names(tmp_path / "in-process")
+    verdict = verify_run(tmp_path / "remote", broker_key=BrokerPublicKey.load(
+        broker_public_key(broker)))
+    assert verdict.ok, verdict.reasons
+    assert verdict.facts["input_records"] == RECORDS
