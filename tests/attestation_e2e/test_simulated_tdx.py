@@ -26,6 +26,7 @@ from tests.attestation_e2e.support import (
     release_rule,
     serve_broker,
 )
+from tests.support.tee_brokers import serve_simulated_tdx_broker
 
 
 @pytest.fixture(scope="module")
@@ -38,9 +39,8 @@ def dev_tdx(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def simulated_broker(tmp_path_factory: pytest.TempPathFactory,
                      dev_tdx: Path) -> Iterator[RunningBroker]:
-    rules = [release_rule("simulated-tdx", ["tdx"], [DEV_MRTD], allow_simulated=True)]
-    with serve_broker(tmp_path_factory.mktemp("tdx-sim") / "state", rules, allow_simulated=True,
-                      attestation={"tdx_dev_root": dev_tdx / DEV_TDX_ROOT_FILE}) as broker:
+    with serve_simulated_tdx_broker(tmp_path_factory.mktemp("tdx-sim") / "state",
+                                    "simulated-tdx", dev_tdx) as broker:
         yield broker
 
 

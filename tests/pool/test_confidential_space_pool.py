@@ -5,7 +5,6 @@ a Unix socket, as in tests/attestation_e2e) before sending it a batch."""
 
 from __future__ import annotations
 
-import json
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,46 +15,37 @@ from enclave_workers.batch_processor import default_feature_spec
 from enclave_workers.pool.server import PoolServer
 from enclave_workers.pool.worker import PoolSettings, PoolWorker, build_pool_worker
 from envelope import DataKey, dek_wrap_aad
-from keybroker.attestation.confidential_space import CONFIDENTIAL_SPACE_ISSUER
 from keybroker.kms.local import LocalKeyring
 from keybroker.service.server import RunningBroker
-from tests.attestation_cloud.support import DocumentServer, jwks_document, new_rsa_key
-from tests.attestation_e2e.cloud import FakeLauncher, issuer_getter
-from tests.attestation_e2e.support import release_rule, serve_broker
-from tests.attestation_e2e.test_confidential_space import token_claims
+from tests.attestation_cloud.support import DocumentServer, new_rsa_key
+from tests.attestation_e2e.cloud import FakeLauncher
 from tests.enclave_workers.broker_env import person, seal_json
 from tests.pool.conftest import broker_public_key
+from tests.support.tee_brokers import (
+    AUDIENCE,
+    google_documents,
+    google_getter,
+    serve_space_broker,
+    token_claims,
+)
 from transforms.pool_client import PoolEndpoint
 from transforms.pool_trust import PoolAttestationError, PoolTrust
 
-AUDIENCE = "https://broker.sealbeam.test"
-DIGEST = "5e" * 32
 SIGNING_KEY = new_rsa_key()
 
 
 @pytest.fixture(scope="module")
 def google() -> Iterator[DocumentServer]:
-    with DocumentServer() as server:
-        server.documents["/google/.well-known/openid-configuration"] = json.dumps(
-            {"issuer": CONFIDENTIAL_SPACE_ISSUER,
-             "jwks_uri": f"{CONFIDENTIAL_SPACE_ISSUER}/jwks"}).encode()
-        server.documents["/google/jwks"] = jwks_document({"cs-1": SIGNING_KEY})
+    with google_documents(SIGNING_KEY) as server:
         yield server
 
 
 @pytest.fixture(scope="module")
 def space_broker(tmp_path_factory: pytest.TempPathFactory,
                  google: DocumentServer) -> Iterator[RunningBroker]:
-    rules = [release_rule("space-pool", ["confidential-space"], [f"sha256:{DIGEST}"],
-                          hardware=["sev-snp", "tdx"], dbgstat=["disabled-since-boot"])]
-    with serve_broker(tmp_path_factory.mktemp("space-pool") / "state", rules,
-                      attestation={"confidential_space_audience": AUDIENCE},
-                      jwks_getter=_getter(google)) as broker:
+    with serve_space_broker(tmp_path_factory.mktemp("space-pool") / "state", "space-pool",
+                            google) as broker:
         yield broker
-
-
-def _getter(google: DocumentServer):
-    return issuer_getter(google, {CONFIDENTIAL_SPACE_ISSUER: "/google"})
 
 
 @pytest.fixture
@@ -88,7 +78,7 @@ def _endpoint(server: PoolServer, broker: RunningBroker, google: DocumentServer,
               audience: str) -> PoolEndpoint:
     trust = PoolTrust.from_file(str(broker.settings.policy_path),
                                 confidential_space_audience=audience)
-    return PoolEndpoint(server.url, trust.verifier(jwks_getter=_getter(google)),
+    return PoolEndpoint(server.url, trust.verifier(jwks_getter=google_getter(google)),
                         spec_fingerprint=server.worker.spec_fingerprint,
                         output_format="sealed-arrow", timeout_s=10)
 

@@ -12,16 +12,15 @@ import pytest
 
 from enclave_workers.batch_processor import default_feature_spec
 from enclave_workers.evidence.simulated_tdx import (
-    DEV_MRTD,
     DEV_TDX_ROOT_FILE,
     create_dev_tdx_chain,
 )
 from enclave_workers.pool.server import PoolServer
 from enclave_workers.pool.worker import PoolSettings, build_pool_worker
 from keybroker.service.server import RunningBroker
-from tests.attestation_e2e.support import release_rule, serve_broker
 from tests.pool.conftest import broker_public_key
 from tests.pool.test_confidential_space_pool import _sealed
+from tests.support.tee_brokers import serve_simulated_tdx_broker
 from transforms.pool_client import PoolEndpoint
 from transforms.pool_trust import PoolAttestationError, PoolTrust
 
@@ -36,10 +35,8 @@ def dev_tdx(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def tdx_broker(tmp_path_factory: pytest.TempPathFactory,
                dev_tdx: Path) -> Iterator[RunningBroker]:
-    rules = [release_rule("simulated-tdx-pool", ["tdx"], [DEV_MRTD], allow_simulated=True)]
-    with serve_broker(tmp_path_factory.mktemp("tdx-pool") / "state", rules,
-                      allow_simulated=True,
-                      attestation={"tdx_dev_root": dev_tdx / DEV_TDX_ROOT_FILE}) as broker:
+    with serve_simulated_tdx_broker(tmp_path_factory.mktemp("tdx-pool") / "state",
+                                    "simulated-tdx-pool", dev_tdx) as broker:
         yield broker
 
 
