@@ -9,7 +9,9 @@ the first refusal; ``--dataflow_region``,
 ``--worker_region`` and ``--worker_zone`` check a Dataflow job's worker flags against the map;
 ``--regions`` limits the checks to the regions of one job. ``policy MAP`` prints the
 ``worker_locations`` field of a broker release rule (docs/PROTOCOL.md, section 7.2) that
-grants each region's keys only to workers attested in that region's worker locations.
+grants each region's keys only to workers attested in that region's worker locations, with
+the map's ``maa_location_claim`` (the MAA token claim an Azure worker's location is read from)
+when the map names one.
 
 What it does not: create buckets or accounts, or start a pipeline.
 """
@@ -48,7 +50,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "policy", help="print the release-rule worker_locations field for the map",
         description="Print, as YAML, the worker_locations field to add to the broker's release "
                     "rules, so that a region's keys go only to workers attested in its worker "
-                    "locations.")
+                    "locations, and the map's maa_location_claim when it names one (the MAA "
+                    "token claim an Azure worker's location is read from).")
     policy.add_argument("map", metavar="MAP", help="residency map (YAML)")
     policy.set_defaults(func=policy_command)
 
@@ -90,8 +93,10 @@ def check_command(args: argparse.Namespace) -> int:
 
 def policy_command(args: argparse.Namespace) -> int:
     residency = ResidencyMap.load(args.map)
-    field = {"worker_locations": {
+    field: dict[str, object] = {"worker_locations": {
         name: sorted({location.lower() for location in region.worker_locations})
         for name, region in sorted(residency.regions.items())}}
+    if residency.maa_location_claim is not None:
+        field["maa_location_claim"] = residency.maa_location_claim
     print(yaml.safe_dump(field, default_flow_style=None, sort_keys=True), end="")
     return 0
