@@ -8,7 +8,6 @@ server, verifies the token, and the policy checks image digest, support attribut
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -16,32 +15,22 @@ import pytest
 
 from enclave_workers.evidence.confidential_space import ConfidentialSpaceProvider
 from keybroker.service.server import RunningBroker
-from tests.attestation_cloud.support import DocumentServer, new_rsa_key
+from tests.attestation_cloud.support import new_rsa_key
 from tests.attestation_e2e.cloud import FakeLauncher
 from tests.attestation_e2e.support import attest_once, expect_denied, open_released_key
 from tests.support.tee_brokers import (
     AUDIENCE,
     DIGEST,
-    google_documents,
-    serve_space_broker,
+    google_fixture,
+    space_broker_fixture,
     token_claims,
 )
 
 SIGNING_KEY = new_rsa_key()
 
 
-@pytest.fixture(scope="module")
-def google() -> Iterator[DocumentServer]:
-    with google_documents(SIGNING_KEY) as server:
-        yield server
-
-
-@pytest.fixture(scope="module")
-def space_broker(tmp_path_factory: pytest.TempPathFactory,
-                 google: DocumentServer) -> Iterator[RunningBroker]:
-    with serve_space_broker(tmp_path_factory.mktemp("space") / "state", "space-workers",
-                            google) as broker:
-        yield broker
+google = google_fixture(SIGNING_KEY)
+space_broker = space_broker_fixture("space-workers", "space")
 
 
 def launcher(tmp_path: Path, **changes: Any) -> FakeLauncher:

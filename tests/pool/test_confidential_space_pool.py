@@ -23,9 +23,9 @@ from tests.enclave_workers.broker_env import person, seal_json
 from tests.pool.conftest import broker_public_key
 from tests.support.tee_brokers import (
     AUDIENCE,
-    google_documents,
+    google_fixture,
     google_getter,
-    serve_space_broker,
+    space_broker_fixture,
     token_claims,
 )
 from transforms.pool_client import PoolEndpoint
@@ -34,18 +34,8 @@ from transforms.pool_trust import PoolAttestationError, PoolTrust
 SIGNING_KEY = new_rsa_key()
 
 
-@pytest.fixture(scope="module")
-def google() -> Iterator[DocumentServer]:
-    with google_documents(SIGNING_KEY) as server:
-        yield server
-
-
-@pytest.fixture(scope="module")
-def space_broker(tmp_path_factory: pytest.TempPathFactory,
-                 google: DocumentServer) -> Iterator[RunningBroker]:
-    with serve_space_broker(tmp_path_factory.mktemp("space-pool") / "state", "space-pool",
-                            google) as broker:
-        yield broker
+google = google_fixture(SIGNING_KEY)
+space_broker = space_broker_fixture("space-pool", "space-pool")
 
 
 @pytest.fixture

@@ -11,33 +11,18 @@ from pathlib import Path
 import pytest
 
 from enclave_workers.batch_processor import default_feature_spec
-from enclave_workers.evidence.simulated_tdx import (
-    DEV_TDX_ROOT_FILE,
-    create_dev_tdx_chain,
-)
+from enclave_workers.evidence.simulated_tdx import DEV_TDX_ROOT_FILE
 from enclave_workers.pool.server import PoolServer
 from enclave_workers.pool.worker import PoolSettings, build_pool_worker
 from keybroker.service.server import RunningBroker
 from tests.pool.conftest import broker_public_key
 from tests.pool.test_confidential_space_pool import _sealed
-from tests.support.tee_brokers import serve_simulated_tdx_broker
+from tests.support.tee_brokers import dev_tdx_fixture, simulated_tdx_broker_fixture
 from transforms.pool_client import PoolEndpoint
 from transforms.pool_trust import PoolAttestationError, PoolTrust
 
-
-@pytest.fixture(scope="module")
-def dev_tdx(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    directory = tmp_path_factory.mktemp("dev-tdx")
-    create_dev_tdx_chain(directory)
-    return directory
-
-
-@pytest.fixture(scope="module")
-def tdx_broker(tmp_path_factory: pytest.TempPathFactory,
-               dev_tdx: Path) -> Iterator[RunningBroker]:
-    with serve_simulated_tdx_broker(tmp_path_factory.mktemp("tdx-pool") / "state",
-                                    "simulated-tdx-pool", dev_tdx) as broker:
-        yield broker
+dev_tdx = dev_tdx_fixture()
+tdx_broker = simulated_tdx_broker_fixture("simulated-tdx-pool", "tdx-pool")
 
 
 @pytest.fixture(scope="module")

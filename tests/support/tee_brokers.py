@@ -1,25 +1,31 @@
 """Brokers that trust one simulated or cloud-faked TEE, shared by the attestation e2e tests and
 the pool tests (both test the same TEE through the broker; only their rule names differ).
 
-What it does: ``google_documents`` serves Google's OpenID configuration and a JWKS holding the
-launcher's signing key on loopback HTTP; ``serve_space_broker`` runs a broker whose one rule
-admits the Confidential Space workload (``token_claims``: image ``DIGEST``, audience
-``AUDIENCE``) and fetches those documents through ``google_getter``; ``serve_simulated_tdx_broker``
-runs a broker that loads a dev TDX root (made by ``create_dev_tdx_chain``) and admits the
-simulated TD. What it does not: pick fixture scopes or names (each test module binds its own).
+What it does: fixture factories (a test module binds each by assignment, e.g.
+``space_broker = space_broker_fixture("space-workers", "space")``): ``google_fixture`` serves
+Google's OpenID configuration and a JWKS holding the launcher's signing key on loopback HTTP;
+``space_broker_fixture`` runs a broker whose one rule admits the Confidential Space workload
+(``token_claims``: image ``DIGEST``, audience ``AUDIENCE``) and fetches those documents through
+``google_getter``; ``dev_tdx_fixture`` makes a dev TDX chain and ``simulated_tdx_broker_fixture``
+runs a broker that loads its root and admits the simulated TD. What it does not: start the
+workers (each test starts its own provider or pool worker).
 """
 
 from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from enclave_workers.evidence.simulated_tdx import DEV_MRTD, DEV_TDX_ROOT_FILE
+from enclave_workers.evidence.simulated_tdx import (
+    DEV_MRTD,
+    DEV_TDX_ROOT_FILE,
+    create_dev_tdx_chain,
+)
 from keybroker.attestation.confidential_space import CONFIDENTIAL_SPACE_ISSUER
 from keybroker.attestation.jwks import Getter
 from keybroker.service.server import RunningBroker
@@ -27,8 +33,8 @@ from tests.attestation_cloud.support import DocumentServer, jwks_document
 from tests.attestation_e2e.cloud import issuer_getter
 from tests.attestation_e2e.support import release_rule, serve_broker
 
-__all__ = ["AUDIENCE", "DIGEST", "google_documents", "google_getter", "serve_simulated_tdx_broker",
-           "serve_space_broker", "token_claims"]
+__all__ = ["AUDIENCE", "DIGEST", "dev_tdx_fixture", "google_fixture", "google_getter",
+           "simulated_tdx_broker_fixture", "space_broker_fixture", "token_claims"]
 
 AUDIENCE = "https://broker.sealbeam.test"
 DIGEST = "5e" * 32
@@ -49,15 +55,20 @@ def token_claims(**changes: Any) -> dict[str, Any]:
     return claims
 
 
-@contextmanager
-def google_documents(signing_key: rsa.RSAPrivateKey) -> Iterator[DocumentServer]:
-    """Google's OpenID configuration and JWKS (``signing_key`` as ``cs-1``) on loopback."""
-    with DocumentServer() as server:
-        server.documents["/google/.well-known/openid-configuration"] = json.dumps(
-            {"issuer": CONFIDENTIAL_SPACE_ISSUER,
-             "jwks_uri": f"{CONFIDENTIAL_SPACE_ISSUER}/jwks"}).encode()
-        server.documents["/google/jwks"] = jwks_document({"cs-1": signing_key})
-        yield server
+def google_fixture(signing_key: rsa.RSAPrivateKey) -> Any:
+    """A module fixture: Google's OpenID configuration and JWKS (``signing_key`` as ``cs-1``)
+    on loopback."""
+
+    @pytest.fixture(scope="module")
+    def google() -> Iterator[DocumentServer]:
+        with DocumentServer() as server:
+            server.documents["/google/.well-known/openid-configuration"] = json.dumps(
+                {"issuer": CONFIDENTIAL_SPACE_ISSUER,
+                 "jwks_uri": f"{CONFIDENTIAL_SPACE_ISSUER}/jwks"}).encode()
+            server.documents["/google/jwks"] = jwks_document({"cs-1": signing_key})
+            yield server
+
+    return google
 
 
 def google_getter(google: DocumentServer) -> Getter:
@@ -65,23 +76,45 @@ def google_getter(google: DocumentServer) -> Getter:
     return issuer_getter(google, {CONFIDENTIAL_SPACE_ISSUER: "/google"})
 
 
-@contextmanager
-def serve_space_broker(state_dir: Path, rule: str, google: DocumentServer
-                       ) -> Iterator[RunningBroker]:
-    """A broker whose rule ``rule`` admits the Confidential Space workload of ``token_claims``."""
-    rules = [release_rule(rule, ["confidential-space"], [f"sha256:{DIGEST}"],
-                          hardware=["sev-snp", "tdx"], dbgstat=["disabled-since-boot"])]
-    with serve_broker(state_dir, rules, attestation={"confidential_space_audience": AUDIENCE},
-                      jwks_getter=google_getter(google)) as broker:
-        yield broker
+def space_broker_fixture(rule: str, state: str) -> Any:
+    """A module fixture: a broker (state in a temp dir named ``state``) whose rule ``rule``
+    admits the Confidential Space workload of ``token_claims``; needs the ``google`` fixture."""
+
+    @pytest.fixture(scope="module")
+    def space_broker(tmp_path_factory: pytest.TempPathFactory,
+                     google: DocumentServer) -> Iterator[RunningBroker]:
+        rules = [release_rule(rule, ["confidential-space"], [f"sha256:{DIGEST}"],
+                              hardware=["sev-snp", "tdx"], dbgstat=["disabled-since-boot"])]
+        with serve_broker(tmp_path_factory.mktemp(state) / "state", rules,
+                          attestation={"confidential_space_audience": AUDIENCE},
+                          jwks_getter=google_getter(google)) as broker:
+            yield broker
+
+    return space_broker
 
 
-@contextmanager
-def serve_simulated_tdx_broker(state_dir: Path, rule: str, dev_tdx: Path
-                               ) -> Iterator[RunningBroker]:
-    """A broker that loads the dev TDX root in ``dev_tdx`` and whose rule ``rule`` admits the
-    simulated TD (simulated evidence allowed)."""
-    rules = [release_rule(rule, ["tdx"], [DEV_MRTD], allow_simulated=True)]
-    with serve_broker(state_dir, rules, allow_simulated=True,
-                      attestation={"tdx_dev_root": dev_tdx / DEV_TDX_ROOT_FILE}) as broker:
-        yield broker
+def dev_tdx_fixture() -> Any:
+    """A module fixture: a fresh dev TDX chain (``create_dev_tdx_chain``) in a temp dir."""
+
+    @pytest.fixture(scope="module")
+    def dev_tdx(tmp_path_factory: pytest.TempPathFactory) -> Path:
+        directory = tmp_path_factory.mktemp("dev-tdx")
+        create_dev_tdx_chain(directory)
+        return directory
+
+    return dev_tdx
+
+
+def simulated_tdx_broker_fixture(rule: str, state: str) -> Any:
+    """A module fixture: a broker (state in a temp dir named ``state``) that loads the dev TDX
+    root of the ``dev_tdx`` fixture and whose rule ``rule`` admits the simulated TD."""
+
+    @pytest.fixture(scope="module")
+    def simulated_tdx_broker(tmp_path_factory: pytest.TempPathFactory,
+                             dev_tdx: Path) -> Iterator[RunningBroker]:
+        rules = [release_rule(rule, ["tdx"], [DEV_MRTD], allow_simulated=True)]
+        with serve_broker(tmp_path_factory.mktemp(state) / "state", rules, allow_simulated=True,
+                          attestation={"tdx_dev_root": dev_tdx / DEV_TDX_ROOT_FILE}) as broker:
+            yield broker
+
+    return simulated_tdx_broker
