@@ -2,7 +2,8 @@
 
 What it does: ``make_key_session`` builds the ``KeySession`` a ``ConfidentialProcess`` worker
 uses (broker client, evidence provider, caching limits, a broker-call counter). Its broker
-client is a ``SpecBoundBrokerClient``: every ``generate`` (a fresh output DEK) carries the
+client is a ``SpecBoundBrokerClient`` (``enclave_workers.spec_bound_broker``, shared with the
+pool worker): every ``generate`` (a fresh output DEK) carries the
 compiled spec's fingerprint, which the broker records in its audit ledger, when the broker
 client supports it (``BrokerClient.generate(..., spec_fingerprint=...)``, checked once with
 ``inspect.signature``); older clients are called without it. Given the run's output
@@ -19,14 +20,16 @@ What it does not: no key handling of its own; the session opens and caches keys.
 
 from __future__ import annotations
 
-import inspect
 import threading
 from collections.abc import Callable, Mapping
 from typing import Any
 
 from enclave_workers.key_session import KeySession
-from envelope import WrappedKey
-from keybroker.client import BrokerClient
+from enclave_workers.spec_bound_broker import (
+    OutputDestinations,
+    SpecBoundBrokerClient,
+    supports_spec_fingerprint,
+)
 from keybroker.destinations import DestinationError, destination_record
 
 from .broker_identity import BrokerTrust, pinned_broker_client, resolve_broker_trust
@@ -35,12 +38,6 @@ from .tee import SessionLimits, TeeSettings, make_evidence_provider
 
 __all__ = ["OutputDestinations", "SpecBoundBrokerClient", "acquire_session", "make_key_session",
            "output_destinations", "release_session", "supports_spec_fingerprint"]
-
-SPEC_FINGERPRINT_PARAMETER = "spec_fingerprint"
-DESTINATION_PARAMETER = "destination"
-
-OutputDestinations = tuple[tuple[str, str, str, bool], ...]
-"""(region, sink URL, verified location, verified) per region, sorted: hashable, picklable."""
 
 
 def output_destinations(facts: Mapping[str, Mapping[str, object]] | None) -> OutputDestinations:
@@ -57,66 +54,6 @@ def output_destinations(facts: Mapping[str, Mapping[str, object]] | None) -> Out
         rows.append((region, str(record["sink"]), str(record["location"]),
                      bool(record["verified"])))
     return tuple(rows)
-
-
-def _takes_keyword(client: object, name: str) -> bool:
-    try:
-        parameters = inspect.signature(client.generate).parameters   # type: ignore[attr-defined]
-    except (AttributeError, TypeError, ValueError):
-        return False
-    return name in parameters
-
-
-def supports_spec_fingerprint(client: object) -> bool:
-    """Whether ``client.generate`` takes a ``spec_fingerprint`` keyword."""
-    return _takes_keyword(client, SPEC_FINGERPRINT_PARAMETER)
-
-
-class SpecBoundBrokerClient:
-    """A ``BrokerClient`` whose ``generate`` names the feature spec the keys are made for
-    and, when known, the destination of the region's outputs."""
-
-    def __init__(self, client: BrokerClient, spec_fingerprint: str,
-                 destinations: OutputDestinations = ()) -> None:
-        self._client = client
-        self._spec_fingerprint = spec_fingerprint
-        self._passes_fingerprint = supports_spec_fingerprint(client)
-        self._destinations = ({region: {"sink": sink, "location": location, "verified": verified}
-                               for region, sink, location, verified in destinations}
-                              if _takes_keyword(client, DESTINATION_PARAMETER) else {})
-
-    @property
-    def records_spec_fingerprint(self) -> bool:
-        return self._passes_fingerprint
-
-    def challenge(self) -> bytes:
-        return self._client.challenge()
-
-    def attest(self, *args: Any, **kwargs: Any) -> Any:
-        return self._client.attest(*args, **kwargs)
-
-    def release(self, session: Any, wrapped_key: WrappedKey, region: str,
-                producer_id: str) -> bytes:
-        return self._client.release(session, wrapped_key, region, producer_id)
-
-    def generate(self, session: Any, region: str, producer_id: str) -> tuple[bytes, WrappedKey]:
-        extra: dict[str, Any] = {}
-        if self._passes_fingerprint:
-            extra[SPEC_FINGERPRINT_PARAMETER] = self._spec_fingerprint
-        destination = self._destinations.get(region)
-        if destination is not None:
-            extra[DESTINATION_PARAMETER] = destination
-        return self._client.generate(session, region, producer_id, **extra)
-
-    def release_named(self, session: Any, name: str) -> bytes:
-        return self._client.release_named(session, name)
-
-    def ledger_head(self) -> Any:
-        """The broker's signed ledger checkpoint (for custody statements)."""
-        return self._client.ledger_head()
-
-    def close(self) -> None:
-        self._client.close()
 
 
 def make_key_session(broker_url: str, tee: TeeSettings, limits: SessionLimits, *,

@@ -42,8 +42,8 @@ from enclave_workers.evidence.base import EvidenceProvider
 from enclave_workers.features import FeatureSpec, compile_spec
 from enclave_workers.key_session import KeySession
 from enclave_workers.output_names import output_file_name, output_name_id
+from enclave_workers.spec_bound_broker import SpecBoundBrokerClient
 from envelope import EnvelopeError, WrappedKey, read_header
-from keybroker.client import BrokerClient
 
 from .broker_pin import pinned_broker_client
 from .channel import ChannelKeys, channel_binding
@@ -85,40 +85,6 @@ class PoolSettings:
     broker_pinned_cert: str | None = None  # or the broker's own TLS certificate (PEM)
     location: str | None = None            # simulated SEV-SNP: the HOST_DATA location claim
     require_destination: bool = False      # refuse a batch that names no destination
-
-
-class _SpecBoundBroker:
-    """The broker client with every ``generate`` naming the spec (for the audit ledger)."""
-
-    def __init__(self, client: BrokerClient, spec_fingerprint: str) -> None:
-        self._client = client
-        self._fingerprint = spec_fingerprint
-
-    def challenge(self) -> bytes:
-        return self._client.challenge()
-
-    def attest(self, *args: Any, **kwargs: Any) -> Any:
-        return self._client.attest(*args, **kwargs)
-
-    def release(self, session: Any, wrapped_key: WrappedKey, region: str,
-                producer_id: str) -> bytes:
-        return self._client.release(session, wrapped_key, region, producer_id)
-
-    def generate(self, session: Any, region: str, producer_id: str,
-                 destination: Mapping[str, object] | None = None) -> tuple[bytes, WrappedKey]:
-        return self._client.generate(session, region, producer_id,
-                                     spec_fingerprint=self._fingerprint,
-                                     destination=destination)
-
-    def release_named(self, session: Any, name: str) -> bytes:
-        return self._client.release_named(session, name)
-
-    def ledger_head(self) -> Any:
-        """The broker's signed ledger head (each custody statement embeds one)."""
-        return self._client.ledger_head()
-
-    def close(self) -> None:
-        self._client.close()
 
 
 class _DestinedSession:
@@ -256,7 +222,7 @@ def build_pool_worker(settings: PoolSettings, *, channel: ChannelKeys | None = N
         dev_tee_dir=settings.dev_tee_dir, ca_bundle=settings.broker_ca_bundle,
         pinned_cert=settings.broker_pinned_cert)
     session = KeySession(
-        _SpecBoundBroker(client, compiled.fingerprint),  # type: ignore[arg-type]
+        SpecBoundBrokerClient(client, compiled.fingerprint),  # type: ignore[arg-type]
         provider,
         key_ttl_s=settings.key_ttl_s,
         max_uses_per_key=settings.max_uses_per_key,

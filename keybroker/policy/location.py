@@ -33,7 +33,8 @@ from keybroker.policy.fields import MAX_LIST_ITEMS, string_list
 if TYPE_CHECKING:
     from keybroker.attestation.claims import Claims
 
-__all__ = ["MAA_LOCATION_CLAIM", "WORKER_LOCATIONS", "WorkerLocations", "attested_location"]
+__all__ = ["MAA_LOCATION_CLAIM", "WORKER_LOCATIONS", "WorkerLocations", "attested_location",
+           "checked_maa_location_claim"]
 
 WORKER_LOCATIONS = "worker_locations"
 MAA_LOCATION_CLAIM = "maa_location_claim"
@@ -136,8 +137,12 @@ def _maa_claim(where: str, raw: Mapping) -> str | None:
     """The rule's ``maa_location_claim``: a top-level claim name MAA's policy issues."""
     if MAA_LOCATION_CLAIM not in raw:
         return None
-    value = raw[MAA_LOCATION_CLAIM]
-    field_name = f"{where}.{MAA_LOCATION_CLAIM}"
+    return checked_maa_location_claim(raw[MAA_LOCATION_CLAIM], f"{where}.{MAA_LOCATION_CLAIM}")
+
+
+def checked_maa_location_claim(value: object, field_name: str) -> str:
+    """``value`` if it can name the MAA claim a rule reads the location from, else
+    ``PolicyFormatError`` naming ``field_name`` (the residency map checks its own this way)."""
     if not isinstance(value, str) or not _CLAIM_NAME.match(value):
         raise PolicyFormatError(f"{field_name}: expected a claim name (letters, digits, '.', "
                                 "'_', '-')")

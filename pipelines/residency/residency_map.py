@@ -8,7 +8,9 @@ sealed under, the output sink and the dead-letter sink (``file://``, ``gs://``, 
 ``abfs://``), the worker locations that may process it, and whether a customer-managed key
 is required at rest, and whether a KEK without a location (a local keyring, a PKCS#11 module:
 ``local_kek``) is accepted; ``azure_key_vaults`` says where the management API finds the
-vaults of ``azure-kv://`` KEKs. Sinks of different regions may not share a bucket, account or
+vaults of ``azure-kv://`` KEKs; ``maa_location_claim`` names the MAA token claim that carries
+an Azure worker's location (checked as the broker checks a rule's; ``sealbeam residency policy``
+prints it into the rule). Sinks of different regions may not share a bucket, account or
 directory, and no sink may lie inside another. ``unrouted_dead_letter_sink`` takes dead
 letters whose region cannot be read or has no sink in the map (still sealed).
 
@@ -32,6 +34,8 @@ from typing import Any
 
 import jsonschema
 
+from keybroker.policy.errors import PolicyFormatError
+from keybroker.policy.location import checked_maa_location_claim
 from pipelines.errors import PipelineError
 
 from .locations import LOCAL
@@ -114,6 +118,7 @@ class ResidencyMap:
     derived: bool = False
     azure_key_vaults: Mapping[str, AzureAccount] = field(default_factory=dict)
     source: str | None = None
+    maa_location_claim: str | None = None
 
     @classmethod
     def load(cls, path: str | Path) -> ResidencyMap:
@@ -164,10 +169,12 @@ class ResidencyMap:
             problems.extend(_unknown_accounts(list(regions.values()), unrouted, accounts, lines))
         vaults = {name.lower(): AzureAccount(raw["subscription_id"], raw["resource_group"])
                   for name, raw in document.get("azure_key_vaults", {}).items()}
+        claim = _maa_location_claim(document, lines, problems)
         if problems:
             raise ResidencyMapError(problems[:MAX_REPORTED], source=source)
         assert unrouted is not None
-        return cls(regions, unrouted, accounts, source=source, azure_key_vaults=vaults)
+        return cls(regions, unrouted, accounts, source=source, azure_key_vaults=vaults,
+                   maa_location_claim=claim)
 
     @classmethod
     def from_output_root(cls, output_root: str, regions: Iterable[str]) -> ResidencyMap:
@@ -268,6 +275,20 @@ def _sink(url: str, path: FieldPath, lines: Mapping[FieldPath, int],
         return SinkUrl.parse(url)
     except SinkUrlError as exc:
         problems.append(MapProblem(path, str(exc), _line(lines, path)))
+        return None
+
+
+def _maa_location_claim(document: Mapping[str, Any], lines: Mapping[FieldPath, int],
+                        problems: list[MapProblem]) -> str | None:
+    """The map's ``maa_location_claim``, checked as the broker checks a rule's."""
+    if "maa_location_claim" not in document:
+        return None
+    path: FieldPath = ("maa_location_claim",)
+    try:
+        return checked_maa_location_claim(document["maa_location_claim"], format_path(path))
+    except PolicyFormatError as exc:
+        message = str(exc).split(": ", 1)[-1]
+        problems.append(MapProblem(path, message, _line(lines, path)))
         return None
 
 

@@ -8,65 +8,29 @@ server, verifies the token, and the policy checks image digest, support attribut
 
 from __future__ import annotations
 
-import json
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from enclave_workers.evidence.confidential_space import ConfidentialSpaceProvider
-from keybroker.attestation.confidential_space import CONFIDENTIAL_SPACE_ISSUER
 from keybroker.service.server import RunningBroker
-from tests.attestation_cloud.support import DocumentServer, jwks_document, new_rsa_key
-from tests.attestation_e2e.cloud import FakeLauncher, issuer_getter
-from tests.attestation_e2e.support import (
-    attest_once,
-    expect_denied,
-    open_released_key,
-    release_rule,
-    serve_broker,
+from tests.attestation_cloud.support import new_rsa_key
+from tests.attestation_e2e.cloud import FakeLauncher
+from tests.attestation_e2e.support import attest_once, expect_denied, open_released_key
+from tests.support.tee_brokers import (
+    AUDIENCE,
+    DIGEST,
+    google_fixture,
+    space_broker_fixture,
+    token_claims,
 )
 
-AUDIENCE = "https://broker.sealbeam.test"
-DIGEST = "5e" * 32
 SIGNING_KEY = new_rsa_key()
 
 
-def token_claims(**changes: Any) -> dict[str, Any]:
-    claims: dict[str, Any] = {
-        "iss": CONFIDENTIAL_SPACE_ISSUER, "sub": "projects/p/zones/z/instances/worker-1",
-        "hwmodel": "GCP_AMD_SEV_SNP", "swname": "CONFIDENTIAL_SPACE", "swversion": ["240500"],
-        "dbgstat": "disabled-since-boot", "secboot": True,
-        "submods": {"confidential_space": {"support_attributes": ["LATEST", "STABLE", "USABLE"]},
-                    "container": {"image_digest": f"sha256:{DIGEST}",
-                                  "image_reference": "europe-docker.pkg.dev/p/r/worker:1"},
-                    "gce": {"zone": "europe-west4-a", "project_id": "p"}},
-    }
-    claims.update(changes)
-    return claims
-
-
-@pytest.fixture(scope="module")
-def google() -> Iterator[DocumentServer]:
-    with DocumentServer() as server:
-        server.documents["/google/.well-known/openid-configuration"] = json.dumps(
-            {"issuer": CONFIDENTIAL_SPACE_ISSUER,
-             "jwks_uri": f"{CONFIDENTIAL_SPACE_ISSUER}/jwks"}).encode()
-        server.documents["/google/jwks"] = jwks_document({"cs-1": SIGNING_KEY})
-        yield server
-
-
-@pytest.fixture(scope="module")
-def space_broker(tmp_path_factory: pytest.TempPathFactory,
-                 google: DocumentServer) -> Iterator[RunningBroker]:
-    rules = [release_rule("space-workers", ["confidential-space"], [f"sha256:{DIGEST}"],
-                          hardware=["sev-snp", "tdx"], dbgstat=["disabled-since-boot"])]
-    getter = issuer_getter(google, {CONFIDENTIAL_SPACE_ISSUER: "/google"})
-    with serve_broker(tmp_path_factory.mktemp("space") / "state", rules,
-                      attestation={"confidential_space_audience": AUDIENCE},
-                      jwks_getter=getter) as broker:
-        yield broker
+google = google_fixture(SIGNING_KEY)
+space_broker = space_broker_fixture("space-workers", "space")
 
 
 def launcher(tmp_path: Path, **changes: Any) -> FakeLauncher:

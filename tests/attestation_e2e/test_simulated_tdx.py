@@ -7,7 +7,6 @@ whose policy does not never loads it, so it has no TDX verifier at all.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -26,22 +25,10 @@ from tests.attestation_e2e.support import (
     release_rule,
     serve_broker,
 )
+from tests.support.tee_brokers import dev_tdx_fixture, simulated_tdx_broker_fixture
 
-
-@pytest.fixture(scope="module")
-def dev_tdx(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    directory = tmp_path_factory.mktemp("dev-tdx")
-    create_dev_tdx_chain(directory)
-    return directory
-
-
-@pytest.fixture(scope="module")
-def simulated_broker(tmp_path_factory: pytest.TempPathFactory,
-                     dev_tdx: Path) -> Iterator[RunningBroker]:
-    rules = [release_rule("simulated-tdx", ["tdx"], [DEV_MRTD], allow_simulated=True)]
-    with serve_broker(tmp_path_factory.mktemp("tdx-sim") / "state", rules, allow_simulated=True,
-                      attestation={"tdx_dev_root": dev_tdx / DEV_TDX_ROOT_FILE}) as broker:
-        yield broker
+dev_tdx = dev_tdx_fixture()
+simulated_broker = simulated_tdx_broker_fixture("simulated-tdx", "tdx-sim")
 
 
 def test_dev_chain_refuses_to_overwrite(dev_tdx: Path) -> None:

@@ -142,36 +142,23 @@ def test_out_of_date_module_converges(dev_trust, pki, platform_status, expected)
     assert "SA-MODULE" in platform["advisory_ids"]
 
 
-def test_revoked_module_is_rejected(dev_trust, pki) -> None:
-    with pytest.raises(EvidenceVerificationError, match="Revoked"):
+@pytest.mark.parametrize(
+    ("identity", "reason"),
+    [
+        (_identity([(2, "Revoked")]), "Revoked"),                        # revoked module
+        (_identity([(2, "UpToDate")], version=3), "TDX_01"),              # no identity for it
+        (_identity([(7, "UpToDate")]), "matches no level"),               # SVN below every level
+    ],
+    ids=["revoked", "missing-identity", "svn-below-every-level"],
+)
+def test_bad_module_tcb_is_rejected(dev_trust, pki, identity, reason) -> None:
+    with pytest.raises(EvidenceVerificationError, match=reason):
         _status(
             dev_trust,
             pki,
             [tcb_level("UpToDate", tdx=MODULE_LEVEL_TDX)],
             spec=MODULE_SPEC,
-            identities=[_identity([(2, "Revoked")])],
-        )
-
-
-def test_missing_module_identity_is_rejected(dev_trust, pki) -> None:
-    with pytest.raises(EvidenceVerificationError, match="TDX_01"):
-        _status(
-            dev_trust,
-            pki,
-            [tcb_level("UpToDate", tdx=MODULE_LEVEL_TDX)],
-            spec=MODULE_SPEC,
-            identities=[_identity([(2, "UpToDate")], version=3)],
-        )
-
-
-def test_module_svn_below_every_level_is_rejected(dev_trust, pki) -> None:
-    with pytest.raises(EvidenceVerificationError, match="matches no level"):
-        _status(
-            dev_trust,
-            pki,
-            [tcb_level("UpToDate", tdx=MODULE_LEVEL_TDX)],
-            spec=MODULE_SPEC,
-            identities=[_identity([(7, "UpToDate")])],
+            identities=[identity],
         )
 
 

@@ -1,7 +1,9 @@
 """A real broker, and pool workers as real processes on loopback (simulated SEV-SNP).
 
 ``start_pool_worker`` runs ``python -m enclave_workers.pool`` (what ``sealbeam worker
-serve`` execs) on a free port, waits for its ready line, and is stopped by pid.
+serve`` execs) on a free port, waits for its ready line, and is stopped by pid;
+``serving_pool`` serves an in-process ``PoolWorker`` (other TEEs, server limits) on a thread
+for the life of a ``with`` block; ``sealed_eu_batch`` seals records under the broker's eu KEK.
 """
 
 from __future__ import annotations
@@ -11,16 +13,22 @@ import json
 import os
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
 
+from enclave_workers.pool.server import PoolServer
+from enclave_workers.pool.worker import PoolWorker
+from envelope import DataKey, dek_wrap_aad
 from keybroker.identity import IDENTITY_PUBLIC_KEY_FILE
+from keybroker.kms.local import LocalKeyring
 from keybroker.service.server import RunningBroker
-from tests.enclave_workers.broker_env import BrokerEnv, broker_env
+from tests.enclave_workers.broker_env import BrokerEnv, broker_env, person, seal_json
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 READY_TIMEOUT_S = 60
@@ -86,6 +94,29 @@ def located_pool_pair(broker: BrokerEnv) -> Iterator[list[PoolProcess]]:
 def broker_public_key(broker: RunningBroker | BrokerEnv) -> Path:
     """The broker's public identity key (what ``sealbeam keys init`` wrote beside its state)."""
     return Path(broker.settings.state_dir) / IDENTITY_PUBLIC_KEY_FILE
+
+
+@contextmanager
+def serving_pool(worker: PoolWorker, **limits: int) -> Iterator[PoolServer]:
+    """``worker`` behind a ``PoolServer`` (``limits``: its keyword limits) on a daemon thread;
+    shut down and closed when the block ends."""
+    server = PoolServer(worker, **limits)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        yield server
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def sealed_eu_batch(broker: RunningBroker, count: int) -> list[bytes]:
+    """``count`` eu records of producer acme, sealed under a fresh DEK wrapped by the broker's
+    eu KEK."""
+    keyring = LocalKeyring.open(broker.settings.keyring_path)
+    data_key = DataKey.generate()
+    wrapped = keyring.wrap(keyring.kek_for_region("eu"), data_key.secret_bytes(),
+                           dek_wrap_aad("eu", "acme"))
+    return [seal_json(person(i, "eu"), data_key, wrapped, "eu", "acme") for i in range(count)]
 
 
 def pool_call(url: str, path: str, body: bytes | None = None) -> dict:

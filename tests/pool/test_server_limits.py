@@ -7,7 +7,6 @@ from __future__ import annotations
 import base64
 import http.client
 import json
-import threading
 from collections.abc import Iterator
 from dataclasses import replace
 
@@ -32,6 +31,7 @@ from enclave_workers.pool.worker import (
     build_pool_worker,
 )
 from tests.enclave_workers.broker_env import BrokerEnv
+from tests.pool.conftest import serving_pool
 from tests.pool.test_attested_channel import _batch, _endpoint
 from transforms.pool_client import (
     PoolBusyError,
@@ -52,20 +52,10 @@ def worker(broker: BrokerEnv) -> PoolWorker:
     return built
 
 
-def _serve(worker: PoolWorker, **limits: int) -> Iterator[PoolServer]:
-    server = PoolServer(worker, **limits)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield server
-    finally:
-        server.shutdown()
-        server.server_close()
-
-
 @pytest.fixture
 def server(worker: PoolWorker) -> Iterator[PoolServer]:
-    yield from _serve(worker, max_inflight=1, max_request_bytes=200_000)
+    with serving_pool(worker, max_inflight=1, max_request_bytes=200_000) as running:
+        yield running
 
 
 def test_a_busy_worker_answers_429_with_retry_after_and_the_router_moves_on(
@@ -194,7 +184,7 @@ def test_parquet_pme_outputs_come_back_from_the_pool(broker: BrokerEnv) -> None:
                                          str(broker.dev_tee_dir), default_feature_spec(),
                                          "parquet-pme"))
     pme.start()
-    for server in _serve(pme):
+    with serving_pool(pme) as server:
         trust = PoolTrust.from_file(str(broker.settings.policy_path), str(broker.dev_tee_dir))
         endpoint = PoolEndpoint(server.url, trust.verifier(),
                                 spec_fingerprint=pme.spec_fingerprint,
@@ -209,7 +199,7 @@ def test_concurrent_batches_share_the_worker_within_its_limit(broker: BrokerEnv,
     import functools
     from concurrent.futures import ThreadPoolExecutor
 
-    for server in _serve(worker, max_inflight=2):
+    with serving_pool(worker, max_inflight=2) as server:
         endpoint = _endpoint(server.url, broker, worker.spec_fingerprint)
         router = PoolRouter([endpoint], max_attempts=50, max_backoff_s=0.05)
         batches = [_batch(broker, 10) for _ in range(6)]

@@ -4,43 +4,23 @@ that trusts only the pinned Intel root refuses it and sends nothing."""
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from enclave_workers.batch_processor import default_feature_spec
-from enclave_workers.evidence.simulated_tdx import (
-    DEV_MRTD,
-    DEV_TDX_ROOT_FILE,
-    create_dev_tdx_chain,
-)
+from enclave_workers.evidence.simulated_tdx import DEV_TDX_ROOT_FILE
 from enclave_workers.pool.server import PoolServer
 from enclave_workers.pool.worker import PoolSettings, build_pool_worker
 from keybroker.service.server import RunningBroker
-from tests.attestation_e2e.support import release_rule, serve_broker
-from tests.pool.conftest import broker_public_key
-from tests.pool.test_confidential_space_pool import _sealed
+from tests.pool.conftest import broker_public_key, sealed_eu_batch, serving_pool
+from tests.support.tee_brokers import dev_tdx_fixture, simulated_tdx_broker_fixture
 from transforms.pool_client import PoolEndpoint
 from transforms.pool_trust import PoolAttestationError, PoolTrust
 
-
-@pytest.fixture(scope="module")
-def dev_tdx(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    directory = tmp_path_factory.mktemp("dev-tdx")
-    create_dev_tdx_chain(directory)
-    return directory
-
-
-@pytest.fixture(scope="module")
-def tdx_broker(tmp_path_factory: pytest.TempPathFactory,
-               dev_tdx: Path) -> Iterator[RunningBroker]:
-    rules = [release_rule("simulated-tdx-pool", ["tdx"], [DEV_MRTD], allow_simulated=True)]
-    with serve_broker(tmp_path_factory.mktemp("tdx-pool") / "state", rules,
-                      allow_simulated=True,
-                      attestation={"tdx_dev_root": dev_tdx / DEV_TDX_ROOT_FILE}) as broker:
-        yield broker
+dev_tdx = dev_tdx_fixture()
+tdx_broker = simulated_tdx_broker_fixture("simulated-tdx-pool", "tdx-pool")
 
 
 @pytest.fixture(scope="module")
@@ -49,11 +29,8 @@ def tdx_pool(tdx_broker: RunningBroker, dev_tdx: Path) -> Iterator[PoolServer]:
         tdx_broker.url, "simulated-tdx", str(dev_tdx), default_feature_spec(), "sealed-arrow",
         broker_identity=str(broker_public_key(tdx_broker))))
     worker.start()
-    server = PoolServer(worker)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    yield server
-    server.shutdown()
-    server.server_close()
+    with serving_pool(worker) as server:
+        yield server
 
 
 def _endpoint(server: PoolServer, broker: RunningBroker, dev_root: Path | None
@@ -71,12 +48,13 @@ def test_a_simulated_tdx_pool_is_verified_then_processes(
     verified = endpoint.attest()
     assert (verified.tee, verified.rule, verified.simulated) == ("tdx", "simulated-tdx-pool",
                                                                  True)
-    assert endpoint.process(_sealed(tdx_broker, 8), batch_id=b"\x01" * 16).outputs
+    assert endpoint.process(sealed_eu_batch(tdx_broker, 8), batch_id=b"\x01" * 16).outputs
 
 
 def test_without_the_dev_root_a_tdx_pool_is_refused(tdx_pool: PoolServer,
                                                    tdx_broker: RunningBroker) -> None:
     before = dict(tdx_pool.counts)
     with pytest.raises(PoolAttestationError, match="no verifier for the pool's TEE 'tdx'"):
-        _endpoint(tdx_pool, tdx_broker, None).process(_sealed(tdx_broker, 3), batch_id=b"\x01" * 16)
+        _endpoint(tdx_pool, tdx_broker, None).process(sealed_eu_batch(tdx_broker, 3),
+                                                      batch_id=b"\x01" * 16)
     assert tdx_pool.counts["batches"] == before["batches"]

@@ -64,8 +64,8 @@ def pools(located: BrokerEnv) -> Iterator[dict[str, PoolProcess]]:
             worker.kill()
 
 
-def _map(tmp_path: Path) -> ResidencyMap:
-    return ResidencyMap.from_document({
+def _map_document(tmp_path: Path) -> dict[str, Any]:
+    return {
         "version": 1,
         "regions": {name: {"locations": ["local"], "kek": f"local://{name}", "local_kek": True,
                            "sink": f"file://{tmp_path}/{name}",
@@ -73,7 +73,11 @@ def _map(tmp_path: Path) -> ResidencyMap:
                            "worker_locations": WORKER_LOCATIONS[name]}
                     for name in ("eu", "us")},
         "unrouted_dead_letter_sink": f"file://{tmp_path}/q",
-    })
+    }
+
+
+def _map(tmp_path: Path) -> ResidencyMap:
+    return ResidencyMap.from_document(_map_document(tmp_path))
 
 
 def _options(located: BrokerEnv, *urls: str) -> PipelineOptions:
@@ -124,6 +128,28 @@ def test_preflight_refuses_a_pool_worker_without_a_location_or_attestation(
     with pytest.raises(PreflightRefused, match=f"pool worker {gone} could not be attested "
                        ".*; region eu allows workers in europe-west4"):
         preflight_job(_options(located, gone), _map(tmp_path), frozenset({"eu"}))
+
+
+def test_residency_check_attests_the_pool_endpoints_it_is_given(
+        located: BrokerEnv, pools: dict[str, PoolProcess], tmp_path: Path, capsys) -> None:
+    from pipelines.cli import main
+
+    path = tmp_path / "residency.yaml"
+    path.write_text(json.dumps(_map_document(tmp_path)))
+    trust = ["--pool_policy", str(located.settings.policy_path),
+             "--dev_tee_dir", str(located.dev_tee_dir)]
+    eu, us = pools["eu"].url, pools["us"].url
+    assert main(["residency", "check", str(path), "--regions", "eu", "--preflight",
+                 "--pool_endpoints", eu, *trust]) == 0
+    out = capsys.readouterr().out
+    assert f"preflight workers (pool worker {eu}, attested): europe-west4: ok" in out
+    assert main(["residency", "check", str(path), "--regions", "eu",
+                 "--pool_endpoints", f"{eu},{us}", *trust]) == 2
+    assert capsys.readouterr().err.strip() == (
+        f"sealbeam: error: preflight refused: workers (pool worker {us}, attested) are in "
+        "us-central1; region eu allows workers in europe-west4")
+    assert main(["residency", "check", str(path), "--pool_endpoints", eu]) == 2
+    assert capsys.readouterr().err.strip() == "sealbeam: error: --pool_policy is required"
 
 
 def test_an_output_root_map_does_not_attest_the_pool(located: BrokerEnv, tmp_path: Path

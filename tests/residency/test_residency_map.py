@@ -195,3 +195,16 @@ def test_local_kek_and_key_vaults() -> None:
         "line 10: regions.eu.local_kek: 1 is not of type 'boolean'",
         "line 22: azure_key_vaults.a_b: not a key vault name (3-24 letters, digits, '-')",
     ]
+
+
+def test_maa_location_claim_is_kept_and_checked_as_the_broker_checks_it() -> None:
+    assert ResidencyMap.from_yaml(GOOD).maa_location_claim is None
+    claimed = ResidencyMap.from_yaml(GOOD + "maa_location_claim: sealbeam-vm-location\n")
+    assert claimed.maa_location_claim == "sealbeam-vm-location"
+    assert _problems(GOOD + "maa_location_claim: x-ms-azurevm-vmid\n") == [
+        "line 20: maa_location_claim: 'x-ms-azurevm-vmid' is a claim MAA or JWT defines, not "
+        "one your MAA policy issues"]
+    assert _problems(GOOD + "maa_location_claim: a b\n") == [
+        "line 20: maa_location_claim: expected a claim name (letters, digits, '.', '_', '-')"]
+    assert _problems(GOOD + "maa_location_claim: 3\n") == [
+        "line 20: maa_location_claim: 3 is not of type 'string'"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -170,3 +171,30 @@ def test_policy_snippet_from_a_residency_map(repo_root: Path, capsys) -> None:
     us_worker = _claims("confidential-space", zone="us-central1-f")
     assert not policy.evaluate_release(us_worker, "k", "eu", "acme").allowed
     assert policy.evaluate_release(us_worker, "k", "us", "acme").allowed
+
+
+def test_policy_snippet_names_the_maps_maa_location_claim(repo_root: Path, tmp_path: Path,
+                                                          capsys) -> None:
+    import yaml
+
+    from pipelines.cli import main
+
+    example = repo_root / "examples" / "residency" / "residency.yaml"
+    path = tmp_path / "residency.yaml"
+    path.write_text(example.read_text(encoding="utf-8")
+                    + "maa_location_claim: sealbeam-vm-location\n", encoding="utf-8")
+    assert main(["residency", "policy", str(path)]) == 0
+    field = yaml.safe_load(capsys.readouterr().out)
+    assert field == {"maa_location_claim": "sealbeam-vm-location",
+                     "worker_locations": {"eu": ["europe-west4"],
+                                          "us": ["eastus", "us-central1"]}}
+    rule = {"name": "azure", "tee": ["maa"], "measurements": ["ab" * 48],
+            "regions": ["eu", "us"], "keks": ["*"], "producers": ["*"], **field}
+    policy = ReleasePolicy.from_mapping({"version": 1, "rules": [rule]})
+    maa = _claims("maa")
+    us_vm = dataclasses.replace(maa, raw={"sealbeam-vm-location": "eastus"}, platform={
+        **maa.platform, "compliance_status": "azure-compliant-cvm"})
+    assert policy.evaluate_release(us_vm, "k", "us", "acme").allowed
+    denied = policy.evaluate_release(us_vm, "k", "eu", "acme")
+    assert denied.reason == ("worker location 'eastus' not allowed for region 'eu' by rule "
+                             "azure (allowed: europe-west4)")
