@@ -14,6 +14,7 @@ does not daemonize or reload.
 
 from __future__ import annotations
 
+import logging
 import socket
 import threading
 import time
@@ -30,6 +31,9 @@ from keybroker.service.app import create_app
 from keybroker.service.http_limits import uvicorn_limit_options
 from keybroker.service.tls import ServerTls
 from keybroker.service.workers import serve_workers
+
+SERVE_LOGGER = "sealbeam.broker.serve"
+_serve_log = logging.getLogger(SERVE_LOGGER)
 
 __all__ = ["BrokerStartError", "RunningBroker", "run_uvicorn", "serve_forever", "serve_in_thread"]
 
@@ -126,9 +130,8 @@ def serve_in_thread(
             sock.close()
             raise BrokerStartError("the broker did not start (see the log above)")
         time.sleep(0.01)
-    url_host = f"[{bound_host}]" if ":" in bound_host else bound_host
     return RunningBroker(
-        url=f"{'https' if tls is not None else 'http'}://{url_host}:{bound_port}",
+        url=_url(bound_host, bound_port, tls),
         settings=settings,
         _server=server,
         _thread=thread,
@@ -178,6 +181,10 @@ def serve_forever(
     logging in each of them (a picklable callable: they start afresh).
     """
     sock = _bind(host, port)
+    bound_host, bound_port = sock.getsockname()[:2]
+    # Says where it listens (with --port 0 nothing else would); one line, before serving.
+    _serve_log.info("serving on %s with %d process(es)", _url(bound_host, bound_port, tls),
+                    workers)
     try:
         if workers == 1:
             run_uvicorn(create_app(settings), sock, settings, tls)
@@ -185,3 +192,8 @@ def serve_forever(
             serve_workers(settings, sock, workers, tls=tls, log_setup=log_setup)
     finally:
         sock.close()
+
+
+def _url(host: str, port: int, tls: ServerTls | None) -> str:
+    url_host = f"[{host}]" if ":" in host else host
+    return f"{'https' if tls is not None else 'http'}://{url_host}:{port}"

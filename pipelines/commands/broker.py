@@ -108,13 +108,16 @@ def _worker_logging(level: str | None, log_format: str | None) -> None:
 
 
 def _show_access_log() -> None:
-    """One access record per request at INFO, unless --log-level asks for errors only."""
+    """The listening address and one access record per request at INFO, unless --log-level
+    asks for errors only."""
     import logging
 
     from keybroker.service.observability import ACCESS_LOGGER
+    from keybroker.service.server import SERVE_LOGGER
 
     if logging.getLogger().getEffectiveLevel() <= logging.WARNING:
         logging.getLogger(ACCESS_LOGGER).setLevel(logging.INFO)
+        logging.getLogger(SERVE_LOGGER).setLevel(logging.INFO)
 
 
 def run_broker_serve(args: argparse.Namespace) -> int:
