@@ -66,7 +66,13 @@ def test_batches_count_records_and_never_split_a_stream() -> None:
     envelopes = [read_sealed(_stream(n)) for n in (6, 6, 6, 1, 1)]
     batches = cut_batches(envelopes, max_count=8, max_bytes=1 << 20)
     sizes = [sum(e.records for e in b.envelopes) for b in batches]
-    assert all(size <= 8 for size in sizes) and sum(sizes) == 20 and len(sizes) == 3
+    assert all(size <= 8 for size in sizes) and sum(sizes) == 20
+    # Cut in the batcher's (id) order toward ceil(20 / ceil(20 / 8)) = 7 records a batch: a
+    # batch closes only at 7 records or when the next envelope would not fit under 8, so 3 or
+    # 4 batches depending on where the ids put the 1-record envelopes.
+    assert len(sizes) in (3, 4)
+    for size, following in zip(sizes[:-1], batches[1:], strict=True):
+        assert size >= 7 or size + following.envelopes[0].records > 8
     assert sorted(e.records for b in batches for e in b.envelopes) == [1, 1, 6, 6, 6]
     # A stream larger than the bound is a batch of its own.
     [alone] = cut_batches([read_sealed(_stream(12))], max_count=8, max_bytes=1 << 20)
