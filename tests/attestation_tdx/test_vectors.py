@@ -1,4 +1,4 @@
-"""Real TDX evidence from /work/shared/vectors/tdx (see its README): parse, verify, TCB status."""
+"""Real TDX evidence from ../shared/vectors/tdx (see its README): parse, verify, TCB status."""
 
 from __future__ import annotations
 
