@@ -24,43 +24,48 @@ wakes the next writer as soon as it is released (SQLite's own busy wait sleeps i
 milliseconds, which the lock avoids).
 
 Details must be plain JSON (str, numbers, booleans, null, lists, objects): bytes are
-refused so that key material cannot slip in. This module decides nothing; it records.
+refused so that key material cannot slip in. The rows, their hashes and their checks are
+``keybroker.ledger_rows``, shared with the PostgreSQL ledger; this module stores them in
+SQLite. It decides nothing; it records.
 """
 
 from __future__ import annotations
 
 import contextlib
 import fcntl
-import hashlib
-import hmac
-import json
 import os
-import re
 import sqlite3
-import struct
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
-from datetime import datetime, timezone
 from pathlib import Path
+
+from keybroker.ledger_rows import (
+    DECISIONS,
+    GENESIS_HASH,
+    MAX_DETAILS_BYTES,
+    LedgerEntry,
+    LedgerError,
+    LedgerVerification,
+    Row,
+    append_details,
+    chain_rows,
+    entry_from_row,
+    entry_hash,
+    normalized_head,
+    verify_rows,
+)
 
 __all__ = [
     "DECISIONS",
     "GENESIS_HASH",
+    "MAX_DETAILS_BYTES",
     "AuditLedger",
     "LedgerEntry",
     "LedgerError",
     "LedgerVerification",
     "entry_hash",
 ]
-
-GENESIS_HASH = "0" * 64
-HASH_LABEL = b"sealbeam/audit-ledger/v1"
-DECISIONS = ("granted", "denied", "info")
-MAX_DETAILS_BYTES = 64 * 1024
-_EVENT = re.compile(r"^[a-z][a-z0-9._-]{0,63}$")
-_HEX_HASH = re.compile(r"^[0-9a-f]{64}$")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS ledger (
@@ -77,90 +82,7 @@ BEGIN SELECT RAISE(ABORT, 'the audit ledger is append-only'); END;
 CREATE TRIGGER IF NOT EXISTS ledger_append_only_delete BEFORE DELETE ON ledger
 BEGIN SELECT RAISE(ABORT, 'the audit ledger is append-only'); END;
 """
-
-
-class LedgerError(Exception):
-    """The ledger cannot be opened or written, or an entry is malformed."""
-
-
-@dataclass(frozen=True)
-class LedgerEntry:
-    seq: int
-    time: str
-    event: str
-    decision: str
-    details: Mapping[str, object]
-    prev_hash: str
-    hash: str
-
-
-@dataclass(frozen=True)
-class LedgerVerification:
-    """The result of ``verify``: ok, or the first bad entry and what was wrong with it."""
-
-    ok: bool
-    entries: int
-    head: str
-    first_bad_seq: int | None = None
-    problem: str | None = None
-
-    def summary(self) -> str:
-        if self.ok:
-            return f"ledger ok: {self.entries} entries, head {self.head}"
-        where = f"entry {self.first_bad_seq}: " if self.first_bad_seq is not None else ""
-        return f"ledger broken: {where}{self.problem}"
-
-
-def canonical_details(details: Mapping[str, object]) -> str:
-    """The one JSON text of ``details`` that is stored and hashed."""
-    if not isinstance(details, Mapping):
-        raise LedgerError("details: expected a mapping")
-    try:
-        text = json.dumps(
-            details, sort_keys=True, separators=(",", ":"), ensure_ascii=True, allow_nan=False
-        )
-    except (TypeError, ValueError) as error:
-        raise LedgerError(
-            f"details: not plain JSON ({error}); bytes are refused so key material never lands here"
-        ) from None
-    if len(text) > MAX_DETAILS_BYTES:
-        raise LedgerError(f"details: {len(text)} bytes, over the limit of {MAX_DETAILS_BYTES}")
-    return text
-
-
-def validate_event(event: object) -> None:
-    """Raise LedgerError unless ``event`` is a lowercase event name."""
-    if not isinstance(event, str) or not _EVENT.match(event):
-        raise LedgerError(f"event: expected a lowercase name, got {event!r}")
-
-
-def normalized_head(expect_head: str | None) -> str | None:
-    """An anchored head hash as 64 lowercase hex digits (LedgerError otherwise)."""
-    if expect_head is None:
-        return None
-    expect_head = expect_head.strip().lower()
-    if not _HEX_HASH.match(expect_head):
-        raise LedgerError("expect_head: expected 64 hex digits")
-    return expect_head
-
-
-def entry_hash(
-    seq: int, time_text: str, event: str, decision: str, details: str, prev_hash: str
-) -> str:
-    """SHA-256 over label, seq (u64) and each text field as u32 length + UTF-8, prev hash raw."""
-    digest = hashlib.sha256()
-    digest.update(struct.pack(">I", len(HASH_LABEL)) + HASH_LABEL)
-    digest.update(struct.pack(">Q", seq))
-    for field in (time_text, event, decision, details):
-        encoded = field.encode("utf-8")
-        digest.update(struct.pack(">I", len(encoded)) + encoded)
-    digest.update(bytes.fromhex(prev_hash))
-    return digest.hexdigest()
-
-
-def _utc_timestamp(clock: Callable[[], float]) -> str:
-    moment = datetime.fromtimestamp(clock(), tz=timezone.utc)
-    return moment.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+_SELECT_ALL = "SELECT seq, time, event, decision, details, prev_hash, hash FROM ledger ORDER BY seq"
 
 
 class AuditLedger:
@@ -228,10 +150,7 @@ class AuditLedger:
         the others wait for their entry's outcome. Each caller returns only after the
         transaction holding its entry committed, or gets the LedgerError that undid it.
         """
-        validate_event(event)
-        if decision not in DECISIONS:
-            raise LedgerError(f"decision: expected one of {', '.join(DECISIONS)}, got {decision!r}")
-        details_text = canonical_details(details)
+        details_text = append_details(event, decision, details)
         if self._read_only:
             raise LedgerError(f"ledger {self._path} was opened read-only")
         pending = _PendingEntry(event, decision, details_text)
@@ -263,16 +182,11 @@ class AuditLedger:
                         row = self._connection.execute(
                             "SELECT seq, hash FROM ledger ORDER BY seq DESC LIMIT 1"
                         ).fetchone()
-                        seq, prev_hash = (0, GENESIS_HASH) if row is None else (row[0], row[1])
-                        entries = []
-                        for pending in batch:
-                            seq += 1
-                            time_text = _utc_timestamp(self._clock)
-                            digest = entry_hash(seq, time_text, pending.event, pending.decision,
-                                                pending.details, prev_hash)
-                            entries.append((seq, time_text, pending.event, pending.decision,
-                                            pending.details, prev_hash, digest))
-                            prev_hash = digest
+                        entries = chain_rows(
+                            row,
+                            ((p.event, p.decision, p.details) for p in batch),
+                            self._clock,
+                        )
                         self._connection.executemany(
                             "INSERT INTO ledger (seq, time, event, decision, details, prev_hash,"
                             " hash) VALUES (?, ?, ?, ?, ?, ?, ?)",
@@ -311,18 +225,11 @@ class AuditLedger:
         """Every entry in sequence order (a snapshot per call)."""
         with self._lock:
             try:
-                rows = self._connection.execute(
-                    "SELECT seq, time, event, decision, details, prev_hash, hash"
-                    " FROM ledger ORDER BY seq"
-                ).fetchall()
+                rows = self._connection.execute(_SELECT_ALL).fetchall()
             except sqlite3.Error as error:
                 raise LedgerError(f"cannot read ledger {self._path}: {error}") from None
-        for seq, time_text, event, decision, details, prev_hash, digest in rows:
-            try:
-                parsed = json.loads(details)
-            except (TypeError, json.JSONDecodeError):
-                raise LedgerError(f"entry {seq}: details are not JSON") from None
-            yield LedgerEntry(seq, time_text, event, decision, parsed, prev_hash, digest)
+        for row in rows:
+            yield entry_from_row(row)
 
     def head(self) -> tuple[int, str]:
         """(seq, hash) of the newest entry; (0, GENESIS_HASH) when empty."""
@@ -343,11 +250,7 @@ class AuditLedger:
         expect_head = normalized_head(expect_head)
         with self._lock:
             try:
-                cursor = self._connection.execute(
-                    "SELECT seq, time, event, decision, details, prev_hash, hash"
-                    " FROM ledger ORDER BY seq"
-                )
-                return _verify_rows(cursor, expect_head)
+                return verify_rows(self._connection.execute(_SELECT_ALL), expect_head)
             except sqlite3.Error as error:
                 raise LedgerError(f"cannot read ledger {self._path}: {error}") from None
 
@@ -378,11 +281,8 @@ class _PendingEntry:
         self.error: BaseException | None = None
         self.finished = False
 
-    def succeed(self, row: tuple[int, str, str, str, str, str, str]) -> None:
-        seq, time_text, event, decision, details, prev_hash, digest = row
-        self.entry = LedgerEntry(
-            seq, time_text, event, decision, json.loads(details), prev_hash, digest
-        )
+    def succeed(self, row: Row) -> None:
+        self.entry = entry_from_row(row)
         self.finished = True
 
     def fail(self, error: BaseException) -> None:
@@ -394,52 +294,3 @@ class _PendingEntry:
             raise self.error
         assert self.entry is not None
         return self.entry
-
-
-def _verify_rows(rows: Iterator[tuple], expect_head: str | None) -> LedgerVerification:
-    expected_seq = 1
-    previous = GENESIS_HASH
-    anchor_found = expect_head is None or hmac.compare_digest(expect_head, GENESIS_HASH)
-    count = 0
-    for row in rows:
-        problem = _row_problem(row, expected_seq, previous)
-        if problem is not None:
-            seq = row[0] if isinstance(row[0], int) else expected_seq
-            return LedgerVerification(False, count, previous, first_bad_seq=seq, problem=problem)
-        previous = row[6]
-        if not anchor_found and hmac.compare_digest(previous, expect_head or ""):
-            anchor_found = True
-        expected_seq += 1
-        count += 1
-    if not anchor_found:
-        return LedgerVerification(
-            False,
-            count,
-            previous,
-            problem=f"anchored head {expect_head} is not in the ledger "
-            "(entries were cut off the end, or the ledger was replaced)",
-        )
-    return LedgerVerification(True, count, previous)
-
-
-def _row_problem(row: tuple, expected_seq: int, previous: str) -> str | None:
-    seq, time_text, event, decision, details, prev_hash, digest = row
-    if not isinstance(seq, int):
-        return "sequence number is not an integer"
-    texts = {"time": time_text, "event": event, "decision": decision, "details": details}
-    for column, value in {**texts, "prev_hash": prev_hash, "hash": digest}.items():
-        if not isinstance(value, str):
-            return f"column {column} is not text"
-    if not _HEX_HASH.match(prev_hash) or not _HEX_HASH.match(digest):
-        return "prev_hash or hash is not 64 lowercase hex digits"
-    if seq != expected_seq:
-        return f"expected sequence number {expected_seq} here (an entry was removed or inserted)"
-    if not hmac.compare_digest(prev_hash, previous):
-        return (
-            f"prev_hash does not match the hash of entry {seq - 1} "
-            "(entries were removed, reordered or altered)"
-        )
-    recomputed = entry_hash(seq, time_text, event, decision, details, prev_hash)
-    if not hmac.compare_digest(recomputed, digest):
-        return "hash does not match the entry's content (the entry or its hash was altered)"
-    return None

@@ -1,7 +1,8 @@
 """The audit ledger in PostgreSQL: one hash chain shared by several broker replicas.
 
 What it does: the same entries, hashes and checks as ``keybroker.ledger.AuditLedger`` (the
-SQLite default), in a PostgreSQL table, so brokers behind one address append to one chain.
+SQLite default; both take them from ``keybroker.ledger_rows``), in a PostgreSQL table, so
+brokers behind one address append to one chain.
 Each append is one transaction that first takes a transaction-level advisory lock, then
 reads the head and inserts the next entry: appends from every replica are serialized, and
 the primary key on ``seq`` refuses a second entry at a position even if the lock were
@@ -15,24 +16,21 @@ pass a ``postgresql://user@host:port/db`` URL and let libpq find the password (P
 
 from __future__ import annotations
 
-import json
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
-from keybroker.ledger import (
-    DECISIONS,
+from keybroker.ledger_rows import (
     GENESIS_HASH,
     LedgerEntry,
     LedgerError,
     LedgerVerification,
-    _utc_timestamp,
-    _verify_rows,
-    canonical_details,
-    entry_hash,
+    append_details,
+    chain_rows,
+    entry_from_row,
     normalized_head,
-    validate_event,
+    verify_rows,
 )
 
 __all__ = ["ADVISORY_LOCK_KEY", "PostgresLedger"]
@@ -119,10 +117,7 @@ class PostgresLedger:
 
     def append(self, event: str, decision: str, details: Mapping[str, object]) -> LedgerEntry:
         """Add one entry at the head of the shared chain and return it."""
-        validate_event(event)
-        if decision not in DECISIONS:
-            raise LedgerError(f"decision: expected one of {', '.join(DECISIONS)}, got {decision!r}")
-        details_text = canonical_details(details)
+        details_text = append_details(event, decision, details)
         if self._read_only:
             raise LedgerError("the PostgreSQL ledger was opened read-only")
         with self._lock:
@@ -135,22 +130,18 @@ class PostgresLedger:
                     row = self._connection.execute(
                         "SELECT seq, hash FROM sealbeam_ledger ORDER BY seq DESC LIMIT 1"
                     ).fetchone()
-                    seq, prev_hash = (1, GENESIS_HASH) if row is None else (row[0] + 1, row[1])
-                    time_text = _utc_timestamp(self._clock)
-                    digest = entry_hash(seq, time_text, event, decision, details_text, prev_hash)
+                    (entry,) = chain_rows(row, [(event, decision, details_text)], self._clock)
                     self._connection.execute(
                         "INSERT INTO sealbeam_ledger"
                         " (seq, time, event, decision, details, prev_hash, hash)"
                         " VALUES (%s, %s, %s, %s, %s, %s, %s)",
-                        (seq, time_text, event, decision, details_text, prev_hash, digest),
+                        entry,
                     )
             except self._errors as error:
                 raise LedgerError(
                     f"cannot append to the PostgreSQL ledger: {_reason(error)}"
                 ) from None
-        return LedgerEntry(
-            seq, time_text, event, decision, json.loads(details_text), prev_hash, digest
-        )
+        return entry_from_row(entry)
 
     def _rows(self) -> list[tuple]:
         with self._lock:
@@ -166,12 +157,8 @@ class PostgresLedger:
                 ) from None
 
     def entries(self) -> Iterator[LedgerEntry]:
-        for seq, time_text, event, decision, details, prev_hash, digest in self._rows():
-            try:
-                parsed = json.loads(details)
-            except (TypeError, json.JSONDecodeError):
-                raise LedgerError(f"entry {seq}: details are not JSON") from None
-            yield LedgerEntry(seq, time_text, event, decision, parsed, prev_hash, digest)
+        for row in self._rows():
+            yield entry_from_row(row)
 
     def head(self) -> tuple[int, str]:
         row = self._one("SELECT seq, hash FROM sealbeam_ledger ORDER BY seq DESC LIMIT 1")
@@ -192,7 +179,7 @@ class PostgresLedger:
                 ) from None
 
     def verify(self, expect_head: str | None = None) -> LedgerVerification:
-        return _verify_rows(iter(self._rows()), normalized_head(expect_head))
+        return verify_rows(self._rows(), normalized_head(expect_head))
 
     def _reconnect_if_broken(self) -> None:
         """A connection the server dropped (restart, failover) is replaced before use."""
