@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
+from keybroker.bounded_read import read_bounded
 from keybroker.identity import BrokerIdentity, BrokerPublicKey, SignatureInvalidError
 
 __all__ = [
@@ -166,13 +167,9 @@ def load_anchors(path: Path) -> list[object]:
     a JSON document that carries one under ``ledger_head`` (a run summary, a manifest).
     """
     path = Path(path)
-    try:
-        with path.open("rb") as handle:
-            content = handle.read(MAX_ANCHOR_FILE_BYTES + 1)
-    except OSError as error:
-        raise CheckpointError(f"cannot read anchor {path.name}: {error.strerror}") from None
-    if len(content) > MAX_ANCHOR_FILE_BYTES:
-        raise CheckpointError(f"anchor {path.name} is over {MAX_ANCHOR_FILE_BYTES} bytes")
+    content = read_bounded(path, MAX_ANCHOR_FILE_BYTES, CheckpointError,
+                           cannot_read=f"cannot read anchor {path.name}",
+                           too_large=f"anchor {path.name} is over {MAX_ANCHOR_FILE_BYTES} bytes")
     try:
         text = content.decode("utf-8")
         documents = _json_documents(text)

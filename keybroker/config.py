@@ -31,6 +31,7 @@ import yaml
 from keybroker.attestation.dev_chain import create_dev_chain
 from keybroker.attestation.errors import TrustStoreError
 from keybroker.attestation.settings import AttestationSettings
+from keybroker.bounded_read import read_bounded
 from keybroker.dek_cache import DekCacheSettings
 from keybroker.identity import IDENTITY_KEY_FILE, BrokerIdentity, IdentityError
 from keybroker.kms.backend_settings import KmsBackendSettings
@@ -178,13 +179,10 @@ class BrokerSettings:
     def load(cls, path: Path) -> BrokerSettings:
         """Read ``broker.yaml``; relative paths are taken from the file's directory."""
         path = Path(path)
-        try:
-            with path.open("rb") as handle:
-                content = handle.read(MAX_SETTINGS_BYTES + 1)
-        except OSError as error:
-            raise ConfigError(f"cannot read broker settings {path}: {error.strerror}") from None
-        if len(content) > MAX_SETTINGS_BYTES:
-            raise ConfigError(f"broker settings {path} are over {MAX_SETTINGS_BYTES} bytes")
+        content = read_bounded(
+            path, MAX_SETTINGS_BYTES, ConfigError,
+            cannot_read=f"cannot read broker settings {path}",
+            too_large=f"broker settings {path} are over {MAX_SETTINGS_BYTES} bytes")
         try:
             document = yaml.safe_load(content.decode("utf-8"))
         except (UnicodeDecodeError, yaml.YAMLError) as error:

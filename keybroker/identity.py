@@ -30,6 +30,8 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from keybroker.bounded_read import read_bounded
+
 __all__ = [
     "IDENTITY_KEY_FILE",
     "IDENTITY_PUBLIC_KEY_FILE",
@@ -253,14 +255,9 @@ def public_key_file_name(private_path: Path) -> str:
 
 
 def _read_pem(path: Path) -> bytes:
-    try:
-        with path.open("rb") as handle:
-            data = handle.read(MAX_PEM_BYTES + 1)
-    except OSError as error:
-        raise IdentityError(f"cannot read broker identity {path.name}: {error.strerror}") from None
-    if len(data) > MAX_PEM_BYTES:
-        raise IdentityError(f"broker identity {path.name} is over {MAX_PEM_BYTES} bytes")
-    return data
+    return read_bounded(path, MAX_PEM_BYTES, IdentityError,
+                        cannot_read=f"cannot read broker identity {path.name}",
+                        too_large=f"broker identity {path.name} is over {MAX_PEM_BYTES} bytes")
 
 
 def _b64_field(value: object, name: str, maximum: int) -> bytes:

@@ -48,6 +48,7 @@ from enclave_workers.provenance import (
     merkle_root,
     signer_key_id,
 )
+from keybroker.bounded_read import read_bounded
 from keybroker.checkpoints import Checkpoint, CheckpointError, check_anchor, verify_checkpoint
 from keybroker.grants import GrantError, verify_attestation_result
 from keybroker.identity import BrokerPublicKey, SignatureInvalidError, canonical_json, pae
@@ -153,14 +154,10 @@ class CustodyVerdict:
 
 def load_statement(path: Path) -> tuple[dict[str, Any], bytes, dict[str, Any]]:
     """(DSSE envelope, its payload bytes, the in-toto statement) of a statement file."""
-    try:
-        with Path(path).open("rb") as handle:
-            content = handle.read(MAX_STATEMENT_BYTES + 1)
-    except OSError as error:
-        raise CustodyError(f"cannot read statement {Path(path).name}: {error.strerror}"
-                           ) from None
-    if len(content) > MAX_STATEMENT_BYTES:
-        raise CustodyError(f"statement {Path(path).name} is over {MAX_STATEMENT_BYTES} bytes")
+    content = read_bounded(
+        path, MAX_STATEMENT_BYTES, CustodyError,
+        cannot_read=f"cannot read statement {Path(path).name}",
+        too_large=f"statement {Path(path).name} is over {MAX_STATEMENT_BYTES} bytes")
     try:
         envelope = json.loads(content)
         payload = base64.b64decode(str(envelope["payload"]).encode("ascii"), validate=True)

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 
 import yaml
 
+from keybroker.bounded_read import read_bounded
 from keybroker.policy.errors import PolicyFormatError
 from keybroker.policy.fields import boolean, refuse_unknown_fields
 from keybroker.policy.rule import ReleaseRule, parse_rule
@@ -54,13 +55,10 @@ class ReleasePolicy:
     @classmethod
     def load(cls, path: Path) -> ReleasePolicy:
         path = Path(path)
-        try:
-            with path.open("rb") as handle:
-                content = handle.read(MAX_POLICY_BYTES + 1)
-        except OSError as error:
-            raise PolicyFormatError(f"cannot read policy {path}: {error.strerror}") from None
-        if len(content) > MAX_POLICY_BYTES:
-            raise PolicyFormatError(f"policy {path} is over the limit of {MAX_POLICY_BYTES} bytes")
+        content = read_bounded(
+            path, MAX_POLICY_BYTES, PolicyFormatError,
+            cannot_read=f"cannot read policy {path}",
+            too_large=f"policy {path} is over the limit of {MAX_POLICY_BYTES} bytes")
         try:
             text = content.decode("utf-8")
         except UnicodeDecodeError:

@@ -19,6 +19,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from keybroker.attestation.errors import TrustStoreError
+from keybroker.bounded_read import read_bounded
 
 __all__ = [
     "INTEL_ROOT_FILENAME",
@@ -82,13 +83,9 @@ class TdxTrustStore:
     ) -> TdxTrustStore:
         """Read ``intel_sgx_root_ca.pem`` from a trust directory and check it against the pin."""
         path = Path(directory) / INTEL_ROOT_FILENAME
-        try:
-            with path.open("rb") as handle:
-                pem = handle.read(_MAX_ROOT_FILE + 1)
-        except OSError as exc:
-            raise TrustStoreError(f"TDX trust: cannot read {path}: {exc.strerror}") from exc
-        if len(pem) > _MAX_ROOT_FILE:
-            raise TrustStoreError(f"TDX trust: {path} is larger than {_MAX_ROOT_FILE} bytes")
+        pem = read_bounded(path, _MAX_ROOT_FILE, TrustStoreError,
+                           cannot_read=f"TDX trust: cannot read {path}",
+                           too_large=f"TDX trust: {path} is larger than {_MAX_ROOT_FILE} bytes")
         try:
             certificates = x509.load_pem_x509_certificates(pem)
         except ValueError as exc:
