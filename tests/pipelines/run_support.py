@@ -28,6 +28,14 @@ def batch_options(broker: BrokerEnv, input_pattern: str, output_root: Path, **ex
     return PipelineOptions(flags=[f"--{k}={v}" for k, v in flags.items()])
 
 
+def worker_options(broker: BrokerEnv, input_pattern: str, output_root: Path, workers: int,
+                   **extra: object) -> PipelineOptions:
+    """``batch_options`` on ``workers`` worker processes (use the ``worker_processes`` fixture,
+    so that they import this checkout)."""
+    return batch_options(broker, input_pattern, output_root, direct_num_workers=workers,
+                         direct_running_mode="multi_processing", **extra)
+
+
 def run_with_hook(options: PipelineOptions, hook: str | None = None, directory: str = ""
                   ) -> RunSummary:
     """``run_batch`` with a ``pipeline_hooks`` DoFn after the confidential step."""

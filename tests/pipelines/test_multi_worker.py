@@ -4,7 +4,6 @@ broker releases each data key once."""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
@@ -20,9 +19,9 @@ from tests.pipelines.run_support import (
     output_names,
     output_rows,
     run_with_hook,
+    worker_options,
 )
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 RECORDS = 160
 
 
@@ -36,11 +35,9 @@ def _ledger_head(broker: BrokerEnv) -> int:
         return ledger.head()[0]
 
 
+@pytest.mark.usefixtures("worker_processes")
 def test_four_workers_share_the_work_and_write_what_one_worker_writes(
-        broker: BrokerEnv, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    # Worker processes import this checkout (and the test hooks) as the test process does.
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(
-        [str(REPO_ROOT), *filter(None, [os.environ.get("PYTHONPATH")])]))
+        broker: BrokerEnv, tmp_path: Path) -> None:
     files, _ = sealed_partner_files(broker, tmp_path, RECORDS)
     data_keys = sum(-(-f.records // RECORDS_PER_KEY) for f in files)
     pattern = str(tmp_path / "sealed" / "*.sealed")
@@ -49,8 +46,7 @@ def test_four_workers_share_the_work_and_write_what_one_worker_writes(
 
     before = _ledger_head(broker)
     many = run_with_hook(
-        batch_options(broker, pattern, tmp_path / "many", range_bytes=4096,
-                      direct_num_workers=4, direct_running_mode="multi_processing"),
+        worker_options(broker, pattern, tmp_path / "many", 4, range_bytes=4096),
         "MarkWorker", str(markers))
     entries = _ledger_since(broker, before)
     attests = [e for e in entries if e.event == "attest"]

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import base64
 import json
-import os
 from pathlib import Path
 
 import pytest
@@ -32,11 +31,11 @@ from tests.pipelines.run_support import (
     output_names,
     output_rows,
     run_with_hook,
+    worker_options,
 )
 from transforms.dead_letters import DEAD_LETTER_DIR
 from transforms.output_region import sealed_bytes_region
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 RECORDS = 160
 PER_STREAM = 25
 
@@ -54,10 +53,9 @@ def _write_lines(path: Path, envelopes: list[bytes]) -> None:
     path.write_bytes(b"".join(base64.b64encode(e) + b"\n" for e in envelopes))
 
 
+@pytest.mark.usefixtures("worker_processes")
 def test_streams_write_the_rows_v1_records_write_on_two_workers(
-        broker: BrokerEnv, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(
-        [str(REPO_ROOT), *filter(None, [os.environ.get("PYTHONPATH")])]))
+        broker: BrokerEnv, tmp_path: Path) -> None:
     sealed_partner_files(broker, tmp_path, RECORDS, sealed_dir="v1")
     _, v2 = sealed_partner_files(broker, tmp_path, RECORDS, sealed_dir="v2", profile=2,
                                  records_per_stream=PER_STREAM)
@@ -70,9 +68,8 @@ def test_streams_write_the_rows_v1_records_write_on_two_workers(
     spec = spec_without_k_anonymity(tmp_path)
     one = run_batch(batch_options(broker, str(tmp_path / "v1" / "*.sealed"), tmp_path / "o1",
                                   feature_spec=spec))
-    two = run_batch(batch_options(broker, str(tmp_path / "v2" / "*.sealed"), tmp_path / "o2",
-                                  feature_spec=spec, direct_num_workers=2,
-                                  direct_running_mode="multi_processing"))
+    two = run_batch(worker_options(broker, str(tmp_path / "v2" / "*.sealed"), tmp_path / "o2",
+                                   2, feature_spec=spec))
     assert one.reconciled and two.reconciled
     assert (two.records_in, two.records_out, two.dead_letters, two.duplicates) == (
         RECORDS, one.records_out, 0, 0)
