@@ -4,6 +4,7 @@ Buckets ``sb-<region>-out``/``sb-<region>-dl`` (and ``sb-quarantine``) on
 ``gcp-storage-emulator``, containers ``<region>-out``/``<region>-dl`` on Azurite; a map that
 puts each region on the store ``placement`` names; the metadata server's answers for them
 (each store in the region's own location); and listings of everything the stores hold.
+``placed_stores`` is the set-up every test over the emulators starts with.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from tests.support.metadata_servers import (
     azure_management_client,
     gcs_bucket,
     gcs_client,
+    metadata_server,
 )
 from tests.support.object_stores import AzuriteServer
 
@@ -126,3 +128,14 @@ def clear_stores(stores: tuple[Any, Any]) -> None:
         container = blobs.get_container_client(name)
         for blob in container.list_blobs():
             container.delete_blob(blob.name)
+
+
+@contextmanager
+def placed_stores(stores: tuple[Any, Any], azurite: AzuriteServer, placement: dict[str, str]
+                  ) -> Iterator[MetadataServer]:
+    """Empty buckets and containers, and a metadata server that answers for them as
+    ``placement`` puts each region (``put_metadata``), for the duration of one run."""
+    clear_stores(stores)
+    with metadata_server() as server:
+        put_metadata(server, azurite.account, placement)
+        yield server

@@ -27,15 +27,14 @@ from tests.pipelines.helpers import sealed_partner_files
 from tests.residency.object_store_maps import (
     AZURE_LOCATION,
     GCS_LOCATION,
-    clear_stores,
+    placed_stores,
     preflight_clients,
-    put_metadata,
     sinks,
     stored_objects,
     write_map,
 )
 from tests.support.broker import ledger_entries
-from tests.support.metadata_servers import MetadataServer, gcs_bucket, metadata_server
+from tests.support.metadata_servers import MetadataServer, gcs_bucket
 from tests.support.object_stores import AzuriteServer
 from transforms.write import STATEMENT_SUFFIX, statement_file_name
 
@@ -79,10 +78,8 @@ def test_each_region_lands_in_its_own_store(tmp_path: Path, broker: BrokerEnv,
                                             azurite: AzuriteServer, stores: tuple[Any, Any],
                                             sealed_input: str, placement: dict[str, str]
                                             ) -> None:
-    clear_stores(stores)
     ledger_before = len(ledger_entries(broker.settings))
-    with metadata_server() as server:
-        put_metadata(server, azurite.account, placement)
+    with placed_stores(stores, azurite, placement) as server:
         summary = _run(tmp_path, broker, azurite, sealed_input, placement, server)
     # Each output key's ledger entry names its region's sink and where preflight found it.
     destinations = {(str(e.details["region"]),
@@ -138,10 +135,8 @@ def test_each_region_lands_in_its_own_store(tmp_path: Path, broker: BrokerEnv,
 def test_a_sink_in_the_wrong_place_refuses_before_any_data_moves(
         tmp_path: Path, broker: BrokerEnv, azurite: AzuriteServer, stores: tuple[Any, Any],
         sealed_input: str) -> None:
-    clear_stores(stores)
     placement = {"eu": "gcs", "us": "azure"}
-    with metadata_server() as server:
-        put_metadata(server, azurite.account, placement)
+    with placed_stores(stores, azurite, placement) as server:
         server.put_gcs_bucket("sb-eu-out", gcs_bucket("sb-eu-out", "US", "multi-region"))
         with pytest.raises(PreflightRefused) as refused:
             _run(tmp_path, broker, azurite, sealed_input, placement, server)

@@ -35,15 +35,14 @@ from tests.pipelines.helpers import sealed_partner_files, spec_without_k_anonymi
 from tests.residency.object_store_maps import (
     AZURE_LOCATION,
     GCS_LOCATION,
-    clear_stores,
+    placed_stores,
     preflight_clients,
-    put_metadata,
     sinks,
     stored_objects,
     write_map,
 )
 from tests.support.broker import ledger_entries
-from tests.support.metadata_servers import gcs_bucket, metadata_server
+from tests.support.metadata_servers import MetadataServer, gcs_bucket
 from tests.support.object_stores import AzuriteServer
 from transforms.write import STATEMENT_SUFFIX
 
@@ -195,17 +194,21 @@ def test_a_sink_outside_the_map_refuses_streaming_as_batch_before_any_data_moves
 PLACEMENT = {"eu": "gcs", "us": "azure"}
 
 
+def _stream_to_stores(broker: BrokerEnv, feed: dict[str, Any], residency: Path,
+                      azurite: AzuriteServer, server: MetadataServer) -> object:
+    """The feed through ``run_streaming`` to the emulators, preflight asking ``server``."""
+    return run_streaming(_options(broker, feed, residency,
+                                  azure_connection_string=azurite.connection_string),
+                         source=_stream(feed), preflight_clients=preflight_clients(server))
+
+
 def test_streaming_to_gcs_and_azure_records_the_store_locations(
         broker: BrokerEnv, feed: dict[str, Any], azurite: AzuriteServer,
         stores: tuple[Any, Any], tmp_path: Path) -> None:
-    clear_stores(stores)
     residency = write_map(tmp_path / "map.json", broker, azurite.account, PLACEMENT)
     before = _head(broker)
-    with metadata_server() as server:
-        put_metadata(server, azurite.account, PLACEMENT)
-        run_streaming(_options(broker, feed, residency,
-                               azure_connection_string=azurite.connection_string),
-                      source=_stream(feed), preflight_clients=preflight_clients(server))
+    with placed_stores(stores, azurite, PLACEMENT) as server:
+        _stream_to_stores(broker, feed, residency, azurite, server)
     assert _generated_destinations(broker, before) == {
         "eu": {json.dumps({"sink": "gs://sb-eu-out/features", "location": GCS_LOCATION["eu"],
                            "verified": True}, sort_keys=True)},
@@ -238,16 +241,12 @@ def test_streaming_to_gcs_and_azure_records_the_store_locations(
 def test_a_bucket_in_the_wrong_place_refuses_the_stream(
         broker: BrokerEnv, feed: dict[str, Any], azurite: AzuriteServer,
         stores: tuple[Any, Any], tmp_path: Path) -> None:
-    clear_stores(stores)
     residency = write_map(tmp_path / "map.json", broker, azurite.account, PLACEMENT)
     before = _head(broker)
-    with metadata_server() as server:
-        put_metadata(server, azurite.account, PLACEMENT)
+    with placed_stores(stores, azurite, PLACEMENT) as server:
         server.put_gcs_bucket("sb-eu-dl", gcs_bucket("sb-eu-dl", "US", "multi-region"))
         with pytest.raises(PreflightRefused) as refused:
-            run_streaming(_options(broker, feed, residency,
-                                   azure_connection_string=azurite.connection_string),
-                          source=_stream(feed), preflight_clients=preflight_clients(server))
+            _stream_to_stores(broker, feed, residency, azurite, server)
     assert str(refused.value).startswith("preflight refused: dead_letter_sink gs://sb-eu-dl/dl "
                                          "of region eu is in US (multi-region: ")
     assert all(listed == [] for listed in stored_objects(stores).values())
