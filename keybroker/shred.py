@@ -26,9 +26,9 @@ This module holds no key material and never unwraps anything.
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from typing import NoReturn, Protocol, runtime_checkable
 
 from envelope.keys import KeyReference
 from keybroker.kms.base import KeyDestroyedError, KmsError
@@ -159,22 +159,13 @@ def shred_kek_version(
     rotated_to = None
     if backend.primary_version(kek_uri) == version:
         if not force:
-            reason = (f"version {version} is the primary version of {kek_uri}; rotate first "
-                      "(sealbeam keys rotate) and rewrap what must survive, or pass --force "
-                      "to rotate and destroy it now")
-            ledger.append(SHRED_EVENT, "denied", {**details, "reason": reason})
-            raise ShredRefusedError(reason)
+            _refuse_shred(ledger, details,
+                          f"version {version} is the primary version of {kek_uri}; rotate "
+                          "first (sealbeam keys rotate) and rewrap what must survive, or pass "
+                          "--force to rotate and destroy it now")
         rotated_to = rotate_kek(kms, kek_uri, ledger=ledger).new_version
         details["rotated_to"] = rotated_to
-    try:
-        backend.destroy_version(kek_uri, version)
-    except KeyDestroyedError:
-        details["already_destroyed"] = True
-    except KmsError as error:
-        ledger.append(SHRED_EVENT, "denied",
-                      {**details, "reason": f"{type(error).__name__}: {error}"})
-        raise
-    ledger.append(SHRED_EVENT, "granted", details)
+    _destroy_recorded(lambda: backend.destroy_version(kek_uri, version), ledger, details)
     return ShredResult(kek_uri, version, rotated_to, material_erased=erases)
 
 
@@ -201,14 +192,27 @@ def shred_whole_kek(
     if regions:
         details["serving_regions"] = regions
         if not force:
-            reason = (f"{kek_uri} is the KEK of region(s) {', '.join(regions)}: their new "
-                      "outputs would fail to wrap; point them at another KEK first, or pass "
-                      "--force")
-            ledger.append(SHRED_EVENT, "denied", {**details, "reason": reason})
-            raise ShredRefusedError(reason)
+            _refuse_shred(ledger, details,
+                          f"{kek_uri} is the KEK of region(s) {', '.join(regions)}: their new "
+                          "outputs would fail to wrap; point them at another KEK first, or "
+                          "pass --force")
+    already_destroyed = _destroy_recorded(lambda: kms.destroy_key(kek_uri), ledger, details)
+    return WholeKekShredResult(kek_uri, already_destroyed)
+
+
+def _refuse_shred(ledger: AuditLedger, details: dict[str, object], reason: str) -> NoReturn:
+    """Record the refusal with its reason, then raise it."""
+    ledger.append(SHRED_EVENT, "denied", {**details, "reason": reason})
+    raise ShredRefusedError(reason)
+
+
+def _destroy_recorded(destroy: Callable[[], None], ledger: AuditLedger,
+                      details: dict[str, object]) -> bool:
+    """Run ``destroy`` and record its outcome; True when the key was already destroyed (a
+    repeat, recorded as done). A KMS failure is recorded as denied and raised."""
     already_destroyed = False
     try:
-        kms.destroy_key(kek_uri)
+        destroy()
     except KeyDestroyedError:
         already_destroyed = True
         details["already_destroyed"] = True
@@ -217,7 +221,7 @@ def shred_whole_kek(
                       {**details, "reason": f"{type(error).__name__}: {error}"})
         raise
     ledger.append(SHRED_EVENT, "granted", details)
-    return WholeKekShredResult(kek_uri, already_destroyed)
+    return already_destroyed
 
 
 def _erases_destroyed_versions(backend: object) -> bool:
