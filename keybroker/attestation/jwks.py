@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import base64
 import binascii
-import ipaddress
 import json
 import os
 import tempfile
@@ -45,6 +44,7 @@ from keybroker.attestation.jwt_tokens import (
     MAX_TOKEN_SIZE,
     verify_rs256_token,
 )
+from keybroker.client_tls import is_loopback_host
 
 __all__ = [
     "DEFAULT_LEEWAY_SECONDS",
@@ -71,17 +71,6 @@ class JwksUnavailableError(EndorsementUnavailableError):
 
 
 # --- fetching -------------------------------------------------------------------------
-def _is_loopback(host: str | None) -> bool:
-    if host is None:
-        return False
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
 def http_getter(*, timeout_seconds: float = 10.0, max_bytes: int = MAX_DOCUMENT_SIZE,
                 allow_loopback_http: bool = False) -> Getter:
     """A getter over httpx: HTTPS only (plain HTTP only to loopback, when allowed), no
@@ -91,7 +80,8 @@ def http_getter(*, timeout_seconds: float = 10.0, max_bytes: int = MAX_DOCUMENT_
     def get(url: str) -> bytes:
         parts = urlsplit(url)
         if parts.scheme != "https" and not (
-                allow_loopback_http and parts.scheme == "http" and _is_loopback(parts.hostname)):
+                allow_loopback_http and parts.scheme == "http"
+                and parts.hostname is not None and is_loopback_host(parts.hostname)):
             raise JwksUnavailableError(f"refusing to fetch {url!r}: not an https URL")
         try:
             with httpx.Client(timeout=timeout_seconds, follow_redirects=False) as client, \

@@ -15,11 +15,11 @@ from __future__ import annotations
 
 import argparse
 import functools
-import ipaddress
 import sys
 from pathlib import Path
 
 from keybroker.attestation.errors import AttestationError
+from keybroker.client_tls import is_loopback_host
 from keybroker.config import BROKER_SETTINGS_FILE, BrokerSettings, ConfigError
 from keybroker.kms.base import KmsError
 from keybroker.ledger import LedgerError
@@ -72,15 +72,6 @@ def _worker_count(text: str) -> int:
     return value
 
 
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
 def server_tls(args: argparse.Namespace) -> ServerTls | None:
     """The TLS settings of the command line; None for plain HTTP (which must be allowed)."""
     if (args.tls_cert is None) != (args.tls_key is None):
@@ -88,7 +79,7 @@ def server_tls(args: argparse.Namespace) -> ServerTls | None:
     if args.tls_cert is None:
         if args.tls_client_ca is not None:
             raise TlsConfigError("--tls-client-ca needs --tls-cert and --tls-key")
-        if not _is_loopback(args.host) and not args.allow_insecure_http:
+        if not is_loopback_host(args.host) and not args.allow_insecure_http:
             raise TlsConfigError(
                 f"refusing to serve plain HTTP on {args.host}: pass --tls-cert/--tls-key, "
                 "or --allow-insecure-http if TLS ends in front of the broker"
@@ -128,7 +119,7 @@ def run_broker_serve(args: argparse.Namespace) -> int:
     try:
         tls = server_tls(args)
         settings = BrokerSettings.load(args.state / BROKER_SETTINGS_FILE)
-        if tls is None and not _is_loopback(args.host):
+        if tls is None and not is_loopback_host(args.host):
             print(f"sealbeam: warning: serving plain HTTP on {args.host}", file=sys.stderr)
         log_setup = functools.partial(
             _worker_logging, getattr(args, "log_level", None), getattr(args, "log_format", None)
