@@ -38,12 +38,10 @@ def flip(data: bytes, bit: int) -> bytes:
     return bytes(changed)
 
 
-@pytest.mark.parametrize("kind", CASES)
-@settings(max_examples=300, deadline=None)
-@given(data=st.data())
-def test_any_flipped_bit_fails_with_a_typed_error(kind: str, data: st.DataObject) -> None:
+def assert_flip_fails(kind: str, bit: int) -> None:
+    """Opening ``kind`` with ``bit`` flipped raises a typed EnvelopeError; a flip inside the
+    header, a format or authentication error."""
     envelope, opener = CASES[kind]
-    bit = data.draw(st.integers(min_value=0, max_value=len(envelope) * 8 - 1), label="bit")
     with pytest.raises(EnvelopeError) as caught:
         opener(flip(envelope, bit), DEK)
     if bit // 8 < HEADER_LENGTHS[kind]:
@@ -51,15 +49,21 @@ def test_any_flipped_bit_fails_with_a_typed_error(kind: str, data: st.DataObject
 
 
 @pytest.mark.parametrize("kind", CASES)
+@settings(max_examples=300, deadline=None)
+@given(data=st.data())
+def test_any_flipped_bit_fails_with_a_typed_error(kind: str, data: st.DataObject) -> None:
+    envelope, _ = CASES[kind]
+    assert_flip_fails(kind, data.draw(
+        st.integers(min_value=0, max_value=len(envelope) * 8 - 1), label="bit"))
+
+
+@pytest.mark.parametrize("kind", CASES)
 def test_every_bit_is_covered(kind: str) -> None:
     """Exhaustive: no single-bit change anywhere ever opens; in the header it is a format
     or authentication error."""
-    envelope, opener = CASES[kind]
+    envelope, _ = CASES[kind]
     for bit in range(len(envelope) * 8):
-        with pytest.raises(EnvelopeError) as caught:
-            opener(flip(envelope, bit), DEK)
-        if bit // 8 < HEADER_LENGTHS[kind]:
-            assert isinstance(caught.value, (EnvelopeFormatError, EnvelopeAuthenticationError))
+        assert_flip_fails(kind, bit)
 
 
 @pytest.mark.parametrize("kind", CASES)
