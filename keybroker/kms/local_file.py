@@ -23,6 +23,7 @@ __all__ = [
     "KEYRING_FORMAT_VERSION",
     "Kek",
     "KekVersion",
+    "check_file_format",
     "keyring_document",
     "local_kek_uri",
     "new_version",
@@ -109,14 +110,21 @@ def new_version() -> KekVersion:
     )
 
 
+def check_file_format(document: object, what: str, name: str, version: int) -> dict:
+    """``document`` when it is a JSON object whose ``format`` and ``format_version`` are
+    ``name`` and ``version`` (the header of the keyring and of the named-key file)."""
+    if not isinstance(document, dict):
+        raise KeyringFormatError(f"{what}: expected a JSON object")
+    if document.get("format") != name:
+        raise KeyringFormatError(f"format: expected {name!r}")
+    if document.get("format_version") != version:
+        raise KeyringFormatError(f"format_version: expected {version}")
+    return document
+
+
 def parse_keyring(document: object) -> tuple[dict[str, Kek], dict[str, str]]:
     """Validate the keyring JSON, naming the first bad field."""
-    if not isinstance(document, dict):
-        raise KeyringFormatError("keyring: expected a JSON object")
-    if document.get("format") != KEYRING_FORMAT:
-        raise KeyringFormatError(f"format: expected {KEYRING_FORMAT!r}")
-    if document.get("format_version") != KEYRING_FORMAT_VERSION:
-        raise KeyringFormatError(f"format_version: expected {KEYRING_FORMAT_VERSION}")
+    document = check_file_format(document, "keyring", KEYRING_FORMAT, KEYRING_FORMAT_VERSION)
     raw_keks = document.get("keks")
     if not isinstance(raw_keks, dict) or not raw_keks:
         raise KeyringFormatError("keks: expected a non-empty object")

@@ -21,6 +21,7 @@ from pathlib import Path
 from envelope.keys import KeyReference, WrappedKey
 from keybroker.kms.base import KeyNotFoundError, KeyringFormatError, KmsError
 from keybroker.kms.files import read_private_file, write_private_file
+from keybroker.kms.local_file import check_file_format
 
 __all__ = [
     "NAMED_KEYS_FORMAT",
@@ -125,12 +126,8 @@ class NamedKeyStore:
 
 
 def _parse_named_keys(document: object) -> dict[str, WrappedKey]:
-    if not isinstance(document, dict):
-        raise KeyringFormatError("named keys: expected a JSON object")
-    if document.get("format") != NAMED_KEYS_FORMAT:
-        raise KeyringFormatError(f"format: expected {NAMED_KEYS_FORMAT!r}")
-    if document.get("format_version") != NAMED_KEYS_FORMAT_VERSION:
-        raise KeyringFormatError(f"format_version: expected {NAMED_KEYS_FORMAT_VERSION}")
+    document = check_file_format(document, "named keys", NAMED_KEYS_FORMAT,
+                                 NAMED_KEYS_FORMAT_VERSION)
     raw_keys = document.get("keys")
     if not isinstance(raw_keys, dict):
         raise KeyringFormatError("keys: expected an object")

@@ -23,22 +23,38 @@ from tests.support.broker import ledger_entries
 from transforms.write import STATEMENT_SUFFIX
 
 
-def test_a_file_drop_feed_runs_on_the_pool(broker: BrokerEnv, pool_pair: list[PoolProcess],
-                                           tmp_path: Path,
-                                           capsys: pytest.CaptureFixture[str]) -> None:
-    _, sealed = sealed_partner_files(broker, tmp_path, 60)
-    drop, out = tmp_path / "drop", tmp_path / "out"
+def _drop_sealed(broker: BrokerEnv, tmp_path: Path, records: int) -> tuple[Path, int]:
+    """Seal ``records`` and put their files in a drop folder: (the folder, how many files)."""
+    _, sealed = sealed_partner_files(broker, tmp_path, records)
+    drop = tmp_path / "drop"
     drop.mkdir()
     for path in sealed:
         shutil.copyfile(path, drop / path.name)
-    code = cli.main(["run", "streaming", "--input", str(drop / "*.sealed"),
-                     "--output_root", str(out), "--regions", ",".join(REGIONS),
+    return drop, len(sealed)
+
+
+def _stream_on_pool(broker: BrokerEnv, pool: list[PoolProcess], dropped: tuple[Path, int],
+                    capsys: pytest.CaptureFixture[str], *where: str) -> tuple[int, dict]:
+    """``sealbeam run streaming`` over the drop folder on ``pool``, writing ``where``
+    (``--output_root`` or ``--residency_map``): the exit code and the run summary (the last
+    line of standard output)."""
+    drop, files = dropped
+    code = cli.main(["run", "streaming", "--input", str(drop / "*.sealed"), *where,
+                     "--regions", ",".join(REGIONS),
                      "--dev_tee_dir", str(broker.dev_tee_dir), "--window_seconds", "1",
-                     "--poll_interval_seconds", "0.2", "--max_files", str(len(sealed)),
+                     "--poll_interval_seconds", "0.2", "--max_files", str(files),
                      "--stop_after_seconds", "25",
-                     "--pool_endpoints", ",".join(w.url for w in pool_pair),
+                     "--pool_endpoints", ",".join(w.url for w in pool),
                      "--pool_policy", str(broker.settings.policy_path)])
-    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    return code, json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+
+
+def test_a_file_drop_feed_runs_on_the_pool(broker: BrokerEnv, pool_pair: list[PoolProcess],
+                                           tmp_path: Path,
+                                           capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "out"
+    code, summary = _stream_on_pool(broker, pool_pair, _drop_sealed(broker, tmp_path, 60),
+                                    capsys, "--output_root", str(out))
     assert code == 0 and summary["reconciled"], summary
     assert summary["records_in"] == 60 and summary["broker_calls"] == 0
     rows = sum(open_outputs([out / region], keyring=broker.keyring, region=region).num_rows
@@ -58,11 +74,7 @@ def test_a_mapped_feed_on_the_pool_records_destinations(
         capsys: pytest.CaptureFixture[str]) -> None:
     """Streaming and remote together: preflight on the launching side, the destinations
     carried with each batch to the pool, which sends them with its ``generate`` calls."""
-    _, sealed = sealed_partner_files(broker, tmp_path, 40)
-    drop = tmp_path / "drop"
-    drop.mkdir()
-    for path in sealed:
-        shutil.copyfile(path, drop / path.name)
+    dropped = _drop_sealed(broker, tmp_path, 40)
     regions = {r: {"locations": ["local"], "kek": broker.settings.region_keks[r], "local_kek": True,
                    "sink": f"file://{tmp_path}/{r}-out", "dead_letter_sink":
                    f"file://{tmp_path}/{r}-dl", "worker_locations": ["local"]} for r in REGIONS}
@@ -70,14 +82,8 @@ def test_a_mapped_feed_on_the_pool_records_destinations(
     residency.write_text(json.dumps({"version": 1, "regions": regions,
                                      "unrouted_dead_letter_sink": f"file://{tmp_path}/q"}))
     before = max((e.seq for e in ledger_entries(broker.settings)), default=0)
-    code = cli.main(["run", "streaming", "--input", str(drop / "*.sealed"),
-                     "--residency_map", str(residency), "--regions", ",".join(REGIONS),
-                     "--dev_tee_dir", str(broker.dev_tee_dir), "--window_seconds", "1",
-                     "--poll_interval_seconds", "0.2", "--max_files", str(len(sealed)),
-                     "--stop_after_seconds", "25",
-                     "--pool_endpoints", ",".join(w.url for w in located_pool_pair),
-                     "--pool_policy", str(broker.settings.policy_path)])
-    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    code, summary = _stream_on_pool(broker, located_pool_pair, dropped, capsys,
+                                    "--residency_map", str(residency))
     assert code == 0 and summary["reconciled"] and summary["broker_calls"] == 0, summary
     recorded: dict[str, set[str]] = {}
     for entry in ledger_entries(broker.settings, "generate"):
