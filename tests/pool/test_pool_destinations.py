@@ -32,34 +32,11 @@ from tests.enclave_workers.broker_env import BrokerEnv, person, seal_json
 from tests.pipelines.helpers import sealed_partner_files
 from tests.pool.conftest import REPO_ROOT, PoolProcess
 from tests.support.broker import ledger_entries
+from tests.support.residency import file_residency_map, granted_destinations, ledger_head
 from transforms.pool_client import PoolEndpoint, PoolError, PoolUnavailableError
 from transforms.pool_trust import PoolTrust
 
 RECORDS = 48
-
-
-def _head(broker: BrokerEnv) -> int:
-    entries = ledger_entries(broker.settings)
-    return entries[-1].seq if entries else 0
-
-
-def _destinations_after(broker: BrokerEnv, seq: int) -> dict[str, set[str]]:
-    """Region -> the destinations (JSON) of the granted ``generate`` entries after ``seq``."""
-    found: dict[str, set[str]] = {}
-    for entry in ledger_entries(broker.settings, "generate"):
-        if entry.seq > seq and entry.decision == "granted":
-            found.setdefault(str(entry.details["region"]), set()).add(
-                json.dumps(entry.details.get("destination"), sort_keys=True))
-    return found
-
-
-def _map(path: Path, broker: BrokerEnv, root: Path) -> Path:
-    regions = {r: {"locations": ["local"], "kek": broker.settings.region_keks[r], "local_kek": True,
-                   "sink": f"file://{root}/{r}-out", "dead_letter_sink": f"file://{root}/{r}-dl",
-                   "worker_locations": ["local"]} for r in REGIONS}
-    path.write_text(json.dumps({"version": 1, "regions": regions,
-                                "unrouted_dead_letter_sink": f"file://{root}/quarantine"}))
-    return path
 
 
 def _run(broker: BrokerEnv, sealed: str, residency: Path, **extra: str) -> RunSummary:
@@ -81,11 +58,13 @@ def test_a_remote_run_records_the_same_destinations_as_an_in_process_run(
                         ("remote", {"pool_endpoints": ",".join(w.url for w in located_pool_pair),
                                     "pool_policy": str(broker.settings.policy_path)})):
         root = tmp_path / mode
-        before = _head(broker)
-        summary = _run(broker, sealed, _map(tmp_path / f"{mode}.json", broker, root), **extra)
+        before = ledger_head(broker.settings)
+        summary = _run(broker, sealed,
+                       file_residency_map(tmp_path / f"{mode}.json", broker.settings, root),
+                       **extra)
         if mode == "remote":
             assert summary.broker_calls == 0          # the pool workers asked for the keys
-        found[mode] = _destinations_after(broker, before)
+        found[mode] = granted_destinations(broker.settings, before)
         assert found[mode] == {
             region: {json.dumps({"sink": f"file://{root}/{region}-out", "location": "local",
                                  "verified": True}, sort_keys=True)} for region in REGIONS}
@@ -135,7 +114,7 @@ def test_the_pool_refuses_a_destination_of_another_region_or_a_malformed_one(
 def test_pool_output_keys_are_generated_per_destination(
         broker: BrokerEnv, pool_pair: list[PoolProcess], tmp_path: Path) -> None:
     endpoint = _endpoint(broker, pool_pair[1])
-    before = _head(broker)
+    before = ledger_head(broker.settings)
     first = _destination("eu", f"file://{tmp_path}/first", "local")
     second = _destination("eu", f"file://{tmp_path}/second", "local")
     for batch_id, destination in ((b"\x03" * 16, first), (b"\x04" * 16, second),

@@ -19,7 +19,7 @@ from pipelines.synthetic import REGIONS
 from tests.enclave_workers.broker_env import BrokerEnv
 from tests.pipelines.helpers import sealed_partner_files
 from tests.pool.conftest import PoolProcess, broker_public_key
-from tests.support.broker import ledger_entries
+from tests.support.residency import file_residency_map, granted_destinations, ledger_head
 from transforms.write import STATEMENT_SUFFIX
 
 
@@ -75,21 +75,13 @@ def test_a_mapped_feed_on_the_pool_records_destinations(
     """Streaming and remote together: preflight on the launching side, the destinations
     carried with each batch to the pool, which sends them with its ``generate`` calls."""
     dropped = _drop_sealed(broker, tmp_path, 40)
-    regions = {r: {"locations": ["local"], "kek": broker.settings.region_keks[r], "local_kek": True,
-                   "sink": f"file://{tmp_path}/{r}-out", "dead_letter_sink":
-                   f"file://{tmp_path}/{r}-dl", "worker_locations": ["local"]} for r in REGIONS}
-    residency = tmp_path / "map.json"
-    residency.write_text(json.dumps({"version": 1, "regions": regions,
-                                     "unrouted_dead_letter_sink": f"file://{tmp_path}/q"}))
-    before = max((e.seq for e in ledger_entries(broker.settings)), default=0)
+    residency = file_residency_map(tmp_path / "map.json", broker.settings, tmp_path,
+                                   unrouted="q")
+    before = ledger_head(broker.settings)
     code, summary = _stream_on_pool(broker, located_pool_pair, dropped, capsys,
                                     "--residency_map", str(residency))
     assert code == 0 and summary["reconciled"] and summary["broker_calls"] == 0, summary
-    recorded: dict[str, set[str]] = {}
-    for entry in ledger_entries(broker.settings, "generate"):
-        if entry.seq > before and entry.decision == "granted":
-            recorded.setdefault(str(entry.details["region"]), set()).add(
-                json.dumps(entry.details.get("destination"), sort_keys=True))
+    recorded = granted_destinations(broker.settings, before)
     written = sorted(r for r in REGIONS if any((tmp_path / f"{r}-out").glob("part-*")))
     assert written and sorted(recorded) == written
     for region in written:

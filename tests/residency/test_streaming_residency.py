@@ -41,9 +41,9 @@ from tests.residency.object_store_maps import (
     stored_objects,
     write_map,
 )
-from tests.support.broker import ledger_entries
 from tests.support.metadata_servers import MetadataServer, gcs_bucket
 from tests.support.object_stores import AzuriteServer
+from tests.support.residency import file_residency_map, granted_destinations, ledger_head
 from transforms.write import STATEMENT_SUFFIX
 
 REGIONS = ("eu", "us")
@@ -96,31 +96,6 @@ def _options(broker: BrokerEnv, feed: dict[str, Any], residency: Path,
     return PipelineOptions(flags=[f"--{k}={v}" for k, v in flags.items()])
 
 
-def _generated_destinations(broker: BrokerEnv, after: int) -> dict[str, set[str]]:
-    """Region -> the destinations (JSON) of the granted ``generate`` entries after ``after``."""
-    found: dict[str, set[str]] = {}
-    for entry in ledger_entries(broker.settings, "generate"):
-        if entry.seq > after and entry.decision == "granted":
-            found.setdefault(str(entry.details["region"]), set()).add(
-                json.dumps(entry.details.get("destination"), sort_keys=True))
-    return found
-
-
-def _head(broker: BrokerEnv) -> int:
-    entries = ledger_entries(broker.settings)
-    return entries[-1].seq if entries else 0
-
-
-def _file_map(path: Path, broker: BrokerEnv, root: Path, eu_locations: list[str]) -> Path:
-    regions = {r: {"locations": eu_locations if r == "eu" else ["local"],
-                   "kek": broker.settings.region_keks[r], "local_kek": True,
-                   "sink": f"file://{root}/{r}-out", "dead_letter_sink": f"file://{root}/{r}-dl",
-                   "worker_locations": ["local"]} for r in REGIONS}
-    path.write_text(json.dumps({"version": 1, "regions": regions,
-                                "unrouted_dead_letter_sink": f"file://{root}/quarantine"}))
-    return path
-
-
 def _dead_letters(directory: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for path in sorted(directory.glob("dead-letter/dl-*.jsonl"))
             for line in path.read_bytes().splitlines()]
@@ -137,10 +112,10 @@ def _region_of(record: dict[str, Any]) -> str:
 
 def test_a_mapped_streaming_run_writes_by_the_map_and_records_destinations(
         broker: BrokerEnv, feed: dict[str, Any], tmp_path: Path) -> None:
-    residency = _file_map(tmp_path / "map.json", broker, tmp_path, ["local"])
-    before = _head(broker)
+    residency = file_residency_map(tmp_path / "map.json", broker.settings, tmp_path)
+    before = ledger_head(broker.settings)
     summary = run_streaming(_options(broker, feed, residency), source=_stream(feed))
-    assert _generated_destinations(broker, before) == {
+    assert granted_destinations(broker.settings, before) == {
         region: {json.dumps({"sink": f"file://{tmp_path}/{region}-out", "location": "local",
                              "verified": True}, sort_keys=True)} for region in REGIONS}
     preflight = summary.residency["preflight"]
@@ -174,8 +149,9 @@ def _cli_flags(broker: BrokerEnv, residency: Path, sealed: list[Path], *streamin
 def test_a_sink_outside_the_map_refuses_streaming_as_batch_before_any_data_moves(
         broker: BrokerEnv, feed: dict[str, Any], tmp_path: Path,
         capsys: pytest.CaptureFixture[str]) -> None:
-    residency = _file_map(tmp_path / "map.json", broker, tmp_path, ["EUROPE-WEST4"])
-    before = _head(broker)
+    residency = file_residency_map(tmp_path / "map.json", broker.settings, tmp_path,
+                                   eu_locations=["EUROPE-WEST4"])
+    before = ledger_head(broker.settings)
     answers = []
     for command, extra in (("streaming", ("--max_files=4", "--poll_interval_seconds=0.2",
                                           "--stop_after_seconds=30")), ("batch", ())):
@@ -188,7 +164,7 @@ def test_a_sink_outside_the_map_refuses_streaming_as_batch_before_any_data_moves
                             "of region eu is on this machine (local); allowed: EUROPE-WEST4 "
                             "(and 1 more refusal(s))")
     assert [p.name for p in tmp_path.iterdir()] == ["map.json"]     # nothing was written
-    assert _head(broker) == before                                 # no key was asked for
+    assert ledger_head(broker.settings) == before                   # no key was asked for
 
 
 PLACEMENT = {"eu": "gcs", "us": "azure"}
@@ -206,10 +182,10 @@ def test_streaming_to_gcs_and_azure_records_the_store_locations(
         broker: BrokerEnv, feed: dict[str, Any], azurite: AzuriteServer,
         stores: tuple[Any, Any], tmp_path: Path) -> None:
     residency = write_map(tmp_path / "map.json", broker, azurite.account, PLACEMENT)
-    before = _head(broker)
+    before = ledger_head(broker.settings)
     with placed_stores(stores, azurite, PLACEMENT) as server:
         _stream_to_stores(broker, feed, residency, azurite, server)
-    assert _generated_destinations(broker, before) == {
+    assert granted_destinations(broker.settings, before) == {
         "eu": {json.dumps({"sink": "gs://sb-eu-out/features", "location": GCS_LOCATION["eu"],
                            "verified": True}, sort_keys=True)},
         "us": {json.dumps({"sink": sinks("us", "azure", azurite.account)["sink"],
@@ -242,7 +218,7 @@ def test_a_bucket_in_the_wrong_place_refuses_the_stream(
         broker: BrokerEnv, feed: dict[str, Any], azurite: AzuriteServer,
         stores: tuple[Any, Any], tmp_path: Path) -> None:
     residency = write_map(tmp_path / "map.json", broker, azurite.account, PLACEMENT)
-    before = _head(broker)
+    before = ledger_head(broker.settings)
     with placed_stores(stores, azurite, PLACEMENT) as server:
         server.put_gcs_bucket("sb-eu-dl", gcs_bucket("sb-eu-dl", "US", "multi-region"))
         with pytest.raises(PreflightRefused) as refused:
@@ -250,7 +226,7 @@ def test_a_bucket_in_the_wrong_place_refuses_the_stream(
     assert str(refused.value).startswith("preflight refused: dead_letter_sink gs://sb-eu-dl/dl "
                                          "of region eu is in US (multi-region: ")
     assert all(listed == [] for listed in stored_objects(stores).values())
-    assert _head(broker) == before
+    assert ledger_head(broker.settings) == before
 
 
 def test_a_streaming_dataflow_dry_run_runs_preflight(
