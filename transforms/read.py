@@ -190,31 +190,41 @@ def decode_line(line: bytes, record_id: str | None = None) -> bytes | DeadLetter
                           f"line of {len(line)} bytes is not valid base64", STAGE_FRAMING, b"")
 
 
-class _ReadFramedLinesFn(beam.DoFn):
-    """Splits one matched file into base64 lines and decodes each."""
+class _FramedLinesFn(beam.DoFn):
+    """Base of the file readers: base64 lines -> envelope bytes, or framing dead letters."""
 
     def __init__(self, max_line_bytes: int) -> None:
         self._max_line_bytes = max_line_bytes
         self._records_in = Metrics.counter(NAMESPACE, RECORDS_IN)
 
+    def _decoded(self, lines: Iterable[tuple[str, bytes | None, int]]) -> Iterator[object]:
+        """(where, the line or None when over the bound, its length) -> each envelope, or a
+        dead letter for a line too long or not base64; blank lines are no records."""
+        for where, line, length in lines:
+            if line is not None and not line.strip():
+                continue
+            self._records_in.inc()
+            if line is None:
+                yield TaggedOutput(ReadSealedRecords.DEAD_LETTER, DeadLetter(
+                    where, f"line is {length} bytes, over {self._max_line_bytes}",
+                    STAGE_FRAMING, b""))
+                continue
+            decoded = decode_line(line, where)
+            if isinstance(decoded, DeadLetter):
+                yield TaggedOutput(ReadSealedRecords.DEAD_LETTER, decoded)
+            else:
+                yield decoded
+
+
+class _ReadFramedLinesFn(_FramedLinesFn):
+    """Splits one matched file into base64 lines and decodes each."""
+
     def process(self, readable_file: fileio.ReadableFile) -> Iterable[object]:
         path = readable_file.metadata.path
         with readable_file.open(mime_type="application/octet-stream") as stream:
-            for line_no, line, length in iter_bounded_lines(stream, self._max_line_bytes):
-                if line is not None and not line.strip():
-                    continue
-                self._records_in.inc()
-                where = f"{path}:{line_no}"
-                if line is None:
-                    yield TaggedOutput(ReadSealedRecords.DEAD_LETTER, DeadLetter(
-                        where, f"line is {length} bytes, over "
-                        f"{self._max_line_bytes}", STAGE_FRAMING, b""))
-                    continue
-                decoded = decode_line(line, where)
-                if isinstance(decoded, DeadLetter):
-                    yield TaggedOutput(ReadSealedRecords.DEAD_LETTER, decoded)
-                else:
-                    yield decoded
+            yield from self._decoded(
+                (f"{path}:{line_no}", line, length)
+                for line_no, line, length in iter_bounded_lines(stream, self._max_line_bytes))
 
 
 class _SplitFileFn(beam.DoFn):
@@ -225,34 +235,18 @@ class _SplitFileFn(beam.DoFn):
         yield from file_ranges(metadata.path, metadata.size_in_bytes, self._range_bytes)
 
 
-class _ReadRangeFn(beam.DoFn):
+class _ReadRangeFn(_FramedLinesFn):
     """Reads one ``FileRange``: its lines, base64-decoded, or framing dead letters."""
-
-    def __init__(self, max_line_bytes: int) -> None:
-        self._max_line_bytes = max_line_bytes
-        self._records_in = Metrics.counter(NAMESPACE, RECORDS_IN)
 
     def process(self, file_range: FileRange) -> Iterable[object]:
         compression = (CompressionTypes.AUTO if file_range.compressed
                        else CompressionTypes.UNCOMPRESSED)
         with FileSystems.open(file_range.path, mime_type="application/octet-stream",
                               compression_type=compression) as stream:
-            for offset, line, length in iter_range_lines(stream, file_range,
-                                                         self._max_line_bytes):
-                if line is not None and not line.strip():
-                    continue
-                self._records_in.inc()
-                where = f"{file_range.path}@{offset}"
-                if line is None:
-                    yield TaggedOutput(ReadSealedRecords.DEAD_LETTER, DeadLetter(
-                        where, f"line is {length} bytes, over {self._max_line_bytes}",
-                        STAGE_FRAMING, b""))
-                    continue
-                decoded = decode_line(line, where)
-                if isinstance(decoded, DeadLetter):
-                    yield TaggedOutput(ReadSealedRecords.DEAD_LETTER, decoded)
-                else:
-                    yield decoded
+            yield from self._decoded(
+                (f"{file_range.path}@{offset}", line, length)
+                for offset, line, length in iter_range_lines(stream, file_range,
+                                                             self._max_line_bytes))
 
 
 class _DecodeLinesFn(beam.DoFn):
