@@ -40,6 +40,7 @@ from keybroker.kms.local import LocalKeyring, local_kek_uri
 from keybroker.kms.named_keys import NamedKeyStore, named_key_aad, validate_key_name
 from keybroker.policy import ReleasePolicy
 from keybroker.service_limits import LimitsError, ServiceLimits
+from keybroker.settings_fields import checked_section
 
 __all__ = [
     "BROKER_SETTINGS_FILE",
@@ -191,11 +192,7 @@ class BrokerSettings:
 
     @classmethod
     def from_mapping(cls, document: object, *, base_dir: Path) -> BrokerSettings:
-        if not isinstance(document, Mapping):
-            raise ConfigError("broker settings: expected a mapping")
-        unknown = sorted(str(key) for key in document if key not in _SETTINGS_FIELDS)
-        if unknown:
-            raise ConfigError(f"broker settings: unknown field(s) {', '.join(unknown)}")
+        document = checked_section(document, "broker settings", _SETTINGS_FIELDS, ConfigError)
         if document.get("version") != SETTINGS_VERSION:
             raise ConfigError(f"version: expected {SETTINGS_VERSION}")
 

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeoutError
 from dataclasses import dataclass, field
@@ -29,6 +29,7 @@ from threading import Lock
 
 from envelope.keys import WrappedKey
 from keybroker.kms.base import KmsError, KmsTransientError
+from keybroker.settings_fields import checked_section
 
 __all__ = [
     "DEK_FROM_CACHE",
@@ -88,11 +89,7 @@ class DekCacheSettings:
         """Parse broker.yaml's ``dek_cache`` mapping (``None`` = the defaults)."""
         if document is None:
             return cls()
-        if not isinstance(document, Mapping):
-            raise DekCacheSettingsError("dek_cache: expected a mapping")
-        unknown = sorted(str(key) for key in document if key not in _FIELDS)
-        if unknown:
-            raise DekCacheSettingsError(f"dek_cache: unknown field(s) {', '.join(unknown)}")
+        document = checked_section(document, "dek_cache", _FIELDS, DekCacheSettingsError)
         return cls(**{str(key): value for key, value in document.items()})
 
     def to_mapping(self) -> dict[str, object]:

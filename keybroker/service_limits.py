@@ -11,8 +11,9 @@ holds and validates numbers; keybroker/service applies them.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
 from dataclasses import dataclass
+
+from keybroker.settings_fields import checked_section
 
 __all__ = ["LimitsError", "ServiceLimits"]
 
@@ -82,11 +83,7 @@ class ServiceLimits:
         """From broker.yaml's ``limits`` (None: all defaults); unknown fields are refused."""
         if document is None:
             return cls()
-        if not isinstance(document, Mapping):
-            raise LimitsError("limits: expected a mapping")
-        unknown = sorted(str(key) for key in document if key not in _RANGES)
-        if unknown:
-            raise LimitsError(f"limits: unknown field(s) {', '.join(unknown)}")
+        document = checked_section(document, "limits", _RANGES, LimitsError)
         return cls(**{str(key): value for key, value in document.items()})
 
     def to_mapping(self) -> dict[str, object]:

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from keybroker.attestation.errors import TrustStoreError
 from keybroker.attestation.snp.product import PRODUCTS
+from keybroker.settings_fields import checked_section
 
 __all__ = ["AttestationSettings"]
 
@@ -96,11 +97,8 @@ class AttestationSettings:
     def from_mapping(cls, document: object, *, base_dir: Path) -> AttestationSettings:
         if document is None:
             return cls()
-        if not isinstance(document, Mapping):
-            raise TrustStoreError("attestation: expected a mapping")
-        unknown = sorted(str(key) for key in document if key not in _ATTESTATION_FIELDS)
-        if unknown:
-            raise TrustStoreError(f"attestation: unknown field(s) {', '.join(unknown)}")
+        document = checked_section(document, "attestation", _ATTESTATION_FIELDS,
+                                   TrustStoreError)
 
         def path(key: str) -> Path | None:
             value = document.get(key)
