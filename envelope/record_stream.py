@@ -541,13 +541,17 @@ def extract_stream_records(envelope: bytes | memoryview | ParsedEnvelope,
                       view[offsets[index] : shape.frame_end(index)])) for index in indices]
 
 
-def extract_stream_piece(envelope: bytes | memoryview | ParsedEnvelope,
+def extract_stream_piece(envelope: bytes | memoryview | ParsedEnvelope | StreamPiece,
                          indices: Sequence[int], *,
                          layout: RecordStreamLayout | None = None) -> bytes:
     """The records at ``indices`` (any order; written in index order) as one still sealed
     piece (``SBRX`` version 2, module docstring), without a key. ``layout``: as for
-    :func:`extract_stream_records`. Raises :class:`RecordIndexError` for an empty set or
-    indices that are not distinct indices of the stream."""
+    :func:`extract_stream_records`. ``envelope`` may also be a :class:`StreamPiece`, and
+    ``indices`` then some of its records' stream indices (a piece of a piece). Raises
+    :class:`RecordIndexError` for an empty set or indices that are not distinct indices of
+    the stream (or not in the piece)."""
+    if isinstance(envelope, StreamPiece):
+        return _subpiece(envelope, indices)
     view, shape = _shape_of(envelope, layout)
     selected = checked_indices(indices, shape.record_count)
     if not selected:
@@ -556,6 +560,20 @@ def extract_stream_piece(envelope: bytes | memoryview | ParsedEnvelope,
     parts = [_EXCERPT_PREFIX.pack(EXCERPT_MAGIC, PIECE_VERSION, len(selected)),
              struct.pack(f">{len(selected)}I", *selected), view[: shape.header_length]]
     parts.extend(view[offsets[index] : shape.frame_end(index)] for index in selected)
+    return b"".join(parts)
+
+
+def _subpiece(piece: StreamPiece, indices: Sequence[int]) -> bytes:
+    position = {index: k for k, index in enumerate(piece.indices)}
+    selected = checked_indices(indices, piece.indices[-1] + 1)
+    if not selected or any(index not in position for index in selected):
+        raise RecordIndexError("a piece of a piece holds at least one of its records")
+    view = memoryview(piece.data)
+    parts = [_EXCERPT_PREFIX.pack(EXCERPT_MAGIC, PIECE_VERSION, len(selected)),
+             struct.pack(f">{len(selected)}I", *selected),
+             view[piece.stream_start : piece.header_end]]
+    parts.extend(view[piece.frame_offsets[position[index]] : piece.frame_ends[position[index]]]
+                 for index in selected)
     return b"".join(parts)
 
 

@@ -184,3 +184,11 @@ def test_arbitrary_bytes_after_the_magic_raise_only_envelope_errors(data: bytes)
     for candidate in (b"SBRX\x02" + data, b"SBRX\x01" + data, data):
         with contextlib.suppress(EnvelopeError):   # anything else fails the test
             read_stream_piece(candidate)
+
+
+def test_a_piece_of_a_piece_is_the_piece_of_the_stream() -> None:
+    shape = read_stream_piece(PIECE)
+    assert extract_stream_piece(shape, [10, 2]) == extract_stream_piece(SEALED, [2, 10])
+    for bad in ([], [3], [2, 2]):
+        with pytest.raises(RecordIndexError):
+            extract_stream_piece(shape, bad)
