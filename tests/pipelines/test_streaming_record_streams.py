@@ -208,6 +208,11 @@ def test_late_records_of_a_stream_go_to_late_one_by_one(broker: BrokerEnv,
         assert excerpt.header == read_record_stream(ids[envelope_id]).header
     assert run["rows"] == _window_counts([t for t in times if t >= WINDOW_S])
     assert not _dead_letters(run["out"])
+    # Given back (the sealed bytes of each late line, arriving in time), they are written.
+    replayed = _run(broker, tmp_path, "replayed",
+                    [(1.0, [base64.b64decode(line["sealed_b64"]) for line in late])])
+    assert replayed["rows"] == _window_counts([t for t in times if t < WINDOW_S])
+    assert not _dead_letters(replayed["out"]) and not _late_lines(replayed["out"])
 
 
 def parse_seconds(text: str) -> float:
