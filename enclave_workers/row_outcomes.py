@@ -105,7 +105,9 @@ def dead_letter(source: Source, stage: str, reason: str) -> DeadLetter:
 
     A record of a stream is a dead letter of its own, named ``<envelope id>#<index>``,
     carrying the record's sealed excerpt (``envelope.extract_stream_record``: the stream's
-    header and that record's frame, openable only with the DEK), not the whole stream.
+    header and that record's frame, openable only with the DEK), not the whole stream. A
+    piece of a stream that fails whole is named ``<envelope id>#<its indices>``
+    (``index_ranges``) and carries the piece.
     """
     return dead_letters([(source, stage, reason)])[0]
 
@@ -132,10 +134,29 @@ def dead_letters(failed: Iterable[tuple[Source, str, str]]) -> list[DeadLetter]:
             letters.append(DeadLetter(f"{envelope_id}{STREAM_RECORD_MARK}{source.index}",
                                       _bounded(reason), stage,
                                       excerpts[(id(source.parsed), source.index)]))
+        elif type(source.parsed) is StreamPiece:   # a piece, whole: named by its records
+            letters.append(DeadLetter(
+                f"{envelope_id}{STREAM_RECORD_MARK}{index_ranges(source.parsed.indices)}",
+                _bounded(reason), stage, source.envelope, records=source.records))
         else:
             letters.append(DeadLetter(envelope_id, _bounded(reason), stage, source.envelope,
                                       records=source.records))
     return letters
+
+
+def index_ranges(indices: Sequence[int]) -> str:
+    """Increasing indices as ``a-b`` runs joined by commas (``0-2,5,7-9``): how the dead
+    letter of a stream piece names the records it stands for."""
+    runs: list[str] = []
+    start = previous = indices[0]
+    for index in [*indices[1:], None]:
+        if index is not None and index == previous + 1:
+            previous = index
+            continue
+        runs.append(str(start) if start == previous else f"{start}-{previous}")
+        if index is not None:
+            start = previous = index
+    return ",".join(runs)
 
 
 @dataclass
