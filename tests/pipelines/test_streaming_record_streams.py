@@ -243,12 +243,13 @@ def test_a_corrupted_record_inside_a_stream_is_its_own_dead_letter(
 def test_two_workers_reconcile_a_file_drop_of_streams_spanning_windows(
         broker: BrokerEnv, tmp_path: Path) -> None:
     """FnApiRunner, two workers, a file-drop feed: records of streams spanning 1-second
-    windows around now; a duplicated stream line; metrics reconcile in records."""
+    windows around now, every third record of the first file's streams an hour old (late);
+    a duplicated stream line; metrics reconcile in records."""
     now = time.time()
     files = write_partner_files(tmp_path / "partner", 60, files_per_group=1, seed=43)
     drop = tmp_path / "drop"
     drop.mkdir()
-    total = duplicated = 0
+    total = duplicated = late = 0
     for n, partner in enumerate(files):
         records = [line for line in partner.path.read_bytes().splitlines() if line.strip()]
         lines = []
@@ -259,8 +260,10 @@ def test_two_workers_reconcile_a_file_drop_of_streams_spanning_windows(
                 chunk, data_key=data_key, wrapped_key=wrapped, region=partner.region,
                 producer_id=partner.producer_id, schema_fingerprint=INPUT_SCHEMA_FINGERPRINT,
                 context={EVENT_TIME_CONTEXT_KEY: format_event_time(now)},
-                event_times_ms=[round((now - 0.4 * i) * 1000) for i in range(len(chunk))])))
+                event_times_ms=[round((now - (3600 if n == 0 and i % 3 == 0 else 0.4 * i))
+                                      * 1000) for i in range(len(chunk))])))
             total += len(chunk)
+            late += sum(1 for i in range(len(chunk)) if n == 0 and i % 3 == 0)
         if n == 0:
             lines.append(lines[0])
             duplicated = len(records[:10])
@@ -275,7 +278,9 @@ def test_two_workers_reconcile_a_file_drop_of_streams_spanning_windows(
              "direct_num_workers": 2, "direct_running_mode": "multi_threading"}
     summary = run_streaming(PipelineOptions(flags=[f"--{k}={v}" for k, v in flags.items()]))
     rows = sum(len(output_rows(broker, out, region)) for region in REGIONS)
-    assert rows == total
+    assert late and rows == total - late
+    assert len(_late_lines(out)) == late
     assert summary.records_in == total + duplicated
-    assert summary.duplicates == duplicated and summary.late == 0
-    assert summary.records_out == total and summary.reconciled
+    assert summary.duplicates == duplicated and summary.late == late
+    assert summary.records_out == total - late and summary.dead_letters == 0
+    assert summary.reconciled
