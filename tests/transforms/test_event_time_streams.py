@@ -98,3 +98,13 @@ def test_a_piece_given_back_is_split_again_like_a_stream() -> None:
     assert not on_time and not dead
     assert sorted(r.record_id.split("#")[1] for r in late) == ["1", "2"]
     assert [read_stream_record(r.sealed).index for r in late] == [1, 2]
+
+
+def test_a_pool_worker_reads_a_pieces_region_for_its_destination_check() -> None:
+    """A piece sent to a remote pool is checked against the destination like an envelope."""
+    from enclave_workers.pool.worker import destination_refusal
+    from envelope import extract_stream_piece
+
+    piece = extract_stream_piece(_stream([1_000, 2_000], stated=None), [1])
+    assert destination_refusal({"region": "eu"}, [piece]) is None
+    assert "'eu'" in destination_refusal({"region": "us"}, [piece])
