@@ -175,7 +175,7 @@ def prepare_inputs(workdir: Path, records: int, files_per_group: int,
         target = workdir / "sealed" / f"{partner_file.path.stem}.sealed"
         report = seal_file(partner_file.path, target, keyring=keyring,
                            region=partner_file.region, producer_id=partner_file.producer_id,
-                           records_per_key=records_per_key)
+                           records_per_key=records_per_key, profile=1)   # v1 records
         envelopes += report.envelopes
         data_keys += report.data_keys
         sealed_paths.append(target)

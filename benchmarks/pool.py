@@ -73,7 +73,8 @@ def prepare(workdir: Path, records: int, records_per_key: int
                                                       files_per_group=1):
         target = workdir / "sealed" / f"{partner_file.path.stem}.sealed"
         seal_file(partner_file.path, target, keyring=keyring, region=partner_file.region,
-                  producer_id=partner_file.producer_id, records_per_key=records_per_key)
+                  producer_id=partner_file.producer_id, records_per_key=records_per_key,
+                  profile=1)                                          # v1 records
         sealed_bytes += target.stat().st_size
     return settings, sealed_bytes
 

@@ -78,7 +78,8 @@ def benchmark(args: argparse.Namespace, workdir: Path) -> dict[str, object]:
                                                       files_per_group=1):
         target = workdir / "sealed" / f"{partner_file.path.stem}.sealed"
         seal_file(partner_file.path, target, keyring=keyring, region=partner_file.region,
-                  producer_id=partner_file.producer_id, records_per_key=500)
+                  producer_id=partner_file.producer_id, records_per_key=500,
+                  profile=1)                                          # v1 records
         sealed.append(target)
     suffix = f"{os.getpid()}-{int(time.time())}"
     topic = f"projects/{PROJECT}/topics/bench-{suffix}"

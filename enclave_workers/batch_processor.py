@@ -24,7 +24,10 @@ authentication, JSON parsing or the spec is a dead letter of its own named ``<en
 id>#<index>``, carrying that record still sealed (the stream's header and the record's
 frame, ``envelope.extract_stream_record``; ``row_outcomes``). A failure of the whole stream
 (header authentication, a wrong count, the data key) dead-letters all of its records at once
-(``records`` = its count).
+(``records`` = its count). A **piece** of a stream (``SBRX``: some of its records, split off
+without a key by the streaming pipeline per event-time window; ``envelope.StreamPiece``) is
+taken where a stream is: its header authenticated once, only its records opened
+(``open_stream_piece``), each record's fate its own as above.
 
 What it does not: no Beam, no I/O, no logging, and nothing in a dead letter is plaintext.
 Transient broker failures (``BrokerUnavailableError``) and a session the broker keeps
@@ -51,10 +54,14 @@ from envelope import (
     EnvelopeFormatError,
     ParsedEnvelope,
     RecordOpener,
+    StreamPiece,
     WrappedKey,
+    is_stream_excerpt,
     open_batch_into,
     open_record_stream,
+    open_stream_piece,
     parse_envelope,
+    read_stream_piece,
     seal_batch,
 )
 from keybroker.client import BrokerDeniedError, BrokerNotFoundError
@@ -79,6 +86,7 @@ from .row_outcomes import (
     RowPart,
     Source,
     dead_letter,
+    dead_letters,
     decide_region_outcome,
     unparsed_record_id,
 )
@@ -240,6 +248,7 @@ class BatchProcessor:
 
         An element may already be a ``ParsedEnvelope`` (bound to its bytes by the parser),
         which is used as it is; bytes are parsed here and the parse is reused for opening.
+        Bytes that start with ``SBRX`` are a piece of a record stream (module docstring).
         """
         result = BatchResult()
         groups = self._parse_and_group(envelopes, result)
@@ -267,13 +276,17 @@ class BatchProcessor:
             key = (header.wrapped_key, header.region, header.producer_id)
             # A record stream stands for the records its header commits to (read here, in
             # the TEE; the tag authenticates that count when the stream is opened).
-            groups.setdefault(key, []).append(Source(parsed, header.record_count or 1)
-                                              if header.kind == KIND_RECORD_STREAM
-                                              else Source(parsed))
+            if type(parsed) is StreamPiece:
+                source = Source(parsed, parsed.record_count)
+            elif header.kind == KIND_RECORD_STREAM:
+                source = Source(parsed, header.record_count or 1)
+            else:
+                source = Source(parsed)
+            groups.setdefault(key, []).append(source)
         return groups
 
     def _parse_once(self, envelope: bytes | ParsedEnvelope,
-                    result: BatchResult) -> ParsedEnvelope | None:
+                    result: BatchResult) -> ParsedEnvelope | StreamPiece | None:
         """The envelope's one parse, or None after dead-lettering what is not an envelope."""
         raw = envelope.data if type(envelope) is ParsedEnvelope else envelope
         if len(raw) > self._max_envelope_bytes:
@@ -285,6 +298,8 @@ class BatchProcessor:
         if type(envelope) is ParsedEnvelope:
             return envelope
         try:
+            if is_stream_excerpt(envelope):
+                return read_stream_piece(envelope)
             return parse_envelope(envelope)
         except EnvelopeError as exc:
             result.dead_letters.append(DeadLetter(
@@ -353,27 +368,28 @@ class BatchProcessor:
         row), each record that fails authentication a dead letter of its own (its sealed
         excerpt). A stream-level failure raises (the caller dead-letters all of its
         records)."""
-        opened = open_record_stream(source.parsed, data_key)
+        parsed = source.parsed
+        opened = (open_stream_piece(parsed, data_key) if type(parsed) is StreamPiece
+                  else open_record_stream(parsed, data_key))
         if len(opened.records) + len(opened.failures) != source.records:
             raise EnvelopeFormatError("the opened stream's records differ from its count")
         for record in opened.records:
             work.record_plaintexts.append(record.plaintext)
-            work.record_sources.append(Source(source.parsed, index=record.index))
-        for failure in opened.failures:
-            reason = ("record failed authentication"
-                      if isinstance(failure.error, EnvelopeAuthenticationError)
-                      else f"record: {failure.error}")
-            result.dead_letters.append(dead_letter(Source(source.parsed, index=failure.index),
-                                                   STAGE_OPEN, reason))
+            work.record_sources.append(Source(parsed, index=record.index))
+        result.dead_letters.extend(dead_letters(
+            (Source(parsed, index=failure.index), STAGE_OPEN,
+             "record failed authentication"
+             if isinstance(failure.error, EnvelopeAuthenticationError)
+             else f"record: {failure.error}") for failure in opened.failures))
 
     # -- rows of one (region, producer) as parts that share a schema ------------------------
     def _row_parts(self, work: _RegionWork, result: BatchResult) -> list[RowPart]:
         parts: list[RowPart] = []
         if work.record_plaintexts:
             parsed = parse_records(work.record_plaintexts, self._read_schema)
-            for index, (_, reason) in sorted(parsed.failures.items()):
-                result.dead_letters.append(dead_letter(work.record_sources[index],
-                                                       STAGE_DECODE, reason))
+            result.dead_letters.extend(dead_letters(
+                (work.record_sources[index], STAGE_DECODE, reason)
+                for index, (_, reason) in sorted(parsed.failures.items())))
             if parsed.row_sources:
                 parts.append(RowPart.of_records(
                     parsed.table, [work.record_sources[i] for i in parsed.row_sources]))
@@ -400,13 +416,13 @@ class BatchProcessor:
             keys = self._spec_keys(producer_id)
         except _KEY_ERRORS as exc:
             reason = f"spec key not released: {type(exc).__name__}: {exc}"
-            result.dead_letters.extend(dead_letter(s, STAGE_KEY, reason) for s in sources)
+            result.dead_letters.extend(dead_letters((s, STAGE_KEY, reason) for s in sources))
             return
         try:
             outcome = decide_region_outcome(self._compiled, parts, keys, region)
         except FeatureError as exc:
-            result.dead_letters.extend(dead_letter(s, STAGE_FEATURIZE, str(exc))
-                                       for s in sources)
+            result.dead_letters.extend(dead_letters((s, STAGE_FEATURIZE, str(exc))
+                                                    for s in sources))
             return
         result.dead_letters.extend(outcome.whole_dead_letters(STAGE_SCHEMA))
         if not outcome.kept_sources:
@@ -416,8 +432,8 @@ class BatchProcessor:
             partial = [self._reseal_rows(region, producer_id, dead) for dead in outcome.partial]
         except _KEY_ERRORS as exc:
             reason = f"output key not generated: {type(exc).__name__}: {exc}"
-            result.dead_letters.extend(dead_letter(s, STAGE_RESEAL, reason)
-                                       for s in outcome.kept_sources)
+            result.dead_letters.extend(dead_letters((s, STAGE_RESEAL, reason)
+                                                    for s in outcome.kept_sources))
             return
         result.outputs.append(output)
         result.dead_letters.extend(partial)

@@ -26,13 +26,19 @@ What it does not: no keys, no sealing, no I/O; reasons never contain a data valu
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 import pyarrow as pa
 
-from envelope import EnvelopeHeader, ParsedEnvelope, extract_stream_record
+from envelope import (
+    EnvelopeHeader,
+    ParsedEnvelope,
+    StreamPiece,
+    extract_stream_records,
+    piece_records,
+)
 
 from .features import CompiledSpec
 from .records import row_limit_problems
@@ -68,10 +74,12 @@ class Source:
 
     It holds the ``ParsedEnvelope`` so that opening does not parse the header again; the
     header and the original sealed bytes (for dead letters) come from it. ``records`` is how
-    many input records it stands for: 1, or a whole record stream's count.
+    many input records it stands for: 1, or a whole record stream's (or piece's) count. A
+    piece of a stream (``envelope.StreamPiece``, some of its records split off without a
+    key) stands where a ``ParsedEnvelope`` would: it has the stream's header and its bytes.
     """
 
-    parsed: ParsedEnvelope
+    parsed: ParsedEnvelope | StreamPiece
     records: int = 1
     index: int | None = None
 
@@ -97,14 +105,58 @@ def dead_letter(source: Source, stage: str, reason: str) -> DeadLetter:
 
     A record of a stream is a dead letter of its own, named ``<envelope id>#<index>``,
     carrying the record's sealed excerpt (``envelope.extract_stream_record``: the stream's
-    header and that record's frame, openable only with the DEK), not the whole stream.
+    header and that record's frame, openable only with the DEK), not the whole stream. A
+    piece of a stream that fails whole is named ``<envelope id>#<its indices>``
+    (``index_ranges``) and carries the piece.
     """
-    envelope_id = source.header.envelope_id.hex()
-    if source.index is not None:
-        return DeadLetter(f"{envelope_id}{STREAM_RECORD_MARK}{source.index}", _bounded(reason),
-                          stage, extract_stream_record(source.parsed, source.index))
-    return DeadLetter(envelope_id, _bounded(reason), stage, source.envelope,
-                      records=source.records)
+    return dead_letters([(source, stage, reason)])[0]
+
+
+def dead_letters(failed: Iterable[tuple[Source, str, str]]) -> list[DeadLetter]:
+    """``dead_letter`` for each ``(source, stage, reason)``, in order; the excerpts of a
+    stream's (or piece's) records are cut from one walk of it, not one walk per record."""
+    failed = list(failed)
+    wanted: dict[int, tuple[ParsedEnvelope | StreamPiece, list[int]]] = {}
+    for source, _, _ in failed:
+        if source.index is not None:
+            wanted.setdefault(id(source.parsed), (source.parsed, []))[1].append(source.index)
+    excerpts: dict[tuple[int, int], bytes] = {}
+    for key, (parsed, indices) in wanted.items():
+        unique = list(dict.fromkeys(indices))
+        cut = (piece_records(parsed, unique) if isinstance(parsed, StreamPiece)
+               else extract_stream_records(parsed, unique))
+        excerpts.update(((key, index), excerpt) for index, excerpt in zip(unique, cut,
+                                                                          strict=True))
+    letters = []
+    for source, stage, reason in failed:
+        envelope_id = source.header.envelope_id.hex()
+        if source.index is not None:
+            letters.append(DeadLetter(f"{envelope_id}{STREAM_RECORD_MARK}{source.index}",
+                                      _bounded(reason), stage,
+                                      excerpts[(id(source.parsed), source.index)]))
+        elif type(source.parsed) is StreamPiece:   # a piece, whole: named by its records
+            letters.append(DeadLetter(
+                f"{envelope_id}{STREAM_RECORD_MARK}{index_ranges(source.parsed.indices)}",
+                _bounded(reason), stage, source.envelope, records=source.records))
+        else:
+            letters.append(DeadLetter(envelope_id, _bounded(reason), stage, source.envelope,
+                                      records=source.records))
+    return letters
+
+
+def index_ranges(indices: Sequence[int]) -> str:
+    """Increasing indices as ``a-b`` runs joined by commas (``0-2,5,7-9``): how the dead
+    letter of a stream piece names the records it stands for."""
+    runs: list[str] = []
+    start = previous = indices[0]
+    for index in [*indices[1:], None]:
+        if index is not None and index == previous + 1:
+            previous = index
+            continue
+        runs.append(str(start) if start == previous else f"{start}-{previous}")
+        if index is not None:
+            start = previous = index
+    return ",".join(runs)
 
 
 @dataclass
@@ -161,7 +213,7 @@ class RegionOutcome:
         return pa.concat_tables(self.tables).cast(schema)
 
     def whole_dead_letters(self, stage: str) -> list[DeadLetter]:
-        return [dead_letter(source, stage, reason) for source, reason in self.whole]
+        return dead_letters((source, stage, reason) for source, reason in self.whole)
 
 
 @dataclass

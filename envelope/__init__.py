@@ -10,7 +10,10 @@ The byte layout is specified in docs/FORMAT.md.
 - Record streams (record profile 2, FORMAT.md section 13: many records under one
   per-stream key): :func:`seal_record_stream`, :func:`open_record_stream`,
   :func:`read_record_stream` (structure, no key), :func:`extract_stream_record` /
-  :func:`open_stream_record` (one record kept sealed, e.g. in a dead letter).
+  :func:`open_stream_record` (one record kept sealed, e.g. in a dead letter;
+  :func:`extract_stream_records` for many in one walk), :func:`extract_stream_piece` /
+  :func:`read_stream_piece` / :func:`open_stream_piece` (some records of a stream, split off
+  without a key, e.g. per event-time window).
 - Batches: :func:`seal_batch`, the streaming :class:`BatchSealer`, :func:`iter_open_batch`
   (segment by segment), :func:`open_batch` and :func:`open_batch_into` (into a buffer the
   caller allocates).
@@ -41,6 +44,7 @@ from envelope.errors import (
     EnvelopeFormatError,
     EnvelopeLimitError,
     KeyTransportError,
+    RecordIndexError,
 )
 from envelope.framing import envelope_length
 from envelope.header import (
@@ -66,13 +70,20 @@ from envelope.record_stream import (
     KIND_RECORD_STREAM,
     OpenedRecordStream,
     RecordStreamLayout,
+    StreamPiece,
     StreamRecord,
     StreamRecordExcerpt,
     StreamRecordFailure,
+    extract_stream_piece,
     extract_stream_record,
+    extract_stream_records,
+    is_stream_excerpt,
     open_record_stream,
+    open_stream_piece,
     open_stream_record,
+    piece_records,
     read_record_stream,
+    read_stream_piece,
     read_stream_record,
     seal_record_stream,
 )
@@ -109,8 +120,10 @@ __all__ = [
     "KeyTransportError",
     "OpenedRecordStream",
     "ParsedEnvelope",
+    "RecordIndexError",
     "RecordOpener",
     "RecordStreamLayout",
+    "StreamPiece",
     "StreamRecord",
     "StreamRecordExcerpt",
     "StreamRecordFailure",
@@ -118,17 +131,23 @@ __all__ = [
     "WrappedKey",
     "dek_wrap_aad",
     "envelope_length",
+    "extract_stream_piece",
     "extract_stream_record",
+    "extract_stream_records",
+    "is_stream_excerpt",
     "iter_open_batch",
     "open_batch",
     "open_batch_into",
     "open_record",
     "open_record_stream",
     "open_records",
+    "open_stream_piece",
     "open_stream_record",
     "parse_envelope",
+    "piece_records",
     "read_header",
     "read_record_stream",
+    "read_stream_piece",
     "read_stream_record",
     "release_info",
     "report_data_binding",

@@ -15,6 +15,7 @@ __all__ = [
     "EnvelopeFormatError",
     "EnvelopeLimitError",
     "KeyTransportError",
+    "RecordIndexError",
 ]
 
 AUTHENTICATION_FAILED = "envelope authentication failed"
@@ -31,6 +32,10 @@ class EnvelopeFormatError(EnvelopeError):
 
 class EnvelopeLimitError(EnvelopeFormatError):
     """A length or count is over its documented bound (checked before any allocation)."""
+
+
+class RecordIndexError(EnvelopeFormatError):
+    """Record indices asked of a record stream are not distinct indices of its records."""
 
 
 class EnvelopeAuthenticationError(EnvelopeError):

@@ -26,7 +26,8 @@ Final API (stable; additive changes only)::
     KIND_RECORD_STREAM = "record-stream"
     seal_record_stream(plaintexts, *, data_key, wrapped_key, region, producer_id,
                        schema_fingerprint, context, event_times_ms=None) -> bytes
-    open_record_stream(envelope, data_key) -> OpenedRecordStream       # raises stream-level
+    open_record_stream(envelope, data_key, *, indices=None) -> OpenedRecordStream
+                                      # raises stream-level; indices: only those records
     OpenedRecordStream(header, records: list[StreamRecord], failures: list[StreamRecordFailure])
     StreamRecord(index, record_id: bytes, event_time_ms: int | None, plaintext: bytes)
     StreamRecordFailure(index, record_id: bytes, error: EnvelopeError)
@@ -34,17 +35,30 @@ Final API (stable; additive changes only)::
     RecordStreamLayout(header, header_length, record_ids, event_times_ms, frame_offsets,
                        core_end, length)
     extract_stream_record(envelope, index) -> bytes      # a sealed one-record excerpt (SBRX)
+    extract_stream_records(envelope, indices, *, layout=None) -> list[bytes]  # one walk
     read_stream_record(excerpt) -> StreamRecordExcerpt   # its structure, no key
     open_stream_record(excerpt, data_key) -> StreamRecord  # raises
+    extract_stream_piece(envelope, indices, *, layout=None) -> bytes  # SBRX v2, no key
+    read_stream_piece(piece) -> StreamPiece              # SBRX v1 or v2 structure, no key
+    open_stream_piece(piece, data_key) -> OpenedRecordStream            # raises stream-level
+    piece_records(piece, indices) -> list[bytes]         # one-record excerpts of a piece
+    is_stream_excerpt(data) -> bool                      # starts with "SBRX"
 
 ``envelope`` may be bytes, a memoryview or a :class:`ParsedEnvelope`. An excerpt is how a
 dead letter keeps one record of a stream sealed without the key: ``"SBRX" || 01 || u32
-index || the stream's header || the record's frame``; only the DEK holder can open it.
+index || the stream's header || the record's frame``; only the DEK holder can open it. A
+**piece** (multi-record excerpt, ``"SBRX" || 02 || u32 n || n x u32 index (strictly
+increasing) || the stream's header || those n frames``) is how the streaming pipeline
+splits a stream whose records fall into several event-time windows, outside the TEE and
+without a key; the TEE authenticates the header once and opens just those records, each
+under its own stream index (nonce and AAD as in the stream), so a piece can neither gain a
+record nor move one to another index unnoticed.
 """
 
 from __future__ import annotations
 
 import hashlib
+import itertools
 import os
 import struct
 from collections.abc import Mapping, Sequence
@@ -60,6 +74,7 @@ from envelope.errors import (
     EnvelopeError,
     EnvelopeFormatError,
     EnvelopeLimitError,
+    RecordIndexError,
 )
 from envelope.header import (
     KIND_RECORD_STREAM,
@@ -82,14 +97,22 @@ __all__ = [
     "EXCERPT_MAGIC",
     "KIND_RECORD_STREAM",
     "OpenedRecordStream",
+    "RecordIndexError",
     "RecordStreamLayout",
+    "StreamPiece",
     "StreamRecord",
     "StreamRecordExcerpt",
     "StreamRecordFailure",
+    "extract_stream_piece",
     "extract_stream_record",
+    "extract_stream_records",
+    "is_stream_excerpt",
     "open_record_stream",
+    "open_stream_piece",
     "open_stream_record",
+    "piece_records",
     "read_record_stream",
+    "read_stream_piece",
     "read_stream_record",
     "seal_record_stream",
     "stream_digest",
@@ -103,7 +126,8 @@ FRAME_OVERHEAD = FRAME_HEAD_LENGTH + TAG_LENGTH  # 44 bytes a record besides its
 MAX_STREAM_CIPHERTEXT = MAX_STREAM_RECORD_PLAINTEXT + TAG_LENGTH
 EXCERPT_MAGIC = b"SBRX"
 EXCERPT_VERSION = 1
-_EXCERPT_PREFIX = struct.Struct(">4sBI")  # magic, version, index: 9 bytes
+PIECE_VERSION = 2
+_EXCERPT_PREFIX = struct.Struct(">4sBI")  # magic, version, index (v1) or count (v2): 9 bytes
 _NONCE_PREFIX = bytes(8)
 
 
@@ -266,44 +290,83 @@ def record_stream_end(view: memoryview, header: EnvelopeHeader, layout: HeaderLa
 # -- opening -------------------------------------------------------------------------------
 
 
-def open_record_stream(envelope: bytes | memoryview | ParsedEnvelope,
-                       data_key: DataKey) -> OpenedRecordStream:
-    """Every record of a stream, each opened or failed; stream-level failures raise.
+def checked_indices(indices: Sequence[int], count: int) -> list[int]:
+    """``indices`` sorted, after checking that they are distinct ints in ``0..count-1``.
 
-    Raises :class:`EnvelopeFormatError` for any structural fault (the whole stream), then
-    the uniform :class:`EnvelopeAuthenticationError` for a wrong DEK or a changed header.
-    A record whose GCM tag fails is a :class:`StreamRecordFailure` in ``failures``.
+    Raises :class:`RecordIndexError` (a typed :class:`EnvelopeFormatError`) otherwise.
+    """
+    checked = []
+    for index in indices:
+        if not isinstance(index, int) or isinstance(index, bool):
+            raise RecordIndexError(f"a record index must be int, not {type(index).__name__}")
+        if not 0 <= index < count:
+            raise RecordIndexError(f"record index {index} out of range for {count} records")
+        checked.append(index)
+    checked.sort()
+    for previous, current in itertools.pairwise(checked):
+        if previous == current:
+            raise RecordIndexError(f"record index {current} is asked for twice")
+    return checked
+
+
+def open_record_stream(envelope: bytes | memoryview | ParsedEnvelope,
+                       data_key: DataKey, *,
+                       indices: Sequence[int] | None = None) -> OpenedRecordStream:
+    """Every record of a stream (or only those at ``indices``), each opened or failed;
+    stream-level failures raise.
+
+    Raises :class:`EnvelopeFormatError` for any structural fault (the whole stream is
+    checked even when ``indices`` asks for a few records), :class:`RecordIndexError` for
+    indices that are not distinct indices of the stream, then the uniform
+    :class:`EnvelopeAuthenticationError` for a wrong DEK or a changed header. A record whose
+    GCM tag fails is a :class:`StreamRecordFailure` in ``failures``. Records and failures
+    come in index order.
     """
     view, header, layout = view_and_header(envelope)
     shape = _stream_layout(view, header, layout, whole=True)
+    selected = None if indices is None else checked_indices(indices, shape.record_count)
     keys = authenticate_parsed_header(view, header, layout, data_key)
-    decrypt = keys.cipher.decrypt
-    digest = stream_digest(view[: layout.core_end])
+    offsets = shape.frame_offsets
+    ends = (*offsets[1:], shape.length)
+    if selected is None:
+        positions: Sequence[int] = range(len(offsets))
+        stream_indices: Sequence[int] = positions
+    else:
+        positions = stream_indices = selected
+    return _open_frames(view, header, keys.cipher.decrypt,
+                        stream_digest(view[: layout.core_end]), shape.record_ids,
+                        shape.event_times_ms, offsets, ends, positions, stream_indices)
+
+
+def _open_frames(view: memoryview, header: EnvelopeHeader, decrypt, digest: bytes,
+                 ids: Sequence[bytes], times: Sequence[int | None], offsets: Sequence[int],
+                 ends: Sequence[int], positions: Sequence[int],
+                 stream_indices: Sequence[int]) -> OpenedRecordStream:
+    """Open the frames at ``positions`` (of ``offsets``/``ends``), frame ``positions[k]``
+    being record ``stream_indices[k]`` of its stream (its nonce and AAD)."""
     records: list[StreamRecord] = []
     failures: list[StreamRecordFailure] = []
-    ids, times = shape.record_ids, shape.event_times_ms
-    offsets = shape.frame_offsets
-    last = len(offsets) - 1
     nonce_prefix = _NONCE_PREFIX
     append = records.append
     new = object.__new__
     set_index, set_id, set_time, set_plaintext = _RECORD_SETTERS
-    for index, start in enumerate(offsets):
-        stop = offsets[index + 1] if index < last else shape.length
+    for position, index in zip(positions, stream_indices, strict=False):
+        start = offsets[position]
         counter = index.to_bytes(4, "big")
         head_end = start + FRAME_HEAD_LENGTH
         try:
-            plaintext = decrypt(nonce_prefix + counter, view[head_end:stop],
+            plaintext = decrypt(nonce_prefix + counter, view[head_end : ends[position]],
                                 digest + view[start + 4 : head_end] + counter)
         except InvalidTag:
-            failures.append(StreamRecordFailure(index, ids[index], EnvelopeAuthenticationError()))
+            failures.append(StreamRecordFailure(index, ids[position],
+                                                EnvelopeAuthenticationError()))
             continue
         # StreamRecord(index, ...) without the frozen __init__'s four object.__setattr__
         # calls: the slots' own descriptors, half the cost of a record's Python overhead.
         record = new(StreamRecord)
         set_index(record, index)
-        set_id(record, ids[index])
-        set_time(record, times[index])
+        set_id(record, ids[position])
+        set_time(record, times[position])
         set_plaintext(record, plaintext)
         append(record)
     return OpenedRecordStream(header=header, records=records, failures=failures)
@@ -441,11 +504,205 @@ def extract_stream_record(envelope: bytes | memoryview | ParsedEnvelope, index: 
     view, header, layout = view_and_header(envelope)
     shape = _stream_layout(view, header, layout, whole=True)
     if not isinstance(index, int) or not 0 <= index < shape.record_count:
-        raise EnvelopeFormatError(
+        raise RecordIndexError(
             f"record index {index} out of range for {shape.record_count} records")
     frame = view[shape.frame_offsets[index] : shape.frame_end(index)]
     return b"".join((_EXCERPT_PREFIX.pack(EXCERPT_MAGIC, EXCERPT_VERSION, index),
                      view[: layout.end], frame))
+
+
+def _shape_of(envelope: bytes | memoryview | ParsedEnvelope,
+              layout: RecordStreamLayout | None) -> tuple[memoryview, RecordStreamLayout]:
+    """The stream's bytes and structure: ``layout`` when the caller has read it already
+    (:func:`read_record_stream` of these very bytes), else one walk here."""
+    if layout is not None:
+        view = envelope.view if type(envelope) is ParsedEnvelope else as_byte_view(envelope)
+        if len(view) != layout.length:
+            raise EnvelopeFormatError(
+                f"the layout is of {layout.length} bytes, the stream has {len(view)}")
+        return view, layout
+    view, header, header_layout = view_and_header(envelope)
+    return view, _stream_layout(view, header, header_layout, whole=True)
+
+
+def extract_stream_records(envelope: bytes | memoryview | ParsedEnvelope,
+                           indices: Sequence[int], *,
+                           layout: RecordStreamLayout | None = None) -> list[bytes]:
+    """One-record excerpts (as :func:`extract_stream_record`) of the records at
+    ``indices``, in that order, from one structural walk of the stream (or none, given the
+    ``layout`` :func:`read_record_stream` returned for these bytes): what a stream's dead
+    letters carry. Raises :class:`RecordIndexError` for indices that are not distinct
+    indices of the stream."""
+    view, shape = _shape_of(envelope, layout)
+    checked_indices(indices, shape.record_count)
+    stream_header = bytes(view[: shape.header_length])
+    offsets, pack = shape.frame_offsets, _EXCERPT_PREFIX.pack
+    return [b"".join((pack(EXCERPT_MAGIC, EXCERPT_VERSION, index), stream_header,
+                      view[offsets[index] : shape.frame_end(index)])) for index in indices]
+
+
+def extract_stream_piece(envelope: bytes | memoryview | ParsedEnvelope | StreamPiece,
+                         indices: Sequence[int], *,
+                         layout: RecordStreamLayout | None = None) -> bytes:
+    """The records at ``indices`` (any order; written in index order) as one still sealed
+    piece (``SBRX`` version 2, module docstring), without a key. ``layout``: as for
+    :func:`extract_stream_records`. ``envelope`` may also be a :class:`StreamPiece`, and
+    ``indices`` then some of its records' stream indices (a piece of a piece). Raises
+    :class:`RecordIndexError` for an empty set or indices that are not distinct indices of
+    the stream (or not in the piece)."""
+    if isinstance(envelope, StreamPiece):
+        return _subpiece(envelope, indices)
+    view, shape = _shape_of(envelope, layout)
+    selected = checked_indices(indices, shape.record_count)
+    if not selected:
+        raise RecordIndexError("a stream piece holds at least one record")
+    offsets = shape.frame_offsets
+    parts = [_EXCERPT_PREFIX.pack(EXCERPT_MAGIC, PIECE_VERSION, len(selected)),
+             struct.pack(f">{len(selected)}I", *selected), view[: shape.header_length]]
+    parts.extend(view[offsets[index] : shape.frame_end(index)] for index in selected)
+    return b"".join(parts)
+
+
+def _subpiece(piece: StreamPiece, indices: Sequence[int]) -> bytes:
+    position = {index: k for k, index in enumerate(piece.indices)}
+    selected = checked_indices(indices, piece.indices[-1] + 1)
+    if not selected or any(index not in position for index in selected):
+        raise RecordIndexError("a piece of a piece holds at least one of its records")
+    view = memoryview(piece.data)
+    parts = [_EXCERPT_PREFIX.pack(EXCERPT_MAGIC, PIECE_VERSION, len(selected)),
+             struct.pack(f">{len(selected)}I", *selected),
+             view[piece.stream_start : piece.header_end]]
+    parts.extend(view[piece.frame_offsets[position[index]] : piece.frame_ends[position[index]]]
+                 for index in selected)
+    return b"".join(parts)
+
+
+def is_stream_excerpt(data: bytes | memoryview) -> bool:
+    """Whether ``data`` starts as an excerpt or a piece (``SBRX``), not as an envelope."""
+    return bytes(data[:4]) == EXCERPT_MAGIC
+
+
+@dataclass(frozen=True, slots=True)
+class StreamPiece:
+    """The structure of an excerpt (``SBRX`` v1, one record) or piece (v2), read without a
+    key, with its bytes: ``header`` is its stream's, ``indices`` its records' indices in
+    that stream (increasing), frame ``k`` is ``data[frame_offsets[k] : frame_ends[k]]``."""
+
+    data: bytes
+    header: EnvelopeHeader
+    indices: tuple[int, ...]
+    record_ids: tuple[bytes, ...]
+    event_times_ms: tuple[int | None, ...]
+    stream_start: int
+    header_end: int
+    core_end: int
+    frame_offsets: tuple[int, ...]
+    frame_ends: tuple[int, ...]
+
+    @property
+    def record_count(self) -> int:
+        return len(self.indices)
+
+    @property
+    def envelope_id(self) -> bytes:
+        return self.header.envelope_id
+
+
+def read_stream_piece(data: bytes | memoryview) -> StreamPiece:
+    """The structure of an excerpt or piece (no key): prefix, indices (strictly increasing,
+    each below the count the stream header commits to), the stream header, then exactly
+    that many frames, each checked as in a stream, and nothing after them.
+
+    Raises :class:`EnvelopeFormatError` / :class:`EnvelopeLimitError`.
+    """
+    raw = bytes(data)
+    view = memoryview(raw)
+    prefix = _EXCERPT_PREFIX.size
+    if len(view) < prefix:
+        raise EnvelopeFormatError(
+            f"record excerpt truncated: needs {prefix} bytes, {len(view)} remain")
+    magic, version, field = _EXCERPT_PREFIX.unpack_from(view)
+    if magic != EXCERPT_MAGIC:
+        raise EnvelopeFormatError(f"bad magic {magic.hex()}, expected {EXCERPT_MAGIC.hex()}")
+    if version == EXCERPT_VERSION:
+        indices: tuple[int, ...] = (field,)
+        start = prefix
+    elif version == PIECE_VERSION:
+        if not 1 <= field <= MAX_STREAM_RECORDS:
+            raise EnvelopeLimitError(
+                f"a stream piece holds 1..{MAX_STREAM_RECORDS} records, not {field}")
+        start = prefix + 4 * field
+        if len(view) < start:
+            raise EnvelopeFormatError(
+                f"stream piece indices truncated: needs {4 * field} bytes, "
+                f"{len(view) - prefix} remain")
+        indices = struct.unpack_from(f">{field}I", view, prefix)
+        for previous, current in itertools.pairwise(indices):
+            if current <= previous:
+                raise EnvelopeFormatError("stream piece indices must be strictly increasing")
+    else:
+        raise EnvelopeFormatError(
+            f"unsupported excerpt version {version}, expected {EXCERPT_VERSION} or "
+            f"{PIECE_VERSION}")
+    if len(view) - start > MAX_STREAM_LENGTH:
+        raise EnvelopeLimitError(
+            f"stream piece length {len(view) - start} exceeds {MAX_STREAM_LENGTH}")
+    stream = view[start:]
+    header, layout = parse_header(stream)
+    if header.kind != KIND_RECORD_STREAM:
+        raise EnvelopeFormatError(f"kind is {header.kind!r}, expected 'record-stream'")
+    if indices[-1] >= header.segment_size:
+        raise EnvelopeFormatError(
+            f"record index {indices[-1]} out of range for {header.segment_size} records")
+    ids, times, offsets, end = _walk_frames(stream, layout.end, len(indices))
+    if end != len(stream):
+        raise EnvelopeFormatError(f"{len(stream) - end} trailing bytes after the records")
+    absolute = tuple(start + offset for offset in offsets)
+    return StreamPiece(raw, header, tuple(indices), ids, times, start, start + layout.end,
+                       start + layout.core_end, absolute, (*absolute[1:], start + end))
+
+
+def open_stream_piece(piece: bytes | memoryview | StreamPiece,
+                      data_key: DataKey) -> OpenedRecordStream:
+    """Every record of an excerpt or piece, each opened (under its stream index) or failed.
+
+    Raises :class:`EnvelopeFormatError` for its structure, then the uniform
+    :class:`EnvelopeAuthenticationError` for a wrong DEK or a changed header; a record
+    whose GCM tag fails is a :class:`StreamRecordFailure`.
+    """
+    shape = piece if isinstance(piece, StreamPiece) else read_stream_piece(piece)
+    view = memoryview(shape.data)
+    stream = view[shape.stream_start :]
+    header = shape.header
+    header_layout = parse_header(stream)[1]
+    keys = authenticate_parsed_header(stream, header, header_layout, data_key)
+    return _open_frames(view, header, keys.cipher.decrypt,
+                        stream_digest(view[shape.stream_start : shape.core_end]),
+                        shape.record_ids, shape.event_times_ms, shape.frame_offsets,
+                        shape.frame_ends, range(shape.record_count), shape.indices)
+
+
+def piece_records(piece: bytes | memoryview | StreamPiece,
+                  indices: Sequence[int]) -> list[bytes]:
+    """One-record excerpts (``SBRX`` v1) of the records of ``piece`` whose stream indices
+    are ``indices``, in that order: a piece's dead letters, one per record. Raises
+    :class:`RecordIndexError` for an index the piece does not hold, or one asked twice."""
+    shape = piece if isinstance(piece, StreamPiece) else read_stream_piece(piece)
+    position = {index: k for k, index in enumerate(shape.indices)}
+    if len(set(indices)) != len(indices):
+        raise RecordIndexError("a record index is asked for twice")
+    view = memoryview(shape.data)
+    stream_header = view[shape.stream_start : shape.header_end]
+    excerpts = []
+    for index in indices:
+        k = (position.get(index) if isinstance(index, int) and not isinstance(index, bool)
+             else None)
+        if k is None:
+            raise RecordIndexError(f"record index {index} is not in this stream piece")
+        excerpts.append(b"".join((
+            _EXCERPT_PREFIX.pack(EXCERPT_MAGIC, EXCERPT_VERSION, index), stream_header,
+            view[shape.frame_offsets[k] : shape.frame_ends[k]])))
+    return excerpts
 
 
 def _parse_excerpt(data: bytes | memoryview

@@ -3,11 +3,12 @@
 What it does: reads a partner file (JSONL, one JSON object per line, or Parquet), and writes
 either sealed records or one sealed batch (an Arrow IPC stream of the rows, also written as
 one base64 line, so that ``sealbeam run batch`` reads both the same way). Sealed records come
-in two profiles (docs/FORMAT.md): profile 1, one base64 v1 record envelope per line, and
-profile 2, one base64 ``record-stream`` envelope per line holding up to
-``records_per_stream`` records (default ``DEFAULT_RECORDS_PER_STREAM``) under one DEK, with
-one key derivation and commitment per stream and a nonce and tag per record, so the
-per-record overhead is a frame instead of a whole header. Each file (or
+in two profiles (docs/FORMAT.md): profile 2 (the default), one base64 ``record-stream``
+envelope per line holding up to ``records_per_stream`` records (default
+``DEFAULT_RECORDS_PER_STREAM``) under one DEK, with one key derivation and commitment per
+stream and a nonce and tag per record, so the per-record overhead is a frame instead of a
+whole header; and profile 1, one base64 v1 record envelope per line (a whole header a
+record). Each file (or
 each N records) gets a fresh DEK, wrapped under the region's KEK from the local keyring with
 ``aad = dek_wrap_aad(region, producer_id)``. Outputs are written to a temporary name and
 renamed, so a partial file never looks finished.
@@ -58,7 +59,11 @@ from .errors import InputFileError, PipelineError
 INPUT_FORMATS = ("jsonl", "parquet")
 OUTPUT_KINDS = ("records", "batch")
 RECORD_PROFILES = (1, 2)
-DEFAULT_RECORD_PROFILE = 1         # what ``sealbeam seal`` writes unless --profile says 2
+DEFAULT_RECORD_PROFILE = 2         # what ``sealbeam seal`` writes unless --profile says 1
+# 1000 records a stream: the stream's ~300-byte header is then 0.3 B a record beside the
+# 44-byte frame (docs/FORMAT.md 13), and a stream is at most a few hundred kB of JSON
+# records, what one confidential batch takes whole (a streaming run splits a stream whose
+# records fall into several windows, so a long stream costs no latency there).
 DEFAULT_RECORDS_PER_STREAM = 1000
 MAX_INPUT_BYTES = 4 << 30
 PARTNER_RECORDS_KIND = "partner-records"
@@ -193,8 +198,8 @@ def seal_file(input_path: Path, output_path: Path, *, keyring: LocalKeyring, reg
               records_per_stream: int = DEFAULT_RECORDS_PER_STREAM) -> SealReport:
     """Seal a partner file; ``records_per_key=0`` means one DEK for the whole file.
 
-    ``profile`` (sealed records only): 1 writes a v1 record envelope per record, 2 a
-    ``record-stream`` envelope per ``records_per_stream`` records (a stream never spans two
+    ``profile`` (sealed records only): 2 (the default) writes a ``record-stream`` envelope
+    per ``records_per_stream`` records, 1 a v1 record envelope per record (a stream never spans two
     DEKs, so ``records_per_key`` also ends a stream); ``SealReport.envelopes`` counts the
     envelopes (lines) written, ``input_records`` the records.
 

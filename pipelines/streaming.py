@@ -13,10 +13,15 @@ for new files (``--source files``, ``file_drop.WatchFileDrop``), a Pub/Sub subsc
    window so a copy is found across windows (Pub/Sub redeliveries are dropped by message id
    first, in ``AcceptPubsubMessages``);
 2. ``StampEventTime``: each record's event time from its header (``sealbeam.event_time``,
-   docs/FORMAT.md 2.1); a record whose window had closed when it arrived (window end +
-   ``--allowed_lateness_seconds`` <= arrival) goes, still sealed, to ``<root>/late/`` under
-   the dead-letter sink of its region (the unrouted sink when its bytes name none;
-   ``WriteLateRecords``), counted in ``late``, never into a window;
+   docs/FORMAT.md 2.1), or, for a record of a record stream (profile 2), from its frame
+   (falling back to the header's); a record whose window had closed when it arrived (window
+   end + ``--allowed_lateness_seconds`` <= arrival) goes, still sealed, to ``<root>/late/``
+   under the dead-letter sink of its region (the unrouted sink when its bytes name none;
+   ``WriteLateRecords``), counted in ``late``, never into a window. A stream whose records
+   fall into several windows is split there, outside the TEE and without a key, into one
+   piece per window (docs/FORMAT.md 13.5); the TEE authenticates the stream's header once
+   per piece and opens only its records. A redelivered stream is a duplicate of all of its
+   records (step 1 sees whole streams);
 3. fixed windows of ``--window_seconds`` over event time, and ``HoldForBatches``: per window
    and (region, producer), records are held until ``--max_batch_size`` records,
    ``--max_batch_bytes`` or ``--max_batch_duration_seconds``, or the window's close;
@@ -287,8 +292,9 @@ def build_streaming_pipeline(p: beam.Pipeline, options: PipelineOptions, *,
     dead_letter_roots = residency.dead_letter_roots()
     unrouted_root = residency.unrouted_dead_letter_sink.beam_path
 
-    # Record streams (profile 2) are dead letters here: late data is counted per envelope.
-    parsed = sealed | "ParseHeaders" >> ParseSealed(record_streams=False)
+    # Record streams (profile 2) are judged per record: StampEventTime splits one whose
+    # records fall into several windows (or are late) into pieces, without a key.
+    parsed = sealed | "ParseHeaders" >> ParseSealed()
     unique = parsed[ParseSealed.SEALED] | "DedupeEnvelopes" >> dedupe
     timed = unique[DeduplicateEnvelopes.UNIQUE] | "EventTime" >> StampEventTime(
         window_s=window_s, allowed_lateness_s=lateness_s)

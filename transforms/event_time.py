@@ -26,13 +26,28 @@ every runner and on a rerun, which exactly-once output names need. Beam's own wa
 or before the arrival time, so a record accepted here is at most ``allowed lateness`` behind
 it, and the windowing that follows is given that lateness.
 
+Record streams (record profile 2) and their pieces: each record's event time is its frame's
+(``u64 event_time_ms``, authenticated in the record's AAD, read here without a key by
+``envelope.read_record_stream``); a record whose frame says 0 (none) falls back exactly as a
+v1 record does, to the header's ``sealbeam.event_time``, and without one it is a dead letter
+of its own. The records are then judged one by one. A stream whose records all fall into one
+window, none late, goes on as it is; otherwise it is split here, outside the TEE and without
+a key, into one **piece** per window (``envelope.extract_stream_piece``: the stream's header
+and just those records' frames, ``SBRX`` version 2), each timestamped into its window and
+standing for its records (``SealedEnvelope.records``). A late record goes to ``LATE`` as its
+own one-record excerpt (``<envelope id>#<index>``, counted once in ``late``), a record
+without a usable event time to ``DEAD_LETTER`` likewise; the excerpts of one stream are cut
+from one walk (``envelope.extract_stream_records``).
+
 What it does not: it does not window (``beam.WindowInto`` does) or write anything.
 """
 
 from __future__ import annotations
 
+import hashlib
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import replace
 from datetime import datetime, timezone
 from typing import Any, NamedTuple
 
@@ -43,10 +58,23 @@ from apache_beam.transforms.window import TimestampedValue
 from apache_beam.utils.timestamp import Duration, Timestamp
 
 from enclave_workers.batch_processor import DeadLetter, unparsed_record_id
-from envelope import EnvelopeError, read_header
+from enclave_workers.row_outcomes import STREAM_RECORD_MARK
+from envelope import (
+    KIND_RECORD_STREAM,
+    EnvelopeError,
+    EnvelopeHeader,
+    extract_stream_piece,
+    extract_stream_records,
+    is_stream_excerpt,
+    piece_records,
+    read_header,
+    read_record_stream,
+    read_stream_piece,
+)
 
 from .errors import TransformConfigError
 from .metrics import LATE, NAMESPACE
+from .sealed import SealedEnvelope
 
 __all__ = ["EVENT_TIME_CONTEXT_KEY", "STAGE_EVENT_TIME", "STAGE_LATE", "EventTimeError",
            "LateRecord", "StampEventTime", "format_event_time", "parse_event_time", "window_end"]
@@ -104,6 +132,39 @@ class LateRecord(NamedTuple):
     sealed: bytes
 
 
+class _StreamRecords(NamedTuple):
+    """What splitting needs of a stream or a piece, read without a key."""
+
+    header: EnvelopeHeader
+    indices: Sequence[int]
+    event_times_ms: Sequence[int | None]
+    piece: Callable[[Sequence[int]], bytes]
+    excerpts: Callable[[Sequence[int]], list[bytes]]
+
+
+def _stream_records(envelope: bytes) -> _StreamRecords:
+    """A record stream's (or piece's) records; raises ``EnvelopeError``."""
+    if is_stream_excerpt(envelope):
+        piece = read_stream_piece(envelope)
+        return _StreamRecords(piece.header, piece.indices, piece.event_times_ms,
+                              lambda indices: extract_stream_piece(piece, indices),
+                              lambda indices: piece_records(piece, indices))
+    layout = read_record_stream(envelope)
+    return _StreamRecords(
+        layout.header, range(layout.record_count), layout.event_times_ms,
+        lambda indices: extract_stream_piece(envelope, indices, layout=layout),
+        lambda indices: extract_stream_records(envelope, indices, layout=layout))
+
+
+def _as_piece(element: Any, piece: bytes, records: int) -> Any:
+    """The element for a piece of ``element``'s stream: bytes for bytes, else a
+    ``SealedEnvelope`` with the piece's bytes, digest and record count."""
+    if isinstance(element, bytes):
+        return piece
+    return replace(element, data=piece, digest=hashlib.sha256(piece).digest(),
+                   records=records)
+
+
 class _StampEventTimeFn(beam.DoFn):
     def __init__(self, window_s: float, allowed_lateness_s: float) -> None:
         self._window_s = window_s
@@ -112,6 +173,10 @@ class _StampEventTimeFn(beam.DoFn):
 
     def process(self, element: Any, arrival=beam.DoFn.TimestampParam) -> Iterable[object]:
         envelope = element if isinstance(element, bytes) else element.data
+        if is_stream_excerpt(envelope) or (
+                isinstance(element, SealedEnvelope) and element.records > 1):
+            yield from self._split(element, envelope, arrival)
+            return
         try:
             header, _ = read_header(envelope)
         except EnvelopeError as exc:
@@ -119,11 +184,12 @@ class _StampEventTimeFn(beam.DoFn):
                 unparsed_record_id(envelope), f"not a sealed envelope: {exc}",
                 STAGE_EVENT_TIME, b""))
             return
+        if header.kind == KIND_RECORD_STREAM:
+            yield from self._split(element, envelope, arrival)
+            return
         stated = header.context.get(EVENT_TIME_CONTEXT_KEY)
         try:
-            if stated is None:
-                raise EventTimeError(f"the header has no {EVENT_TIME_CONTEXT_KEY} entry")
-            event_time = parse_event_time(stated)
+            event_time = _stated_time(stated)
         except EventTimeError as exc:
             yield TaggedOutput(StampEventTime.DEAD_LETTER, DeadLetter(
                 header.envelope_id.hex(), str(exc), STAGE_EVENT_TIME, envelope))
@@ -134,6 +200,67 @@ class _StampEventTimeFn(beam.DoFn):
                 header.envelope_id.hex(), stated, arrival.micros, envelope))
             return
         yield TimestampedValue(element, event_time)
+
+    def _split(self, element: Any, envelope: bytes, arrival: Timestamp) -> Iterable[object]:
+        """A stream's (or piece's) records by window, late, or without an event time."""
+        try:
+            stream = _stream_records(envelope)
+        except EnvelopeError as exc:   # ParseSealed read it; only a bare-bytes input gets here
+            records = element.records if isinstance(element, SealedEnvelope) else 1
+            yield TaggedOutput(StampEventTime.DEAD_LETTER, DeadLetter(
+                unparsed_record_id(envelope), f"not a readable record stream: {exc}",
+                STAGE_EVENT_TIME, b"", records=records))
+            return
+        stated = stream.header.context.get(EVENT_TIME_CONTEXT_KEY)
+        fallback: Timestamp | EventTimeError | None = None
+        windows: dict[Timestamp, list[tuple[int, Timestamp]]] = {}
+        late: list[tuple[int, Timestamp]] = []
+        untimed: list[int] = []
+        for index, millis in zip(stream.indices, stream.event_times_ms, strict=True):
+            if millis is None:
+                if fallback is None:
+                    try:
+                        fallback = _stated_time(stated)
+                    except EventTimeError as exc:
+                        fallback = exc
+                if isinstance(fallback, EventTimeError):
+                    untimed.append(index)
+                    continue
+                event_time = fallback
+            else:
+                event_time = Timestamp(micros=millis * 1000)
+            end = window_end(event_time, self._window_s)
+            if end + self._lateness <= arrival:
+                late.append((index, event_time))
+            else:
+                windows.setdefault(end, []).append((index, event_time))
+        if len(windows) == 1 and not late and not untimed:
+            [records] = windows.values()
+            yield TimestampedValue(element, min(t for _, t in records))
+            return
+        name = stream.header.envelope_id.hex() + STREAM_RECORD_MARK
+        if untimed:
+            reason = f"the record has no event time of its own and {fallback}"
+            for index, excerpt in zip(untimed, stream.excerpts(untimed), strict=True):
+                yield TaggedOutput(StampEventTime.DEAD_LETTER, DeadLetter(
+                    f"{name}{index}", reason, STAGE_EVENT_TIME, excerpt))
+        if late:
+            self._late.inc(len(late))
+            excerpts = stream.excerpts([index for index, _ in late])
+            for (index, event_time), excerpt in zip(late, excerpts, strict=True):
+                yield TaggedOutput(StampEventTime.LATE, LateRecord(
+                    f"{name}{index}", format_event_time(float(event_time)), arrival.micros,
+                    excerpt))
+        for records in windows.values():
+            piece = stream.piece([index for index, _ in records])
+            yield TimestampedValue(_as_piece(element, piece, len(records)),
+                                   min(t for _, t in records))
+
+
+def _stated_time(stated: str | None) -> Timestamp:
+    if stated is None:
+        raise EventTimeError(f"the header has no {EVENT_TIME_CONTEXT_KEY} entry")
+    return parse_event_time(stated)
 
 
 class StampEventTime(beam.PTransform):

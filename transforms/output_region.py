@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from enclave_workers.batch_processor import PARQUET_PME, SEALED_ARROW, SealedOutput
 from enclave_workers.pme_keys import PmeKeyError, WrappedPmeKey
-from envelope import EnvelopeError, read_header, read_stream_record
+from envelope import EnvelopeError, read_header, read_stream_piece
 from envelope.record_stream import EXCERPT_MAGIC
 
 from .errors import TransformError
@@ -55,10 +55,11 @@ def output_key(output: SealedOutput) -> tuple[str, str]:
 def sealed_bytes_region(sealed: bytes) -> str | None:
     """The region of sealed bytes of either format (a dead letter's), or None when they say
     none (not an envelope, not a PME file, empty). A record stream's one-record excerpt
-    (``SBRX``, a dead letter of one record) says the region of the stream's header."""
+    (``SBRX``, a dead letter of one record) or piece (a late or dead-lettered part of a
+    stream) says the region of the stream's header."""
     if sealed[:4] == EXCERPT_MAGIC:
         try:
-            return read_stream_record(sealed).header.region
+            return read_stream_piece(sealed).header.region
         except EnvelopeError:
             return None
     for output_format in (SEALED_ARROW, PARQUET_PME):

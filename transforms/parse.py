@@ -22,9 +22,10 @@ counted once in ``records_in`` when it was read, and its other ``count - 1`` rec
 counted here, where the count becomes known: the count its header commits to. A stream whose
 header parses but whose frames do not (truncated, a bad frame, a duplicate record id) is one
 dead letter for all of those records; bytes whose header does not parse are one line, one
-record, as for any other envelope. With
-``record_streams=False`` (the streaming pipeline, whose late-data accounting counts
-envelopes) a well-formed stream is a dead letter for all of its records instead.
+record, as for any other envelope. A piece of a stream (``SBRX``, e.g. a late stream record's
+excerpt replayed from ``late/``) stands for its records likewise. With
+``record_streams=False`` a well-formed stream is a dead letter for all of its records
+instead (no pipeline of ours asks for that any more).
 
 What it does not: it does not authenticate the header (that needs the data key, inside the
 TEE), and it does not reorder or batch. It does not forward an ``envelope.ParsedEnvelope``:
@@ -52,8 +53,10 @@ from envelope import (
     EnvelopeError,
     EnvelopeHeader,
     WrappedKey,
+    is_stream_excerpt,
     read_header,
     read_record_stream,
+    read_stream_piece,
 )
 
 from .metrics import NAMESPACE, RECORDS_IN
@@ -74,6 +77,8 @@ def read_sealed(envelope: bytes, max_envelope_bytes: int = MAX_ENVELOPE_BYTES, *
     try:
         header, _ = read_header(envelope)
     except EnvelopeError as exc:
+        if is_stream_excerpt(envelope):
+            return _read_piece(envelope)
         return DeadLetter(unparsed_record_id(envelope), f"not a sealed envelope: {exc}",
                           STAGE_PARSE, b"")
     if header.kind not in ENVELOPE_KINDS:
@@ -97,6 +102,17 @@ def _key_id(wrapped: WrappedKey) -> str:
             _KEY_IDS.clear()
         key_id = _KEY_IDS[wrapped] = wrapped.key_id
     return key_id
+
+
+def _read_piece(envelope: bytes) -> SealedEnvelope | DeadLetter:
+    """A piece of a stream (``SBRX``: a late record's excerpt replayed, or a piece another
+    run split off) stands for its records, as a stream does."""
+    try:
+        piece = read_stream_piece(envelope)
+    except EnvelopeError as exc:
+        return DeadLetter(unparsed_record_id(envelope), f"not a readable stream piece: {exc}",
+                          STAGE_PARSE, b"")
+    return sealed_envelope(envelope, piece.header, piece.record_count)
 
 
 def _read_stream(envelope: bytes, header: EnvelopeHeader, record_streams: bool

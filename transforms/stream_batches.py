@@ -10,7 +10,8 @@ Why: ``beam.BatchElements`` batches within a bundle, and a stream's bundles are 
 records, so with k-anonymity on almost every row of a small batch would be suppressed. This
 keeps envelopes in keyed state, per window and per (region, producer) — the unit an output
 file and its k-anonymity cover — and releases them together when the batch reaches
-``max_records`` or ``max_bytes`` (envelope bytes), when ``max_duration_s`` of processing time
+``max_records`` (counted in records: a record stream or a piece of one counts its records)
+or ``max_bytes`` (envelope bytes), when ``max_duration_s`` of processing time
 has passed since its first envelope, or when the window closes (its end plus the allowed
 lateness, an event-time timer), whichever comes first. A release is cut into
 ``batching.EnvelopeBatch`` elements (sorted, named by a digest of their envelope ids,
@@ -101,7 +102,7 @@ class _HoldFn(beam.DoFn):
             deadline.set(Timestamp.now() + self._max_duration_s)
             window_end.set(window.max_timestamp())
         held.add(element)
-        records, size = records + 1, size + len(element.data)
+        records, size = records + element.records, size + len(element.data)
         if records >= self._max_records or size >= self._max_bytes:
             deadline.clear()
             yield from self._release(held, held_size, window)

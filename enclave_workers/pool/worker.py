@@ -43,7 +43,13 @@ from enclave_workers.features import FeatureSpec, compile_spec
 from enclave_workers.key_session import KeySession
 from enclave_workers.output_names import output_file_name, output_name_id
 from enclave_workers.spec_bound_broker import SpecBoundBrokerClient
-from envelope import EnvelopeError, WrappedKey, read_header
+from envelope import (
+    EnvelopeError,
+    WrappedKey,
+    is_stream_excerpt,
+    read_header,
+    read_stream_piece,
+)
 
 from .broker_pin import pinned_broker_client
 from .channel import ChannelKeys, channel_binding
@@ -111,7 +117,9 @@ def destination_refusal(destination: Mapping[str, object], envelopes: Sequence[b
     regions = set()
     for envelope in envelopes:
         try:
-            regions.add(read_header(envelope)[0].region)
+            header = (read_stream_piece(envelope).header if is_stream_excerpt(envelope)
+                      else read_header(envelope)[0])     # a stream piece: its stream's
+            regions.add(header.region)
         except EnvelopeError:
             continue
     others = sorted(regions - {destination["region"]})

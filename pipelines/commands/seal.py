@@ -1,8 +1,9 @@
 """``sealbeam seal``: a partner seals a JSONL or Parquet file into sealed records or a batch.
 
-Sealed records come in two profiles: ``--profile 1`` (a v1 record envelope per line) and
-``--profile 2`` (a ``record-stream`` envelope per ``--records-per-stream`` records, one line
-each; docs/FORMAT.md).
+Sealed records come in two profiles: ``--profile 2``, the default (a ``record-stream``
+envelope per ``--records-per-stream`` records, one line each: a 44-byte frame a record
+besides its plaintext; docs/FORMAT.md 13), and ``--profile 1`` (a v1 record envelope per
+line: a whole header, about 300 bytes, a record).
 
 ``--input -`` reads standard input (JSONL unless --input-format says parquet); ``--output -``
 writes the sealed lines to standard output, and the JSON report then goes to stderr.
@@ -52,12 +53,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="records per DEK; 0 = one DEK for the whole file")
     parser.add_argument("--profile", type=int, choices=RECORD_PROFILES,
                         default=DEFAULT_RECORD_PROFILE,
-                        help="sealed-record profile (--kind records): 1 = one v1 record "
-                             "envelope per line; 2 = record streams, one envelope per "
-                             "--records-per-stream records with a per-record nonce and tag "
-                             f"(default {DEFAULT_RECORD_PROFILE})")
+                        help="sealed-record profile (--kind records): 2 = record streams, "
+                             "one envelope per --records-per-stream records with a "
+                             "per-record nonce and tag (44 bytes a record besides its "
+                             "plaintext); 1 = one v1 record envelope per line (about 300 "
+                             f"bytes a record) (default {DEFAULT_RECORD_PROFILE})")
     parser.add_argument("--records-per-stream", type=int, default=DEFAULT_RECORDS_PER_STREAM,
-                        help=f"records per record stream with --profile 2 (1 to "
+                        help=f"records per record stream with profile 2 (1 to "
                              f"{MAX_RECORDS_PER_STREAM}; a new DEK also starts a stream; "
                              f"default {DEFAULT_RECORDS_PER_STREAM})")
     parser.add_argument("--input-format", choices=INPUT_FORMATS, default=None,

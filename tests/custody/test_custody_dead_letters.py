@@ -43,7 +43,8 @@ def run_with_dead_letters(tmp_path_factory: pytest.TempPathFactory
         keyring = LocalKeyring.open(broker.settings.keyring_path)
         (root / "sealed").mkdir()
         sealed = [seal_file(f.path, root / "sealed" / f"{f.path.stem}.sealed", keyring=keyring,
-                            region=f.region, producer_id=f.producer_id) for f in files]
+                            region=f.region, producer_id=f.producer_id, profile=1)
+                  for f in files]
         _add_bad_lines(Path(sealed[0].output_path))
         summary = run_batch(PipelineOptions(flags=[
             f"--input={root / 'sealed' / '*.sealed'}", f"--output_root={root / 'out'}",

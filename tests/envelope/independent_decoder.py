@@ -7,7 +7,8 @@ and ``AuthFailed`` for cryptography, in the order of section 3.5: the whole enve
 structure first, then the commitment, the header tag and the segments.
 
 Besides the envelope (sections 2-4) and the record stream of record profile 2 (section 13:
-``parse``/``decode`` handle kind 3 too, ``decode_excerpt`` opens an ``SBRX`` excerpt) it
+``parse``/``decode`` handle kind 3 too, ``decode_excerpt`` opens an ``SBRX`` excerpt,
+``decode_piece`` a stream piece, section 13.4a) it
 follows section 5.1 (DEK wrap AAD), section 7 (payloads and context keys), section 8 (file
 layouts), section 9 (the local keyring's ``SBLW`` wrap) and section 10 (fingerprints). Used by
 tests/envelope/test_vectors.py, tests/envelope/test_format_vectors.py,
@@ -356,6 +357,27 @@ def envelopes_in_file(content: bytes) -> list[bytes]:
         except binascii.Error:
             raise ValueError("not a base64 line") from None
     return envelopes
+
+
+def decode_piece(piece: bytes, dek: bytes) -> list[tuple[int, bytes, int, bytes | None]]:
+    """Section 13.4a: ``SBRX`` 02 u32 n, n strictly increasing u32 indices, a stream header,
+    those n frames; (index, record id, event time, plaintext or None if its tag failed)."""
+    if len(piece) < 9 or piece[:4] != b"SBRX" or piece[4] != 2:
+        raise ValueError("piece magic/version")
+    (count,) = struct.unpack_from(">I", piece, 5)
+    if not 1 <= count <= 65536 or len(piece) < 9 + 4 * count:
+        raise ValueError("piece count")
+    indices = struct.unpack_from(f">{count}I", piece, 9)
+    if any(indices[k + 1] <= indices[k] for k in range(count - 1)):
+        raise ValueError("piece indices not increasing")
+    body = piece[9 + 4 * count :]
+    decoded = parse_header(body)
+    if decoded.kind != 3 or indices[-1] >= decoded.segment_size:
+        raise ValueError("piece kind/index")
+    decoded.record_frames = _stream_frames(body, decoded.header_length, indices)
+    if decoded.header_length + sum(28 + len(f[3]) for f in decoded.record_frames) != len(body):
+        raise ValueError("trailing bytes")
+    return open_parsed(body, decoded, dek).records
 
 
 # -- section 7: payloads -----------------------------------------------------------------------

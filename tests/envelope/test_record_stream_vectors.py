@@ -20,7 +20,9 @@ from envelope import (
     EnvelopeError,
     KeyReference,
     WrappedKey,
+    extract_stream_piece,
     open_record_stream,
+    open_stream_piece,
     open_stream_record,
     read_record_stream,
     read_stream_record,
@@ -112,6 +114,32 @@ def test_the_excerpt_opens_in_both_implementations() -> None:
         clean.decode_excerpt(excerpt[:8] + b"\x00" + excerpt[9:], DEK)
     with pytest.raises(ValueError):
         clean.decode_excerpt(excerpt + b"\x00", DEK)
+
+
+def test_the_piece_opens_in_both_implementations() -> None:
+    data = VECTORS["piece"]
+    piece = bytes.fromhex(data["piece"])
+    stream = VECTORS[data["stream"]]
+    expected = [(i, bytes.fromhex(stream["record_ids"][i]), stream["event_times_ms"][i],
+                 bytes.fromhex(stream["plaintexts"][i])) for i in data["indices"]]
+    assert clean.decode_piece(piece, DEK) == expected
+    opened = open_stream_piece(piece, DataKey(DEK))
+    assert not opened.failures
+    assert [(r.index, r.record_id, r.event_time_ms or 0, r.plaintext)
+            for r in opened.records] == expected
+    assert extract_stream_piece(bytes.fromhex(stream["envelope"]), data["indices"]) == piece
+    relabelled = bytearray(piece)
+    relabelled[12] ^= 0x01                   # index 0 -> 1: its frame's AAD says 0
+    assert clean.decode_piece(bytes(relabelled), DEK)[0][3] is None
+    assert [f.index for f in open_stream_piece(bytes(relabelled), DataKey(DEK)).failures] == [1]
+    with pytest.raises(ValueError):
+        clean.decode_piece(piece + b"\x00", DEK)
+    text = FORMAT_DOC.read_text(encoding="utf-8")
+    section = text[text.index("### 13.4a"):text.index("### 13.5")]
+    assert f"({len(piece)}\nbytes)" in section or f"({len(piece)} bytes)" in section
+    assert f"{stream['header_length']}-byte header" in section
+    assert piece.hex().startswith("".join(
+        section.split("(493\nbytes): `")[1].split("`")[0].split()))
 
 
 def test_the_rewrapped_stream_keeps_every_frame() -> None:

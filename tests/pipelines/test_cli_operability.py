@@ -3,6 +3,7 @@ a terminal only, JSON logs, shell completion and ``keys list``."""
 
 from __future__ import annotations
 
+import base64
 import io
 import json
 import logging
@@ -16,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from envelope import read_record_stream
 from keybroker.logs import configure_logging
 from pipelines import cli
 from pipelines.run_checks import DEFAULT_TSM_ROOT
@@ -120,8 +122,9 @@ def test_seal_reads_standard_input_and_writes_standard_output(state: Path, tmp_p
                     stdin=partner.path.read_bytes())
     assert done.returncode == 0, done.stderr
     lines = partner.path.read_bytes().splitlines()
-    assert len(done.stdout.splitlines()) == len(lines)
-    assert all(line.startswith("U0JFV") for line in done.stdout.splitlines())
+    [stream] = done.stdout.splitlines()          # the default: one record stream (profile 2)
+    assert stream.startswith("U0JFV")
+    assert read_record_stream(base64.b64decode(stream)).record_count == len(lines)
     assert json.loads(done.stderr.splitlines()[-1])["input_records"] == len(lines)
 
 

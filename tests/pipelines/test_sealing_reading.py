@@ -46,7 +46,7 @@ def _open_with_keyring(broker: BrokerEnv, envelope: bytes) -> bytes:
 def test_seal_records_one_key_per_n_records(broker: BrokerEnv, tmp_path: Path) -> None:
     source = _jsonl(tmp_path / "in.jsonl", 25)
     report = seal_file(source, tmp_path / "out.sealed", keyring=broker.keyring, region="eu",
-                       producer_id="acme", records_per_key=10)
+                       producer_id="acme", records_per_key=10, profile=1)
     assert (report.input_records, report.envelopes, report.data_keys) == (25, 25, 3)
     envelopes = _envelopes(tmp_path / "out.sealed")
     headers = [read_header(e)[0] for e in envelopes]
@@ -100,6 +100,35 @@ def test_the_seal_command_takes_the_profile_and_documents_it(
                      "--records-per-stream", "3"]) == 0
     report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert (report["input_records"], report["envelopes"], report["profile"]) == (7, 3, 2)
+    assert cli.main(["seal", "--input", str(source), "--output", str(tmp_path / "d.sealed"),
+                     "--region", "eu", "--producer", "acme", "--state",
+                     str(broker.state_dir)]) == 0
+    report = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert (report["input_records"], report["envelopes"], report["profile"]) == (7, 1, 2)
+
+
+@pytest.mark.parametrize(("profile", "bound"), [(2, 213), (1, 400)])
+def test_the_default_profile_costs_at_most_213_bytes_a_100_byte_record(
+        broker: BrokerEnv, tmp_path: Path, profile: int, bound: int) -> None:
+    """Issue 13: sealed bytes (decoded) beyond the plaintext, per 100-byte record, for what
+    ``seal_file`` writes by default (profile 2) and, for contrast, with profile 1."""
+    count = 2000
+    source = tmp_path / "in.jsonl"
+    records = [json.dumps({"customer_id": f"c-{i:06d}", "pad": ""}) for i in range(count)]
+    records = [r.replace('"pad": ""', '"pad": "' + "x" * (100 - len(r)) + '"')
+               for r in records]
+    assert {len(r) for r in records} == {100}
+    source.write_text("".join(r + "\n" for r in records))
+    arguments = {} if profile == 2 else {"profile": 1}
+    seal_file(source, tmp_path / "out.sealed", keyring=broker.keyring, region="eu",
+              producer_id="acme", **arguments)
+    sealed = sum(len(e) for e in _envelopes(tmp_path / "out.sealed"))
+    overhead = (sealed - 100 * count) / count
+    assert overhead <= bound
+    if profile == 2:
+        assert overhead < 50          # a 44-byte frame and a share of a header
+    else:
+        assert overhead > 213         # why profile 1 is no longer the default
 
 
 def test_seal_parquet_into_one_batch(broker: BrokerEnv, tmp_path: Path) -> None:

@@ -32,7 +32,7 @@ def test_sealed_records_open_with_only_the_document(state: Path, tmp_path: Path,
     source, region, producer, rows = _partner_file(tmp_path)
     sealed = tmp_path / "records.sealed"
     assert cli.main(["seal", "--input", str(source), "--output", str(sealed), "--region", region,
-                     "--producer", producer, "--state", str(state),
+                     "--producer", producer, "--state", str(state), "--profile", "1",
                      "--records-per-key", "7"]) == 0
     capsys.readouterr()
     keyring = _keyring(state)
@@ -46,6 +46,23 @@ def test_sealed_records_open_with_only_the_document(state: Path, tmp_path: Path,
     assert all(len(d.wrapped_key) == 65 and d.wrapped_key[:5] == b"SBLW\x01" for d in opened)
     fingerprint = "f52cb98bbf99aecb4df986b336a317cc50d71e5fa62229852747e4458186d97c"
     assert {d.schema_fingerprint.hex() for d in opened} == {fingerprint}  # FORMAT.md 10.1
+
+
+def test_the_default_record_streams_open_with_only_the_document(
+        state: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """``sealbeam seal`` writes record streams (profile 2) unless told ``--profile 1``."""
+    source, region, producer, rows = _partner_file(tmp_path)
+    sealed = tmp_path / "streams.sealed"
+    assert cli.main(["seal", "--input", str(source), "--output", str(sealed), "--region", region,
+                     "--producer", producer, "--state", str(state),
+                     "--records-per-stream", "8"]) == 0
+    capsys.readouterr()
+    envelopes = clean.envelopes_in_file(sealed.read_bytes())
+    assert len(envelopes) == -(-len(rows) // 8)
+    opened = [clean.open_with_keyring(envelope, _keyring(state)) for envelope in envelopes]
+    assert {d.kind for d in opened} == {3}
+    plaintexts = [plaintext for d in opened for _, _, _, plaintext in d.records]
+    assert [json.loads(p) for p in plaintexts] == rows
 
 
 def test_a_sealed_batch_opens_with_only_the_document(state: Path, tmp_path: Path,
@@ -72,7 +89,7 @@ def test_the_second_implementation_refuses_another_keyring(state: Path, tmp_path
     source, region, producer, _ = _partner_file(tmp_path)
     sealed = tmp_path / "records.sealed"
     assert cli.main(["seal", "--input", str(source), "--output", str(sealed), "--region", region,
-                     "--producer", producer, "--state", str(state)]) == 0
+                     "--producer", producer, "--state", str(state), "--profile", "1"]) == 0
     capsys.readouterr()
     keyring = _keyring(state)
     [uri] = [u for u, kek in keyring["keks"].items() if kek["region"] == region]

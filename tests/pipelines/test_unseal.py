@@ -31,7 +31,7 @@ def sealed(state: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
               "--state", str(state)]
     records, batch = tmp_path / "records.sealed", tmp_path / "batch.sealed"
     assert cli.main(["seal", "--input", str(partner.path), "--output", str(records),
-                     "--records-per-key", "6", *common]) == 0
+                     "--profile", "1", "--records-per-key", "6", *common]) == 0
     assert cli.main(["seal", "--input", str(partner.path), "--output", str(batch),
                      "--kind", "batch", *common]) == 0
     capsys.readouterr()

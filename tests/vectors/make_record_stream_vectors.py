@@ -4,11 +4,12 @@ Run from the repository root: ``.venv/bin/python -m tests.vectors.make_record_st
 The inputs (DEK, schema fingerprint, key block, region, producer, context) are those of section
 6.1 (``make_envelope_vectors.INPUTS``); the salt (``STREAM_SALT``, shared by both streams, which
 a real sealer never does), the envelope ids and the record ids are inputs here, so everything is
-deterministic. The file holds a three-record stream (one record empty), a
-two-record stream with event times, each stream's digest and per-record nonce and AAD, an
-``SBRX`` excerpt of one record, the first stream rewrapped under KEK version 2, and damaged
-streams with what a decoder must report (section 13.5): ``structural``, ``authentication``
-(the whole stream) or ``records`` (the stream opens; the listed record indices fail).
+deterministic. The file holds a three-record stream (one record empty), a two-record stream
+with event times, each stream's digest and per-record nonce and AAD, an ``SBRX`` excerpt of
+one record, a piece (``SBRX`` 02) of two records of the first stream, the first stream
+rewrapped under KEK version 2, and damaged streams with what a decoder must report (section
+13.5): ``structural``, ``authentication`` (the whole stream) or ``records`` (the stream
+opens; the listed record indices fail).
 tests/envelope/test_record_stream_vectors.py rebuilds the file byte for byte and checks the
 clean-room decoder against it.
 """
@@ -30,6 +31,7 @@ from envelope import (
 from envelope._keyschedule import hkdf_info, hkdf_sha512_96
 from envelope.record_stream import (
     _seal_record_stream_with,
+    extract_stream_piece,
     extract_stream_record,
     read_record_stream,
     stream_digest,
@@ -56,6 +58,7 @@ STREAMS = {
     },
 }
 EXCERPT_OF = ("with_event_times", 1)
+PIECE_OF = ("three_records", (0, 2))
 # Not section 6.1's salt: with it, record 0 would share section 6.2's key and nonce.
 STREAM_SALT = bytes(range(0xE0, 0x100))
 
@@ -145,6 +148,8 @@ def build_vectors() -> dict[str, object]:
     three, timed = seal("three_records"), seal("with_event_times")
     stream_name, index = EXCERPT_OF
     excerpt = extract_stream_record(timed, index)
+    piece_stream, piece_indices = PIECE_OF
+    piece = extract_stream_piece(seal(piece_stream), piece_indices)
     rewrapped = rewrap_envelope(three, DataKey(bytes.fromhex(INPUTS["dek"])), WrappedKey(
         KeyReference(INPUTS["kek_uri"], REWRAP["kek_version"]),
         bytes.fromhex(REWRAP["wrapped_key"])))
@@ -157,6 +162,7 @@ def build_vectors() -> dict[str, object]:
         "three_records": _described("three_records", three),
         "with_event_times": _described("with_event_times", timed),
         "excerpt": {"stream": stream_name, "index": index, "excerpt": excerpt.hex()},
+        "piece": {"stream": piece_stream, "indices": list(piece_indices), "piece": piece.hex()},
         "three_records_rewrapped": {**REWRAP, "header_length": read_header(rewrapped)[1],
                                     "envelope": rewrapped.hex()},
         "errors": _errors(three),
