@@ -204,13 +204,15 @@ _ROUTE_REASON = ("routed by facts its header does not state (data key, region or
                  "differ from the header the TEE parsed)")
 
 
-def _route_differs(route: Route | None, key: GroupKey) -> bool:
-    """Whether what the untrusted side routed by differs from the TEE's own parse."""
-    if route is None:
-        return False
+def _route_of(key: GroupKey) -> Route:
+    """The route the TEE's own parse gives: (data-key id, region, producer)."""
     wrapped_key, region, producer_id = key
-    return (route[1] != region or route[2] != producer_id
-            or route[0] != _key_id(wrapped_key))
+    return _key_id(wrapped_key), region, producer_id
+
+
+def _route_differs(route: Route | None, expected: Route) -> bool:
+    """Whether what the untrusted side routed by differs from the TEE's own parse."""
+    return route is not None and tuple(route) != expected
 
 
 _KEY_IDS: dict[WrappedKey, str] = {}
@@ -326,7 +328,7 @@ class BatchProcessor:
             source = (Source(parsed, header.record_count or 1)
                       if header.kind == KIND_RECORD_STREAM else Source(parsed))
             key = (header.wrapped_key, header.region, header.producer_id)
-            if route is not None and _route_differs(route, key):
+            if route is not None and _route_differs(route, _route_of(key)):
                 result.dead_letters.append(dead_letter(source, STAGE_ROUTE, _ROUTE_REASON))
                 continue
             groups.setdefault(key, _KeyGroup()).sources.append(source)
@@ -344,11 +346,12 @@ class BatchProcessor:
                         ) -> RecordGroup:
         """``records`` without those routed by other facts than their header's (dead
         letters). The group's fields are the TEE's own parse of each record's bytes."""
-        if not any(_route_differs(route, key) for route in records.tags):
+        expected = _route_of(key)
+        if not any(_route_differs(route, expected) for route in records.tags):
             return records
         kept: list[bytes] = []
         for envelope, route in zip(records.envelopes, records.tags, strict=True):
-            if _route_differs(route, key):
+            if _route_differs(route, expected):
                 result.dead_letters.append(dead_letter(Source(envelope), STAGE_ROUTE,
                                                        _ROUTE_REASON))
             else:
