@@ -15,6 +15,9 @@ a batch call saves is the work that repeats from record to record:
 - **plain tuples**: no ``EnvelopeHeader``/``ParsedEnvelope`` objects are built for records
   it recognises; an error is returned in the record's place, not raised, so one bad record
   does not cost the batch an exception unwind or a Python-level retry.
+- **one parse**: :meth:`RecordOpener.open_group` opens a ``RecordGroup`` that
+  ``envelope.RecordSorter`` made (each header parsed once there, grouped by header suffix),
+  so the header is not looked at again: only the body, commitment, tag and GCM remain.
 
 :func:`seal_records` is the mirror image: the request is validated and its header suffix
 and key block encoded once; each record gets a fresh random salt and envelope id.
