@@ -6,7 +6,10 @@ What it does, on one thread (Arrow pinned to one CPU thread):
 - records (100 B, 200 B, 1 KiB, 16 KiB payloads): records/s and µs per record of
   ``seal_record`` / ``open_record`` (one call per record), of the batch calls
   ``seal_records`` / ``open_records`` (all the run's records under one DEK in one call, from
-  bytes and from ``ParsedEnvelope``s) and of ``parse_envelope``; and of **record profile 2**
+  bytes and from ``ParsedEnvelope``s) and of ``parse_envelope``; of what the confidential step
+  does with v1 records (``RecordSorter``, one header parse each, then one
+  ``RecordOpener.open_group`` call per header) and what routing outside the TEE reads
+  (``peek_record``); and of **record profile 2**
   (docs/FORMAT.md section 13): ``seal_record_stream`` / ``open_record_stream`` /
   ``read_record_stream`` over the same records in streams of 1,000 (``STREAM_RECORDS``), with
   the bytes a record costs beside its payload in a stream (``stream_overhead_per_record``);
@@ -69,6 +72,8 @@ from envelope import (
     BatchSealer,
     DataKey,
     KeyReference,
+    RecordOpener,
+    RecordSorter,
     WrappedKey,
     iter_open_batch,
     open_batch,
@@ -77,6 +82,7 @@ from envelope import (
     open_record_stream,
     open_records,
     parse_envelope,
+    peek_record,
     read_record_stream,
     seal_batch,
     seal_record,
@@ -182,6 +188,18 @@ def bench_records(sizes: list[int], count: int, repeat: int) -> list[dict[str, f
             for envelope in many:
                 parse_envelope(envelope)
 
+        # What the TEE does with v1 records: one header parse each (RecordSorter), then one
+        # open_group call per header; and what routing outside the TEE reads (peek_record).
+        if sort_and_open(many) != payloads:
+            raise BenchmarkCheckError(f"records {size} B: sort + open_group changed the bytes")
+
+        def sort_open_many(many: list[bytes] = many) -> None:
+            sort_and_open(many)
+
+        def peek_many(many: list[bytes] = many) -> None:
+            for envelope in many:
+                peek_record(envelope)
+
         # Record profile 2: the same payloads in streams of STREAM_RECORDS under one DEK.
         chunks = [payloads[i:i + STREAM_RECORDS] for i in range(0, count, STREAM_RECORDS)]
         streams = [seal_record_stream(chunk, **SEAL_ARGUMENTS) for chunk in chunks]
@@ -210,7 +228,8 @@ def bench_records(sizes: list[int], count: int, repeat: int) -> list[dict[str, f
         }
         for name, run in (("seal", seal_all), ("open", open_all), ("seal_records", seal_many),
                           ("open_records", open_many), ("open_records_parsed", open_many_parsed),
-                          ("parse_envelope", parse_many), ("seal_record_stream", seal_streams),
+                          ("parse_envelope", parse_many), ("sort_open", sort_open_many),
+                          ("peek_record", peek_many), ("seal_record_stream", seal_streams),
                           ("open_record_stream", open_streams),
                           ("read_record_stream", read_streams)):
             timing = timed_runs(repeat, run)
@@ -220,6 +239,22 @@ def bench_records(sizes: list[int], count: int, repeat: int) -> list[dict[str, f
             row[f"{name}_min_us_per_record"] = timing["min_seconds"] / count * 1e6
         results.append(row)
     return results
+
+
+def sort_and_open(envelopes: list[bytes]) -> list[bytes]:
+    """``RecordSorter`` then ``RecordOpener.open_group`` per group (all under DATA_KEY here)."""
+    sorter = RecordSorter()
+    for envelope in envelopes:
+        if not sorter.add(envelope):
+            raise BenchmarkCheckError("the record sorter refused a sealed record")
+    opener = RecordOpener(DATA_KEY)
+    opened: list[bytes] = []
+    for group in sorter.groups():
+        for result in opener.open_group(group):
+            if not isinstance(result, bytes):
+                raise BenchmarkCheckError(f"open_group failed a record: {result}")
+            opened.append(result)
+    return opened
 
 
 # -- batches -------------------------------------------------------------------------------
@@ -536,7 +571,8 @@ def print_report(numbers: dict[str, object]) -> None:
 RECORD_COLUMNS = (("seal", "seal_record"), ("open", "open_record"),
                   ("seal_records", "seal_records"), ("open_records", "open_records"),
                   ("open_records_parsed", "open_records(parsed)"),
-                  ("parse_envelope", "parse_envelope"))
+                  ("parse_envelope", "parse_envelope"), ("sort_open", "sort+open_group"),
+                  ("peek_record", "peek_record"))
 STREAM_COLUMNS = (("seal_record_stream", "seal_record_stream"),
                   ("open_record_stream", "open_record_stream"),
                   ("read_record_stream", "read_record_stream"))

@@ -53,7 +53,9 @@ from envelope import (
     EnvelopeError,
     EnvelopeFormatError,
     ParsedEnvelope,
+    RecordGroup,
     RecordOpener,
+    RecordSorter,
     StreamPiece,
     WrappedKey,
     is_stream_excerpt,
@@ -64,7 +66,7 @@ from envelope import (
     read_stream_piece,
     seal_batch,
 )
-from keybroker.client import BrokerDeniedError, BrokerNotFoundError
+from keybroker.client import BrokerDeniedError, BrokerError, BrokerNotFoundError
 from keybroker.identity import canonical_json
 
 from .features import CompiledSpec, FeatureError, FeatureSpec
@@ -103,6 +105,7 @@ __all__ = [
     "STAGE_FRAMING",
     "STAGE_PARSE",
     "STAGE_REGION",
+    "STAGE_ROUTE",
     "TENANT_KEY",
     "BatchConfigError",
     "BatchProcessor",
@@ -135,9 +138,11 @@ STAGE_SCHEMA = "schema"
 STAGE_FEATURIZE = "featurize"
 STAGE_RESEAL = "reseal"
 STAGE_REGION = "region"
+STAGE_ROUTE = "route"
 
 MAX_PARALLEL_RELEASES = 4         # DEK releases of one batch in flight together
 _KEY_ERRORS = (BrokerDeniedError, BrokerNotFoundError, KeyUnsealError)
+_WRAPPED_KEY_REJECTED = "wrapped_key_rejected"   # the broker's error code (docs/PROTOCOL.md)
 
 
 class BatchConfigError(Exception):
@@ -201,6 +206,45 @@ class BatchResult:
         return sum(o.rows_suppressed for o in self.outputs)
 
 
+GroupKey = tuple[WrappedKey, str, str]   # (wrapped DEK, region, producer)
+Route = tuple[str, str, str]             # (data-key id, region, producer), as routed outside
+_ROUTE_REASON = ("routed by facts its header does not state (data key, region or producer "
+                 "differ from the header the TEE parsed)")
+
+
+def _route_of(key: GroupKey) -> Route:
+    """The route the TEE's own parse gives: (data-key id, region, producer)."""
+    wrapped_key, region, producer_id = key
+    return _key_id(wrapped_key), region, producer_id
+
+
+def _route_differs(route: Route | None, expected: Route) -> bool:
+    """Whether what the untrusted side routed by differs from the TEE's own parse."""
+    return route is not None and tuple(route) != expected
+
+
+_KEY_IDS: dict[WrappedKey, str] = {}
+_MAX_KEY_IDS = 1024
+
+
+def _key_id(wrapped: WrappedKey) -> str:
+    """``wrapped.key_id`` (a SHA-256), once per distinct wrapped DEK."""
+    key_id = _KEY_IDS.get(wrapped)
+    if key_id is None:
+        if len(_KEY_IDS) >= _MAX_KEY_IDS:
+            _KEY_IDS.clear()
+        key_id = _KEY_IDS[wrapped] = wrapped.key_id
+    return key_id
+
+
+@dataclass
+class _KeyGroup:
+    """What one data key opens: v1 records sorted by header, and other parsed sources."""
+
+    records: list[RecordGroup] = field(default_factory=list)
+    sources: list[Source] = field(default_factory=list)
+
+
 @dataclass
 class _RegionWork:
     """Opened material of one (region, producer): record plaintexts and batch tables."""
@@ -243,37 +287,51 @@ class BatchProcessor:
         if releaser is not None:
             releaser.shutdown(wait=True)
 
-    def process(self, envelopes: Sequence[bytes | ParsedEnvelope]) -> BatchResult:
+    def process(self, envelopes: Sequence[bytes | ParsedEnvelope],
+                routes: Sequence[Route] | None = None) -> BatchResult:
         """Open, featurize and reseal ``envelopes``; each header is parsed exactly once.
 
         An element may already be a ``ParsedEnvelope`` (bound to its bytes by the parser),
-        which is used as it is; bytes are parsed here and the parse is reused for opening.
-        Bytes that start with ``SBRX`` are a piece of a record stream (module docstring).
+        which is used as it is; v1 records (bytes) are parsed once by an
+        ``envelope.RecordSorter`` into per-header groups that the batch opener opens; other
+        bytes are parsed here and the parse is reused for opening. Bytes that start with
+        ``SBRX`` are a piece of a record stream (module docstring).
+
+        ``routes``, when given, holds per envelope what the untrusted side routed it by:
+        ``(data-key id, region, producer)``. Nothing here relies on it; an envelope whose
+        header says otherwise is a dead letter (``STAGE_ROUTE``), never processed.
         """
+        if routes is not None and len(routes) != len(envelopes):
+            raise ValueError(f"{len(routes)} routes for {len(envelopes)} envelopes")
         result = BatchResult()
-        groups = self._parse_and_group(envelopes, result)
+        groups = self._parse_and_group(envelopes, routes, result)
         work: dict[tuple[str, str], _RegionWork] = {}
-        released = self._release_data_keys(list(groups.values()))
-        for ((_, region, producer_id), sources), data_key in zip(groups.items(), released,
-                                                                 strict=True):
-            self._open_group(sources, data_key,
+        released = self._release_data_keys(list(groups))
+        for (key, group), data_key in zip(groups.items(), released, strict=True):
+            _, region, producer_id = key
+            self._open_group(group, data_key,
                              work.setdefault((region, producer_id), _RegionWork()), result)
         for (region, producer_id), region_work in sorted(work.items()):
             self._featurize_and_write(region, producer_id, region_work, result)
         return result
 
     # -- parse headers (once per envelope: opening reuses the parse), group by key ----------
-    def _parse_and_group(self, envelopes: Sequence[bytes | ParsedEnvelope], result: BatchResult
-                         ) -> dict[tuple[WrappedKey, str, str], list[Source]]:
+    def _parse_and_group(self, envelopes: Sequence[bytes | ParsedEnvelope],
+                         routes: Sequence[Route] | None, result: BatchResult
+                         ) -> dict[GroupKey, _KeyGroup]:
         # Grouped by the wrapped DEK itself (KEK reference and ciphertext: what its key_id
         # digests), which hashes without a SHA-256 per envelope.
-        groups: dict[tuple[WrappedKey, str, str], list[Source]] = {}
-        for envelope in envelopes:
+        groups: dict[GroupKey, _KeyGroup] = {}
+        sorter = RecordSorter()
+        limit = self._max_envelope_bytes
+        for index, envelope in enumerate(envelopes):
+            route = None if routes is None else routes[index]
+            if type(envelope) is bytes and len(envelope) <= limit and sorter.add(envelope, route):
+                continue
             parsed = self._parse_once(envelope, result)
             if parsed is None:
                 continue
             header = parsed.header
-            key = (header.wrapped_key, header.region, header.producer_id)
             # A record stream stands for the records its header commits to (read here, in
             # the TEE; the tag authenticates that count when the stream is opened).
             if type(parsed) is StreamPiece:
@@ -282,8 +340,36 @@ class BatchProcessor:
                 source = Source(parsed, header.record_count or 1)
             else:
                 source = Source(parsed)
-            groups.setdefault(key, []).append(source)
+            key = (header.wrapped_key, header.region, header.producer_id)
+            if route is not None and _route_differs(route, _route_of(key)):
+                result.dead_letters.append(dead_letter(source, STAGE_ROUTE, _ROUTE_REASON))
+                continue
+            groups.setdefault(key, _KeyGroup()).sources.append(source)
+        for records in sorter.groups():
+            header = records.header
+            key = (header.wrapped_key, header.region, header.producer_id)
+            if routes is not None:
+                records = self._drop_misrouted(records, key, result)
+            if records.envelopes:
+                groups.setdefault(key, _KeyGroup()).records.append(records)
         return groups
+
+    @staticmethod
+    def _drop_misrouted(records: RecordGroup, key: GroupKey, result: BatchResult
+                        ) -> RecordGroup:
+        """``records`` without those routed by other facts than their header's (dead
+        letters). The group's fields are the TEE's own parse of each record's bytes."""
+        expected = _route_of(key)
+        if not any(_route_differs(route, expected) for route in records.tags):
+            return records
+        kept: list[bytes] = []
+        for envelope, route in zip(records.envelopes, records.tags, strict=True):
+            if _route_differs(route, expected):
+                result.dead_letters.append(dead_letter(Source(envelope), STAGE_ROUTE,
+                                                       _ROUTE_REASON))
+            else:
+                kept.append(envelope)
+        return RecordGroup(records.header, tuple(kept), (None,) * len(kept))
 
     def _parse_once(self, envelope: bytes | ParsedEnvelope,
                     result: BatchResult) -> ParsedEnvelope | StreamPiece | None:
@@ -308,39 +394,49 @@ class BatchProcessor:
             return None
 
     # -- one data key per group; open every envelope --------------------------------------
-    def _release_data_keys(self, groups: list[list[Source]]) -> list[DataKey | Exception]:
+    def _release_data_keys(self, keys: list[GroupKey]) -> list[DataKey | Exception]:
         """Each group's data key (or the key error refusing it), the releases of a batch's
         DEKs in flight together: a release is mostly waiting on the broker (its KMS unwrap,
         ledger append, HPKE seal), so a batch of many DEKs (e.g. record streams, a DEK per
         few hundred records) waits for them once, not one after another. The session is
         shared by threads (single flight per key); other errors (broker unavailable) raise."""
-        def release(sources: list[Source]) -> DataKey | Exception:
-            header = sources[0].header
+        def release(key: GroupKey) -> DataKey | Exception:
+            wrapped_key, region, producer_id = key
             try:
-                return self._session.data_key(header.wrapped_key, header.region,
-                                              header.producer_id)
+                return self._session.data_key(wrapped_key, region, producer_id)
             except _KEY_ERRORS as exc:
                 return exc
+            except BrokerError as exc:
+                # The KMS refused this wrapped key for this (region, producer): e.g. a header
+                # whose region was changed. A fact about these envelopes, not an outage.
+                if exc.error == _WRAPPED_KEY_REJECTED:
+                    return exc
+                raise
 
-        if len(groups) <= 1:
-            return [release(sources) for sources in groups]
+        if len(keys) <= 1:
+            return [release(key) for key in keys]
         if self._releaser is None:
             self._releaser = ThreadPoolExecutor(max_workers=MAX_PARALLEL_RELEASES,
                                                 thread_name_prefix="dek-release")
-        return list(self._releaser.map(release, groups))
+        return list(self._releaser.map(release, keys))
 
-    def _open_group(self, sources: list[Source], data_key: DataKey | Exception,
+    def _open_group(self, group: _KeyGroup, data_key: DataKey | Exception,
                     work: _RegionWork, result: BatchResult) -> None:
         if isinstance(data_key, Exception):
             exc = data_key
             reason = f"data key not released: {type(exc).__name__}: {exc}"
-            result.dead_letters.extend(dead_letter(s, STAGE_KEY, reason) for s in sources)
+            result.dead_letters.extend(dead_letter(s, STAGE_KEY, reason) for s in group.sources)
+            result.dead_letters.extend(dead_letter(Source(envelope), STAGE_KEY, reason)
+                                       for records in group.records
+                                       for envelope in records.envelopes)
             return
-        records = RecordOpener(data_key)  # per-DEK state taken once for the whole group
-        for source in sources:
+        opener = RecordOpener(data_key)  # per-DEK state taken once for the whole group
+        for records in group.records:
+            self._open_records(opener, records, work, result)
+        for source in group.sources:
             try:
                 if source.header.kind == "record":
-                    work.record_plaintexts.append(records.open(source.parsed))
+                    work.record_plaintexts.append(opener.open(source.parsed))
                     work.record_sources.append(source)
                 elif source.header.kind == KIND_RECORD_STREAM:
                     self._open_stream(source, data_key, work, result)
@@ -360,6 +456,24 @@ class BatchProcessor:
                 result.dead_letters.append(dead_letter(source, STAGE_OPEN, f"envelope: {exc}"))
             except RecordError as exc:
                 result.dead_letters.append(dead_letter(source, STAGE_DECODE, str(exc)))
+
+    @staticmethod
+    def _open_records(opener: RecordOpener, records: RecordGroup, work: _RegionWork,
+                      result: BatchResult) -> None:
+        """One call opens the group's v1 records; each failure is that record's dead letter
+        (the same reasons as a record opened on its own)."""
+        plaintexts = work.record_plaintexts
+        sources = work.record_sources
+        for envelope, opened in zip(records.envelopes, opener.open_group(records), strict=True):
+            if type(opened) is bytes:
+                plaintexts.append(opened)
+                sources.append(Source(envelope))
+            elif isinstance(opened, EnvelopeAuthenticationError):
+                result.dead_letters.append(dead_letter(Source(envelope), STAGE_OPEN,
+                                                       "envelope failed authentication"))
+            else:
+                result.dead_letters.append(dead_letter(Source(envelope), STAGE_OPEN,
+                                                       f"envelope: {opened}"))
 
     @staticmethod
     def _open_stream(source: Source, data_key: DataKey, work: _RegionWork,
@@ -472,7 +586,7 @@ class BatchProcessor:
         return SealedOutput(region, producer_id, payload, table.num_rows,
                             sum(s.records for s in outcome.kept_sources), output_id,
                             self._output_format, outcome.rows_suppressed,
-                            source_ids=tuple(sorted({s.header.envelope_id.hex()
+                            source_ids=tuple(sorted({s.envelope_id.hex()
                                                      for s in outcome.kept_sources})),
                             kek_refs=kek_refs,
                             dead_letter_rows=sum(p.rows.num_rows for p in outcome.partial))

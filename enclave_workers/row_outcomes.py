@@ -38,6 +38,7 @@ from envelope import (
     StreamPiece,
     extract_stream_records,
     piece_records,
+    record_envelope_id,
 )
 
 from .features import CompiledSpec
@@ -66,30 +67,44 @@ class DeadLetter:
     rows: int = 0
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class Source:
     """One input envelope, parsed once (compared by identity) — or one record of a record
     stream (``index`` set): each of a stream's records is a source of its own, one row, so
     its fate is decided per record.
 
     It holds the ``ParsedEnvelope`` so that opening does not parse the header again; the
-    header and the original sealed bytes (for dead letters) come from it. ``records`` is how
-    many input records it stands for: 1, or a whole record stream's (or piece's) count. A
-    piece of a stream (``envelope.StreamPiece``, some of its records split off without a
-    key) stands where a ``ParsedEnvelope`` would: it has the stream's header and its bytes.
+    header and the original sealed bytes (for dead letters) come from it. A v1 record that
+    ``envelope.RecordSorter`` parsed holds its bytes instead (no header object is built for
+    it; its envelope id is at a fixed offset). ``records`` is how many input records it
+    stands for: 1, or a whole record stream's (or piece's) count. A piece of a stream
+    (``envelope.StreamPiece``, some of its records split off without a key) stands where a
+    ``ParsedEnvelope`` would: it has the stream's header and its bytes.
     """
 
-    parsed: ParsedEnvelope | StreamPiece
+    parsed: ParsedEnvelope | StreamPiece | bytes
     records: int = 1
     index: int | None = None
 
     @property
     def header(self) -> EnvelopeHeader:
-        return self.parsed.header
+        """The parsed header (not for a sorted v1 record: see ``envelope_id``)."""
+        parsed = self.parsed
+        if type(parsed) is bytes:
+            raise TypeError("a sorted v1 record source has no header object")
+        return parsed.header
+
+    @property
+    def envelope_id(self) -> bytes:
+        parsed = self.parsed
+        if type(parsed) is bytes:
+            return record_envelope_id(parsed)
+        return parsed.header.envelope_id
 
     @property
     def envelope(self) -> bytes:
-        return self.parsed.data
+        parsed = self.parsed
+        return parsed if type(parsed) is bytes else parsed.data
 
 
 def unparsed_record_id(envelope: bytes) -> str:
@@ -129,7 +144,7 @@ def dead_letters(failed: Iterable[tuple[Source, str, str]]) -> list[DeadLetter]:
                                                                           strict=True))
     letters = []
     for source, stage, reason in failed:
-        envelope_id = source.header.envelope_id.hex()
+        envelope_id = source.envelope_id.hex()
         if source.index is not None:
             letters.append(DeadLetter(f"{envelope_id}{STREAM_RECORD_MARK}{source.index}",
                                       _bounded(reason), stage,

@@ -6,7 +6,9 @@ does no I/O (a :class:`BatchSealer` writes only to a file object its caller hand
 The byte layout is specified in docs/FORMAT.md.
 
 - Records: :func:`seal_record` / :func:`open_record` (one small message); many under one
-  DEK in one call: :func:`seal_records` / :func:`open_records` (:class:`RecordOpener`).
+  DEK in one call: :func:`seal_records` / :func:`open_records` (:class:`RecordOpener`);
+  :class:`RecordSorter` parses each record's header once into :class:`RecordGroup` s that
+  ``RecordOpener.open_group`` opens, and :func:`peek_record` reads what routing needs.
 - Record streams (record profile 2, FORMAT.md section 13: many records under one
   per-stream key): :func:`seal_record_stream`, :func:`open_record_stream`,
   :func:`read_record_stream` (structure, no key), :func:`extract_stream_record` /
@@ -66,6 +68,13 @@ from envelope.limits import (
 )
 from envelope.record import open_record, seal_record
 from envelope.record_batch import RecordOpener, open_records, seal_records
+from envelope.record_groups import (
+    RecordGroup,
+    RecordSorter,
+    RecordSuffix,
+    peek_record,
+    record_envelope_id,
+)
 from envelope.record_stream import (
     KIND_RECORD_STREAM,
     OpenedRecordStream,
@@ -120,9 +129,12 @@ __all__ = [
     "KeyTransportError",
     "OpenedRecordStream",
     "ParsedEnvelope",
+    "RecordGroup",
     "RecordIndexError",
     "RecordOpener",
+    "RecordSorter",
     "RecordStreamLayout",
+    "RecordSuffix",
     "StreamPiece",
     "StreamRecord",
     "StreamRecordExcerpt",
@@ -145,10 +157,12 @@ __all__ = [
     "open_stream_record",
     "parse_envelope",
     "piece_records",
+    "peek_record",
     "read_header",
     "read_record_stream",
     "read_stream_piece",
     "read_stream_record",
+    "record_envelope_id",
     "release_info",
     "report_data_binding",
     "rewrap_envelope",

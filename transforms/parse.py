@@ -27,6 +27,14 @@ excerpt replayed from ``late/``) stands for its records likewise. With
 ``record_streams=False`` a well-formed stream is a dead letter for all of its records
 instead (no pipeline of ours asks for that any more).
 
+V1 records (kind ``record``, one envelope a record) get a routing peek instead of a parse
+(``envelope.peek_record``): the fixed fields at their offsets and the header's bytes after
+them recognised as a suffix already decoded in full (a new suffix is decoded in full once),
+so no header object is built per record here; the one full parse of each record is the
+TEE's (``envelope.RecordSorter``, in ``BatchProcessor``). A record the peek does not
+recognise is read by ``read_header`` like any other envelope (its error is the dead letter's
+reason).
+
 What it does not: it does not authenticate the header (that needs the data key, inside the
 TEE), and it does not reorder or batch. It does not forward an ``envelope.ParsedEnvelope``:
 that pickles as its bytes and is parsed again when unpickled, so between workers it would
@@ -37,6 +45,7 @@ reusing that parse to open the envelope.
 from __future__ import annotations
 
 from collections.abc import Iterable
+from hashlib import sha256
 
 import apache_beam as beam
 from apache_beam.metrics import Metrics
@@ -54,9 +63,11 @@ from envelope import (
     EnvelopeHeader,
     WrappedKey,
     is_stream_excerpt,
+    peek_record,
     read_header,
     read_record_stream,
     read_stream_piece,
+    record_envelope_id,
 )
 
 from .metrics import NAMESPACE, RECORDS_IN
@@ -74,6 +85,9 @@ def read_sealed(envelope: bytes, max_envelope_bytes: int = MAX_ENVELOPE_BYTES, *
         return DeadLetter(unparsed_record_id(envelope),
                           f"envelope is {len(envelope)} bytes, over {max_envelope_bytes}",
                           STAGE_PARSE, b"")
+    record = _read_v1_record(envelope)
+    if record is not None:
+        return record
     try:
         header, _ = read_header(envelope)
     except EnvelopeError as exc:
@@ -87,6 +101,18 @@ def read_sealed(envelope: bytes, max_envelope_bytes: int = MAX_ENVELOPE_BYTES, *
     if header.kind != KIND_RECORD_STREAM:
         return sealed_envelope(envelope, header, key_id=_key_id(header.wrapped_key))
     return _read_stream(envelope, header, record_streams)
+
+
+def _read_v1_record(envelope: bytes) -> SealedEnvelope | None:
+    """A v1 record's routing facts from ``envelope.peek_record`` (fixed offsets, a header
+    suffix recognised by its bytes): no header object, and no second validating parse, which
+    the TEE's opener does once. None for anything else, which ``read_header`` then reads."""
+    record = peek_record(envelope)
+    if record is None:
+        return None
+    return SealedEnvelope(record_envelope_id(envelope), _key_id(record.wrapped_key),
+                          record.region, record.producer_id, sha256(envelope).digest(),
+                          envelope)
 
 
 _KEY_IDS: dict[WrappedKey, str] = {}

@@ -325,11 +325,47 @@ def test_processing_n_envelopes_parses_n_headers_not_2n(
               + _sealed(broker, "us", "acme", [_row(i, "us") for i in range(12, 20)])
               + [_sealed_batch(broker, "eu", "globex", [_row(i, "eu") for i in range(20, 25)])])
     header_parses = count_header_parses(monkeypatch)
+    sorted_records = _count_sorted_records(monkeypatch)
+    full_decodes = _count_variable_part_decodes(monkeypatch)
     result = processor.process(inputs)
     assert sorted((o.region, o.producer_id, o.source_count) for o in result.outputs) == [
         ("eu", "acme", 12), ("eu", "globex", 1), ("us", "acme", 8)]
     assert result.dead_letters == []
-    assert header_parses[0] == len(inputs)
+    # The 20 v1 records are read once each by the record sorter (no parse_header), the
+    # batch once by parse_header; the variable part is decoded once per distinct header.
+    assert sorted_records[0] == 20
+    assert header_parses[0] == 1
+    assert full_decodes[0] == 4   # eu/acme: 2 DEKs, us/acme: 1, the batch: 1
+
+
+def _count_sorted_records(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    from envelope import RecordSorter
+    original = RecordSorter.add
+    taken = [0]
+
+    def counting_add(self, envelope, tag=None):  # type: ignore[no-untyped-def]
+        took = original(self, envelope, tag)
+        taken[0] += took
+        return took
+
+    monkeypatch.setattr(RecordSorter, "add", counting_add)
+    return taken
+
+
+def _count_variable_part_decodes(monkeypatch: pytest.MonkeyPatch) -> list[int]:
+    import envelope.header as header_module
+    import envelope.record_groups as groups_module
+    original = groups_module.decode_variable_part
+    calls = [0]
+
+    def counting(view):  # type: ignore[no-untyped-def]
+        calls[0] += 1
+        return original(view)
+
+    monkeypatch.setattr(groups_module, "decode_variable_part", counting)
+    monkeypatch.setattr(header_module, "decode_variable_part", counting)
+    monkeypatch.setattr(header_module, "_known_suffixes", ())
+    return calls
 
 
 def test_already_parsed_envelopes_are_not_parsed_again(

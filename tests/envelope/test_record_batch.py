@@ -32,7 +32,7 @@ from envelope import (
     seal_record,
     seal_records,
 )
-from envelope._keyschedule import hkdf_sha512_96
+from envelope._keyschedule import _SHA512, _hkdf_sha512_96_openssl, hkdf_sha512_96
 from tests.envelope.support import DEK, OTHER_DEK, seal_arguments
 
 ARGUMENTS = seal_arguments(context={"a": "1", "b": "2"})
@@ -136,9 +136,16 @@ def test_opener_wants_a_data_key() -> None:
         RecordOpener(b"\x00" * 32)  # type: ignore[arg-type]
 
 
-@settings(max_examples=50, deadline=None)
-@given(secret=st.binary(min_size=32, max_size=32), salt=st.binary(min_size=32, max_size=32),
+@settings(max_examples=200, deadline=None)
+@given(secret=st.binary(max_size=80), salt=st.binary(min_size=1, max_size=200),
        info=st.binary(max_size=40))
 def test_fast_hkdf_equals_cryptography_hkdf(secret: bytes, salt: bytes, info: bytes) -> None:
+    """Any secret, salt (shorter and longer than SHA-512's block) and info; the envelope's
+    are 32, 32 and 23 bytes. Both the built-in-SHA-512 path and the OpenSSL fallback."""
     expected = HKDF(algorithm=hashes.SHA512(), length=96, salt=salt, info=info).derive(secret)
     assert hkdf_sha512_96(secret, salt, info) == expected
+    assert _hkdf_sha512_96_openssl(secret, salt, info) == expected
+
+
+def test_the_fast_hkdf_runs_on_the_builtin_sha512_here() -> None:
+    assert _SHA512 is not None   # CPython 3.11+ ships one; else the OpenSSL path is taken

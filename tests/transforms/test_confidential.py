@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import apache_beam as beam
 import pytest
 from apache_beam.metrics.metric import MetricsFilter
@@ -102,3 +104,25 @@ def test_parquet_pme_refuses_a_spec_whose_columns_pme_cannot_name(broker: Broker
     ConfidentialProcess(broker.url, _tee(broker), spec)          # sealed-arrow: fine
     with pytest.raises(TransformConfigError, match="parquet-pme cannot encrypt"):
         ConfidentialProcess(broker.url, _tee(broker), spec, output_format=PARQUET_PME)
+
+
+def test_an_envelope_routed_by_facts_its_header_does_not_state_is_a_route_dead_letter(
+        broker: BrokerEnv) -> None:
+    """The routing facts reach the TEE beside the bytes (``SealedEnvelope``): one whose
+    region was forged outside is never processed (stage ``route``), the others are."""
+    from transforms.parse import read_sealed  # the facts ParseSealed would have found
+
+    good = [read_sealed(e) for e in _sealed(broker, "acme", [20.0] * 12)]
+    forged = dataclasses.replace(good[0], region="us")
+    transform = ConfidentialProcess(broker.url, _tee(broker), default_feature_spec(),
+                                    max_batch_size=64, key_shards=1)
+    pipeline = beam.Pipeline(runner=FnApiRunner())
+    processed = pipeline | beam.Create([forged, *good[1:]]) | transform
+    outputs = processed[ConfidentialProcess.SEALED] | beam.Map(
+        lambda o: (o.region, o.source_count))
+    assert_that(outputs, equal_to([("eu", 11)]), label="outputs")
+    dead = processed[ConfidentialProcess.DEAD_LETTER] | beam.Map(
+        lambda d: (d.stage, d.record_id, d.sealed))
+    assert_that(dead, equal_to([("route", forged.envelope_id.hex(), forged.data)]),
+                label="dead")
+    pipeline.run().wait_until_finish()
