@@ -21,6 +21,7 @@ from envelope import DataKey, WrappedKey, dek_wrap_aad, seal_record
 from keybroker.client import BrokerClient
 from keybroker.config import BrokerSettings
 from keybroker.kms.local import LocalKeyring
+from keybroker.service_limits import ServiceLimits
 from tests.support.broker import start_broker
 
 ALLOWED_PRODUCERS = ("acme", "globex")
@@ -61,8 +62,13 @@ def _only_allowed_producers(document: dict[str, Any]) -> None:
 @contextmanager
 def broker_env(directory: Path) -> Iterator[BrokerEnv]:
     state_dir = directory / "state"
+    # One broker serves the whole folder's session, and every KeySession attests (one
+    # challenge each): the default per-address challenge bucket (60 at once) is for a
+    # production broker's many callers, not for one test process's hundreds of sessions.
+    limits = ServiceLimits(rate_per_second=1_000, rate_burst=10_000)
     with start_broker(state_dir, regions=REGIONS, tenants=(*ALLOWED_PRODUCERS, DENIED_PRODUCER),
-                      policy_edit=_only_allowed_producers) as broker:
+                      policy_edit=_only_allowed_producers,
+                      settings_changes={"limits": limits}) as broker:
         settings = broker.settings
         yield BrokerEnv(state_dir, settings, broker.url, LocalKeyring.open(settings.keyring_path))
 
