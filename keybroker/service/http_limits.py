@@ -12,7 +12,9 @@ When ``httptools`` is installed (the ``broker`` extra), the same two bounds are 
 uvicorn's httptools protocol instead (``header_timeout_httptools_protocol``), which parses
 requests several times faster than h11: the header timer as above, and a cap on the bytes
 of a request's line and headers (uvicorn bounds them only for h11), answered like h11's
-refusal: 400 and the connection closed.
+refusal: 400 and the connection closed. That protocol also writes each response in one
+piece (``CoalescedWrites``): uvicorn writes the headers and the body separately, two send
+calls and two TCP segments per reply.
 
 This module configures the server; it does not touch requests once their headers are in.
 """
@@ -96,6 +98,7 @@ def header_timeout_httptools_protocol(
 
         def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
             super().connection_made(transport)
+            self.transport = CoalescedWrites(transport, self.loop)
             self._await_headers()
 
         def connection_lost(self, exc: Exception | None) -> None:
@@ -165,6 +168,44 @@ def header_timeout_httptools_protocol(
                 self.transport.close()
 
     return HeaderBoundHttpToolsProtocol
+
+
+class CoalescedWrites:
+    """A transport whose writes within one turn of the event loop go out as one write.
+
+    Why: uvicorn writes a response's status line and headers, then its body, each straight
+    to the socket: two send calls and, with TCP_NODELAY, two segments per reply. Held until
+    the end of the loop's turn (or a close), they go out in one. Everything else is the
+    wrapped transport's.
+    """
+
+    def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop) -> None:
+        self._transport = transport
+        self._loop = loop
+        self._held: list[bytes] = []
+
+    def write(self, data: bytes) -> None:
+        if not self._held:
+            self._loop.call_soon(self.flush)
+        self._held.append(bytes(data))
+
+    def writelines(self, chunks: Any) -> None:
+        for chunk in chunks:
+            self.write(chunk)
+
+    def flush(self) -> None:
+        """Write what is held (the end of the turn, or before a close)."""
+        if self._held:
+            held, self._held = self._held, []
+            if not self._transport.is_closing():
+                self._transport.write(held[0] if len(held) == 1 else b"".join(held))
+
+    def close(self) -> None:
+        self.flush()
+        self._transport.close()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._transport, name)
 
 
 def uvicorn_limit_options(limits: ServiceLimits) -> dict[str, Any]:
