@@ -21,8 +21,20 @@ checks a full ``BrokerClient`` release (grant signature verified against the pin
 key, key HPKE-opened and compared). ``--client full`` times ``BrokerClient`` calls instead
 (httpx, grant verification and HPKE open on every call: several times the client CPU).
 
-Reported per (operation, K): calls/s over the phase (all clients), p50/p95/p99 latency in
-ms, failed calls, and the CPU the broker used (utime + stime from /proc of the ``broker
+Open loop (``--rate R``, wrk2's way): instead of calling back to back, the K clients together
+offer R calls/s, each client one call every K/R s on a fixed schedule (client i starts i/R s
+in, so the calls are spread evenly). A call's latency runs from its *scheduled* time, not
+from when it left: when the broker is slow, a client's next calls wait behind the slow one
+and that wait counts (no coordinated omission). A call that left more than
+``LATE_SECONDS`` after its time is counted ``late``; calls still waiting when the phase
+(plus a grace of ``DRAIN_SECONDS``) is over are not sent and are counted ``dropped`` (the
+percentiles do not include them: with drops they are lower bounds). Only calls scheduled
+inside the phase are made. Attest is closed-loop only (its untimed challenge and evidence
+would sit inside the schedule).
+
+Reported per (operation, K): calls/s over the phase (all clients), p50/p95/p99/max latency
+in ms, failed calls, in open loop the offered rate and the late and dropped calls, and the
+CPU the broker used (utime + stime from /proc of the ``broker
 serve`` process and all its worker processes, in % of one core) and the CPU of the client
 processes, so a figure can be read against what the load generator itself took from the
 same cores. ``--json PATH`` also writes the numbers.
@@ -32,7 +44,7 @@ What it does not: no TLS, no KMS other than the local keyring; the broker runs e
 share the machine's cores with the broker, which is what a one-machine test can do.
 
     .venv/bin/python benchmarks/broker_load.py [--clients 8 64] [--seconds 5]
-        [--processes 4] [--broker-workers 1] [--client lean|full]
+        [--processes 4] [--broker-workers 1] [--client lean|full] [--rate R [R ...]]
         [--operations challenge attest release generate] [--json PATH]
 """
 
@@ -70,6 +82,8 @@ OPERATIONS = ("challenge", "attest", "release", "generate")
 REGION = "eu"
 PRODUCER = "acme"
 STARTUP_TIMEOUT_SECONDS = 30.0
+LATE_SECONDS = 0.001  # open loop: a call that left this long after its time is late
+DRAIN_SECONDS = 1.0  # open loop: how long past the phase a client still sends its backlog
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 
 
@@ -249,71 +263,149 @@ def one_call(state: AttestedClient, operation: str, lean: bool = True) -> float:
     return time.perf_counter() - started
 
 
-def client_process(url: str, chain_dir: str, slots: int, plan: list[tuple[str, int, float]],
+class Phase(NamedTuple):
+    """One process's part of a phase: ``threads`` clients numbered from ``first`` of
+    ``clients`` in all; ``rate`` 0 is closed loop, else the total calls/s offered."""
+
+    operation: str
+    threads: int
+    seconds: float
+    rate: float = 0.0
+    first: int = 0
+    clients: int = 1
+
+
+def client_process(url: str, chain_dir: str, slots: int, plan: list[Phase],
                    ready: object, go: object, start: object,
                    results: multiprocessing.Queue, lean: bool = True) -> None:
     """One client process for the whole run: ``slots`` attested clients, then every phase.
 
-    For each ``(operation, threads, seconds)`` of ``plan`` it waits at ``ready`` (a barrier
-    with the parent), then at ``go`` (after which the shared ``start`` time is set), runs
-    ``threads`` of its clients from ``start`` for ``seconds`` and puts (latencies, failures,
-    cpu seconds, error) on ``results``. Set-up errors are reported in the first phase.
+    For each phase of ``plan`` it waits at ``ready`` (a barrier with the parent), then at
+    ``go`` (after which the shared ``start`` time is set), runs ``threads`` of its clients
+    from ``start`` for ``seconds`` and puts its counts (``ThreadResults``) on ``results``.
+    Set-up errors are reported in the first phase.
     """
     error: str | None = None
     try:
         states = [set_up_client(url, Path(chain_dir)) for _ in range(slots)]
     except Exception as failure:  # reported to the parent, which fails the run
         states, error = [], f"setup: {type(failure).__name__}: {failure}"
-    for operation, threads, seconds in plan:
+    for phase in plan:
         ready.wait()  # type: ignore[attr-defined]
         go.wait()  # type: ignore[attr-defined]
         if error is not None:
-            results.put(([], 0, 0.0, error))
+            results.put(tuple(ThreadResults([], error=error)))
             continue
-        results.put(run_threads(states[:threads], operation,
-                                start.value, seconds, lean))  # type: ignore[attr-defined]
+        # A plain tuple on the queue: the class lives in ``__mp_main__`` here.
+        results.put(tuple(run_threads(
+            states[:phase.threads], phase.operation, start.value,  # type: ignore[attr-defined]
+            phase.seconds, lean, rate=phase.rate, first=phase.first, clients=phase.clients)))
     for state in states:
         state.client.close()
         state.lean.close()
 
 
-def run_threads(states: list[AttestedClient], operation: str, start_at: float,
-                seconds: float, lean: bool = True) -> tuple[list[float], int, float, str | None]:
+class ThreadResults(NamedTuple):
+    """What one client (or one process's clients) saw in a phase."""
+
+    latencies: list[float]
+    failures: int = 0
+    cpu_seconds: float = 0.0
+    error: str | None = None
+    scheduled: int = 0  # open loop: calls due inside the phase
+    late: int = 0  # open loop: calls that left over LATE_SECONDS after their time
+    dropped: int = 0  # open loop: calls not sent by the end of the drain
+
+
+def closed_loop(call: object, end: float, clock: object = time.time) -> ThreadResults:
+    """``call()`` (returning its seconds) back to back until ``clock()`` passes ``end``."""
     latencies: list[float] = []
-    failures = [0]
+    failed = 0
+    while clock() < end:  # type: ignore[operator]
+        try:
+            latencies.append(call())  # type: ignore[operator]
+        except (BrokerError, OSError, http.client.HTTPException):
+            failed += 1
+    return ThreadResults(latencies, failed)
+
+
+def open_loop(call: object, start: float, seconds: float, interval: float,
+              clock: object = time.perf_counter, sleep: object = time.sleep,
+              drain: float = DRAIN_SECONDS) -> ThreadResults:
+    """One client's calls at ``start``, ``start + interval``, ... before ``start + seconds``.
+
+    Each call waits for its time (or leaves at once if the client is behind); its latency is
+    from its scheduled time to its answer, so time spent behind a slow call counts. Calls
+    not sent by ``start + seconds + drain`` are dropped. ``clock`` and ``sleep`` are
+    injectable (the smoke test drives this with a fake clock).
+    """
+    latencies: list[float] = []
+    failed = late = 0
+    due = max(0, math.ceil(seconds / interval - 1e-9))
+    deadline = start + seconds + drain
+    sent = 0
+    while sent < due:
+        scheduled = start + sent * interval
+        now = clock()  # type: ignore[operator]
+        if now < scheduled:
+            sleep(scheduled - now)  # type: ignore[operator]
+            now = clock()  # type: ignore[operator]
+        if now > deadline:
+            break
+        if now - scheduled > LATE_SECONDS:
+            late += 1
+        sent += 1
+        try:
+            call()  # type: ignore[operator]
+        except (BrokerError, OSError, http.client.HTTPException):
+            failed += 1
+            continue
+        latencies.append(clock() - scheduled)  # type: ignore[operator]
+    return ThreadResults(latencies, failed, scheduled=due, late=late, dropped=due - sent)
+
+
+def run_threads(states: list[AttestedClient], operation: str, start_at: float,
+                seconds: float, lean: bool = True, *, rate: float = 0.0, first: int = 0,
+                clients: int = 1) -> ThreadResults:
+    """The process's clients in threads for one phase, closed loop or (``rate``) open."""
+    outcomes: list[ThreadResults] = []
     lock = threading.Lock()
     checks: list[str] = []
 
-    def loop(state: AttestedClient) -> None:
-        mine: list[float] = []
-        failed = 0
+    def loop(index: int, state: AttestedClient) -> None:
         if lean and operation != "attest":
             state.lean.reconnect()
-        while time.time() < start_at:
-            time.sleep(0.001)
-        end = start_at + seconds
-        while time.time() < end:
-            try:
-                mine.append(one_call(state, operation, lean))
-            except (BrokerError, OSError, http.client.HTTPException):
-                failed += 1
+        if rate:
+            # One clock for the schedule: the shared wall-clock start, on perf_counter.
+            start = time.perf_counter() + (start_at - time.time()) + (first + index) / rate
+            outcome = open_loop(lambda: one_call(state, operation, lean), start, seconds,
+                                clients / rate)
+        else:
+            while time.time() < start_at:
+                time.sleep(0.001)
+            outcome = closed_loop(lambda: one_call(state, operation, lean),
+                                  start_at + seconds)
         try:  # after the timed calls: the full client still gets its key (untimed)
             check_release(state)
         except (BrokerError, BenchmarkCheckError) as error:
             with lock:
                 checks.append(f"check after {operation}: {error}")
         with lock:
-            latencies.extend(mine)
-            failures[0] += failed
+            outcomes.append(outcome)
 
     cpu_before = time.process_time()
-    workers = [threading.Thread(target=loop, args=(state,)) for state in states]
+    workers = [threading.Thread(target=loop, args=(index, state))
+               for index, state in enumerate(states)]
     for worker in workers:
         worker.start()
     for worker in workers:
         worker.join()
-    return (latencies, failures[0], time.process_time() - cpu_before,
-            checks[0] if checks else None)
+    return ThreadResults(
+        [value for outcome in outcomes for value in outcome.latencies],
+        sum(outcome.failures for outcome in outcomes), time.process_time() - cpu_before,
+        checks[0] if checks else None,
+        *(sum(getattr(outcome, name) for outcome in outcomes)
+          for name in ("scheduled", "late", "dropped")))
 
 
 # -- the run: persistent client processes, one phase per (operation, client count) --------
@@ -333,13 +425,16 @@ def shares(clients: int, processes: int) -> list[int]:
 
 def run_all(url: str, chain_dir: Path, broker_pid: int, operations: list[str],
             client_counts: list[int], processes: int, seconds: float,
-            lean: bool = True) -> list[dict[str, object]]:
-    """Start the client processes once (every client attests once), then run each phase."""
+            lean: bool = True, rates: list[float] | None = None) -> list[dict[str, object]]:
+    """Start the client processes once (every client attests once), then run each phase:
+    each operation at each client count, closed loop or, with ``rates``, at each rate."""
     context = multiprocessing.get_context("spawn")
     processes = max(1, min(processes, max(client_counts)))
-    phases = [(operation, clients) for operation in operations for clients in client_counts]
-    plans = [[(operation, shares(clients, processes)[i], seconds)
-              for operation, clients in phases] for i in range(processes)]
+    phases = [(operation, clients, rate) for operation in operations
+              for clients in client_counts for rate in (rates or [0.0])]
+    plans = [[Phase(operation, shares(clients, processes)[i], seconds, rate,
+                    sum(shares(clients, processes)[:i]), clients)
+              for operation, clients, rate in phases] for i in range(processes)]
     slots = shares(max(client_counts), processes)
     results = context.Queue()
     ready, go = context.Barrier(processes + 1), context.Barrier(processes + 1)
@@ -352,7 +447,7 @@ def run_all(url: str, chain_dir: Path, broker_pid: int, operations: list[str],
         child.start()
     try:
         rows = []
-        for operation, clients in phases:
+        for operation, clients, rate in phases:
             # Waits for every client's set-up (attestation) before the first phase.
             ready.wait(timeout=300 + 2 * max(client_counts))
             start_at = time.time() + 0.05
@@ -361,7 +456,7 @@ def run_all(url: str, chain_dir: Path, broker_pid: int, operations: list[str],
             while time.time() < start_at:
                 time.sleep(0.001)
             rows.append(collect_phase(results, broker_pid, operation, clients, processes,
-                                      seconds))
+                                      seconds, rate))
         return rows
     finally:
         for child in children:
@@ -371,36 +466,52 @@ def run_all(url: str, chain_dir: Path, broker_pid: int, operations: list[str],
 
 
 def collect_phase(results: multiprocessing.Queue, broker_pid: int, operation: str,
-                  clients: int, processes: int, seconds: float) -> dict[str, object]:
+                  clients: int, processes: int, seconds: float,
+                  rate: float = 0.0) -> dict[str, object]:
     broker_cpu_before = cpu_seconds(broker_pid)
     wall_before = time.perf_counter()
-    collected = [results.get(timeout=seconds + 120 + clients) for _ in range(processes)]
+    collected: list[ThreadResults] = [
+        ThreadResults(*results.get(timeout=seconds + DRAIN_SECONDS + 120 + clients))
+        for _ in range(processes)]
     wall = time.perf_counter() - wall_before
     broker_cpu = cpu_seconds(broker_pid) - broker_cpu_before
-    errors = [error for _, _, _, error in collected if error]
+    errors = [part.error for part in collected if part.error]
     if errors:
         raise BenchmarkCheckError(f"{operation} x{clients}: {errors[0]}")
-    latencies = sorted(value for values, _, _, _ in collected for value in values)
+    latencies = sorted(value for part in collected for value in part.latencies)
     if not latencies:
         raise BenchmarkCheckError(f"{operation} x{clients}: no call completed")
-    return {
+    row: dict[str, object] = {
         "operation": operation,
+        "mode": "open" if rate else "closed",
         "clients": clients,
         "client_processes": sum(1 for share in shares(clients, processes) if share),
         "seconds": seconds,
+    }
+    if rate:
+        row.update({
+            "offered_per_second": rate,
+            "scheduled": sum(part.scheduled for part in collected),
+            "late": sum(part.late for part in collected),
+            "dropped": sum(part.dropped for part in collected),
+        })
+    return {
+        **row,
         "calls": len(latencies),
-        "failures": sum(failed for _, failed, _, _ in collected),
+        "failures": sum(part.failures for part in collected),
+        # Achieved: answered calls over the phase (open loop: those due inside it).
         "calls_per_second": len(latencies) / seconds,
         "p50_ms": percentile(latencies, 0.50) * 1e3,
         "p95_ms": percentile(latencies, 0.95) * 1e3,
         "p99_ms": percentile(latencies, 0.99) * 1e3,
+        "max_ms": latencies[-1] * 1e3,
         "mean_ms": statistics.fmean(latencies) * 1e3,
         # From the start of the phase until every client reported (a little over
         # ``seconds``; the broker is idle in that tail).
         "broker_cpu_percent": 100 * broker_cpu / wall,
         # Where the broker's time goes per call: its CPU seconds over the calls served.
         "broker_cpu_ms_per_call": 1e3 * broker_cpu / len(latencies),
-        "client_cpu_percent": 100 * sum(cpu for _, _, cpu, _ in collected) / seconds,
+        "client_cpu_percent": 100 * sum(part.cpu_seconds for part in collected) / seconds,
     }
 
 
@@ -408,12 +519,19 @@ def collect_phase(results: multiprocessing.Queue, broker_pid: int, operation: st
 
 
 def print_report(numbers: dict[str, object]) -> None:
-    print(f"{'operation':11}{'clients':>8}{'calls/s':>10}{'p50 ms':>9}{'p95 ms':>9}"
-          f"{'p99 ms':>9}{'failed':>8}{'broker CPU':>12}{'CPU ms/call':>13}{'client CPU':>12}")
+    print(f"{'operation':11}{'clients':>8}{'offered/s':>10}{'calls/s':>10}{'p50 ms':>9}"
+          f"{'p95 ms':>9}{'p99 ms':>9}{'max ms':>9}{'failed':>8}{'late':>7}{'dropped':>8}"
+          f"{'broker CPU':>12}{'CPU ms/call':>13}{'client CPU':>12}")
     for row in numbers["phases"]:
-        print(f"{row['operation']:11}{row['clients']:>8}{row['calls_per_second']:>10,.0f}"
+        is_open = row["mode"] == "open"
+        offered = f"{row['offered_per_second']:,.0f}" if is_open else "closed"
+        late = str(row["late"]) if is_open else "-"
+        dropped = str(row["dropped"]) if is_open else "-"
+        print(f"{row['operation']:11}{row['clients']:>8}{offered:>10}"
+              f"{row['calls_per_second']:>10,.0f}"
               f"{row['p50_ms']:>9.1f}{row['p95_ms']:>9.1f}{row['p99_ms']:>9.1f}"
-              f"{row['failures']:>8}{row['broker_cpu_percent']:>11.0f}%"
+              f"{row['max_ms']:>9.1f}{row['failures']:>8}{late:>7}{dropped:>8}"
+              f"{row['broker_cpu_percent']:>11.0f}%"
               f"{row['broker_cpu_ms_per_call']:>13.2f}"
               f"{row['client_cpu_percent']:>11.0f}%")
     environment = numbers["environment"]
@@ -421,6 +539,10 @@ def print_report(numbers: dict[str, object]) -> None:
           f"clients ({environment['client']}): threads over "
           f"{environment['processes']} processes; {environment['seconds']} s per phase; "
           f"{environment['cpu_count']} CPUs; CPU in % of one core")
+    if environment.get("rates"):
+        print(f"open loop: latency from each call's scheduled time; late = left over "
+              f"{LATE_SECONDS * 1e3:g} ms after it; dropped = not sent within "
+              f"{DRAIN_SECONDS:g} s after the phase")
 
 
 def lift_rate_limit(state_dir: Path) -> None:
@@ -447,12 +569,20 @@ def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
                         help="broker processes (`broker serve --workers N`; default 1)")
     parser.add_argument("--client", choices=("lean", "full"), default="lean",
                         help="timed calls by a lean HTTP client (default) or BrokerClient")
+    parser.add_argument("--rate", type=float, nargs="+", metavar="R",
+                        help="open loop: total calls/s offered by the clients, spread evenly "
+                             "(one phase per rate; default: closed loop)")
     parser.add_argument("--json", metavar="PATH", help="also write the results as JSON")
     args = parser.parse_args(argv)
     if (min(args.clients) < 1 or args.processes < 1 or args.seconds <= 0
             or args.broker_workers < 1):
         parser.error("--clients, --processes and --broker-workers must be at least 1, "
                      "--seconds positive")
+    if args.rate is not None:
+        if min(args.rate) <= 0 or not all(math.isfinite(rate) for rate in args.rate):
+            parser.error("--rate must be positive")
+        if "attest" in args.operations:
+            parser.error("--rate: attest is closed loop only (leave it out of --operations)")
     return args
 
 
@@ -462,6 +592,7 @@ def main(argv: list[str] | None = None) -> int:
         "python": platform.python_version(), "cpu_count": os.cpu_count(),
         "processes": args.processes, "seconds": args.seconds, "clients": args.clients,
         "broker_workers": args.broker_workers, "client": args.client,
+        "rates": args.rate or [],
     }}
     with tempfile.TemporaryDirectory(prefix="sealbeam-broker-load-") as workdir:
         state_dir = Path(workdir) / "state"
@@ -481,7 +612,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             phases = run_all(url, settings.dev_chain_dir, broker.pid, args.operations,
                              args.clients, args.processes, args.seconds,
-                             args.client == "lean")
+                             args.client == "lean", args.rate)
         except BenchmarkCheckError as error:
             print(f"broker load: error: {error}", file=sys.stderr)
             return 1

@@ -3,10 +3,12 @@
 A TEE holds a :class:`TeeKeyPair` (hybrid post-quantum ML-KEM-768 + X25519, RFC 9180 HPKE
 with HKDF-SHA256 and AES-256-GCM, from ``cryptography``). The broker seals a DEK to the
 TEE's public key with :func:`seal_to_tee`, under an ``info`` from :func:`release_info`
-that says what the key is for; only the TEE opens it. The TEE proves which public key it
-holds by putting :func:`report_data_binding` (nonce, public key) into its attestation
-report. Encodings are in docs/FORMAT.md section 5. This module does no attestation and no
-I/O; the private key never leaves the object.
+that says what the key is for; only the TEE opens it. A sealer that seals many keys to one
+TEE (the broker, for each release of a session) parses the key once with
+:meth:`TeePublicKey.from_bytes` and passes that instead of the bytes. The TEE proves which
+public key it holds by putting :func:`report_data_binding` (nonce, public key) into its
+attestation report. Encodings are in docs/FORMAT.md section 5. This module does no
+attestation and no I/O; the private key never leaves the object.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ __all__ = [
     "TEE_KEY_ALGORITHM",
     "TEE_PUBLIC_KEY_LENGTH",
     "TeeKeyPair",
+    "TeePublicKey",
     "release_info",
     "report_data_binding",
     "seal_to_tee",
@@ -112,9 +115,39 @@ class TeeKeyPair:
         raise TypeError("TeeKeyPair cannot be pickled; it lives only inside the TEE")
 
 
-def seal_to_tee(tee_public_key: bytes, secret: bytes, info: bytes) -> bytes:
-    """HPKE-seal ``secret`` to a TEE public key: ``enc (1120 B) || ciphertext || tag``."""
-    public_key = _load_public_key(tee_public_key)
+class TeePublicKey:
+    """A TEE's public key, checked and parsed once (the raw bytes stay in ``raw``).
+
+    Why: parsing the ML-KEM-768 key and its first use in HPKE cost about as much as the
+    seal itself; a caller sealing several keys to one TEE keeps this object instead.
+    """
+
+    __slots__ = ("_key", "raw")
+
+    def __init__(self, raw: bytes, key: hpke.MLKEM768X25519PublicKey) -> None:
+        self.raw = raw
+        self._key = key
+
+    @classmethod
+    def from_bytes(cls, tee_public_key: bytes) -> TeePublicKey:
+        """KeyTransportError when the bytes are not an ML-KEM-768 + X25519 public key."""
+        key_bytes = _checked_public_bytes(tee_public_key)
+        return cls(key_bytes, _parse_public_key(key_bytes))
+
+    def __repr__(self) -> str:
+        fingerprint = hashlib.sha256(self.raw).hexdigest()[:16]
+        return f"TeePublicKey({TEE_KEY_ALGORITHM}, sha256 {fingerprint}...)"
+
+
+def seal_to_tee(tee_public_key: bytes | TeePublicKey, secret: bytes, info: bytes) -> bytes:
+    """HPKE-seal ``secret`` to a TEE public key: ``enc (1120 B) || ciphertext || tag``.
+
+    ``tee_public_key`` is the key's bytes or, parsed once, a :class:`TeePublicKey`.
+    """
+    if isinstance(tee_public_key, TeePublicKey):
+        public_key = tee_public_key._key
+    else:
+        public_key = _parse_public_key(_checked_public_bytes(tee_public_key))
     secret_view = as_byte_view(secret)
     if len(secret_view) > MAX_TRANSPORT_SECRET:
         raise KeyTransportError(
@@ -195,8 +228,7 @@ def _checked_public_bytes(tee_public_key: bytes) -> bytes:
     return key_bytes
 
 
-def _load_public_key(tee_public_key: bytes) -> hpke.MLKEM768X25519PublicKey:
-    key_bytes = _checked_public_bytes(tee_public_key)
+def _parse_public_key(key_bytes: bytes) -> hpke.MLKEM768X25519PublicKey:
     try:
         return hpke.MLKEM768X25519PublicKey(
             mlkem.MLKEM768PublicKey.from_public_bytes(key_bytes[:MLKEM768_PUBLIC_KEY_LENGTH]),

@@ -12,7 +12,10 @@ When ``httptools`` is installed (the ``broker`` extra), the same two bounds are 
 uvicorn's httptools protocol instead (``header_timeout_httptools_protocol``), which parses
 requests several times faster than h11: the header timer as above, and a cap on the bytes
 of a request's line and headers (uvicorn bounds them only for h11), answered like h11's
-refusal: 400 and the connection closed.
+refusal: 400 and the connection closed. The header timer is one mixin of both protocols
+(``_HeaderTimer``), which also writes each response in one piece (``CoalescedWrites``):
+uvicorn writes the headers and the body separately, two send calls and two TCP segments
+per reply.
 
 This module configures the server; it does not touch requests once their headers are in.
 """
@@ -35,20 +38,52 @@ except ImportError:  # pragma: no cover - depends on the installation
 __all__ = ["header_timeout_httptools_protocol", "header_timeout_protocol", "uvicorn_limit_options"]
 
 
+class _HeaderTimer:
+    """The header timer both protocols share (mixed in before uvicorn's protocol class).
+
+    A connection's request headers must be complete within ``header_timeout`` of the
+    connection opening or of the previous response, else it is closed. The protocol says
+    when headers are awaited (``_await_headers``) and whether they still are
+    (``_awaiting_headers``). Replies go out through ``CoalescedWrites``.
+    """
+
+    header_timeout: float
+    _header_timer: asyncio.TimerHandle | None = None
+    loop: asyncio.AbstractEventLoop
+    transport: Any
+
+    def connection_made(self, transport: asyncio.Transport) -> None:
+        super().connection_made(transport)  # type: ignore[misc]
+        self.transport = CoalescedWrites(transport, self.loop)
+        self._await_headers()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._cancel_header_timer()
+        super().connection_lost(exc)  # type: ignore[misc]
+
+    def _await_headers(self) -> None:
+        self._cancel_header_timer()
+        self._header_timer = self.loop.call_later(self.header_timeout, self._headers_late)
+
+    def _awaiting_headers(self) -> bool:
+        raise NotImplementedError
+
+    def _cancel_header_timer(self) -> None:
+        if self._header_timer is not None:
+            self._header_timer.cancel()
+            self._header_timer = None
+
+    def _headers_late(self) -> None:
+        self._header_timer = None
+        if not self.transport.is_closing() and self._awaiting_headers():
+            self.transport.close()
+
+
 def header_timeout_protocol(timeout_seconds: float) -> type[H11Protocol]:
     """An ``H11Protocol`` that drops connections whose headers take over ``timeout_seconds``."""
 
-    class HeaderTimeoutH11Protocol(H11Protocol):
+    class HeaderTimeoutH11Protocol(_HeaderTimer, H11Protocol):
         header_timeout = timeout_seconds
-        _header_timer: asyncio.TimerHandle | None = None
-
-        def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-            super().connection_made(transport)
-            self._arm_header_timer()
-
-        def connection_lost(self, exc: Exception | None) -> None:
-            self._cancel_header_timer()
-            super().connection_lost(exc)
 
         def handle_events(self) -> None:
             super().handle_events()
@@ -58,21 +93,10 @@ def header_timeout_protocol(timeout_seconds: float) -> type[H11Protocol]:
         def on_response_complete(self) -> None:
             super().on_response_complete()
             if not self.transport.is_closing() and self.conn.their_state is h11.IDLE:
-                self._arm_header_timer()
+                self._await_headers()
 
-        def _arm_header_timer(self) -> None:
-            self._cancel_header_timer()
-            self._header_timer = self.loop.call_later(self.header_timeout, self._headers_late)
-
-        def _cancel_header_timer(self) -> None:
-            if self._header_timer is not None:
-                self._header_timer.cancel()
-                self._header_timer = None
-
-        def _headers_late(self) -> None:
-            self._header_timer = None
-            if not self.transport.is_closing() and self.conn.their_state is h11.IDLE:
-                self.transport.close()
+        def _awaiting_headers(self) -> bool:
+            return self.conn.their_state is h11.IDLE
 
     return HeaderTimeoutH11Protocol
 
@@ -84,23 +108,14 @@ def header_timeout_httptools_protocol(
     if HttpToolsProtocol is None:
         raise RuntimeError("httptools is not installed")
 
-    class HeaderBoundHttpToolsProtocol(HttpToolsProtocol):  # type: ignore[misc,valid-type]
+    class HeaderBoundHttpToolsProtocol(_HeaderTimer, HttpToolsProtocol):  # type: ignore[misc,valid-type]
         header_timeout = timeout_seconds
         header_limit = max_header_bytes
-        _header_timer: asyncio.TimerHandle | None = None
         _in_headers = True
         _header_bytes = 0
         _begun = False
         _headers_done = False
         _parsed_bytes = 0
-
-        def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-            super().connection_made(transport)
-            self._await_headers()
-
-        def connection_lost(self, exc: Exception | None) -> None:
-            self._cancel_header_timer()
-            super().connection_lost(exc)
 
         def data_received(self, data: bytes) -> None:
             # The parser's callbacks count a request's line and headers exactly, but a single
@@ -151,20 +166,50 @@ def header_timeout_httptools_protocol(
         def _await_headers(self) -> None:
             self._in_headers = True
             self._header_bytes = 0
-            self._cancel_header_timer()
-            self._header_timer = self.loop.call_later(self.header_timeout, self._headers_late)
+            super()._await_headers()
 
-        def _cancel_header_timer(self) -> None:
-            if self._header_timer is not None:
-                self._header_timer.cancel()
-                self._header_timer = None
-
-        def _headers_late(self) -> None:
-            self._header_timer = None
-            if not self.transport.is_closing() and self._in_headers:
-                self.transport.close()
+        def _awaiting_headers(self) -> bool:
+            return self._in_headers
 
     return HeaderBoundHttpToolsProtocol
+
+
+class CoalescedWrites:
+    """A transport whose writes within one turn of the event loop go out as one write.
+
+    Why: uvicorn writes a response's status line and headers, then its body, each straight
+    to the socket: two send calls and, with TCP_NODELAY, two segments per reply. Held until
+    the end of the loop's turn (or a close), they go out in one. Everything else is the
+    wrapped transport's.
+    """
+
+    def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop) -> None:
+        self._transport = transport
+        self._loop = loop
+        self._held: list[bytes] = []
+
+    def write(self, data: bytes) -> None:
+        if not self._held:
+            self._loop.call_soon(self.flush)
+        self._held.append(bytes(data))
+
+    def writelines(self, chunks: Any) -> None:
+        for chunk in chunks:
+            self.write(chunk)
+
+    def flush(self) -> None:
+        """Write what is held (the end of the turn, or before a close)."""
+        if self._held:
+            held, self._held = self._held, []
+            if not self._transport.is_closing():
+                self._transport.write(held[0] if len(held) == 1 else b"".join(held))
+
+    def close(self) -> None:
+        self.flush()
+        self._transport.close()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._transport, name)
 
 
 def uvicorn_limit_options(limits: ServiceLimits) -> dict[str, Any]:

@@ -31,6 +31,7 @@ from pydantic import BaseModel
 from envelope.keys import DataKey, KeyReference, WrappedKey, dek_wrap_aad
 from envelope.transport import (
     TEE_PUBLIC_KEY_LENGTH,
+    TeePublicKey,
     release_info,
     report_data_binding,
     seal_to_tee,
@@ -357,7 +358,8 @@ class KeyBrokerService:
                 for name, value in request.endorsements.items()
             }
             self._nonces.check(nonce)
-            seal_to_tee(tee_public_key, bytes(32), release_info(_KEY_PROBE_PURPOSE, "probe"))
+            seal_to_tee(TeePublicKey.from_bytes(tee_public_key), bytes(32),
+                        release_info(_KEY_PROBE_PURPOSE, "probe"))
             verifier = self._verifiers.get(request.tee)
             if verifier is None:
                 raise UnsupportedTeeError(
@@ -428,7 +430,8 @@ class KeyBrokerService:
                 "wrapped_dek", request.wrapped_dek, maximum=MAX_WRAPPED_DEK_BYTES
             )
             wrapped = WrappedKey(KeyReference(request.kek_uri, request.kek_version), ciphertext)
-            audit["key_id"] = wrapped.key_id
+            key_id = wrapped.key_id
+            audit["key_id"] = key_id
             decision = self._policy.evaluate_release(
                 session.claims, request.kek_uri, request.region, request.producer_id
             )
@@ -440,9 +443,7 @@ class KeyBrokerService:
             audit["dek_source"] = unwrapped.source
             dek = DataKey(unwrapped.secret)
             sealed = seal_to_tee(
-                session.tee_public_key,
-                dek.secret_bytes(),
-                release_info(RELEASE_PURPOSE, wrapped.key_id),
+                session.tee_key, dek.secret_bytes(), release_info(RELEASE_PURPOSE, key_id)
             )
         except Exception as error:
             self._record_denial("release", audit, error, source=source, anonymous=session is None)
@@ -454,7 +455,7 @@ class KeyBrokerService:
             request,
             session.audit_id,
             sealed_dek=_b64(sealed),
-            key_id=wrapped.key_id,
+            key_id=key_id,
             simulated=session.simulated,
         )
 
@@ -485,11 +486,10 @@ class KeyBrokerService:
             aad = dek_wrap_aad(request.region, request.producer_id)
             wrapped = self._kms.wrap(kek_uri, dek.secret_bytes(), aad)
             audit["kek_version"] = wrapped.kek.version
-            audit["key_id"] = wrapped.key_id
+            key_id = wrapped.key_id
+            audit["key_id"] = key_id
             sealed = seal_to_tee(
-                session.tee_public_key,
-                dek.secret_bytes(),
-                release_info(GENERATE_PURPOSE, wrapped.key_id),
+                session.tee_key, dek.secret_bytes(), release_info(GENERATE_PURPOSE, key_id)
             )
         except Exception as error:
             self._record_denial("generate", audit, error, source=source, anonymous=session is None)
@@ -504,7 +504,7 @@ class KeyBrokerService:
             kek_uri=wrapped.kek.uri,
             kek_version=wrapped.kek.version,
             wrapped_dek=_b64(wrapped.ciphertext),
-            key_id=wrapped.key_id,
+            key_id=key_id,
             simulated=session.simulated,
         )
 
@@ -527,7 +527,7 @@ class KeyBrokerService:
             unwrapped = self._dek_cache.unwrap(wrapped, named_key_aad(name), self._kms.unwrap)
             audit["dek_source"] = unwrapped.source
             secret = unwrapped.secret
-            sealed = seal_to_tee(session.tee_public_key, secret, release_info(NAMED_PURPOSE, name))
+            sealed = seal_to_tee(session.tee_key, secret, release_info(NAMED_PURPOSE, name))
         except Exception as error:
             self._record_denial(
                 "release-named", audit, error, source=source, anonymous=session is None

@@ -17,7 +17,8 @@ process holding the key can serve the session's releases, and none keeps a sessi
 A token that was altered, made under another key, expired or over the length bound is
 refused (the GCM tag check is constant time; nothing is compared byte by byte). Each
 process keeps a bounded cache of tokens it has opened, to skip the decryption; the cache
-never outlives a token's expiry. Clocks are injectable.
+never outlives a token's expiry. A cached session also keeps its TEE key parsed for HPKE
+(``Session.tee_key``), so a session's releases do not parse it again. Clocks are injectable.
 
 This module does not verify evidence or apply policy; it only remembers what was granted.
 """
@@ -42,6 +43,7 @@ from pathlib import Path
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from envelope.transport import TeePublicKey
 from keybroker.attestation.claims import Claims
 from keybroker.service.spent_nonces import (
     NONCES_FILE,
@@ -118,6 +120,12 @@ class Session:
     @property
     def simulated(self) -> bool:
         return self.claims.simulated
+
+    @functools.cached_property
+    def tee_key(self) -> TeePublicKey:
+        """The TEE key parsed for HPKE, once per session object (sessions are cached, so
+        once per session and process); KeyTransportError when it does not parse."""
+        return TeePublicKey.from_bytes(self.tee_public_key)
 
     @functools.cached_property
     def audit_id(self) -> str:

@@ -18,6 +18,7 @@ from envelope import (
     report_data_binding,
     seal_to_tee,
 )
+from envelope.transport import TeePublicKey
 
 INFO = release_info("dek-release", "ab" * 32)
 
@@ -167,3 +168,25 @@ class TestReleaseInfo:
 
     def test_errors_are_envelope_errors(self) -> None:
         assert issubclass(KeyTransportError, EnvelopeError)
+
+
+def test_a_parsed_public_key_seals_as_the_bytes_do(tee: TeeKeyPair) -> None:
+    parsed = TeePublicKey.from_bytes(tee.public_bytes())
+    assert parsed.raw == tee.public_bytes()
+    secrets = [os.urandom(32) for _ in range(3)]
+    for secret in secrets:  # one parse, several seals, each opened by the TEE
+        assert tee.open(seal_to_tee(parsed, secret, INFO), INFO) == secret
+    with pytest.raises(KeyTransportError):
+        TeeKeyPair.generate().open(seal_to_tee(parsed, secrets[0], INFO), INFO)
+    assert hashlib.sha256(tee.public_bytes()).hexdigest()[:16] in repr(parsed)
+
+
+def test_a_parsed_public_key_is_checked_as_the_bytes_are(tee: TeeKeyPair) -> None:
+    public = tee.public_bytes()
+    with pytest.raises(KeyTransportError, match="TEE public key length 1215"):
+        TeePublicKey.from_bytes(public[:-1])
+    with pytest.raises(KeyTransportError, match="not a valid ML-KEM-768"):
+        TeePublicKey.from_bytes(b"\xff" * 1184 + public[1184:])
+    low_order = TeePublicKey.from_bytes(public[:1184] + bytes(32))  # X25519 low-order point
+    with pytest.raises(KeyTransportError, match="rejected by HPKE"):
+        seal_to_tee(low_order, b"k", INFO)

@@ -10,6 +10,13 @@ from pathlib import Path
 
 import pytest
 
+from envelope import (
+    TEE_PUBLIC_KEY_LENGTH,
+    KeyTransportError,
+    TeeKeyPair,
+    release_info,
+    seal_to_tee,
+)
 from keybroker.attestation.claims import Claims
 from keybroker.service.sessions import (
     CHALLENGE_KEY_FILE,
@@ -240,3 +247,17 @@ def test_claims_too_large_for_a_token_are_refused() -> None:
     huge = dataclasses.replace(CLAIMS, platform={"blob": "a" * MAX_SESSION_TOKEN_LENGTH})
     with pytest.raises(CapacityError, match="session token"):
         SessionTokens(SESSION_KEY, 60, 2, Clock()).open(TEE_KEY, huge)
+
+
+def test_a_cached_session_parses_its_tee_key_once() -> None:
+    tee = TeeKeyPair.generate()
+    tokens = SessionTokens(SESSION_KEY, 60, 2, Clock())
+    session = tokens.open(tee.public_bytes(), CLAIMS)
+    opened = tokens.get(session.session_id)
+    assert opened.tee_key is opened.tee_key  # parsed once for the session's releases
+    assert tokens.get(session.session_id).tee_key is opened.tee_key
+    info = release_info("release", "ab" * 32)
+    assert tee.open(seal_to_tee(opened.tee_key, bytes(32), info), info) == bytes(32)
+    broken = tokens.get(tokens.open(b"\xff" * TEE_PUBLIC_KEY_LENGTH, CLAIMS).session_id)
+    with pytest.raises(KeyTransportError):  # fails closed, as sealing to the bytes does
+        _ = broken.tee_key
