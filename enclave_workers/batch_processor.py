@@ -34,9 +34,10 @@ discarding good data.
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from importlib import resources
 
@@ -100,6 +101,7 @@ __all__ = [
     "BatchProcessor",
     "BatchResult",
     "DeadLetter",
+    "PreparedBatch",
     "SealedOutput",
     "broker_key_name",
     "default_feature_spec",
@@ -136,8 +138,12 @@ class BatchConfigError(Exception):
     """The processor was configured with something it cannot work with (output format)."""
 
 
+@functools.cache
 def default_feature_spec() -> FeatureSpec:
-    """The spec run when none is given: package data ``enclave_workers/default_spec.yaml``."""
+    """The spec run when none is given: package data ``enclave_workers/default_spec.yaml``.
+
+    Read once per process (a ``FeatureSpec`` is frozen): parsing and validating the YAML
+    takes tens of milliseconds, which every pipeline run paid when building its graph."""
     text = resources.files(__package__).joinpath(DEFAULT_SPEC_RESOURCE).read_text("utf-8")
     return FeatureSpec.from_yaml(text, source=f"{__package__}/{DEFAULT_SPEC_RESOURCE}")
 
@@ -194,6 +200,16 @@ class BatchResult:
 
 
 @dataclass
+class PreparedBatch:
+    """A batch whose headers are parsed and grouped and whose data keys are being released
+    on the processor's threads (``BatchProcessor.prepare``); ``complete`` finishes it."""
+
+    result: BatchResult
+    groups: dict[tuple[WrappedKey, str, str], list[Source]]
+    releases: list[Future[DataKey | Exception]]
+
+
+@dataclass
 class _RegionWork:
     """Opened material of one (region, producer): record plaintexts and batch tables."""
 
@@ -243,8 +259,34 @@ class BatchProcessor:
         """
         result = BatchResult()
         groups = self._parse_and_group(envelopes, result)
-        work: dict[tuple[str, str], _RegionWork] = {}
         released = self._release_data_keys(list(groups.values()))
+        return self._open_and_featurize(groups, released, result)
+
+    def prepare(self, envelopes: Sequence[bytes | ParsedEnvelope]) -> PreparedBatch:
+        """Parse and group ``envelopes`` and start releasing their data keys, without waiting.
+
+        For a caller that has the next batch in hand while this one is featurized: the
+        releases (mostly waiting on the broker) overlap the other batch's work instead of
+        stalling this one. Each key is still fetched once per session (single flight, then
+        the cache), after the session's attestation; ``complete`` waits for them.
+        """
+        result = BatchResult()
+        groups = self._parse_and_group(envelopes, result)
+        releaser = self._release_pool()
+        return PreparedBatch(result, groups, [releaser.submit(self._release_one, sources)
+                                              for sources in groups.values()])
+
+    def complete(self, prepared: PreparedBatch) -> BatchResult:
+        """Open, featurize and reseal a prepared batch (``process`` after ``prepare``);
+        an error a release raised that is not a key refusal (broker unavailable) raises
+        here, as ``process`` would."""
+        released = [release.result() for release in prepared.releases]
+        return self._open_and_featurize(prepared.groups, released, prepared.result)
+
+    def _open_and_featurize(self, groups: dict[tuple[WrappedKey, str, str], list[Source]],
+                            released: list[DataKey | Exception],
+                            result: BatchResult) -> BatchResult:
+        work: dict[tuple[str, str], _RegionWork] = {}
         for ((_, region, producer_id), sources), data_key in zip(groups.items(), released,
                                                                  strict=True):
             self._open_group(sources, data_key,
@@ -299,20 +341,24 @@ class BatchProcessor:
         ledger append, HPKE seal), so a batch of many DEKs (e.g. record streams, a DEK per
         few hundred records) waits for them once, not one after another. The session is
         shared by threads (single flight per key); other errors (broker unavailable) raise."""
-        def release(sources: list[Source]) -> DataKey | Exception:
-            header = sources[0].header
-            try:
-                return self._session.data_key(header.wrapped_key, header.region,
-                                              header.producer_id)
-            except _KEY_ERRORS as exc:
-                return exc
-
         if len(groups) <= 1:
-            return [release(sources) for sources in groups]
+            return [self._release_one(sources) for sources in groups]
+        return list(self._release_pool().map(self._release_one, groups))
+
+    def _release_one(self, sources: list[Source]) -> DataKey | Exception:
+        """One group's data key, or the key error refusing it (other errors raise)."""
+        header = sources[0].header
+        try:
+            return self._session.data_key(header.wrapped_key, header.region,
+                                          header.producer_id)
+        except _KEY_ERRORS as exc:
+            return exc
+
+    def _release_pool(self) -> ThreadPoolExecutor:
         if self._releaser is None:
             self._releaser = ThreadPoolExecutor(max_workers=MAX_PARALLEL_RELEASES,
                                                 thread_name_prefix="dek-release")
-        return list(self._releaser.map(release, groups))
+        return self._releaser
 
     def _open_group(self, sources: list[Source], data_key: DataKey | Exception,
                     work: _RegionWork, result: BatchResult) -> None:

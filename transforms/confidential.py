@@ -49,15 +49,19 @@ What it does not: no file I/O, no routing; keys stay in the worker's memory.
 from __future__ import annotations
 
 import dataclasses
+import json
 import threading
 import time
-from collections.abc import Iterable, Mapping
-from typing import Any
+from collections import deque
+from collections.abc import Iterable, Iterator, Mapping
+from typing import Any, NamedTuple
 
 import apache_beam as beam
 from apache_beam.metrics import Metrics
 from apache_beam.pvalue import TaggedOutput
 from apache_beam.transforms.window import BoundedWindow
+from apache_beam.utils.timestamp import Timestamp
+from apache_beam.utils.windowed_value import WindowedValue
 
 from enclave_workers.batch_processor import (
     MAX_ENVELOPE_BYTES,
@@ -66,6 +70,7 @@ from enclave_workers.batch_processor import (
     SEALED_ARROW,
     BatchProcessor,
     BatchResult,
+    PreparedBatch,
 )
 from enclave_workers.features import CompiledSpec, FeatureError, FeatureSpec, compile_spec
 from enclave_workers.features.pme import check_column_keys, column_keys_for_spec
@@ -98,11 +103,41 @@ BROKER_BACKOFF_S = 0.5
 BROKER_BACKOFF_CAP_S = 8.0
 
 
+_COMPILED: dict[tuple[str, str | None], CompiledSpec] = {}
+_COMPILED_LOCK = threading.Lock()
+_COMPILED_MAX = 16
+
+
+def compile_document(document: dict[str, Any], source: str | None) -> CompiledSpec:
+    """``document`` validated and compiled, once per process for each distinct document.
+
+    Validation (JSON Schema) and compilation take tens of milliseconds; a worker's
+    ``setup`` and, in-process runners, the pipeline's construction compile the same
+    document, run after run. Keyed by the document's canonical JSON and its source; a
+    ``CompiledSpec`` is frozen and its operations keep no state, so threads share it.
+    ``FeatureError`` as ``FeatureSpec.from_dict`` and ``compile_spec`` raise it.
+    """
+    try:
+        key = (json.dumps(document, sort_keys=True, allow_nan=False), source)
+    except (TypeError, ValueError):   # not plain JSON: from_dict says why
+        return compile_spec(FeatureSpec.from_dict(document, source=source))
+    with _COMPILED_LOCK:
+        cached = _COMPILED.get(key)
+    if cached is not None:
+        return cached
+    compiled = compile_spec(FeatureSpec.from_dict(document, source=source))
+    with _COMPILED_LOCK:
+        if len(_COMPILED) >= _COMPILED_MAX:
+            _COMPILED.clear()
+        _COMPILED[key] = compiled
+    return compiled
+
+
 def compile_for_workers(spec: FeatureSpec) -> tuple[dict[str, Any], CompiledSpec]:
     """The spec's plain document (what is pickled to workers) and its compiled form."""
     document = spec.to_json_document()
     try:
-        compiled = compile_spec(FeatureSpec.from_dict(document, source=spec.source))
+        compiled = compile_document(document, spec.source)
     except FeatureError as exc:
         lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
         raise TransformConfigError(" ".join(lines)) from None
@@ -137,6 +172,16 @@ class _CallCount:
         return count
 
 
+class _Prepared(NamedTuple):
+    """A batch held back one step while its data keys are released (lookahead)."""
+
+    batch: EnvelopeBatch
+    envelopes: list[bytes]
+    window: BoundedWindow
+    timestamp: Timestamp
+    prepared: PreparedBatch
+
+
 _PENDING_CALLS: dict[str, _CallCount] = {}
 _PENDING_LOCK = threading.Lock()
 
@@ -151,8 +196,13 @@ class _ConfidentialProcessFn(beam.DoFn):
                  spec_source: str | None, fingerprint: str, output_format: str,
                  limits: SessionLimits, broker_retries: int,
                  broker_trust: BrokerTrust | None = None,
-                 destinations: OutputDestinations = ()) -> None:
+                 destinations: OutputDestinations = (), lookahead: bool = False) -> None:
+        """``lookahead``: hold each batch back one step, its data keys being released
+        meanwhile, and featurize the batch before it (outputs keep their own batch's window
+        and timestamp; the last batch of a bundle completes in ``finish_bundle``)."""
         self._broker_url = broker_url
+        self._lookahead = lookahead
+        self._held: deque[_Prepared] = deque()
         self._destinations = destinations
         self._broker_trust = broker_trust
         self._tee = tee
@@ -183,8 +233,7 @@ class _ConfidentialProcessFn(beam.DoFn):
             destinations=self._destinations)
 
     def setup(self) -> None:
-        compiled = compile_spec(FeatureSpec.from_dict(self._spec_document,
-                                                      source=self._spec_source))
+        compiled = compile_document(self._spec_document, self._spec_source)
         if compiled.fingerprint != self._fingerprint:
             raise TransformConfigError("the worker compiled the feature spec to another "
                                        "fingerprint than the pipeline was built with")
@@ -202,10 +251,14 @@ class _ConfidentialProcessFn(beam.DoFn):
         if tag is not None:
             release_session(tag)
 
-    def _process_with_backoff(self, envelopes: list[bytes]) -> BatchResult:
+    def _process_with_backoff(self, envelopes: list[bytes],
+                              prepared: PreparedBatch | None = None) -> BatchResult:
+        """The batch's result (its first attempt completing ``prepared`` when given)."""
         assert self._processor is not None, "setup() creates the processor"
         for attempt in range(self._broker_retries + 1):
             try:
+                if prepared is not None and attempt == 0:
+                    return self._processor.complete(prepared)
                 return self._processor.process(envelopes)
             except BrokerUnavailableError:
                 if attempt == self._broker_retries:
@@ -214,10 +267,39 @@ class _ConfidentialProcessFn(beam.DoFn):
                 time.sleep(min(BROKER_BACKOFF_CAP_S, BROKER_BACKOFF_S * 2 ** attempt))
         raise AssertionError("unreachable: the last attempt returns or raises")
 
-    def process(self, batch: EnvelopeBatch,
-                window: BoundedWindow = beam.DoFn.WindowParam) -> Iterable[object]:
+    def start_bundle(self) -> None:
+        self._held.clear()   # a failed bundle's held batches are retried with the bundle
+
+    def process(self, batch: EnvelopeBatch, window: BoundedWindow = beam.DoFn.WindowParam,
+                timestamp: Timestamp = beam.DoFn.TimestampParam) -> Iterable[object]:
         self._batch_sizes.update(len(batch.envelopes))
-        result = self._process_with_backoff([e.data for e in batch.envelopes])
+        envelopes = [e.data for e in batch.envelopes]
+        if not self._lookahead:
+            yield from self._outputs(batch, window, self._process_with_backoff(envelopes))
+            return
+        assert self._processor is not None, "setup() creates the processor"
+        self._held.append(_Prepared(batch, envelopes, window, timestamp,
+                                    self._processor.prepare(envelopes)))
+        while len(self._held) > 1:
+            yield from self._complete_held()
+
+    def finish_bundle(self) -> Iterable[object]:
+        while self._held:
+            yield from self._complete_held()
+
+    def _complete_held(self) -> Iterator[object]:
+        """The oldest held batch, completed; its outputs in its own window and timestamp."""
+        held = self._held.popleft()
+        result = self._process_with_backoff(held.envelopes, held.prepared)
+        for output in self._outputs(held.batch, held.window, result):
+            if isinstance(output, TaggedOutput):
+                yield TaggedOutput(output.tag, WindowedValue(output.value, held.timestamp,
+                                                             (held.window,)))
+            else:
+                yield WindowedValue(output, held.timestamp, (held.window,))
+
+    def _outputs(self, batch: EnvelopeBatch, window: BoundedWindow,
+                 result: BatchResult) -> Iterator[object]:
         self._rows_suppressed.inc(result.rows_suppressed)
         assert self._processor is not None
         for output in result.outputs:
@@ -289,7 +371,12 @@ class ConfidentialProcess(beam.PTransform):
                                           compiled.fingerprint, output_format,
                                           limits or SessionLimits(), broker_retries,
                                           resolve_broker_trust(broker_trust, tee),
-                                          output_destinations(destinations))
+                                          output_destinations(destinations),
+                                          # Batch runs: a bundle holds many batches, and
+                                          # the next one's DEK releases overlap this
+                                          # one's work. Not for per-bundle streaming
+                                          # batches, which keep their outputs prompt.
+                                          lookahead=batcher is None)
         self._drop_duplicates = drop_duplicates
         self._batcher = batcher or BatchByDataKey(
             max_count=max_batch_size, max_bytes=max_batch_bytes, shards=key_shards,
