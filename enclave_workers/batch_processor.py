@@ -516,21 +516,36 @@ class BatchProcessor:
         the broker's signed attestation result (which lists the signing key) and the
         broker's signed ledger head after the grants (provenance.py).
         """
+        return self.sign_custody_all([(output, file_name)])[0]
+
+    def sign_custody_all(self, named: Sequence[tuple[SealedOutput, str]]
+                         ) -> list[SealedOutput]:
+        """``sign_custody`` for several outputs of completed batches, under one ledger head.
+
+        The head is fetched once, after every grant behind these outputs (their batches are
+        done), so it covers each of them: one broker call for the group instead of one per
+        output whenever grants happened in between (a batch run's next DEKs).
+        """
+        if not named:
+            return []
         signer, attestation_result = self._session.custody_signer()
-        statement = output_statement(
-            file_name=file_name, payload=output.payload, region=output.region,
-            producer_id=output.producer_id, output_format=output.output_format,
-            source_ids=output.source_ids, spec_fingerprint=self._compiled.fingerprint,
-            kek_refs=output.kek_refs,
-            counts={"envelopes_in": len(output.source_ids),
-                    "records_in": output.source_count,
-                    "rows_in": output.row_count + output.rows_suppressed
-                    + output.dead_letter_rows,
-                    "rows_out": output.row_count, "rows_suppressed": output.rows_suppressed,
-                    "dead_letter_rows": output.dead_letter_rows},
-            attestation_result=attestation_result,
-            ledger_head=self._session.ledger_head())
-        return replace(output, statement=canonical_json(signer.sign(statement)))
+        ledger_head = self._session.ledger_head()
+        signed = []
+        for output, file_name in named:
+            statement = output_statement(
+                file_name=file_name, payload=output.payload, region=output.region,
+                producer_id=output.producer_id, output_format=output.output_format,
+                source_ids=output.source_ids, spec_fingerprint=self._compiled.fingerprint,
+                kek_refs=output.kek_refs,
+                counts={"envelopes_in": len(output.source_ids),
+                        "records_in": output.source_count,
+                        "rows_in": output.row_count + output.rows_suppressed
+                        + output.dead_letter_rows,
+                        "rows_out": output.row_count, "rows_suppressed": output.rows_suppressed,
+                        "dead_letter_rows": output.dead_letter_rows},
+                attestation_result=attestation_result, ledger_head=ledger_head)
+            signed.append(replace(output, statement=canonical_json(signer.sign(statement))))
+        return signed
 
     def _reseal_rows(self, region: str, producer_id: str,
                      partial: PartialDeadRows) -> DeadLetter:

@@ -27,6 +27,15 @@ or rerun batch writes the same name again, never a second file. Each output then
 custody statement, signed in the confidential step by the session's statement key for the
 file name it will have (``BatchProcessor.sign_custody``, docs/FORMAT.md "Custody statements").
 
+In a batch run (the default batching) a bundle carries many batches, and the step looks one
+batch ahead: it parses the next batch's headers and starts its data-key releases
+(``BatchProcessor.prepare``) before featurizing the one before it, so the releases' wait on
+the broker overlaps that work; the outputs are then signed in groups (up to
+``CUSTODY_GROUP_OUTPUTS`` outputs or ``CUSTODY_GROUP_BYTES``) under one ledger head taken
+after all of their grants, instead of a ledger-head fetch per output. What is held is
+completed in ``finish_bundle``, each output and dead letter in its own batch's window. With
+another batcher (streaming) each batch completes in its own ``process`` call.
+
 The spec is validated and compiled when the transform is built (a bad spec fails there, not
 on a worker), travels to the workers as its plain JSON document, and is compiled once per
 worker in ``setup``; the worker checks that its compiled fingerprint is the one the pipeline
@@ -71,6 +80,7 @@ from enclave_workers.batch_processor import (
     BatchProcessor,
     BatchResult,
     PreparedBatch,
+    SealedOutput,
 )
 from enclave_workers.features import CompiledSpec, FeatureError, FeatureSpec, compile_spec
 from enclave_workers.features.pme import check_column_keys, column_keys_for_spec
@@ -97,6 +107,8 @@ from .write import output_file_name
 __all__ = ["BROKER_RETRIES_DEFAULT", "ConfidentialProcess", "compile_for_workers",
            "output_name_id"]
 
+CUSTODY_GROUP_OUTPUTS = 16        # batch runs: outputs signed together under one ledger head
+CUSTODY_GROUP_BYTES = 64 << 20     # ... or fewer, once they hold this many payload bytes
 PME_OUTPUT_KEY_MAX_ENVELOPES = 1   # a fresh DEK per master key: each PME file's two differ
 BROKER_RETRIES_DEFAULT = 5         # attempts after the first while the broker is unavailable
 BROKER_BACKOFF_S = 0.5
@@ -172,6 +184,15 @@ class _CallCount:
         return count
 
 
+class _Unsigned(NamedTuple):
+    """A named output waiting for its custody statement (batch runs sign several at once)."""
+
+    output: SealedOutput
+    file_name: str
+    window: BoundedWindow
+    timestamp: Timestamp
+
+
 class _Prepared(NamedTuple):
     """A batch held back one step while its data keys are released (lookahead)."""
 
@@ -197,12 +218,16 @@ class _ConfidentialProcessFn(beam.DoFn):
                  limits: SessionLimits, broker_retries: int,
                  broker_trust: BrokerTrust | None = None,
                  destinations: OutputDestinations = (), lookahead: bool = False) -> None:
-        """``lookahead``: hold each batch back one step, its data keys being released
-        meanwhile, and featurize the batch before it (outputs keep their own batch's window
-        and timestamp; the last batch of a bundle completes in ``finish_bundle``)."""
+        """``lookahead`` (batch runs): hold each batch back one step, its data keys being
+        released meanwhile, and featurize the batch before it; sign the outputs' custody
+        statements in groups under one ledger head (``CUSTODY_GROUP_OUTPUTS``). Outputs keep
+        their own batch's window and timestamp; what is held completes in ``finish_bundle``.
+        """
         self._broker_url = broker_url
         self._lookahead = lookahead
         self._held: deque[_Prepared] = deque()
+        self._unsigned: list[_Unsigned] = []
+        self._unsigned_bytes = 0
         self._destinations = destinations
         self._broker_trust = broker_trust
         self._tee = tee
@@ -268,7 +293,9 @@ class _ConfidentialProcessFn(beam.DoFn):
         raise AssertionError("unreachable: the last attempt returns or raises")
 
     def start_bundle(self) -> None:
-        self._held.clear()   # a failed bundle's held batches are retried with the bundle
+        # A failed bundle's held batches and outputs are retried with the bundle.
+        self._held.clear()
+        self._unsigned, self._unsigned_bytes = [], 0
 
     def process(self, batch: EnvelopeBatch, window: BoundedWindow = beam.DoFn.WindowParam,
                 timestamp: Timestamp = beam.DoFn.TimestampParam) -> Iterable[object]:
@@ -286,17 +313,39 @@ class _ConfidentialProcessFn(beam.DoFn):
     def finish_bundle(self) -> Iterable[object]:
         while self._held:
             yield from self._complete_held()
+        yield from self._sign_unsigned()
 
     def _complete_held(self) -> Iterator[object]:
-        """The oldest held batch, completed; its outputs in its own window and timestamp."""
+        """The oldest held batch, completed: its dead letters out now, its outputs queued
+        for their custody statements; all in its own window and timestamp."""
         held = self._held.popleft()
         result = self._process_with_backoff(held.envelopes, held.prepared)
-        for output in self._outputs(held.batch, held.window, result):
-            if isinstance(output, TaggedOutput):
-                yield TaggedOutput(output.tag, WindowedValue(output.value, held.timestamp,
-                                                             (held.window,)))
-            else:
-                yield WindowedValue(output, held.timestamp, (held.window,))
+        self._rows_suppressed.inc(result.rows_suppressed)
+        for output in result.outputs:
+            named = dataclasses.replace(output, output_id=output_name_id(held.batch.batch_id,
+                                                                         output))
+            self._unsigned.append(_Unsigned(named, output_file_name(named, held.window),
+                                            held.window, held.timestamp))
+            self._unsigned_bytes += len(named.payload)
+        for dead_letter in result.dead_letters:
+            yield TaggedOutput(ConfidentialProcess.DEAD_LETTER,
+                               WindowedValue(dead_letter, held.timestamp, (held.window,)))
+        self._broker_calls.inc(_pending_broker_calls(self._session_tag()).take())
+        if (len(self._unsigned) >= CUSTODY_GROUP_OUTPUTS
+                or self._unsigned_bytes >= CUSTODY_GROUP_BYTES):
+            yield from self._sign_unsigned()
+
+    def _sign_unsigned(self) -> Iterator[object]:
+        """The queued outputs with their custody statements, signed in the TEE for the names
+        the files get, under one ledger head taken after all of their grants."""
+        unsigned, self._unsigned, self._unsigned_bytes = self._unsigned, [], 0
+        if not unsigned:
+            return
+        assert self._processor is not None
+        signed = self._processor.sign_custody_all([(u.output, u.file_name) for u in unsigned])
+        for output, queued in zip(signed, unsigned, strict=True):
+            yield WindowedValue(output, queued.timestamp, (queued.window,))
+        self._broker_calls.inc(_pending_broker_calls(self._session_tag()).take())
 
     def _outputs(self, batch: EnvelopeBatch, window: BoundedWindow,
                  result: BatchResult) -> Iterator[object]:
