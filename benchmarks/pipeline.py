@@ -111,7 +111,8 @@ DEFAULT_RECORDS = 100_000
 DEFAULT_FILES_PER_GROUP = 2
 DEFAULT_RECORDS_PER_KEY = 500          # what ``sealbeam demo`` seals with
 DEFAULT_BATCH_SIZES = (2000,)
-# Ledger event -> the kind name ``KeySession.broker_calls`` uses (challenges are not ledgered).
+# Ledger event -> the kind name ``KeySession.broker_calls`` uses (challenges and ledger-head
+# fetches are not ledgered).
 LEDGERED_KINDS = {"attest": "attest", "release": "release", "generate": "generate",
                   "release-named": "release_named"}
 
@@ -311,9 +312,10 @@ def run_pipeline(settings: BrokerSettings, broker: RunningBroker, sealed_dir: Pa
     ])
     before = ledger_head(settings)
     window = start_peak_rss_window()
-    started = time.perf_counter()
+    started, cpu_started = time.perf_counter(), time.process_time()
     summary = run_batch(options)
     seconds = time.perf_counter() - started
+    cpu_seconds = time.process_time() - cpu_started
     memory = peak_rss_since(window)
     calls = ledger_calls_since(settings, before)
     keyring = LocalKeyring.open(settings.keyring_path)
@@ -321,6 +323,7 @@ def run_pipeline(settings: BrokerSettings, broker: RunningBroker, sealed_dir: Pa
     by_kind = {kind: calls[kind] for kind in LEDGERED_KINDS.values()}
     return {
         "seconds": round(seconds, 3),
+        "cpu_seconds": round(cpu_seconds, 3),
         "records_per_second": round(records / seconds),
         "records_in": summary.records_in,
         "records_out": summary.records_out,
@@ -457,11 +460,12 @@ def run_baseline(workdir: Path, out_dir: Path, batch_size: int, output_format: s
                  records: int) -> dict[str, object]:
     """The plaintext baseline graph, timed and checked like the sealed runs."""
     window = start_peak_rss_window()
-    started = time.perf_counter()
+    started, cpu_started = time.perf_counter(), time.process_time()
     summary = run_plaintext_baseline(str(workdir / "partner" / "*.jsonl"),
                                      partner_origins(workdir), str(out_dir), batch_size,
                                      output_format)
     seconds = time.perf_counter() - started
+    cpu_seconds = time.process_time() - cpu_started
     memory = peak_rss_since(window)
     if summary.records_in != records or not summary.reconciled:
         raise BenchmarkCheckError(
@@ -471,7 +475,8 @@ def run_baseline(workdir: Path, out_dir: Path, batch_size: int, output_format: s
     if len(files) != summary.output_files:
         raise BenchmarkCheckError(f"plaintext baseline: {len(files)} files written, "
                                   f"{summary.output_files} reported")
-    return {"seconds": round(seconds, 3), "records_per_second": round(records / seconds),
+    return {"seconds": round(seconds, 3), "cpu_seconds": round(cpu_seconds, 3),
+            "records_per_second": round(records / seconds),
             "records_in": summary.records_in, "records_out": summary.records_out,
             "dead_letters": summary.dead_letters, "rows_out": summary.rows_out,
             "output_files": summary.output_files, **memory}
@@ -511,10 +516,12 @@ def repeated(runs: list[dict[str, object]]) -> dict[str, object]:
     """Runs of one input: the median and best records/s and seconds, and every run."""
     rates = [int(run["records_per_second"]) for run in runs]
     seconds = [float(run["seconds"]) for run in runs]
+    cpu = [float(run["cpu_seconds"]) for run in runs]
     return {"median_records_per_second": round(statistics.median(rates)),
             "best_records_per_second": max(rates),
             "median_seconds": round(statistics.median(seconds), 3),
             "best_seconds": min(seconds),
+            "median_cpu_seconds": round(statistics.median(cpu), 3),
             "repeats": len(runs),
             "runs": runs}
 
@@ -559,6 +566,10 @@ def add_baseline_runs(runs: list[dict[str, object]], settings: BrokerSettings,
                               / plain["median_records_per_second"], 3)
             run[f"{name}_best"] = round(sealed["best_records_per_second"]
                                         / plain["best_records_per_second"], 3)
+            # Records per CPU-second of this process (the in-process broker's included), as
+            # a fraction of plaintext's: what a shared machine's load moves least.
+            run[f"{name}_cpu"] = round(plain["median_cpu_seconds"]
+                                       / sealed["median_cpu_seconds"], 3)
             # Each round's own ratio: the runs of one round are minutes apart at most.
             run[f"{name}_by_round"] = [
                 round(int(s["records_per_second"]) / int(p["records_per_second"]), 3)
@@ -584,6 +595,14 @@ def print_baseline(numbers: dict[str, object]) -> None:
               f"{batch['median_records_per_second']:>9,} ({batch['best_records_per_second']:>6,})"
               f"{run['sealed_batch_over_plaintext']:>7.2f} ("
               f"{run['sealed_batch_over_plaintext_best']:.2f})")
+    print(f"{'batch':>6}{'plaintext CPU s':>18}{'record streams CPU s':>24}{'x plain':>8}"
+          f"{'sealed batches CPU s':>24}{'x plain':>8}   (medians; CPU of the whole process)")
+    for run in numbers["runs"]:
+        print(f"{run['batch_size']:>6}{run['plaintext']['median_cpu_seconds']:>18.2f}"
+              f"{run['record_stream_beam']['median_cpu_seconds']:>24.2f}"
+              f"{run['record_stream_over_plaintext_cpu']:>8.2f}"
+              f"{run['sealed_batch_beam']['median_cpu_seconds']:>24.2f}"
+              f"{run['sealed_batch_over_plaintext_cpu']:>8.2f}")
     streams = numbers["runs"][0]["stream_inputs"]
     print(f"(v1 records: one run, over the plaintext median; record streams: "
           f"{streams['envelopes']:,} streams of up to "
@@ -624,7 +643,8 @@ def print_report(numbers: dict[str, object]) -> None:
               f"{beam['ledger_entries']:>8}")
     env, ledger = numbers["environment"], numbers["ledger"]
     print(f"(broker calls of the Beam run by kind from the audit ledger; 'other' = the job's "
-          f"broker_calls metric minus those = challenges; ledger: {ledger['entries']} entries, "
+          f"broker_calls metric minus those = challenges and ledger-head fetches; ledger: "
+          f"{ledger['entries']} entries, "
           f"chain {'verified' if ledger['verified'] else 'BROKEN'})")
     if "plaintext" in numbers["runs"][0]:
         print()

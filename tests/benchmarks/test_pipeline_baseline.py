@@ -38,6 +38,7 @@ def test_baseline_runs_reconcile_and_ratios_follow(baseline_results) -> None:
     stdout, numbers = baseline_results
     assert "plaintext" in stdout and "record streams" in stdout
     assert "sealed batches" in stdout and f"of {REPEAT} interleaved" in stdout
+    assert "record streams CPU s" in stdout
     (run,) = numbers["runs"]
     plain, batch = run["plaintext"], run["sealed_batch_beam"]
     stream, stream_inputs = run["record_stream_beam"], run["stream_inputs"]
@@ -48,6 +49,9 @@ def test_baseline_runs_reconcile_and_ratios_follow(baseline_results) -> None:
         assert repeated["median_records_per_second"] == pytest.approx(
             (rates[0] + rates[-1]) / 2, abs=1)
         assert repeated["best_seconds"] == min(r["seconds"] for r in repeated["runs"])
+        cpu = sorted(r["cpu_seconds"] for r in repeated["runs"])
+        assert repeated["median_cpu_seconds"] == pytest.approx((cpu[0] + cpu[-1]) / 2, abs=1e-3)
+        assert cpu[0] > 0
     # Record streams count records, not envelopes; every record is a row out or suppressed.
     for one in stream["runs"]:
         assert one["records_in"] == RECORDS and one["reconciled"] is True
@@ -74,6 +78,8 @@ def test_baseline_runs_reconcile_and_ratios_follow(baseline_results) -> None:
             sealed["median_records_per_second"] / plain["median_records_per_second"], rel=1e-2)
         assert run[f"{name}_best"] == pytest.approx(
             sealed["best_records_per_second"] / plain["best_records_per_second"], rel=1e-2)
+        assert run[f"{name}_cpu"] == pytest.approx(
+            plain["median_cpu_seconds"] / sealed["median_cpu_seconds"], rel=1e-2)
         assert run[f"{name}_by_round"] == pytest.approx(
             [s["records_per_second"] / p["records_per_second"]
              for s, p in zip(sealed["runs"], plain["runs"], strict=True)], rel=1e-2)
