@@ -21,6 +21,7 @@ from envelope import DataKey, WrappedKey, dek_wrap_aad, seal_record
 from keybroker.client import BrokerClient
 from keybroker.config import BrokerSettings
 from keybroker.kms.local import LocalKeyring
+from keybroker.service_limits import ServiceLimits
 from tests.support.broker import start_broker
 
 ALLOWED_PRODUCERS = ("acme", "globex")
@@ -58,11 +59,18 @@ def _only_allowed_producers(document: dict[str, Any]) -> None:
         rule["producers"] = list(ALLOWED_PRODUCERS)
 
 
+# One broker serves a whole folder's tests from one loopback address: the per-address
+# limit on challenges and attestations (tested in tests/keybroker) would throttle the suite
+# itself once sessions are quick to make.
+TEST_LIMITS = ServiceLimits(rate_per_second=1_000, rate_burst=10_000)
+
+
 @contextmanager
 def broker_env(directory: Path) -> Iterator[BrokerEnv]:
     state_dir = directory / "state"
     with start_broker(state_dir, regions=REGIONS, tenants=(*ALLOWED_PRODUCERS, DENIED_PRODUCER),
-                      policy_edit=_only_allowed_producers) as broker:
+                      policy_edit=_only_allowed_producers,
+                      settings_changes={"limits": TEST_LIMITS}) as broker:
         settings = broker.settings
         yield BrokerEnv(state_dir, settings, broker.url, LocalKeyring.open(settings.keyring_path))
 

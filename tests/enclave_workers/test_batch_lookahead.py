@@ -17,7 +17,15 @@ from keybroker.checkpoints import verify_checkpoint
 from keybroker.client import BrokerClient, BrokerUnavailableError
 from keybroker.identity import BrokerPublicKey
 from keybroker.ledger import AuditLedger
-from tests.enclave_workers.broker_env import BrokerEnv, person, seal_json
+from tests.enclave_workers.broker_env import BrokerEnv, broker_env, person, seal_json
+
+
+@pytest.fixture(scope="module")
+def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BrokerEnv]:
+    """A broker of this module's own: its attestations do not spend the attest rate limit
+    of the folder's shared broker."""
+    with broker_env(tmp_path_factory.mktemp("broker")) as env:
+        yield env
 
 
 @pytest.fixture(scope="module")
