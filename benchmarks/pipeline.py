@@ -23,14 +23,18 @@ separately), starts the broker in this process on 127.0.0.1, and for each ``--ba
   process's peak so far, where that is unavailable) and, at the end, ``ru_maxrss``. Every
   Beam run comes before the runs outside Beam, which hold all envelopes in memory.
 
-With ``--baseline plaintext`` each batch size also gets three more FnApiRunner runs, after the
-others: the same pipeline on **record-stream** input (record profile 2: the partner files
-sealed with ``seal_file(..., profile=2)``, ``--records-per-stream`` records a stream and the
-same DEKs per ``--records-per-key``), on **sealed-batch** input (each partner file sealed as
-one batch envelope, ``seal_file(..., output_kind="batch")``) and the **plaintext baseline**
+With ``--baseline plaintext`` each batch size also gets ``--repeat`` rounds (default 3) of
+three more FnApiRunner runs, after the others: the same pipeline on **record-stream** input
+(record profile 2: the partner files sealed with ``seal_file(..., profile=2)``,
+``--records-per-stream`` records a stream and the same DEKs per ``--records-per-key``), on
+**sealed-batch** input (each partner file sealed as one batch envelope,
+``seal_file(..., output_kind="batch")``) and the **plaintext baseline**
 (``benchmarks/plaintext_baseline.py``: the same graph, spec, batching and output format on
-the partners' plaintext JSONL, with the cryptography taken out); the report prints each
-sealed run's records/s as a fraction of the baseline's.
+the partners' plaintext JSONL, with the cryptography taken out). The three are interleaved,
+each round starting one input later, so that a change in the machine's load falls on all
+three alike; every run is checked like the others. The report prints the median and best
+records/s of each input and each sealed input's ratio to plaintext: of the medians (the
+figure to quote), of the best runs, and per round (JSON).
 
 With ``--workers N`` (N >= 2) the pipeline also runs on FnApiRunner in multi-processing
 mode (``--direct_running_mode=multi_processing``) with 1 and with N worker processes, at the
@@ -41,12 +45,14 @@ The ledger's hash chain is verified at the end. Arrow is pinned to one CPU threa
 other benchmarks. ``--json PATH`` also writes the numbers.
 
 What it does not: no cloud, no real TEE (the worker is simulated and its keys are marked so),
-one run per batch size (no repeats: a 100,000-record run takes most of a minute), and the broker
-shares this process (and its GIL) with the runner, as in ``sealbeam demo``.
+one run per batch size outside ``--baseline`` (no repeats there: a 100,000-record run takes
+most of a minute), and the broker shares this process (and its GIL) with the runner, as in
+``sealbeam demo``.
 
     .venv/bin/python benchmarks/pipeline.py [--records 100000] [--files 2]
         [--batch-size 2000 ...] [--output-format sealed-arrow|parquet-pme]
-        [--baseline plaintext] [--records-per-stream 1000] [--workers N] [--json PATH]
+        [--baseline plaintext] [--records-per-stream 1000] [--repeat 3] [--workers N]
+        [--json PATH]
 """
 
 from __future__ import annotations
@@ -56,6 +62,7 @@ import json
 import os
 import platform
 import resource
+import statistics
 import sys
 import tempfile
 import time
@@ -104,7 +111,8 @@ DEFAULT_RECORDS = 100_000
 DEFAULT_FILES_PER_GROUP = 2
 DEFAULT_RECORDS_PER_KEY = 500          # what ``sealbeam demo`` seals with
 DEFAULT_BATCH_SIZES = (2000,)
-# Ledger event -> the kind name ``KeySession.broker_calls`` uses (challenges are not ledgered).
+# Ledger event -> the kind name ``KeySession.broker_calls`` uses (challenges and ledger-head
+# fetches are not ledgered).
 LEDGERED_KINDS = {"attest": "attest", "release": "release", "generate": "generate",
                   "release-named": "release_named"}
 
@@ -304,9 +312,10 @@ def run_pipeline(settings: BrokerSettings, broker: RunningBroker, sealed_dir: Pa
     ])
     before = ledger_head(settings)
     window = start_peak_rss_window()
-    started = time.perf_counter()
+    started, cpu_started = time.perf_counter(), time.process_time()
     summary = run_batch(options)
     seconds = time.perf_counter() - started
+    cpu_seconds = time.process_time() - cpu_started
     memory = peak_rss_since(window)
     calls = ledger_calls_since(settings, before)
     keyring = LocalKeyring.open(settings.keyring_path)
@@ -314,6 +323,7 @@ def run_pipeline(settings: BrokerSettings, broker: RunningBroker, sealed_dir: Pa
     by_kind = {kind: calls[kind] for kind in LEDGERED_KINDS.values()}
     return {
         "seconds": round(seconds, 3),
+        "cpu_seconds": round(cpu_seconds, 3),
         "records_per_second": round(records / seconds),
         "records_in": summary.records_in,
         "records_out": summary.records_out,
@@ -450,11 +460,12 @@ def run_baseline(workdir: Path, out_dir: Path, batch_size: int, output_format: s
                  records: int) -> dict[str, object]:
     """The plaintext baseline graph, timed and checked like the sealed runs."""
     window = start_peak_rss_window()
-    started = time.perf_counter()
+    started, cpu_started = time.perf_counter(), time.process_time()
     summary = run_plaintext_baseline(str(workdir / "partner" / "*.jsonl"),
                                      partner_origins(workdir), str(out_dir), batch_size,
                                      output_format)
     seconds = time.perf_counter() - started
+    cpu_seconds = time.process_time() - cpu_started
     memory = peak_rss_since(window)
     if summary.records_in != records or not summary.reconciled:
         raise BenchmarkCheckError(
@@ -464,7 +475,8 @@ def run_baseline(workdir: Path, out_dir: Path, batch_size: int, output_format: s
     if len(files) != summary.output_files:
         raise BenchmarkCheckError(f"plaintext baseline: {len(files)} files written, "
                                   f"{summary.output_files} reported")
-    return {"seconds": round(seconds, 3), "records_per_second": round(records / seconds),
+    return {"seconds": round(seconds, 3), "cpu_seconds": round(cpu_seconds, 3),
+            "records_per_second": round(records / seconds),
             "records_in": summary.records_in, "records_out": summary.records_out,
             "dead_letters": summary.dead_letters, "rows_out": summary.rows_out,
             "output_files": summary.output_files, **memory}
@@ -496,47 +508,104 @@ def seal_stream_inputs(settings: BrokerSettings, workdir: Path, records_per_key:
                                                1)}
 
 
+BASELINE_KINDS = ("plaintext", "record_stream_beam", "sealed_batch_beam")
+DEFAULT_REPEAT = 3
+
+
+def repeated(runs: list[dict[str, object]]) -> dict[str, object]:
+    """Runs of one input: the median and best records/s and seconds, and every run."""
+    rates = [int(run["records_per_second"]) for run in runs]
+    seconds = [float(run["seconds"]) for run in runs]
+    cpu = [float(run["cpu_seconds"]) for run in runs]
+    return {"median_records_per_second": round(statistics.median(rates)),
+            "best_records_per_second": max(rates),
+            "median_seconds": round(statistics.median(seconds), 3),
+            "best_seconds": min(seconds),
+            "median_cpu_seconds": round(statistics.median(cpu), 3),
+            "repeats": len(runs),
+            "runs": runs}
+
+
 def add_baseline_runs(runs: list[dict[str, object]], settings: BrokerSettings,
                       broker: RunningBroker, workdir: Path, args: argparse.Namespace) -> None:
-    """Per batch size: the record-stream and sealed-batch runs, the plaintext run, and the
-    ratios."""
+    """Per batch size, ``--repeat`` rounds of the plaintext, record-stream and sealed-batch
+    runs, interleaved (each round starts one input later, so drift in the machine's load
+    falls on all three alike), and the ratios of their medians and of their best runs."""
     stream_inputs = seal_stream_inputs(settings, workdir, args.records_per_key,
                                        args.records_per_stream)
     batch_envelopes = seal_batch_inputs(settings, workdir)
     batch_inputs = {"records": args.records, "data_keys": batch_envelopes}
+
+    def one(kind: str, size: int, round_no: int) -> dict[str, object]:
+        out = workdir / f"out-{kind}-{size}-{round_no}"
+        if kind == "plaintext":
+            return run_baseline(workdir, out, size, args.output_format, args.records)
+        if kind == "record_stream_beam":
+            return run_pipeline(settings, broker, workdir / "sealed-stream", out, size,
+                                args.output_format, stream_inputs)
+        return run_pipeline(settings, broker, workdir / "sealed-batch", out, size,
+                            args.output_format, batch_inputs, envelopes=batch_envelopes)
+
     for run in runs:
         size = int(run["batch_size"])
         run["stream_inputs"] = stream_inputs
-        run["record_stream_beam"] = run_pipeline(
-            settings, broker, workdir / "sealed-stream", workdir / f"out-stream-{size}", size,
-            args.output_format, stream_inputs)
-        run["sealed_batch_beam"] = run_pipeline(
-            settings, broker, workdir / "sealed-batch", workdir / f"out-batch-{size}", size,
-            args.output_format, batch_inputs, envelopes=batch_envelopes)
-        run["plaintext"] = run_baseline(workdir, workdir / f"out-plain-{size}", size,
-                                        args.output_format, args.records)
-        plain = run["plaintext"]["records_per_second"]
-        run["sealed_record_over_plaintext"] = round(run["beam"]["records_per_second"] / plain, 3)
-        run["record_stream_over_plaintext"] = round(
-            run["record_stream_beam"]["records_per_second"] / plain, 3)
-        run["sealed_batch_over_plaintext"] = round(
-            run["sealed_batch_beam"]["records_per_second"] / plain, 3)
+        rounds: dict[str, list[dict[str, object]]] = {kind: [] for kind in BASELINE_KINDS}
+        for round_no in range(args.repeat):
+            start = round_no % len(BASELINE_KINDS)
+            for kind in BASELINE_KINDS[start:] + BASELINE_KINDS[:start]:
+                rounds[kind].append(one(kind, size, round_no))
+        for kind in BASELINE_KINDS:
+            run[kind] = repeated(rounds[kind])
+        plain = run["plaintext"]
+        run["sealed_record_over_plaintext"] = round(
+            run["beam"]["records_per_second"] / plain["median_records_per_second"], 3)
+        for kind, name in (("record_stream_beam", "record_stream_over_plaintext"),
+                           ("sealed_batch_beam", "sealed_batch_over_plaintext")):
+            sealed = run[kind]
+            run[name] = round(sealed["median_records_per_second"]
+                              / plain["median_records_per_second"], 3)
+            run[f"{name}_best"] = round(sealed["best_records_per_second"]
+                                        / plain["best_records_per_second"], 3)
+            # Records per CPU-second of this process (the in-process broker's included), as
+            # a fraction of plaintext's: what a shared machine's load moves least.
+            run[f"{name}_cpu"] = round(plain["median_cpu_seconds"]
+                                       / sealed["median_cpu_seconds"], 3)
+            # Each round's own ratio: the runs of one round are minutes apart at most.
+            run[f"{name}_by_round"] = [
+                round(int(s["records_per_second"]) / int(p["records_per_second"]), 3)
+                for s, p in zip(sealed["runs"], plain["runs"], strict=True)]
 
 
 def print_baseline(numbers: dict[str, object]) -> None:
-    print(f"{'batch':>6}{'plaintext rec/s':>17}{'v1 record rec/s':>17}{'x plain':>9}"
-          f"{'record-stream rec/s':>21}{'x plain':>9}"
-          f"{'sealed-batch rec/s':>20}{'x plain':>9}   (Beam, FnApiRunner, one run each)")
+    repeat = numbers["runs"][0]["plaintext"]["repeats"]
+    print(f"records/s of the Beam runs (FnApiRunner), median (best) of {repeat} interleaved "
+          f"run(s) each; x plain = ratio of the medians (of the best)")
+    print(f"{'batch':>6}{'plaintext':>18}{'v1 records':>12}{'x plain':>8}"
+          f"{'record streams':>18}{'x plain':>14}{'sealed batches':>18}{'x plain':>14}")
     for run in numbers["runs"]:
-        print(f"{run['batch_size']:>6}{run['plaintext']['records_per_second']:>17,}"
-              f"{run['beam']['records_per_second']:>17,}"
-              f"{run['sealed_record_over_plaintext']:>9.2f}"
-              f"{run['record_stream_beam']['records_per_second']:>21,}"
-              f"{run['record_stream_over_plaintext']:>9.2f}"
-              f"{run['sealed_batch_beam']['records_per_second']:>20,}"
-              f"{run['sealed_batch_over_plaintext']:>9.2f}")
+        plain = run["plaintext"]
+        stream, batch = run["record_stream_beam"], run["sealed_batch_beam"]
+        print(f"{run['batch_size']:>6}"
+              f"{plain['median_records_per_second']:>9,} ({plain['best_records_per_second']:>6,})"
+              f"{run['beam']['records_per_second']:>12,}"
+              f"{run['sealed_record_over_plaintext']:>8.2f}"
+              f"{stream['median_records_per_second']:>9,} ({stream['best_records_per_second']:>6,})"
+              f"{run['record_stream_over_plaintext']:>7.2f} ("
+              f"{run['record_stream_over_plaintext_best']:.2f})"
+              f"{batch['median_records_per_second']:>9,} ({batch['best_records_per_second']:>6,})"
+              f"{run['sealed_batch_over_plaintext']:>7.2f} ("
+              f"{run['sealed_batch_over_plaintext_best']:.2f})")
+    print(f"{'batch':>6}{'plaintext CPU s':>18}{'record streams CPU s':>24}{'x plain':>8}"
+          f"{'sealed batches CPU s':>24}{'x plain':>8}   (medians; CPU of the whole process)")
+    for run in numbers["runs"]:
+        print(f"{run['batch_size']:>6}{run['plaintext']['median_cpu_seconds']:>18.2f}"
+              f"{run['record_stream_beam']['median_cpu_seconds']:>24.2f}"
+              f"{run['record_stream_over_plaintext_cpu']:>8.2f}"
+              f"{run['sealed_batch_beam']['median_cpu_seconds']:>24.2f}"
+              f"{run['sealed_batch_over_plaintext_cpu']:>8.2f}")
     streams = numbers["runs"][0]["stream_inputs"]
-    print(f"(record streams: {streams['envelopes']:,} streams of up to "
+    print(f"(v1 records: one run, over the plaintext median; record streams: "
+          f"{streams['envelopes']:,} streams of up to "
           f"{streams['records_per_stream']:,} records, {streams['data_keys']} DEKs, "
           f"{streams['overhead_bytes_per_record']} B of envelope overhead per record; "
           f"sealed at {streams['seal_records_per_second']:,} records/s)")
@@ -574,14 +643,16 @@ def print_report(numbers: dict[str, object]) -> None:
               f"{beam['ledger_entries']:>8}")
     env, ledger = numbers["environment"], numbers["ledger"]
     print(f"(broker calls of the Beam run by kind from the audit ledger; 'other' = the job's "
-          f"broker_calls metric minus those = challenges; ledger: {ledger['entries']} entries, "
+          f"broker_calls metric minus those = challenges and ledger-head fetches; ledger: "
+          f"{ledger['entries']} entries, "
           f"chain {'verified' if ledger['verified'] else 'BROKEN'})")
     if "plaintext" in numbers["runs"][0]:
         print()
         print_baseline(numbers)
     print(f"{numbers['output_format']}, FnApiRunner, Arrow CPU threads "
           f"{env['arrow_cpu_threads']}, {env['cpu_count']} CPUs on this machine, one run per "
-          f"batch size; peak RSS per run by {numbers['runs'][0]['beam']['peak_rss_method']}, "
+          f"batch size (but --baseline's); peak RSS per run by "
+          f"{numbers['runs'][0]['beam']['peak_rss_method']}, "
           f"of the process (ru_maxrss) {numbers['process_peak_rss_bytes'] / mib:,.0f} MiB")
 
 
@@ -615,6 +686,10 @@ def parse_arguments(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--records-per-stream", type=int, default=DEFAULT_RECORDS_PER_STREAM,
                         help="records per record stream (profile 2) for the --baseline runs "
                              f"(default {DEFAULT_RECORDS_PER_STREAM})")
+    parser.add_argument("--repeat", type=int, default=DEFAULT_REPEAT,
+                        help="rounds of the --baseline runs (plaintext, record streams, "
+                             f"sealed batches interleaved; default {DEFAULT_REPEAT}); the "
+                             "report gives the median and best of each")
     parser.add_argument("--workers", type=int, default=1,
                         help="N >= 2: also run on 1 and on N worker processes "
                              "(multi-processing) and report the speed-up")
@@ -628,6 +703,8 @@ def parse_arguments(argv: Sequence[str] | None) -> argparse.Namespace:
         parser.error("--batch-size must be at least 1")
     if args.workers < 1:
         parser.error("--workers must be at least 1")
+    if args.repeat < 1:
+        parser.error("--repeat must be at least 1")
     return args
 
 

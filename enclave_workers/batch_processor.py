@@ -37,9 +37,10 @@ discarding good data.
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Sequence
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from importlib import resources
 
@@ -111,6 +112,7 @@ __all__ = [
     "BatchProcessor",
     "BatchResult",
     "DeadLetter",
+    "PreparedBatch",
     "SealedOutput",
     "broker_key_name",
     "default_feature_spec",
@@ -149,8 +151,12 @@ class BatchConfigError(Exception):
     """The processor was configured with something it cannot work with (output format)."""
 
 
+@functools.cache
 def default_feature_spec() -> FeatureSpec:
-    """The spec run when none is given: package data ``enclave_workers/default_spec.yaml``."""
+    """The spec run when none is given: package data ``enclave_workers/default_spec.yaml``.
+
+    Read once per process (a ``FeatureSpec`` is frozen): parsing and validating the YAML
+    takes tens of milliseconds, which every pipeline run paid when building its graph."""
     text = resources.files(__package__).joinpath(DEFAULT_SPEC_RESOURCE).read_text("utf-8")
     return FeatureSpec.from_yaml(text, source=f"{__package__}/{DEFAULT_SPEC_RESOURCE}")
 
@@ -246,6 +252,16 @@ class _KeyGroup:
 
 
 @dataclass
+class PreparedBatch:
+    """A batch whose headers are parsed and grouped and whose data keys are being released
+    on the processor's threads (``BatchProcessor.prepare``); ``complete`` finishes it."""
+
+    result: BatchResult
+    groups: dict[GroupKey, _KeyGroup]
+    releases: list[Future[DataKey | Exception]]
+
+
+@dataclass
 class _RegionWork:
     """Opened material of one (region, producer): record plaintexts and batch tables."""
 
@@ -305,8 +321,38 @@ class BatchProcessor:
             raise ValueError(f"{len(routes)} routes for {len(envelopes)} envelopes")
         result = BatchResult()
         groups = self._parse_and_group(envelopes, routes, result)
-        work: dict[tuple[str, str], _RegionWork] = {}
         released = self._release_data_keys(list(groups))
+        return self._open_and_featurize(groups, released, result)
+
+    def prepare(self, envelopes: Sequence[bytes | ParsedEnvelope],
+                routes: Sequence[Route] | None = None) -> PreparedBatch:
+        """Parse and group ``envelopes`` and start releasing their data keys, without waiting.
+
+        For a caller that has the next batch in hand while this one is featurized: the
+        releases (mostly waiting on the broker) overlap the other batch's work instead of
+        stalling this one. Each key is still fetched once per session (single flight, then
+        the cache), after the session's attestation; ``complete`` waits for them. ``routes``
+        as for ``process``.
+        """
+        if routes is not None and len(routes) != len(envelopes):
+            raise ValueError(f"{len(routes)} routes for {len(envelopes)} envelopes")
+        result = BatchResult()
+        groups = self._parse_and_group(envelopes, routes, result)
+        releaser = self._release_pool()
+        return PreparedBatch(result, groups, [releaser.submit(self._release_one, key)
+                                              for key in groups])
+
+    def complete(self, prepared: PreparedBatch) -> BatchResult:
+        """Open, featurize and reseal a prepared batch (``process`` after ``prepare``);
+        an error a release raised that is not a key refusal (broker unavailable) raises
+        here, as ``process`` would."""
+        released = [release.result() for release in prepared.releases]
+        return self._open_and_featurize(prepared.groups, released, prepared.result)
+
+    def _open_and_featurize(self, groups: dict[GroupKey, _KeyGroup],
+                            released: list[DataKey | Exception],
+                            result: BatchResult) -> BatchResult:
+        work: dict[tuple[str, str], _RegionWork] = {}
         for (key, group), data_key in zip(groups.items(), released, strict=True):
             _, region, producer_id = key
             self._open_group(group, data_key,
@@ -400,25 +446,29 @@ class BatchProcessor:
         ledger append, HPKE seal), so a batch of many DEKs (e.g. record streams, a DEK per
         few hundred records) waits for them once, not one after another. The session is
         shared by threads (single flight per key); other errors (broker unavailable) raise."""
-        def release(key: GroupKey) -> DataKey | Exception:
-            wrapped_key, region, producer_id = key
-            try:
-                return self._session.data_key(wrapped_key, region, producer_id)
-            except _KEY_ERRORS as exc:
-                return exc
-            except BrokerError as exc:
-                # The KMS refused this wrapped key for this (region, producer): e.g. a header
-                # whose region was changed. A fact about these envelopes, not an outage.
-                if exc.error == _WRAPPED_KEY_REJECTED:
-                    return exc
-                raise
-
         if len(keys) <= 1:
-            return [release(key) for key in keys]
+            return [self._release_one(key) for key in keys]
+        return list(self._release_pool().map(self._release_one, keys))
+
+    def _release_one(self, key: GroupKey) -> DataKey | Exception:
+        """One group's data key, or the key error refusing it (other errors raise)."""
+        wrapped_key, region, producer_id = key
+        try:
+            return self._session.data_key(wrapped_key, region, producer_id)
+        except _KEY_ERRORS as exc:
+            return exc
+        except BrokerError as exc:
+            # The KMS refused this wrapped key for this (region, producer): e.g. a header
+            # whose region was changed. A fact about these envelopes, not an outage.
+            if exc.error == _WRAPPED_KEY_REJECTED:
+                return exc
+            raise
+
+    def _release_pool(self) -> ThreadPoolExecutor:
         if self._releaser is None:
             self._releaser = ThreadPoolExecutor(max_workers=MAX_PARALLEL_RELEASES,
                                                 thread_name_prefix="dek-release")
-        return list(self._releaser.map(release, keys))
+        return self._releaser
 
     def _open_group(self, group: _KeyGroup, data_key: DataKey | Exception,
                     work: _RegionWork, result: BatchResult) -> None:
@@ -600,21 +650,36 @@ class BatchProcessor:
         the broker's signed attestation result (which lists the signing key) and the
         broker's signed ledger head after the grants (provenance.py).
         """
+        return self.sign_custody_all([(output, file_name)])[0]
+
+    def sign_custody_all(self, named: Sequence[tuple[SealedOutput, str]]
+                         ) -> list[SealedOutput]:
+        """``sign_custody`` for several outputs of completed batches, under one ledger head.
+
+        The head is fetched once, after every grant behind these outputs (their batches are
+        done), so it covers each of them: one broker call for the group instead of one per
+        output whenever grants happened in between (a batch run's next DEKs).
+        """
+        if not named:
+            return []
         signer, attestation_result = self._session.custody_signer()
-        statement = output_statement(
-            file_name=file_name, payload=output.payload, region=output.region,
-            producer_id=output.producer_id, output_format=output.output_format,
-            source_ids=output.source_ids, spec_fingerprint=self._compiled.fingerprint,
-            kek_refs=output.kek_refs,
-            counts={"envelopes_in": len(output.source_ids),
-                    "records_in": output.source_count,
-                    "rows_in": output.row_count + output.rows_suppressed
-                    + output.dead_letter_rows,
-                    "rows_out": output.row_count, "rows_suppressed": output.rows_suppressed,
-                    "dead_letter_rows": output.dead_letter_rows},
-            attestation_result=attestation_result,
-            ledger_head=self._session.ledger_head())
-        return replace(output, statement=canonical_json(signer.sign(statement)))
+        ledger_head = self._session.ledger_head()
+        signed = []
+        for output, file_name in named:
+            statement = output_statement(
+                file_name=file_name, payload=output.payload, region=output.region,
+                producer_id=output.producer_id, output_format=output.output_format,
+                source_ids=output.source_ids, spec_fingerprint=self._compiled.fingerprint,
+                kek_refs=output.kek_refs,
+                counts={"envelopes_in": len(output.source_ids),
+                        "records_in": output.source_count,
+                        "rows_in": output.row_count + output.rows_suppressed
+                        + output.dead_letter_rows,
+                        "rows_out": output.row_count, "rows_suppressed": output.rows_suppressed,
+                        "dead_letter_rows": output.dead_letter_rows},
+                attestation_result=attestation_result, ledger_head=ledger_head)
+            signed.append(replace(output, statement=canonical_json(signer.sign(statement))))
+        return signed
 
     def _reseal_rows(self, region: str, producer_id: str,
                      partial: PartialDeadRows) -> DeadLetter:

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import functools
 import hashlib
 import hmac
 import re
@@ -157,6 +158,15 @@ def _session_id(session: BrokerSession | str) -> str:
     return session if isinstance(session, str) else session.id
 
 
+@functools.cache
+def _default_verify_context() -> ssl.SSLContext:
+    """httpx's default context (its CA bundle, or ``SSL_CERT_FILE`` / ``SSL_CERT_DIR`` as set
+    when first asked), built once per process and shared: httpx builds it for every client,
+    even for an ``http://`` URL, and loading the bundle costs tens of milliseconds a client
+    (a worker's key session, each run's ledger-head fetch)."""
+    return httpx.create_ssl_context()
+
+
 class BrokerClient:
     """A client for one broker. Thread-safe (one httpx.Client underneath).
 
@@ -196,7 +206,7 @@ class BrokerClient:
         self._identity = broker_identity
         self._max_clock_skew = float(max_clock_skew)
         self._clock = clock
-        verify: ssl.SSLContext | bool = True
+        verify: ssl.SSLContext | None = None
         try:
             self._pinned_fingerprint = (
                 certificate_fingerprint(pinned_certificate)
@@ -215,7 +225,8 @@ class BrokerClient:
             base_url=self._base_url,
             timeout=httpx.Timeout(timeout),
             transport=transport,
-            verify=verify,
+            verify=(verify if verify is not None
+                    else True if transport is not None else _default_verify_context()),
         )
 
     @property

@@ -121,22 +121,24 @@ def build_batch_pipeline(p: beam.Pipeline, options: PipelineOptions, *,
     built = add_processing_steps(
         opts, read[ReadSealedRecords.SEALED], read[ReadSealedRecords.DEAD_LETTER],
         after_confidential=after_confidential, preflight_clients=preflight_clients)
-    (
-        (built.written_paths, built.dead_letter_paths)
-        | "AllWritten" >> beam.Flatten()
-        | "CountWritten" >> beam.combiners.Count.Globally()
-        | "CleanTemporaryFiles" >> beam.Map(_clean_after_writes,
+    written = (built.written_paths, built.dead_letter_paths) | "AllWritten" >> beam.Flatten()
+    # Once, after every write (the side input is complete only then), even when nothing was
+    # written; a side input, not a global count, which would add ten transforms and a stage.
+    _ = (
+        p
+        | "AfterAllWrites" >> beam.Impulse()
+        | "CleanTemporaryFiles" >> beam.Map(_clean_after_writes, beam.pvalue.AsList(written),
                                             list(built.temporary_directories))
     )
     return built
 
 
-def _clean_after_writes(files_written: int, directories: list[str]) -> int:
+def _clean_after_writes(_: bytes, written: list[str], directories: list[str]) -> int:
     """Runs once every write of a batch run is done: removes temporary files left behind."""
     removed = clean_temporary_files(directories)
     if removed:
         _LOG.warning("removed %d temporary files left by failed attempts (%d files written)",
-                     len(removed), files_written)
+                     len(removed), len(written))
     return len(removed)
 
 

@@ -27,6 +27,15 @@ or rerun batch writes the same name again, never a second file. Each output then
 custody statement, signed in the confidential step by the session's statement key for the
 file name it will have (``BatchProcessor.sign_custody``, docs/FORMAT.md "Custody statements").
 
+In a batch run (the default batching) a bundle carries many batches, and the step looks one
+batch ahead: it parses the next batch's headers and starts its data-key releases
+(``BatchProcessor.prepare``) before featurizing the one before it, so the releases' wait on
+the broker overlaps that work; the outputs are then signed in groups (up to
+``CUSTODY_GROUP_OUTPUTS`` outputs or ``CUSTODY_GROUP_BYTES``) under one ledger head taken
+after all of their grants, instead of a ledger-head fetch per output. What is held is
+completed in ``finish_bundle``, each output and dead letter in its own batch's window. With
+another batcher (streaming) each batch completes in its own ``process`` call.
+
 The spec is validated and compiled when the transform is built (a bad spec fails there, not
 on a worker), travels to the workers as its plain JSON document, and is compiled once per
 worker in ``setup``; the worker checks that its compiled fingerprint is the one the pipeline
@@ -49,15 +58,19 @@ What it does not: no file I/O, no routing; keys stay in the worker's memory.
 from __future__ import annotations
 
 import dataclasses
+import json
 import threading
 import time
-from collections.abc import Iterable, Mapping
-from typing import Any
+from collections import deque
+from collections.abc import Iterable, Iterator, Mapping
+from typing import Any, NamedTuple
 
 import apache_beam as beam
 from apache_beam.metrics import Metrics
 from apache_beam.pvalue import TaggedOutput
 from apache_beam.transforms.window import BoundedWindow
+from apache_beam.utils.timestamp import Timestamp
+from apache_beam.utils.windowed_value import WindowedValue
 
 from enclave_workers.batch_processor import (
     MAX_ENVELOPE_BYTES,
@@ -66,6 +79,8 @@ from enclave_workers.batch_processor import (
     SEALED_ARROW,
     BatchProcessor,
     BatchResult,
+    PreparedBatch,
+    SealedOutput,
 )
 from enclave_workers.features import CompiledSpec, FeatureError, FeatureSpec, compile_spec
 from enclave_workers.features.pme import check_column_keys, column_keys_for_spec
@@ -92,17 +107,49 @@ from .write import output_file_name
 __all__ = ["BROKER_RETRIES_DEFAULT", "ConfidentialProcess", "compile_for_workers",
            "output_name_id"]
 
+CUSTODY_GROUP_OUTPUTS = 16        # batch runs: outputs signed together under one ledger head
+CUSTODY_GROUP_BYTES = 64 << 20     # ... or fewer, once they hold this many payload bytes
 PME_OUTPUT_KEY_MAX_ENVELOPES = 1   # a fresh DEK per master key: each PME file's two differ
 BROKER_RETRIES_DEFAULT = 5         # attempts after the first while the broker is unavailable
 BROKER_BACKOFF_S = 0.5
 BROKER_BACKOFF_CAP_S = 8.0
 
 
+_COMPILED: dict[tuple[str, str | None], CompiledSpec] = {}
+_COMPILED_LOCK = threading.Lock()
+_COMPILED_MAX = 16
+
+
+def compile_document(document: dict[str, Any], source: str | None) -> CompiledSpec:
+    """``document`` validated and compiled, once per process for each distinct document.
+
+    Validation (JSON Schema) and compilation take tens of milliseconds; a worker's
+    ``setup`` and, in-process runners, the pipeline's construction compile the same
+    document, run after run. Keyed by the document's canonical JSON and its source; a
+    ``CompiledSpec`` is frozen and its operations keep no state, so threads share it.
+    ``FeatureError`` as ``FeatureSpec.from_dict`` and ``compile_spec`` raise it.
+    """
+    try:
+        key = (json.dumps(document, sort_keys=True, allow_nan=False), source)
+    except (TypeError, ValueError):   # not plain JSON: from_dict says why
+        return compile_spec(FeatureSpec.from_dict(document, source=source))
+    with _COMPILED_LOCK:
+        cached = _COMPILED.get(key)
+    if cached is not None:
+        return cached
+    compiled = compile_spec(FeatureSpec.from_dict(document, source=source))
+    with _COMPILED_LOCK:
+        if len(_COMPILED) >= _COMPILED_MAX:
+            _COMPILED.clear()
+        _COMPILED[key] = compiled
+    return compiled
+
+
 def compile_for_workers(spec: FeatureSpec) -> tuple[dict[str, Any], CompiledSpec]:
     """The spec's plain document (what is pickled to workers) and its compiled form."""
     document = spec.to_json_document()
     try:
-        compiled = compile_spec(FeatureSpec.from_dict(document, source=spec.source))
+        compiled = compile_document(document, spec.source)
     except FeatureError as exc:
         lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
         raise TransformConfigError(" ".join(lines)) from None
@@ -137,6 +184,26 @@ class _CallCount:
         return count
 
 
+class _Unsigned(NamedTuple):
+    """A named output waiting for its custody statement (batch runs sign several at once)."""
+
+    output: SealedOutput
+    file_name: str
+    window: BoundedWindow
+    timestamp: Timestamp
+
+
+class _Prepared(NamedTuple):
+    """A batch held back one step while its data keys are released (lookahead)."""
+
+    batch: EnvelopeBatch
+    envelopes: list[bytes]
+    routes: list[tuple[str, str, str]]
+    window: BoundedWindow
+    timestamp: Timestamp
+    prepared: PreparedBatch
+
+
 _PENDING_CALLS: dict[str, _CallCount] = {}
 _PENDING_LOCK = threading.Lock()
 
@@ -151,8 +218,17 @@ class _ConfidentialProcessFn(beam.DoFn):
                  spec_source: str | None, fingerprint: str, output_format: str,
                  limits: SessionLimits, broker_retries: int,
                  broker_trust: BrokerTrust | None = None,
-                 destinations: OutputDestinations = ()) -> None:
+                 destinations: OutputDestinations = (), lookahead: bool = False) -> None:
+        """``lookahead`` (batch runs): hold each batch back one step, its data keys being
+        released meanwhile, and featurize the batch before it; sign the outputs' custody
+        statements in groups under one ledger head (``CUSTODY_GROUP_OUTPUTS``). Outputs keep
+        their own batch's window and timestamp; what is held completes in ``finish_bundle``.
+        """
         self._broker_url = broker_url
+        self._lookahead = lookahead
+        self._held: deque[_Prepared] = deque()
+        self._unsigned: list[_Unsigned] = []
+        self._unsigned_bytes = 0
         self._destinations = destinations
         self._broker_trust = broker_trust
         self._tee = tee
@@ -183,8 +259,7 @@ class _ConfidentialProcessFn(beam.DoFn):
             destinations=self._destinations)
 
     def setup(self) -> None:
-        compiled = compile_spec(FeatureSpec.from_dict(self._spec_document,
-                                                      source=self._spec_source))
+        compiled = compile_document(self._spec_document, self._spec_source)
         if compiled.fingerprint != self._fingerprint:
             raise TransformConfigError("the worker compiled the feature spec to another "
                                        "fingerprint than the pipeline was built with")
@@ -203,10 +278,14 @@ class _ConfidentialProcessFn(beam.DoFn):
             release_session(tag)
 
     def _process_with_backoff(self, envelopes: list[bytes],
-                              routes: list[tuple[str, str, str]]) -> BatchResult:
+                              routes: list[tuple[str, str, str]],
+                              prepared: PreparedBatch | None = None) -> BatchResult:
+        """The batch's result (its first attempt completing ``prepared`` when given)."""
         assert self._processor is not None, "setup() creates the processor"
         for attempt in range(self._broker_retries + 1):
             try:
+                if prepared is not None and attempt == 0:
+                    return self._processor.complete(prepared)
                 return self._processor.process(envelopes, routes)
             except BrokerUnavailableError:
                 if attempt == self._broker_retries:
@@ -215,14 +294,67 @@ class _ConfidentialProcessFn(beam.DoFn):
                 time.sleep(min(BROKER_BACKOFF_CAP_S, BROKER_BACKOFF_S * 2 ** attempt))
         raise AssertionError("unreachable: the last attempt returns or raises")
 
-    def process(self, batch: EnvelopeBatch,
-                window: BoundedWindow = beam.DoFn.WindowParam) -> Iterable[object]:
+    def start_bundle(self) -> None:
+        # A failed bundle's held batches and outputs are retried with the bundle.
+        self._held.clear()
+        self._unsigned, self._unsigned_bytes = [], 0
+
+    def process(self, batch: EnvelopeBatch, window: BoundedWindow = beam.DoFn.WindowParam,
+                timestamp: Timestamp = beam.DoFn.TimestampParam) -> Iterable[object]:
         self._batch_sizes.update(len(batch.envelopes))
+        envelopes = [e.data for e in batch.envelopes]
         # The routing facts travel beside the bytes: the TEE dead-letters an envelope whose
         # header says otherwise (BatchProcessor.process), and relies on none of them.
-        result = self._process_with_backoff(
-            [e.data for e in batch.envelopes],
-            [(e.key_id, e.region, e.producer_id) for e in batch.envelopes])
+        routes = [(e.key_id, e.region, e.producer_id) for e in batch.envelopes]
+        if not self._lookahead:
+            yield from self._outputs(batch, window,
+                                     self._process_with_backoff(envelopes, routes))
+            return
+        assert self._processor is not None, "setup() creates the processor"
+        self._held.append(_Prepared(batch, envelopes, routes, window, timestamp,
+                                    self._processor.prepare(envelopes, routes)))
+        while len(self._held) > 1:
+            yield from self._complete_held()
+
+    def finish_bundle(self) -> Iterable[object]:
+        while self._held:
+            yield from self._complete_held()
+        yield from self._sign_unsigned()
+
+    def _complete_held(self) -> Iterator[object]:
+        """The oldest held batch, completed: its dead letters out now, its outputs queued
+        for their custody statements; all in its own window and timestamp."""
+        held = self._held.popleft()
+        result = self._process_with_backoff(held.envelopes, held.routes, held.prepared)
+        self._rows_suppressed.inc(result.rows_suppressed)
+        for output in result.outputs:
+            named = dataclasses.replace(output, output_id=output_name_id(held.batch.batch_id,
+                                                                         output))
+            self._unsigned.append(_Unsigned(named, output_file_name(named, held.window),
+                                            held.window, held.timestamp))
+            self._unsigned_bytes += len(named.payload)
+        for dead_letter in result.dead_letters:
+            yield TaggedOutput(ConfidentialProcess.DEAD_LETTER,
+                               WindowedValue(dead_letter, held.timestamp, (held.window,)))
+        self._broker_calls.inc(_pending_broker_calls(self._session_tag()).take())
+        if (len(self._unsigned) >= CUSTODY_GROUP_OUTPUTS
+                or self._unsigned_bytes >= CUSTODY_GROUP_BYTES):
+            yield from self._sign_unsigned()
+
+    def _sign_unsigned(self) -> Iterator[object]:
+        """The queued outputs with their custody statements, signed in the TEE for the names
+        the files get, under one ledger head taken after all of their grants."""
+        unsigned, self._unsigned, self._unsigned_bytes = self._unsigned, [], 0
+        if not unsigned:
+            return
+        assert self._processor is not None
+        signed = self._processor.sign_custody_all([(u.output, u.file_name) for u in unsigned])
+        for output, queued in zip(signed, unsigned, strict=True):
+            yield WindowedValue(output, queued.timestamp, (queued.window,))
+        self._broker_calls.inc(_pending_broker_calls(self._session_tag()).take())
+
+    def _outputs(self, batch: EnvelopeBatch, window: BoundedWindow,
+                 result: BatchResult) -> Iterator[object]:
         self._rows_suppressed.inc(result.rows_suppressed)
         assert self._processor is not None
         for output in result.outputs:
@@ -294,7 +426,12 @@ class ConfidentialProcess(beam.PTransform):
                                           compiled.fingerprint, output_format,
                                           limits or SessionLimits(), broker_retries,
                                           resolve_broker_trust(broker_trust, tee),
-                                          output_destinations(destinations))
+                                          output_destinations(destinations),
+                                          # Batch runs: a bundle holds many batches, and
+                                          # the next one's DEK releases overlap this
+                                          # one's work. Not for per-bundle streaming
+                                          # batches, which keep their outputs prompt.
+                                          lookahead=batcher is None)
         self._drop_duplicates = drop_duplicates
         self._batcher = batcher or BatchByDataKey(
             max_count=max_batch_size, max_bytes=max_batch_bytes, shards=key_shards,

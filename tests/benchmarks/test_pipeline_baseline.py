@@ -1,7 +1,8 @@
 """``benchmarks/pipeline.py --baseline plaintext`` and the baseline graph itself.
 
-The run must add, per batch size, a reconciled sealed-batch run and a reconciled plaintext
-run, and ratios that are those runs' records/s over the baseline's. The baseline graph,
+The run must add, per batch size, ``--repeat`` reconciled runs of each input (plaintext,
+record streams, sealed batches), their medians and best, and ratios that are those figures
+over the baseline's. The baseline graph,
 run directly, must write Arrow IPC (or Parquet) files of the spec's output schema holding
 the rows it reports. Correctness only: no timing is asserted."""
 
@@ -20,6 +21,7 @@ from pipelines import synthetic
 from tests.benchmarks.support import assert_positive, run_benchmark
 
 RECORDS = 120
+REPEAT = 2
 
 
 @pytest.fixture(scope="module")
@@ -28,36 +30,59 @@ def baseline_results(repo_root: Path, tmp_path_factory: pytest.TempPathFactory):
     return run_benchmark(
         repo_root, "pipeline.py",
         ["--records", str(RECORDS), "--files", "1", "--batch-size", "60",
-         "--baseline", "plaintext", "--records-per-stream", "10"], json_path)
+         "--baseline", "plaintext", "--records-per-stream", "10", "--repeat", str(REPEAT)],
+        json_path)
 
 
 def test_baseline_runs_reconcile_and_ratios_follow(baseline_results) -> None:
     stdout, numbers = baseline_results
-    assert "sealed-batch rec/s" in stdout and "plaintext rec/s" in stdout
-    assert "record-stream rec/s" in stdout
+    assert "plaintext" in stdout and "record streams" in stdout
+    assert "sealed batches" in stdout and f"of {REPEAT} interleaved" in stdout
+    assert "record streams CPU s" in stdout
     (run,) = numbers["runs"]
     plain, batch = run["plaintext"], run["sealed_batch_beam"]
     stream, stream_inputs = run["record_stream_beam"], run["stream_inputs"]
+    for repeated in (plain, batch, stream):
+        assert repeated["repeats"] == len(repeated["runs"]) == REPEAT
+        rates = sorted(r["records_per_second"] for r in repeated["runs"])
+        assert repeated["best_records_per_second"] == rates[-1]
+        assert repeated["median_records_per_second"] == pytest.approx(
+            (rates[0] + rates[-1]) / 2, abs=1)
+        assert repeated["best_seconds"] == min(r["seconds"] for r in repeated["runs"])
+        cpu = sorted(r["cpu_seconds"] for r in repeated["runs"])
+        assert repeated["median_cpu_seconds"] == pytest.approx((cpu[0] + cpu[-1]) / 2, abs=1e-3)
+        assert cpu[0] > 0
     # Record streams count records, not envelopes; every record is a row out or suppressed.
-    assert stream["records_in"] == RECORDS and stream["reconciled"] is True
-    assert stream["dead_letters"] == 0
-    assert stream["rows_out"] + stream["rows_suppressed"] == stream["records_out"] == RECORDS
+    for one in stream["runs"]:
+        assert one["records_in"] == RECORDS and one["reconciled"] is True
+        assert one["dead_letters"] == 0
+        assert one["rows_out"] + one["rows_suppressed"] == one["records_out"] == RECORDS
     assert stream_inputs["records"] == RECORDS
     assert stream_inputs["envelopes"] >= RECORDS // 10
     assert 0 < stream_inputs["overhead_bytes_per_record"] < 213
-    assert plain["records_in"] == RECORDS
-    assert plain["records_out"] + plain["dead_letters"] == RECORDS
-    assert plain["output_files"] >= 1 and plain["rows_out"] >= 1
+    for one in plain["runs"]:
+        assert one["records_in"] == RECORDS
+        assert one["records_out"] + one["dead_letters"] == RECORDS
+        assert one["output_files"] >= 1 and one["rows_out"] >= 1
+        assert_positive(one, ("seconds", "records_per_second", "peak_rss_bytes"))
     # One batch envelope per partner file: 2 producers x 2 regions x 1 file.
-    assert batch["records_in"] == len(synthetic.PRODUCERS) * len(synthetic.REGIONS)
-    assert batch["reconciled"] is True and batch["dead_letters"] == 0
-    assert batch["rows_out"] + batch["rows_suppressed"] == RECORDS
-    for name, sealed in (("sealed_record_over_plaintext", run["beam"]),
-                         ("record_stream_over_plaintext", stream),
+    for one in batch["runs"]:
+        assert one["records_in"] == len(synthetic.PRODUCERS) * len(synthetic.REGIONS)
+        assert one["reconciled"] is True and one["dead_letters"] == 0
+        assert one["rows_out"] + one["rows_suppressed"] == RECORDS
+    assert run["sealed_record_over_plaintext"] == pytest.approx(
+        run["beam"]["records_per_second"] / plain["median_records_per_second"], rel=1e-2)
+    for name, sealed in (("record_stream_over_plaintext", stream),
                          ("sealed_batch_over_plaintext", batch)):
         assert run[name] == pytest.approx(
-            sealed["records_per_second"] / plain["records_per_second"], rel=1e-2)
-    assert_positive(plain, ("seconds", "records_per_second", "peak_rss_bytes"))
+            sealed["median_records_per_second"] / plain["median_records_per_second"], rel=1e-2)
+        assert run[f"{name}_best"] == pytest.approx(
+            sealed["best_records_per_second"] / plain["best_records_per_second"], rel=1e-2)
+        assert run[f"{name}_cpu"] == pytest.approx(
+            plain["median_cpu_seconds"] / sealed["median_cpu_seconds"], rel=1e-2)
+        assert run[f"{name}_by_round"] == pytest.approx(
+            [s["records_per_second"] / p["records_per_second"]
+             for s, p in zip(sealed["runs"], plain["runs"], strict=True)], rel=1e-2)
 
 
 @pytest.mark.parametrize("output_format", [SEALED_ARROW, PARQUET_PME])

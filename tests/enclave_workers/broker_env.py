@@ -59,16 +59,18 @@ def _only_allowed_producers(document: dict[str, Any]) -> None:
         rule["producers"] = list(ALLOWED_PRODUCERS)
 
 
+# One broker serves a whole folder's tests from one loopback address: the per-address
+# limit on challenges and attestations (tested in tests/keybroker) would throttle the suite
+# itself once sessions are quick to make.
+TEST_LIMITS = ServiceLimits(rate_per_second=1_000, rate_burst=10_000)
+
+
 @contextmanager
 def broker_env(directory: Path) -> Iterator[BrokerEnv]:
     state_dir = directory / "state"
-    # One broker serves the whole folder's session, and every KeySession attests (one
-    # challenge each): the default per-address challenge bucket (60 at once) is for a
-    # production broker's many callers, not for one test process's hundreds of sessions.
-    limits = ServiceLimits(rate_per_second=1_000, rate_burst=10_000)
     with start_broker(state_dir, regions=REGIONS, tenants=(*ALLOWED_PRODUCERS, DENIED_PRODUCER),
                       policy_edit=_only_allowed_producers,
-                      settings_changes={"limits": limits}) as broker:
+                      settings_changes={"limits": TEST_LIMITS}) as broker:
         settings = broker.settings
         yield BrokerEnv(state_dir, settings, broker.url, LocalKeyring.open(settings.keyring_path))
 
