@@ -67,6 +67,7 @@ from envelope import (
     read_stream_piece,
     seal_batch,
 )
+from envelope.keys import memoized_key_id
 from keybroker.client import BrokerDeniedError, BrokerError, BrokerNotFoundError
 from keybroker.identity import canonical_json
 
@@ -221,7 +222,7 @@ _ROUTE_REASON = ("routed by facts its header does not state (data key, region or
 def _route_of(key: GroupKey) -> Route:
     """The route the TEE's own parse gives: (data-key id, region, producer)."""
     wrapped_key, region, producer_id = key
-    return _key_id(wrapped_key), region, producer_id
+    return memoized_key_id(wrapped_key), region, producer_id
 
 
 def _route_differs(route: Route | None, expected: Route) -> bool:
@@ -229,18 +230,6 @@ def _route_differs(route: Route | None, expected: Route) -> bool:
     return route is not None and tuple(route) != expected
 
 
-_KEY_IDS: dict[WrappedKey, str] = {}
-_MAX_KEY_IDS = 1024
-
-
-def _key_id(wrapped: WrappedKey) -> str:
-    """``wrapped.key_id`` (a SHA-256), once per distinct wrapped DEK."""
-    key_id = _KEY_IDS.get(wrapped)
-    if key_id is None:
-        if len(_KEY_IDS) >= _MAX_KEY_IDS:
-            _KEY_IDS.clear()
-        key_id = _KEY_IDS[wrapped] = wrapped.key_id
-    return key_id
 
 
 @dataclass

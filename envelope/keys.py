@@ -161,3 +161,19 @@ def dek_wrap_aad(region: str, producer_id: str) -> bytes:
     region_bytes = text_to_bytes("region", region, minimum=1, maximum=MAX_REGION)
     producer_bytes = text_to_bytes("producer id", producer_id, minimum=1, maximum=MAX_PRODUCER_ID)
     return DEK_WRAP_AAD_DOMAIN + u16_prefixed(region_bytes) + u16_prefixed(producer_bytes)
+
+
+_KEY_IDS: dict[WrappedKey, str] = {}
+_MAX_KEY_IDS = 1024
+
+
+def memoized_key_id(wrapped: WrappedKey) -> str:
+    """``wrapped.key_id`` (a SHA-256), computed once per distinct wrapped DEK: envelopes
+    sealed under one DEK carry equal key blocks, so most lookups are one dict hit. The memo
+    holds public key blocks only, and is emptied whole when it reaches its bound."""
+    key_id = _KEY_IDS.get(wrapped)
+    if key_id is None:
+        if len(_KEY_IDS) >= _MAX_KEY_IDS:
+            _KEY_IDS.clear()
+        key_id = _KEY_IDS[wrapped] = wrapped.key_id
+    return key_id

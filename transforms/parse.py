@@ -61,7 +61,6 @@ from envelope import (
     KIND_RECORD_STREAM,
     EnvelopeError,
     EnvelopeHeader,
-    WrappedKey,
     is_stream_excerpt,
     peek_record,
     read_header,
@@ -69,6 +68,7 @@ from envelope import (
     read_stream_piece,
     record_envelope_id,
 )
+from envelope.keys import memoized_key_id
 
 from .metrics import NAMESPACE, RECORDS_IN
 from .sealed import SealedEnvelope, sealed_envelope
@@ -99,7 +99,7 @@ def read_sealed(envelope: bytes, max_envelope_bytes: int = MAX_ENVELOPE_BYTES, *
         return DeadLetter(header.envelope_id.hex(), f"unknown envelope kind {header.kind!r}",
                           STAGE_PARSE, envelope)
     if header.kind != KIND_RECORD_STREAM:
-        return sealed_envelope(envelope, header, key_id=_key_id(header.wrapped_key))
+        return sealed_envelope(envelope, header, key_id=memoized_key_id(header.wrapped_key))
     return _read_stream(envelope, header, record_streams)
 
 
@@ -110,24 +110,11 @@ def _read_v1_record(envelope: bytes) -> SealedEnvelope | None:
     record = peek_record(envelope)
     if record is None:
         return None
-    return SealedEnvelope(record_envelope_id(envelope), _key_id(record.wrapped_key),
+    return SealedEnvelope(record_envelope_id(envelope), memoized_key_id(record.wrapped_key),
                           record.region, record.producer_id, sha256(envelope).digest(),
                           envelope)
 
 
-_KEY_IDS: dict[WrappedKey, str] = {}
-_MAX_KEY_IDS = 1024
-
-
-def _key_id(wrapped: WrappedKey) -> str:
-    """``wrapped.key_id`` (a SHA-256), computed once per distinct wrapped DEK: envelopes
-    sealed under one DEK carry equal key blocks, so most lookups are one dict hit."""
-    key_id = _KEY_IDS.get(wrapped)
-    if key_id is None:
-        if len(_KEY_IDS) >= _MAX_KEY_IDS:
-            _KEY_IDS.clear()
-        key_id = _KEY_IDS[wrapped] = wrapped.key_id
-    return key_id
 
 
 def _read_piece(envelope: bytes) -> SealedEnvelope | DeadLetter:

@@ -72,6 +72,7 @@ from keybroker.attestation.tdx import (
 from keybroker.attestation.tdx.pck import load_pem_chain
 from keybroker.attestation.tdx.trust import INTEL_ROOT_FILENAME, certificate_fingerprint
 from keybroker.attestation.verifier import Verifier
+from keybroker.bounded_read import read_bounded
 from keybroker.config import BrokerSettings
 from keybroker.policy import ReleasePolicy
 
@@ -244,14 +245,8 @@ def _snp_verifier(material: TrustMaterial, clock: Callable[[], float],
 
 
 def _read_bounded(path: Path, limit: int, what: str) -> bytes:
-    try:
-        with Path(path).open("rb") as handle:
-            data = handle.read(limit + 1)
-    except OSError as exc:
-        raise TrustStoreError(f"cannot read {what} {path}: {exc.strerror}") from None
-    if len(data) > limit:
-        raise TrustStoreError(f"{what} {path} is over its {limit}-byte limit")
-    return data
+    return read_bounded(path, limit, TrustStoreError, cannot_read=f"cannot read {what} {path}",
+                        too_large=f"{what} {path} is over its {limit}-byte limit")
 
 
 def _intel_roots(material: TrustMaterial) -> list[x509.Certificate]:
