@@ -598,6 +598,9 @@ class StreamPiece:
     core_end: int
     frame_offsets: tuple[int, ...]
     frame_ends: tuple[int, ...]
+    layout: HeaderLayout
+    """The header's layout within the stream part (``data[stream_start:]``), kept so that
+    opening does not parse the header a second time."""
 
     @property
     def record_count(self) -> int:
@@ -659,7 +662,7 @@ def read_stream_piece(data: bytes | memoryview) -> StreamPiece:
         raise EnvelopeFormatError(f"{len(stream) - end} trailing bytes after the records")
     absolute = tuple(start + offset for offset in offsets)
     return StreamPiece(raw, header, tuple(indices), ids, times, start, start + layout.end,
-                       start + layout.core_end, absolute, (*absolute[1:], start + end))
+                       start + layout.core_end, absolute, (*absolute[1:], start + end), layout)
 
 
 def open_stream_piece(piece: bytes | memoryview | StreamPiece,
@@ -674,8 +677,7 @@ def open_stream_piece(piece: bytes | memoryview | StreamPiece,
     view = memoryview(shape.data)
     stream = view[shape.stream_start :]
     header = shape.header
-    header_layout = parse_header(stream)[1]
-    keys = authenticate_parsed_header(stream, header, header_layout, data_key)
+    keys = authenticate_parsed_header(stream, header, shape.layout, data_key)
     return _open_frames(view, header, keys.cipher.decrypt,
                         stream_digest(view[shape.stream_start : shape.core_end]),
                         shape.record_ids, shape.event_times_ms, shape.frame_offsets,
@@ -705,52 +707,21 @@ def piece_records(piece: bytes | memoryview | StreamPiece,
     return excerpts
 
 
-def _parse_excerpt(data: bytes | memoryview
-                   ) -> tuple[memoryview, EnvelopeHeader, HeaderLayout, int, bytes, int]:
-    """(view of the stream part, header, layout, index, record id, event time)."""
+def _read_excerpt(data: bytes | memoryview) -> StreamPiece:
+    """A one-record excerpt (``SBRX`` version 1), read by the piece reader: the same
+    checks of the prefix, the stream header and the one frame."""
     view = as_byte_view(data)
-    prefix = _EXCERPT_PREFIX.size
-    if len(view) < prefix:
+    if len(view) > 4 and view[4] != EXCERPT_VERSION and bytes(view[:4]) == EXCERPT_MAGIC:
         raise EnvelopeFormatError(
-            f"record excerpt truncated: needs {prefix} bytes, {len(view)} remain")
-    magic, version, index = _EXCERPT_PREFIX.unpack_from(view)
-    if magic != EXCERPT_MAGIC:
-        raise EnvelopeFormatError(f"bad magic {magic.hex()}, expected {EXCERPT_MAGIC.hex()}")
-    if version != EXCERPT_VERSION:
-        raise EnvelopeFormatError(
-            f"unsupported excerpt version {version}, expected {EXCERPT_VERSION}")
-    stream = view[prefix:]
-    header, layout = parse_header(stream)
-    if header.kind != KIND_RECORD_STREAM:
-        raise EnvelopeFormatError(f"kind is {header.kind!r}, expected 'record-stream'")
-    if index >= header.segment_size:
-        raise EnvelopeFormatError(
-            f"record index {index} out of range for {header.segment_size} records")
-    remaining = len(stream) - layout.end
-    if remaining < FRAME_HEAD_LENGTH:
-        raise EnvelopeFormatError(
-            f"record frame head truncated: needs {FRAME_HEAD_LENGTH} bytes, {remaining} remain")
-    length, record_id, event_time = FRAME_HEAD.unpack_from(stream, layout.end)
-    if length > MAX_STREAM_CIPHERTEXT:
-        raise EnvelopeLimitError(f"record length {length} exceeds {MAX_STREAM_CIPHERTEXT}")
-    if length < TAG_LENGTH:
-        raise EnvelopeFormatError(f"record length {length} is below {TAG_LENGTH}")
-    if remaining - FRAME_HEAD_LENGTH < length:
-        raise EnvelopeFormatError(
-            f"record ciphertext truncated: needs {length} bytes, "
-            f"{remaining - FRAME_HEAD_LENGTH} remain")
-    if event_time > MAX_EVENT_TIME_MS:
-        raise EnvelopeFormatError(f"record event time {event_time} exceeds {MAX_EVENT_TIME_MS}")
-    if remaining - FRAME_HEAD_LENGTH > length:
-        raise EnvelopeFormatError(
-            f"{remaining - FRAME_HEAD_LENGTH - length} trailing bytes after the record")
-    return stream, header, layout, index, record_id, event_time
+            f"unsupported excerpt version {view[4]}, expected {EXCERPT_VERSION}")
+    return read_stream_piece(view)
 
 
 def read_stream_record(excerpt: bytes | memoryview) -> StreamRecordExcerpt:
     """The structure of an excerpt (header, index, record id, event time), no key."""
-    _, header, _, index, record_id, event_time = _parse_excerpt(excerpt)
-    return StreamRecordExcerpt(header, index, record_id, event_time or None)
+    shape = _read_excerpt(excerpt)
+    return StreamRecordExcerpt(shape.header, shape.indices[0], shape.record_ids[0],
+                               shape.event_times_ms[0])
 
 
 def open_stream_record(excerpt: bytes | memoryview, data_key: DataKey) -> StreamRecord:
@@ -758,13 +729,7 @@ def open_stream_record(excerpt: bytes | memoryview, data_key: DataKey) -> Stream
 
     Raises :class:`EnvelopeFormatError` or the uniform :class:`EnvelopeAuthenticationError`.
     """
-    stream, header, layout, index, record_id, event_time = _parse_excerpt(excerpt)
-    keys = authenticate_parsed_header(stream, header, layout, data_key)
-    counter = index.to_bytes(4, "big")
-    head_end = layout.end + FRAME_HEAD_LENGTH
-    aad = stream_digest(stream[: layout.core_end]) + stream[layout.end + 4 : head_end] + counter
-    try:
-        plaintext = keys.cipher.decrypt(_NONCE_PREFIX + counter, stream[head_end:], aad)
-    except InvalidTag:
-        raise EnvelopeAuthenticationError() from None
-    return StreamRecord(index, record_id, event_time or None, plaintext)
+    opened = open_stream_piece(_read_excerpt(excerpt), data_key)
+    if opened.failures:
+        raise EnvelopeAuthenticationError()
+    return opened.records[0]
