@@ -149,19 +149,21 @@ class PoolEndpoint:
 
     # -- processing -------------------------------------------------------------------------
     def process(self, envelopes: Sequence[bytes], *, batch_id: bytes,
-                window: str = "", destination: Mapping[str, object] | None = None
-                ) -> PoolResponse:
+                window: str = "", destination: Mapping[str, object] | None = None,
+                routes: Sequence[tuple[str, str, str]] | None = None) -> PoolResponse:
         """Sealed envelopes in, sealed outputs (named by ``batch_id`` and ``window``, each
         with its custody statement) and dead letters out (attests first). ``destination``
         (region, sink, location, verified) travels with the batch: the worker checks it
-        against the batch and sends it with each output key's ``generate``."""
+        against the batch and sends it with each output key's ``generate``. ``routes``
+        (per envelope: data-key id, region, producer, as the Beam side routed it) travel
+        too: the worker dead-letters an envelope whose header says otherwise."""
         verified = self.attest()
         sealed_secret, keys = seal_request_secret(verified.channel_public_key)
         try:
             length, chunks = encode_request(
                 sealed_secret, keys, spec_fingerprint=self._fingerprint,
                 output_format=self._output_format, envelopes=envelopes, batch_id=batch_id,
-                window=window, destination=destination)
+                window=window, destination=destination, routes=routes)
         except WireError as exc:
             raise PoolError(f"cannot send this batch: {exc}") from None
         connection = self._connection()

@@ -33,7 +33,9 @@ An endpoint that fails attestation, or whose claims the policy refuses, is sent 
 Given the run's ``destinations`` (preflight's sink facts per region), each batch carries its
 region's (``batch_destination``) to the pool worker, which checks it against the batch's
 envelopes and sends it with each output key's ``generate``: the broker's ledger records the
-same destinations as for in-process runs.
+same destinations as for in-process runs. Each envelope's routing facts (data-key id, region,
+producer, as read outside) travel with it, as in-process: the pool worker's
+``BatchProcessor`` dead-letters (stage ``route``) an envelope whose header says otherwise.
 
 The Beam worker holds no key and sees no plaintext. Endpoints come from a list or a
 discovery file (JSON ``{"endpoints": [...]}`` or one URL per line; any Beam filesystem path,
@@ -165,11 +167,12 @@ class PoolRouter:
             self._refused[url] = str(exc)
 
     def process(self, batch: Sequence[bytes], *, batch_id: bytes, window: str = "",
-                key: str | None = None, destination: Mapping[str, object] | None = None
-                ) -> PoolResponse:
+                key: str | None = None, destination: Mapping[str, object] | None = None,
+                routes: Sequence[tuple[str, str, str]] | None = None) -> PoolResponse:
         """``batch``'s response from the endpoint ``key`` (default: its data key) routes to;
         its outputs named by ``batch_id`` and ``window`` (a window label) and signed, their
-        keys generated with ``destination`` (region, sink, location, verified)."""
+        keys generated with ``destination`` (region, sink, location, verified); ``routes``
+        per envelope what it was routed by (the pool worker checks each header against)."""
         key = route_key(batch) if key is None else key
         last: Exception | None = None
         for attempt in range(self._max_attempts):
@@ -179,7 +182,7 @@ class PoolRouter:
             endpoint = usable[attempt % len(usable)]
             try:
                 return endpoint.process(batch, batch_id=batch_id, window=window,
-                                        destination=destination)
+                                        destination=destination, routes=routes)
             except (PoolAttestationError, PoolRejectedError) as exc:
                 self._refuse(endpoint.url, exc)
                 last = exc
@@ -251,10 +254,14 @@ class _RemoteProcessFn(beam.DoFn):
         assert self._router is not None, "setup() creates the router"
         self._batch_sizes.update(len(batch.envelopes))
         sent, received = self._traffic()
+        # The routing facts travel beside the bytes, as in-process: the pool worker's TEE
+        # dead-letters an envelope whose header says otherwise, and relies on none of them.
         response = self._router.process([e.data for e in batch.envelopes],
                                         batch_id=batch.batch_id, window=window_label(window),
                                         key=route_key(batch),
-                                        destination=batch_destination(batch, self._destinations))
+                                        destination=batch_destination(batch, self._destinations),
+                                        routes=[(e.key_id, e.region, e.producer_id)
+                                                for e in batch.envelopes])
         sent_after, received_after = self._traffic()
         self._requests.inc()
         self._sent.inc(sent_after - sent)

@@ -6,7 +6,8 @@ frame is ``u8 kind || body``:
 
 request:  HEADER (JSON: spec_fingerprint, output_format, envelopes, batch_id (hex), window
           (the window label, "" for none), optional destination: {region, sink, location,
-          verified}), ENVELOPE (the sealed envelope's bytes) x n, END (JSON: envelopes)
+          verified}, optional routes: true), ENVELOPE (the sealed envelope's bytes) x n, or
+          with routes ROUTED_ENVELOPE (its route, then its bytes) x n, END (JSON: envelopes)
 response: OUTPUT / DEAD_LETTER (``u32 len || JSON meta || sealed bytes``) x n,
           END (JSON: outputs, dead_letters); an OUTPUT's sealed bytes are followed by its
           signed custody statement (``statement_bytes`` long, named in its meta)
@@ -16,6 +17,11 @@ sign its custody statement in the TEE for the file name Beam will write. The des
 where the batch's outputs go, as the pipeline's preflight found it; it is checked here for
 form (``keybroker.destinations``, a region name) and by the worker against the batch's
 envelopes (``worker``), then sent with each output key's ``generate`` to the broker's ledger.
+The routes are what the Beam side routed each envelope by (data-key id, region, producer,
+read from its header without a key; ``routes``): the pool worker hands them to
+``BatchProcessor``, which dead-letters an envelope whose authenticated header says otherwise
+(stage ``route``), as in-process. A request without ``routes`` (an older client) is read as
+before, and its envelopes are processed without that check.
 
 Both sides count: an END whose counts differ from the frames seen, a missing END, or a frame
 after END is a ``WireError``, so a cut or spliced stream is never taken for a whole one. The
@@ -40,6 +46,8 @@ from enclave_workers.output_names import OutputNameError, check_batch_id, check_
 from keybroker.destinations import DestinationError, destination_record
 
 from .channel import ChannelError, ChannelKeys, FrameCipher, RequestKeys
+from .errors import WireError
+from .routes import Route, encode_route, split_route
 
 __all__ = [
     "MAGIC",
@@ -62,17 +70,13 @@ MAX_JSON_BYTES = 64 << 10
 MAX_SEALED_SECRET = 4096
 MAX_ENVELOPES = 100_000
 
-KIND_HEADER, KIND_ENVELOPE, KIND_END = 0x01, 0x02, 0x03
+KIND_HEADER, KIND_ENVELOPE, KIND_END, KIND_ROUTED_ENVELOPE = 0x01, 0x02, 0x03, 0x04
 KIND_OUTPUT, KIND_DEAD_LETTER, KIND_RESPONSE_END = 0x11, 0x12, 0x13
 
 _U32 = struct.Struct(">I")
 _REGION = re.compile(r"[a-z0-9][a-z0-9-]{0,62}")
 DESTINATION_FIELDS = frozenset({"region", "sink", "location", "verified"})
 Reader = Callable[[int], bytes]
-
-
-class WireError(Exception):
-    """A request or response that is not well formed (cut, spliced, over a bound)."""
 
 
 @dataclass(frozen=True)
@@ -84,6 +88,7 @@ class PoolRequest:
     batch_id: bytes | None = None   # names the outputs; None: an old client's request
     window: str = ""                 # the window label in the outputs' file names
     destination: Mapping[str, Any] | None = None   # region, sink, location, verified
+    routes: list[Route] | None = None   # per envelope, what the Beam side routed it by
 
 
 def check_destination(destination: object) -> dict[str, Any]:
@@ -109,8 +114,9 @@ class PoolResponse:
 
 
 # -- framing ----------------------------------------------------------------------------
-def _frame(cipher: FrameCipher, index: int, kind: int, body: bytes) -> bytes:
-    sealed = cipher.seal(index, bytes([kind]) + body)
+def _frame(cipher: FrameCipher, index: int, kind: int, body: bytes,
+           prefix: bytes = b"") -> bytes:
+    sealed = cipher.seal(index, b"".join((bytes([kind]), prefix, body)))
     return _U32.pack(len(sealed)) + sealed
 
 
@@ -132,11 +138,17 @@ def _read_length(read: Reader, maximum: int, what: str) -> int:
     return length
 
 
-def _read_frame(read: Reader, cipher: FrameCipher, index: int) -> tuple[int, bytes]:
+def _read_plain(read: Reader, cipher: FrameCipher, index: int) -> bytes:
+    """Frame ``index`` opened: its kind byte, then its body."""
     sealed = _read_exact(read, _read_length(read, MAX_FRAME_BYTES, "frame"))
     plain = cipher.open(index, sealed)
     if not plain:
         raise WireError("empty frame")
+    return plain
+
+
+def _read_frame(read: Reader, cipher: FrameCipher, index: int) -> tuple[int, bytes]:
+    plain = _read_plain(read, cipher, index)
     return plain[0], plain[1:]
 
 
@@ -173,12 +185,18 @@ def _split_meta(body: bytes, what: str) -> tuple[dict[str, Any], bytes]:
 # -- request ----------------------------------------------------------------------------
 def encode_request(sealed_secret: bytes, keys: RequestKeys, *, spec_fingerprint: str,
                    output_format: str, envelopes: Sequence[bytes], batch_id: bytes | None = None,
-                   window: str = "", destination: Mapping[str, Any] | None = None
-                   ) -> tuple[int, Iterator[bytes]]:
+                   window: str = "", destination: Mapping[str, Any] | None = None,
+                   routes: Sequence[Route] | None = None) -> tuple[int, Iterator[bytes]]:
     """The request body's length and its chunks (sealed one frame at a time, lazily);
-    ``destination`` (region, sink, location, verified) where the batch's outputs go."""
+    ``destination`` (region, sink, location, verified) where the batch's outputs go;
+    ``routes`` per envelope what it was routed by (data-key id, region, producer)."""
     if not 1 <= len(envelopes) <= MAX_ENVELOPES:
         raise WireError(f"a request holds 1..{MAX_ENVELOPES} envelopes, not {len(envelopes)}")
+    if routes is not None and len(routes) != len(envelopes):
+        raise WireError(f"{len(routes)} routes for {len(envelopes)} envelopes")
+    prefixes = ([b""] * len(envelopes) if routes is None
+                else [encode_route(route) for route in routes])
+    kind = KIND_ENVELOPE if routes is None else KIND_ROUTED_ENVELOPE
     fields: dict[str, Any] = {"spec_fingerprint": spec_fingerprint,
                               "output_format": output_format, "envelopes": len(envelopes)}
     try:
@@ -189,9 +207,12 @@ def encode_request(sealed_secret: bytes, keys: RequestKeys, *, spec_fingerprint:
         raise WireError(str(exc)) from None
     if destination is not None:
         fields["destination"] = check_destination(destination)
+    if routes is not None:
+        fields["routes"] = True
     header = _dump(fields)
     end = _dump({"envelopes": len(envelopes)})
-    bodies = [len(header), *(len(e) for e in envelopes), len(end)]
+    bodies = [len(header), *(len(p) + len(e) for p, e in zip(prefixes, envelopes, strict=True)),
+              len(end)]
     length = (len(MAGIC) + 4 + len(sealed_secret)
               + sum(4 + FrameCipher.sealed_length(1 + n) for n in bodies))
 
@@ -199,8 +220,9 @@ def encode_request(sealed_secret: bytes, keys: RequestKeys, *, spec_fingerprint:
         cipher = keys.request
         yield MAGIC + _U32.pack(len(sealed_secret)) + sealed_secret
         yield _frame(cipher, 0, KIND_HEADER, header)
-        for index, envelope in enumerate(envelopes, start=1):
-            yield _frame(cipher, index, KIND_ENVELOPE, bytes(envelope))
+        for index, (prefix, envelope) in enumerate(zip(prefixes, envelopes, strict=True),
+                                                   start=1):
+            yield _frame(cipher, index, kind, bytes(envelope), prefix)
         yield _frame(cipher, len(envelopes) + 1, KIND_END, end)
 
     return length, chunks()
@@ -219,12 +241,10 @@ def read_request(read: Reader, channel: ChannelKeys) -> PoolRequest:
     count = header.get("envelopes")
     if not isinstance(count, int) or not 1 <= count <= MAX_ENVELOPES:
         raise WireError(f"request header names {count!r} envelopes, not 1..{MAX_ENVELOPES}")
-    envelopes = []
-    for index in range(1, count + 1):
-        kind, body = _read_frame(read, keys.request, index)
-        if kind != KIND_ENVELOPE:
-            raise WireError(f"frame {index} is not an envelope")
-        envelopes.append(body)
+    routed = header.get("routes", False)
+    if not isinstance(routed, bool):
+        raise WireError("request header: routes is true or absent")
+    envelopes, routes = _read_envelopes(read, keys.request, count, routed)
     kind, body = _read_frame(read, keys.request, count + 1)
     if kind != KIND_END or _json(body, "request end").get("envelopes") != count:
         raise WireError("the request does not end where its header says")
@@ -233,7 +253,26 @@ def read_request(read: Reader, channel: ChannelKeys) -> PoolRequest:
     destination = None if raw_destination is None else check_destination(raw_destination)
     return PoolRequest(keys, str(header.get("spec_fingerprint", "")),
                        str(header.get("output_format", "")), envelopes, batch_id, window,
-                       destination)
+                       destination, routes)
+
+
+def _read_envelopes(read: Reader, cipher: FrameCipher, count: int, routed: bool
+                    ) -> tuple[list[bytes], list[Route] | None]:
+    """Frames 1..count: the envelopes, and with ``routed`` the route before each."""
+    envelopes: list[bytes] = []
+    routes: list[Route] = []
+    expected = KIND_ROUTED_ENVELOPE if routed else KIND_ENVELOPE
+    for index in range(1, count + 1):
+        plain = _read_plain(read, cipher, index)
+        if plain[0] != expected:
+            raise WireError(f"frame {index} is not {'a routed' if routed else 'an'} envelope")
+        if routed:
+            route, start = split_route(plain, 1)
+            routes.append(route)
+        else:
+            start = 1
+        envelopes.append(plain[start:])
+    return envelopes, routes if routed else None
 
 
 def _naming(header: Mapping[str, Any]) -> tuple[bytes | None, str]:

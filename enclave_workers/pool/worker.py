@@ -14,7 +14,12 @@ found); the worker refuses it unless every envelope of the batch is of that regi
 (``destination_refusal``), and otherwise generates the batch's output keys with it, so the
 broker's ledger records where their outputs go, as in-process runs do. Output keys are
 cached per destination. Started with ``require_destination``, it refuses a request that
-names none.
+names none. A request may carry, per envelope, the facts the Beam side routed it by
+(data-key id, region, producer: ``routes``); they go to ``BatchProcessor.process``, which
+dead-letters an envelope whose authenticated header says otherwise (stage ``route``), as
+the in-process step does. With routes, the destination is checked against the routed
+regions (an envelope whose header names another region is then a ``route`` dead letter, not
+a reason to refuse the batch).
 ``build_pool_worker`` assembles one from settings: a ``BrokerClient`` pinned to the
 broker's identity key (``broker_pin``: a grant the broker did not sign is refused) whose
 ``generate`` names the spec's fingerprint (recorded in the broker's ledger), the TEE's
@@ -37,6 +42,7 @@ from enclave_workers.batch_processor import (
     PARQUET_PME,
     BatchProcessor,
     BatchResult,
+    Route,
 )
 from enclave_workers.evidence.base import EvidenceProvider
 from enclave_workers.features import FeatureSpec, compile_spec
@@ -109,11 +115,21 @@ class _DestinedSession:
         return getattr(self._session, name)
 
 
-def destination_refusal(destination: Mapping[str, object], envelopes: Sequence[bytes]
-                        ) -> str | None:
-    """Why a request's destination cannot be the batch's, or None: every envelope whose
-    header parses must be of the destination's region (others become dead letters
-    anyway and need no output key)."""
+def destination_refusal(destination: Mapping[str, object], envelopes: Sequence[bytes],
+                        routes: Sequence[Route] | None = None) -> str | None:
+    """Why a request's destination cannot be the batch's, or None.
+
+    With ``routes``: every envelope must have been routed by the destination's region;
+    ``BatchProcessor`` then dead-letters (stage ``route``) any whose header names another,
+    so only envelopes of that region reach an output key. Without: every envelope whose
+    header parses must be of the destination's region (others become dead letters anyway
+    and need no output key)."""
+    if routes is not None:
+        routed = sorted({region for _, region, _ in routes} - {destination["region"]})
+        if routed:
+            return (f"the destination is of region {destination['region']!r}, but the batch "
+                    f"was routed by region {', '.join(map(repr, routed))}")
+        return None
     regions = set()
     for envelope in envelopes:
         try:
@@ -197,14 +213,17 @@ class PoolWorker:
                                    "(--require_destination): run the pipeline with a "
                                    "residency map or --output_root")
         if request.destination is not None:
-            refusal = destination_refusal(request.destination, request.envelopes)
+            refusal = destination_refusal(request.destination, request.envelopes,
+                                          request.routes)
             if refusal is not None:
                 raise PoolRequestError(refusal)
             destination = {k: v for k, v in request.destination.items() if k != "region"}
             processor = BatchProcessor(
                 _DestinedSession(self._session, destination),  # type: ignore[arg-type]
                 processor.compiled, output_format=self._output_format)
-        result = processor.process(request.envelopes)
+        # The routes the Beam side sent (if any): an envelope whose header the TEE parses
+        # to other facts is a ``route`` dead letter; nothing here relies on them.
+        result = processor.process(request.envelopes, request.routes)
         signed = []
         for output in result.outputs:   # named as in-process, then signed here in the TEE
             named = replace(output, output_id=output_name_id(request.batch_id, output))
