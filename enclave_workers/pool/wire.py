@@ -241,9 +241,10 @@ def read_request(read: Reader, channel: ChannelKeys) -> PoolRequest:
     count = header.get("envelopes")
     if not isinstance(count, int) or not 1 <= count <= MAX_ENVELOPES:
         raise WireError(f"request header names {count!r} envelopes, not 1..{MAX_ENVELOPES}")
-    routed = header.get("routes", False)
-    if not isinstance(routed, bool):
+    routes_field = header.get("routes")
+    if routes_field is not None and routes_field is not True:   # not false, not 1
         raise WireError("request header: routes is true or absent")
+    routed = routes_field is True
     envelopes, routes = _read_envelopes(read, keys.request, count, routed)
     kind, body = _read_frame(read, keys.request, count + 1)
     if kind != KIND_END or _json(body, "request end").get("envelopes") != count:

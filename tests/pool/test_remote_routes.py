@@ -28,7 +28,7 @@ from envelope import extract_stream_piece, read_record_stream, seal_record_strea
 from tests.enclave_workers.broker_env import BrokerEnv, person, seal_json
 from tests.pool.conftest import PoolProcess
 from transforms.parse import read_sealed
-from transforms.pool_client import PoolEndpoint
+from transforms.pool_client import PoolEndpoint, PoolUnavailableError
 from transforms.pool_trust import PoolTrust
 from transforms.remote import ConfidentialProcessRemote
 from transforms.sealed import SealedEnvelope
@@ -142,3 +142,16 @@ def test_routes_the_batch_was_not_sent_with_change_nothing_for_an_older_client(
     response = _endpoint(broker, pool_pair[1]).process(batch, batch_id=b"\x09" * 16)
     assert response.dead_letters == []
     assert [(o.region, o.source_count) for o in response.outputs] == [("eu", 4)]
+
+
+def test_the_destination_is_checked_against_the_routed_regions(
+        broker: BrokerEnv, pool_pair: list[PoolProcess], tmp_path: Path) -> None:
+    """With routes, a destination of another region than the batch was routed by is refused
+    (400) before any key is generated; the headers are the route check's business."""
+    batch = _sealed(broker, 3)
+    routes = [_route(e) for e in _read(batch)]
+    with pytest.raises(PoolUnavailableError, match="process answered 400 the destination is "
+                       "of region 'us', but the batch was routed by region 'eu'"):
+        _endpoint(broker, pool_pair[0]).process(
+            batch, batch_id=b"\x0a" * 16, routes=routes,
+            destination=_destinations(tmp_path)["us"] | {"region": "us"})
