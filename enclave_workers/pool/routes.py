@@ -21,13 +21,14 @@ from __future__ import annotations
 
 import re
 import struct
+from collections.abc import Sequence
 
 from enclave_workers.batch_processor import Route
 from envelope.limits import MAX_PRODUCER_ID, MAX_REGION
 
 from .errors import WireError
 
-__all__ = ["KEY_ID_BYTES", "MAX_ROUTE_BYTES", "encode_route", "split_route"]
+__all__ = ["KEY_ID_BYTES", "MAX_ROUTE_BYTES", "encode_route", "encode_routes", "split_route"]
 
 KEY_ID_BYTES = 32
 MAX_ROUTE_BYTES = KEY_ID_BYTES + 2 + MAX_REGION + 2 + MAX_PRODUCER_ID
@@ -62,6 +63,22 @@ def encode_route(route: Route) -> bytes:
     producer_bytes = _text_bytes("producer", producer_id, MAX_PRODUCER_ID)
     return b"".join((bytes.fromhex(key_id), _U16.pack(len(region_bytes)), region_bytes,
                      _U16.pack(len(producer_bytes)), producer_bytes))
+
+
+def encode_routes(routes: Sequence[Route]) -> list[bytes]:
+    """``encode_route`` of each route; a batch's routes are mostly one (a batch is one data
+    key's), so each distinct route is checked and encoded once."""
+    encoded: dict[Route, bytes] = {}
+    prefixes = []
+    for route in routes:
+        try:
+            prefix = encoded.get(route)
+        except TypeError:          # unhashable: not a route (encode_route says why)
+            prefix = None
+        if prefix is None:
+            prefix = encoded[route] = encode_route(route)
+        prefixes.append(prefix)
+    return prefixes
 
 
 def _text_at(body: bytes, position: int, field: str, maximum: int) -> tuple[str, int]:

@@ -47,7 +47,7 @@ from keybroker.destinations import DestinationError, destination_record
 
 from .channel import ChannelError, ChannelKeys, FrameCipher, RequestKeys
 from .errors import WireError
-from .routes import Route, encode_route, split_route
+from .routes import Route, encode_routes, split_route
 
 __all__ = [
     "MAGIC",
@@ -194,8 +194,7 @@ def encode_request(sealed_secret: bytes, keys: RequestKeys, *, spec_fingerprint:
         raise WireError(f"a request holds 1..{MAX_ENVELOPES} envelopes, not {len(envelopes)}")
     if routes is not None and len(routes) != len(envelopes):
         raise WireError(f"{len(routes)} routes for {len(envelopes)} envelopes")
-    prefixes = ([b""] * len(envelopes) if routes is None
-                else [encode_route(route) for route in routes])
+    prefixes = [b""] * len(envelopes) if routes is None else encode_routes(routes)
     kind = KIND_ENVELOPE if routes is None else KIND_ROUTED_ENVELOPE
     fields: dict[str, Any] = {"spec_fingerprint": spec_fingerprint,
                               "output_format": output_format, "envelopes": len(envelopes)}
