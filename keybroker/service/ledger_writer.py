@@ -61,6 +61,7 @@ class LedgerWriter:
         self._changed = threading.Condition()
         self._queue: list[_Queued] = []
         self._closed = False
+        self._idle = False  # the writer waits for entries (so an append must wake it)
         self._thread: threading.Thread | None = None
 
     async def append(self, event: str, decision: str,
@@ -77,7 +78,8 @@ class LedgerWriter:
                 self._thread = threading.Thread(target=self._run, name="keybroker-ledger-writer",
                                                 daemon=True)
                 self._thread.start()
-            self._changed.notify()
+            elif self._idle:
+                self._changed.notify()
         return await future
 
     def close(self) -> None:
@@ -93,7 +95,9 @@ class LedgerWriter:
         while True:
             with self._changed:
                 while not self._queue and not self._closed:
+                    self._idle = True
                     self._changed.wait()
+                    self._idle = False
                 if not self._queue:
                     return
                 batch, self._queue = self._queue, []
