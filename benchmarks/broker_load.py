@@ -899,10 +899,11 @@ def print_report(numbers: dict[str, object]) -> None:
               f"{row['broker_cpu_ms_per_call']:>13.2f}"
               f"{row['client_cpu_percent']:>11.0f}%")
     environment = numbers["environment"]
+    clients_how = {"lean": "lean: one select loop per process; attest: a thread per client",
+                   "full": "full: a thread per client"}
     print(f"broker: `sealbeam broker serve --workers {environment['broker_workers']}`; "
-          f"clients ({environment['client']}: "
-          f"{'one loop per process' if environment['client'] == 'lean' else 'a thread each'}"
-          f", attest a thread each) over {environment['processes']} processes; "
+          f"clients ({clients_how[environment['client']]}) over "
+          f"{environment['processes']} processes; "
           f"{environment['seconds']} s per phase; "
           f"{environment['cpu_count']} CPUs; CPU in % of one core")
     if environment.get("rates"):
