@@ -142,6 +142,12 @@ class AuditLedger:
     def path(self) -> Path:
         return self._path
 
+    @property
+    def commits_locally(self) -> bool:
+        """A local file: a commit is a local transaction and sync, short enough to run on an
+        event loop (``keybroker.service.ledger_writer``)."""
+        return True
+
     def append(self, event: str, decision: str, details: Mapping[str, object]) -> LedgerEntry:
         """Add one entry at the head of the chain and return it once it is durable.
 

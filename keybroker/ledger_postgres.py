@@ -115,6 +115,12 @@ class PostgresLedger:
         """No file: the ledger lives in PostgreSQL."""
         return None
 
+    @property
+    def commits_locally(self) -> bool:
+        """A network round trip per commit: never run on an event loop
+        (``keybroker.service.ledger_writer`` commits it on a thread)."""
+        return False
+
     def append(self, event: str, decision: str, details: Mapping[str, object]) -> LedgerEntry:
         """Add one entry at the head of the shared chain and return it."""
         (entry,) = self.append_prepared([(event, decision, append_details(event, decision,

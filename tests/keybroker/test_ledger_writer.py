@@ -1,11 +1,12 @@
-"""The event loop's ledger writer: batches per sync, durable before an await returns, and
-failures that reach exactly the entries they undid."""
+"""The event loop's ledger writer, committing on the loop (a local SQLite file) or on a
+writer thread (PostgreSQL): batches per sync, durable before an await returns, and failures
+that reach exactly the entries they undid."""
 
 from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import pytest
@@ -18,8 +19,9 @@ from keybroker.service.ledger_writer import LedgerWriter
 class CountingLedger:
     """A real SQLite ledger that counts its transactions and can be made to fail or wait."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, commits_locally: bool) -> None:
         self.ledger = AuditLedger(path)
+        self.commits_locally = commits_locally
         self.batches: list[int] = []
         self.failed_batches: list[int] = []
         self.fail_next = False
@@ -27,7 +29,7 @@ class CountingLedger:
 
     def append_prepared(self, appends: Sequence[tuple[str, str, str]]) -> list[LedgerEntry]:
         if self.gate is not None:
-            self.gate.wait(10)
+            assert self.gate.wait(10), "the test never opened the gate"
         if self.fail_next:
             self.fail_next = False
             self.failed_batches.append(len(appends))
@@ -37,11 +39,26 @@ class CountingLedger:
         return entries
 
 
-@pytest.fixture
-def counting(tmp_path: Path) -> CountingLedger:
-    ledger = CountingLedger(tmp_path / "ledger.db")
+@pytest.fixture(params=["on the loop", "on a thread"])
+def counting(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[CountingLedger]:
+    ledger = CountingLedger(tmp_path / "ledger.db", commits_locally=request.param == "on the loop")
     yield ledger
     ledger.ledger.close()
+
+
+async def settle_queue(counting: CountingLedger) -> None:
+    """Let the tasks just created queue their entries, and no more: on the loop, one step
+    (their commit runs in the iteration after); on a thread, a moment (held at the gate)."""
+    await asyncio.sleep(0 if counting.commits_locally else 0.05)
+
+
+def hold(counting: CountingLedger) -> threading.Event:
+    """Hold the writer thread's first batch until the event is set, so the rest queue behind
+    it (on the loop, a batch is what one loop iteration queued, and nothing is held)."""
+    gate = threading.Event()
+    if not counting.commits_locally:
+        counting.gate = gate
+    return gate
 
 
 def test_concurrent_appends_share_transactions_and_each_gets_its_durable_entry(
@@ -50,13 +67,13 @@ def test_concurrent_appends_share_transactions_and_each_gets_its_durable_entry(
     observed: list[tuple[str, str, int]] = []
     writer = LedgerWriter(counting, on_written=lambda event, decision, details:
                           observed.append((event, decision, int(details["n"]))))
-    counting.gate = threading.Event()  # hold the first batch so the rest queue behind it
+    gate = hold(counting)
 
     async def run() -> list[LedgerEntry]:
         tasks = [asyncio.ensure_future(writer.append("release", "granted", {"n": n}))
                  for n in range(50)]
         await asyncio.sleep(0.05)
-        counting.gate.set()
+        gate.set()
         return await asyncio.gather(*tasks)
 
     entries = asyncio.run(run())
@@ -64,6 +81,8 @@ def test_concurrent_appends_share_transactions_and_each_gets_its_durable_entry(
     assert [entry.details["n"] for entry in entries] == list(range(50))
     assert sorted(entry.seq for entry in entries) == list(range(1, 51))
     assert sum(counting.batches) == 50 and len(counting.batches) < 50
+    if counting.commits_locally:
+        assert counting.batches == [50]  # one loop iteration queued them all
     stored = list(counting.ledger.entries())
     assert [(entry.seq, entry.hash) for entry in stored] == [
         (entry.seq, entry.hash) for entry in sorted(entries, key=lambda e: e.seq)]
@@ -93,14 +112,14 @@ def test_a_failed_commit_fails_exactly_the_entries_of_its_batch(
     counting: CountingLedger,
 ) -> None:
     writer = LedgerWriter(counting)
-    counting.gate = threading.Event()
+    gate = hold(counting)
     counting.fail_next = True  # the first batch fails, whatever it holds
 
     async def run() -> tuple[list[object], LedgerEntry]:
         queued = [asyncio.ensure_future(writer.append("release", "granted", {"n": n}))
                   for n in range(20)]
         await asyncio.sleep(0.05)
-        counting.gate.set()
+        gate.set()
         outcomes = await asyncio.gather(*queued, return_exceptions=True)
         return outcomes, await writer.append("release", "granted", {"n": "after"})
 
@@ -118,13 +137,13 @@ def test_a_failed_commit_fails_exactly_the_entries_of_its_batch(
 
 def test_a_cancelled_wait_still_records_its_entry(counting: CountingLedger) -> None:
     writer = LedgerWriter(counting)
-    counting.gate = threading.Event()
+    gate = hold(counting)
 
     async def run() -> None:
         task = asyncio.ensure_future(writer.append("release", "granted", {"n": 1}))
-        await asyncio.sleep(0.05)
+        await settle_queue(counting)  # queued, not committed yet
         task.cancel()
-        counting.gate.set()
+        gate.set()
         with pytest.raises(asyncio.CancelledError):
             await task
         await writer.append("release", "granted", {"n": 2})  # the writer goes on
@@ -136,15 +155,15 @@ def test_a_cancelled_wait_still_records_its_entry(counting: CountingLedger) -> N
 
 def test_close_writes_what_is_queued_then_refuses(counting: CountingLedger) -> None:
     writer = LedgerWriter(counting)
-    counting.gate = threading.Event()
+    gate = hold(counting)
 
     async def run() -> None:
         queued = [asyncio.ensure_future(writer.append("release", "granted", {"n": n}))
                   for n in range(3)]
-        await asyncio.sleep(0.05)
+        await settle_queue(counting)  # queued, not committed yet
         closing = threading.Thread(target=writer.close)
         closing.start()
-        counting.gate.set()
+        gate.set()
         await asyncio.gather(*queued)
         closing.join(10)
         with pytest.raises(LedgerError, match="closed"):
