@@ -4,8 +4,8 @@ What it does: creates a demo state in a temporary directory (``init_state``: key
 SEV-SNP chain, a policy allowing the simulated worker), starts ``sealbeam broker serve`` on
 it as a separate process on a free loopback port, then for each operation (``challenge``,
 ``attest``, ``release``, ``generate``) and each client count K (``--clients``, default 8 and
-64) runs K clients for ``--seconds``: K threads spread over ``--processes`` client processes,
-each thread with its own ``BrokerClient`` (one keep-alive HTTP connection), calling the one
+64) runs K clients for ``--seconds``, spread over ``--processes`` client processes, each
+client with its own ``BrokerClient`` and keep-alive HTTP connection, calling the one
 operation back to back. The client processes start once for the whole run; every client
 first attests with real simulated SEV-SNP evidence
 (a fresh TEE key, a report signed by the dev VCEK) and generates a data key, untimed, and
@@ -14,12 +14,25 @@ key). For ``attest``, each timed call is preceded by an untimed ``challenge`` an
 collection, as a worker does; only the attest call is timed.
 
 The timed calls of ``challenge``, ``release`` and ``generate`` are made, by default
-(``--client lean``), by a lean client: one ``http.client`` keep-alive connection per client
-posting the request body it built once, checking the status and the reply's fields (the
-released key's ``key_id``, a ``sealed_dek``); before and after its timed calls each client
-checks a full ``BrokerClient`` release (grant signature verified against the pinned broker
-key, key HPKE-opened and compared). ``--client full`` times ``BrokerClient`` calls instead
-(httpx, grant verification and HPKE open on every call: several times the client CPU).
+(``--client lean``), by a lean client, cheap so that the load generator takes little of the
+CPU the broker shares with it (wrk is written in C for the same reason): HTTP/1.1 on a raw
+socket (TCP_NODELAY), one keep-alive connection per client, its request (request line,
+Host, Content-Type, Content-Length, body) built once; all of a client process's connections
+are driven by one thread, one ``select`` loop (``run_lean``; measured cheaper than a thread
+per client, and ``select`` waits to the microsecond where epoll rounds up to milliseconds).
+Its reader is bounded: status line and headers at most ``MAX_HEAD_BYTES``, a Content-Length
+required (at most ``MAX_BODY_BYTES``) and exactly that many body bytes read; after a
+``Connection: close`` reply the next call reconnects. A short read or end of stream, a
+malformed status line or header, a missing or oversized length, a status other than 200, a
+reply without the fields that show the broker did the work (the released key's ``key_id``,
+a ``sealed_dek`` and a grant; a challenge's nonce), or no whole reply within
+``CALL_TIMEOUT_SECONDS``, is a typed error (``LeanHttpError``) counted as a failed call,
+never a hang; the connection is then closed and the client's next call opens a new one.
+Before and after its timed calls each client checks a full ``BrokerClient`` release (grant
+signature verified against the pinned broker key, key HPKE-opened and compared).
+``--client full`` times ``BrokerClient`` calls instead, one thread per client (httpx, grant
+verification and HPKE open on every call: several times the client CPU); attest always uses
+the full client, in threads.
 
 Open loop (``--rate R``, wrk2's way): instead of calling back to back, the K clients together
 offer R calls/s, each client one call every K/R s on a fixed schedule (client i starts i/R s
@@ -52,12 +65,14 @@ from __future__ import annotations
 
 import argparse
 import base64
-import http.client
+import heapq
 import json
 import math
 import multiprocessing
 import os
 import platform
+import re
+import select
 import socket
 import statistics
 import subprocess
@@ -144,22 +159,197 @@ def cpu_seconds(pid: int) -> float:
     return total
 
 
-# -- one client thread -------------------------------------------------------------------
+# -- the lean client: HTTP/1.1 on a raw socket, all of a process's clients on one thread ---
+
+MAX_HEAD_BYTES = 16 * 1024  # a reply's status line and headers, at most
+MAX_BODY_BYTES = 1 << 20  # a reply's body (its Content-Length), at most
+RECV_BYTES = 64 * 1024
+CALL_TIMEOUT_SECONDS = 30.0  # a lean call without its whole reply by then has failed
+TIMEOUT_SCAN_SECONDS = 0.5  # how often the loop looks for calls past their timeout
+MAX_LEAN_CLIENTS = 512  # per process: select() takes descriptors below 1024
+
+
+class LeanHttpError(Exception):
+    """A lean call's reply was not the bounded HTTP/1.1 response it expects: the call is
+    counted failed and its connection closed (the next call opens a new one)."""
+
+
+class ShortReadError(LeanHttpError):
+    """The connection ended before the whole response (status line, headers, body)."""
+
+
+class MalformedResponseError(LeanHttpError):
+    """A status line or header that is not HTTP/1.x, or bytes after the response."""
+
+
+class HeadTooLargeError(LeanHttpError):
+    """No end of headers within ``MAX_HEAD_BYTES``."""
+
+
+class MissingLengthError(LeanHttpError):
+    """No Content-Length (a chunked or close-delimited body has no bound up front)."""
+
+
+class BodyTooLargeError(LeanHttpError):
+    """A Content-Length over ``MAX_BODY_BYTES``."""
+
+
+class CallTimeoutError(LeanHttpError):
+    """No whole response within ``CALL_TIMEOUT_SECONDS`` of the request leaving."""
+
+
+class StatusError(LeanHttpError):
+    """A whole response whose status is not 200."""
+
+    def __init__(self, status: int) -> None:
+        super().__init__(f"HTTP {status}")
+        self.status = status
+
+
+class ReplyError(LeanHttpError):
+    """A 200 whose JSON lacks what shows the broker did the work (or names another key)."""
+
+
+class Response(NamedTuple):
+    status: int
+    body: bytes
+    close: bool  # the server closes the connection after it (Connection: close, HTTP/1.0)
+
+
+# A status line, then header lines (a token, a colon, a value without CR or LF); no
+# obsolete line folding. The three fields the reader acts on, from the lower-cased headers.
+HEAD = re.compile(rb"HTTP/1\.([01]) ([0-9]{3})(?: [^\r\n]*)?"
+                  rb"((?:\r\n[-!#$%&'*+.^_`|~0-9A-Za-z]+:[^\r\n]*)*)")
+FIELDS = re.compile(rb"\r\n(content-length|connection|transfer-encoding):[ \t]*([^\r\n]*)")
+
+
+def parse_head(head: bytes) -> tuple[int, int, bool]:
+    """Status, Content-Length and close-after of a response's status line and headers
+    (without the blank line). Raises the typed errors above."""
+    match = HEAD.fullmatch(head)
+    if match is None:
+        raise MalformedResponseError(f"status line or headers {head[:40]!r}")
+    close = match[1] == b"0"  # HTTP/1.0 closes unless it says keep-alive
+    length: int | None = None
+    for name, raw in FIELDS.findall(match[3].lower()):
+        value = raw.rstrip(b" \t")
+        if name == b"content-length":
+            if not value.isdigit() or len(value) > 12 or (
+                    length is not None and int(value) != length):
+                raise MalformedResponseError(f"Content-Length {value[:20]!r}")
+            length = int(value)
+        elif name == b"transfer-encoding":
+            raise MissingLengthError("a Transfer-Encoding body; Content-Length is required")
+        else:
+            tokens = {token.strip() for token in value.split(b",")}
+            close = b"close" in tokens or (close and b"keep-alive" not in tokens)
+    if length is None:
+        raise MissingLengthError("no Content-Length")
+    if length > MAX_BODY_BYTES:
+        raise BodyTooLargeError(f"Content-Length {length} over {MAX_BODY_BYTES}")
+    return int(match[2]), length, close
+
+
+class ResponseReader:
+    """One HTTP/1.1 response from the chunks a socket gives, however they are split.
+
+    ``feed`` the bytes of each ``recv`` (``b""`` at end of stream): it returns the
+    ``Response`` once the headers (at most ``MAX_HEAD_BYTES``) and exactly Content-Length
+    body bytes are in, else None. The common case, a whole response in one chunk, is parsed
+    without copying it into the buffer.
+    """
+
+    __slots__ = ("_buffer", "_head")
+
+    def __init__(self) -> None:
+        self._buffer = bytearray()  # a partial response
+        self._head: tuple[int, int, bool, int] | None = None  # status, length, close, start
+
+    def reset(self) -> None:
+        self._buffer.clear()
+        self._head = None
+
+    def feed(self, data: bytes) -> Response | None:
+        if not data:
+            raise ShortReadError("the connection closed before the whole response")
+        if self._buffer:
+            self._buffer += data
+            buffer: bytes | bytearray = self._buffer
+        else:
+            buffer = data
+        head = self._head
+        if head is None:
+            end = buffer.find(b"\r\n\r\n", 0, MAX_HEAD_BYTES)
+            if end < 0:
+                if len(buffer) >= MAX_HEAD_BYTES:
+                    raise HeadTooLargeError(f"no end of headers in {MAX_HEAD_BYTES} bytes")
+                if buffer is data:
+                    self._buffer += data
+                return None
+            head = self._head = (*parse_head(bytes(buffer[:end])), end + 4)
+        status, length, close, start = head
+        total = start + length
+        if len(buffer) < total:
+            if buffer is data:
+                self._buffer += data
+            return None
+        if len(buffer) > total:
+            raise MalformedResponseError("bytes after the response")
+        body = bytes(buffer[start:])
+        self.reset()
+        return Response(status, body, close)
+
+
+def build_request(host: str, port: int, path: str, body: bytes) -> bytes:
+    """A POST's bytes, built once per client and operation."""
+    return (f"POST {path} HTTP/1.1\r\nHost: {host}:{port}\r\n"
+            f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+            ).encode("ascii") + body
+
+
+PATHS = {"challenge": "/v1/challenge", "release": "/v1/keys/release",
+         "generate": "/v1/keys/generate"}
+
+
+def check_reply(operation: str, response: Response, key_id: str) -> None:
+    """The status and the fields that show the broker did the work; grants and keys are
+    checked by the full client around the timed calls."""
+    if response.status != 200:
+        raise StatusError(response.status)
+    try:
+        reply = json.loads(response.body)
+    except ValueError as error:
+        raise ReplyError(f"{operation}: the reply is not JSON") from error
+    if not isinstance(reply, dict):
+        raise ReplyError(f"{operation}: the reply is not an object")
+    if operation == "challenge":
+        if not reply.get("nonce"):
+            raise ReplyError("challenge: no nonce")
+    elif not reply.get("sealed_dek") or not reply.get("grant"):
+        raise ReplyError(f"{operation}: no sealed key or grant")
+    elif operation == "release" and reply.get("key_id") != key_id:
+        raise ReplyError("release: another key")
 
 
 class LeanClient:
-    """One keep-alive HTTP connection posting request bodies built once (the timed calls).
+    """One client's timed calls: its requests built once, one keep-alive connection (a
+    non-blocking socket with TCP_NODELAY) that its process's loop (``run_lean``) drives, a
+    reader for the replies. ``last_error`` is the last failed call's error."""
 
-    It checks the status and the fields that show the broker did the work (``sealed_dek``,
-    the expected ``key_id``); grants and keys are checked by the full client around it.
-    """
-
-    def __init__(self, url: str, session_id: str, wrapped: object) -> None:
+    def __init__(self, url: str, key_id: str, bodies: dict[str, bytes]) -> None:
         host, port = url.removeprefix("http://").rsplit(":", 1)
-        self._connection = http.client.HTTPConnection(host, int(port), timeout=30)
-        self._headers = {"content-type": "application/json"}
-        self.key_id = wrapped.key_id  # type: ignore[attr-defined]
-        self.bodies = {
+        self.address = (host, int(port))
+        self.key_id = key_id
+        self.requests = {operation: build_request(host, int(port), PATHS[operation], body)
+                         for operation, body in bodies.items()}
+        self.reader = ResponseReader()
+        self.sock: socket.socket | None = None
+        self.last_error: Exception | None = None
+
+    @classmethod
+    def for_key(cls, url: str, session_id: str, wrapped: object) -> LeanClient:
+        """The client of one attested session holding one wrapped key."""
+        return cls(url, wrapped.key_id, {  # type: ignore[attr-defined]
             "challenge": b"",
             "release": json.dumps({
                 "session_id": session_id,
@@ -170,33 +360,185 @@ class LeanClient:
                 "region": REGION, "producer_id": PRODUCER}).encode(),
             "generate": json.dumps({"session_id": session_id, "region": REGION,
                                     "producer_id": PRODUCER}).encode(),
-        }
-        self.paths = {"challenge": "/v1/challenge", "release": "/v1/keys/release",
-                      "generate": "/v1/keys/generate"}
+        })
 
-    def call(self, operation: str) -> None:
-        self._connection.request("POST", self.paths[operation], self.bodies[operation],
-                                 self._headers)
-        response = self._connection.getresponse()
-        body = response.read()
-        if response.status != 200:
-            raise BrokerError(f"{operation}: HTTP {response.status}")
-        reply = json.loads(body)
-        if operation == "challenge":
-            if not reply.get("nonce"):
-                raise BrokerError("challenge: no nonce")
-        elif not reply.get("sealed_dek") or not reply.get("grant"):
-            raise BrokerError(f"{operation}: no sealed key or grant")
-        elif operation == "release" and reply.get("key_id") != self.key_id:
-            raise BrokerError("release: another key")
-
-    def reconnect(self) -> None:
-        """A fresh connection before a phase (the broker closes idle keep-alive ones)."""
-        self._connection.close()
-        self._connection.connect()
+    def connect(self) -> socket.socket:
+        self.close()
+        sock = socket.create_connection(self.address, timeout=CALL_TIMEOUT_SECONDS)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        sock.setblocking(False)
+        self.sock = sock
+        return sock
 
     def close(self) -> None:
-        self._connection.close()
+        if self.sock is not None:
+            self.sock.close()
+            self.sock = None
+        self.reader.reset()
+
+
+class _Call:
+    """A client's state in ``run_lean``: its calls so far and the one in flight."""
+
+    __slots__ = ("client", "deadline", "index", "request", "scheduled", "sent", "start",
+                 "unsent")
+
+    def __init__(self, index: int, client: LeanClient, request: bytes, start: float) -> None:
+        self.index = index
+        self.client = client
+        self.request = request
+        self.start = start  # open loop: its first call's time
+        self.sent = 0
+        self.scheduled = 0.0  # the call in flight: its time (open loop) or when it left
+        self.deadline = 0.0  # ... and when it times out
+        self.unsent = b""  # ... and what the socket did not take yet
+
+
+def run_lean(clients: list[LeanClient], operation: str, start: float, seconds: float, *,
+             interval: float = 0.0, offsets: list[float] | None = None,
+             drain: float = DRAIN_SECONDS,
+             timeout: float = CALL_TIMEOUT_SECONDS) -> ThreadResults:
+    """All of one process's lean clients in one thread, one ``select`` over their sockets.
+
+    ``start`` is on ``time.perf_counter``. Closed loop (``interval`` 0): each client sends
+    its next call as soon as its reply is in, from ``start`` until ``start + seconds``, as
+    ``closed_loop`` does; a call's latency runs from when it left.
+    Open loop: client j's calls are due at ``start + offsets[j]``, then every ``interval``,
+    exactly as ``open_loop`` makes them (latency from the due time, late, dropped after the
+    drain). A failed call (an OSError, a ``LeanHttpError``, no reply within ``timeout``)
+    is counted, its connection closed and reopened by the client's next call. ``select``
+    waits with microsecond precision (epoll and poll round up to milliseconds, which would
+    make calls late).
+    """
+    now_of = time.perf_counter
+    calls = [_Call(index, client, client.requests[operation],
+                   start + (offsets[index] if offsets else 0.0))
+             for index, client in enumerate(clients)]
+    is_open = interval > 0
+    due = max(0, math.ceil(seconds / interval - 1e-9)) if is_open else 0
+    end = start + seconds  # closed loop: no call leaves after it
+    give_up = start + seconds + drain  # open loop: no call leaves after it
+    latencies: list[float] = []
+    failed = late = dropped = 0
+    waiting = [(call.start, index) for index, call in enumerate(calls)]  # idle: next time
+    heapq.heapify(waiting)
+    reading: dict[int, _Call] = {}  # fd -> call in flight, its request sent
+    writing: dict[int, _Call] = {}  # fd -> call in flight, part of its request unsent
+    next_scan = start + TIMEOUT_SCAN_SECONDS
+
+    def finish(call: _Call, now: float) -> None:
+        """The call is over: the client waits for its next one, or is done."""
+        if not is_open:
+            if now < end:
+                heapq.heappush(waiting, (now, call.index))
+        elif call.sent < due:
+            heapq.heappush(waiting, (call.start + call.sent * interval, call.index))
+
+    def fail(call: _Call, error: Exception) -> None:
+        nonlocal failed
+        failed += 1
+        call.client.last_error = error
+        if call.client.sock is not None:
+            fd = call.client.sock.fileno()
+            reading.pop(fd, None)
+            writing.pop(fd, None)
+        call.client.close()
+        finish(call, now_of())
+
+    def send(call: _Call, data: bytes) -> None:
+        sock = call.client.sock
+        assert sock is not None
+        try:
+            written = sock.send(data)
+        except BlockingIOError:
+            written = 0
+        except OSError as error:
+            fail(call, error)
+            return
+        fd = sock.fileno()
+        if written < len(data):
+            call.unsent = data[written:]
+            writing[fd] = call
+            reading.pop(fd, None)
+        else:
+            call.unsent = b""
+            writing.pop(fd, None)
+            reading[fd] = call
+
+    while waiting or reading or writing:
+        now = now_of()
+        while waiting and waiting[0][0] <= now:
+            scheduled, index = heapq.heappop(waiting)
+            call = calls[index]
+            if is_open:
+                if now > give_up:
+                    dropped += due - call.sent
+                    continue
+                if now - scheduled > LATE_SECONDS:
+                    late += 1
+                call.scheduled = scheduled
+            elif now >= end:
+                continue
+            else:
+                call.scheduled = now
+            call.sent += 1
+            call.deadline = now + timeout
+            try:
+                if call.client.sock is None:
+                    call.client.connect()
+            except OSError as error:
+                fail(call, error)
+                continue
+            send(call, call.request)
+            now = now_of()
+        if now >= next_scan:
+            next_scan = now + TIMEOUT_SCAN_SECONDS
+            for call in [*reading.values(), *writing.values()]:
+                if now > call.deadline:
+                    fail(call, CallTimeoutError(f"no reply within {timeout:g} s"))
+        if not (reading or writing):
+            if waiting:
+                pause = waiting[0][0] - now_of()
+                if pause > 0:
+                    time.sleep(pause)
+            continue
+        wait = min(next_scan - now, waiting[0][0] - now if waiting else TIMEOUT_SCAN_SECONDS)
+        readable, writable, _ = select.select(reading, writing, (), max(0.0, wait))
+        for fd in writable:
+            call = writing.get(fd)
+            if call is not None:
+                send(call, call.unsent)
+        for fd in readable:
+            call = reading.get(fd)
+            if call is None:
+                continue
+            client = call.client
+            try:
+                data = client.sock.recv(RECV_BYTES)  # type: ignore[union-attr]
+            except BlockingIOError:
+                continue
+            except OSError as error:
+                fail(call, error)
+                continue
+            try:
+                response = client.reader.feed(data)
+                if response is None:
+                    continue
+                check_reply(operation, response, client.key_id)
+            except LeanHttpError as error:
+                fail(call, error)
+                continue
+            done = now_of()
+            latencies.append(done - call.scheduled)
+            del reading[fd]
+            if response.close:
+                client.close()
+            finish(call, done)
+    return ThreadResults(latencies, failed, scheduled=due * len(calls), late=late,
+                         dropped=dropped)
+
+
+# -- one client thread ---------------------------------------------------------------
 
 
 class AttestedClient(NamedTuple):
@@ -228,7 +570,7 @@ def set_up_client(url: str, chain_dir: Path) -> AttestedClient:
     sealed, wrapped = client.generate(session, REGION, PRODUCER)
     generated = tee_keys.open(sealed, release_info(GENERATE_PURPOSE, wrapped.key_id))
     state = AttestedClient(client, provider, tee_keys, session, wrapped,
-                           LeanClient(url, session.id, wrapped))  # type: ignore[attr-defined]
+                           LeanClient.for_key(url, session.id, wrapped))  # type: ignore[attr-defined]
     check_release(state, generated)
     return state
 
@@ -242,15 +584,11 @@ def check_release(state: AttestedClient, expected: bytes | None = None) -> None:
         raise BenchmarkCheckError("the released key is not the generated one")
 
 
-def one_call(state: AttestedClient, operation: str, lean: bool = True) -> float:
-    """Run ``operation`` once; the seconds the timed broker call took."""
+def one_call(state: AttestedClient, operation: str) -> float:
+    """Run ``operation`` once with the full client; the seconds the timed call took."""
     if operation == "attest":  # challenge and evidence first, untimed, as a worker does
         _, _, seconds = attest(state.client, state.provider)
         return seconds
-    if lean:
-        started = time.perf_counter()
-        state.lean.call(operation)
-        return time.perf_counter() - started
     started = time.perf_counter()
     if operation == "challenge":
         state.client.challenge()
@@ -297,9 +635,10 @@ def client_process(url: str, chain_dir: str, slots: int, plan: list[Phase],
             results.put(tuple(ThreadResults([], error=error)))
             continue
         # A plain tuple on the queue: the class lives in ``__mp_main__`` here.
-        results.put(tuple(run_threads(
+        run = lean_phase if lean and phase.operation != "attest" else run_threads
+        results.put(tuple(run(
             states[:phase.threads], phase.operation, start.value,  # type: ignore[attr-defined]
-            phase.seconds, lean, rate=phase.rate, first=phase.first, clients=phase.clients)))
+            phase.seconds, rate=phase.rate, first=phase.first, clients=phase.clients)))
     for state in states:
         state.client.close()
         state.lean.close()
@@ -324,7 +663,7 @@ def closed_loop(call: object, end: float, clock: object = time.time) -> ThreadRe
     while clock() < end:  # type: ignore[operator]
         try:
             latencies.append(call())  # type: ignore[operator]
-        except (BrokerError, OSError, http.client.HTTPException):
+        except (BrokerError, OSError):
             failed += 1
     return ThreadResults(latencies, failed)
 
@@ -357,7 +696,7 @@ def open_loop(call: object, start: float, seconds: float, interval: float,
         sent += 1
         try:
             call()  # type: ignore[operator]
-        except (BrokerError, OSError, http.client.HTTPException):
+        except (BrokerError, OSError):
             failed += 1
             continue
         latencies.append(clock() - scheduled)  # type: ignore[operator]
@@ -365,25 +704,24 @@ def open_loop(call: object, start: float, seconds: float, interval: float,
 
 
 def run_threads(states: list[AttestedClient], operation: str, start_at: float,
-                seconds: float, lean: bool = True, *, rate: float = 0.0, first: int = 0,
+                seconds: float, *, rate: float = 0.0, first: int = 0,
                 clients: int = 1) -> ThreadResults:
-    """The process's clients in threads for one phase, closed loop or (``rate``) open."""
+    """The process's full clients (``--client full``, and attest) in threads for one phase,
+    closed loop or (``rate``) open; each then checked by a full release."""
     outcomes: list[ThreadResults] = []
     lock = threading.Lock()
     checks: list[str] = []
 
     def loop(index: int, state: AttestedClient) -> None:
-        if lean and operation != "attest":
-            state.lean.reconnect()
         if rate:
             # One clock for the schedule: the shared wall-clock start, on perf_counter.
             start = time.perf_counter() + (start_at - time.time()) + (first + index) / rate
-            outcome = open_loop(lambda: one_call(state, operation, lean), start, seconds,
+            outcome = open_loop(lambda: one_call(state, operation), start, seconds,
                                 clients / rate)
         else:
             while time.time() < start_at:
                 time.sleep(0.001)
-            outcome = closed_loop(lambda: one_call(state, operation, lean),
+            outcome = closed_loop(lambda: one_call(state, operation),
                                   start_at + seconds)
         try:  # after the timed calls: the full client still gets its key (untimed)
             check_release(state)
@@ -406,6 +744,32 @@ def run_threads(states: list[AttestedClient], operation: str, start_at: float,
         checks[0] if checks else None,
         *(sum(getattr(outcome, name) for outcome in outcomes)
           for name in ("scheduled", "late", "dropped")))
+
+
+def lean_phase(states: list[AttestedClient], operation: str, start_at: float,
+               seconds: float, *, rate: float = 0.0, first: int = 0,
+               clients: int = 1) -> ThreadResults:
+    """The process's lean clients in this thread for one phase (``run_lean``), closed loop
+    or (``rate``) open, each then checked by a full release."""
+    cpu_before = time.process_time()
+    for state in states:  # fresh connections (the broker closes idle keep-alive ones)
+        state.lean.connect()
+    # One clock for the schedule: the shared wall-clock start, on perf_counter.
+    start = time.perf_counter() + (start_at - time.time())
+    if rate:
+        outcome = run_lean([state.lean for state in states], operation, start, seconds,
+                           interval=clients / rate,
+                           offsets=[(first + index) / rate for index in range(len(states))])
+    else:
+        outcome = run_lean([state.lean for state in states], operation, start, seconds)
+    checks = []
+    for state in states:  # after the timed calls: the full client still gets its key
+        try:
+            check_release(state)
+        except (BrokerError, BenchmarkCheckError) as error:
+            checks.append(f"check after {operation}: {error}")
+    return outcome._replace(cpu_seconds=time.process_time() - cpu_before,
+                            error=checks[0] if checks else None)
 
 
 # -- the run: persistent client processes, one phase per (operation, client count) --------
@@ -535,9 +899,12 @@ def print_report(numbers: dict[str, object]) -> None:
               f"{row['broker_cpu_ms_per_call']:>13.2f}"
               f"{row['client_cpu_percent']:>11.0f}%")
     environment = numbers["environment"]
+    clients_how = {"lean": "lean: one select loop per process; attest: a thread per client",
+                   "full": "full: a thread per client"}
     print(f"broker: `sealbeam broker serve --workers {environment['broker_workers']}`; "
-          f"clients ({environment['client']}): threads over "
-          f"{environment['processes']} processes; {environment['seconds']} s per phase; "
+          f"clients ({clients_how[environment['client']]}) over "
+          f"{environment['processes']} processes; "
+          f"{environment['seconds']} s per phase; "
           f"{environment['cpu_count']} CPUs; CPU in % of one core")
     if environment.get("rates"):
         print(f"open loop: latency from each call's scheduled time; late = left over "
@@ -578,6 +945,9 @@ def parse_arguments(argv: list[str] | None) -> argparse.Namespace:
             or args.broker_workers < 1):
         parser.error("--clients, --processes and --broker-workers must be at least 1, "
                      "--seconds positive")
+    if args.client == "lean" and math.ceil(max(args.clients) / args.processes) > MAX_LEAN_CLIENTS:
+        parser.error(f"--client lean: at most {MAX_LEAN_CLIENTS} clients per process "
+                     "(select() takes descriptors below 1024); raise --processes")
     if args.rate is not None:
         if min(args.rate) <= 0 or not all(math.isfinite(rate) for rate in args.rate):
             parser.error("--rate must be positive")

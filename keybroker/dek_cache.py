@@ -191,6 +191,19 @@ class DekCache:
             return UnwrapResult(self._lead(key, flight, wrapped, aad, kms_unwrap), DEK_FROM_KMS)
         return UnwrapResult(self._wait(flight), DEK_FROM_SHARED_CALL)
 
+    def cached(self, wrapped: WrappedKey, aad: bytes) -> UnwrapResult | None:
+        """The secret if it is cached now (a hit and a use, as ``unwrap`` counts them), else
+        None: no KMS call and no wait for one, so the event loop may ask."""
+        if not self._settings.enabled:
+            return None
+        key = (wrapped.key_id, bytes(aad))
+        with self._lock:
+            cached = self._take_cached(key)
+            if cached is None:
+                return None
+            self._hits += 1
+        return UnwrapResult(cached, DEK_FROM_CACHE)
+
     def stats(self) -> DekCacheStats:
         with self._lock:
             return DekCacheStats(

@@ -37,7 +37,7 @@ import os
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 
 from keybroker.ledger_rows import (
@@ -142,6 +142,12 @@ class AuditLedger:
     def path(self) -> Path:
         return self._path
 
+    @property
+    def commits_locally(self) -> bool:
+        """A local file: a commit is a local transaction and sync, short enough to run on an
+        event loop (``keybroker.service.ledger_writer``)."""
+        return True
+
     def append(self, event: str, decision: str, details: Mapping[str, object]) -> LedgerEntry:
         """Add one entry at the head of the chain and return it once it is durable.
 
@@ -171,6 +177,20 @@ class AuditLedger:
                 self._writing = False
                 self._queue_changed.notify_all()
         return pending.outcome()
+
+    def append_prepared(self, appends: Sequence[tuple[str, str, str]]) -> list[LedgerEntry]:
+        """Add entries already checked by ``append_details`` (event, decision, details text)
+        in one transaction and one sync; all of them or, with a LedgerError, none.
+
+        Why: a caller that gathers its own batch (the broker's event-loop writer,
+        ``keybroker.service.ledger_writer``) commits it without a thread per entry.
+        """
+        if self._read_only:
+            raise LedgerError(f"ledger {self._path} was opened read-only")
+        batch = [_PendingEntry(event, decision, details) for event, decision, details in appends]
+        if batch:
+            self._write_batch(batch)
+        return [pending.outcome() for pending in batch]
 
     def _write_batch(self, batch: list[_PendingEntry]) -> None:
         """Chain and commit ``batch`` in one transaction; set each entry's outcome."""

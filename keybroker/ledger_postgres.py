@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 from keybroker.ledger_rows import (
@@ -115,11 +115,25 @@ class PostgresLedger:
         """No file: the ledger lives in PostgreSQL."""
         return None
 
+    @property
+    def commits_locally(self) -> bool:
+        """A network round trip per commit: never run on an event loop
+        (``keybroker.service.ledger_writer`` commits it on a thread)."""
+        return False
+
     def append(self, event: str, decision: str, details: Mapping[str, object]) -> LedgerEntry:
         """Add one entry at the head of the shared chain and return it."""
-        details_text = append_details(event, decision, details)
+        (entry,) = self.append_prepared([(event, decision, append_details(event, decision,
+                                                                           details))])
+        return entry
+
+    def append_prepared(self, appends: Sequence[tuple[str, str, str]]) -> list[LedgerEntry]:
+        """Add entries already checked by ``append_details`` in one transaction: all of them
+        or, with a LedgerError, none (see ``AuditLedger.append_prepared``)."""
         if self._read_only:
             raise LedgerError("the PostgreSQL ledger was opened read-only")
+        if not appends:
+            return []
         with self._lock:
             try:
                 self._reconnect_if_broken()
@@ -130,18 +144,19 @@ class PostgresLedger:
                     row = self._connection.execute(
                         "SELECT seq, hash FROM sealbeam_ledger ORDER BY seq DESC LIMIT 1"
                     ).fetchone()
-                    (entry,) = chain_rows(row, [(event, decision, details_text)], self._clock)
-                    self._connection.execute(
-                        "INSERT INTO sealbeam_ledger"
-                        " (seq, time, event, decision, details, prev_hash, hash)"
-                        " VALUES (%s, %s, %s, %s, %s, %s, %s)",
-                        entry,
-                    )
+                    entries = chain_rows(row, appends, self._clock)
+                    with self._connection.cursor() as cursor:
+                        cursor.executemany(
+                            "INSERT INTO sealbeam_ledger"
+                            " (seq, time, event, decision, details, prev_hash, hash)"
+                            " VALUES (%s, %s, %s, %s, %s, %s, %s)",
+                            entries,
+                        )
             except self._errors as error:
                 raise LedgerError(
                     f"cannot append to the PostgreSQL ledger: {_reason(error)}"
                 ) from None
-        return entry_from_row(entry)
+        return [entry_from_row(entry) for entry in entries]
 
     def _rows(self) -> list[tuple]:
         with self._lock:

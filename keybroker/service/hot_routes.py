@@ -7,7 +7,10 @@ limit, the body limit and the access log), that answers ``POST`` on ``/v1/challe
 ``/v1/attest``, ``/v1/keys/release``, ``/v1/keys/generate`` and ``/v1/keys/release-named``
 with an ``application/json`` body that parses and validates: the request model is the
 route's own (schemas.py), the service runs on a thread of its own pool (the challenge on
-the event loop: microseconds, nothing blocks), and the reply is the response model's JSON
+the event loop: microseconds, nothing blocks; a release first tries
+``KeyBrokerService.release_on_loop``, which decides a release whose DEK is cached on the
+loop and awaits its ledger commit, and falls back to the thread for the rest), and the
+reply is the response model's JSON
 with fixed headers, or the ``{error, reason}`` body of ``errors.error_body``. Anything else
 (another method or path, another content type, a body that does not parse or validate) goes
 to the FastAPI application unchanged, so its answers (422 and 400 shapes, 404/405, OpenAPI)
@@ -21,7 +24,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -47,6 +50,7 @@ class _Route:
     model: type[BaseModel] | None  # None: no body (the challenge)
     call: Callable[..., BaseModel]
     blocking: bool
+    on_loop: Callable[[Any], Awaitable[BaseModel | None]] | None = None
 
 
 HOT_PATHS = ("/v1/challenge", "/v1/attest", "/v1/keys/release", "/v1/keys/generate",
@@ -61,7 +65,8 @@ class HotRoutes:
         self._routes: dict[str, _Route] = {
             "/v1/challenge": _Route(None, lambda _request, _source: service.challenge(), False),
             "/v1/attest": _Route(AttestRequest, _with_source(service.attest), True),
-            "/v1/keys/release": _Route(ReleaseRequest, _with_source(service.release), True),
+            "/v1/keys/release": _Route(ReleaseRequest, _with_source(service.release), True,
+                                       on_loop=service.release_on_loop),
             "/v1/keys/generate": _Route(GenerateRequest, _with_source(service.generate), True),
             "/v1/keys/release-named": _Route(
                 ReleaseNamedRequest, _with_source(service.release_named), True),
@@ -96,11 +101,9 @@ class HotRoutes:
         client = scope.get("client")
         source = client[0] if client else "unknown"
         try:
-            if route.blocking:
-                reply = await asyncio.get_running_loop().run_in_executor(
-                    self._executor, route.call, request, source)
-            else:
-                reply = route.call(request, source)
+            reply = None if route.on_loop is None else await route.on_loop(request)
+            if reply is None:
+                reply = await self._call(route, request, source)
             status, content = 200, reply.model_dump_json(by_alias=True).encode("utf-8")
         except Exception as error:  # every error the service raises has its status
             status, payload = error_body(error)
@@ -109,6 +112,12 @@ class HotRoutes:
                     "headers": [_JSON_HEADER,
                                 (b"content-length", str(len(content)).encode("ascii"))]})
         await send({"type": "http.response.body", "body": content})
+
+    async def _call(self, route: _Route, request: BaseModel | None, source: str) -> BaseModel:
+        if not route.blocking:
+            return route.call(request, source)
+        return await asyncio.get_running_loop().run_in_executor(
+            self._executor, route.call, request, source)
 
     def _template(self, scope: Scope) -> object:
         """The application's route object for the path (found once), for the access log."""

@@ -1,6 +1,7 @@
 """What an operator sees of a running broker: Prometheus metrics, access logs, API docs.
 
-What it does: ``install_observability(app, service)`` adds to the broker's FastAPI app
+What it does: ``install_observability(app, service)`` adds to the broker's FastAPI app (the
+access log and latency histogram are the ``ObservedRequests`` layer the app puts outermost)
 
 - ``GET /metrics`` (Prometheus text format, ``prometheus-client``, one registry per app):
   ``sealbeam_broker_decisions_total{event, decision, tee, reason}`` counts every decision the
@@ -16,8 +17,9 @@ What it does: ``install_observability(app, service)`` adds to the broker's FastA
   ``/openapi.json`` — FastAPI's own ``/docs`` and ``/redoc`` load their UI from a CDN and are
   blank offline, so they are removed.
 
-Decisions are counted where the ledger is written (the service's ledger ``append`` is wrapped
-once): the metric then counts exactly what the audit trail holds, and no route needs to know.
+Decisions are counted where the ledger is written (``KeyBrokerService.observe_decisions``:
+after each grant or denial is durable, on a thread or on the event loop's ledger writer): the
+metric then counts exactly what the audit trail holds, and no route needs to know.
 
 What it does not: no labels from request content beyond bounded ones (route templates, TEE
 names matching ``[a-z0-9-]{1,32}``, at most 32 distinct, others ``other``; error codes); no key
@@ -31,7 +33,7 @@ import logging
 import re
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Iterator, Mapping
 from importlib import resources
 from typing import Any
 
@@ -43,7 +45,7 @@ from prometheus_client.exposition import generate_latest
 from prometheus_client.registry import Collector
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-__all__ = ["ACCESS_LOGGER", "BrokerMetrics", "install_observability"]
+__all__ = ["ACCESS_LOGGER", "BrokerMetrics", "ObservedRequests", "install_observability"]
 
 ACCESS_LOGGER = "sealbeam.broker.access"
 _DOC_ROUTES = ("/docs", "/docs/oauth2-redirect", "/redoc")
@@ -110,7 +112,7 @@ class _StateCollector(Collector):
                                 "DEKs held in the cache", value=stats.entries)
 
 
-class _ObservedRequests:
+class ObservedRequests:
     """ASGI middleware: latency histogram per route template and one access-log record."""
 
     def __init__(self, app: ASGIApp, metrics: BrokerMetrics) -> None:
@@ -146,20 +148,6 @@ class _ObservedRequests:
                        "client": f"{client[0]}:{client[1]}" if client else ""})
 
 
-def _observe_ledger(service: Any, metrics: BrokerMetrics) -> None:
-    """Count every decision the service appends to its ledger, after it is written."""
-    ledger = service.ledger
-    append: Callable[..., Any] = ledger.append
-
-    def append_and_count(event: str, decision: str, details: Mapping[str, object]) -> Any:
-        entry = append(event, decision, details)
-        if decision in ("granted", "denied"):
-            metrics.observe_decision(event, decision, details)
-        return entry
-
-    ledger.append = append_and_count
-
-
 def _static(name: str) -> bytes:
     return resources.files("keybroker.service").joinpath("static", name).read_bytes()
 
@@ -182,11 +170,11 @@ def _install_docs(app: FastAPI) -> None:
 
 
 def install_observability(app: FastAPI, service: Any) -> BrokerMetrics:
-    """Add /metrics, the access log and the packaged /docs to the broker's ``app``."""
+    """Add /metrics and the packaged /docs to the broker's ``app``; its metrics, for the
+    access-log layer (``ObservedRequests``) the application puts in front of itself."""
     metrics = BrokerMetrics()
     metrics.registry.register(_StateCollector(service))
-    _observe_ledger(service, metrics)
-    app.add_middleware(_ObservedRequests, metrics=metrics)
+    service.observe_decisions(metrics.observe_decision)
 
     def scrape() -> Response:
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)

@@ -30,7 +30,7 @@ from keybroker.kms.base import KeyManagementService
 from keybroker.service.app import create_app
 from keybroker.service.http_limits import uvicorn_limit_options
 from keybroker.service.tls import ServerTls
-from keybroker.service.workers import serve_workers
+from keybroker.service.workers import MAX_WORKERS, serve_workers
 
 SERVE_LOGGER = "sealbeam.broker.serve"
 _serve_log = logging.getLogger(SERVE_LOGGER)
@@ -71,16 +71,19 @@ class RunningBroker:
         self.stop()
 
 
-def _bind(host: str, port: int) -> socket.socket:
+def _bind(host: str, port: int, *, reuse_port: bool = False) -> socket.socket:
     """A listening TCP socket created with ``IPPROTO_TCP``, not protocol 0.
 
     asyncio sets ``TCP_NODELAY`` on accepted connections only when the listening socket's
     ``proto`` is ``IPPROTO_TCP`` (accepted sockets inherit it). With protocol 0 every reply
     written in two parts waited for the client's delayed ACK: ~40 ms per broker call.
+    ``reuse_port`` sets ``SO_REUSEPORT`` (see ``_bind_workers``).
     """
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if reuse_port:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
     try:
         sock.bind((host, port))
     except OSError as error:
@@ -88,6 +91,31 @@ def _bind(host: str, port: int) -> socket.socket:
         raise BrokerStartError(f"cannot listen on {host}:{port}: {error.strerror}") from None
     sock.listen(2048)
     return sock
+
+
+def _bind_workers(host: str, port: int, count: int) -> list[socket.socket]:
+    """One listening socket per worker process, all on one port (``SO_REUSEPORT``).
+
+    Why: worker processes accepting from one shared socket split connections unevenly (one
+    took 56 of 64 keep-alive clients while the other idled, and the busy one queued
+    requests at a quarter of the machine's CPU); with a socket each, the kernel spreads new
+    connections over them by a hash of their addresses. Where ``SO_REUSEPORT`` does not
+    exist, the workers share one socket as before. The kernel lets only sockets of the
+    same user join a port's group.
+    """
+    if count == 1 or not hasattr(socket, "SO_REUSEPORT"):
+        return [_bind(host, port)]
+    first = _bind(host, port, reuse_port=True)
+    sockets = [first]
+    try:
+        bound_port = first.getsockname()[1]
+        for _ in range(count - 1):
+            sockets.append(_bind(host, bound_port, reuse_port=True))
+    except BaseException:
+        for sock in sockets:
+            sock.close()
+        raise
+    return sockets
 
 
 def serve_in_thread(
@@ -180,18 +208,19 @@ def serve_forever(
     ``workers`` > 1 serves from that many processes (workers.py); ``log_setup`` configures
     logging in each of them (a picklable callable: they start afresh).
     """
-    sock = _bind(host, port)
-    bound_host, bound_port = sock.getsockname()[:2]
+    sockets = _bind_workers(host, port, workers if 1 <= workers <= MAX_WORKERS else 1)
+    bound_host, bound_port = sockets[0].getsockname()[:2]
     # Says where it listens (with --port 0 nothing else would); one line, before serving.
     _serve_log.info("serving on %s with %d process(es)", _url(bound_host, bound_port, tls),
                     workers)
     try:
         if workers == 1:
-            run_uvicorn(create_app(settings), sock, settings, tls)
+            run_uvicorn(create_app(settings), sockets[0], settings, tls)
         else:
-            serve_workers(settings, sock, workers, tls=tls, log_setup=log_setup)
+            serve_workers(settings, sockets, workers, tls=tls, log_setup=log_setup)
     finally:
-        sock.close()
+        for sock in sockets:
+            sock.close()
 
 
 def _url(host: str, port: int, tls: ServerTls | None) -> str:

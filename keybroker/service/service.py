@@ -11,7 +11,9 @@ operation, the request, the reply, the session, the time), and ``attest`` also r
 signed attestation result; ``Checkpointer`` signs ledger checkpoints.
 
 This module knows nothing of HTTP: it raises typed errors that ``errors.error_status``
-maps to statuses, and its methods are blocking (run them off the event loop).
+maps to statuses, and its methods are blocking (run them off the event loop), except
+``release_on_loop``: a release whose DEK is cached needs no KMS and no wait but its ledger
+commit, which it awaits (``ledger_writer.LedgerWriter``), so it runs on the event loop.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import hashlib
 import logging
 import os
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, MutableMapping
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
@@ -62,6 +64,7 @@ from keybroker.service.errors import (
     UnsupportedTeeError,
     error_status,
 )
+from keybroker.service.ledger_writer import LedgerWriter, Observer
 from keybroker.service.schemas import (
     MAX_BOUND_KEY_BYTES,
     MAX_ENDORSEMENT_BYTES,
@@ -159,6 +162,20 @@ def _claims_summary(claims: Claims) -> dict[str, object]:
     }
 
 
+class _NotCachedError(Exception):
+    """A release on the event loop found its DEK not cached (the KMS would block the loop)."""
+
+
+def _release_audit(request: ReleaseRequest) -> dict[str, object]:
+    """The ledger's details of a release, before the session and the decision add theirs."""
+    return {
+        "kek": request.kek_uri,
+        "kek_version": request.kek_version,
+        "region": request.region,
+        "producer_id": request.producer_id,
+    }
+
+
 def _session_audit(session: Session) -> dict[str, object]:
     return {
         "session": session.audit_id,
@@ -201,6 +218,8 @@ class KeyBrokerService:
         self._dek_cache = dek_cache if dek_cache is not None else DekCache(settings.dek_cache)
         self._verifiers = dict(verifiers)
         self._ledger = ledger
+        self._decision_observers: list[Observer] = []
+        self._writer = LedgerWriter(ledger, on_written=self._observe)
         self._named_keys = named_keys
         try:
             challenge_secret = load_challenge_secret(settings.state_dir)
@@ -214,7 +233,7 @@ class KeyBrokerService:
         self._nonces = ChallengeIssuer(challenge_secret, settings.nonce_ttl_seconds, spent, clock)
         limits = settings.limits
         self._anonymous_denials = DenialAggregator(
-            ledger.append,
+            self._record,
             interval_seconds=limits.denial_interval_seconds,
             in_full=limits.denials_in_full,
             max_sources=limits.denial_max_sources,
@@ -310,9 +329,15 @@ class KeyBrokerService:
     def dek_cache(self) -> DekCache:
         return self._dek_cache
 
+    def observe_decisions(self, observer: Observer) -> None:
+        """Call ``observer(event, decision, details)`` for each entry recorded from now on,
+        after it is written (the broker's decision metrics)."""
+        self._decision_observers.append(observer)
+
     def close(self) -> None:
         self._dek_cache.clear()
         self._anonymous_denials.close()
+        self._writer.close()
         self._kms.close()
         self._checkpointer.close()
         self._ledger.close()
@@ -381,7 +406,7 @@ class KeyBrokerService:
             self._record_denial("attest", audit, error, source=source, anonymous=not verified)
             raise
         try:
-            self._ledger.append(
+            self._record(
                 "attest", "granted", {**audit, "rule": decision.rule, "session": session.audit_id}
             )
         except BaseException:
@@ -416,40 +441,72 @@ class KeyBrokerService:
 
     def release(self, request: ReleaseRequest, *, source: str = "unknown") -> ReleaseResponse:
         """Unwrap a DEK the policy lets this session have and seal it to the TEE key."""
-        audit: dict[str, object] = {
-            "kek": request.kek_uri,
-            "kek_version": request.kek_version,
-            "region": request.region,
-            "producer_id": request.producer_id,
-        }
-        session: Session | None = None
+        audit = _release_audit(request)
         try:
-            session = self._sessions.get(request.session_id)
-            audit.update(_session_audit(session))
-            ciphertext = decode_base64(
-                "wrapped_dek", request.wrapped_dek, maximum=MAX_WRAPPED_DEK_BYTES
-            )
-            wrapped = WrappedKey(KeyReference(request.kek_uri, request.kek_version), ciphertext)
-            key_id = wrapped.key_id
-            audit["key_id"] = key_id
-            decision = self._policy.evaluate_release(
-                session.claims, request.kek_uri, request.region, request.producer_id
-            )
-            if not decision.allowed:
-                raise PolicyDeniedError(decision.reason)
-            self._kms.check_residency(request.kek_uri, request.region)
-            aad = dek_wrap_aad(request.region, request.producer_id)
-            unwrapped = self._dek_cache.unwrap(wrapped, aad, self._kms.unwrap)
-            audit["dek_source"] = unwrapped.source
-            dek = DataKey(unwrapped.secret)
-            sealed = seal_to_tee(
-                session.tee_key, dek.secret_bytes(), release_info(RELEASE_PURPOSE, key_id)
-            )
+            granted = self._grant_release(request, audit, cached_only=False)
         except Exception as error:
-            self._record_denial("release", audit, error, source=source, anonymous=session is None)
+            self._record_denial("release", audit, error, source=source,
+                                anonymous="session" not in audit)
             raise
-        self._ledger.append("release", "granted", {**audit, "rule": decision.rule})
-        return self._signed(
+        self._record("release", "granted", audit)
+        return granted
+
+    async def release_on_loop(self, request: ReleaseRequest) -> ReleaseResponse | None:
+        """``release`` on the event loop when nothing in it blocks: the DEK is cached and
+        the release is granted; the grant is returned once its ledger entry is durable.
+
+        None, with nothing recorded and nothing released, when it cannot be done so (the DEK
+        is not cached, or the release is refused): ``release`` on a thread then decides it
+        again and records the outcome, a denial included. The only side effect of such a
+        first try is a DEK cache use, when sealing to the TEE key failed after it.
+        """
+        audit = _release_audit(request)
+        try:
+            granted = self._grant_release(request, audit, cached_only=True)
+        except Exception:  # decided again, and recorded, on a thread
+            return None
+        await self._writer.append("release", "granted", audit)
+        return granted
+
+    def _grant_release(
+        self,
+        request: ReleaseRequest,
+        audit: MutableMapping[str, object],
+        *,
+        cached_only: bool,
+    ) -> ReleaseResponse:
+        """The signed release reply; ``audit`` gathers the ledger's details as it goes.
+
+        ``cached_only``: the DEK from the cache or not at all (``_NotCachedError``), never
+        from the KMS.
+        """
+        session = self._sessions.get(request.session_id)
+        audit.update(_session_audit(session))
+        ciphertext = decode_base64(
+            "wrapped_dek", request.wrapped_dek, maximum=MAX_WRAPPED_DEK_BYTES
+        )
+        wrapped = WrappedKey(KeyReference(request.kek_uri, request.kek_version), ciphertext)
+        key_id = wrapped.key_id
+        audit["key_id"] = key_id
+        decision = self._policy.evaluate_release(
+            session.claims, request.kek_uri, request.region, request.producer_id
+        )
+        if not decision.allowed:
+            raise PolicyDeniedError(decision.reason)
+        self._kms.check_residency(request.kek_uri, request.region)
+        aad = dek_wrap_aad(request.region, request.producer_id)
+        if cached_only:
+            unwrapped = self._dek_cache.cached(wrapped, aad)
+            if unwrapped is None:
+                raise _NotCachedError(key_id)
+        else:
+            unwrapped = self._dek_cache.unwrap(wrapped, aad, self._kms.unwrap)
+        audit["dek_source"] = unwrapped.source
+        dek = DataKey(unwrapped.secret)
+        sealed = seal_to_tee(
+            session.tee_key, dek.secret_bytes(), release_info(RELEASE_PURPOSE, key_id)
+        )
+        reply = self._signed(
             ReleaseResponse,
             "release",
             request,
@@ -458,6 +515,8 @@ class KeyBrokerService:
             key_id=key_id,
             simulated=session.simulated,
         )
+        audit["rule"] = decision.rule
+        return reply
 
     def generate(self, request: GenerateRequest, *, source: str = "unknown") -> GenerateResponse:
         """A fresh DEK for a region: wrapped under the region's KEK and sealed to the TEE."""
@@ -494,7 +553,7 @@ class KeyBrokerService:
         except Exception as error:
             self._record_denial("generate", audit, error, source=source, anonymous=session is None)
             raise
-        self._ledger.append("generate", "granted", {**audit, "rule": decision.rule})
+        self._record("generate", "granted", {**audit, "rule": decision.rule})
         return self._signed(
             GenerateResponse,
             "generate",
@@ -533,7 +592,7 @@ class KeyBrokerService:
                 "release-named", audit, error, source=source, anonymous=session is None
             )
             raise
-        self._ledger.append("release-named", "granted", {**audit, "rule": decision.rule})
+        self._record("release-named", "granted", {**audit, "rule": decision.rule})
         return self._signed(
             ReleaseNamedResponse,
             "release-named",
@@ -572,6 +631,16 @@ class KeyBrokerService:
 
     # -- audit -----------------------------------------------------------------------------
 
+    def _record(self, event: str, decision: str, details: Mapping[str, object]) -> None:
+        """Append a decision to the ledger (durable when this returns), then observe it."""
+        self._ledger.append(event, decision, details)
+        self._observe(event, decision, details)
+
+    def _observe(self, event: str, decision: str, details: Mapping[str, object]) -> None:
+        if decision in ("granted", "denied"):
+            for observer in self._decision_observers:
+                observer(event, decision, details)
+
     def _record_denial(
         self,
         event: str,
@@ -599,6 +668,6 @@ class KeyBrokerService:
                 self._anonymous_denials.record(event, source, details)
             else:
                 details["source"] = source
-                self._ledger.append(event, "denied", fit_details(details, MAX_DETAILS_BYTES))
+                self._record(event, "denied", fit_details(details, MAX_DETAILS_BYTES))
         except Exception as ledger_error:
             logger.error("could not record a %s denial in the ledger: %s", event, ledger_error)

@@ -2,10 +2,11 @@
 
 Why: one broker process uses one core at most (the GIL); the HTTP stack is most of a
 release's cost, so more cores need more processes. What it does: ``serve_workers`` binds
-nothing itself; it takes the listening socket the caller bound, starts ``count`` worker
-processes (``spawn``: each imports afresh, shares no threads or connections with the
-parent) that each build the application on the same settings and serve the shared socket
-(the kernel spreads connections over them), waits until every worker has loaded its
+nothing itself; it takes the listening sockets the caller bound (one per worker on one port
+with ``SO_REUSEPORT``, so the kernel spreads connections evenly, or one they all share),
+starts ``count`` worker processes (``spawn``: each imports afresh, shares no threads or
+connections with the parent) that each build the application on the same settings and
+serve their socket, waits until every worker has loaded its
 settings, and then supervises: a worker that dies later is started again; SIGTERM or
 SIGINT stops them all (each shuts down gracefully: lifespan, shutdown checkpoint).
 
@@ -23,7 +24,7 @@ import signal
 import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from multiprocessing.connection import Connection
 from types import FrameType
 from typing import Any
@@ -110,20 +111,28 @@ class _Worker:
 
 def serve_workers(
     settings: BrokerSettings,
-    sock: socket.socket,
+    sockets: socket.socket | Sequence[socket.socket],
     count: int,
     *,
     tls: Any = None,
     log_setup: Callable[[], None] | None = None,
 ) -> None:
-    """Serve ``sock`` with ``count`` worker processes until SIGTERM/SIGINT.
+    """Serve with ``count`` worker processes until SIGTERM/SIGINT: worker i on
+    ``sockets[i]`` when there is one socket per worker, else all on the one socket.
 
     WorkerStartError when a worker cannot start (bad settings): the others are stopped.
+    A worker started again takes its predecessor's socket.
     """
     if not 1 <= count <= MAX_WORKERS:
         raise ValueError(f"workers: expected 1 to {MAX_WORKERS}, got {count}")
+    listening = [sockets] if isinstance(sockets, socket.socket) else list(sockets)
+    if len(listening) not in (1, count):
+        raise ValueError(f"sockets: expected 1 or {count}, got {len(listening)}")
     context = multiprocessing.get_context("spawn")
-    arguments = (settings, sock, tls, log_setup)
+
+    def arguments(index: int) -> tuple[Any, ...]:
+        return (settings, listening[index % len(listening)], tls, log_setup)
+
     stopping = threading.Event()
 
     def on_signal(_number: int, _frame: FrameType | None) -> None:
@@ -135,7 +144,7 @@ def serve_workers(
     try:
         deadline = time.monotonic() + WORKER_STARTUP_SECONDS
         for index in range(count):
-            workers.append(_Worker(context, arguments, index))
+            workers.append(_Worker(context, arguments(index), index))
         for worker in workers:
             problem = worker.wait_ready(deadline, stopping)
             if stopping.is_set():
@@ -151,7 +160,7 @@ def serve_workers(
                              worker.index, worker.process.exitcode)
                 worker.status.close()
                 time.sleep(RESTART_DELAY_SECONDS)
-                workers[position] = _Worker(context, arguments, worker.index)
+                workers[position] = _Worker(context, arguments(worker.index), worker.index)
     finally:
         for worker in workers:
             worker.stop()

@@ -102,6 +102,37 @@ def test_second_request_is_served_from_the_cache() -> None:
     assert dek_cache.stats().hits == 1 and dek_cache.stats().kms_calls == 1
 
 
+def test_cached_only_answers_from_the_cache_with_the_same_limits() -> None:
+    """What the event loop may ask: a cached DEK or None, never a KMS call or a wait."""
+    clock = FakeClock()
+    kms, dek_cache = CountingKms(), cache(clock, max_uses=3, max_age_seconds=60)
+    assert dek_cache.cached(wrapped_key(1), AAD_EU) is None and kms.calls == 0
+    first = dek_cache.unwrap(wrapped_key(1), AAD_EU, kms.unwrap)
+    hit = dek_cache.cached(wrapped_key(1), AAD_EU)
+    assert hit is not None and (hit.source, hit.secret) == (DEK_FROM_CACHE, first.secret)
+    assert dek_cache.cached(wrapped_key(1), AAD_US) is None  # another region/producer
+    assert dek_cache.cached(wrapped_key(1), AAD_EU) is not None  # the third use
+    assert dek_cache.cached(wrapped_key(1), AAD_EU) is None  # used up, evicted
+    assert dek_cache.stats().hits == 2 and kms.calls == 1
+    dek_cache.unwrap(wrapped_key(2), AAD_EU, kms.unwrap)
+    clock.now += 60
+    assert dek_cache.cached(wrapped_key(2), AAD_EU) is None  # too old
+    off = cache(enabled=False)
+    off.unwrap(wrapped_key(1), AAD_EU, kms.unwrap)
+    assert off.cached(wrapped_key(1), AAD_EU) is None
+
+
+def test_cached_only_does_not_wait_for_a_kms_call_in_flight() -> None:
+    kms, dek_cache = CountingKms(block=True), cache()
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        leading = pool.submit(dek_cache.unwrap, wrapped_key(1), AAD_EU, kms.unwrap)
+        assert kms.started.wait(10)
+        assert dek_cache.cached(wrapped_key(1), AAD_EU) is None  # at once, not after the call
+        kms.release.set()
+        leading.result(10)
+    assert dek_cache.cached(wrapped_key(1), AAD_EU) is not None
+
+
 def test_associated_data_is_part_of_the_key() -> None:
     kms, dek_cache = CountingKms(), cache()
     dek_cache.unwrap(wrapped_key(1), AAD_EU, kms.unwrap)

@@ -54,11 +54,15 @@ def test_append_and_verify_in_postgres(postgres_url: str) -> None:  # noqa: F811
             ledger.append("release", "granted", {"n": 3})   # the drop is noticed here...
         third = ledger.append("release", "granted", {"n": 3})   # ...and the next one reconnects
         assert third.seq == 3 and ledger.verify().ok
+        batch = ledger.append_prepared([("release", "granted", '{"n":4}'),
+                                        ("release", "denied", '{"n":5}')])  # one transaction
+        assert [(entry.seq, entry.details) for entry in batch] == [(4, {"n": 4}), (5, {"n": 5})]
+        assert batch[0].prev_hash == third.hash and ledger.verify().ok
     with psycopg.connect(postgres_url + "?options=-csearch_path%3Done") as connection:
         with pytest.raises(psycopg.Error, match="append-only"):
             connection.execute("DELETE FROM sealbeam_ledger")
         connection.rollback()
-        assert connection.execute("SELECT count(*) FROM sealbeam_ledger").fetchone() == (3,)
+        assert connection.execute("SELECT count(*) FROM sealbeam_ledger").fetchone() == (5,)
     with pytest.raises(LedgerError):
         PostgresLedger("postgresql://nobody@127.0.0.1:1/none", read_only=True)
 
