@@ -71,6 +71,11 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
                         help="refuse a batch that does not name its destination (region, "
                              "sink, location), so every output key's ledger entry says where "
                              "its outputs go; default: such a batch's keys record none")
+    parser.add_argument("--require_routes", action="store_true",
+                        help="refuse a batch sent without each envelope's routing facts "
+                             "(key id, region, producer), which the TEE checks against every "
+                             "header; default: such a batch (from a client older than routes) "
+                             "is processed without that check")
 
 
 def _spec(path: str | None) -> FeatureSpec:
@@ -89,7 +94,7 @@ def serve_from_args(args: argparse.Namespace) -> int:
             key_ttl_s=args.key_ttl_s, audience=args.audience,
             broker_identity=args.broker_identity, broker_ca_bundle=args.broker_ca_bundle,
             broker_pinned_cert=args.broker_pinned_cert, location=args.worker_location,
-            require_destination=args.require_destination))
+            require_destination=args.require_destination, require_routes=args.require_routes))
         worker.start()
         server = PoolServer(worker, args.host, args.port, max_inflight=args.max_inflight,
                             max_request_bytes=args.max_request_bytes)

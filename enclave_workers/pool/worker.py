@@ -14,12 +14,12 @@ found); the worker refuses it unless every envelope of the batch is of that regi
 (``destination_refusal``), and otherwise generates the batch's output keys with it, so the
 broker's ledger records where their outputs go, as in-process runs do. Output keys are
 cached per destination. Started with ``require_destination``, it refuses a request that
-names none. A request may carry, per envelope, the facts the Beam side routed it by
-(data-key id, region, producer: ``routes``); they go to ``BatchProcessor.process``, which
-dead-letters an envelope whose authenticated header says otherwise (stage ``route``), as
-the in-process step does. With routes, the destination is checked against the routed
-regions (an envelope whose header names another region is then a ``route`` dead letter, not
-a reason to refuse the batch).
+names none; started with ``require_routes``, one sent without routes. A request may
+carry, per envelope, the facts the Beam side routed it by (data-key id, region, producer:
+``routes``); they go to ``BatchProcessor.process``, which dead-letters an envelope whose
+authenticated header says otherwise (stage ``route``), as the in-process step does. With
+routes, the destination is checked against the routed regions (an envelope whose header
+names another region is then a ``route`` dead letter, not a reason to refuse the batch).
 ``build_pool_worker`` assembles one from settings: a ``BrokerClient`` pinned to the
 broker's identity key (``broker_pin``: a grant the broker did not sign is refused) whose
 ``generate`` names the spec's fingerprint (recorded in the broker's ledger), the TEE's
@@ -97,6 +97,7 @@ class PoolSettings:
     broker_pinned_cert: str | None = None  # or the broker's own TLS certificate (PEM)
     location: str | None = None            # simulated SEV-SNP: the HOST_DATA location claim
     require_destination: bool = False      # refuse a batch that names no destination
+    require_routes: bool = False           # refuse a batch sent without its routing facts
 
 
 class _DestinedSession:
@@ -151,9 +152,10 @@ class PoolWorker:
     def __init__(self, session: KeySession, provider: EvidenceProvider,
                  processor: BatchProcessor, output_format: str,
                  channel: ChannelKeys | None = None, *,
-                 require_destination: bool = False) -> None:
+                 require_destination: bool = False, require_routes: bool = False) -> None:
         self._session = session
         self._require_destination = require_destination
+        self._require_routes = require_routes
         self._provider = provider
         self._processor = processor
         self._output_format = output_format
@@ -208,6 +210,9 @@ class PoolWorker:
             raise PoolRequestError("a request needs its batch id: outputs are named by it "
                                    "and their custody statements signed for that name")
         processor = self._processor
+        if request.routes is None and self._require_routes:
+            raise PoolRequestError("this pool worker requires each envelope's routing facts "
+                                   "(--require_routes): upgrade the pipeline's sealbeam")
         if request.destination is None and self._require_destination:
             raise PoolRequestError("this pool worker requires each batch's destination "
                                    "(--require_destination): run the pipeline with a "
@@ -259,4 +264,5 @@ def build_pool_worker(settings: PoolSettings, *, channel: ChannelKeys | None = N
     )
     processor = BatchProcessor(session, compiled, output_format=settings.output_format)
     return PoolWorker(session, provider, processor, settings.output_format, channel,
-                      require_destination=settings.require_destination)
+                      require_destination=settings.require_destination,
+                      require_routes=settings.require_routes)

@@ -15,6 +15,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import apache_beam as beam
@@ -26,7 +29,7 @@ from enclave_workers.batch_processor import STAGE_ROUTE, default_feature_spec
 from enclave_workers.records import INPUT_SCHEMA_FINGERPRINT
 from envelope import extract_stream_piece, read_record_stream, seal_record_stream
 from tests.enclave_workers.broker_env import BrokerEnv, person, seal_json
-from tests.pool.conftest import PoolProcess
+from tests.pool.conftest import REPO_ROOT, PoolProcess
 from transforms.parse import read_sealed
 from transforms.pool_client import PoolEndpoint, PoolUnavailableError
 from transforms.pool_trust import PoolTrust
@@ -155,3 +158,32 @@ def test_the_destination_is_checked_against_the_routed_regions(
         _endpoint(broker, pool_pair[0]).process(
             batch, batch_id=b"\x0a" * 16, routes=routes,
             destination=_destinations(tmp_path)["us"] | {"region": "us"})
+
+
+def test_a_pool_started_with_require_routes_refuses_a_batch_without_them(
+        broker: BrokerEnv) -> None:
+    """``sealbeam worker serve --require_routes``: a batch sent without routing facts (an
+    older client) is refused (400), so the route check cannot be skipped; with them it is
+    processed."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "pipelines.cli", "worker", "serve", "--broker_url", broker.url,
+         "--dev_tee_dir", str(broker.dev_tee_dir), "--port", "0", "--require_routes"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO_ROOT,
+        env={**os.environ, "PYTHONPATH": str(REPO_ROOT)})
+    try:
+        assert process.stdout is not None
+        ready = json.loads(process.stdout.readline())
+        endpoint = _endpoint(broker, PoolProcess(process, ready["url"],
+                                                 ready["spec_fingerprint"]))
+        batch = _sealed(broker, 3)
+        with pytest.raises(PoolUnavailableError, match=r"process answered 400 this pool "
+                           r"worker requires each envelope's routing facts "
+                           r"\(--require_routes\)"):
+            endpoint.process(batch, batch_id=b"\x0b" * 16)
+        response = endpoint.process(batch, batch_id=b"\x0c" * 16,
+                                    routes=[_route(e) for e in _read(batch)])
+        assert response.dead_letters == []
+        assert [(o.region, o.source_count) for o in response.outputs] == [("eu", 3)]
+    finally:
+        process.kill()
+        process.wait(timeout=10)
