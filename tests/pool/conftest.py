@@ -14,7 +14,7 @@ import os
 import subprocess
 import sys
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -60,6 +60,20 @@ def start_pool_worker(broker: BrokerEnv, *extra: str) -> PoolProcess:
         raise RuntimeError(f"pool worker did not start: {process.stderr.read()}")  # type: ignore[union-attr]
     ready = json.loads(line)
     return PoolProcess(process, ready["url"], ready["spec_fingerprint"])
+
+
+def byte_reader(data: bytes) -> Callable[[int], bytes]:
+    """``read(count)`` over ``data``, as the pool's wire readers take from a socket: at most
+    ``count`` bytes, fewer at the end."""
+    view, position = memoryview(data), 0
+
+    def read(count: int) -> bytes:
+        nonlocal position
+        chunk = bytes(view[position:position + count])
+        position += len(chunk)
+        return chunk
+
+    return read
 
 
 @pytest.fixture(scope="session")

@@ -15,9 +15,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import apache_beam as beam
@@ -29,7 +26,7 @@ from enclave_workers.batch_processor import STAGE_ROUTE, default_feature_spec
 from enclave_workers.records import INPUT_SCHEMA_FINGERPRINT
 from envelope import extract_stream_piece, read_record_stream, seal_record_stream
 from tests.enclave_workers.broker_env import BrokerEnv, person, seal_json
-from tests.pool.conftest import REPO_ROOT, PoolProcess
+from tests.pool.conftest import PoolProcess, start_pool_worker
 from transforms.parse import read_sealed
 from transforms.pool_client import PoolEndpoint, PoolUnavailableError
 from transforms.pool_trust import PoolTrust
@@ -162,19 +159,11 @@ def test_the_destination_is_checked_against_the_routed_regions(
 
 def test_a_pool_started_with_require_routes_refuses_a_batch_without_them(
         broker: BrokerEnv) -> None:
-    """``sealbeam worker serve --require_routes``: a batch sent without routing facts (an
-    older client) is refused (400), so the route check cannot be skipped; with them it is
-    processed."""
-    process = subprocess.Popen(
-        [sys.executable, "-m", "pipelines.cli", "worker", "serve", "--broker_url", broker.url,
-         "--dev_tee_dir", str(broker.dev_tee_dir), "--port", "0", "--require_routes"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO_ROOT,
-        env={**os.environ, "PYTHONPATH": str(REPO_ROOT)})
+    """``--require_routes``: a batch sent without routing facts (an older client) is refused
+    (400), so the route check cannot be skipped; with them it is processed."""
+    pool = start_pool_worker(broker, "--require_routes")
     try:
-        assert process.stdout is not None
-        ready = json.loads(process.stdout.readline())
-        endpoint = _endpoint(broker, PoolProcess(process, ready["url"],
-                                                 ready["spec_fingerprint"]))
+        endpoint = _endpoint(broker, pool)
         batch = _sealed(broker, 3)
         with pytest.raises(PoolUnavailableError, match=r"process answered 400 this pool "
                            r"worker requires each envelope's routing facts "
@@ -185,5 +174,4 @@ def test_a_pool_started_with_require_routes_refuses_a_batch_without_them(
         assert response.dead_letters == []
         assert [(o.region, o.source_count) for o in response.outputs] == [("eu", 3)]
     finally:
-        process.kill()
-        process.wait(timeout=10)
+        pool.kill()

@@ -16,20 +16,9 @@ from enclave_workers.pool.wire import (
     read_request,
     read_response,
 )
+from tests.pool.conftest import byte_reader
 
 CHANNEL = ChannelKeys()
-
-
-def _reader(data: bytes):
-    view, position = memoryview(data), 0
-
-    def read(count: int) -> bytes:
-        nonlocal position
-        chunk = bytes(view[position:position + count])
-        position += len(chunk)
-        return chunk
-
-    return read
 
 
 @settings(max_examples=40, deadline=None)
@@ -40,7 +29,7 @@ def test_any_envelopes_round_trip_and_the_declared_length_is_exact(envelopes) ->
                                     output_format="sealed-arrow", envelopes=envelopes)
     body = b"".join(chunks)
     assert len(body) == length
-    request = read_request(_reader(body), CHANNEL)
+    request = read_request(byte_reader(body), CHANNEL)
     assert request.envelopes == envelopes and request.spec_fingerprint == "ab" * 32
 
 
@@ -52,7 +41,7 @@ def test_the_batch_id_and_window_label_round_trip(envelopes, batch_id, window) -
     sealed, keys = seal_request_secret(CHANNEL.public_bytes())
     _, chunks = encode_request(sealed, keys, spec_fingerprint="f", output_format="sealed-arrow",
                                envelopes=envelopes, batch_id=batch_id, window=window)
-    request = read_request(_reader(b"".join(chunks)), CHANNEL)
+    request = read_request(byte_reader(b"".join(chunks)), CHANNEL)
     assert (request.batch_id, request.window) == (batch_id, window)
 
 
@@ -79,7 +68,7 @@ def test_any_response_round_trips(outputs, dead) -> None:
                       for producer, payload, statement in outputs]
     letters = [DeadLetter("id", reason, "open", payload) for reason, payload in dead]
     body = b"".join(encode_response(opened, sealed_outputs, letters))
-    response = read_response(_reader(body), keys)
+    response = read_response(byte_reader(body), keys)
     assert response.outputs == sealed_outputs and response.dead_letters == letters
 
 
@@ -88,13 +77,13 @@ def test_any_response_round_trips(outputs, dead) -> None:
 def test_other_bytes_fail_with_a_typed_error(noise: bytes) -> None:
     for body in (noise, MAGIC + noise):
         try:
-            read_request(_reader(body), CHANNEL)
+            read_request(byte_reader(body), CHANNEL)
         except (WireError, ChannelError):
             continue
         raise AssertionError("noise was read as a request")
     _, keys = seal_request_secret(CHANNEL.public_bytes())
     try:
-        read_response(_reader(noise), keys)
+        read_response(byte_reader(noise), keys)
     except WireError:
         return
     raise AssertionError("noise was read as a response")

@@ -18,6 +18,7 @@ from enclave_workers.pool.channel import ChannelError, ChannelKeys, seal_request
 from enclave_workers.pool.routes import KEY_ID_BYTES, MAX_ROUTE_BYTES, encode_route, split_route
 from enclave_workers.pool.wire import WireError, encode_request, read_request
 from envelope.limits import MAX_PRODUCER_ID, MAX_REGION
+from tests.pool.conftest import byte_reader
 
 CHANNEL = ChannelKeys()
 
@@ -30,18 +31,6 @@ _REGIONS = st.text(_TEXT, min_size=1, max_size=MAX_REGION).filter(
 _PRODUCERS = st.text(_TEXT, min_size=1, max_size=80).filter(
     lambda t: len(t.encode()) <= MAX_PRODUCER_ID)
 ROUTES = st.tuples(_KEY_IDS, _REGIONS, _PRODUCERS)
-
-
-def _reader(data: bytes):
-    view, position = memoryview(data), 0
-
-    def read(count: int) -> bytes:
-        nonlocal position
-        chunk = bytes(view[position:position + count])
-        position += len(chunk)
-        return chunk
-
-    return read
 
 
 @settings(max_examples=80, deadline=None)
@@ -65,7 +54,7 @@ def test_a_routed_request_round_trips_and_its_declared_length_is_exact(pairs) ->
                                     batch_id=b"\x01" * 16, routes=routes)
     body = b"".join(chunks)
     assert len(body) == length
-    request = read_request(_reader(body), CHANNEL)
+    request = read_request(byte_reader(body), CHANNEL)
     assert request.envelopes == envelopes and request.routes == routes
 
 
@@ -73,7 +62,7 @@ def test_a_request_without_routes_reads_as_an_older_clients() -> None:
     sealed, keys = seal_request_secret(CHANNEL.public_bytes())
     _, chunks = encode_request(sealed, keys, spec_fingerprint="f", output_format="sealed-arrow",
                                envelopes=[b"a", b"b"], batch_id=b"\x01")
-    request = read_request(_reader(b"".join(chunks)), CHANNEL)
+    request = read_request(byte_reader(b"".join(chunks)), CHANNEL)
     assert request.routes is None and request.envelopes == [b"a", b"b"]
 
 
@@ -198,11 +187,11 @@ ROUTED = encode_route(GOOD) + b"envelope"
 def test_a_request_whose_header_and_frames_disagree_about_routes_is_refused(
         header: dict, frames: list, why: str) -> None:
     with pytest.raises(WireError, match=why):
-        read_request(_reader(_hand_made(header, frames)), CHANNEL)
+        read_request(byte_reader(_hand_made(header, frames)), CHANNEL)
 
 
 def test_a_hand_made_routed_request_reads_as_encoded() -> None:
-    request = read_request(_reader(_hand_made(
+    request = read_request(byte_reader(_hand_made(
         {**HEADER, "routes": True}, [(wire.KIND_ROUTED_ENVELOPE, ROUTED)] * 2)), CHANNEL)
     assert request.routes == [GOOD, GOOD] and request.envelopes == [b"envelope"] * 2
 
@@ -216,4 +205,4 @@ def test_a_routed_request_cut_anywhere_is_a_typed_error(routes, where: int) -> N
                                routes=routes)
     body = b"".join(chunks)
     with pytest.raises((WireError, ChannelError)):
-        read_request(_reader(body[:where % len(body)]), CHANNEL)
+        read_request(byte_reader(body[:where % len(body)]), CHANNEL)
