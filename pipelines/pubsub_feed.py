@@ -10,6 +10,14 @@ message whose attribute and header disagree) and ``envelope_id`` (hex; Dataflow'
 publishes); the call returns after every publish was acknowledged by the service, with counts
 and the measured rate. ``PUBSUB_EMULATOR_HOST`` points Google's client at an emulator.
 
+Late records are replayed the same way: a line of a ``late/late-*.jsonl`` file (a JSON
+object, as ``transforms.late_output`` writes it) is published as the envelope in its
+``sealed_b64``, with the same attributes. A late stream record is a one-record excerpt of
+its stream (``SBRX``): its attributes are the stream header's producer and
+``<stream envelope id>#<record index>``, so that no two excerpts of one stream share a
+Pub/Sub id (the pipeline de-duplicates by envelope id and bytes, and reads excerpts as it
+reads streams).
+
 What it does not: it never opens an envelope, and it stops at the first line that is not an
 envelope (a ``PipelineError`` naming the file and line) before publishing anything.
 """
@@ -18,13 +26,15 @@ from __future__ import annotations
 
 import base64
 import binascii
+import json
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from envelope import EnvelopeError, read_header
+from enclave_workers.row_outcomes import index_ranges
+from envelope import EnvelopeError, is_stream_excerpt, read_header, read_stream_piece
 from transforms.pubsub import BASE64, ID_ATTRIBUTE, MESSAGE_FORMATS, PARTNER_ATTRIBUTE, RAW
 from transforms.read import MAX_LINE_BYTES, iter_bounded_lines
 
@@ -76,14 +86,39 @@ def read_feed_messages(paths: Iterable[Path], message_format: str) -> list[FeedM
                 if not line:
                     continue
                 try:
-                    envelope = base64.b64decode(line, validate=True)
-                    header, _ = read_header(envelope)
+                    encoded = _late_line_envelope(line) if line.startswith(b"{") else line
+                    envelope = base64.b64decode(encoded, validate=True)
+                    producer_id, envelope_id = _message_ids(envelope)
                 except (binascii.Error, ValueError, EnvelopeError) as exc:
-                    raise InputFileError(f"{where}: not a base64 sealed envelope "
-                                         f"({type(exc).__name__})") from None
-                messages.append(FeedMessage(envelope if message_format == RAW else line,
-                                            header.producer_id, header.envelope_id.hex()))
+                    raise InputFileError(f"{where}: not a base64 sealed envelope or a late "
+                                         f"record line ({type(exc).__name__})") from None
+                messages.append(FeedMessage(envelope if message_format == RAW else encoded,
+                                            producer_id, envelope_id))
     return messages
+
+
+def _late_line_envelope(line: bytes) -> bytes:
+    """The base64 envelope of a late record's line (``{"record_id", "event_time", "arrival",
+    "sealed_b64"}``); ValueError for any other JSON."""
+    document = json.loads(line)
+    if not isinstance(document, dict) or not isinstance(document.get("sealed_b64"), str):
+        raise ValueError("a JSON line without sealed_b64")
+    return document["sealed_b64"].encode("ascii")
+
+
+def _message_ids(envelope: bytes) -> tuple[str, str]:
+    """(partner_id, envelope_id) attributes of an envelope or a stream excerpt, read without
+    a key: an excerpt's id names its records, ``<stream id>#<indices>`` (``#4``, ``#0-2,6``:
+    as a piece's dead letter names them)."""
+    try:
+        header, _ = read_header(envelope)
+    except EnvelopeError:
+        if not is_stream_excerpt(envelope):
+            raise
+        piece = read_stream_piece(envelope)
+        return (piece.header.producer_id,
+                f"{piece.header.envelope_id.hex()}#{index_ranges(piece.indices)}")
+    return header.producer_id, header.envelope_id.hex()
 
 
 def _publisher() -> Any:

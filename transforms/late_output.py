@@ -17,7 +17,8 @@ with the same records rewrites the same name instead of adding a copy. The ``lat
 is counted where records are found late (``StampEventTime``), so it reconciles with
 ``records_in = records_out + dead_letters + duplicates + late``.
 
-What it does not: no replay, no retention policy.
+What it does not: no retention policy; replay is ``sealbeam feed`` (to Pub/Sub) of these
+files.
 """
 
 from __future__ import annotations

@@ -17,9 +17,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Publish every envelope of sealed files (as 'sealbeam seal' writes them) "
                     "to a Pub/Sub topic, one message each, with the attributes partner_id "
                     "(the header's producer) and envelope_id, at most --rate messages per "
-                    "second. Set PUBSUB_EMULATOR_HOST to publish to an emulator. Prints one "
-                    "JSON line of counts.")
-    parser.add_argument("inputs", nargs="+", type=Path, help="sealed files (base64 lines)")
+                    "second. Also replays late records: a streaming run's late/late-*.jsonl "
+                    "files publish the envelope (or stream excerpt) each line holds. Set "
+                    "PUBSUB_EMULATOR_HOST to publish to an emulator. Prints one JSON line of "
+                    "counts.")
+    parser.add_argument("inputs", nargs="+", type=Path,
+                        help="sealed files (base64 lines) or late-record files (JSON lines "
+                             "with sealed_b64)")
     parser.add_argument("--topic", required=True, help="projects/PROJECT/topics/TOPIC")
     parser.add_argument("--rate", type=float, default=0.0,
                         help="messages per second at most (default 0: as fast as possible)")

@@ -170,6 +170,30 @@ def test_late_records_land_sealed_in_the_late_output(feed_run) -> None:
         assert read_header(sealed)[0].context["sealbeam.event_time"] == line["event_time"]
 
 
+def test_late_records_replayed_by_feed_are_processed_by_a_run_that_allows_them(
+        feed_run, broker: BrokerEnv, emulator_env: PubsubEmulator, tmp_path: Path) -> None:
+    """``sealbeam feed`` of the first run's ``late/`` files publishes each late record again,
+    still sealed; a run that allows an hour of lateness processes them: one row each, none
+    late, the counts reconciled."""
+    late_files = sorted((feed_run["out"] / "late").glob("late-*.jsonl"))
+    late = len(feed_run["late"])
+    assert late_files and late
+    topic, subscription = _topic_and_subscription(emulator_env, "replay")
+    assert cli.main(["feed", *map(str, late_files), "--topic", topic]) == 0
+    out = tmp_path / "out"
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        code = cli.main(["run", "streaming", *_flags(broker, out, subscription, tmp_path),
+                         "--allowed_lateness_seconds=3600", "--until-idle-s=3"])
+    summary = json.loads(printed.getvalue().strip().splitlines()[-1])
+    assert code == 0, summary
+    assert (summary["records_in"], summary["records_out"], summary["late"],
+            summary["dead_letters"], summary["duplicates"]) == (late, late, 0, 0, 0)
+    assert summary["reconciled"]
+    rows = _rows(out, broker)
+    assert len(rows) == len(set(rows)) == late
+
+
 def test_a_partner_attribute_unlike_the_header_is_a_dead_letter(feed_run) -> None:
     dead = [json.loads(line) for path in (feed_run["out"] / "dead-letter").glob("dl-*.jsonl")
             for line in path.read_bytes().splitlines()]
