@@ -175,10 +175,9 @@ class DekCache:
             return UnwrapResult(kms_unwrap(wrapped, aad), DEK_FROM_KMS)
         key = (wrapped.key_id, bytes(aad))
         with self._lock:
-            cached = self._take_cached(key)
-            if cached is not None:
-                self._hits += 1
-                return UnwrapResult(cached, DEK_FROM_CACHE)
+            hit = self._hit(key)
+            if hit is not None:
+                return hit
             flight = self._flights.get(key)
             leading = flight is None
             if flight is None:
@@ -196,13 +195,8 @@ class DekCache:
         None: no KMS call and no wait for one, so the event loop may ask."""
         if not self._settings.enabled:
             return None
-        key = (wrapped.key_id, bytes(aad))
         with self._lock:
-            cached = self._take_cached(key)
-            if cached is None:
-                return None
-            self._hits += 1
-        return UnwrapResult(cached, DEK_FROM_CACHE)
+            return self._hit((wrapped.key_id, bytes(aad)))
 
     def stats(self) -> DekCacheStats:
         with self._lock:
@@ -253,6 +247,14 @@ class DekCache:
             raise UnwrapWaitTimeoutError(
                 f"waited {timeout:g}s for the KMS unwrap of this key by another request"
             ) from None
+
+    def _hit(self, key: tuple[str, bytes]) -> UnwrapResult | None:
+        """A cached DEK, counted as a hit, or None (lock held)."""
+        cached = self._take_cached(key)
+        if cached is None:
+            return None
+        self._hits += 1
+        return UnwrapResult(cached, DEK_FROM_CACHE)
 
     def _take_cached(self, key: tuple[str, bytes]) -> bytes | None:
         """A fresh entry's secret, counting the use (lock held)."""
