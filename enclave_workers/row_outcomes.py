@@ -33,10 +33,12 @@ import numpy as np
 import pyarrow as pa
 
 from envelope import (
+    STREAM_RECORD_MARK,
     EnvelopeHeader,
     ParsedEnvelope,
     StreamPiece,
     extract_stream_records,
+    index_ranges,
     piece_records,
     record_envelope_id,
 )
@@ -112,9 +114,6 @@ def unparsed_record_id(envelope: bytes) -> str:
     return "sha256:" + hashlib.sha256(envelope).hexdigest()[:32]
 
 
-STREAM_RECORD_MARK = "#"
-
-
 def dead_letter(source: Source, stage: str, reason: str) -> DeadLetter:
     """The whole input envelope as a dead letter (its original sealed bytes).
 
@@ -157,21 +156,6 @@ def dead_letters(failed: Iterable[tuple[Source, str, str]]) -> list[DeadLetter]:
             letters.append(DeadLetter(envelope_id, _bounded(reason), stage, source.envelope,
                                       records=source.records))
     return letters
-
-
-def index_ranges(indices: Sequence[int]) -> str:
-    """Increasing indices as ``a-b`` runs joined by commas (``0-2,5,7-9``): how the dead
-    letter of a stream piece names the records it stands for."""
-    runs: list[str] = []
-    start = previous = indices[0]
-    for index in [*indices[1:], None]:
-        if index is not None and index == previous + 1:
-            previous = index
-            continue
-        runs.append(str(start) if start == previous else f"{start}-{previous}")
-        if index is not None:
-            start = previous = index
-    return ",".join(runs)
 
 
 @dataclass

@@ -77,6 +77,7 @@ from envelope.record_groups import (
 )
 from envelope.record_stream import (
     KIND_RECORD_STREAM,
+    STREAM_RECORD_MARK,
     OpenedRecordStream,
     RecordStreamLayout,
     StreamPiece,
@@ -86,6 +87,7 @@ from envelope.record_stream import (
     extract_stream_piece,
     extract_stream_record,
     extract_stream_records,
+    index_ranges,
     is_stream_excerpt,
     open_record_stream,
     open_stream_piece,
@@ -116,6 +118,7 @@ __all__ = [
     "MAX_STREAM_LENGTH",
     "MAX_STREAM_RECORDS",
     "MAX_STREAM_RECORD_PLAINTEXT",
+    "STREAM_RECORD_MARK",
     "TEE_KEY_ALGORITHM",
     "TEE_PUBLIC_KEY_LENGTH",
     "BatchSealer",
@@ -146,6 +149,7 @@ __all__ = [
     "extract_stream_piece",
     "extract_stream_record",
     "extract_stream_records",
+    "index_ranges",
     "is_stream_excerpt",
     "iter_open_batch",
     "open_batch",

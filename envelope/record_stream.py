@@ -43,6 +43,7 @@ Final API (stable; additive changes only)::
     open_stream_piece(piece, data_key) -> OpenedRecordStream            # raises stream-level
     piece_records(piece, indices) -> list[bytes]         # one-record excerpts of a piece
     is_stream_excerpt(data) -> bool                      # starts with "SBRX"
+    STREAM_RECORD_MARK = "#"; index_ranges(indices) -> str  # "<stream id>#0-2,5" names
 
 ``envelope`` may be bytes, a memoryview or a :class:`ParsedEnvelope`. An excerpt is how a
 dead letter keeps one record of a stream sealed without the key: ``"SBRX" || 01 || u32
@@ -733,3 +734,27 @@ def open_stream_record(excerpt: bytes | memoryview, data_key: DataKey) -> Stream
     if opened.failures:
         raise EnvelopeAuthenticationError()
     return opened.records[0]
+
+
+STREAM_RECORD_MARK = "#"
+
+
+def index_ranges(indices: Sequence[int]) -> str:
+    """Increasing record indices as ``a-b`` runs joined by commas (``0-2,5,7-9``).
+
+    Why here: a stream's records outside the stream are named ``<stream id hex>`` ``#``
+    ``index_ranges(...)`` (a piece's dead letter, a late excerpt's Pub/Sub id), by every
+    room that handles pieces, so the name is part of the format's vocabulary.
+    """
+    if not indices:
+        raise ValueError("index_ranges needs at least one index")
+    runs: list[str] = []
+    start = previous = indices[0]
+    for index in [*indices[1:], None]:
+        if index is not None and index == previous + 1:
+            previous = index
+            continue
+        runs.append(str(start) if start == previous else f"{start}-{previous}")
+        if index is not None:
+            start = previous = index
+    return ",".join(runs)

@@ -33,8 +33,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from enclave_workers.row_outcomes import index_ranges
-from envelope import EnvelopeError, is_stream_excerpt, read_header, read_stream_piece
+from envelope import (
+    STREAM_RECORD_MARK,
+    EnvelopeError,
+    index_ranges,
+    is_stream_excerpt,
+    read_header,
+    read_stream_piece,
+)
 from transforms.pubsub import BASE64, ID_ATTRIBUTE, MESSAGE_FORMATS, PARTNER_ATTRIBUTE, RAW
 from transforms.read import MAX_LINE_BYTES, iter_bounded_lines
 
@@ -117,7 +123,7 @@ def _message_ids(envelope: bytes) -> tuple[str, str]:
             raise
         piece = read_stream_piece(envelope)
         return (piece.header.producer_id,
-                f"{piece.header.envelope_id.hex()}#{index_ranges(piece.indices)}")
+                piece.header.envelope_id.hex() + STREAM_RECORD_MARK + index_ranges(piece.indices))
     return header.producer_id, header.envelope_id.hex()
 
 

@@ -58,9 +58,9 @@ from apache_beam.transforms.window import TimestampedValue
 from apache_beam.utils.timestamp import Duration, Timestamp
 
 from enclave_workers.batch_processor import DeadLetter, unparsed_record_id
-from enclave_workers.row_outcomes import STREAM_RECORD_MARK
 from envelope import (
     KIND_RECORD_STREAM,
+    STREAM_RECORD_MARK,
     EnvelopeError,
     EnvelopeHeader,
     extract_stream_piece,

@@ -13,9 +13,9 @@ from enclave_workers.batch_processor import BatchProcessor, default_feature_spec
 from enclave_workers.features import compile_spec
 from enclave_workers.key_session import KeySession
 from enclave_workers.records import INPUT_SCHEMA_FINGERPRINT
-from enclave_workers.row_outcomes import index_ranges
 from envelope import (
     extract_stream_piece,
+    index_ranges,
     read_record_stream,
     read_stream_piece,
     read_stream_record,
