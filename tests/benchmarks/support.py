@@ -29,6 +29,7 @@ def load_benchmark(repo_root: Path, script: str) -> ModuleType:
     spec = importlib.util.spec_from_file_location(name, repo_root / "benchmarks" / script)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses look their module up while it loads
     spec.loader.exec_module(module)
     return module
 
