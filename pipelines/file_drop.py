@@ -22,6 +22,11 @@ end where a test or demo needs it to:
   first ``max_files`` files in (modification time, path) order and declares itself complete,
   which also releases the watermark.
 
+Each file the feed emits is counted (``input_files``) and its path added to a string-set
+metric (``input_file_names``): ``run_streaming`` names exactly these files as the run's
+inputs in its custody statement (``pipelines.custody_run``). Beam caps a string set at
+1 MB of paths and drops what is over silently; the counter shows when that happened.
+
 Partners must write a file under a name the pattern does not match and rename it when done
 (as ``sealbeam seal`` does into a temporary name): a file is read once, when first seen.
 
@@ -37,7 +42,10 @@ import apache_beam as beam
 from apache_beam.io import filesystem
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.io.watch import PollFn, PollResult, Watch, after_total_of, never
+from apache_beam.metrics import Metrics
 from apache_beam.utils.timestamp import Timestamp
+
+from transforms.metrics import INPUT_FILE_NAMES, INPUT_FILES, NAMESPACE
 
 from .errors import PipelineError
 
@@ -46,6 +54,21 @@ __all__ = ["WatchFileDrop"]
 
 def _file_path(metadata: filesystem.FileMetadata) -> str:
     return metadata.path
+
+
+class _RecordInputFile(beam.DoFn):
+    """Counts each emitted file and adds its path to the run's set of input files."""
+
+    def __init__(self) -> None:
+        self._files = Metrics.counter(NAMESPACE, INPUT_FILES)
+        self._names = Metrics.string_set(NAMESPACE, INPUT_FILE_NAMES)
+
+    def process(self, pattern_and_file: tuple[str, filesystem.FileMetadata]
+                ) -> list[filesystem.FileMetadata]:
+        metadata = pattern_and_file[1]
+        self._files.inc()
+        self._names.add(metadata.path)
+        return [metadata]
 
 
 def _drop_order(metadata: filesystem.FileMetadata) -> tuple[float, str]:
@@ -102,6 +125,6 @@ class WatchFileDrop(beam.PTransform):
             | "Pattern" >> beam.Create([self._file_pattern])
             | "Watch" >> Watch(self._poll_fn, poll_interval=self._poll_interval_s,
                                termination=self._termination, output_key_fn=_file_path)
-            | "DropPattern" >> beam.Map(lambda pattern_and_file: pattern_and_file[1])
+            | "DropPattern" >> beam.ParDo(_RecordInputFile())
             .with_output_types(filesystem.FileMetadata)
         )

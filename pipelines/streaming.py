@@ -60,6 +60,7 @@ from typing import Any
 
 import apache_beam as beam
 from apache_beam.io import fileio
+from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 from apache_beam.runners.direct.direct_runner import BundleBasedDirectRunner
 from apache_beam.runners.portability.fn_api_runner import FnApiRunner
@@ -86,6 +87,7 @@ from transforms.write import WriteRegionPinned
 
 from .batch import BatchPipelineOutputs, RunSummary, _counter_totals, summarize_run
 from .confidential_mode import confidential_step
+from .custody_run import SOURCE_FILES, SOURCE_PUBSUB, SOURCE_TEST, write_run_statement
 from .errors import PipelineError
 from .file_drop import WatchFileDrop
 from .options import SealbeamOptions, allowed_regions, required
@@ -375,6 +377,35 @@ def run_streaming(options: PipelineOptions, *, source: beam.PTransform | None = 
     result.wait_until_finish()
     summary = summarize_run(result, opts, built, started)
     totals = _counter_totals(result)
-    return StreamingRunSummary(**{**summary.__dict__,
-                                  "duplicates": totals.get(names.DUPLICATES, 0),
-                                  "late": totals.get(names.LATE, 0)})
+    streaming_summary = StreamingRunSummary(**{**summary.__dict__,
+                                               "duplicates": totals.get(names.DUPLICATES, 0),
+                                               "late": totals.get(names.LATE, 0)})
+    if opts.output_root and not opts.residency_map:
+        # The run's custody index beside its outputs, as a batch run writes it (docs/FORMAT.md
+        # 12): written once the pipeline finished, from the files it left.
+        write_run_statement(opts.output_root, None, allowed_regions(opts),
+                            streaming_summary.to_json(),
+                            **_statement_source(stream, source, result, totals))
+    return streaming_summary
+
+
+def _statement_source(stream: StreamingOptions, source: beam.PTransform | None,
+                      result: beam.runners.runner.PipelineResult, totals: dict[str, int]
+                      ) -> dict[str, Any]:
+    """How the run was fed, for its run statement: a test source, Pub/Sub (its
+    subscription), or the file drop with the files its feed emitted (``input_file_names``,
+    which Beam caps at 1 MB of paths: when fewer names than files came back, the statement
+    names those and states how many were read, and a verifier asks for the files)."""
+    if source is not None:
+        return {"source": SOURCE_TEST}
+    if stream.source == PUBSUB:
+        return {"source": SOURCE_PUBSUB, "subscription": stream.subscription}
+    query = result.metrics().query(MetricsFilter().with_namespace(names.NAMESPACE)
+                                   .with_name(names.INPUT_FILE_NAMES))
+    paths: set[str] = set()
+    for string_set in query.get("string_sets", []):
+        value = string_set.committed if string_set.committed is not None \
+            else string_set.attempted
+        paths.update(value or ())
+    return {"source": SOURCE_FILES, "input_paths": sorted(paths),
+            "input_files": totals.get(names.INPUT_FILES, 0)}
