@@ -267,7 +267,9 @@ def verify_run(run_dir: Path, *, broker_key: BrokerPublicKey, policy: CustodyPol
                                f"dead-letter records {dead.records} + late records "
                                f"{late.records} + duplicates {duplicates}")
     stated = predicate.get("counts") or {}
-    for name, value in (("records_in", lines), ("duplicates", duplicates),
+    redelivered = _redelivered(source, stated, lines, duplicates)
+    for name, value in (("records_in", lines + redelivered),
+                        ("duplicates", duplicates + redelivered),
                         ("dead_letters", dead.records), ("records_out", envelopes_out),
                         ("late", late.records)):
         # Batch statements before late records were counted have no "late": 0 then.
@@ -276,8 +278,21 @@ def verify_run(run_dir: Path, *, broker_key: BrokerPublicKey, policy: CustodyPol
             verdict.reasons.append(f"the run statement says {name}={said}, the files give "
                                    f"{value}")
     verdict.facts.update({"input_lines": len(input_ids) + not_envelopes, "input_records": lines,
-                          "distinct_envelopes": len(distinct), "duplicates": duplicates})
+                          "distinct_envelopes": len(distinct), "duplicates": duplicates,
+                          "redelivered": redelivered})
     return verdict
+
+
+def _redelivered(source: str, stated: Mapping[str, Any], lines: int, duplicates: int) -> int:
+    """Pub/Sub deliveries of a message already delivered (same message id), which the run
+    counted in ``records_in`` and ``duplicates`` and the published files do not hold: the
+    amount by which both stated counts exceed the files', when they exceed them equally."""
+    records_in, stated_duplicates = stated.get("records_in"), stated.get("duplicates")
+    if source != SOURCE_PUBSUB or not isinstance(records_in, int) or \
+            not isinstance(stated_duplicates, int):
+        return 0
+    extra = records_in - lines
+    return extra if extra > 0 and stated_duplicates - duplicates == extra else 0
 
 
 def _input_paths(verdict: RunVerdict, predicate: Mapping[str, Any], source: str,
