@@ -1,27 +1,43 @@
 """The run's custody statement, and the check that nothing was lost between inputs and outputs.
 
 What it does: ``write_run_statement`` writes ``<output_root>/custody-run.intoto.json`` at the
-end of a batch run: an in-toto Statement v1 (predicate type
-``https://sealbeam.dev/custody-run/v1``) whose subjects are every output, every output's
-signed statement and every dead-letter file, by SHA-256, and whose predicate names the input
-files by digest, the run's counts, spec fingerprint and signed ledger head. It is an index
-and is not signed (no key outside the TEE could vouch for it): ``verify_run`` recomputes
-every claim in it from the files and from the signed per-output statements:
+end of a batch run, and of a streaming run once its feed ended and the pipeline finished:
+an in-toto Statement v1 (predicate type ``https://sealbeam.dev/custody-run/v1``) whose
+subjects are every output, every output's signed statement, every dead-letter file and every
+late file (``late/``, streaming), by SHA-256, and whose predicate names how the run was fed
+(``source``: ``batch``, ``files`` for a file-drop feed, ``pubsub`` with its subscription,
+``test``), the input files by digest (a batch run's ``--input`` matches; the files a
+file-drop feed read; none for Pub/Sub or a test stream), the run's counts (``late`` among
+them: 0 in a batch run, absent from statements written before it and read as 0), spec
+fingerprint and signed ledger head. It is an index and is not signed (no key outside the TEE
+could vouch for it): ``verify_run`` recomputes every claim in it from the files and from the
+signed per-output statements:
 
-- every file it names is there with its digest, and every output and dead-letter file in the
-  run directory is named (nothing added or swapped);
+- every file it names is there with its digest, and every output, dead-letter and late file
+  in the run directory is named (nothing added or swapped);
 - every output verifies (``custody.verify_output``);
 - **nothing lost**: the distinct envelope ids of the input files equal the union of the
-  outputs' signed input ids and the dead letters' record ids, no input is claimed twice, and
-  ``input records = outputs' records + dead-letter records + duplicates`` (a line that is not
-  an envelope counts against the dead letters that are not named by an envelope id). Records
-  are what the run counts: a v1 record or a batch envelope is one, a record stream (profile
-  2) the count its header commits to; a statement's ``counts.records_in`` says how many
-  records an output accounts for (its ``inputs.count`` when absent). A stream some of whose
-  records failed is in an output and in a dead letter named ``<envelope id>#<indices>``.
+  outputs' signed input ids, the dead letters' record ids and the late records' ids, no
+  input is claimed twice (a streaming run may put a record stream's pieces into several
+  windows' outputs), a late record is in no output or dead letter, and
+  ``input records = outputs' records + dead-letter records + late records + duplicates``
+  (a line that is not an envelope counts against the dead letters that are not named by an
+  envelope id). Records are what the run counts: a v1 record or a batch envelope is one, a
+  record stream (profile 2) the count its header commits to; a statement's
+  ``counts.records_in`` says how many records an output accounts for (its ``inputs.count``
+  when absent). A stream some of whose records failed or came late is in an output and in a
+  dead letter or late line named ``<envelope id>#<indices>``.
+
+A run that names no input files (Pub/Sub, a test stream, or a file drop that read more files
+than its metric could name) is checked against the files the auditor passes (``inputs``,
+``--input``: the partner's published files); without them the verdict says they are needed.
+For Pub/Sub, redeliveries (the same message id, counted by the run as records in and as
+duplicates) may make both stated counts exceed the files' by the same amount.
 
 What it does not: it cannot check an output whose statement lists only a Merkle root (over
-``MAX_LISTED_INPUTS`` inputs); such a run is refused with that reason.
+``MAX_LISTED_INPUTS`` inputs); such a run is refused with that reason. It cannot tell which
+of a stream's records an output holds (statements list envelope ids): a stream's records are
+checked by count.
 """
 
 from __future__ import annotations

@@ -32,6 +32,14 @@ for new files (``--source files``, ``file_drop.WatchFileDrop``), a Pub/Sub subsc
    dead letters per window to the dead-letter sink of their region (``WriteStreamDeadLetters``:
    per bundle, no GroupByKey, so the dead letters of a batch released as its window closes
    are never dropped as expired).
+5. When the feed has ended and the pipeline finished (not cancelled), and the run has
+   ``--output_root`` and no ``--residency_map`` (as for batch runs), ``run_streaming``
+   writes the run's custody index ``<output_root>/custody-run.intoto.json``
+   (``custody_run.write_run_statement``, docs/FORMAT.md 12) from the files the run left:
+   outputs, their statements, dead-letter and late files, the counts with ``late``, and the
+   feed: for the file drop the files its feed emitted (``file_drop``'s ``input_file_names``
+   metric), for Pub/Sub the subscription, for a test source none (``sealbeam custody verify
+   --run`` then needs the inputs, ``--input``).
 
 Every run reconciles ``records_in = records_out + dead_letters + duplicates + late``
 (``StreamingRunSummary``).
@@ -64,7 +72,7 @@ from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 from apache_beam.runners.direct.direct_runner import BundleBasedDirectRunner
 from apache_beam.runners.portability.fn_api_runner import FnApiRunner
-from apache_beam.runners.runner import PipelineRunner
+from apache_beam.runners.runner import PipelineRunner, PipelineState
 from apache_beam.transforms.window import FixedWindows
 from apache_beam.utils.timestamp import Duration
 
@@ -87,7 +95,13 @@ from transforms.write import WriteRegionPinned
 
 from .batch import BatchPipelineOutputs, RunSummary, _counter_totals, summarize_run
 from .confidential_mode import confidential_step
-from .custody_run import SOURCE_FILES, SOURCE_PUBSUB, SOURCE_TEST, write_run_statement
+from .custody_run import (
+    RUN_STATEMENT_NAME,
+    SOURCE_FILES,
+    SOURCE_PUBSUB,
+    SOURCE_TEST,
+    write_run_statement,
+)
 from .errors import PipelineError
 from .file_drop import WatchFileDrop
 from .options import SealbeamOptions, allowed_regions, required
@@ -380,7 +394,11 @@ def run_streaming(options: PipelineOptions, *, source: beam.PTransform | None = 
     streaming_summary = StreamingRunSummary(**{**summary.__dict__,
                                                "duplicates": totals.get(names.DUPLICATES, 0),
                                                "late": totals.get(names.LATE, 0)})
-    if opts.output_root and not opts.residency_map:
+    if result.state == PipelineState.CANCELLED:
+        _LOG.warning("the job was cancelled: no run statement (%s) is written, since records "
+                     "in flight may be in no output, dead letter or late file",
+                     RUN_STATEMENT_NAME)
+    elif opts.output_root and not opts.residency_map:
         # The run's custody index beside its outputs, as a batch run writes it (docs/FORMAT.md
         # 12): written once the pipeline finished, from the files it left.
         write_run_statement(opts.output_root, None, allowed_regions(opts),

@@ -167,6 +167,9 @@ def test_the_cli_verifies_the_run_and_reports_late_records(
     verdict = json.loads(capsys.readouterr().out)
     assert code == 0 and verdict["ok"]
     assert verdict["facts"]["late_records"] == drop_run["late"]
+    with pytest.raises(SystemExit):
+        cli.main(["custody", "verify", "--help"])
+    assert "late records" in capsys.readouterr().out
 
 
 def test_a_removed_late_file_is_refused(drop_run, tmp_path: Path) -> None:
