@@ -23,9 +23,13 @@ end where a test or demo needs it to:
   which also releases the watermark.
 
 Each file the feed emits is counted (``input_files``) and its path added to a string-set
-metric (``input_file_names``): ``run_streaming`` names exactly these files as the run's
-inputs in its custody statement (``pipelines.custody_run``). Beam caps a string set at
-1 MB of paths and drops what is over silently; the counter shows when that happened.
+metric (``input_file_names``); ``emitted_files`` reads both back from the finished job, and
+``run_streaming`` names exactly these files as the run's inputs in its custody statement
+(``pipelines.custody_run``). Beam caps a string set at 1 MB of paths and drops what is over
+silently, and Beam 2.77's ``FnApiRunner`` keeps one bundle's set per step in
+``metrics().query()`` (it has no combiner for string sets: found with two workers, half the
+names), so ``emitted_files`` also unions every set in the job's monitoring infos; the
+counter shows when names are still missing.
 
 Partners must write a file under a name the pattern does not match and rename it when done
 (as ``sealbeam seal`` does into a temporary name): a file is read once, when first seen.
@@ -42,14 +46,15 @@ import apache_beam as beam
 from apache_beam.io import filesystem
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.io.watch import PollFn, PollResult, Watch, after_total_of, never
-from apache_beam.metrics import Metrics
+from apache_beam.metrics import Metrics, monitoring_infos
+from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.utils.timestamp import Timestamp
 
 from transforms.metrics import INPUT_FILE_NAMES, INPUT_FILES, NAMESPACE
 
 from .errors import PipelineError
 
-__all__ = ["WatchFileDrop"]
+__all__ = ["WatchFileDrop", "emitted_files"]
 
 
 def _file_path(metadata: filesystem.FileMetadata) -> str:
@@ -128,3 +133,27 @@ class WatchFileDrop(beam.PTransform):
             | "DropPattern" >> beam.ParDo(_RecordInputFile())
             .with_output_types(filesystem.FileMetadata)
         )
+
+
+def emitted_files(result: beam.runners.runner.PipelineResult) -> tuple[set[str], int]:
+    """(the paths of the files a finished job's file-drop feed emitted, as far as its
+    ``input_file_names`` metric kept them; how many it emitted, ``input_files``)."""
+    metrics = result.metrics().query(MetricsFilter().with_namespace(NAMESPACE))
+    names: set[str] = set()
+    for string_set in metrics.get("string_sets", []):
+        if string_set.key.metric.name == INPUT_FILE_NAMES:
+            value = string_set.committed if string_set.committed is not None \
+                else string_set.attempted
+            names.update(value or ())
+    infos = getattr(result, "monitoring_infos", None)    # FnApiRunner: every bundle's set
+    for info in infos() if callable(infos) else ():
+        if monitoring_infos.is_string_set(info) and \
+                info.labels.get(monitoring_infos.NAMESPACE_LABEL) == NAMESPACE and \
+                info.labels.get(monitoring_infos.NAME_LABEL) == INPUT_FILE_NAMES:
+            names.update(monitoring_infos.extract_string_set_value(info))
+    emitted = 0
+    for counter in metrics.get("counters", []):
+        if counter.key.metric.name == INPUT_FILES:
+            value = counter.committed if counter.committed is not None else counter.attempted
+            emitted += int(value or 0)
+    return names, emitted

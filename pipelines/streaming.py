@@ -68,7 +68,6 @@ from typing import Any
 
 import apache_beam as beam
 from apache_beam.io import fileio
-from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 from apache_beam.runners.direct.direct_runner import BundleBasedDirectRunner
 from apache_beam.runners.portability.fn_api_runner import FnApiRunner
@@ -103,7 +102,7 @@ from .custody_run import (
     write_run_statement,
 )
 from .errors import PipelineError
-from .file_drop import WatchFileDrop
+from .file_drop import WatchFileDrop, emitted_files
 from .options import SealbeamOptions, allowed_regions, required
 from .preflight import PreflightClients, job_residency, preflight_job
 
@@ -403,13 +402,12 @@ def run_streaming(options: PipelineOptions, *, source: beam.PTransform | None = 
         # 12): written once the pipeline finished, from the files it left.
         write_run_statement(opts.output_root, None, allowed_regions(opts),
                             streaming_summary.to_json(),
-                            **_statement_source(stream, source, result, totals))
+                            **_statement_source(stream, source, result))
     return streaming_summary
 
 
 def _statement_source(stream: StreamingOptions, source: beam.PTransform | None,
-                      result: beam.runners.runner.PipelineResult, totals: dict[str, int]
-                      ) -> dict[str, Any]:
+                      result: beam.runners.runner.PipelineResult) -> dict[str, Any]:
     """How the run was fed, for its run statement: a test source, Pub/Sub (its
     subscription), or the file drop with the files its feed emitted (``input_file_names``,
     which Beam caps at 1 MB of paths: when fewer names than files came back, the statement
@@ -418,12 +416,5 @@ def _statement_source(stream: StreamingOptions, source: beam.PTransform | None,
         return {"source": SOURCE_TEST}
     if stream.source == PUBSUB:
         return {"source": SOURCE_PUBSUB, "subscription": stream.subscription}
-    query = result.metrics().query(MetricsFilter().with_namespace(names.NAMESPACE)
-                                   .with_name(names.INPUT_FILE_NAMES))
-    paths: set[str] = set()
-    for string_set in query.get("string_sets", []):
-        value = string_set.committed if string_set.committed is not None \
-            else string_set.attempted
-        paths.update(value or ())
-    return {"source": SOURCE_FILES, "input_paths": sorted(paths),
-            "input_files": totals.get(names.INPUT_FILES, 0)}
+    paths, emitted = emitted_files(result)
+    return {"source": SOURCE_FILES, "input_paths": sorted(paths), "input_files": emitted}
