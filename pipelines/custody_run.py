@@ -266,6 +266,13 @@ def verify_run(run_dir: Path, *, broker_key: BrokerPublicKey, policy: CustodyPol
                                    f"{names[1]}")
     distinct = dict(input_ids)
     duplicates = sum(records for _, records in input_ids) - sum(distinct.values())
+    for envelope_id, indices in sorted(late.pieces.items()):
+        if envelope_id not in streams:
+            verdict.reasons.append(f"late record {envelope_id}#{min(indices)} names no "
+                                   "record stream among the inputs")
+        elif max(indices) >= distinct[envelope_id]:
+            verdict.reasons.append(f"late record {envelope_id}#{max(indices)} is beyond its "
+                                   f"stream's {distinct[envelope_id]} records")
     covered = set(claims) | dead.ids | set(dead.pieces) | late.ids | set(late.pieces)
     missing = sorted(set(distinct) - covered)
     extra = sorted(covered - set(distinct))

@@ -302,3 +302,18 @@ def test_emitted_files_keeps_every_name_over_two_workers_and_many_bundles() -> N
     names, emitted = emitted_files(result)
     assert emitted == len(paths)
     assert names == set(paths)
+
+
+def test_a_late_line_relabelled_as_another_record_is_refused(drop_run, tmp_path: Path) -> None:
+    out = _copy(drop_run, tmp_path)
+    path = next(p for p in _late_files(out) if b"#" in p.read_bytes())
+    lines = [json.loads(line) for line in path.read_bytes().splitlines()]
+    victim = next(entry for entry in lines if "#" in entry["record_id"])
+    stream_id, index = victim["record_id"].split("#")
+    victim["record_id"] = f"{stream_id}#{int(index) + 1}"
+    path.write_bytes(b"".join(json.dumps(entry, sort_keys=True).encode() + b"\n"
+                              for entry in lines))
+    _redigest(out, f"late/{path.name}")
+    reasons = _refused(out, drop_run)
+    assert f"late record {stream_id}#{int(index) + 1} in {path.name} holds sealed bytes of " \
+           f"{stream_id}#{index}" in reasons
