@@ -28,6 +28,9 @@ signed per-output statements:
   when absent). A stream some of whose records failed or came late is in an output and in a
   dead letter or late line named ``<envelope id>#<indices>``.
 
+Dead-letter and late files are read by ``custody_set_aside`` (the names they give whole
+inputs and a stream's records).
+
 A run that names no input files (Pub/Sub, a test stream, or a file drop that read more files
 than its metric could name) is checked against the files the auditor passes (``inputs``,
 ``--input``: the partner's published files); without them the verdict says they are needed.
@@ -55,20 +58,14 @@ from apache_beam.io.filesystem import BeamIOError
 from apache_beam.io.filesystems import FileSystems
 
 from enclave_workers.provenance import STATEMENT_TYPE
-from envelope import (
-    KIND_RECORD_STREAM,
-    STREAM_RECORD_MARK,
-    EnvelopeError,
-    EnvelopeHeader,
-    read_header,
-    read_stream_record,
-)
+from envelope import KIND_RECORD_STREAM, EnvelopeError, EnvelopeHeader, read_header
 from keybroker.identity import BrokerPublicKey, canonical_json
 from transforms.dead_letters import DEAD_LETTER_DIR
 from transforms.late_output import LATE_DIR
 from transforms.write import STATEMENT_SUFFIX, commit_file
 
 from .custody import CustodyError, CustodyPolicy, CustodyVerdict, load_statement, verify_output
+from .custody_set_aside import read_dead_letters, read_late_records
 
 __all__ = ["RUN_PREDICATE_TYPE", "RUN_STATEMENT_NAME", "SOURCES", "SOURCE_BATCH",
            "SOURCE_FILES", "SOURCE_PUBSUB", "SOURCE_TEST", "RunVerdict", "run_statement",
@@ -235,8 +232,9 @@ def verify_run(run_dir: Path, *, broker_key: BrokerPublicKey, policy: CustodyPol
             continue
         for envelope_id in ids:
             claims.setdefault(envelope_id, []).append(output.name)
-    dead = _dead_letter_ids(dead_letter_files)
-    late = _late_ids(verdict, late_files)
+    dead = read_dead_letters(dead_letter_files)
+    late = read_late_records(late_files)
+    verdict.reasons.extend(late.reasons)
     for envelope_id in sorted(dead.ids & set(claims)):
         verdict.reasons.append(f"input {envelope_id} is both in {claims[envelope_id][0]} and a "
                                "dead letter")
@@ -400,126 +398,9 @@ def _signed_records(output: Path, count: int) -> int:
     return int(records) if isinstance(records, int) else count
 
 
-@dataclass
-class _SetAside:
-    """Records a run set aside (dead letters, or late records): ids of whole inputs, stream
-    records by stream id (``<stream id>#<indices>``), records in all, and (dead letters only)
-    how many stand for lines that were not envelopes."""
-
-    ids: set[str] = field(default_factory=set)
-    pieces: dict[str, set[int]] = field(default_factory=dict)
-    records: int = 0
-    unnamed: int = 0
-
-
-def _indices(ranges: str) -> set[int] | None:
-    """``index_ranges``' text (``0-2,5``) back to indices; ``None`` when it is not that."""
-    indices: set[int] = set()
-    for run in ranges.split(","):
-        first, dash, last = run.partition("-")
-        if not first.isdigit() or (dash and not last.isdigit()):
-            return None
-        start, end = int(first), int(last) if dash else int(first)
-        if end < start:
-            return None
-        indices.update(range(start, end + 1))
-    return indices
-
-
-def _dead_letter_ids(files: Iterable[Path]) -> _SetAside:
-    """What the dead-letter files stand for (a line with ``records`` 0 stands for none)."""
-    dead = _SetAside()
-    for path in files:
-        with path.open("rb") as handle:
-            for line in handle:
-                if not line.strip():
-                    continue
-                try:
-                    entry = json.loads(line)
-                    count = int(entry.get("records", 0))
-                    record_id = str(entry["record_id"])
-                except (ValueError, KeyError, TypeError, AttributeError):
-                    raise CustodyError(f"dead-letter file {path.name} has a line that is not "
-                                       "a dead letter") from None
-                dead.records += count
-                if count < 1:
-                    continue
-                envelope_id, mark, ranges = record_id.partition(STREAM_RECORD_MARK)
-                indices = _indices(ranges) if mark and _is_envelope_id(envelope_id) else None
-                if indices:
-                    dead.pieces.setdefault(envelope_id, set()).update(indices)
-                elif _is_envelope_id(record_id):
-                    dead.ids.add(record_id)
-                else:
-                    dead.unnamed += count
-    return dead
-
-
-def _late_ids(verdict: RunVerdict, files: Iterable[Path]) -> _SetAside:
-    """What the late files hold: a v1 record (or batch envelope) by its envelope id, one
-    record each; a stream's records by ``<stream id>#<indices>``. Each line's sealed bytes
-    must be the record its id names; a record late twice is a reason."""
-    late = _SetAside()
-    for path in files:
-        with path.open("rb") as handle:
-            for line in handle:
-                if not line.strip():
-                    continue
-                try:
-                    entry = json.loads(line)
-                    record_id = str(entry["record_id"])
-                    sealed = base64.b64decode(str(entry["sealed_b64"]), validate=True)
-                except (ValueError, KeyError, TypeError, AttributeError, binascii.Error):
-                    raise CustodyError(f"late file {path.name} has a line that is not a "
-                                       "late record") from None
-                envelope_id, mark, ranges = record_id.partition(STREAM_RECORD_MARK)
-                indices = _indices(ranges) if mark and _is_envelope_id(envelope_id) else None
-                if indices:
-                    named = _late_excerpt_name(sealed)
-                    seen = late.pieces.setdefault(envelope_id, set())
-                    again = seen & indices
-                    seen.update(indices)
-                    late.records += len(indices)
-                elif _is_envelope_id(record_id):
-                    named = _late_envelope_name(sealed)
-                    again = {0} if record_id in late.ids else set()
-                    late.ids.add(record_id)
-                    late.records += 1
-                else:
-                    raise CustodyError(f"late file {path.name} has a line whose record_id "
-                                       f"{record_id!r} names no envelope or stream record")
-                if named != record_id:
-                    verdict.reasons.append(f"late record {record_id} in {path.name} holds "
-                                           f"sealed bytes of {named or 'no envelope'}")
-                if again:
-                    verdict.reasons.append(f"late record {record_id} is in the late files "
-                                           "more than once")
-    return late
-
-
-def _late_envelope_name(sealed: bytes) -> str:
-    try:
-        header, _ = read_header(sealed)
-    except EnvelopeError:
-        return ""
-    return header.envelope_id.hex()
-
-
-def _late_excerpt_name(sealed: bytes) -> str:
-    try:
-        excerpt = read_stream_record(sealed)
-    except EnvelopeError:
-        return ""
-    return f"{excerpt.header.envelope_id.hex()}{STREAM_RECORD_MARK}{excerpt.index}"
-
-
 def _line_records(header: EnvelopeHeader) -> int:
     """Records one envelope stands for: a record stream's committed count, else 1."""
     return header.record_count or 1 if header.kind == KIND_RECORD_STREAM else 1
-
-
-def _is_envelope_id(record_id: str) -> bool:
-    return len(record_id) == 32 and all(c in "0123456789abcdef" for c in record_id)
 
 
 def _stated_inputs(verdict: RunVerdict, predicate: Mapping[str, Any]) -> list[Path]:
