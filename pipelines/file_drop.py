@@ -22,6 +22,15 @@ end where a test or demo needs it to:
   first ``max_files`` files in (modification time, path) order and declares itself complete,
   which also releases the watermark.
 
+Each file the feed emits is counted (``input_files``) and its path added to a string-set
+metric (``input_file_names``); ``emitted_files`` reads both back from the finished job, and
+``run_streaming`` names exactly these files as the run's inputs in its custody statement
+(``pipelines.custody_run``). Beam caps a string set at 1 MB of paths and drops what is over
+silently, and Beam 2.77's ``FnApiRunner`` keeps one bundle's set per step in
+``metrics().query()`` (it has no combiner for string sets: found with two workers, half the
+names), so ``emitted_files`` also unions every set in the job's monitoring infos; the
+counter shows when names are still missing.
+
 Partners must write a file under a name the pattern does not match and rename it when done
 (as ``sealbeam seal`` does into a temporary name): a file is read once, when first seen.
 
@@ -37,15 +46,34 @@ import apache_beam as beam
 from apache_beam.io import filesystem
 from apache_beam.io.filesystems import FileSystems
 from apache_beam.io.watch import PollFn, PollResult, Watch, after_total_of, never
+from apache_beam.metrics import Metrics, monitoring_infos
+from apache_beam.metrics.metric import MetricsFilter
 from apache_beam.utils.timestamp import Timestamp
+
+from transforms.metrics import INPUT_FILE_NAMES, INPUT_FILES, NAMESPACE
 
 from .errors import PipelineError
 
-__all__ = ["WatchFileDrop"]
+__all__ = ["WatchFileDrop", "emitted_files"]
 
 
 def _file_path(metadata: filesystem.FileMetadata) -> str:
     return metadata.path
+
+
+class _RecordInputFile(beam.DoFn):
+    """Counts each emitted file and adds its path to the run's set of input files."""
+
+    def __init__(self) -> None:
+        self._files = Metrics.counter(NAMESPACE, INPUT_FILES)
+        self._names = Metrics.string_set(NAMESPACE, INPUT_FILE_NAMES)
+
+    def process(self, pattern_and_file: tuple[str, filesystem.FileMetadata]
+                ) -> list[filesystem.FileMetadata]:
+        metadata = pattern_and_file[1]
+        self._files.inc()
+        self._names.add(metadata.path)
+        return [metadata]
 
 
 def _drop_order(metadata: filesystem.FileMetadata) -> tuple[float, str]:
@@ -102,6 +130,30 @@ class WatchFileDrop(beam.PTransform):
             | "Pattern" >> beam.Create([self._file_pattern])
             | "Watch" >> Watch(self._poll_fn, poll_interval=self._poll_interval_s,
                                termination=self._termination, output_key_fn=_file_path)
-            | "DropPattern" >> beam.Map(lambda pattern_and_file: pattern_and_file[1])
+            | "DropPattern" >> beam.ParDo(_RecordInputFile())
             .with_output_types(filesystem.FileMetadata)
         )
+
+
+def emitted_files(result: beam.runners.runner.PipelineResult) -> tuple[set[str], int]:
+    """(the paths of the files a finished job's file-drop feed emitted, as far as its
+    ``input_file_names`` metric kept them; how many it emitted, ``input_files``)."""
+    metrics = result.metrics().query(MetricsFilter().with_namespace(NAMESPACE))
+    names: set[str] = set()
+    for string_set in metrics.get("string_sets", []):
+        if string_set.key.metric.name == INPUT_FILE_NAMES:
+            value = string_set.committed if string_set.committed is not None \
+                else string_set.attempted
+            names.update(value or ())
+    infos = getattr(result, "monitoring_infos", None)    # FnApiRunner: every bundle's set
+    for info in infos() if callable(infos) else ():
+        if monitoring_infos.is_string_set(info) and \
+                info.labels.get(monitoring_infos.NAMESPACE_LABEL) == NAMESPACE and \
+                info.labels.get(monitoring_infos.NAME_LABEL) == INPUT_FILE_NAMES:
+            names.update(monitoring_infos.extract_string_set_value(info))
+    emitted = 0
+    for counter in metrics.get("counters", []):
+        if counter.key.metric.name == INPUT_FILES:
+            value = counter.committed if counter.committed is not None else counter.attempted
+            emitted += int(value or 0)
+    return names, emitted

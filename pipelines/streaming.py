@@ -32,6 +32,14 @@ for new files (``--source files``, ``file_drop.WatchFileDrop``), a Pub/Sub subsc
    dead letters per window to the dead-letter sink of their region (``WriteStreamDeadLetters``:
    per bundle, no GroupByKey, so the dead letters of a batch released as its window closes
    are never dropped as expired).
+5. When the feed has ended and the pipeline finished (not cancelled), and the run has
+   ``--output_root`` and no ``--residency_map`` (as for batch runs), ``run_streaming``
+   writes the run's custody index ``<output_root>/custody-run.intoto.json``
+   (``custody_run.write_run_statement``, docs/FORMAT.md 12) from the files the run left:
+   outputs, their statements, dead-letter and late files, the counts with ``late``, and the
+   feed: for the file drop the files its feed emitted (``file_drop``'s ``input_file_names``
+   metric), for Pub/Sub the subscription, for a test source none (``sealbeam custody verify
+   --run`` then needs the inputs, ``--input``).
 
 Every run reconciles ``records_in = records_out + dead_letters + duplicates + late``
 (``StreamingRunSummary``).
@@ -63,7 +71,7 @@ from apache_beam.io import fileio
 from apache_beam.options.pipeline_options import PipelineOptions, StandardOptions
 from apache_beam.runners.direct.direct_runner import BundleBasedDirectRunner
 from apache_beam.runners.portability.fn_api_runner import FnApiRunner
-from apache_beam.runners.runner import PipelineRunner
+from apache_beam.runners.runner import PipelineRunner, PipelineState
 from apache_beam.transforms.window import FixedWindows
 from apache_beam.utils.timestamp import Duration
 
@@ -86,8 +94,15 @@ from transforms.write import WriteRegionPinned
 
 from .batch import BatchPipelineOutputs, RunSummary, _counter_totals, summarize_run
 from .confidential_mode import confidential_step
+from .custody_run import (
+    RUN_STATEMENT_NAME,
+    SOURCE_FILES,
+    SOURCE_PUBSUB,
+    SOURCE_TEST,
+    write_run_statement,
+)
 from .errors import PipelineError
-from .file_drop import WatchFileDrop
+from .file_drop import WatchFileDrop, emitted_files
 from .options import SealbeamOptions, allowed_regions, required
 from .preflight import PreflightClients, job_residency, preflight_job
 
@@ -375,6 +390,31 @@ def run_streaming(options: PipelineOptions, *, source: beam.PTransform | None = 
     result.wait_until_finish()
     summary = summarize_run(result, opts, built, started)
     totals = _counter_totals(result)
-    return StreamingRunSummary(**{**summary.__dict__,
-                                  "duplicates": totals.get(names.DUPLICATES, 0),
-                                  "late": totals.get(names.LATE, 0)})
+    streaming_summary = StreamingRunSummary(**{**summary.__dict__,
+                                               "duplicates": totals.get(names.DUPLICATES, 0),
+                                               "late": totals.get(names.LATE, 0)})
+    if result.state == PipelineState.CANCELLED:
+        _LOG.warning("the job was cancelled: no run statement (%s) is written, since records "
+                     "in flight may be in no output, dead letter or late file",
+                     RUN_STATEMENT_NAME)
+    elif opts.output_root and not opts.residency_map:
+        # The run's custody index beside its outputs, as a batch run writes it (docs/FORMAT.md
+        # 12): written once the pipeline finished, from the files it left.
+        write_run_statement(opts.output_root, None, allowed_regions(opts),
+                            streaming_summary.to_json(),
+                            **_statement_source(stream, source, result))
+    return streaming_summary
+
+
+def _statement_source(stream: StreamingOptions, source: beam.PTransform | None,
+                      result: beam.runners.runner.PipelineResult) -> dict[str, Any]:
+    """How the run was fed, for its run statement: a test source, Pub/Sub (its
+    subscription), or the file drop with the files its feed emitted (``input_file_names``,
+    which Beam caps at 1 MB of paths: when fewer names than files came back, the statement
+    names those and states how many were read, and a verifier asks for the files)."""
+    if source is not None:
+        return {"source": SOURCE_TEST}
+    if stream.source == PUBSUB:
+        return {"source": SOURCE_PUBSUB, "subscription": stream.subscription}
+    paths, emitted = emitted_files(result)
+    return {"source": SOURCE_FILES, "input_paths": sorted(paths), "input_files": emitted}

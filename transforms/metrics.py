@@ -20,6 +20,8 @@ BROKER_RETRIES = "broker_retries"    # confidential batches retried while the br
 ROWS_OUT = "rows_out"                # feature rows written
 ROWS_SUPPRESSED = "rows_suppressed"  # rows the spec's k-anonymity left out of the outputs
 OUTPUT_FILES = "output_files"        # output files written (sealed batches or PME Parquet)
+INPUT_FILES = "input_files"          # streaming file drop: files the feed emitted (counter)
+INPUT_FILE_NAMES = "input_file_names"  # the same files' paths (a string set, for custody)
 
 
 def outputs_in_region(region: str) -> str:

@@ -1,6 +1,7 @@
 """``sealbeam custody verify|show``: check an output's (or a run's) chain of custody offline.
 
-A thin layer over ``pipelines.custody.verify_output`` and ``pipelines.custody_run.verify_run``.
+A thin layer over ``pipelines.custody.verify_output`` and ``pipelines.custody_run.verify_run``
+(a batch or streaming run: outputs, dead letters, late records, duplicates).
 ``verify`` prints ONE JSON verdict and exits 0 only when every check holds (1 when one
 fails, with the reasons in the verdict; 2 when a file cannot be read at all). ``show`` prints
 the same verdict as a table for a person, with the same exit codes.
@@ -34,8 +35,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                     "Statement v1 in DSSE, <output>.intoto.json), with only the broker's "
                     "public key: digest, signature chain (TEE statement key -> the broker's "
                     "signed attestation result -> broker key), policy, ledger head; or a "
-                    "whole run (--run DIR): every output verifies and every input is in an "
-                    "output, a dead letter or a duplicate.")
+                    "whole run (--run DIR): every output verifies and every input record is "
+                    "in an output, a dead letter, a late file (streaming: records whose "
+                    "window had closed, late/*.jsonl) or is a duplicate. A streaming run fed "
+                    "by Pub/Sub or a test stream names no input files: pass the partner's "
+                    "published files with --input.")
     commands = custody.add_subparsers(dest="custody_command", metavar="COMMAND", required=True)
     for name, help_text in (("verify", "print one JSON verdict; exit 0 only when all holds"),
                             ("show", "print the verdict as a table for a person")):
@@ -43,11 +47,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         parser.add_argument("output", nargs="?", type=Path, metavar="OUTPUT",
                             help="the output file to check (or use --run)")
         parser.add_argument("--run", type=Path, metavar="DIR", default=None,
-                            help="a run's output root: check custody-run.intoto.json, every "
-                            "output and that no input was lost")
+                            help="a run's output root (batch or streaming): check "
+                            "custody-run.intoto.json, every output, dead-letter and late "
+                            "file, and that no input was lost: input records = outputs' + "
+                            "dead letters' + late records + duplicates")
         parser.add_argument("--input", type=Path, action="append", default=None,
                             metavar="FILE", help="with --run: an input file of the run "
-                            "(repeatable; default: the files the run statement names)")
+                            "(repeatable; default: the files the run statement names; "
+                            "required for a Pub/Sub or test-stream run, which names none: "
+                            "the partner's published files)")
         parser.add_argument("--statement", type=Path, default=None, metavar="FILE",
                             help="the statement (default: OUTPUT.intoto.json beside it)")
         parser.add_argument("--broker-key", type=Path, required=True, metavar="PEM",

@@ -35,7 +35,9 @@ from apache_beam.transforms.window import TimestampedValue
 from apache_beam.utils.timestamp import Timestamp
 
 from envelope import read_header
+from keybroker.identity import IDENTITY_PUBLIC_KEY_FILE, BrokerPublicKey
 from pipelines.batch import BatchPipelineOutputs
+from pipelines.custody_run import RUN_STATEMENT_NAME, verify_run
 from pipelines.reading import open_output
 from pipelines.streaming import run_streaming
 from pipelines.synthetic import REGIONS
@@ -168,3 +170,33 @@ def test_event_time_round_trips_and_rejects_other_forms() -> None:
             parse_event_time(bad)
     assert window_end(Timestamp(59.999), 60) == Timestamp(60)
     assert window_end(Timestamp(60), 60) == Timestamp(120)
+
+
+def test_a_test_stream_run_statement_names_no_inputs_and_asks_for_them(
+        semantics_run, broker: BrokerEnv, tmp_path: Path) -> None:
+    """The run statement of a TestStream run says ``"source": "test"`` and names no input
+    files: ``verify_run`` refuses it until the files it was fed are given. With them,
+    nothing is lost (outputs, dead letters, late files and duplicates cover every input);
+    only the statement's counts may disagree, since they are this runner's metrics, which
+    undercount (the module docstring)."""
+    out = semantics_run["out"]
+    predicate = json.loads((out / RUN_STATEMENT_NAME).read_text())["predicate"]
+    assert predicate["source"] == "test" and predicate["inputs"] == []
+    key = BrokerPublicKey.load(broker.state_dir / IDENTITY_PUBLIC_KEY_FILE)
+    bare = verify_run(out, broker_key=key)
+    assert not bare.ok
+    assert any("test stream" in r and "--input" in r for r in bare.reasons)
+    fed = tmp_path / "fed.sealed"                 # every line as delivered, copies twice
+    fed.write_bytes(b"\n".join([*semantics_run["first"], *semantics_run["second"],
+                                *semantics_run["straggler"], *semantics_run["too_late"],
+                                *semantics_run["copies"], *semantics_run["copies"]]) + b"\n")
+    verdict = verify_run(out, broker_key=key, inputs=[fed])
+    assert all(r.startswith("the run statement says ") for r in verdict.reasons), \
+        verdict.reasons
+    assert verdict.outputs and all(o.ok for o in verdict.outputs)
+    assert verdict.facts["late_records"] == len(semantics_run["too_late"])
+    assert verdict.facts["duplicates"] == 2 * len(semantics_run["copies"])
+    short = tmp_path / "short.sealed"             # fewer lines than were fed: refused
+    short.write_bytes(b"\n".join(semantics_run["first"][1:]) + b"\n")
+    refused = verify_run(out, broker_key=key, inputs=[short])
+    assert any("are not among the inputs" in r for r in refused.reasons)
