@@ -44,6 +44,7 @@ Final API (stable; additive changes only)::
     piece_records(piece, indices) -> list[bytes]         # one-record excerpts of a piece
     is_stream_excerpt(data) -> bool                      # starts with "SBRX"
     STREAM_RECORD_MARK = "#"; index_ranges(indices) -> str  # "<stream id>#0-2,5" names
+    parse_index_ranges(text) -> set[int] | None          # the canonical text only
 
 ``envelope`` may be bytes, a memoryview or a :class:`ParsedEnvelope`. An excerpt is how a
 dead letter keeps one record of a stream sealed without the key: ``"SBRX" || 01 || u32
@@ -758,3 +759,32 @@ def index_ranges(indices: Sequence[int]) -> str:
         if index is not None:
             start = previous = index
     return ",".join(runs)
+
+
+def parse_index_ranges(ranges: str) -> set[int] | None:
+    """``index_ranges``' text back to its indices; ``None`` for any other text.
+
+    Only the one text ``index_ranges`` gives for a set is accepted (maximal runs, increasing,
+    ASCII decimal without leading zeros): a set has one name. An index no record stream can
+    hold (``MAX_STREAM_RECORDS`` or more) is refused before any set is built.
+    """
+    if len(ranges) > _MAX_RANGES_TEXT:
+        return None
+    indices: set[int] = set()
+    for run in ranges.split(","):
+        first, dash, last = run.partition("-")
+        if not _decimal(first) or (dash and not _decimal(last)):
+            return None
+        start, end = int(first), int(last) if dash else int(first)
+        if end < start or end >= MAX_STREAM_RECORDS:
+            return None
+        indices.update(range(start, end + 1))
+    return indices if index_ranges(sorted(indices)) == ranges else None
+
+
+# The longest name index_ranges gives: every other index of a full stream.
+_MAX_RANGES_TEXT = (MAX_STREAM_RECORDS // 2) * (len(str(MAX_STREAM_RECORDS)) + 1)
+
+
+def _decimal(text: str) -> bool:
+    return text.isascii() and text.isdigit()

@@ -21,17 +21,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from envelope import (
-    MAX_STREAM_RECORDS,
     STREAM_RECORD_MARK,
     EnvelopeError,
+    parse_index_ranges,
     read_header,
     read_stream_record,
 )
 
 from .custody import CustodyError
 
-__all__ = ["SetAside", "is_envelope_id", "parse_index_ranges", "read_dead_letters",
-           "read_late_records"]
+__all__ = ["SetAside", "is_envelope_id", "read_dead_letters", "read_late_records"]
 
 
 @dataclass
@@ -46,25 +45,6 @@ class SetAside:
     records: int = 0
     unnamed: int = 0
     reasons: list[str] = field(default_factory=list)
-
-
-def parse_index_ranges(ranges: str) -> set[int] | None:
-    """``index_ranges``' text (``0-2,5``) back to indices; ``None`` when it is not that, or
-    names an index no record stream has (``MAX_STREAM_RECORDS``)."""
-    indices: set[int] = set()
-    for run in ranges.split(","):
-        first, dash, last = run.partition("-")
-        if not _decimal(first) or (dash and not _decimal(last)):
-            return None
-        start, end = int(first), int(last) if dash else int(first)
-        if end < start or end >= MAX_STREAM_RECORDS:    # no stream holds more records
-            return None
-        indices.update(range(start, end + 1))
-    return indices
-
-
-def _decimal(text: str) -> bool:
-    return text.isascii() and text.isdigit()
 
 
 def _stream_records(record_id: str) -> tuple[str, set[int] | None]:
