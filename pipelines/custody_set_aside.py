@@ -16,9 +16,10 @@ from __future__ import annotations
 import base64
 import binascii
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from envelope import (
     STREAM_RECORD_MARK,
@@ -59,29 +60,39 @@ def _stream_records(record_id: str) -> tuple[str, set[int] | None]:
 def read_dead_letters(files: Iterable[Path]) -> SetAside:
     """What the dead-letter files stand for (a line with ``records`` 0 stands for none)."""
     dead = SetAside()
+    for path, entry in _entries(files, "dead-letter file", "a dead letter"):
+        try:
+            count = int(entry.get("records", 0))
+            record_id = str(entry["record_id"])
+        except (ValueError, KeyError, TypeError, AttributeError):
+            raise CustodyError(f"dead-letter file {path.name} has a line that is not "
+                               "a dead letter") from None
+        dead.records += count
+        if count < 1:
+            continue
+        envelope_id, indices = _stream_records(record_id)
+        if indices:
+            dead.pieces.setdefault(envelope_id, set()).update(indices)
+        elif is_envelope_id(record_id):
+            dead.ids.add(record_id)
+        else:
+            dead.unnamed += count
+    return dead
+
+
+def _entries(files: Iterable[Path], kind: str, what: str) -> Iterator[tuple[Path, Any]]:
+    """Each non-blank line of each file, parsed as JSON; a line that is not JSON is a
+    CustodyError naming the file."""
     for path in files:
         with path.open("rb") as handle:
             for line in handle:
                 if not line.strip():
                     continue
                 try:
-                    entry = json.loads(line)
-                    count = int(entry.get("records", 0))
-                    record_id = str(entry["record_id"])
-                except (ValueError, KeyError, TypeError, AttributeError):
-                    raise CustodyError(f"dead-letter file {path.name} has a line that is not "
-                                       "a dead letter") from None
-                dead.records += count
-                if count < 1:
-                    continue
-                envelope_id, indices = _stream_records(record_id)
-                if indices:
-                    dead.pieces.setdefault(envelope_id, set()).update(indices)
-                elif is_envelope_id(record_id):
-                    dead.ids.add(record_id)
-                else:
-                    dead.unnamed += count
-    return dead
+                    yield path, json.loads(line)
+                except ValueError:
+                    raise CustodyError(f"{kind} {path.name} has a line that is not "
+                                       f"{what}") from None
 
 
 def read_late_records(files: Iterable[Path]) -> SetAside:
@@ -89,39 +100,34 @@ def read_late_records(files: Iterable[Path]) -> SetAside:
     record each; a stream's records by ``<stream id>#<indices>``. Each line's sealed bytes
     must be the record its id names; a record late twice is a reason."""
     late = SetAside()
-    for path in files:
-        with path.open("rb") as handle:
-            for line in handle:
-                if not line.strip():
-                    continue
-                try:
-                    entry = json.loads(line)
-                    record_id = str(entry["record_id"])
-                    sealed = base64.b64decode(str(entry["sealed_b64"]), validate=True)
-                except (ValueError, KeyError, TypeError, AttributeError, binascii.Error):
-                    raise CustodyError(f"late file {path.name} has a line that is not a "
-                                       "late record") from None
-                envelope_id, indices = _stream_records(record_id)
-                if indices:
-                    named = _late_excerpt_name(sealed)
-                    seen = late.pieces.setdefault(envelope_id, set())
-                    again = seen & indices
-                    seen.update(indices)
-                    late.records += len(indices)
-                elif is_envelope_id(record_id):
-                    named = _late_envelope_name(sealed)
-                    again = {0} if record_id in late.ids else set()
-                    late.ids.add(record_id)
-                    late.records += 1
-                else:
-                    raise CustodyError(f"late file {path.name} has a line whose record_id "
-                                       f"{record_id!r} names no envelope or stream record")
-                if named != record_id:
-                    late.reasons.append(f"late record {record_id} in {path.name} holds "
-                                           f"sealed bytes of {named or 'no envelope'}")
-                if again:
-                    late.reasons.append(f"late record {record_id} is in the late files "
-                                           "more than once")
+    for path, entry in _entries(files, "late file", "a late record"):
+        try:
+            record_id = str(entry["record_id"])
+            sealed = base64.b64decode(str(entry["sealed_b64"]), validate=True)
+        except (ValueError, KeyError, TypeError, AttributeError, binascii.Error):
+            raise CustodyError(f"late file {path.name} has a line that is not a "
+                               "late record") from None
+        envelope_id, indices = _stream_records(record_id)
+        if indices:
+            named = _late_excerpt_name(sealed)
+            seen = late.pieces.setdefault(envelope_id, set())
+            again = seen & indices
+            seen.update(indices)
+            late.records += len(indices)
+        elif is_envelope_id(record_id):
+            named = _late_envelope_name(sealed)
+            again = {0} if record_id in late.ids else set()
+            late.ids.add(record_id)
+            late.records += 1
+        else:
+            raise CustodyError(f"late file {path.name} has a line whose record_id "
+                               f"{record_id!r} names no envelope or stream record")
+        if named != record_id:
+            late.reasons.append(f"late record {record_id} in {path.name} holds "
+                                f"sealed bytes of {named or 'no envelope'}")
+        if again:
+            late.reasons.append(f"late record {record_id} is in the late files "
+                                "more than once")
     return late
 
 
