@@ -185,15 +185,18 @@ class ObservedRequests:
             if _access_log.isEnabledFor(logging.INFO):
                 # The record Logger.info makes, without its walk up the stack to find the
                 # caller: the caller is this frame.
+                # (The frame is not kept in a local: it would hold itself, a cycle per request.)
                 client = scope.get("client")
-                caller = sys._getframe()
                 _access_log.handle(_access_log.makeRecord(
-                    ACCESS_LOGGER, logging.INFO, caller.f_code.co_filename, caller.f_lineno,
+                    ACCESS_LOGGER, logging.INFO, _CALLER.co_filename, sys._getframe().f_lineno,
                     "%s %s %d %.1fms", (method, template, status["code"], elapsed * 1000),
-                    None, caller.f_code.co_name,
+                    None, _CALLER.co_name,
                     {"method": method, "route": template, "path": scope.get("path", ""),
                      "status": status["code"], "duration_ms": round(elapsed * 1000, 3),
                      "client": f"{client[0]}:{client[1]}" if client else ""}))
+
+
+_CALLER = ObservedRequests.__call__.__code__  # where Logger.info would find the caller
 
 
 def _static(name: str) -> bytes:

@@ -6,6 +6,7 @@ bounded), a TEE's label is what ``tee_label`` gives, and the record is the one
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import re
 from typing import Any
@@ -140,3 +141,29 @@ def test_the_access_record_is_the_one_logger_info_made(level: int) -> None:
     assert fields == {"method": "POST", "route": "/v1/things", "path": "/v1/things",
                       "status": 201, "client": "127.0.0.1:4242"}
     assert record.duration_ms >= 0
+
+
+def test_a_request_leaves_no_reference_cycle() -> None:
+    """Each request's frames and closures are freed when it ends, not by the collector."""
+    logger = logging.getLogger(ACCESS_LOGGER)
+    handler = _Records()
+    previous = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    layer = ObservedRequests(_app(200, "/v1/things"), BrokerMetrics())
+    gc.collect()
+    gc.set_debug(gc.DEBUG_SAVEALL)
+    try:
+        for _ in range(5):
+            _request(layer, "POST", "/v1/things")
+        handler.records.clear()  # a record holds its arguments, not the request's frames
+        gc.collect()
+        ours = [found for found in gc.garbage
+                if getattr(getattr(found, "f_code", None), "co_filename", "").endswith(
+                    "observability.py")]
+    finally:
+        gc.set_debug(0)
+        gc.garbage.clear()
+        logger.removeHandler(handler)
+        logger.setLevel(previous)
+    assert ours == []
