@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import logging
 import re
+import sys
 import threading
 import time
 from collections.abc import Iterator, Mapping
@@ -45,13 +46,15 @@ from prometheus_client.exposition import generate_latest
 from prometheus_client.registry import Collector
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-__all__ = ["ACCESS_LOGGER", "BrokerMetrics", "ObservedRequests", "install_observability"]
+__all__ = ["ACCESS_LOGGER", "BrokerMetrics", "LabelChildren", "ObservedRequests",
+           "install_observability"]
 
 ACCESS_LOGGER = "sealbeam.broker.access"
 _DOC_ROUTES = ("/docs", "/docs/oauth2-redirect", "/redoc")
 _LABEL = re.compile(r"^[a-z0-9][a-z0-9-]{0,31}$")
 _REASON = re.compile(r"^[a-z0-9_]{1,48}$")
 _MAX_TEE_LABELS = 32
+_MAX_CACHED_CHILDREN = 256
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
                     10.0)
 _access_log = logging.getLogger(ACCESS_LOGGER)
@@ -70,6 +73,8 @@ class BrokerMetrics:
             ["route", "method", "status"], buckets=_LATENCY_BUCKETS, registry=self.registry)
         self._tees: set[str] = set()
         self._lock = threading.Lock()
+        self._request_children = LabelChildren()
+        self._decision_children = LabelChildren()
 
     def tee_label(self, value: object) -> str:
         if not isinstance(value, str) or not _LABEL.match(value):
@@ -86,9 +91,47 @@ class BrokerMetrics:
             reason_label = ""
         else:
             reason_label = reason if isinstance(reason, str) and _REASON.match(reason) else "other"
-        self.decisions.labels(event=event, decision=decision,
-                              tee=self.tee_label(details.get("tee")),
-                              reason=reason_label).inc()
+        tee = details.get("tee")
+        if tee is not None and type(tee) is not str:  # not a cache key: looked up as it is
+            self.decisions.labels(event, decision, self.tee_label(tee), reason_label).inc()
+            return
+        # A TEE's label never changes once given (the set of TEE labels only grows, and
+        # "other" past its bound stays "other"), so the child can be kept per raw value.
+        key = (event, decision, tee, reason_label)
+        child = self._decision_children.get(key)
+        if child is None:
+            child = self.decisions.labels(event, decision, self.tee_label(tee), reason_label)
+            self._decision_children.put(key, child)
+        child.inc()
+
+    def request_child(self, route: str, method: str, status: int) -> Any:
+        """The latency histogram's child for (route, method, status), looked up once each."""
+        key = (route, method, status)
+        child = self._request_children.get(key)
+        if child is None:
+            child = self.request_seconds.labels(route, method, str(status))
+            self._request_children.put(key, child)
+        return child
+
+
+class LabelChildren:
+    """A labelled metric's children by label values, so that ``labels()`` (argument checks,
+    a lock, a dict) runs once per label set, not per request. Bounded: past ``limit`` label
+    sets (methods a client made up, say) a child is looked up each time, as before."""
+
+    def __init__(self, limit: int = _MAX_CACHED_CHILDREN) -> None:
+        self._limit = limit
+        self._children: dict[tuple[object, ...], Any] = {}
+
+    def get(self, key: tuple[object, ...]) -> Any:
+        return self._children.get(key)
+
+    def put(self, key: tuple[object, ...], child: Any) -> None:
+        if len(self._children) < self._limit:
+            self._children[key] = child
+
+    def __len__(self) -> int:
+        return len(self._children)
 
 
 class _StateCollector(Collector):
@@ -138,14 +181,22 @@ class ObservedRequests:
             route = scope.get("route")
             template = getattr(route, "path", None) or "unmatched"
             method = scope.get("method", "")
-            self._metrics.request_seconds.labels(
-                route=template, method=method, status=str(status["code"])).observe(elapsed)
-            client = scope.get("client")
-            _access_log.info(
-                "%s %s %d %.1fms", method, template, status["code"], elapsed * 1000,
-                extra={"method": method, "route": template, "path": scope.get("path", ""),
-                       "status": status["code"], "duration_ms": round(elapsed * 1000, 3),
-                       "client": f"{client[0]}:{client[1]}" if client else ""})
+            self._metrics.request_child(template, method, status["code"]).observe(elapsed)
+            if _access_log.isEnabledFor(logging.INFO):
+                # The record Logger.info makes, without its walk up the stack to find the
+                # caller: the caller is this frame.
+                # (The frame is not kept in a local: it would hold itself, a cycle per request.)
+                client = scope.get("client")
+                _access_log.handle(_access_log.makeRecord(
+                    ACCESS_LOGGER, logging.INFO, _CALLER.co_filename, sys._getframe().f_lineno,
+                    "%s %s %d %.1fms", (method, template, status["code"], elapsed * 1000),
+                    None, _CALLER.co_name,
+                    {"method": method, "route": template, "path": scope.get("path", ""),
+                     "status": status["code"], "duration_ms": round(elapsed * 1000, 3),
+                     "client": f"{client[0]}:{client[1]}" if client else ""}))
+
+
+_CALLER = ObservedRequests.__call__.__code__  # where Logger.info would find the caller
 
 
 def _static(name: str) -> bytes:
