@@ -98,6 +98,7 @@ from keybroker.service.verifiers import build_verifiers
 
 if TYPE_CHECKING:
     from keybroker.ledger_postgres import PostgresLedger
+    from keybroker.service.spent_nonces_postgres import PostgresSpentNonces
 
 __all__ = ["KeyBrokerService", "decode_base64"]
 
@@ -193,6 +194,18 @@ def _destination(destination: OutputDestination) -> dict[str, object]:
         raise BadRequestError(str(error)) from None
 
 
+def _open_spent_nonces(
+    settings: BrokerSettings, clock: Callable[[], float]
+) -> SpentNonces | PostgresSpentNonces:
+    """The spent-nonce set: in the PostgreSQL database of ``ledger_url`` when the ledger is
+    shared (one set for every host), else ``<state>/nonces.sqlite`` (one set per host)."""
+    if settings.ledger_url:
+        from keybroker.service.spent_nonces_postgres import PostgresSpentNonces
+
+        return PostgresSpentNonces(settings.ledger_url, settings.max_pending_nonces, clock)
+    return SpentNonces(Path(settings.state_dir) / NONCES_FILE, settings.max_pending_nonces, clock)
+
+
 class KeyBrokerService:
     """The relying party's operations. Thread-safe; one instance per running broker."""
 
@@ -224,9 +237,7 @@ class KeyBrokerService:
         try:
             challenge_secret = load_challenge_secret(settings.state_dir)
             session_key = load_session_key(settings.state_dir)
-            spent = SpentNonces(
-                Path(settings.state_dir) / NONCES_FILE, settings.max_pending_nonces, clock
-            )
+            spent = _open_spent_nonces(settings, clock)
         except (ChallengeSecretError, NonceStoreError) as error:
             raise ConfigError(f"broker state refused: {error}") from None
         self._spent_nonces = spent

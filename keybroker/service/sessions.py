@@ -4,10 +4,12 @@ A challenge costs the broker no memory: the nonce is ``random (16) || expires_at
 milliseconds) || HMAC-SHA-256(secret, label || random || expires_at)[:24]``, 48 bytes, so
 ``/v1/attest`` can tell a nonce it issued from a forged one by recomputing the MAC, and
 the expiry cannot be moved. Single use is enforced at attest: a nonce whose evidence
-verified is spent in the spent-nonce set (``spent_nonces.py``, ``<state>/nonces.sqlite``),
-which every broker process on the state shares, so a nonce opens at most one session
-whichever processes it is presented to; the set only holds live nonces, and when it is full
-(or cannot be written) attest is refused rather than a live nonce forgotten. The MAC
+verified is spent in the spent-nonce set (``spent_nonces.py``, ``<state>/nonces.sqlite``,
+which every broker process on the state shares; or, when the ledger is in PostgreSQL,
+``spent_nonces_postgres.py`` in that database, which every broker host shares), so a nonce
+opens at most one session whichever processes or hosts it is presented to; the set only
+holds live nonces, and when it is full (or cannot be written) attest is refused rather than
+a live nonce forgotten. The MAC
 secret is a file in the state directory (``challenge.key``, created 0600 on first use).
 
 A session is opened by a successful attestation and is a self-contained, sealed token
@@ -39,6 +41,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
@@ -52,6 +55,9 @@ from keybroker.service.spent_nonces import (
     NonceStoreError,
     SpentNonces,
 )
+
+if TYPE_CHECKING:
+    from keybroker.service.spent_nonces_postgres import PostgresSpentNonces
 
 __all__ = [
     "CHALLENGE_KEY_FILE",
@@ -200,7 +206,7 @@ class ChallengeIssuer:
         self,
         secret: bytes,
         ttl_seconds: float,
-        spent: SpentNonces,
+        spent: SpentNonces | PostgresSpentNonces,
         clock: Callable[[], float] = time.time,
     ) -> None:
         if len(secret) < 16:

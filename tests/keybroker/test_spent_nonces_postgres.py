@@ -9,16 +9,25 @@ set, each host kept its own SQLite set and the replay opened a second session).
 
 from __future__ import annotations
 
+import shutil
 import threading
+from pathlib import Path
 
 import pytest
 
+from enclave_workers.evidence.simulated_snp import SimulatedSnpProvider
+from envelope.transport import report_data_binding
+from keybroker.client import BrokerAuthError, BrokerClient
+from keybroker.identity import IDENTITY_PUBLIC_KEY_FILE, BrokerPublicKey
 from keybroker.service.sessions import (
+    CHALLENGE_KEY_FILE,
+    SESSION_KEY_FILE,
     CapacityError,
     NonceAlreadySpent,
     NonceStoreError,
 )
 from keybroker.service.spent_nonces_postgres import PRUNE_GRACE_SECONDS, PostgresSpentNonces
+from tests.support.broker import attest_simulated_worker, start_broker
 from tests.support.postgres import postgres_url  # noqa: F401  (a fixture)
 
 psycopg = pytest.importorskip("psycopg", reason="the postgres extra (make test installs it)")
@@ -193,3 +202,43 @@ def test_a_dropped_connection_fails_closed_then_reconnects(
     with pytest.raises(NonceStoreError):
         PostgresSpentNonces("postgresql://nobody@127.0.0.1:1/none", 10, clock)
 
+
+def test_a_nonce_spent_at_one_broker_is_refused_at_another_sharing_the_ledger(
+    postgres_url: str, tmp_path: Path  # noqa: F811
+) -> None:
+    state_a, state_b = tmp_path / "a", tmp_path / "b"
+    shared = {"ledger_url": schema_url(postgres_url, "brokers")}
+    with start_broker(state_a, settings_changes=shared) as broker_a:
+        state_b.mkdir(mode=0o700)
+        for name in (CHALLENGE_KEY_FILE, SESSION_KEY_FILE):  # replicas share these secrets
+            shutil.copy2(state_a / name, state_b / name)
+        replica = {**shared, "dev_chain_dir": broker_a.settings.dev_chain_dir}  # same "AMD"
+        with start_broker(state_b, settings_changes=replica) as broker_b:
+            client_a = BrokerClient(
+                broker_a.url,
+                broker_identity=BrokerPublicKey.load(state_a / IDENTITY_PUBLIC_KEY_FILE))
+            client_b = BrokerClient(
+                broker_b.url,
+                broker_identity=BrokerPublicKey.load(state_b / IDENTITY_PUBLIC_KEY_FILE))
+            with client_a, client_b:
+                assert broker_a.settings.dev_chain_dir is not None
+                provider = SimulatedSnpProvider(broker_a.settings.dev_chain_dir)
+                tee_key = attest_simulated_worker(client_a, broker_a.settings)[0]
+
+                # B accepts A's challenges (same challenge.key): one spent at neither works.
+                fresh = client_a.challenge()
+                evidence = provider.collect(report_data_binding(fresh, tee_key.public_bytes()))
+                client_b.attest(fresh, evidence.tee, evidence.evidence,
+                                dict(evidence.endorsements), tee_key.public_bytes())
+
+                nonce = client_a.challenge()
+                evidence = provider.collect(report_data_binding(nonce, tee_key.public_bytes()))
+                attest = (nonce, evidence.tee, evidence.evidence, dict(evidence.endorsements),
+                          tee_key.public_bytes())
+                client_a.attest(*attest)
+                with pytest.raises(BrokerAuthError) as refused:
+                    client_b.attest(*attest)  # the replay at another host
+                assert (refused.value.status, refused.value.error) == (401, "bad_nonce")
+                with pytest.raises(BrokerAuthError) as again:
+                    client_a.attest(*attest)
+                assert (again.value.status, again.value.error) == (401, "bad_nonce")
