@@ -123,7 +123,8 @@ class BrokerSettings:
     identity_key_path: Path | None = None
     """The broker's identity key (default ``<state>/broker-identity.pem``)."""
     ledger_url: str | None = None
-    """``postgresql://...``: a ledger shared by several brokers; None: SQLite at ledger_path."""
+    """``postgresql://...``: a ledger, and the spent-nonce set, shared by several brokers;
+    None: SQLite at ledger_path (and ``<state>/nonces.sqlite``)."""
     checkpoints_path: Path | None = None
     """Signed ledger checkpoints, one JSON a line (default <state>/ledger-checkpoints.jsonl)."""
     checkpoint_interval_seconds: float = 60.0

@@ -11,7 +11,9 @@ the count is taken at most once a second, so with several processes the bound ho
 within what the others spend in that second).
 Every failure to read or record is an error (``NonceStoreError``): the caller refuses the
 attestation, it never lets the nonce through unrecorded (fail closed).
-What it does not: it does not check MACs or expiry of nonces (``ChallengeIssuer`` does).
+What it does not: it does not check MACs or expiry of nonces (``ChallengeIssuer`` does), nor
+span hosts: brokers on several hosts share a PostgreSQL ``ledger_url`` and keep their spent
+nonces there instead (``spent_nonces_postgres.py``).
 """
 
 from __future__ import annotations
