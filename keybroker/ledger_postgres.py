@@ -19,7 +19,6 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from typing import Any
 
 from keybroker.ledger_rows import (
     GENESIS_HASH,
@@ -32,11 +31,11 @@ from keybroker.ledger_rows import (
     normalized_head,
     verify_rows,
 )
+from keybroker.postgres_connection import KeptConnection, import_psycopg, server_reason
 
 __all__ = ["ADVISORY_LOCK_KEY", "PostgresLedger"]
 
 ADVISORY_LOCK_KEY = 0x5EA1BEA0  # one lock for every broker appending to this database
-CONNECT_TIMEOUT_SECONDS = 10
 
 _SCHEMA = (
     """
@@ -66,16 +65,6 @@ _SELECT_ALL = (
 )
 
 
-def _psycopg() -> Any:
-    try:
-        import psycopg
-    except ImportError:
-        raise LedgerError(
-            "the PostgreSQL ledger needs psycopg: pip install 'sealbeam[postgres]'"
-        ) from None
-    return psycopg
-
-
 class PostgresLedger:
     """A hash-chained ledger in PostgreSQL. Thread-safe (one connection, one lock)."""
 
@@ -86,29 +75,26 @@ class PostgresLedger:
         read_only: bool = False,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        psycopg = _psycopg()
+        psycopg = import_psycopg(LedgerError, "the PostgreSQL ledger")
         self._errors = psycopg.Error
         self._url = url
         self._clock = clock
         self._read_only = read_only
         self._lock = threading.Lock()
-        self._closed = False
-        self._connect = lambda: psycopg.connect(
-            url, autocommit=True, connect_timeout=CONNECT_TIMEOUT_SECONDS
-        )
         try:
-            self._connection = self._connect()
+            self._kept = KeptConnection(
+                psycopg, url, lambda: LedgerError("the PostgreSQL ledger was closed"))
+            connection = self._kept.live()
             if read_only:
-                self._connection.execute("SELECT seq FROM sealbeam_ledger LIMIT 1").fetchall()
+                connection.execute("SELECT seq FROM sealbeam_ledger LIMIT 1").fetchall()
             else:
-                with self._connection.transaction():
-                    self._connection.execute(
-                        "SELECT pg_advisory_xact_lock(%s)", (ADVISORY_LOCK_KEY,)
-                    )
+                with connection.transaction():
+                    connection.execute("SELECT pg_advisory_xact_lock(%s)", (ADVISORY_LOCK_KEY,))
                     for statement in _SCHEMA:
-                        self._connection.execute(statement)
+                        connection.execute(statement)
         except psycopg.Error as error:
-            raise LedgerError(f"cannot open the PostgreSQL ledger: {_reason(error)}") from None
+            raise LedgerError(
+                f"cannot open the PostgreSQL ledger: {server_reason(error)}") from None
 
     @property
     def path(self) -> None:
@@ -136,16 +122,14 @@ class PostgresLedger:
             return []
         with self._lock:
             try:
-                self._reconnect_if_broken()
-                with self._connection.transaction():
-                    self._connection.execute(
-                        "SELECT pg_advisory_xact_lock(%s)", (ADVISORY_LOCK_KEY,)
-                    )
-                    row = self._connection.execute(
+                connection = self._kept.live()
+                with connection.transaction():
+                    connection.execute("SELECT pg_advisory_xact_lock(%s)", (ADVISORY_LOCK_KEY,))
+                    row = connection.execute(
                         "SELECT seq, hash FROM sealbeam_ledger ORDER BY seq DESC LIMIT 1"
                     ).fetchone()
                     entries = chain_rows(row, appends, self._clock)
-                    with self._connection.cursor() as cursor:
+                    with connection.cursor() as cursor:
                         cursor.executemany(
                             "INSERT INTO sealbeam_ledger"
                             " (seq, time, event, decision, details, prev_hash, hash)"
@@ -154,21 +138,20 @@ class PostgresLedger:
                         )
             except self._errors as error:
                 raise LedgerError(
-                    f"cannot append to the PostgreSQL ledger: {_reason(error)}"
+                    f"cannot append to the PostgreSQL ledger: {server_reason(error)}"
                 ) from None
         return [entry_from_row(entry) for entry in entries]
 
     def _rows(self) -> list[tuple]:
         with self._lock:
             try:
-                self._reconnect_if_broken()
                 return [
                     (int(row[0]), *row[1:])
-                    for row in self._connection.execute(_SELECT_ALL).fetchall()
+                    for row in self._kept.live().execute(_SELECT_ALL).fetchall()
                 ]
             except self._errors as error:
                 raise LedgerError(
-                    f"cannot read the PostgreSQL ledger: {_reason(error)}"
+                    f"cannot read the PostgreSQL ledger: {server_reason(error)}"
                 ) from None
 
     def entries(self) -> Iterator[LedgerEntry]:
@@ -186,38 +169,21 @@ class PostgresLedger:
     def _one(self, query: str) -> tuple | None:
         with self._lock:
             try:
-                self._reconnect_if_broken()
-                return self._connection.execute(query).fetchone()
+                return self._kept.live().execute(query).fetchone()
             except self._errors as error:
                 raise LedgerError(
-                    f"cannot read the PostgreSQL ledger: {_reason(error)}"
+                    f"cannot read the PostgreSQL ledger: {server_reason(error)}"
                 ) from None
 
     def verify(self, expect_head: str | None = None) -> LedgerVerification:
         return verify_rows(self._rows(), normalized_head(expect_head))
 
-    def _reconnect_if_broken(self) -> None:
-        """A connection the server dropped (restart, failover) is replaced before use."""
-        if self._closed:
-            raise LedgerError("the PostgreSQL ledger was closed")
-        if self._connection.broken or self._connection.closed:
-            self._connection.close()
-            self._connection = self._connect()
-
     def close(self) -> None:
         with self._lock:
-            self._closed = True
-            self._connection.close()
+            self._kept.close()
 
     def __enter__(self) -> PostgresLedger:
         return self
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
-
-
-def _reason(error: Exception) -> str:
-    """The server's message without the connection string (which may name a password)."""
-    diag = getattr(error, "diag", None)
-    primary = getattr(diag, "message_primary", None) if diag is not None else None
-    return primary or type(error).__name__

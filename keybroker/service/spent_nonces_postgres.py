@@ -26,8 +26,7 @@ import threading
 from collections.abc import Callable
 from typing import Any
 
-from keybroker.ledger_postgres import CONNECT_TIMEOUT_SECONDS
-from keybroker.ledger_postgres import _reason as _server_reason
+from keybroker.postgres_connection import KeptConnection, import_psycopg, server_reason
 from keybroker.service.spent_nonces import (
     PRUNE_INTERVAL_SECONDS,
     CapacityError,
@@ -61,41 +60,29 @@ _PRUNE = (
 _COUNT_LIVE = "SELECT count(*) FROM sealbeam_spent_nonces WHERE expires_at > %s"
 
 
-def _psycopg() -> Any:
-    try:
-        import psycopg
-    except ImportError:
-        raise NonceStoreError(
-            "the PostgreSQL spent-nonce set needs psycopg: pip install 'sealbeam[postgres]'"
-        ) from None
-    return psycopg
-
-
 class PostgresSpentNonces:
     """Spent nonces in a PostgreSQL table shared by broker hosts. Thread-safe (one
     connection, one lock)."""
 
     def __init__(self, url: str, max_entries: int, clock: Callable[[], float]) -> None:
-        psycopg = _psycopg()
+        psycopg = import_psycopg(NonceStoreError, "the PostgreSQL spent-nonce set")
         self._errors = psycopg.Error
         self._max_entries = max_entries
         self._clock = clock
         self._lock = threading.Lock()
-        self._closed = False
         self._last_prune = float("-inf")
         self._count = 0
-        self._connect = lambda: psycopg.connect(
-            url, autocommit=True, connect_timeout=CONNECT_TIMEOUT_SECONDS
-        )
         try:
-            self._connection = self._connect()
-            with self._connection.transaction():
-                self._connection.execute("SELECT pg_advisory_xact_lock(%s)", (SCHEMA_LOCK_KEY,))
+            self._kept = KeptConnection(
+                psycopg, url, lambda: NonceStoreError("the spent-nonce set was closed"))
+            connection = self._kept.live()
+            with connection.transaction():
+                connection.execute("SELECT pg_advisory_xact_lock(%s)", (SCHEMA_LOCK_KEY,))
                 for statement in _SCHEMA:
-                    self._connection.execute(statement)
+                    connection.execute(statement)
         except psycopg.Error as error:
             raise NonceStoreError(
-                f"cannot open the PostgreSQL spent-nonce set: {_server_reason(error)}"
+                f"cannot open the PostgreSQL spent-nonce set: {server_reason(error)}"
             ) from None
 
     def is_spent(self, key: bytes) -> bool:
@@ -103,14 +90,13 @@ class PostgresSpentNonces:
         now = self._clock()
         with self._lock:
             try:
-                self._reconnect_if_broken()
-                row = self._connection.execute(
+                row = self._kept.live().execute(
                     "SELECT 1 FROM sealbeam_spent_nonces WHERE nonce = %s AND expires_at > %s",
                     (key, now),
                 ).fetchone()
             except self._errors as error:
                 raise NonceStoreError(
-                    f"cannot read the spent-nonce set: {_server_reason(error)}"
+                    f"cannot read the spent-nonce set: {server_reason(error)}"
                 ) from None
         return row is not None
 
@@ -123,26 +109,26 @@ class PostgresSpentNonces:
         now = self._clock()
         with self._lock:
             try:
-                self._reconnect_if_broken()
+                connection = self._kept.live()
                 if (now - self._last_prune >= PRUNE_INTERVAL_SECONDS
                         or self._count + 1 >= self._max_entries):
-                    self._prune_and_count(now)
+                    self._prune_and_count(connection, now)
                     if self._count >= self._max_entries:
                         raise CapacityError("too many nonces in use; retry later")
-                inserted = self._connection.execute(_INSERT, (key, expires_at)).rowcount
+                inserted = connection.execute(_INSERT, (key, expires_at)).rowcount
             except self._errors as error:
                 raise NonceStoreError(
-                    f"cannot record the nonce as spent: {_server_reason(error)}"
+                    f"cannot record the nonce as spent: {server_reason(error)}"
                 ) from None
             if inserted != 1:
                 raise NonceAlreadySpent()
             self._count += 1
 
-    def _prune_and_count(self, now: float) -> None:
+    def _prune_and_count(self, connection: Any, now: float) -> None:
         """Drop rows expired for longer than the grace and count the live ones (at most once
         a second, or near the bound)."""
-        self._connection.execute(_PRUNE, (now - PRUNE_GRACE_SECONDS,))
-        (count,) = self._connection.execute(_COUNT_LIVE, (now,)).fetchone()
+        connection.execute(_PRUNE, (now - PRUNE_GRACE_SECONDS,))
+        (count,) = connection.execute(_COUNT_LIVE, (now,)).fetchone()
         self._count = int(count)
         self._last_prune = now
 
@@ -151,23 +137,13 @@ class PostgresSpentNonces:
         now = self._clock()
         with self._lock:
             try:
-                self._reconnect_if_broken()
-                (count,) = self._connection.execute(_COUNT_LIVE, (now,)).fetchone()
+                (count,) = self._kept.live().execute(_COUNT_LIVE, (now,)).fetchone()
             except self._errors as error:
                 raise NonceStoreError(
-                    f"cannot read the spent-nonce set: {_server_reason(error)}"
+                    f"cannot read the spent-nonce set: {server_reason(error)}"
                 ) from None
         return int(count)
 
-    def _reconnect_if_broken(self) -> None:
-        """A connection the server dropped (restart, failover) is replaced before use."""
-        if self._closed:
-            raise NonceStoreError("the spent-nonce set was closed")
-        if self._connection.broken or self._connection.closed:
-            self._connection.close()
-            self._connection = self._connect()
-
     def close(self) -> None:
         with self._lock:
-            self._closed = True
-            self._connection.close()
+            self._kept.close()
