@@ -58,7 +58,13 @@ from apache_beam.io.filesystem import BeamIOError
 from apache_beam.io.filesystems import FileSystems
 
 from enclave_workers.provenance import STATEMENT_TYPE
-from envelope import KIND_RECORD_STREAM, EnvelopeError, EnvelopeHeader, read_header
+from envelope import (
+    KIND_RECORD_STREAM,
+    STREAM_RECORD_MARK,
+    EnvelopeError,
+    EnvelopeHeader,
+    read_header,
+)
 from keybroker.identity import BrokerPublicKey, canonical_json
 from transforms.dead_letters import DEAD_LETTER_DIR
 from transforms.late_output import LATE_DIR
@@ -246,8 +252,8 @@ def verify_run(run_dir: Path, *, broker_key: BrokerPublicKey, policy: CustodyPol
     for envelope_id in sorted(set(late.pieces) & set(dead.pieces)):
         both = late.pieces[envelope_id] & dead.pieces[envelope_id]
         if both:
-            verdict.reasons.append(f"record {envelope_id}#{min(both)} is both late and a "
-                                   "dead letter")
+            verdict.reasons.append(f"record {_record_name(envelope_id, min(both))} is both "
+                                   "late and a dead letter")
     verdict.facts = {"source": source, "outputs": len(outputs),
                      "envelopes_out": envelopes_out, "dead_letter_files": len(dead_letter_files),
                      "dead_letter_records": dead.records, "late_files": len(late_files),
@@ -266,11 +272,11 @@ def verify_run(run_dir: Path, *, broker_key: BrokerPublicKey, policy: CustodyPol
     duplicates = sum(records for _, records in input_ids) - sum(distinct.values())
     for envelope_id, indices in sorted(late.pieces.items()):
         if envelope_id not in streams:
-            verdict.reasons.append(f"late record {envelope_id}#{min(indices)} names no "
-                                   "record stream among the inputs")
+            verdict.reasons.append(f"late record {_record_name(envelope_id, min(indices))} "
+                                   "names no record stream among the inputs")
         elif max(indices) >= distinct[envelope_id]:
-            verdict.reasons.append(f"late record {envelope_id}#{max(indices)} is beyond its "
-                                   f"stream's {distinct[envelope_id]} records")
+            verdict.reasons.append(f"late record {_record_name(envelope_id, max(indices))} is "
+                                   f"beyond its stream's {distinct[envelope_id]} records")
     covered = set(claims) | dead.ids | set(dead.pieces) | late.ids | set(late.pieces)
     missing = sorted(set(distinct) - covered)
     extra = sorted(covered - set(distinct))
@@ -396,6 +402,11 @@ def _signed_records(output: Path, count: int) -> int:
     _, _, statement = load_statement(output.with_name(output.name + STATEMENT_SUFFIX))
     records = (statement["predicate"].get("counts") or {}).get("records_in")
     return int(records) if isinstance(records, int) else count
+
+
+def _record_name(stream_id: str, index: int) -> str:
+    """One record of a stream, named as dead letters and late lines name it."""
+    return f"{stream_id}{STREAM_RECORD_MARK}{index}"
 
 
 def _line_records(header: EnvelopeHeader) -> int:
